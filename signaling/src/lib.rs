@@ -1,0 +1,6 @@
+//! The real-time hub: the WebSocket protocol types, meeting rooms (waiting room,
+//! admission, offer/answer/ICE relay, in-meeting chat), the chat pre-assessment
+//! queue, presence, and delivery with sequence numbers and resume.
+//!
+//! It talks to storage through `booking`'s API or a small store trait of its
+//! own, and it knows nothing about axum routing or SQL dialects.
