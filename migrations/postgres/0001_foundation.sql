@@ -135,6 +135,7 @@ CREATE TABLE outbox (
     recipient TEXT NOT NULL,
     language TEXT NOT NULL,
     payload TEXT NOT NULL,
+    booking_id TEXT,
     status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending','sent','failed','superseded')),
     attempts BIGINT NOT NULL DEFAULT 0,
     due_at BIGINT NOT NULL,
@@ -144,6 +145,7 @@ CREATE TABLE outbox (
     sent_at BIGINT
 );
 CREATE INDEX outbox_due ON outbox(status, due_at);
+CREATE INDEX outbox_booking ON outbox(booking_id);
 
 CREATE TABLE audit_log (
     id TEXT PRIMARY KEY NOT NULL,

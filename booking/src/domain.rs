@@ -1,0 +1,327 @@
+//! Domain values that cannot hold invalid data: each is built only through
+//! `parse` (or `TryFrom`), and its fields are private.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a value was refused. The message is for developers and API clients;
+/// pages translate the `field`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {reason}")]
+pub struct InvalidValue {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> InvalidValue {
+    InvalidValue {
+        field,
+        reason: reason.into(),
+    }
+}
+
+macro_rules! string_newtype_serde {
+    ($name:ident) => {
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let raw = String::deserialize(d)?;
+                $name::parse(&raw).map_err(serde::de::Error::custom)
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+/// A Swedish kommunkod: exactly four ASCII digits, e.g. `2460` for Vännäs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MunicipalityCode(String);
+
+impl MunicipalityCode {
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        if raw.len() == 4 && raw.bytes().all(|b| b.is_ascii_digit()) {
+            Ok(MunicipalityCode(raw.to_owned()))
+        } else {
+            Err(invalid("municipality", "a kommunkod is four digits"))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+string_newtype_serde!(MunicipalityCode);
+
+/// An email address: one `@`, a non-empty local part, and a domain with a dot.
+/// Stored lower-cased so that sign-in does not depend on capitalisation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EmailAddress(String);
+
+impl EmailAddress {
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let trimmed = raw.trim();
+        let (local, domain) = trimmed
+            .split_once('@')
+            .ok_or_else(|| invalid("email", "an address needs an @"))?;
+        let ok = !local.is_empty()
+            && local.len() <= 64
+            && trimmed.len() <= 254
+            && domain.contains('.')
+            && !domain.starts_with('.')
+            && !domain.ends_with('.')
+            && !domain.contains('@')
+            && !trimmed.chars().any(|c| c.is_whitespace() || c.is_control());
+        if ok {
+            Ok(EmailAddress(trimmed.to_lowercase()))
+        } else {
+            Err(invalid("email", "not a valid email address"))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+string_newtype_serde!(EmailAddress);
+
+/// A stable service code such as `ekonomiskt-bistand`: lower-case ASCII
+/// letters, digits and dashes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceCode(String);
+
+impl ServiceCode {
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let ok = !raw.is_empty()
+            && raw.len() <= 64
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if ok {
+            Ok(ServiceCode(raw.to_owned()))
+        } else {
+            Err(invalid(
+                "service",
+                "a service code is lower-case letters, digits and dashes",
+            ))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+string_newtype_serde!(ServiceCode);
+
+/// The languages Kontakt speaks. Swedish is the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub enum Language {
+    #[default]
+    Sv,
+    En,
+    Fi,
+    Ar,
+}
+
+impl Language {
+    pub const ALL: [Language; 4] = [Language::Sv, Language::En, Language::Fi, Language::Ar];
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        match raw {
+            "sv" => Ok(Language::Sv),
+            "en" => Ok(Language::En),
+            "fi" => Ok(Language::Fi),
+            "ar" => Ok(Language::Ar),
+            _ => Err(invalid("language", "one of sv, en, fi, ar")),
+        }
+    }
+    pub fn code(self) -> &'static str {
+        match self {
+            Language::Sv => "sv",
+            Language::En => "en",
+            Language::Fi => "fi",
+            Language::Ar => "ar",
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        self.code()
+    }
+    /// Whether pages in this language run right to left.
+    pub fn is_rtl(self) -> bool {
+        matches!(self, Language::Ar)
+    }
+}
+string_newtype_serde!(Language);
+
+macro_rules! str_enum {
+    ($(#[$meta:meta])* $name:ident, $field:literal, { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+                match raw {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(invalid($field, concat!("one of: ", $($text, " "),+))),
+                }
+            }
+            pub fn as_str(&self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+        string_newtype_serde!($name);
+    };
+}
+
+str_enum!(
+    /// The steps every service moves through.
+    Step, "step", {
+        Information => "information",
+        PreAssessment => "pre_assessment",
+        Meeting => "meeting",
+        Investigation => "investigation",
+        Decision => "decision",
+        FollowUp => "follow_up",
+    }
+);
+
+str_enum!(
+    /// Who may perform a step for a resident of another municipality.
+    Rule, "rule", {
+        Open => "open",
+        Agreement => "agreement",
+        HomeOnly => "home_only",
+    }
+);
+
+str_enum!(
+    /// What a staff account may do.
+    Role, "role", {
+        Staff => "staff",
+        Scheduler => "scheduler",
+        Admin => "admin",
+    }
+);
+
+str_enum!(
+    /// Where a booking stands.
+    BookingStatus, "status", {
+        Booked => "booked",
+        Cancelled => "cancelled",
+        Completed => "completed",
+        NoShow => "no_show",
+    }
+);
+
+/// A half-open span of time `[start, end)` in UTC, with `start < end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotRange {
+    start: jiff::Timestamp,
+    end: jiff::Timestamp,
+}
+
+impl SlotRange {
+    pub fn new(start: jiff::Timestamp, end: jiff::Timestamp) -> Result<Self, InvalidValue> {
+        if start < end {
+            Ok(SlotRange { start, end })
+        } else {
+            Err(invalid("range", "the start must come before the end"))
+        }
+    }
+    pub fn from_unix(start: i64, end: i64) -> Result<Self, InvalidValue> {
+        let ts = |s| jiff::Timestamp::from_second(s).map_err(|e| invalid("range", e.to_string()));
+        SlotRange::new(ts(start)?, ts(end)?)
+    }
+    pub fn start(&self) -> jiff::Timestamp {
+        self.start
+    }
+    pub fn end(&self) -> jiff::Timestamp {
+        self.end
+    }
+    pub fn overlaps(&self, other: &SlotRange) -> bool {
+        self.start < other.end && other.start < self.end
+    }
+    pub fn minutes(&self) -> i64 {
+        (self.end.as_second() - self.start.as_second()) / 60
+    }
+}
+
+/// A password as typed, checked only for length: argon2 does the rest.
+#[derive(Clone)]
+pub struct Password(String);
+
+impl Password {
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        if raw.chars().count() < 8 {
+            Err(invalid("password", "at least 8 characters"))
+        } else if raw.len() > 1024 {
+            Err(invalid("password", "at most 1024 bytes"))
+        } else {
+            Ok(Password(raw.to_owned()))
+        }
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(..)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn municipality_codes() {
+        for ok in ["2460", "0180", "1283"] {
+            assert!(MunicipalityCode::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "246", "24601", "24a0", "２４６０", " 2460"] {
+            assert!(MunicipalityCode::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn email_addresses() {
+        assert_eq!(
+            EmailAddress::parse(" Anna@Example.se ").unwrap().as_str(),
+            "anna@example.se"
+        );
+        for bad in ["", "anna", "anna@", "@example.se", "a@b", "a b@c.se", "a@.se", "a@b@c.se"] {
+            assert!(EmailAddress::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn slot_ranges_need_start_before_end() {
+        assert!(SlotRange::from_unix(10, 10).is_err());
+        assert!(SlotRange::from_unix(11, 10).is_err());
+        let a = SlotRange::from_unix(0, 60).unwrap();
+        let b = SlotRange::from_unix(60, 120).unwrap();
+        assert!(!a.overlaps(&b), "half-open ranges that touch do not overlap");
+        assert!(a.overlaps(&SlotRange::from_unix(59, 61).unwrap()));
+    }
+
+    #[test]
+    fn enums_round_trip_through_text() {
+        for step in Step::ALL {
+            assert_eq!(Step::parse(step.as_str()).unwrap(), *step);
+        }
+        assert!(Rule::parse("anything").is_err());
+        let json = serde_json::to_string(&Rule::HomeOnly).unwrap();
+        assert_eq!(json, "\"home_only\"");
+        assert!(serde_json::from_str::<Rule>("\"closed\"").is_err());
+    }
+}

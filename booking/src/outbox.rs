@@ -1,0 +1,147 @@
+//! The transactional outbox: what somebody should be told, written in the same
+//! transaction as the change that causes it, so that a crash can neither lose
+//! nor invent a mail. `notify` claims and delivers the rows.
+//!
+//! A [`Message`] carries ids, times and one-time tokens, never a service name,
+//! chat text, a note, a staff member's name or the performing municipality:
+//! whatever goes into a mail must be safe to show to anyone who sees the inbox.
+
+use serde::{Deserialize, Serialize};
+use sqlx::AnyConnection;
+
+use crate::domain::{EmailAddress, Language};
+
+/// One thing to tell one person. Links are built by `notify` from its public
+/// base URL and the tokens and ids here, using the paths documented on each
+/// variant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Message {
+    /// A resident's one-time sign-in link: `/auth/resident/callback?token=`.
+    SignInLink { token: String, expires_at: i64 },
+    /// A new booking. Manage link: `/b/{manage_token}`; join: `/join/{booking_id}`.
+    BookingConfirmed {
+        booking_id: String,
+        starts_at: i64,
+        ends_at: i64,
+        sequence: i64,
+        manage_token: String,
+    },
+    /// A booking moved to a new time. The calendar event keeps its UID and
+    /// gets the new `sequence`.
+    BookingRescheduled {
+        booking_id: String,
+        starts_at: i64,
+        ends_at: i64,
+        previous_starts_at: i64,
+        sequence: i64,
+        manage_token: String,
+    },
+    /// A booking cancelled: calendars should remove the event.
+    BookingCancelled {
+        booking_id: String,
+        starts_at: i64,
+        ends_at: i64,
+        sequence: i64,
+    },
+    /// A reminder `minutes_before` the meeting (1440 or 60).
+    Reminder {
+        booking_id: String,
+        starts_at: i64,
+        ends_at: i64,
+        minutes_before: i64,
+        manage_token: String,
+    },
+    /// A staff member picked up the resident's chat.
+    ChatPickedUp { conversation_id: String },
+    /// Staff shared a new note on "My pages".
+    NoteShared,
+    /// A resident knocks in a waiting room of a staff member who is not in
+    /// the console. Link: `/staff`.
+    Knock { booking_id: String, starts_at: i64 },
+}
+
+impl Message {
+    /// The stable name stored in the `kind` column.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::SignInLink { .. } => "sign_in_link",
+            Message::BookingConfirmed { .. } => "booking_confirmed",
+            Message::BookingRescheduled { .. } => "booking_rescheduled",
+            Message::BookingCancelled { .. } => "booking_cancelled",
+            Message::Reminder { .. } => "reminder",
+            Message::ChatPickedUp { .. } => "chat_picked_up",
+            Message::NoteShared => "note_shared",
+            Message::Knock { .. } => "knock",
+        }
+    }
+
+    /// The booking a message is about, if any: used to supersede reminders
+    /// when the booking moves or is cancelled.
+    pub fn booking_id(&self) -> Option<&str> {
+        match self {
+            Message::BookingConfirmed { booking_id, .. }
+            | Message::BookingRescheduled { booking_id, .. }
+            | Message::BookingCancelled { booking_id, .. }
+            | Message::Reminder { booking_id, .. }
+            | Message::Knock { booking_id, .. } => Some(booking_id),
+            _ => None,
+        }
+    }
+}
+
+/// A row as the delivery worker sees it.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub id: String,
+    pub recipient: EmailAddress,
+    pub language: Language,
+    pub message: Message,
+    pub attempts: i64,
+}
+
+/// Writes `message` for `recipient`, due at `due_at` (unix seconds), on the
+/// caller's connection, which should be inside the transaction that makes the
+/// change the message reports.
+pub async fn enqueue(
+    conn: &mut AnyConnection,
+    recipient: &EmailAddress,
+    language: Language,
+    message: &Message,
+    due_at: i64,
+    now: i64,
+) -> Result<String, sqlx::Error> {
+    let id = uuid::Uuid::new_v4().to_string();
+    let payload = serde_json::to_string(message).expect("a Message always serialises");
+    sqlx::query(
+        "INSERT INTO outbox (id, kind, recipient, language, payload, status, attempts, due_at, created_at, booking_id) \
+         VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $7, $8)",
+    )
+    .bind(&id)
+    .bind(message.kind())
+    .bind(recipient.as_str())
+    .bind(language.code())
+    .bind(payload)
+    .bind(due_at)
+    .bind(now)
+    .bind(message.booking_id())
+    .execute(conn)
+    .await?;
+    Ok(id)
+}
+
+/// Marks the pending reminders of a booking as superseded, because it moved or
+/// was cancelled. Call it in the same transaction as that change.
+pub async fn supersede_reminders(
+    conn: &mut AnyConnection,
+    booking_id: &str,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE outbox SET status = 'superseded' \
+         WHERE booking_id = $1 AND kind = 'reminder' AND status = 'pending'",
+    )
+    .bind(booking_id)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
