@@ -1,8 +1,9 @@
 //! The connection pool and the two database dialects.
 //!
 //! Kontakt runs the same queries on SQLite and PostgreSQL through sqlx's `Any`
-//! driver. Queries use `$1` placeholders, which both accept, and only types
-//! both share: `TEXT`, `BIGINT` (times are unix seconds in UTC) and `BOOLEAN`.
+//! driver. Queries use `$1` placeholders, which both accept, and only the
+//! types both decode: `TEXT` and `BIGINT` (times are unix seconds in UTC;
+//! flags are 0 or 1, because the Any driver cannot decode SQLite booleans).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -132,6 +133,5 @@ pub(crate) fn is_booking_conflict(err: &sqlx::Error) -> bool {
     let code = code.as_deref().unwrap_or_default();
     // 23505 unique_violation and 23P01 exclusion_violation on PostgreSQL;
     // 2067 SQLITE_CONSTRAINT_UNIQUE, and the trigger's RAISE(ABORT) message.
-    matches!(code, "23505" | "23P01" | "2067" | "1555")
-        || db.message().contains("booking_overlap")
+    matches!(code, "23505" | "23P01" | "2067" | "1555") || db.message().contains("booking_overlap")
 }

@@ -222,7 +222,7 @@ str_enum!(
 );
 
 /// A half-open span of time `[start, end)` in UTC, with `start < end`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct SlotRange {
     start: jiff::Timestamp,
     end: jiff::Timestamp,
@@ -299,7 +299,16 @@ mod tests {
             EmailAddress::parse(" Anna@Example.se ").unwrap().as_str(),
             "anna@example.se"
         );
-        for bad in ["", "anna", "anna@", "@example.se", "a@b", "a b@c.se", "a@.se", "a@b@c.se"] {
+        for bad in [
+            "",
+            "anna",
+            "anna@",
+            "@example.se",
+            "a@b",
+            "a b@c.se",
+            "a@.se",
+            "a@b@c.se",
+        ] {
             assert!(EmailAddress::parse(bad).is_err(), "{bad}");
         }
     }
@@ -310,7 +319,10 @@ mod tests {
         assert!(SlotRange::from_unix(11, 10).is_err());
         let a = SlotRange::from_unix(0, 60).unwrap();
         let b = SlotRange::from_unix(60, 120).unwrap();
-        assert!(!a.overlaps(&b), "half-open ranges that touch do not overlap");
+        assert!(
+            !a.overlaps(&b),
+            "half-open ranges that touch do not overlap"
+        );
         assert!(a.overlaps(&SlotRange::from_unix(59, 61).unwrap()));
     }
 

@@ -3,6 +3,7 @@ CREATE EXTENSION IF NOT EXISTS btree_gist;
 -- Kontakt's foundation schema for PostgreSQL. Keep it in step with
 -- migrations/sqlite/0001_foundation.sql: both databases pass the same tests.
 -- Times are unix seconds in UTC. Dates are ISO text (YYYY-MM-DD), which sorts.
+-- Flags are BIGINT 0/1: sqlx's Any driver cannot decode SQLite booleans.
 
 CREATE TABLE municipalities (
     code TEXT PRIMARY KEY NOT NULL,
@@ -13,7 +14,7 @@ CREATE TABLE municipalities (
 CREATE TABLE services (
     code TEXT PRIMARY KEY NOT NULL,
     name_key TEXT NOT NULL,
-    anonymous_chat BOOLEAN NOT NULL,
+    anonymous_chat BIGINT NOT NULL CHECK (anonymous_chat IN (0, 1)),
     slot_minutes BIGINT NOT NULL CHECK (slot_minutes > 0),
     buffer_minutes BIGINT NOT NULL CHECK (buffer_minutes >= 0)
 );
@@ -104,7 +105,7 @@ CREATE TABLE bookings (
     agreement_id TEXT REFERENCES agreements(id),
     rule TEXT NOT NULL,
     manage_token_hash TEXT NOT NULL UNIQUE,
-    manage_token_spent BOOLEAN NOT NULL DEFAULT FALSE,
+    manage_token_spent BIGINT NOT NULL DEFAULT 0 CHECK (manage_token_spent IN (0, 1)),
     sequence BIGINT NOT NULL DEFAULT 0,
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL,

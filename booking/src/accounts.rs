@@ -1,0 +1,352 @@
+//! Staff accounts (argon2 passwords) and residents (one-time email links).
+
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
+use argon2::Argon2;
+use base64::Engine;
+use rand::RngCore;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::db::Db;
+use crate::domain::{EmailAddress, Language, MunicipalityCode, Password, Role, ServiceCode};
+use crate::outbox::{self, Message};
+use crate::Error;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Staff {
+    pub id: String,
+    pub municipality: MunicipalityCode,
+    pub email: EmailAddress,
+    pub name: String,
+    pub role: Role,
+    pub services: Vec<ServiceCode>,
+    pub languages: Vec<Language>,
+    pub max_chats: i64,
+}
+
+impl Staff {
+    pub fn handles(&self, service: &ServiceCode) -> bool {
+        self.services.contains(service)
+    }
+}
+
+/// What is needed to create a staff account.
+#[derive(Debug, Clone)]
+pub struct NewStaff {
+    pub municipality: MunicipalityCode,
+    pub email: EmailAddress,
+    pub name: String,
+    pub role: Role,
+    pub services: Vec<ServiceCode>,
+    pub languages: Vec<Language>,
+    pub password_hash: PasswordHashText,
+}
+
+/// An argon2 PHC string. Made by [`hash_password`], which is slow on purpose,
+/// so callers can hash once and reuse it (the demo seed does).
+#[derive(Debug, Clone)]
+pub struct PasswordHashText(String);
+
+/// Hashes `password` with argon2id on a blocking thread.
+pub async fn hash_password(password: &Password) -> Result<PasswordHashText, Error> {
+    let password = password.clone();
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default()
+            .hash_password(password.expose().as_bytes(), &salt)
+            .map(|h| PasswordHashText(h.to_string()))
+            .map_err(|e| Error::Corrupt(format!("argon2: {e}")))
+    })
+    .await
+    .map_err(|e| Error::Corrupt(format!("hashing task: {e}")))?
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Resident {
+    pub id: String,
+    pub email: EmailAddress,
+    pub name: String,
+    pub home: MunicipalityCode,
+    pub language: Language,
+}
+
+pub async fn create_staff(db: &Db, new: &NewStaff, now: i64) -> Result<Staff, Error> {
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut tx = db.pool().begin().await?;
+    sqlx::query(
+        "INSERT INTO staff (id, municipality_code, email, name, role, password_hash, max_chats, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, 3, $7)",
+    )
+    .bind(&id)
+    .bind(new.municipality.as_str())
+    .bind(new.email.as_str())
+    .bind(&new.name)
+    .bind(new.role.as_str())
+    .bind(&new.password_hash.0)
+    .bind(now)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| Error::from_unique(e, "a staff account with that email exists"))?;
+    for s in &new.services {
+        sqlx::query("INSERT INTO staff_services (staff_id, service_code) VALUES ($1, $2)")
+            .bind(&id)
+            .bind(s.as_str())
+            .execute(&mut *tx)
+            .await?;
+    }
+    for l in &new.languages {
+        sqlx::query("INSERT INTO staff_languages (staff_id, language) VALUES ($1, $2)")
+            .bind(&id)
+            .bind(l.code())
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(Staff {
+        id,
+        municipality: new.municipality.clone(),
+        email: new.email.clone(),
+        name: new.name.clone(),
+        role: new.role,
+        services: new.services.clone(),
+        languages: new.languages.clone(),
+        max_chats: 3,
+    })
+}
+
+/// Every staff account, with services and languages.
+pub async fn all_staff(db: &Db) -> Result<Vec<Staff>, Error> {
+    staff_where(db, None).await
+}
+
+pub async fn staff_by_id(db: &Db, id: &str) -> Result<Option<Staff>, Error> {
+    Ok(staff_where(db, Some(id)).await?.into_iter().next())
+}
+
+async fn staff_where(db: &Db, id: Option<&str>) -> Result<Vec<Staff>, Error> {
+    let rows = sqlx::query(
+        "SELECT id, municipality_code, email, name, role, max_chats FROM staff \
+         WHERE ($1 IS NULL OR id = $1) ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(db.pool())
+    .await?;
+    let services = sqlx::query(
+        "SELECT staff_id, service_code FROM staff_services WHERE ($1 IS NULL OR staff_id = $1)",
+    )
+    .bind(id)
+    .fetch_all(db.pool())
+    .await?;
+    let languages = sqlx::query(
+        "SELECT staff_id, language FROM staff_languages WHERE ($1 IS NULL OR staff_id = $1)",
+    )
+    .bind(id)
+    .fetch_all(db.pool())
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let mut staff = staff_from_row(r)?;
+        for s in &services {
+            if s.try_get::<String, _>("staff_id")? == staff.id {
+                staff.services.push(ServiceCode::parse(
+                    &s.try_get::<String, _>("service_code")?,
+                )?);
+            }
+        }
+        for l in &languages {
+            if l.try_get::<String, _>("staff_id")? == staff.id {
+                staff
+                    .languages
+                    .push(Language::parse(&l.try_get::<String, _>("language")?)?);
+            }
+        }
+        staff.services.sort();
+        staff.languages.sort();
+        out.push(staff);
+    }
+    Ok(out)
+}
+
+fn staff_from_row(r: &AnyRow) -> Result<Staff, Error> {
+    Ok(Staff {
+        id: r.try_get("id")?,
+        municipality: MunicipalityCode::parse(&r.try_get::<String, _>("municipality_code")?)?,
+        email: EmailAddress::parse(&r.try_get::<String, _>("email")?)?,
+        name: r.try_get("name")?,
+        role: Role::parse(&r.try_get::<String, _>("role")?)?,
+        services: Vec::new(),
+        languages: Vec::new(),
+        max_chats: r.try_get("max_chats")?,
+    })
+}
+
+/// Checks a staff member's password. An unknown email costs the same argon2
+/// work as a wrong password, so timing does not reveal which accounts exist.
+pub async fn verify_staff_password(
+    db: &Db,
+    email: &EmailAddress,
+    password: &Password,
+) -> Result<Option<Staff>, Error> {
+    let row = sqlx::query("SELECT id, password_hash FROM staff WHERE email = $1")
+        .bind(email.as_str())
+        .fetch_optional(db.pool())
+        .await?;
+    let (id, hash) = match row {
+        Some(r) => (
+            Some(r.try_get::<String, _>("id")?),
+            r.try_get::<String, _>("password_hash")?,
+        ),
+        None => (None, DUMMY_HASH.to_owned()),
+    };
+    let password = password.clone();
+    let matches = tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash)
+            .map(|parsed| {
+                Argon2::default()
+                    .verify_password(password.expose().as_bytes(), &parsed)
+                    .is_ok()
+            })
+            .unwrap_or(false)
+    })
+    .await
+    .map_err(|e| Error::Corrupt(format!("verify task: {e}")))?;
+    match (id, matches) {
+        (Some(id), true) => staff_by_id(db, &id).await,
+        _ => Ok(None),
+    }
+}
+
+/// A valid argon2id hash of a random password nobody knows, verified against
+/// when the email is unknown.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Vqlq5vRk4QWs3zsdoVpMDu4yMU5lVw5tpZJ8fyIOdeg";
+
+pub async fn create_resident(
+    db: &Db,
+    email: &EmailAddress,
+    name: &str,
+    home: &MunicipalityCode,
+    language: Language,
+    now: i64,
+) -> Result<Resident, Error> {
+    let id = uuid::Uuid::new_v4().to_string();
+    sqlx::query(
+        "INSERT INTO residents (id, email, name, home_code, language, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&id)
+    .bind(email.as_str())
+    .bind(name)
+    .bind(home.as_str())
+    .bind(language.code())
+    .bind(now)
+    .execute(db.pool())
+    .await
+    .map_err(|e| Error::from_unique(e, "a resident with that email exists"))?;
+    Ok(Resident {
+        id,
+        email: email.clone(),
+        name: name.to_owned(),
+        home: home.clone(),
+        language,
+    })
+}
+
+pub async fn resident_by_id(db: &Db, id: &str) -> Result<Option<Resident>, Error> {
+    let row =
+        sqlx::query("SELECT id, email, name, home_code, language FROM residents WHERE id = $1")
+            .bind(id)
+            .fetch_optional(db.pool())
+            .await?;
+    row.as_ref().map(resident_from_row).transpose()
+}
+
+pub async fn resident_by_email(db: &Db, email: &EmailAddress) -> Result<Option<Resident>, Error> {
+    let row =
+        sqlx::query("SELECT id, email, name, home_code, language FROM residents WHERE email = $1")
+            .bind(email.as_str())
+            .fetch_optional(db.pool())
+            .await?;
+    row.as_ref().map(resident_from_row).transpose()
+}
+
+fn resident_from_row(r: &AnyRow) -> Result<Resident, Error> {
+    Ok(Resident {
+        id: r.try_get("id")?,
+        email: EmailAddress::parse(&r.try_get::<String, _>("email")?)?,
+        name: r.try_get("name")?,
+        home: MunicipalityCode::parse(&r.try_get::<String, _>("home_code")?)?,
+        language: Language::parse(&r.try_get::<String, _>("language")?)?,
+    })
+}
+
+/// How long a sign-in link works.
+pub const SIGN_IN_LINK_SECONDS: i64 = 15 * 60;
+
+/// Creates a one-time sign-in link for `resident` and puts it in the outbox,
+/// in one transaction. Returns the token, which only the mail carries.
+pub async fn issue_sign_in_link(db: &Db, resident: &Resident, now: i64) -> Result<String, Error> {
+    let token = random_token();
+    let expires_at = now + SIGN_IN_LINK_SECONDS;
+    let mut tx = db.pool().begin().await?;
+    sqlx::query(
+        "INSERT INTO sign_in_links (token_hash, resident_id, expires_at) VALUES ($1, $2, $3)",
+    )
+    .bind(token_hash(&token))
+    .bind(&resident.id)
+    .bind(expires_at)
+    .execute(&mut *tx)
+    .await?;
+    let message = Message::SignInLink {
+        token: token.clone(),
+        expires_at,
+    };
+    outbox::enqueue(
+        &mut tx,
+        &resident.email,
+        resident.language,
+        &message,
+        now,
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(token)
+}
+
+/// Redeems a sign-in link once. An unknown, used or expired token yields `None`.
+pub async fn redeem_sign_in_link(
+    db: &Db,
+    token: &str,
+    now: i64,
+) -> Result<Option<Resident>, Error> {
+    // One UPDATE both checks and spends the token, so two redemptions racing
+    // cannot both succeed.
+    let row = sqlx::query(
+        "UPDATE sign_in_links SET used_at = $1 \
+         WHERE token_hash = $2 AND used_at IS NULL AND expires_at > $1 RETURNING resident_id",
+    )
+    .bind(now)
+    .bind(token_hash(token))
+    .fetch_optional(db.pool())
+    .await?;
+    match row {
+        Some(r) => resident_by_id(db, &r.try_get::<String, _>("resident_id")?).await,
+        None => Ok(None),
+    }
+}
+
+/// 32 random bytes, URL-safe base64: unguessable tokens for links.
+pub(crate) fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Tokens are stored only as SHA-256, so a database leak does not leak links.
+pub(crate) fn token_hash(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}

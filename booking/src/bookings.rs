@@ -1,0 +1,1165 @@
+//! Search, booking, cancelling and rescheduling, the staff day view and the
+//! load figures.
+//!
+//! Double booking is refused by the database itself (a unique index plus an
+//! overlap trigger on SQLite, an exclusion constraint on PostgreSQL). The code
+//! here picks a staff member and tries to insert; when the database says the
+//! time is taken it moves on to the next candidate, so two requests racing for
+//! the last free time can never both win.
+
+use std::collections::{BTreeMap, HashMap};
+
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+use jiff::{Span, Timestamp};
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use crate::accounts::{self, random_token, token_hash, Resident, Staff};
+use crate::audit::{self, Actor, Entry, Outcome};
+use crate::catalog::{self, Service};
+use crate::db::{is_booking_conflict, Db};
+use crate::domain::{BookingStatus, Language, MunicipalityCode, ServiceCode, SlotRange, Step};
+use crate::outbox::{self, Message};
+use crate::policy::{self, Agreement, Decision};
+use crate::slots::{self, SlotShape, Template};
+use crate::Error;
+
+/// The zone times are shown in unless a municipality says otherwise.
+pub const DISPLAY_ZONE: &str = "Europe/Stockholm";
+
+/// Reminders go out this many minutes before a meeting.
+pub const REMINDER_MINUTES: [i64; 2] = [24 * 60, 60];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Booking {
+    pub id: String,
+    pub resident_id: String,
+    pub staff_id: String,
+    pub service: ServiceCode,
+    pub step: Step,
+    pub range: SlotRange,
+    pub status: BookingStatus,
+    /// The municipality whose staff performs the meeting.
+    pub performed_by: MunicipalityCode,
+    /// The resident's home municipality, which stays responsible.
+    pub performed_for: MunicipalityCode,
+    pub agreement_id: Option<String>,
+    /// `home`, or the cross-border rule the booking relied on.
+    pub rule: String,
+    /// Bumped on every change, for calendar invitations.
+    pub sequence: i64,
+}
+
+/// A booking made or moved, with the token that manages it. The token is
+/// shown once (and mailed); only its hash is stored.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    pub booking: Booking,
+    pub manage_token: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct SearchQuery {
+    pub service: ServiceCode,
+    pub home: MunicipalityCode,
+    pub from: Date,
+    pub to: Date,
+    pub language: Option<Language>,
+}
+
+/// A bookable time. The resident sees a time, never a person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FreeTime {
+    pub range: SlotRange,
+    /// How many staff members are free then: a hint for load, not a name.
+    pub free_staff: usize,
+}
+
+/// The longest range one search may cover.
+pub const MAX_SEARCH_DAYS: i64 = 62;
+
+/// Free times for a resident of `query.home` under the policy, from now on.
+pub async fn search(db: &Db, query: &SearchQuery, now: Timestamp) -> Result<Vec<FreeTime>, Error> {
+    let span_days = (query.to - query.from).get_days() as i64;
+    if query.to < query.from || span_days > MAX_SEARCH_DAYS {
+        return Err(Error::Invalid(crate::InvalidValue {
+            field: "range",
+            reason: format!("from must not be after to, and at most {MAX_SEARCH_DAYS} days apart"),
+        }));
+    }
+    let found = free_slots(
+        db,
+        &query.service,
+        &query.home,
+        query.language,
+        query.from,
+        query.to,
+        now,
+        None,
+        None,
+    )
+    .await?;
+    Ok(found
+        .into_iter()
+        .map(|(range, candidates)| FreeTime {
+            range,
+            free_staff: candidates.len(),
+        })
+        .collect())
+}
+
+/// Books the time starting at `starts_at` for `resident`, picking the staff
+/// member by load.
+pub async fn book(
+    db: &Db,
+    resident: &Resident,
+    service: &ServiceCode,
+    starts_at: Timestamp,
+    language: Option<Language>,
+    now: Timestamp,
+) -> Result<Ticket, Error> {
+    let actor = Actor::Resident(resident.id.clone());
+    let candidates = candidates_at(
+        db,
+        service,
+        &resident.home,
+        language,
+        starts_at,
+        now,
+        None,
+        None,
+    )
+    .await?;
+    let token = random_token();
+    for candidate in &candidates {
+        let mut tx = db.pool().begin().await?;
+        match insert_booking(&mut tx, resident, service, candidate, &token, now).await {
+            Ok(booking) => {
+                announce_new(&mut tx, resident, &booking, &token, now).await?;
+                audit::record(
+                    &mut tx,
+                    &booking_entry(&actor, "booking.create", &booking, Outcome::Allowed),
+                    now.as_second(),
+                )
+                .await?;
+                tx.commit().await?;
+                return Ok(Ticket {
+                    booking,
+                    manage_token: token,
+                });
+            }
+            Err(e) if is_booking_conflict(&e) => {
+                tx.rollback().await?;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Error::Conflict("that time is no longer available".into()))
+}
+
+/// A staff member books one of their own free times for a resident, which
+/// the policy must allow their municipality to do.
+pub async fn book_as_staff(
+    db: &Db,
+    staff: &Staff,
+    resident: &Resident,
+    service: &ServiceCode,
+    starts_at: Timestamp,
+    now: Timestamp,
+) -> Result<Ticket, Error> {
+    let actor = Actor::Staff(staff.id.clone());
+    let decision = decide_for(
+        db,
+        &staff.municipality,
+        &resident.home,
+        service,
+        Step::Meeting,
+        starts_at,
+    )
+    .await?;
+    if !decision.allowed() || !staff.handles(service) {
+        let entry = Entry {
+            actor: &actor,
+            action: "booking.create",
+            subject: format!("resident:{}", resident.id),
+            resident_id: Some(&resident.id),
+            on_behalf_of: Some(resident.home.as_str()),
+            rule: Some(decision.rule_label()),
+            agreement_id: None,
+            outcome: Outcome::Denied,
+        };
+        audit::record_now(db, &entry, now.as_second()).await?;
+        return Err(Error::Forbidden(
+            "the policy does not let your municipality book this service for this resident".into(),
+        ));
+    }
+    let candidates = candidates_at(
+        db,
+        service,
+        &resident.home,
+        None,
+        starts_at,
+        now,
+        None,
+        Some(&staff.id),
+    )
+    .await?;
+    let Some(candidate) = candidates.first() else {
+        return Err(Error::Conflict("you have no free time then".into()));
+    };
+    let token = random_token();
+    let mut tx = db.pool().begin().await?;
+    let booking = match insert_booking(&mut tx, resident, service, candidate, &token, now).await {
+        Ok(b) => b,
+        Err(e) if is_booking_conflict(&e) => {
+            return Err(Error::Conflict("that time is no longer available".into()))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    announce_new(&mut tx, resident, &booking, &token, now).await?;
+    audit::record(
+        &mut tx,
+        &booking_entry(&actor, "booking.create", &booking, Outcome::Allowed),
+        now.as_second(),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Ticket {
+        booking,
+        manage_token: token,
+    })
+}
+
+/// How a caller proves the right to change a booking.
+#[derive(Debug, Clone, Copy)]
+pub enum Authority<'a> {
+    /// The token from the confirmation mail.
+    Token(&'a str),
+    /// The signed-in resident who owns the booking.
+    Resident(&'a Resident),
+}
+
+/// Cancels a booking. A token is spent by cancelling.
+pub async fn cancel(
+    db: &Db,
+    authority: Authority<'_>,
+    booking_id: Option<&str>,
+    now: Timestamp,
+) -> Result<Booking, Error> {
+    let booking = find_managed(db, authority, booking_id, now).await?;
+    if booking.status != BookingStatus::Booked {
+        return Err(Error::Conflict(format!(
+            "the booking is {}",
+            booking.status.as_str()
+        )));
+    }
+    let resident = accounts::resident_by_id(db, &booking.resident_id)
+        .await?
+        .ok_or(Error::NotFound)?;
+    let mut tx = db.pool().begin().await?;
+    let row = sqlx::query(&format!(
+        "UPDATE bookings SET status = 'cancelled', manage_token_spent = 1, sequence = sequence + 1, updated_at = $1 \
+         WHERE id = $2 AND status = 'booked' RETURNING {BOOKING_COLUMNS}"
+    ))
+    .bind(now.as_second())
+    .bind(&booking.id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        return Err(Error::Conflict("the booking was changed meanwhile".into()));
+    };
+    let cancelled = booking_from_row(&row)?;
+    outbox::supersede_reminders(&mut tx, &cancelled.id).await?;
+    let message = Message::BookingCancelled {
+        booking_id: cancelled.id.clone(),
+        starts_at: cancelled.range.start().as_second(),
+        ends_at: cancelled.range.end().as_second(),
+        sequence: cancelled.sequence,
+    };
+    outbox::enqueue(
+        &mut tx,
+        &resident.email,
+        resident.language,
+        &message,
+        now.as_second(),
+        now.as_second(),
+    )
+    .await?;
+    let actor = authority_actor(authority);
+    audit::record(
+        &mut tx,
+        &booking_entry(&actor, "booking.cancel", &cancelled, Outcome::Allowed),
+        now.as_second(),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(cancelled)
+}
+
+/// Moves a booking to the free time at `starts_at`, keeping its id, its
+/// calendar UID and its manage token.
+pub async fn reschedule(
+    db: &Db,
+    authority: Authority<'_>,
+    booking_id: Option<&str>,
+    starts_at: Timestamp,
+    now: Timestamp,
+) -> Result<Ticket, Error> {
+    let booking = find_managed(db, authority, booking_id, now).await?;
+    if booking.status != BookingStatus::Booked {
+        return Err(Error::Conflict(format!(
+            "a {} booking cannot be rescheduled",
+            booking.status.as_str()
+        )));
+    }
+    let resident = accounts::resident_by_id(db, &booking.resident_id)
+        .await?
+        .ok_or(Error::NotFound)?;
+    let candidates = candidates_at(
+        db,
+        &booking.service,
+        &resident.home,
+        None,
+        starts_at,
+        now,
+        Some(&booking.id),
+        None,
+    )
+    .await?;
+    let actor = authority_actor(authority);
+    for candidate in &candidates {
+        let mut tx = db.pool().begin().await?;
+        let updated = sqlx::query(&format!(
+            "UPDATE bookings SET staff_id = $1, starts_at = $2, ends_at = $3, performed_by = $4, agreement_id = $5, \
+             rule = $6, sequence = sequence + 1, updated_at = $7 WHERE id = $8 AND status = 'booked' RETURNING {BOOKING_COLUMNS}"
+        ))
+        .bind(&candidate.staff_id)
+        .bind(candidate.range.start().as_second())
+        .bind(candidate.range.end().as_second())
+        .bind(candidate.municipality.as_str())
+        .bind(candidate.decision.agreement_id())
+        .bind(candidate.decision.rule_label())
+        .bind(now.as_second())
+        .bind(&booking.id)
+        .fetch_optional(&mut *tx)
+        .await;
+        let row = match updated {
+            Ok(Some(row)) => row,
+            Ok(None) => return Err(Error::Conflict("the booking was changed meanwhile".into())),
+            Err(e) if is_booking_conflict(&e) => {
+                tx.rollback().await?;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let moved = booking_from_row(&row)?;
+        outbox::supersede_reminders(&mut tx, &moved.id).await?;
+        // The token stays valid, so the link in the first mail still manages
+        // the booking; the mail about the move does not need to carry it anew.
+        let token = match authority {
+            Authority::Token(t) => t.to_owned(),
+            Authority::Resident(_) => String::new(),
+        };
+        let message = Message::BookingRescheduled {
+            booking_id: moved.id.clone(),
+            starts_at: moved.range.start().as_second(),
+            ends_at: moved.range.end().as_second(),
+            previous_starts_at: booking.range.start().as_second(),
+            sequence: moved.sequence,
+            manage_token: token.clone(),
+        };
+        outbox::enqueue(
+            &mut tx,
+            &resident.email,
+            resident.language,
+            &message,
+            now.as_second(),
+            now.as_second(),
+        )
+        .await?;
+        enqueue_reminders(&mut tx, &resident, &moved, &token, now).await?;
+        audit::record(
+            &mut tx,
+            &booking_entry(&actor, "booking.reschedule", &moved, Outcome::Allowed),
+            now.as_second(),
+        )
+        .await?;
+        tx.commit().await?;
+        return Ok(Ticket {
+            booking: moved,
+            manage_token: token,
+        });
+    }
+    Err(Error::Conflict("that time is no longer available".into()))
+}
+
+/// The booking a manage token belongs to, for the manage page.
+pub async fn by_token(db: &Db, token: &str) -> Result<Booking, Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {BOOKING_COLUMNS} FROM bookings WHERE manage_token_hash = $1"
+    ))
+    .bind(token_hash(token))
+    .fetch_optional(db.pool())
+    .await?;
+    let booking = row
+        .as_ref()
+        .map(booking_from_row)
+        .transpose()?
+        .ok_or(Error::NotFound)?;
+    Ok(booking)
+}
+
+/// A resident's own bookings, newest first.
+pub async fn for_resident(db: &Db, resident: &Resident) -> Result<Vec<Booking>, Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {BOOKING_COLUMNS} FROM bookings WHERE resident_id = $1 ORDER BY starts_at DESC"
+    ))
+    .bind(&resident.id)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter().map(booking_from_row).collect()
+}
+
+/// One of a resident's own bookings. Somebody else's booking is `NotFound`,
+/// exactly as a missing one, and the attempt is audit-logged.
+pub async fn for_resident_by_id(
+    db: &Db,
+    resident: &Resident,
+    id: &str,
+    now: Timestamp,
+) -> Result<Booking, Error> {
+    find_managed(db, Authority::Resident(resident), Some(id), now).await
+}
+
+/// A staff member's bookings on one local day, each read audit-logged.
+pub async fn staff_day(
+    db: &Db,
+    staff: &Staff,
+    day: Date,
+    now: Timestamp,
+) -> Result<Vec<(Booking, Resident)>, Error> {
+    let tz = zone(DISPLAY_ZONE)?;
+    let (from, to) = day_bounds(day, &tz)?;
+    let rows = sqlx::query(&format!(
+        "SELECT {BOOKING_COLUMNS} FROM bookings WHERE staff_id = $1 AND starts_at >= $2 AND starts_at < $3 ORDER BY starts_at"
+    ))
+    .bind(&staff.id)
+    .bind(from.as_second())
+    .bind(to.as_second())
+    .fetch_all(db.pool())
+    .await?;
+    let actor = Actor::Staff(staff.id.clone());
+    let mut out = Vec::with_capacity(rows.len());
+    let mut conn = db.pool().acquire().await?;
+    for row in &rows {
+        let booking = booking_from_row(row)?;
+        let Some(resident) = accounts::resident_by_id(db, &booking.resident_id).await? else {
+            continue;
+        };
+        audit::record(
+            &mut conn,
+            &booking_entry(&actor, "booking.read", &booking, Outcome::Allowed),
+            now.as_second(),
+        )
+        .await?;
+        out.push((booking, resident));
+    }
+    Ok(out)
+}
+
+/// A booking with its resident, for a staff member the policy lets handle it:
+/// the assigned staff member, or staff of a municipality that may perform the
+/// booking's step for the resident on its date. Anyone else gets `NotFound`,
+/// and the attempt is audit-logged either way.
+pub async fn for_staff(
+    db: &Db,
+    staff: &Staff,
+    id: &str,
+    now: Timestamp,
+) -> Result<(Booking, Resident), Error> {
+    let actor = Actor::Staff(staff.id.clone());
+    let row = sqlx::query(&format!(
+        "SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(db.pool())
+    .await?;
+    let Some(booking) = row.as_ref().map(booking_from_row).transpose()? else {
+        return Err(Error::NotFound);
+    };
+    let allowed = if booking.staff_id == staff.id {
+        true
+    } else {
+        let decision = decide_for(
+            db,
+            &staff.municipality,
+            &booking.performed_for,
+            &booking.service,
+            booking.step,
+            booking.range.start(),
+        )
+        .await?;
+        decision.allowed() && staff.handles(&booking.service)
+    };
+    let outcome = if allowed {
+        Outcome::Allowed
+    } else {
+        Outcome::Denied
+    };
+    audit::record_now(
+        db,
+        &booking_entry(&actor, "booking.read", &booking, outcome),
+        now.as_second(),
+    )
+    .await?;
+    if !allowed {
+        return Err(Error::NotFound);
+    }
+    let resident = accounts::resident_by_id(db, &booking.resident_id)
+        .await?
+        .ok_or(Error::NotFound)?;
+    Ok((booking, resident))
+}
+
+/// Load figures for one municipality over a period.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Load {
+    pub municipality: MunicipalityCode,
+    pub name: String,
+    pub published_minutes: i64,
+    pub booked_minutes: i64,
+    pub bookings: i64,
+    pub completed: i64,
+    pub no_shows: i64,
+    pub cancelled: i64,
+    /// Meetings performed for residents of other municipalities.
+    pub performed_for_others: i64,
+    /// Booked minutes over published minutes, 0 when nothing is published.
+    pub utilisation: f64,
+}
+
+/// Load per municipality over `from..=to` (local dates).
+pub async fn load(db: &Db, from: Date, to: Date) -> Result<Vec<Load>, Error> {
+    let tz = zone(DISPLAY_ZONE)?;
+    let (start, _) = day_bounds(from, &tz)?;
+    let (_, end) = day_bounds(to, &tz)?;
+    let municipalities = catalog::municipalities(db).await?;
+    let staff = accounts::all_staff(db).await?;
+    let templates = all_templates(db).await?;
+    let mut published: HashMap<String, i64> = HashMap::new();
+    for s in &staff {
+        let own: Vec<&Template> = templates.iter().filter(|t| t.staff_id == s.id).collect();
+        let mut day = from;
+        while day <= to {
+            let minutes: i64 = own.iter().map(|t| t.minutes_on(day, &tz)).sum();
+            *published
+                .entry(s.municipality.as_str().to_owned())
+                .or_default() += minutes;
+            day = day
+                .checked_add(Span::new().days(1))
+                .map_err(|e| Error::Corrupt(e.to_string()))?;
+        }
+    }
+    let rows = sqlx::query(
+        "SELECT performed_by, status, CAST(COUNT(*) AS BIGINT) AS n, CAST(SUM(ends_at - starts_at) AS BIGINT) AS seconds, \
+         CAST(SUM(CASE WHEN performed_by <> performed_for THEN 1 ELSE 0 END) AS BIGINT) AS for_others \
+         FROM bookings WHERE starts_at >= $1 AND starts_at < $2 GROUP BY performed_by, status",
+    )
+    .bind(start.as_second())
+    .bind(end.as_second())
+    .fetch_all(db.pool())
+    .await?;
+    let mut out: Vec<Load> = municipalities
+        .into_iter()
+        .map(|m| Load {
+            published_minutes: published.get(m.code.as_str()).copied().unwrap_or(0),
+            municipality: m.code,
+            name: m.name,
+            booked_minutes: 0,
+            bookings: 0,
+            completed: 0,
+            no_shows: 0,
+            cancelled: 0,
+            performed_for_others: 0,
+            utilisation: 0.0,
+        })
+        .collect();
+    for r in &rows {
+        let code: String = r.try_get("performed_by")?;
+        let status = BookingStatus::parse(&r.try_get::<String, _>("status")?)?;
+        let n: i64 = r.try_get("n")?;
+        let seconds: i64 = r.try_get("seconds")?;
+        let for_others: i64 = r.try_get("for_others")?;
+        let Some(load) = out.iter_mut().find(|l| l.municipality.as_str() == code) else {
+            continue;
+        };
+        match status {
+            BookingStatus::Cancelled => load.cancelled += n,
+            other => {
+                load.bookings += n;
+                load.booked_minutes += seconds / 60;
+                load.performed_for_others += for_others;
+                match other {
+                    BookingStatus::Completed => load.completed += n,
+                    BookingStatus::NoShow => load.no_shows += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    for load in &mut out {
+        if load.published_minutes > 0 {
+            load.utilisation = load.booked_minutes as f64 / load.published_minutes as f64;
+        }
+    }
+    Ok(out)
+}
+
+/// Every availability template.
+pub async fn all_templates(db: &Db) -> Result<Vec<Template>, Error> {
+    templates_where(db, None).await
+}
+
+/// One staff member's availability templates.
+pub async fn templates_for(db: &Db, staff_id: &str) -> Result<Vec<Template>, Error> {
+    templates_where(db, Some(staff_id)).await
+}
+
+async fn templates_where(db: &Db, staff_id: Option<&str>) -> Result<Vec<Template>, Error> {
+    let rows = sqlx::query(
+        "SELECT id, staff_id, weekday, start_minute, end_minute, valid_from, valid_to FROM availability_templates \
+         WHERE ($1 IS NULL OR staff_id = $1) ORDER BY staff_id, weekday, start_minute",
+    )
+    .bind(staff_id)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Template {
+                id: r.try_get("id")?,
+                staff_id: r.try_get("staff_id")?,
+                weekday: r.try_get::<i64, _>("weekday")? as i8,
+                start_minute: r.try_get::<i64, _>("start_minute")? as i16,
+                end_minute: r.try_get::<i64, _>("end_minute")? as i16,
+                valid_from: catalog::parse_date(&r.try_get::<String, _>("valid_from")?)?,
+                valid_to: catalog::parse_date(&r.try_get::<String, _>("valid_to")?)?,
+            })
+        })
+        .collect()
+}
+
+/// Adds a template after checking it does not overlap the staff member's
+/// other windows on the same weekday and dates.
+pub async fn add_template(db: &Db, template: &Template) -> Result<Template, Error> {
+    template.validate()?;
+    let existing = templates_for(db, &template.staff_id).await?;
+    let clash = existing.iter().any(|t| {
+        t.weekday == template.weekday
+            && t.start_minute < template.end_minute
+            && template.start_minute < t.end_minute
+            && t.valid_from <= template.valid_to
+            && template.valid_from <= t.valid_to
+    });
+    if clash {
+        return Err(Error::Conflict(
+            "the window overlaps another window of the same staff member".into(),
+        ));
+    }
+    let mut stored = template.clone();
+    stored.id = uuid::Uuid::new_v4().to_string();
+    sqlx::query(
+        "INSERT INTO availability_templates (id, staff_id, weekday, start_minute, end_minute, valid_from, valid_to) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&stored.id)
+    .bind(&stored.staff_id)
+    .bind(i64::from(stored.weekday))
+    .bind(i64::from(stored.start_minute))
+    .bind(i64::from(stored.end_minute))
+    .bind(stored.valid_from.to_string())
+    .bind(stored.valid_to.to_string())
+    .execute(db.pool())
+    .await?;
+    Ok(stored)
+}
+
+pub async fn delete_template(db: &Db, staff_id: &str, id: &str) -> Result<(), Error> {
+    let done = sqlx::query("DELETE FROM availability_templates WHERE id = $1 AND staff_id = $2")
+        .bind(id)
+        .bind(staff_id)
+        .execute(db.pool())
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(Error::NotFound);
+    }
+    Ok(())
+}
+
+/// The policy's answer for `host` acting for a resident of `home` at `at`.
+pub async fn decide_for(
+    db: &Db,
+    host: &MunicipalityCode,
+    home: &MunicipalityCode,
+    service: &ServiceCode,
+    step: Step,
+    at: Timestamp,
+) -> Result<Decision, Error> {
+    let rule = catalog::rule_for(db, service, step).await?;
+    let agreements = catalog::agreements(db, Some(home)).await?;
+    let date = at.to_zoned(zone(DISPLAY_ZONE)?).date();
+    Ok(policy::decide(
+        rule,
+        host,
+        home,
+        service,
+        step,
+        date,
+        &agreements,
+    ))
+}
+
+// ---------------------------------------------------------------------------
+
+const BOOKING_COLUMNS: &str =
+    "id, resident_id, staff_id, service_code, step, starts_at, ends_at, status, \
+    performed_by, performed_for, agreement_id, rule, sequence";
+
+fn booking_from_row(r: &AnyRow) -> Result<Booking, Error> {
+    Ok(Booking {
+        id: r.try_get("id")?,
+        resident_id: r.try_get("resident_id")?,
+        staff_id: r.try_get("staff_id")?,
+        service: ServiceCode::parse(&r.try_get::<String, _>("service_code")?)?,
+        step: Step::parse(&r.try_get::<String, _>("step")?)?,
+        range: SlotRange::from_unix(r.try_get("starts_at")?, r.try_get("ends_at")?)?,
+        status: BookingStatus::parse(&r.try_get::<String, _>("status")?)?,
+        performed_by: MunicipalityCode::parse(&r.try_get::<String, _>("performed_by")?)?,
+        performed_for: MunicipalityCode::parse(&r.try_get::<String, _>("performed_for")?)?,
+        agreement_id: r.try_get("agreement_id")?,
+        rule: r.try_get("rule")?,
+        sequence: r.try_get("sequence")?,
+    })
+}
+
+/// A staff member free at a time, with the policy decision that lets them
+/// serve the resident.
+#[derive(Debug, Clone)]
+struct Candidate {
+    staff_id: String,
+    municipality: MunicipalityCode,
+    range: SlotRange,
+    decision: Decision,
+}
+
+/// The free slots in `from..=to`, each with the staff who could take it.
+#[allow(clippy::too_many_arguments)]
+async fn free_slots(
+    db: &Db,
+    service_code: &ServiceCode,
+    home: &MunicipalityCode,
+    language: Option<Language>,
+    from: Date,
+    to: Date,
+    now: Timestamp,
+    ignore_booking: Option<&str>,
+    only_staff: Option<&str>,
+) -> Result<BTreeMap<SlotRange, Vec<Candidate>>, Error> {
+    let service = catalog::service(db, service_code)
+        .await?
+        .ok_or(Error::NotFound)?;
+    catalog::municipality(db, home)
+        .await?
+        .ok_or(Error::NotFound)?;
+    let rule = catalog::rule_for(db, service_code, Step::Meeting).await?;
+    let agreements: Vec<Agreement> = catalog::agreements(db, Some(home)).await?;
+    let tz = zone(DISPLAY_ZONE)?;
+    let staff: Vec<Staff> = accounts::all_staff(db)
+        .await?
+        .into_iter()
+        .filter(|s| s.handles(service_code))
+        .filter(|s| language.is_none_or(|l| s.languages.contains(&l)))
+        .filter(|s| only_staff.is_none_or(|id| s.id == id))
+        .collect();
+    let templates = all_templates(db).await?;
+    let (range_start, _) = day_bounds(from, &tz)?;
+    let (_, range_end) = day_bounds(to, &tz)?;
+    let busy = busy_times(db, range_start, range_end, ignore_booking).await?;
+    let shape = SlotShape {
+        slot_minutes: service.slot_minutes,
+        buffer_minutes: service.buffer_minutes,
+    };
+    let mut out: BTreeMap<SlotRange, Vec<Candidate>> = BTreeMap::new();
+    let mut decisions: HashMap<(MunicipalityCode, Date), Decision> = HashMap::new();
+    for s in &staff {
+        let own: Vec<Template> = templates
+            .iter()
+            .filter(|t| t.staff_id == s.id)
+            .cloned()
+            .collect();
+        if own.is_empty() {
+            continue;
+        }
+        let taken = busy.get(&s.id).map(Vec::as_slice).unwrap_or_default();
+        for range in slots::generate(&own, shape, from, to, &tz) {
+            if range.start() <= now || conflicts(&range, taken, &service) {
+                continue;
+            }
+            let date = range.start().to_zoned(tz.clone()).date();
+            let decision = decisions
+                .entry((s.municipality.clone(), date))
+                .or_insert_with(|| {
+                    policy::decide(
+                        rule,
+                        &s.municipality,
+                        home,
+                        service_code,
+                        Step::Meeting,
+                        date,
+                        &agreements,
+                    )
+                })
+                .clone();
+            if !decision.allowed() {
+                continue;
+            }
+            out.entry(range).or_default().push(Candidate {
+                staff_id: s.id.clone(),
+                municipality: s.municipality.clone(),
+                range,
+                decision,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The staff who could take the slot starting exactly at `starts_at`, least
+/// loaded first, ties broken toward the resident's home municipality.
+#[allow(clippy::too_many_arguments)]
+async fn candidates_at(
+    db: &Db,
+    service: &ServiceCode,
+    home: &MunicipalityCode,
+    language: Option<Language>,
+    starts_at: Timestamp,
+    now: Timestamp,
+    ignore_booking: Option<&str>,
+    only_staff: Option<&str>,
+) -> Result<Vec<Candidate>, Error> {
+    let tz = zone(DISPLAY_ZONE)?;
+    let day = starts_at.to_zoned(tz.clone()).date();
+    let found = free_slots(
+        db,
+        service,
+        home,
+        language,
+        day,
+        day,
+        now,
+        ignore_booking,
+        only_staff,
+    )
+    .await?;
+    let mut candidates: Vec<Candidate> = found
+        .into_iter()
+        .filter(|(range, _)| range.start() == starts_at)
+        .flat_map(|(_, c)| c)
+        .collect();
+    if candidates.is_empty() {
+        return Err(Error::Conflict("that time is not available".into()));
+    }
+    let ratios = weekly_load(db, &candidates, day, &tz).await?;
+    candidates.sort_by(|a, b| {
+        let ra = ratios.get(&a.staff_id).copied().unwrap_or(f64::MAX);
+        let rb = ratios.get(&b.staff_id).copied().unwrap_or(f64::MAX);
+        ra.total_cmp(&rb)
+            .then_with(|| (&b.municipality == home).cmp(&(&a.municipality == home)))
+            .then_with(|| a.staff_id.cmp(&b.staff_id))
+    });
+    Ok(candidates)
+}
+
+/// Booked minutes over published minutes in the ISO week of `day`, per
+/// candidate staff member.
+async fn weekly_load(
+    db: &Db,
+    candidates: &[Candidate],
+    day: Date,
+    tz: &TimeZone,
+) -> Result<HashMap<String, f64>, Error> {
+    let monday = day
+        .checked_sub(Span::new().days(i64::from(day.weekday().to_monday_zero_offset())))
+        .map_err(|e| Error::Corrupt(e.to_string()))?;
+    let sunday = monday
+        .checked_add(Span::new().days(6))
+        .map_err(|e| Error::Corrupt(e.to_string()))?;
+    let (week_start, _) = day_bounds(monday, tz)?;
+    let (_, week_end) = day_bounds(sunday, tz)?;
+    let rows = sqlx::query(
+        "SELECT staff_id, CAST(SUM(ends_at - starts_at) AS BIGINT) AS seconds FROM bookings \
+         WHERE status <> 'cancelled' AND starts_at >= $1 AND starts_at < $2 GROUP BY staff_id",
+    )
+    .bind(week_start.as_second())
+    .bind(week_end.as_second())
+    .fetch_all(db.pool())
+    .await?;
+    let mut booked: HashMap<String, i64> = HashMap::new();
+    for r in &rows {
+        booked.insert(r.try_get("staff_id")?, r.try_get::<i64, _>("seconds")? / 60);
+    }
+    let templates = all_templates(db).await?;
+    let mut ratios = HashMap::new();
+    for c in candidates {
+        let mut published = 0;
+        let mut d = monday;
+        while d <= sunday {
+            published += templates
+                .iter()
+                .filter(|t| t.staff_id == c.staff_id)
+                .map(|t| t.minutes_on(d, tz))
+                .sum::<i64>();
+            d = d
+                .checked_add(Span::new().days(1))
+                .map_err(|e| Error::Corrupt(e.to_string()))?;
+        }
+        let minutes = booked.get(&c.staff_id).copied().unwrap_or(0) as f64;
+        ratios.insert(c.staff_id.clone(), minutes / published.max(1) as f64);
+    }
+    Ok(ratios)
+}
+
+/// Active bookings per staff member that touch `[from, to)`.
+async fn busy_times(
+    db: &Db,
+    from: Timestamp,
+    to: Timestamp,
+    ignore_booking: Option<&str>,
+) -> Result<HashMap<String, Vec<SlotRange>>, Error> {
+    let rows = sqlx::query(
+        "SELECT id, staff_id, starts_at, ends_at FROM bookings WHERE status = 'booked' AND starts_at < $2 AND ends_at > $1",
+    )
+    .bind(from.as_second())
+    .bind(to.as_second())
+    .fetch_all(db.pool())
+    .await?;
+    let mut busy: HashMap<String, Vec<SlotRange>> = HashMap::new();
+    for r in &rows {
+        let id: String = r.try_get("id")?;
+        if ignore_booking == Some(id.as_str()) {
+            continue;
+        }
+        busy.entry(r.try_get("staff_id")?)
+            .or_default()
+            .push(SlotRange::from_unix(
+                r.try_get("starts_at")?,
+                r.try_get("ends_at")?,
+            )?);
+    }
+    Ok(busy)
+}
+
+/// Whether `range` collides with a booking, keeping the service's buffer free
+/// on both sides.
+fn conflicts(range: &SlotRange, taken: &[SlotRange], service: &Service) -> bool {
+    let buffer = service.buffer_minutes * 60;
+    taken.iter().any(|b| {
+        b.start().as_second() < range.end().as_second() + buffer
+            && range.start().as_second() < b.end().as_second() + buffer
+    })
+}
+
+async fn insert_booking(
+    conn: &mut AnyConnection,
+    resident: &Resident,
+    service: &ServiceCode,
+    candidate: &Candidate,
+    token: &str,
+    now: Timestamp,
+) -> Result<Booking, sqlx::Error> {
+    let id = uuid::Uuid::new_v4().to_string();
+    sqlx::query(
+        "INSERT INTO bookings (id, resident_id, staff_id, service_code, step, starts_at, ends_at, status, performed_by, \
+         performed_for, agreement_id, rule, manage_token_hash, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, 'meeting', $5, $6, 'booked', $7, $8, $9, $10, $11, $12, $12)",
+    )
+    .bind(&id)
+    .bind(&resident.id)
+    .bind(&candidate.staff_id)
+    .bind(service.as_str())
+    .bind(candidate.range.start().as_second())
+    .bind(candidate.range.end().as_second())
+    .bind(candidate.municipality.as_str())
+    .bind(resident.home.as_str())
+    .bind(candidate.decision.agreement_id())
+    .bind(candidate.decision.rule_label())
+    .bind(token_hash(token))
+    .bind(now.as_second())
+    .execute(&mut *conn)
+    .await?;
+    Ok(Booking {
+        id,
+        resident_id: resident.id.clone(),
+        staff_id: candidate.staff_id.clone(),
+        service: service.clone(),
+        step: Step::Meeting,
+        range: candidate.range,
+        status: BookingStatus::Booked,
+        performed_by: candidate.municipality.clone(),
+        performed_for: resident.home.clone(),
+        agreement_id: candidate.decision.agreement_id().map(str::to_owned),
+        rule: candidate.decision.rule_label().to_owned(),
+        sequence: 0,
+    })
+}
+
+/// The confirmation and the reminders of a new booking, in its transaction.
+async fn announce_new(
+    conn: &mut AnyConnection,
+    resident: &Resident,
+    booking: &Booking,
+    token: &str,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let message = Message::BookingConfirmed {
+        booking_id: booking.id.clone(),
+        starts_at: booking.range.start().as_second(),
+        ends_at: booking.range.end().as_second(),
+        sequence: booking.sequence,
+        manage_token: token.to_owned(),
+    };
+    outbox::enqueue(
+        conn,
+        &resident.email,
+        resident.language,
+        &message,
+        now.as_second(),
+        now.as_second(),
+    )
+    .await?;
+    enqueue_reminders(conn, resident, booking, token, now).await
+}
+
+async fn enqueue_reminders(
+    conn: &mut AnyConnection,
+    resident: &Resident,
+    booking: &Booking,
+    token: &str,
+    now: Timestamp,
+) -> Result<(), Error> {
+    for minutes in REMINDER_MINUTES {
+        let due = booking.range.start().as_second() - minutes * 60;
+        if due <= now.as_second() {
+            continue;
+        }
+        let message = Message::Reminder {
+            booking_id: booking.id.clone(),
+            starts_at: booking.range.start().as_second(),
+            ends_at: booking.range.end().as_second(),
+            minutes_before: minutes,
+            manage_token: token.to_owned(),
+        };
+        outbox::enqueue(
+            conn,
+            &resident.email,
+            resident.language,
+            &message,
+            due,
+            now.as_second(),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Finds the booking a caller may manage. A token finds its own booking; a
+/// resident finds only their own, and asking for another's is audit-logged and
+/// answered exactly as a missing booking.
+async fn find_managed(
+    db: &Db,
+    authority: Authority<'_>,
+    booking_id: Option<&str>,
+    now: Timestamp,
+) -> Result<Booking, Error> {
+    match authority {
+        Authority::Token(token) => {
+            let booking = by_token(db, token).await?;
+            let spent: i64 = sqlx::query("SELECT manage_token_spent FROM bookings WHERE id = $1")
+                .bind(&booking.id)
+                .fetch_one(db.pool())
+                .await?
+                .try_get("manage_token_spent")?;
+            if spent != 0 && booking.status == BookingStatus::Booked {
+                return Err(Error::NotFound);
+            }
+            Ok(booking)
+        }
+        Authority::Resident(resident) => {
+            let id = booking_id.ok_or(Error::NotFound)?;
+            let row = sqlx::query(&format!(
+                "SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(db.pool())
+            .await?;
+            let booking = row.as_ref().map(booking_from_row).transpose()?;
+            match booking {
+                Some(b) if b.resident_id == resident.id => Ok(b),
+                Some(b) => {
+                    let actor = Actor::Resident(resident.id.clone());
+                    audit::record_now(
+                        db,
+                        &booking_entry(&actor, "booking.read", &b, Outcome::Denied),
+                        now.as_second(),
+                    )
+                    .await?;
+                    Err(Error::NotFound)
+                }
+                None => Err(Error::NotFound),
+            }
+        }
+    }
+}
+
+fn authority_actor(authority: Authority<'_>) -> Actor {
+    match authority {
+        Authority::Token(_) => Actor::Anonymous,
+        Authority::Resident(r) => Actor::Resident(r.id.clone()),
+    }
+}
+
+fn booking_entry<'a>(
+    actor: &'a Actor,
+    action: &'a str,
+    booking: &'a Booking,
+    outcome: Outcome,
+) -> Entry<'a> {
+    Entry {
+        actor,
+        action,
+        subject: format!("booking:{}", booking.id),
+        resident_id: Some(&booking.resident_id),
+        on_behalf_of: Some(booking.performed_for.as_str()),
+        rule: Some(&booking.rule),
+        agreement_id: booking.agreement_id.as_deref(),
+        outcome,
+    }
+}
+
+/// The time zone named `name`, from the bundled database.
+pub fn zone(name: &str) -> Result<TimeZone, Error> {
+    TimeZone::get(name).map_err(|e| Error::Corrupt(format!("time zone {name}: {e}")))
+}
+
+/// The absolute start of `day` and of the day after, in `tz`.
+pub fn day_bounds(day: Date, tz: &TimeZone) -> Result<(Timestamp, Timestamp), Error> {
+    let start = day
+        .to_zoned(tz.clone())
+        .map_err(|e| Error::Corrupt(e.to_string()))?;
+    let end = start
+        .tomorrow()
+        .map_err(|e| Error::Corrupt(e.to_string()))?;
+    Ok((start.timestamp(), end.timestamp()))
+}

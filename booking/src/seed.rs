@@ -1,0 +1,356 @@
+//! Demo data: the eight inland municipalities of Västerbotten and Helsingborg,
+//! five services whose steps follow different cross-border rules, agreements
+//! between some of the municipalities, and staff with two weeks of
+//! availability from the seeding day.
+
+use jiff::civil::{date, Date};
+use jiff::Span;
+
+use crate::accounts::{self, NewStaff};
+use crate::bookings;
+use crate::catalog::{self, Municipality, Service};
+use crate::db::Db;
+use crate::domain::{
+    EmailAddress, Language, MunicipalityCode, Password, Role, Rule, ServiceCode, Step,
+};
+use crate::policy::Agreement;
+use crate::slots::Template;
+use crate::Error;
+
+/// The password of every demo staff account. It is printed at start and must
+/// never be used outside demo mode.
+pub const DEMO_PASSWORD: &str = "kontakt-demo";
+
+/// A sign-in to print for newcomers.
+#[derive(Debug, Clone)]
+pub struct DemoSignIn {
+    pub who: String,
+    pub email: String,
+    pub password: Option<String>,
+}
+
+/// The municipalities of the demo: (kommunkod, name).
+pub const MUNICIPALITIES: [(&str, &str); 9] = [
+    ("2425", "Dorotea"),
+    ("2418", "Malå"),
+    ("2417", "Norsjö"),
+    ("2422", "Sorsele"),
+    ("2421", "Storuman"),
+    ("2462", "Vilhelmina"),
+    ("2463", "Åsele"),
+    ("2481", "Lycksele"),
+    ("1283", "Helsingborg"),
+];
+
+const OPEN: &str = "Allmän information och rådgivning är inte myndighetsutövning och får ges av vilken deltagande kommun som helst (SoL 3 kap. 1 §).";
+const AGREEMENT: &str = "Får utföras av en annan kommun endast enligt avtal om avtalssamverkan (kommunallagen 9 kap. 37 §). Ansvaret ligger kvar hos hemkommunen.";
+const HOME_ONLY: &str = "Myndighetsutövning som endast hemkommunen får utföra. Sekretess enligt OSL 26 kap. gäller mellan kommuner.";
+
+/// The services: (code, slot minutes, buffer minutes, anonymous chat, rules
+/// for information, pre-assessment, meeting, investigation, decision,
+/// follow-up).
+#[allow(clippy::type_complexity)]
+const SERVICES: [(&str, i64, i64, bool, [Rule; 6]); 5] = {
+    use Rule::{Agreement as A, HomeOnly as H, Open as O};
+    [
+        ("ekonomiskt-bistand", 45, 15, false, [O, A, A, H, H, A]),
+        ("stod-till-anhoriga", 60, 0, true, [O, O, O, A, H, O]),
+        ("missbruk-beroende", 45, 15, true, [O, O, A, H, H, A]),
+        ("vald-i-nara-relationer", 60, 15, true, [O, O, A, H, H, A]),
+        ("barn-och-familj", 45, 15, false, [O, A, H, H, H, H]),
+    ]
+};
+
+/// Whether the database already holds data; the demo is seeded only once.
+pub async fn is_empty(db: &Db) -> Result<bool, Error> {
+    Ok(catalog::municipalities(db).await?.is_empty())
+}
+
+/// Seeds the demo, with availability from `today` for two weeks.
+pub async fn demo(db: &Db, today: Date, now: i64) -> Result<Vec<DemoSignIn>, Error> {
+    for (code, name) in MUNICIPALITIES {
+        catalog::insert_municipality(
+            db,
+            &Municipality {
+                code: MunicipalityCode::parse(code)?,
+                name: name.to_owned(),
+                time_zone: bookings::DISPLAY_ZONE.to_owned(),
+            },
+        )
+        .await?;
+    }
+    for (code, slot, buffer, anonymous, rules) in SERVICES {
+        let steps: Vec<(Step, Rule, &str)> = Step::ALL
+            .iter()
+            .zip(rules)
+            .map(|(step, rule)| {
+                let basis = match rule {
+                    Rule::Open => OPEN,
+                    Rule::Agreement => AGREEMENT,
+                    Rule::HomeOnly => HOME_ONLY,
+                };
+                (*step, rule, basis)
+            })
+            .collect();
+        let service = Service {
+            code: ServiceCode::parse(code)?,
+            name_key: format!("service.{code}"),
+            anonymous_chat: anonymous,
+            slot_minutes: slot,
+            buffer_minutes: buffer,
+        };
+        catalog::insert_service(db, &service, &steps).await?;
+    }
+    for agreement in agreements(today)? {
+        catalog::insert_agreement(db, &agreement).await?;
+    }
+
+    let hash = accounts::hash_password(&Password::parse(DEMO_PASSWORD)?).await?;
+    let mut sign_ins = Vec::new();
+    let until = today
+        .checked_add(Span::new().days(13))
+        .map_err(|e| Error::Corrupt(e.to_string()))?;
+    for (i, (code, name, role, services, languages)) in staff_plan().into_iter().enumerate() {
+        let email = format!("{}.{}@kontakt.demo", role_word(role), ascii_slug(name));
+        let email = if i > 0 && sign_ins.iter().any(|s: &DemoSignIn| s.email == email) {
+            format!("{}{}.{}@kontakt.demo", role_word(role), i, ascii_slug(name))
+        } else {
+            email
+        };
+        let staff = accounts::create_staff(
+            db,
+            &NewStaff {
+                municipality: MunicipalityCode::parse(code)?,
+                email: EmailAddress::parse(&email)?,
+                name: format!("{} ({name})", person_name(i)),
+                role,
+                services: services
+                    .iter()
+                    .map(|s| ServiceCode::parse(s))
+                    .collect::<Result<_, _>>()?,
+                languages,
+                password_hash: hash.clone(),
+            },
+            now,
+        )
+        .await?;
+        if role == Role::Staff {
+            // Mornings and afternoons on weekdays; Tuesday afternoons are kept
+            // for investigations, as many social services do.
+            for weekday in 1..=5i8 {
+                for (start, end) in [(9 * 60, 12 * 60), (13 * 60, 16 * 60)] {
+                    if weekday == 2 && start == 13 * 60 {
+                        continue;
+                    }
+                    bookings::add_template(
+                        db,
+                        &Template {
+                            id: String::new(),
+                            staff_id: staff.id.clone(),
+                            weekday,
+                            start_minute: start,
+                            end_minute: end,
+                            valid_from: today,
+                            valid_to: until,
+                        },
+                    )
+                    .await?;
+                }
+            }
+        }
+        sign_ins.push(DemoSignIn {
+            who: format!("{} ({name}, {})", staff.name, role.as_str()),
+            email,
+            password: Some(DEMO_PASSWORD.to_owned()),
+        });
+    }
+    for (email, name, home, language) in [
+        ("anna@example.se", "Anna Lindqvist", "2418", Language::Sv),
+        ("erik@example.se", "Erik Holm", "1283", Language::Sv),
+        ("leila@example.se", "Leila Haddad", "2481", Language::Ar),
+        ("aino@example.se", "Aino Korhonen", "2422", Language::Fi),
+    ] {
+        accounts::create_resident(
+            db,
+            &EmailAddress::parse(email)?,
+            name,
+            &MunicipalityCode::parse(home)?,
+            language,
+            now,
+        )
+        .await?;
+        sign_ins.push(DemoSignIn {
+            who: format!("{name} (resident, {})", municipality_name(home)),
+            email: email.to_owned(),
+            password: None,
+        });
+    }
+    Ok(sign_ins)
+}
+
+fn agreements(today: Date) -> Result<Vec<Agreement>, Error> {
+    let code = MunicipalityCode::parse;
+    let service = |s: &str| ServiceCode::parse(s);
+    let year = today.year();
+    let scopes = |pairs: &[(&str, &[Step])]| -> Result<Vec<(ServiceCode, Step)>, Error> {
+        let mut out = Vec::new();
+        for (s, steps) in pairs {
+            for step in *steps {
+                out.push((service(s)?, *step));
+            }
+        }
+        Ok(out)
+    };
+    use Step::{FollowUp, Meeting, PreAssessment};
+    Ok(vec![
+        Agreement {
+            id: "avtal-lycksele-mala".into(),
+            host: code("2481")?,
+            home: code("2418")?,
+            valid_from: date(year - 1, 1, 1),
+            valid_to: date(year + 1, 12, 31),
+            reference: "Avtal om avtalssamverkan inom socialtjänsten, Lycksele–Malå, dnr 2025/114"
+                .into(),
+            scopes: scopes(&[
+                ("ekonomiskt-bistand", &[PreAssessment, Meeting, FollowUp]),
+                ("missbruk-beroende", &[Meeting, FollowUp]),
+                ("vald-i-nara-relationer", &[Meeting]),
+            ])?,
+        },
+        Agreement {
+            id: "avtal-storuman-sorsele".into(),
+            host: code("2421")?,
+            home: code("2422")?,
+            valid_from: date(year - 1, 7, 1),
+            valid_to: date(year + 2, 6, 30),
+            reference: "Samverkansavtal Storuman–Sorsele, individ- och familjeomsorg".into(),
+            scopes: scopes(&[
+                ("ekonomiskt-bistand", &[PreAssessment, Meeting, FollowUp]),
+                ("missbruk-beroende", &[Meeting, FollowUp]),
+                ("vald-i-nara-relationer", &[Meeting, FollowUp]),
+                ("barn-och-familj", &[PreAssessment]),
+            ])?,
+        },
+        Agreement {
+            id: "avtal-vilhelmina-dorotea".into(),
+            host: code("2462")?,
+            home: code("2425")?,
+            valid_from: date(year, 1, 1),
+            valid_to: date(year + 1, 12, 31),
+            reference: "Avtal Vilhelmina–Dorotea om stöd i ekonomiskt bistånd".into(),
+            scopes: scopes(&[("ekonomiskt-bistand", &[PreAssessment, Meeting])])?,
+        },
+        Agreement {
+            id: "avtal-lycksele-norsjo-2024".into(),
+            host: code("2481")?,
+            home: code("2417")?,
+            valid_from: date(year - 2, 1, 1),
+            valid_to: date(year - 2, 12, 31),
+            reference: "Avtal Lycksele–Norsjö (upphört)".into(),
+            scopes: scopes(&[("ekonomiskt-bistand", &[Meeting])])?,
+        },
+    ])
+}
+
+type StaffPlan = (
+    &'static str,
+    &'static str,
+    Role,
+    Vec<&'static str>,
+    Vec<Language>,
+);
+
+fn staff_plan() -> Vec<StaffPlan> {
+    use Language::{Ar, En, Fi, Sv};
+    let all = vec![
+        "ekonomiskt-bistand",
+        "stod-till-anhoriga",
+        "missbruk-beroende",
+        "vald-i-nara-relationer",
+        "barn-och-familj",
+    ];
+    let mut plan: Vec<StaffPlan> = vec![
+        (
+            "2481",
+            "Lycksele",
+            Role::Staff,
+            all.clone(),
+            vec![Sv, En, Ar],
+        ),
+        ("2481", "Lycksele", Role::Staff, all.clone(), vec![Sv, Fi]),
+        ("2481", "Lycksele", Role::Scheduler, vec![], vec![Sv, En]),
+        ("2481", "Lycksele", Role::Admin, vec![], vec![Sv, En]),
+        (
+            "1283",
+            "Helsingborg",
+            Role::Staff,
+            all.clone(),
+            vec![Sv, En, Ar],
+        ),
+        (
+            "1283",
+            "Helsingborg",
+            Role::Staff,
+            vec!["stod-till-anhoriga", "missbruk-beroende"],
+            vec![Sv],
+        ),
+        ("2421", "Storuman", Role::Staff, all.clone(), vec![Sv, Fi]),
+        ("2462", "Vilhelmina", Role::Staff, all.clone(), vec![Sv, En]),
+    ];
+    for (code, name) in [
+        ("2425", "Dorotea"),
+        ("2418", "Malå"),
+        ("2417", "Norsjö"),
+        ("2422", "Sorsele"),
+        ("2463", "Åsele"),
+    ] {
+        plan.push((code, name, Role::Staff, all.clone(), vec![Sv]));
+    }
+    plan
+}
+
+fn role_word(role: Role) -> &'static str {
+    match role {
+        Role::Staff => "handlaggare",
+        Role::Scheduler => "planerare",
+        Role::Admin => "admin",
+    }
+}
+
+fn person_name(i: usize) -> &'static str {
+    const NAMES: [&str; 13] = [
+        "Maria Berg",
+        "Johan Nilsson",
+        "Sara Lund",
+        "Per Ek",
+        "Fatima Ali",
+        "Lars Åberg",
+        "Eva Stenmark",
+        "Karin Sjöberg",
+        "Olof Lidström",
+        "Ingrid Marklund",
+        "Nils Grahn",
+        "Elin Forsberg",
+        "Mikael Öhman",
+    ];
+    NAMES[i % NAMES.len()]
+}
+
+fn municipality_name(code: &str) -> &'static str {
+    MUNICIPALITIES
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, n)| *n)
+        .unwrap_or("")
+}
+
+/// `Malå` becomes `mala`: email local parts stay ASCII.
+fn ascii_slug(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            'å' | 'ä' | 'Å' | 'Ä' => 'a',
+            'ö' | 'Ö' => 'o',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
+}

@@ -1,0 +1,314 @@
+//! Slot generation: weekly availability templates cut into bookable times.
+//!
+//! A template is a window in the staff member's local time (for example
+//! Tuesdays 08:30–12:00 in Europe/Stockholm). Slots are stepped in absolute
+//! time from the window's real start, so a window on a daylight-saving day is
+//! an hour shorter or longer, never doubled or skipped, and every slot lasts
+//! exactly the service's length.
+
+use jiff::civil::{Date, Time};
+use jiff::tz::TimeZone;
+use jiff::{Span, Timestamp};
+use serde::Serialize;
+
+use crate::domain::{InvalidValue, SlotRange};
+
+/// A weekly window in which a staff member takes meetings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Template {
+    pub id: String,
+    pub staff_id: String,
+    /// ISO weekday: 1 is Monday, 7 is Sunday.
+    pub weekday: i8,
+    /// Minutes after local midnight, `0..1440`.
+    pub start_minute: i16,
+    /// Minutes after local midnight, `1..=1440`, after `start_minute`.
+    pub end_minute: i16,
+    pub valid_from: Date,
+    pub valid_to: Date,
+}
+
+impl Template {
+    /// Checks the fields that the database checks too, so that an API caller
+    /// gets a clear message instead of a constraint error.
+    pub fn validate(&self) -> Result<(), InvalidValue> {
+        let bad = |reason: &str| InvalidValue {
+            field: "template",
+            reason: reason.to_owned(),
+        };
+        if !(1..=7).contains(&self.weekday) {
+            return Err(bad("weekday is 1 (Monday) to 7 (Sunday)"));
+        }
+        if !(0..1440).contains(&self.start_minute) || !(1..=1440).contains(&self.end_minute) {
+            return Err(bad("times are minutes after midnight"));
+        }
+        if self.start_minute >= self.end_minute {
+            return Err(bad("the window must start before it ends"));
+        }
+        if self.valid_from > self.valid_to {
+            return Err(bad("valid_from must not be after valid_to"));
+        }
+        Ok(())
+    }
+
+    /// The published minutes of this window on `date`, in real time: 23- and
+    /// 25-hour days count what the clock really covers.
+    pub fn minutes_on(&self, date: Date, tz: &TimeZone) -> i64 {
+        match self.window_on(date, tz) {
+            Some((start, end)) => (end.as_second() - start.as_second()) / 60,
+            None => 0,
+        }
+    }
+
+    /// The window's absolute start and end on `date`, if it applies that day.
+    fn window_on(&self, date: Date, tz: &TimeZone) -> Option<(Timestamp, Timestamp)> {
+        let weekday = date.weekday().to_monday_one_offset();
+        if weekday != self.weekday || date < self.valid_from || date > self.valid_to {
+            return None;
+        }
+        let start = local_instant(date, self.start_minute, tz)?;
+        let end = local_instant(date, self.end_minute, tz)?;
+        (start < end).then_some((start, end))
+    }
+}
+
+/// How a service cuts windows: each meeting lasts `slot_minutes`, and
+/// `buffer_minutes` are kept free after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotShape {
+    pub slot_minutes: i64,
+    pub buffer_minutes: i64,
+}
+
+/// The slots of `templates` for every date in `from..=to`, sorted and never
+/// overlapping. Templates that overlap each other yield the earlier slot.
+pub fn generate(
+    templates: &[Template],
+    shape: SlotShape,
+    from: Date,
+    to: Date,
+    tz: &TimeZone,
+) -> Vec<SlotRange> {
+    let mut slots = Vec::new();
+    if shape.slot_minutes <= 0 || shape.buffer_minutes < 0 {
+        return slots;
+    }
+    let length = shape.slot_minutes * 60;
+    let step = (shape.slot_minutes + shape.buffer_minutes) * 60;
+    let mut date = from;
+    while date <= to {
+        for template in templates {
+            let Some((start, end)) = template.window_on(date, tz) else {
+                continue;
+            };
+            let mut at = start.as_second();
+            while at + length <= end.as_second() {
+                if let Ok(range) = SlotRange::from_unix(at, at + length) {
+                    slots.push(range);
+                }
+                at += step;
+            }
+        }
+        let Ok(next) = date.checked_add(Span::new().days(1)) else {
+            break;
+        };
+        date = next;
+    }
+    slots.sort();
+    // Drop any slot that overlaps the one kept before it, so that two
+    // overlapping templates of one staff member never offer the same time twice.
+    let mut kept: Vec<SlotRange> = Vec::with_capacity(slots.len());
+    for slot in slots {
+        if kept.last().is_none_or(|last| !last.overlaps(&slot)) {
+            kept.push(slot);
+        }
+    }
+    kept
+}
+
+/// The absolute instant of `minute` after local midnight on `date`. A minute
+/// in a spring-forward gap maps to the first instant after the gap.
+fn local_instant(date: Date, minute: i16, tz: &TimeZone) -> Option<Timestamp> {
+    let day = if minute >= 1440 {
+        date.checked_add(Span::new().days(1)).ok()?
+    } else {
+        date
+    };
+    let minute = minute % 1440;
+    let time = Time::new((minute / 60) as i8, (minute % 60) as i8, 0, 0).ok()?;
+    tz.to_ambiguous_timestamp(day.to_datetime(time))
+        .compatible()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jiff::civil::date;
+    use proptest::prelude::*;
+
+    fn stockholm() -> TimeZone {
+        TimeZone::get("Europe/Stockholm").unwrap()
+    }
+
+    fn template(weekday: i8, start: i16, end: i16) -> Template {
+        Template {
+            id: "t".into(),
+            staff_id: "s".into(),
+            weekday,
+            start_minute: start,
+            end_minute: end,
+            valid_from: date(2020, 1, 1),
+            valid_to: date(2035, 12, 31),
+        }
+    }
+
+    fn local_times(slots: &[SlotRange]) -> Vec<String> {
+        let tz = stockholm();
+        slots
+            .iter()
+            .map(|s| {
+                s.start()
+                    .to_zoned(tz.clone())
+                    .strftime("%H:%M%:z")
+                    .to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_morning_window_on_an_ordinary_day() {
+        // 2026-03-24 is a Tuesday.
+        let day = date(2026, 3, 24);
+        let slots = generate(
+            &[template(2, 8 * 60, 10 * 60)],
+            SlotShape {
+                slot_minutes: 45,
+                buffer_minutes: 15,
+            },
+            day,
+            day,
+            &stockholm(),
+        );
+        assert_eq!(local_times(&slots), ["08:00+01:00", "09:00+01:00"]);
+    }
+
+    #[test]
+    fn spring_and_autumn_daylight_saving_days() {
+        let shape = SlotShape {
+            slot_minutes: 60,
+            buffer_minutes: 0,
+        };
+        // Sunday 2026-03-29: clocks go from 02:00 to 03:00.
+        let spring = date(2026, 3, 29);
+        let slots = generate(
+            &[template(7, 0, 6 * 60)],
+            shape,
+            spring,
+            spring,
+            &stockholm(),
+        );
+        assert_eq!(
+            local_times(&slots),
+            [
+                "00:00+01:00",
+                "01:00+01:00",
+                "03:00+02:00",
+                "04:00+02:00",
+                "05:00+02:00"
+            ]
+        );
+        // Sunday 2026-10-25: clocks go from 03:00 back to 02:00.
+        let autumn = date(2026, 10, 25);
+        let slots = generate(
+            &[template(7, 0, 4 * 60)],
+            shape,
+            autumn,
+            autumn,
+            &stockholm(),
+        );
+        assert_eq!(
+            local_times(&slots),
+            [
+                "00:00+02:00",
+                "01:00+02:00",
+                "02:00+02:00",
+                "02:00+01:00",
+                "03:00+01:00"
+            ]
+        );
+        // A daytime window starts at the same local time either side.
+        let daytime = |d| {
+            let s = generate(&[template(7, 9 * 60, 10 * 60)], shape, d, d, &stockholm());
+            local_times(&s)
+        };
+        assert_eq!(daytime(spring), ["09:00+02:00"]);
+        assert_eq!(daytime(autumn), ["09:00+01:00"]);
+    }
+
+    #[test]
+    fn published_minutes_follow_the_clock() {
+        let all_night = template(7, 0, 1440);
+        assert_eq!(
+            all_night.minutes_on(date(2026, 3, 29), &stockholm()),
+            23 * 60
+        );
+        assert_eq!(
+            all_night.minutes_on(date(2026, 10, 25), &stockholm()),
+            25 * 60
+        );
+        assert_eq!(
+            all_night.minutes_on(date(2026, 10, 18), &stockholm()),
+            24 * 60
+        );
+        assert_eq!(all_night.minutes_on(date(2026, 10, 19), &stockholm()), 0);
+    }
+
+    #[test]
+    fn templates_outside_their_validity_yield_nothing() {
+        let mut t = template(2, 480, 600);
+        t.valid_to = date(2026, 3, 23);
+        let day = date(2026, 3, 24);
+        let shape = SlotShape {
+            slot_minutes: 30,
+            buffer_minutes: 0,
+        };
+        assert!(generate(&[t], shape, day, day, &stockholm()).is_empty());
+    }
+
+    fn arb_template() -> impl Strategy<Value = Template> {
+        (1i8..=7, 0i16..1439, 1i16..=1440).prop_filter_map("start before end", |(w, s, e)| {
+            (s < e).then(|| template(w, s, e))
+        })
+    }
+
+    proptest! {
+        /// Whatever the templates and whichever weeks (including both
+        /// daylight-saving changes), slots never overlap, each lasts exactly
+        /// the service length, and each lies inside its template's window.
+        #[test]
+        fn slots_never_overlap_and_have_the_service_length(
+            templates in proptest::collection::vec(arb_template(), 1..5),
+            slot in 5i64..120,
+            buffer in 0i64..30,
+            start_day in prop_oneof![Just(date(2026, 3, 23)), Just(date(2026, 10, 19)), Just(date(2027, 3, 22)), Just(date(2026, 6, 1))],
+        ) {
+            let tz = stockholm();
+            let to = start_day.checked_add(Span::new().days(13)).unwrap();
+            let shape = SlotShape { slot_minutes: slot, buffer_minutes: buffer };
+            let slots = generate(&templates, shape, start_day, to, &tz);
+            for pair in slots.windows(2) {
+                prop_assert!(pair[0].end() <= pair[1].start(), "{:?} overlaps {:?}", pair[0], pair[1]);
+            }
+            for s in &slots {
+                prop_assert_eq!(s.minutes(), slot);
+                let local = s.start().to_zoned(tz.clone());
+                let inside = templates.iter().any(|t| {
+                    t.window_on(local.date(), &tz)
+                        .is_some_and(|(ws, we)| ws <= s.start() && s.end() <= we)
+                });
+                prop_assert!(inside, "{s:?} lies in no window");
+            }
+        }
+    }
+}
