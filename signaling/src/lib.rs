@@ -2,5 +2,12 @@
 //! admission, offer/answer/ICE relay, in-meeting chat), the chat pre-assessment
 //! queue, presence, and delivery with sequence numbers and resume.
 //!
-//! It talks to storage through `booking`'s API or a small store trait of its
-//! own, and it knows nothing about axum routing or SQL dialects.
+//! It talks to storage through a small store trait of its own, and it knows
+//! nothing about axum routing or SQL dialects.
+
+pub mod history;
+pub mod ids;
+pub mod outbound;
+pub mod protocol;
+pub mod queue;
+pub mod room;

@@ -1,0 +1,1267 @@
+//! The chat pre-assessment queue as a sans-IO state machine.
+//!
+//! A resident opens a chat for a service; the caller has already asked the
+//! `booking` crate which municipalities' staff may perform `pre_assessment`
+//! for that resident and passes the answer in. Only eligible staff ever hear
+//! of the chat. Staff pick chats up by hand (the first claim wins) or the
+//! queue assigns them to the least-loaded eligible staff member. A chat whose
+//! staff member goes offline or does not answer in time returns to its
+//! original place.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use crate::history::{Audience, History, StoredEvent};
+use crate::ids::{
+    ClientMsgId, ConnectionId, MunicipalityCode, PartyId, RoomId, Seq, ServiceId, StaffId,
+};
+use crate::outbound::{send, AdHocMeeting, AuditAction, AuditEntry, Outbound};
+use crate::protocol::{
+    CloseReason, ErrorCode, OfferedTime, Participant, PresenceState, QueueEntryView, Role,
+    RoomEvent, ServerMessage, UnassignReason,
+};
+use crate::room::ClockAnchor;
+
+/// How chats reach staff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueMode {
+    /// Staff see the queue and claim chats.
+    Manual,
+    /// The queue gives each chat to the least-loaded eligible staff member.
+    Automatic,
+}
+
+/// The queue's rules, passed in by the caller from its configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueSettings {
+    pub mode: QueueMode,
+    /// How long staff have to answer (write or accept) a chat they were given
+    /// before it returns to the queue.
+    pub answer_timeout: Duration,
+    /// How long a waiting chat stays after its resident's last connection
+    /// closed, so that a reload keeps the place but an abandoned tab does not.
+    pub abandon_after: Duration,
+    /// The average time one chat takes, for the estimated wait.
+    pub average_chat: Duration,
+}
+
+/// A staff member as the caller knows them from the sign-in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaffProfile {
+    pub id: StaffId,
+    pub municipality: MunicipalityCode,
+    /// The services this staff member may handle.
+    pub services: BTreeSet<ServiceId>,
+}
+
+/// A new chat, with the eligibility the caller computed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewConversation {
+    pub room: RoomId,
+    pub service: ServiceId,
+    pub home_municipality: MunicipalityCode,
+    /// `resident:<id>` or `anonymous:<room>`.
+    pub resident: PartyId,
+    pub anonymous: bool,
+    /// Municipalities whose staff may perform the pre-assessment for this
+    /// resident under the policy. Staff of any other municipality never see
+    /// the chat.
+    pub eligible_municipalities: BTreeSet<MunicipalityCode>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueInput {
+    /// A staff console connected. Staff see the queue at once but take
+    /// chats only after saying they are available.
+    StaffConnected {
+        conn: ConnectionId,
+        staff: StaffProfile,
+    },
+    Availability {
+        conn: ConnectionId,
+        available: bool,
+        max_chats: u32,
+    },
+    Open {
+        conn: ConnectionId,
+        conversation: NewConversation,
+    },
+    /// A connection of the resident or the assigned staff member attaches to
+    /// the chat again, after a reload or reconnect.
+    Join {
+        conn: ConnectionId,
+        party: PartyId,
+        room: RoomId,
+    },
+    /// A connection closed; it leaves every chat and the staff console.
+    Disconnected {
+        conn: ConnectionId,
+    },
+    Leave {
+        conn: ConnectionId,
+        room: RoomId,
+    },
+    Claim {
+        conn: ConnectionId,
+        room: RoomId,
+    },
+    Accept {
+        conn: ConnectionId,
+        room: RoomId,
+    },
+    Transfer {
+        conn: ConnectionId,
+        room: RoomId,
+        to: StaffId,
+    },
+    Chat {
+        conn: ConnectionId,
+        room: RoomId,
+        client_id: ClientMsgId,
+        text: String,
+    },
+    Typing {
+        conn: ConnectionId,
+        room: RoomId,
+        typing: bool,
+    },
+    Ack {
+        conn: ConnectionId,
+        room: RoomId,
+        seq: Seq,
+    },
+    Resume {
+        conn: ConnectionId,
+        room: RoomId,
+        last_seq: Seq,
+    },
+    OfferTimes {
+        conn: ConnectionId,
+        room: RoomId,
+        client_id: ClientMsgId,
+        times: Vec<OfferedTime>,
+    },
+    /// Staff open video; the caller supplies the new room's id.
+    EscalateVideo {
+        conn: ConnectionId,
+        room: RoomId,
+        meeting_room: RoomId,
+    },
+    Close {
+        conn: ConnectionId,
+        room: RoomId,
+    },
+    /// Time passed: answer timeouts and abandoned chats.
+    Tick,
+}
+
+/// A queue entry as it is stored, so that the queue survives a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueEntryRecord {
+    pub room: RoomId,
+    /// The entry's place in the queue; lower is earlier. It never changes,
+    /// which is what lets a returned chat go back to its original place.
+    pub ticket: i64,
+    pub service: ServiceId,
+    pub home_municipality: MunicipalityCode,
+    pub resident: PartyId,
+    pub anonymous: bool,
+    pub eligible_municipalities: BTreeSet<MunicipalityCode>,
+    pub state: EntryState,
+    /// Unix seconds, UTC.
+    pub enqueued_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryState {
+    Waiting,
+    Assigned(StaffId),
+    Closed,
+}
+
+impl EntryState {
+    /// The text stored in the `state` column.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EntryState::Waiting => "waiting",
+            EntryState::Assigned(_) => "assigned",
+            EntryState::Closed => "closed",
+        }
+    }
+}
+
+/// The pre-assessment queue and every open chat conversation.
+#[derive(Debug)]
+pub struct Queue {
+    settings: QueueSettings,
+    clock: ClockAnchor,
+    next_ticket: i64,
+    conversations: BTreeMap<RoomId, Conversation>,
+    staff: BTreeMap<StaffId, StaffState>,
+}
+
+impl Queue {
+    pub fn new(settings: QueueSettings, clock: ClockAnchor) -> Self {
+        Queue {
+            settings,
+            clock,
+            next_ticket: 1,
+            conversations: BTreeMap::new(),
+            staff: BTreeMap::new(),
+        }
+    }
+
+    /// Puts back an open chat after a restart. Nobody is connected after a
+    /// restart, so an assigned chat waits again at its original place.
+    pub fn restore(&mut self, record: QueueEntryRecord, events: Vec<StoredEvent>, now: Instant) {
+        if record.state == EntryState::Closed {
+            return;
+        }
+        self.next_ticket = self.next_ticket.max(record.ticket + 1);
+        self.conversations.insert(
+            record.room.clone(),
+            Conversation {
+                record: QueueEntryRecord {
+                    state: EntryState::Waiting,
+                    ..record
+                },
+                history: History::restore(events),
+                assigned_at: now,
+                answered: false,
+                passed_by: BTreeSet::new(),
+                resident_conns: BTreeSet::new(),
+                staff_conns: BTreeSet::new(),
+                resident_gone_since: Some(now),
+                acked: BTreeMap::new(),
+                last_status: None,
+            },
+        );
+    }
+
+    /// Whether `room` is a chat conversation of this queue.
+    pub fn contains(&self, room: &RoomId) -> bool {
+        self.conversations.contains_key(room)
+    }
+
+    /// The stored form of a conversation, if it is open.
+    pub fn record(&self, room: &RoomId) -> Option<&QueueEntryRecord> {
+        self.conversations.get(room).map(|c| &c.record)
+    }
+
+    pub fn last_seq(&self, room: &RoomId) -> Option<Seq> {
+        self.conversations.get(room).map(|c| c.history.last_seq())
+    }
+
+    /// When [`QueueInput::Tick`] next has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.conversations
+            .values()
+            .filter_map(|c| match &c.record.state {
+                EntryState::Assigned(_) if !c.answered => {
+                    Some(c.assigned_at + self.settings.answer_timeout)
+                }
+                EntryState::Waiting => c
+                    .resident_gone_since
+                    .map(|t| t + self.settings.abandon_after),
+                _ => None,
+            })
+            .min()
+    }
+
+    pub fn handle(&mut self, input: QueueInput, now: Instant) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        let at = self.clock.unix_at(now);
+        match input {
+            QueueInput::StaffConnected { conn, staff } => {
+                self.staff_connected(conn, staff, &mut out)
+            }
+            QueueInput::Availability {
+                conn,
+                available,
+                max_chats,
+            } => {
+                if let Some(staff) = self.staff_of_conn(conn) {
+                    let state = self.staff.get_mut(&staff).expect("known staff");
+                    state.available = available;
+                    state.max_chats = max_chats;
+                    self.rebalance(at, now, &mut out);
+                } else {
+                    out.push(error(conn, ErrorCode::Forbidden, "staff only", None));
+                }
+            }
+            QueueInput::Open { conn, conversation } => {
+                self.open(conn, conversation, at, now, &mut out)
+            }
+            QueueInput::Join { conn, party, room } => self.join(conn, party, room, &mut out),
+            QueueInput::Disconnected { conn } => self.disconnected(conn, now, &mut out),
+            QueueInput::Leave { conn, room } => self.leave(conn, room, &mut out),
+            QueueInput::Claim { conn, room } => self.claim(conn, room, at, now, &mut out),
+            QueueInput::Accept { conn, room } => {
+                if self.assigned_staff_conn(conn, &room, &mut out).is_some() {
+                    self.conversations.get_mut(&room).expect("checked").answered = true;
+                }
+            }
+            QueueInput::Transfer { conn, room, to } => {
+                self.transfer(conn, room, to, at, now, &mut out)
+            }
+            QueueInput::Chat {
+                conn,
+                room,
+                client_id,
+                text,
+            } => self.chat(conn, room, client_id, text, at, &mut out),
+            QueueInput::Typing { conn, room, typing } => {
+                if let Some(party) = self.member_party(conn, &room, &mut out) {
+                    let message = ServerMessage::ChatTyping {
+                        room: room.clone(),
+                        party: party.clone(),
+                        typing,
+                    };
+                    self.send_to_members(&room, Some(&party), &message, &mut out);
+                }
+            }
+            QueueInput::Ack { conn, room, seq } => self.ack(conn, room, seq, &mut out),
+            QueueInput::Resume {
+                conn,
+                room,
+                last_seq,
+            } => {
+                if let Some(party) = self.member_party(conn, &room, &mut out) {
+                    self.audit_if_staff(&party, &room, AuditAction::ReadConversation, &mut out);
+                    let conversation = &self.conversations[&room];
+                    for stored in conversation.history.since(last_seq, &party) {
+                        out.push(send(
+                            conn,
+                            ServerMessage::Event {
+                                room: room.clone(),
+                                seq: stored.seq,
+                                event: stored.event.clone(),
+                            },
+                        ));
+                    }
+                }
+            }
+            QueueInput::OfferTimes {
+                conn,
+                room,
+                client_id,
+                times,
+            } => {
+                if let Some(staff) = self.assigned_staff_conn(conn, &room, &mut out) {
+                    let from = PartyId::staff(&staff);
+                    let conversation = self.conversations.get_mut(&room).expect("checked");
+                    conversation.answered = true;
+                    let seq = match conversation.history.chat_seq(&from, &client_id) {
+                        Some(seq) => seq,
+                        None => self.append(
+                            &room,
+                            RoomEvent::TimesOffered {
+                                from,
+                                client_id: client_id.clone(),
+                                times,
+                            },
+                            at,
+                            &mut out,
+                        ),
+                    };
+                    out.push(send(
+                        conn,
+                        ServerMessage::ChatStored {
+                            room,
+                            client_id,
+                            seq,
+                        },
+                    ));
+                }
+            }
+            QueueInput::EscalateVideo {
+                conn,
+                room,
+                meeting_room,
+            } => {
+                if let Some(staff) = self.assigned_staff_conn(conn, &room, &mut out) {
+                    let conversation = self.conversations.get_mut(&room).expect("checked");
+                    conversation.answered = true;
+                    let meeting = AdHocMeeting {
+                        room: meeting_room.clone(),
+                        conversation: room.clone(),
+                        performing_municipality: self.staff[&staff].profile.municipality.clone(),
+                        staff,
+                        resident: conversation.record.resident.clone(),
+                        home_municipality: conversation.record.home_municipality.clone(),
+                    };
+                    // The room must exist before anyone hears of it.
+                    out.push(Outbound::OpenAdHocMeeting(meeting));
+                    self.append(&room, RoomEvent::VideoOpened { meeting_room }, at, &mut out);
+                }
+            }
+            QueueInput::Close { conn, room } => self.close(conn, room, at, now, &mut out),
+            QueueInput::Tick => self.tick(now, &mut out),
+        }
+        out
+    }
+
+    fn staff_connected(
+        &mut self,
+        conn: ConnectionId,
+        profile: StaffProfile,
+        out: &mut Vec<Outbound>,
+    ) {
+        let id = profile.id.clone();
+        let state = self
+            .staff
+            .entry(profile.id.clone())
+            .or_insert_with(|| StaffState {
+                profile: profile.clone(),
+                conns: BTreeSet::new(),
+                available: false,
+                max_chats: 0,
+            });
+        state.profile = profile;
+        state.conns.insert(conn);
+        let state = &self.staff[&id];
+        for conversation in self.waiting() {
+            if is_eligible(state, &conversation.record) {
+                out.push(send(
+                    conn,
+                    ServerMessage::QueueEntry {
+                        entry: conversation.view(),
+                    },
+                ));
+            }
+        }
+        for conversation in self.conversations.values() {
+            if conversation.record.state == EntryState::Assigned(state.profile.id.clone()) {
+                out.push(send(
+                    conn,
+                    ServerMessage::QueueAssigned {
+                        entry: conversation.view(),
+                    },
+                ));
+            }
+        }
+    }
+
+    fn open(
+        &mut self,
+        conn: ConnectionId,
+        new: NewConversation,
+        at: i64,
+        now: Instant,
+        out: &mut Vec<Outbound>,
+    ) {
+        if self.conversations.contains_key(&new.room) {
+            out.push(error(
+                conn,
+                ErrorCode::InvalidState,
+                "this chat is already open",
+                Some(new.room),
+            ));
+            return;
+        }
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let record = QueueEntryRecord {
+            room: new.room.clone(),
+            ticket,
+            service: new.service,
+            home_municipality: new.home_municipality,
+            resident: new.resident,
+            anonymous: new.anonymous,
+            eligible_municipalities: new.eligible_municipalities,
+            state: EntryState::Waiting,
+            enqueued_at: at,
+        };
+        let room = record.room.clone();
+        out.push(Outbound::PersistQueueEntry(record.clone()));
+        self.conversations.insert(
+            room.clone(),
+            Conversation {
+                record,
+                history: History::default(),
+                assigned_at: now,
+                answered: false,
+                passed_by: BTreeSet::new(),
+                resident_conns: BTreeSet::from([conn]),
+                staff_conns: BTreeSet::new(),
+                resident_gone_since: None,
+                acked: BTreeMap::new(),
+                last_status: None,
+            },
+        );
+        let party = self.conversations[&room].record.resident.clone();
+        self.send_joined(conn, &room, &party, out);
+        self.announce_waiting(&room, out);
+        if !self.any_staff_online(&room) {
+            let service = self.conversations[&room].record.service.clone();
+            out.push(send(
+                conn,
+                ServerMessage::QueueOfflineForm {
+                    room: room.clone(),
+                    service,
+                },
+            ));
+        }
+        self.rebalance(at, now, out);
+    }
+
+    fn join(&mut self, conn: ConnectionId, party: PartyId, room: RoomId, out: &mut Vec<Outbound>) {
+        let Some(conversation) = self.conversations.get_mut(&room) else {
+            out.push(error(conn, ErrorCode::NotFound, "no such room", Some(room)));
+            return;
+        };
+        if party == conversation.record.resident {
+            conversation.resident_conns.insert(conn);
+            conversation.resident_gone_since = None;
+            conversation.last_status = None;
+        } else if matches!(&conversation.record.state, EntryState::Assigned(s) if PartyId::staff(s) == party)
+        {
+            conversation.staff_conns.insert(conn);
+            self.audit_if_staff(&party, &room, AuditAction::ReadConversation, out);
+        } else {
+            out.push(error(conn, ErrorCode::NotFound, "no such room", Some(room)));
+            return;
+        }
+        self.send_joined(conn, &room, &party, out);
+        self.send_statuses(out);
+    }
+
+    fn disconnected(&mut self, conn: ConnectionId, now: Instant, out: &mut Vec<Outbound>) {
+        for conversation in self.conversations.values_mut() {
+            conversation.staff_conns.remove(&conn);
+            if conversation.resident_conns.remove(&conn) && conversation.resident_conns.is_empty() {
+                conversation.resident_gone_since = Some(now);
+            }
+        }
+        let Some(staff) = self.staff_of_conn(conn) else {
+            return;
+        };
+        let state = self.staff.get_mut(&staff).expect("known staff");
+        state.conns.remove(&conn);
+        if !state.conns.is_empty() {
+            return;
+        }
+        self.staff.remove(&staff);
+        let theirs: Vec<RoomId> = self
+            .conversations
+            .iter()
+            .filter(|(_, c)| c.record.state == EntryState::Assigned(staff.clone()))
+            .map(|(room, _)| room.clone())
+            .collect();
+        let at = self.clock.unix_at(now);
+        for room in theirs {
+            self.return_to_queue(&room, &staff, UnassignReason::Offline, out);
+        }
+        self.rebalance(at, now, out);
+        self.send_statuses(out);
+    }
+
+    fn leave(&mut self, conn: ConnectionId, room: RoomId, out: &mut Vec<Outbound>) {
+        let Some(conversation) = self.conversations.get(&room) else {
+            out.push(error(conn, ErrorCode::NotFound, "no such room", Some(room)));
+            return;
+        };
+        if !conversation.resident_conns.contains(&conn) {
+            out.push(error(conn, ErrorCode::NotFound, "no such room", Some(room)));
+            return;
+        }
+        if conversation.record.state != EntryState::Waiting {
+            out.push(error(
+                conn,
+                ErrorCode::InvalidState,
+                "close the chat instead",
+                Some(room),
+            ));
+            return;
+        }
+        let staff_online = self.any_staff_online(&room);
+        let conversation = self.conversations.remove(&room).expect("checked");
+        self.announce_removed(&conversation, out);
+        let mut record = conversation.record.clone();
+        record.state = EntryState::Closed;
+        out.push(Outbound::PersistQueueEntry(record.clone()));
+        for c in &conversation.resident_conns {
+            if !staff_online {
+                out.push(send(
+                    *c,
+                    ServerMessage::QueueOfflineForm {
+                        room: room.clone(),
+                        service: record.service.clone(),
+                    },
+                ));
+            }
+            out.push(send(
+                *c,
+                ServerMessage::RoomClosed {
+                    room: room.clone(),
+                    reason: CloseReason::ChatClosed,
+                },
+            ));
+        }
+        out.push(Outbound::ConversationClosed {
+            room,
+            resident: record.resident,
+            anonymous: record.anonymous,
+        });
+        self.send_statuses(out);
+    }
+
+    fn claim(
+        &mut self,
+        conn: ConnectionId,
+        room: RoomId,
+        at: i64,
+        now: Instant,
+        out: &mut Vec<Outbound>,
+    ) {
+        let Some(staff) = self.staff_of_conn(conn) else {
+            out.push(error(conn, ErrorCode::NotFound, "no such room", Some(room)));
+            return;
+        };
+        let state = &self.staff[&staff];
+        let Some(conversation) = self.conversations.get(&room) else {
+            out.push(error(conn, ErrorCode::NotFound, "no such room", Some(room)));
+            return;
+        };
+        if !is_eligible(state, &conversation.record) {
+            // Staff the policy excludes learn nothing, not even that it exists.
+            out.push(error(conn, ErrorCode::NotFound, "no such room", Some(room)));
+            return;
+        }
+        if conversation.record.state != EntryState::Waiting {
+            out.push(error(
+                conn,
+                ErrorCode::AlreadyTaken,
+                "someone else took this chat",
+                Some(room),
+            ));
+            return;
+        }
+        if state.load(&self.conversations) >= state.max_chats.max(1) as usize {
+            out.push(error(
+                conn,
+                ErrorCode::Forbidden,
+                "you are at your chat limit",
+                Some(room),
+            ));
+            return;
+        }
+        self.assign(&room, &staff, at, now, out);
+        self.send_statuses(out);
+    }
+
+    fn transfer(
+        &mut self,
+        conn: ConnectionId,
+        room: RoomId,
+        to: StaffId,
+        at: i64,
+        now: Instant,
+        out: &mut Vec<Outbound>,
+    ) {
+        let Some(from) = self.assigned_staff_conn(conn, &room, out) else {
+            return;
+        };
+        let record = &self.conversations[&room].record;
+        let target_ok = self.staff.get(&to).is_some_and(|s| {
+            to != from
+                && is_eligible(s, record)
+                && s.is_online()
+                && s.load(&self.conversations) < s.max_chats as usize
+        });
+        if !target_ok {
+            out.push(error(
+                conn,
+                ErrorCode::NotEligible,
+                "that colleague is not online, not eligible or at their chat limit",
+                Some(room),
+            ));
+            return;
+        }
+        let conversation = self.conversations.get_mut(&room).expect("checked");
+        for c in std::mem::take(&mut conversation.staff_conns) {
+            out.push(send(
+                c,
+                ServerMessage::RoomClosed {
+                    room: room.clone(),
+                    reason: CloseReason::ChatClosed,
+                },
+            ));
+        }
+        for c in &self.staff[&from].conns {
+            out.push(send(
+                *c,
+                ServerMessage::QueueUnassigned {
+                    room: room.clone(),
+                    reason: UnassignReason::Transferred,
+                },
+            ));
+        }
+        self.assign(&room, &to, at, now, out);
+    }
+
+    fn chat(
+        &mut self,
+        conn: ConnectionId,
+        room: RoomId,
+        client_id: ClientMsgId,
+        text: String,
+        at: i64,
+        out: &mut Vec<Outbound>,
+    ) {
+        let Some(party) = self.member_party(conn, &room, out) else {
+            return;
+        };
+        let conversation = self.conversations.get_mut(&room).expect("checked");
+        let role = if party == conversation.record.resident {
+            Role::Resident
+        } else {
+            conversation.answered = true;
+            Role::SocialWorker
+        };
+        let seq = match conversation.history.chat_seq(&party, &client_id) {
+            Some(seq) => seq,
+            None => self.append(
+                &room,
+                RoomEvent::Chat {
+                    from: party,
+                    role,
+                    client_id: client_id.clone(),
+                    text,
+                    sent_at: at,
+                },
+                at,
+                out,
+            ),
+        };
+        out.push(send(
+            conn,
+            ServerMessage::ChatStored {
+                room,
+                client_id,
+                seq,
+            },
+        ));
+    }
+
+    fn ack(&mut self, conn: ConnectionId, room: RoomId, seq: Seq, out: &mut Vec<Outbound>) {
+        let Some(party) = self.member_party(conn, &room, out) else {
+            return;
+        };
+        let conversation = self.conversations.get_mut(&room).expect("checked");
+        let seq = seq.min(conversation.history.last_seq());
+        let before = conversation.acked.get(&party).copied().unwrap_or(0);
+        if seq <= before {
+            return;
+        }
+        conversation.acked.insert(party.clone(), seq);
+        if conversation
+            .history
+            .has_chat_from_others(&party, before, seq)
+        {
+            let message = ServerMessage::ChatRead {
+                room: room.clone(),
+                party: party.clone(),
+                seq,
+            };
+            self.send_to_members(&room, Some(&party), &message, out);
+        }
+    }
+
+    fn close(
+        &mut self,
+        conn: ConnectionId,
+        room: RoomId,
+        at: i64,
+        now: Instant,
+        out: &mut Vec<Outbound>,
+    ) {
+        let Some(party) = self.member_party(conn, &room, out) else {
+            return;
+        };
+        if self.conversations[&room].record.state == EntryState::Waiting {
+            self.leave(conn, room, out);
+            return;
+        }
+        self.append(&room, RoomEvent::Ended { by: party }, at, out);
+        let conversation = self.conversations.remove(&room).expect("checked");
+        let mut record = conversation.record.clone();
+        record.state = EntryState::Closed;
+        out.push(Outbound::PersistQueueEntry(record.clone()));
+        for c in conversation
+            .resident_conns
+            .iter()
+            .chain(&conversation.staff_conns)
+        {
+            out.push(send(
+                *c,
+                ServerMessage::RoomClosed {
+                    room: room.clone(),
+                    reason: CloseReason::ChatClosed,
+                },
+            ));
+        }
+        out.push(Outbound::ConversationClosed {
+            room,
+            resident: record.resident,
+            anonymous: record.anonymous,
+        });
+        self.rebalance(at, now, out);
+    }
+
+    fn tick(&mut self, now: Instant, out: &mut Vec<Outbound>) {
+        let at = self.clock.unix_at(now);
+        let timeout = self.settings.answer_timeout;
+        let unanswered: Vec<(RoomId, StaffId)> = self
+            .conversations
+            .iter()
+            .filter_map(|(room, c)| match &c.record.state {
+                EntryState::Assigned(staff) if !c.answered && now >= c.assigned_at + timeout => {
+                    Some((room.clone(), staff.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        for (room, staff) in unanswered {
+            self.return_to_queue(&room, &staff, UnassignReason::NoAnswer, out);
+        }
+        let abandon = self.settings.abandon_after;
+        let abandoned: Vec<RoomId> = self
+            .conversations
+            .iter()
+            .filter(|(_, c)| {
+                c.record.state == EntryState::Waiting
+                    && c.resident_gone_since.is_some_and(|t| now >= t + abandon)
+            })
+            .map(|(room, _)| room.clone())
+            .collect();
+        for room in abandoned {
+            let conversation = self.conversations.remove(&room).expect("listed above");
+            self.announce_removed(&conversation, out);
+            let mut record = conversation.record;
+            record.state = EntryState::Closed;
+            out.push(Outbound::PersistQueueEntry(record.clone()));
+            out.push(Outbound::ConversationClosed {
+                room,
+                resident: record.resident,
+                anonymous: record.anonymous,
+            });
+        }
+        self.rebalance(at, now, out);
+        self.send_statuses(out);
+    }
+
+    /// Gives `room` to `staff` and tells everyone concerned.
+    fn assign(
+        &mut self,
+        room: &RoomId,
+        staff: &StaffId,
+        at: i64,
+        now: Instant,
+        out: &mut Vec<Outbound>,
+    ) {
+        let was_waiting = self.conversations[room].record.state == EntryState::Waiting;
+        let conversation = self.conversations.get_mut(room).expect("caller checked");
+        conversation.record.state = EntryState::Assigned(staff.clone());
+        conversation.assigned_at = now;
+        conversation.answered = false;
+        out.push(Outbound::PersistQueueEntry(conversation.record.clone()));
+        let view = conversation.view();
+        if was_waiting {
+            let conversation = &self.conversations[room];
+            self.announce_removed(conversation, out);
+        }
+        let party = PartyId::staff(staff);
+        self.audit_if_staff(&party, room, AuditAction::OpenConversation, out);
+        for c in &self.staff[staff].conns {
+            out.push(send(
+                *c,
+                ServerMessage::QueueAssigned {
+                    entry: view.clone(),
+                },
+            ));
+        }
+        self.append(room, RoomEvent::Assigned { staff: party }, at, out);
+    }
+
+    /// Puts an assigned chat back at its original place in the queue.
+    fn return_to_queue(
+        &mut self,
+        room: &RoomId,
+        staff: &StaffId,
+        reason: UnassignReason,
+        out: &mut Vec<Outbound>,
+    ) {
+        let conversation = self.conversations.get_mut(room).expect("caller checked");
+        conversation.record.state = EntryState::Waiting;
+        conversation.passed_by.insert(staff.clone());
+        conversation.last_status = None;
+        out.push(Outbound::PersistQueueEntry(conversation.record.clone()));
+        for c in std::mem::take(&mut conversation.staff_conns) {
+            out.push(send(
+                c,
+                ServerMessage::RoomClosed {
+                    room: room.clone(),
+                    reason: CloseReason::ChatClosed,
+                },
+            ));
+        }
+        if let Some(state) = self.staff.get(staff) {
+            for c in &state.conns {
+                out.push(send(
+                    *c,
+                    ServerMessage::QueueUnassigned {
+                        room: room.clone(),
+                        reason,
+                    },
+                ));
+            }
+        }
+        self.announce_waiting(room, out);
+    }
+
+    /// In automatic mode, gives waiting chats, oldest first, to the eligible
+    /// online staff member with the fewest chats who is under their limit.
+    /// Staff who let this chat time out are tried only when nobody else can.
+    fn rebalance(&mut self, at: i64, now: Instant, out: &mut Vec<Outbound>) {
+        if self.settings.mode != QueueMode::Automatic {
+            self.send_statuses(out);
+            return;
+        }
+        let mut waiting: Vec<(i64, RoomId)> = self
+            .waiting()
+            .map(|c| (c.record.ticket, c.record.room.clone()))
+            .collect();
+        waiting.sort();
+        for (_, room) in waiting {
+            let conversation = &self.conversations[&room];
+            let best = self
+                .staff
+                .values()
+                .filter(|s| s.is_online() && is_eligible(s, &conversation.record))
+                .map(|s| (s, s.load(&self.conversations)))
+                .filter(|(s, load)| *load < s.max_chats as usize)
+                .min_by_key(|(s, load)| {
+                    (
+                        conversation.passed_by.contains(&s.profile.id),
+                        *load,
+                        s.profile.id.clone(),
+                    )
+                })
+                .map(|(s, _)| s.profile.id.clone());
+            if let Some(staff) = best {
+                self.assign(&room, &staff, at, now, out);
+            }
+        }
+        self.send_statuses(out);
+    }
+
+    /// Sends each waiting resident their position and estimated wait, when
+    /// either changed since the last time.
+    fn send_statuses(&mut self, out: &mut Vec<Outbound>) {
+        let mut waiting: Vec<(i64, RoomId)> = self
+            .waiting()
+            .map(|c| (c.record.ticket, c.record.room.clone()))
+            .collect();
+        waiting.sort();
+        let mut ahead_per_service: BTreeMap<ServiceId, u32> = BTreeMap::new();
+        for (_, room) in waiting {
+            let staff_online = self.online_staff_count(&room);
+            let conversation = self.conversations.get_mut(&room).expect("listed");
+            let ahead = ahead_per_service
+                .entry(conversation.record.service.clone())
+                .or_insert(0);
+            *ahead += 1;
+            let position = *ahead;
+            let rounds = u64::from(position).div_ceil(staff_online.max(1) as u64);
+            let eta_secs = rounds * self.settings.average_chat.as_secs();
+            let status = (position, eta_secs, staff_online > 0);
+            if conversation.last_status == Some(status) {
+                continue;
+            }
+            conversation.last_status = Some(status);
+            for c in &conversation.resident_conns {
+                out.push(send(
+                    *c,
+                    ServerMessage::QueueStatus {
+                        room: room.clone(),
+                        position,
+                        eta_secs,
+                        staff_online: status.2,
+                    },
+                ));
+            }
+        }
+    }
+
+    fn announce_waiting(&self, room: &RoomId, out: &mut Vec<Outbound>) {
+        let conversation = &self.conversations[room];
+        for staff in self.staff.values() {
+            if is_eligible(staff, &conversation.record) {
+                for c in &staff.conns {
+                    out.push(send(
+                        *c,
+                        ServerMessage::QueueEntry {
+                            entry: conversation.view(),
+                        },
+                    ));
+                }
+            }
+        }
+    }
+
+    fn announce_removed(&self, conversation: &Conversation, out: &mut Vec<Outbound>) {
+        for staff in self.staff.values() {
+            if is_eligible(staff, &conversation.record) {
+                for c in &staff.conns {
+                    out.push(send(
+                        *c,
+                        ServerMessage::QueueEntryRemoved {
+                            room: conversation.record.room.clone(),
+                        },
+                    ));
+                }
+            }
+        }
+    }
+
+    fn append(&mut self, room: &RoomId, event: RoomEvent, at: i64, out: &mut Vec<Outbound>) -> Seq {
+        let conversation = self.conversations.get_mut(room).expect("caller checked");
+        let stored = conversation
+            .history
+            .append(room, Audience::Members, event, at);
+        let seq = stored.seq;
+        let message = ServerMessage::Event {
+            room: room.clone(),
+            seq,
+            event: stored.event.clone(),
+        };
+        out.push(Outbound::Persist(stored));
+        for c in conversation
+            .resident_conns
+            .iter()
+            .chain(&conversation.staff_conns)
+        {
+            out.push(send(*c, message.clone()));
+        }
+        seq
+    }
+
+    fn send_joined(
+        &self,
+        conn: ConnectionId,
+        room: &RoomId,
+        party: &PartyId,
+        out: &mut Vec<Outbound>,
+    ) {
+        let conversation = &self.conversations[room];
+        let mut participants = vec![Participant {
+            party: conversation.record.resident.clone(),
+            role: Role::Resident,
+        }];
+        if let EntryState::Assigned(staff) = &conversation.record.state {
+            participants.push(Participant {
+                party: PartyId::staff(staff),
+                role: Role::SocialWorker,
+            });
+        }
+        let _ = party;
+        out.push(send(
+            conn,
+            ServerMessage::Joined {
+                room: room.clone(),
+                state: PresenceState::Admitted,
+                last_seq: conversation.history.last_seq(),
+                participants,
+                lobby: Vec::new(),
+            },
+        ));
+    }
+
+    fn send_to_members(
+        &self,
+        room: &RoomId,
+        except: Option<&PartyId>,
+        message: &ServerMessage,
+        out: &mut Vec<Outbound>,
+    ) {
+        let conversation = &self.conversations[room];
+        let resident = &conversation.record.resident;
+        if Some(resident) != except {
+            for c in &conversation.resident_conns {
+                out.push(send(*c, message.clone()));
+            }
+        }
+        if let EntryState::Assigned(staff) = &conversation.record.state {
+            if Some(&PartyId::staff(staff)) != except {
+                for c in &conversation.staff_conns {
+                    out.push(send(*c, message.clone()));
+                }
+            }
+        }
+    }
+
+    fn audit_if_staff(
+        &self,
+        party: &PartyId,
+        room: &RoomId,
+        action: AuditAction,
+        out: &mut Vec<Outbound>,
+    ) {
+        let record = &self.conversations[room].record;
+        if *party != record.resident {
+            out.push(Outbound::Audit(AuditEntry {
+                actor: party.clone(),
+                action,
+                room: room.clone(),
+                subject: record.resident.clone(),
+                on_behalf_of: Some(record.home_municipality.clone()),
+            }));
+        }
+    }
+
+    /// The party of a connection attached to this chat: the resident, or the
+    /// staff member it is assigned to.
+    fn member_party(
+        &self,
+        conn: ConnectionId,
+        room: &RoomId,
+        out: &mut Vec<Outbound>,
+    ) -> Option<PartyId> {
+        let Some(conversation) = self.conversations.get(room) else {
+            out.push(error(
+                conn,
+                ErrorCode::NotFound,
+                "no such room",
+                Some(room.clone()),
+            ));
+            return None;
+        };
+        if conversation.resident_conns.contains(&conn) {
+            return Some(conversation.record.resident.clone());
+        }
+        if let EntryState::Assigned(staff) = &conversation.record.state {
+            if conversation.staff_conns.contains(&conn)
+                || self
+                    .staff
+                    .get(staff)
+                    .is_some_and(|s| s.conns.contains(&conn))
+            {
+                return Some(PartyId::staff(staff));
+            }
+        }
+        out.push(error(
+            conn,
+            ErrorCode::NotFound,
+            "no such room",
+            Some(room.clone()),
+        ));
+        None
+    }
+
+    fn assigned_staff_conn(
+        &self,
+        conn: ConnectionId,
+        room: &RoomId,
+        out: &mut Vec<Outbound>,
+    ) -> Option<StaffId> {
+        let party = self.member_party(conn, room, out)?;
+        match &self.conversations[room].record.state {
+            EntryState::Assigned(staff) if PartyId::staff(staff) == party => Some(staff.clone()),
+            _ => {
+                out.push(error(
+                    conn,
+                    ErrorCode::Forbidden,
+                    "only the assigned staff member may do this",
+                    Some(room.clone()),
+                ));
+                None
+            }
+        }
+    }
+
+    fn staff_of_conn(&self, conn: ConnectionId) -> Option<StaffId> {
+        self.staff
+            .values()
+            .find(|s| s.conns.contains(&conn))
+            .map(|s| s.profile.id.clone())
+    }
+
+    fn waiting(&self) -> impl Iterator<Item = &Conversation> {
+        self.conversations
+            .values()
+            .filter(|c| c.record.state == EntryState::Waiting)
+    }
+
+    fn online_staff_count(&self, room: &RoomId) -> usize {
+        let record = &self.conversations[room].record;
+        self.staff
+            .values()
+            .filter(|s| s.is_online() && is_eligible(s, record))
+            .count()
+    }
+
+    fn any_staff_online(&self, room: &RoomId) -> bool {
+        self.online_staff_count(room) > 0
+    }
+}
+
+#[derive(Debug)]
+struct Conversation {
+    record: QueueEntryRecord,
+    history: History,
+    assigned_at: Instant,
+    answered: bool,
+    /// Staff who let this chat go unanswered; asked again only as a last resort.
+    passed_by: BTreeSet<StaffId>,
+    resident_conns: BTreeSet<ConnectionId>,
+    /// Connections of the assigned staff member that joined this chat.
+    staff_conns: BTreeSet<ConnectionId>,
+    resident_gone_since: Option<Instant>,
+    acked: BTreeMap<PartyId, Seq>,
+    last_status: Option<(u32, u64, bool)>,
+}
+
+impl Conversation {
+    fn view(&self) -> QueueEntryView {
+        QueueEntryView {
+            room: self.record.room.clone(),
+            service: self.record.service.clone(),
+            home_municipality: self.record.home_municipality.clone(),
+            anonymous: self.record.anonymous,
+            enqueued_at: self.record.enqueued_at,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct StaffState {
+    profile: StaffProfile,
+    conns: BTreeSet<ConnectionId>,
+    available: bool,
+    max_chats: u32,
+}
+
+impl StaffState {
+    fn is_online(&self) -> bool {
+        self.available && !self.conns.is_empty() && self.max_chats > 0
+    }
+
+    fn load(&self, conversations: &BTreeMap<RoomId, Conversation>) -> usize {
+        conversations
+            .values()
+            .filter(|c| c.record.state == EntryState::Assigned(self.profile.id.clone()))
+            .count()
+    }
+}
+
+fn is_eligible(staff: &StaffState, record: &QueueEntryRecord) -> bool {
+    record
+        .eligible_municipalities
+        .contains(&staff.profile.municipality)
+        && staff.profile.services.contains(&record.service)
+}
+
+fn error(conn: ConnectionId, code: ErrorCode, message: &str, room: Option<RoomId>) -> Outbound {
+    send(conn, ServerMessage::error(code, message, room))
+}

@@ -1,0 +1,952 @@
+//! A meeting room as a sans-IO state machine: a lobby in front, at most four
+//! admitted participants inside, relay of WebRTC signals between them, a
+//! sequenced history (chat, arrivals, departures) with resume, and the
+//! booking's outcome when the meeting ends or the resident never comes.
+//!
+//! [`Room::handle`] takes an input and the current instant and returns what
+//! to do. It never reads a clock, opens a socket or touches storage.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use crate::history::{Audience, History, StoredEvent};
+use crate::ids::{
+    BookingId, ClientMsgId, ConnectionId, InvitationToken, MunicipalityCode, PartyId, RoomId, Seq,
+    StaffId,
+};
+use crate::outbound::{send, AuditAction, AuditEntry, Outbound};
+use crate::protocol::{
+    BookingOutcome, CloseReason, ErrorCode, GuestRole, IceCandidate, Participant, PresenceState,
+    Role, RoomEvent, ServerMessage,
+};
+
+/// The most participants admitted at once. Video is a full mesh, so every
+/// extra participant costs each one an upstream; four is what a resident's
+/// connection can carry.
+pub const MAX_PARTICIPANTS: usize = 4;
+
+/// The most parties waiting in the lobby at once, so that a leaked link
+/// cannot fill a staff member's screen with knocks.
+pub const MAX_LOBBY: usize = 8;
+
+/// Everything a room needs to know about its meeting, given by the caller
+/// from the booking (or from the chat it was escalated from).
+#[derive(Debug, Clone)]
+pub struct MeetingSetup {
+    pub room: RoomId,
+    /// `None` for an ad-hoc room opened from a chat.
+    pub booking: Option<BookingId>,
+    /// Staff of this municipality enter directly and may admit others.
+    pub performing_municipality: MunicipalityCode,
+    /// The staff member the booking is with, notified first on a knock.
+    pub staff: Option<StaffId>,
+    /// The only resident who may knock.
+    pub resident: PartyId,
+    pub home_municipality: Option<MunicipalityCode>,
+    /// When the meeting starts; with `no_show_grace` it decides a no-show.
+    pub starts_at: Option<Instant>,
+    pub no_show_grace: Duration,
+    /// Parties admitted in advance, such as the resident of an escalated chat
+    /// whose staff member already chose to meet them.
+    pub pre_admitted: Vec<PartyId>,
+    /// Ties `Instant`s to wall-clock time for the timestamps of events.
+    pub clock: ClockAnchor,
+}
+
+/// One instant and the Unix time (seconds, UTC) at that instant. State
+/// machines compute event timestamps from it, so they never read a clock.
+#[derive(Debug, Clone, Copy)]
+pub struct ClockAnchor {
+    pub instant: Instant,
+    pub unix: i64,
+}
+
+impl ClockAnchor {
+    pub fn unix_at(&self, now: Instant) -> i64 {
+        let ahead = now.saturating_duration_since(self.instant).as_secs();
+        let behind = self.instant.saturating_duration_since(now).as_secs();
+        self.unix + i64::try_from(ahead).unwrap_or(i64::MAX / 2)
+            - i64::try_from(behind).unwrap_or(i64::MAX / 2)
+    }
+}
+
+/// Who is joining, as the hub learnt it from the connection's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Joiner {
+    Staff {
+        id: StaffId,
+        municipality: MunicipalityCode,
+    },
+    /// A signed-in or anonymous resident.
+    Resident {
+        party: PartyId,
+    },
+    Guest {
+        invitation: InvitationToken,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signal {
+    Offer(String),
+    Answer(String),
+    Ice(IceCandidate),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomInput {
+    Join {
+        conn: ConnectionId,
+        joiner: Joiner,
+    },
+    /// The connection left the room or closed.
+    Leave {
+        conn: ConnectionId,
+    },
+    Resume {
+        conn: ConnectionId,
+        last_seq: Seq,
+    },
+    Ack {
+        conn: ConnectionId,
+        seq: Seq,
+    },
+    Chat {
+        conn: ConnectionId,
+        client_id: ClientMsgId,
+        text: String,
+    },
+    Typing {
+        conn: ConnectionId,
+        typing: bool,
+    },
+    Admit {
+        conn: ConnectionId,
+        party: PartyId,
+    },
+    Decline {
+        conn: ConnectionId,
+        party: PartyId,
+    },
+    SendBack {
+        conn: ConnectionId,
+        party: PartyId,
+    },
+    Signal {
+        conn: ConnectionId,
+        to: PartyId,
+        signal: Signal,
+    },
+    /// Staff create a guest link; the caller supplies a random token.
+    Invite {
+        conn: ConnectionId,
+        role: GuestRole,
+        token: InvitationToken,
+    },
+    End {
+        conn: ConnectionId,
+    },
+    /// Time passed; checks the no-show deadline.
+    Tick,
+}
+
+/// A meeting room.
+#[derive(Debug)]
+pub struct Room {
+    setup: MeetingSetup,
+    history: History,
+    members: BTreeMap<PartyId, Member>,
+    connections: HashMap<ConnectionId, PartyId>,
+    invitations: HashMap<InvitationToken, Invitation>,
+    resident_came: bool,
+    closed: bool,
+}
+
+impl Room {
+    pub fn new(setup: MeetingSetup) -> Self {
+        Self::restore(setup, Vec::new())
+    }
+
+    /// Rebuilds a room after a restart from its stored history, so that
+    /// sequence numbers continue and old chat messages stay deduplicated.
+    /// Presence is not restored: everyone joins again.
+    pub fn restore(setup: MeetingSetup, events: Vec<StoredEvent>) -> Self {
+        let resident_came = events.iter().any(|e| match &e.event {
+            RoomEvent::Knock { participant } | RoomEvent::ParticipantJoined { participant } => {
+                participant.party == setup.resident
+            }
+            _ => false,
+        });
+        let mut room = Room {
+            history: History::restore(events),
+            members: BTreeMap::new(),
+            connections: HashMap::new(),
+            invitations: HashMap::new(),
+            resident_came,
+            closed: false,
+            setup,
+        };
+        for party in room.setup.pre_admitted.clone() {
+            let role = room.role_of_known(&party);
+            room.members.insert(
+                party,
+                Member {
+                    role,
+                    staff: false,
+                    state: PresenceState::Admitted,
+                    conns: BTreeSet::new(),
+                    acked: 0,
+                },
+            );
+        }
+        room
+    }
+
+    pub fn id(&self) -> &RoomId {
+        &self.setup.room
+    }
+
+    pub fn setup(&self) -> &MeetingSetup {
+        &self.setup
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    pub fn last_seq(&self) -> Seq {
+        self.history.last_seq()
+    }
+
+    /// Whether `party` is admitted now (present or briefly away).
+    pub fn is_admitted(&self, party: &PartyId) -> bool {
+        self.members
+            .get(party)
+            .is_some_and(|m| m.state == PresenceState::Admitted)
+    }
+
+    /// The party behind a connection, if it is in this room.
+    pub fn party_of(&self, conn: ConnectionId) -> Option<&PartyId> {
+        self.connections.get(&conn)
+    }
+
+    /// The connections attached to this room.
+    pub fn connections(&self) -> impl Iterator<Item = ConnectionId> + '_ {
+        self.connections.keys().copied()
+    }
+
+    /// When [`RoomInput::Tick`] next has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if self.closed || self.resident_came || self.setup.booking.is_none() {
+            return None;
+        }
+        self.setup
+            .starts_at
+            .map(|start| start + self.setup.no_show_grace)
+    }
+
+    pub fn handle(&mut self, input: RoomInput, now: Instant) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        if self.closed {
+            if let Some(conn) = input_conn(&input) {
+                out.push(self.error(conn, ErrorCode::NotFound, "no such room"));
+            }
+            return out;
+        }
+        let at = self.setup.clock.unix_at(now);
+        match input {
+            RoomInput::Join { conn, joiner } => self.join(conn, joiner, at, &mut out),
+            RoomInput::Leave { conn } => self.leave(conn, at, &mut out),
+            RoomInput::Resume { conn, last_seq } => {
+                if let Some(party) = self.admitted_party(conn, &mut out) {
+                    self.audit_staff_read(&party, &mut out);
+                    self.replay(conn, &party, last_seq, &mut out);
+                }
+            }
+            RoomInput::Ack { conn, seq } => self.ack(conn, seq, &mut out),
+            RoomInput::Chat {
+                conn,
+                client_id,
+                text,
+            } => self.chat(conn, client_id, text, at, &mut out),
+            RoomInput::Typing { conn, typing } => {
+                if let Some(party) = self.admitted_party(conn, &mut out) {
+                    let message = ServerMessage::ChatTyping {
+                        room: self.id().clone(),
+                        party: party.clone(),
+                        typing,
+                    };
+                    self.send_to_admitted(Some(&party), &message, &mut out);
+                }
+            }
+            RoomInput::Admit { conn, party } => self.admit(conn, party, at, &mut out),
+            RoomInput::Decline { conn, party } => self.decline(conn, party, at, &mut out),
+            RoomInput::SendBack { conn, party } => self.send_back(conn, party, at, &mut out),
+            RoomInput::Signal { conn, to, signal } => self.signal(conn, to, signal, &mut out),
+            RoomInput::Invite { conn, role, token } => {
+                if self.host_party(conn, &mut out).is_some() {
+                    self.invitations
+                        .insert(token.clone(), Invitation { role, used: false });
+                    out.push(send(
+                        conn,
+                        ServerMessage::MeetingInvited {
+                            room: self.id().clone(),
+                            role,
+                            token,
+                        },
+                    ));
+                }
+            }
+            RoomInput::End { conn } => {
+                if let Some(by) = self.host_party(conn, &mut out) {
+                    self.append_for_admitted(RoomEvent::Ended { by }, at, &mut out);
+                    self.close(
+                        CloseReason::MeetingEnded,
+                        BookingOutcome::Completed,
+                        &mut out,
+                    );
+                }
+            }
+            RoomInput::Tick => {
+                if self.next_deadline().is_some_and(|deadline| now >= deadline) {
+                    self.close(CloseReason::NoShow, BookingOutcome::NoShow, &mut out);
+                }
+            }
+        }
+        out
+    }
+
+    fn join(&mut self, conn: ConnectionId, joiner: Joiner, at: i64, out: &mut Vec<Outbound>) {
+        let (party, role, staff) = match &joiner {
+            Joiner::Staff { id, municipality } => {
+                if *municipality != self.setup.performing_municipality {
+                    out.push(self.error(conn, ErrorCode::NotFound, "no such room"));
+                    return;
+                }
+                (PartyId::staff(id), Role::SocialWorker, true)
+            }
+            Joiner::Resident { party } => {
+                if *party != self.setup.resident {
+                    out.push(self.error(conn, ErrorCode::NotFound, "no such room"));
+                    return;
+                }
+                (party.clone(), Role::Resident, false)
+            }
+            Joiner::Guest { invitation } => {
+                let party = PartyId::guest(invitation);
+                let returning = self.members.get(&party).is_some_and(|m| m.conns.is_empty());
+                match self.invitations.get_mut(invitation) {
+                    Some(inv) if !inv.used || returning => {
+                        inv.used = true;
+                        (party, Role::from(inv.role), false)
+                    }
+                    _ => {
+                        out.push(self.error(
+                            conn,
+                            ErrorCode::InvitationInvalid,
+                            "this guest link is unknown or already used",
+                        ));
+                        return;
+                    }
+                }
+            }
+        };
+        if let Some(previous) = self.connections.get(&conn) {
+            if *previous != party {
+                out.push(self.error(conn, ErrorCode::InvalidState, "already in this room"));
+                return;
+            }
+        }
+        if party == self.setup.resident {
+            self.resident_came = true;
+        }
+        let state = match self.members.get(&party) {
+            Some(member) => member.state,
+            None if staff => PresenceState::Admitted,
+            None => PresenceState::Lobby,
+        };
+        if state == PresenceState::Admitted
+            && !self.is_present(&party)
+            && self.present_admitted_count() >= MAX_PARTICIPANTS
+        {
+            out.push(self.error(conn, ErrorCode::RoomFull, "the meeting is full"));
+            return;
+        }
+        if state == PresenceState::Lobby
+            && !self.members.contains_key(&party)
+            && self.lobby_count() >= MAX_LOBBY
+        {
+            out.push(self.error(conn, ErrorCode::RoomFull, "the waiting room is full"));
+            return;
+        }
+        let member = self.members.entry(party.clone()).or_insert(Member {
+            role,
+            staff,
+            state,
+            conns: BTreeSet::new(),
+            acked: 0,
+        });
+        let first_connection = member.conns.is_empty();
+        member.conns.insert(conn);
+        self.connections.insert(conn, party.clone());
+        let participant = Participant {
+            party: party.clone(),
+            role,
+        };
+        match state {
+            PresenceState::Admitted => {
+                if first_connection {
+                    self.append_for_admitted(RoomEvent::ParticipantJoined { participant }, at, out);
+                    if staff {
+                        self.send_lobby_status(out);
+                    }
+                }
+                self.send_joined(conn, &party, out);
+                self.audit_staff_read(&party, out);
+                out.push(Outbound::IssueTurnCredentials {
+                    to: conn,
+                    room: self.id().clone(),
+                    party,
+                });
+            }
+            PresenceState::Lobby => {
+                if first_connection {
+                    self.append_for_staff(
+                        RoomEvent::Knock {
+                            participant: participant.clone(),
+                        },
+                        at,
+                        out,
+                    );
+                    if !self.staff_present() {
+                        out.push(Outbound::NotifyStaff {
+                            room: self.id().clone(),
+                            municipality: self.setup.performing_municipality.clone(),
+                            staff: self.setup.staff.clone(),
+                            participant,
+                        });
+                    }
+                }
+                self.send_joined(conn, &party, out);
+                out.push(send(
+                    conn,
+                    ServerMessage::LobbyStatus {
+                        room: self.id().clone(),
+                        staff_present: self.staff_present(),
+                    },
+                ));
+            }
+        }
+    }
+
+    fn leave(&mut self, conn: ConnectionId, at: i64, out: &mut Vec<Outbound>) {
+        let Some(party) = self.connections.remove(&conn) else {
+            return;
+        };
+        let Some(member) = self.members.get_mut(&party) else {
+            return;
+        };
+        member.conns.remove(&conn);
+        if !member.conns.is_empty() {
+            return;
+        }
+        match member.state {
+            PresenceState::Admitted => {
+                let staff = member.staff;
+                // An admitted party stays admitted while away, so that a
+                // reconnect after a network change needs no new admission.
+                self.append_for_admitted(RoomEvent::ParticipantLeft { party }, at, out);
+                if staff {
+                    self.send_lobby_status(out);
+                }
+            }
+            PresenceState::Lobby => {
+                self.members.remove(&party);
+                self.append_for_staff(RoomEvent::LobbyLeft { party }, at, out);
+            }
+        }
+    }
+
+    fn ack(&mut self, conn: ConnectionId, seq: Seq, out: &mut Vec<Outbound>) {
+        let Some(party) = self.admitted_party(conn, out) else {
+            return;
+        };
+        let seq = seq.min(self.history.last_seq());
+        let member = self
+            .members
+            .get_mut(&party)
+            .expect("admitted party is a member");
+        let before = member.acked;
+        if seq <= before {
+            return;
+        }
+        member.acked = seq;
+        if self.history.has_chat_from_others(&party, before, seq) {
+            let message = ServerMessage::ChatRead {
+                room: self.id().clone(),
+                party: party.clone(),
+                seq,
+            };
+            self.send_to_admitted(Some(&party), &message, out);
+        }
+    }
+
+    fn chat(
+        &mut self,
+        conn: ConnectionId,
+        client_id: ClientMsgId,
+        text: String,
+        at: i64,
+        out: &mut Vec<Outbound>,
+    ) {
+        let Some(party) = self.admitted_party(conn, out) else {
+            return;
+        };
+        let seq = match self.history.chat_seq(&party, &client_id) {
+            Some(seq) => seq,
+            None => {
+                let role = self.members[&party].role;
+                self.append_for_admitted(
+                    RoomEvent::Chat {
+                        from: party.clone(),
+                        role,
+                        client_id: client_id.clone(),
+                        text,
+                        sent_at: at,
+                    },
+                    at,
+                    out,
+                )
+            }
+        };
+        out.push(send(
+            conn,
+            ServerMessage::ChatStored {
+                room: self.id().clone(),
+                client_id,
+                seq,
+            },
+        ));
+    }
+
+    fn admit(&mut self, conn: ConnectionId, party: PartyId, at: i64, out: &mut Vec<Outbound>) {
+        if self.host_party(conn, out).is_none() {
+            return;
+        }
+        let Some(member) = self
+            .members
+            .get(&party)
+            .filter(|m| m.state == PresenceState::Lobby)
+        else {
+            out.push(self.error(conn, ErrorCode::NotFound, "nobody by that id is waiting"));
+            return;
+        };
+        if self.present_admitted_count() >= MAX_PARTICIPANTS {
+            out.push(self.error(conn, ErrorCode::RoomFull, "the meeting is full"));
+            return;
+        }
+        let role = member.role;
+        let conns: Vec<ConnectionId> = member.conns.iter().copied().collect();
+        self.members.get_mut(&party).expect("checked above").state = PresenceState::Admitted;
+        self.append_for_admitted(
+            RoomEvent::ParticipantJoined {
+                participant: Participant {
+                    party: party.clone(),
+                    role,
+                },
+            },
+            at,
+            out,
+        );
+        for c in conns {
+            out.push(send(
+                c,
+                ServerMessage::LobbyAdmitted {
+                    room: self.id().clone(),
+                },
+            ));
+            self.send_joined(c, &party, out);
+            out.push(Outbound::IssueTurnCredentials {
+                to: c,
+                room: self.id().clone(),
+                party: party.clone(),
+            });
+        }
+    }
+
+    fn decline(&mut self, conn: ConnectionId, party: PartyId, at: i64, out: &mut Vec<Outbound>) {
+        if self.host_party(conn, out).is_none() {
+            return;
+        }
+        if !self
+            .members
+            .get(&party)
+            .is_some_and(|m| m.state == PresenceState::Lobby)
+        {
+            out.push(self.error(conn, ErrorCode::NotFound, "nobody by that id is waiting"));
+            return;
+        }
+        let member = self.members.remove(&party).expect("checked above");
+        for c in member.conns {
+            self.connections.remove(&c);
+            out.push(send(
+                c,
+                ServerMessage::LobbyDeclined {
+                    room: self.id().clone(),
+                },
+            ));
+        }
+        self.append_for_staff(RoomEvent::LobbyLeft { party }, at, out);
+    }
+
+    fn send_back(&mut self, conn: ConnectionId, party: PartyId, at: i64, out: &mut Vec<Outbound>) {
+        let Some(host) = self.host_party(conn, out) else {
+            return;
+        };
+        let target = self
+            .members
+            .get(&party)
+            .filter(|m| m.state == PresenceState::Admitted && !m.staff && party != host);
+        let Some(member) = target else {
+            out.push(self.error(conn, ErrorCode::NotFound, "no such participant"));
+            return;
+        };
+        let conns: Vec<ConnectionId> = member.conns.iter().copied().collect();
+        let role = member.role;
+        self.append_for_admitted(
+            RoomEvent::ParticipantLeft {
+                party: party.clone(),
+            },
+            at,
+            out,
+        );
+        self.members.get_mut(&party).expect("checked above").state = PresenceState::Lobby;
+        if conns.is_empty() {
+            // Nobody to wait: an away participant sent back simply is no
+            // longer a member and must knock again.
+            self.members.remove(&party);
+            return;
+        }
+        self.append_for_staff(
+            RoomEvent::Knock {
+                participant: Participant {
+                    party: party.clone(),
+                    role,
+                },
+            },
+            at,
+            out,
+        );
+        for c in conns {
+            out.push(send(
+                c,
+                ServerMessage::LobbySentBack {
+                    room: self.id().clone(),
+                },
+            ));
+            out.push(send(
+                c,
+                ServerMessage::LobbyStatus {
+                    room: self.id().clone(),
+                    staff_present: true,
+                },
+            ));
+        }
+    }
+
+    fn signal(&mut self, conn: ConnectionId, to: PartyId, signal: Signal, out: &mut Vec<Outbound>) {
+        let Some(from) = self.admitted_party(conn, out) else {
+            return;
+        };
+        // Signals go to the target's newest connection only: an offer
+        // answered from two browser tabs would break the call.
+        let target_conn = self
+            .members
+            .get(&to)
+            .filter(|m| m.state == PresenceState::Admitted && to != from)
+            .and_then(|m| m.conns.iter().next_back().copied());
+        let Some(target_conn) = target_conn else {
+            out.push(self.error(conn, ErrorCode::NotFound, "no such participant here"));
+            return;
+        };
+        let room = self.id().clone();
+        let message = match signal {
+            Signal::Offer(sdp) => ServerMessage::SignalOffer { room, from, sdp },
+            Signal::Answer(sdp) => ServerMessage::SignalAnswer { room, from, sdp },
+            Signal::Ice(candidate) => ServerMessage::SignalIce {
+                room,
+                from,
+                candidate,
+            },
+        };
+        out.push(send(target_conn, message));
+    }
+
+    fn close(&mut self, reason: CloseReason, outcome: BookingOutcome, out: &mut Vec<Outbound>) {
+        self.closed = true;
+        for conn in self.connections.keys().copied().collect::<BTreeSet<_>>() {
+            out.push(send(
+                conn,
+                ServerMessage::RoomClosed {
+                    room: self.id().clone(),
+                    reason,
+                },
+            ));
+        }
+        self.connections.clear();
+        for member in self.members.values_mut() {
+            member.conns.clear();
+        }
+        if let Some(booking) = &self.setup.booking {
+            out.push(Outbound::BookingOutcome {
+                booking: booking.clone(),
+                outcome,
+            });
+        }
+    }
+
+    /// Appends an event that every admitted party may see and delivers it to
+    /// those present.
+    fn append_for_admitted(&mut self, event: RoomEvent, at: i64, out: &mut Vec<Outbound>) -> Seq {
+        let audience: Vec<PartyId> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.state == PresenceState::Admitted)
+            .map(|(p, _)| p.clone())
+            .collect();
+        self.append(audience, event, at, out)
+    }
+
+    /// Appends an event only admitted staff may see, such as a knock.
+    fn append_for_staff(&mut self, event: RoomEvent, at: i64, out: &mut Vec<Outbound>) -> Seq {
+        let audience: Vec<PartyId> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.state == PresenceState::Admitted && m.staff)
+            .map(|(p, _)| p.clone())
+            .collect();
+        self.append(audience, event, at, out)
+    }
+
+    fn append(
+        &mut self,
+        audience: Vec<PartyId>,
+        event: RoomEvent,
+        at: i64,
+        out: &mut Vec<Outbound>,
+    ) -> Seq {
+        let room = self.setup.room.clone();
+        let stored = self
+            .history
+            .append(&room, Audience::Parties(audience.clone()), event, at);
+        let seq = stored.seq;
+        let message = ServerMessage::Event {
+            room,
+            seq,
+            event: stored.event.clone(),
+        };
+        out.push(Outbound::Persist(stored));
+        for party in &audience {
+            for conn in &self.members[party].conns {
+                out.push(send(*conn, message.clone()));
+            }
+        }
+        seq
+    }
+
+    fn replay(&self, conn: ConnectionId, party: &PartyId, last_seq: Seq, out: &mut Vec<Outbound>) {
+        for stored in self.history.since(last_seq, party) {
+            out.push(send(
+                conn,
+                ServerMessage::Event {
+                    room: self.id().clone(),
+                    seq: stored.seq,
+                    event: stored.event.clone(),
+                },
+            ));
+        }
+    }
+
+    fn send_joined(&self, conn: ConnectionId, party: &PartyId, out: &mut Vec<Outbound>) {
+        let member = &self.members[party];
+        let admitted = member.state == PresenceState::Admitted;
+        let participants = if admitted {
+            self.participants(PresenceState::Admitted)
+        } else {
+            Vec::new()
+        };
+        let lobby = if admitted && member.staff {
+            self.participants(PresenceState::Lobby)
+        } else {
+            Vec::new()
+        };
+        out.push(send(
+            conn,
+            ServerMessage::Joined {
+                room: self.id().clone(),
+                state: member.state,
+                // The lobby learns nothing about the room, not even its length.
+                last_seq: if admitted { self.history.last_seq() } else { 0 },
+                participants,
+                lobby,
+            },
+        ));
+    }
+
+    fn send_lobby_status(&self, out: &mut Vec<Outbound>) {
+        let staff_present = self.staff_present();
+        for member in self
+            .members
+            .values()
+            .filter(|m| m.state == PresenceState::Lobby)
+        {
+            for conn in &member.conns {
+                out.push(send(
+                    *conn,
+                    ServerMessage::LobbyStatus {
+                        room: self.id().clone(),
+                        staff_present,
+                    },
+                ));
+            }
+        }
+    }
+
+    fn send_to_admitted(
+        &self,
+        except: Option<&PartyId>,
+        message: &ServerMessage,
+        out: &mut Vec<Outbound>,
+    ) {
+        for (party, member) in &self.members {
+            if member.state == PresenceState::Admitted && Some(party) != except {
+                for conn in &member.conns {
+                    out.push(send(*conn, message.clone()));
+                }
+            }
+        }
+    }
+
+    fn audit_staff_read(&self, party: &PartyId, out: &mut Vec<Outbound>) {
+        if self.members.get(party).is_some_and(|m| m.staff) {
+            out.push(Outbound::Audit(AuditEntry {
+                actor: party.clone(),
+                action: AuditAction::ReadMeeting,
+                room: self.id().clone(),
+                subject: self.setup.resident.clone(),
+                on_behalf_of: self.setup.home_municipality.clone(),
+            }));
+        }
+    }
+
+    /// The party of an admitted connection, or an error to the connection.
+    fn admitted_party(&self, conn: ConnectionId, out: &mut Vec<Outbound>) -> Option<PartyId> {
+        match self.connections.get(&conn) {
+            Some(party) if self.is_admitted(party) => Some(party.clone()),
+            Some(_) => {
+                out.push(self.error(conn, ErrorCode::NotAdmitted, "wait to be admitted"));
+                None
+            }
+            None => {
+                out.push(self.error(conn, ErrorCode::NotAdmitted, "join the room first"));
+                None
+            }
+        }
+    }
+
+    /// The party of a connection that belongs to staff of the performing
+    /// municipality, who alone run the meeting.
+    fn host_party(&self, conn: ConnectionId, out: &mut Vec<Outbound>) -> Option<PartyId> {
+        let party = self.admitted_party(conn, out)?;
+        if self.members[&party].staff {
+            Some(party)
+        } else {
+            out.push(self.error(conn, ErrorCode::Forbidden, "only staff may do this"));
+            None
+        }
+    }
+
+    fn participants(&self, state: PresenceState) -> Vec<Participant> {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.state == state && !m.conns.is_empty())
+            .map(|(party, m)| Participant {
+                party: party.clone(),
+                role: m.role,
+            })
+            .collect()
+    }
+
+    fn is_present(&self, party: &PartyId) -> bool {
+        self.members.get(party).is_some_and(|m| !m.conns.is_empty())
+    }
+
+    fn present_admitted_count(&self) -> usize {
+        self.members
+            .values()
+            .filter(|m| m.state == PresenceState::Admitted && !m.conns.is_empty())
+            .count()
+    }
+
+    fn lobby_count(&self) -> usize {
+        self.members
+            .values()
+            .filter(|m| m.state == PresenceState::Lobby)
+            .count()
+    }
+
+    fn staff_present(&self) -> bool {
+        self.members
+            .values()
+            .any(|m| m.staff && m.state == PresenceState::Admitted && !m.conns.is_empty())
+    }
+
+    fn role_of_known(&self, party: &PartyId) -> Role {
+        if *party == self.setup.resident {
+            Role::Resident
+        } else {
+            Role::SocialWorker
+        }
+    }
+
+    fn error(&self, conn: ConnectionId, code: ErrorCode, message: &str) -> Outbound {
+        send(
+            conn,
+            ServerMessage::error(code, message, Some(self.id().clone())),
+        )
+    }
+}
+
+#[derive(Debug)]
+struct Member {
+    role: Role,
+    /// Staff of the performing municipality, who may admit and end.
+    staff: bool,
+    state: PresenceState,
+    conns: BTreeSet<ConnectionId>,
+    acked: Seq,
+}
+
+#[derive(Debug)]
+struct Invitation {
+    role: GuestRole,
+    used: bool,
+}
+
+fn input_conn(input: &RoomInput) -> Option<ConnectionId> {
+    use RoomInput::*;
+    match input {
+        Join { conn, .. }
+        | Resume { conn, .. }
+        | Ack { conn, .. }
+        | Chat { conn, .. }
+        | Typing { conn, .. }
+        | Admit { conn, .. }
+        | Decline { conn, .. }
+        | SendBack { conn, .. }
+        | Signal { conn, .. }
+        | Invite { conn, .. }
+        | End { conn } => Some(*conn),
+        Leave { .. } | Tick => None,
+    }
+}
