@@ -97,7 +97,11 @@ pub async fn record_now(db: &Db, entry: &Entry<'_>, now: i64) -> sqlx::Result<()
 }
 
 /// The newest entries, optionally for one resident.
-pub async fn recent(db: &Db, resident_id: Option<&str>, limit: i64) -> sqlx::Result<Vec<Record>> {
+pub async fn recent(
+    db: &Db,
+    resident_id: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Record>, crate::Error> {
     let rows = sqlx::query(
         "SELECT id, at, actor, action, subject, resident_id, on_behalf_of, rule, agreement_id, outcome \
          FROM audit_log WHERE ($1 IS NULL OR resident_id = $1) ORDER BY at DESC, id LIMIT $2",
@@ -107,7 +111,7 @@ pub async fn recent(db: &Db, resident_id: Option<&str>, limit: i64) -> sqlx::Res
     .fetch_all(db.pool())
     .await?;
     rows.iter()
-        .map(|r| {
+        .map(|r| -> Result<Record, crate::Error> {
             Ok(Record {
                 id: r.try_get("id")?,
                 at: r.try_get("at")?,

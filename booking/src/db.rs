@@ -92,6 +92,14 @@ impl Db {
         Ok(())
     }
 
+    /// Checks that the database answers, for health checks.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+    }
+
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }

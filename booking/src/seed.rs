@@ -122,7 +122,7 @@ pub async fn demo(db: &Db, today: Date, now: i64) -> Result<Vec<DemoSignIn>, Err
             &NewStaff {
                 municipality: MunicipalityCode::parse(code)?,
                 email: EmailAddress::parse(&email)?,
-                name: format!("{} ({name})", person_name(i)),
+                name: person_name(i).to_owned(),
                 role,
                 services: services
                     .iter()

@@ -1,1 +1,17 @@
-//! The `kontakt` binary.
+//! The `kontakt` binary's library: configuration, the axum router (JSON API,
+//! pages, WebSocket upgrade), authentication, i18n and static assets. It
+//! starts the relay and the background workers. It writes no SQL: storage goes
+//! through `booking`.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod i18n;
+pub mod startup;
+pub mod state;
+
+rust_i18n::i18n!("locales", fallback = "sv");
+
+pub use config::Settings;
+pub use startup::Application;

@@ -1,0 +1,102 @@
+//! Settings: defaults, then `kontakt.toml` (if present), then environment
+//! variables. Every key can be set as `KONTAKT_<KEY>`; the database, SMTP and
+//! NATS URLs also answer to their conventional names `DATABASE_URL`,
+//! `SMTP_URL` and `NATS_URL`. The README lists every key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Where HTTP listens. Port 0 picks a free port (the tests do).
+    pub listen: SocketAddr,
+    /// The address residents reach Kontakt at, used in links in mail.
+    pub public_url: String,
+    /// `sqlite://...` or `postgres://...`.
+    pub database_url: String,
+    /// Connections in the database pool.
+    pub database_max_connections: u32,
+    /// Where SQLite, mail files and the generated secret live.
+    pub data_dir: PathBuf,
+    /// Seed demo data into an empty database and enable `/dev/mail`.
+    pub demo: bool,
+    /// The HMAC secret for session tokens. Generated into `data_dir` when unset.
+    pub jwt_secret: Option<String>,
+    /// How long a staff session lasts, in minutes.
+    pub staff_session_minutes: i64,
+    /// How long a resident session lasts, in minutes.
+    pub resident_session_minutes: i64,
+    /// Sign-in attempts allowed per client address per minute.
+    pub sign_in_per_minute: u32,
+    /// The largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Set the `Secure` flag on cookies (on whenever `public_url` is https).
+    pub secure_cookies: bool,
+    /// `smtp://user:pass@host:587` or `smtps://...`; mail goes to
+    /// `data_dir/outbox` as `.eml` files when unset.
+    pub smtp_url: Option<String>,
+    /// NATS for several nodes; in-process when unset.
+    pub nats_url: Option<String>,
+    /// `text` or `json` logs.
+    pub log_format: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: "127.0.0.1:8080".parse().expect("a valid address"),
+            public_url: "http://127.0.0.1:8080".into(),
+            database_url: "sqlite://./data/kontakt.db?mode=rwc".into(),
+            database_max_connections: 16,
+            data_dir: PathBuf::from("./data"),
+            demo: true,
+            jwt_secret: None,
+            staff_session_minutes: 10 * 60,
+            resident_session_minutes: 60,
+            sign_in_per_minute: 10,
+            max_body_bytes: 64 * 1024,
+            secure_cookies: false,
+            smtp_url: None,
+            nats_url: None,
+            log_format: "text".into(),
+        }
+    }
+}
+
+impl Settings {
+    /// Reads the settings from `file` (if it exists) and the environment.
+    pub fn load(file: &Path) -> Result<Settings, Box<figment::Error>> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if file.exists() {
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment
+            .merge(
+                Env::raw()
+                    .only(&["DATABASE_URL", "SMTP_URL", "NATS_URL"])
+                    .map(|k| k.as_str().to_ascii_lowercase().into()),
+            )
+            .merge(Env::prefixed("KONTAKT_"));
+        let mut settings: Settings = figment.extract().map_err(Box::new)?;
+        if settings.public_url.starts_with("https://") {
+            settings.secure_cookies = true;
+        }
+        Ok(settings)
+    }
+
+    /// Settings for a test: port 0, everything under `data_dir`.
+    pub fn for_tests(data_dir: PathBuf, database_url: String) -> Settings {
+        Settings {
+            listen: "127.0.0.1:0".parse().expect("a valid address"),
+            database_url,
+            data_dir,
+            jwt_secret: Some("test-secret-that-is-long-enough-for-hs256".into()),
+            ..Settings::default()
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! One error type for every handler. Each library error maps to a status code
+//! and a stable `error` code; the `message` is translated into the caller's
+//! language. A 500 never shows its cause: it is logged once, here.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use crate::i18n::{current_locale, Locale};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    BadJson(String),
+    #[error("the request body is too large")]
+    TooLarge,
+    #[error("sign in first")]
+    Unauthorized,
+    #[error("too many attempts")]
+    RateLimited { retry_after_seconds: u64 },
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// The JSON body of every error response.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// A stable code a client can switch on.
+    pub error: &'static str,
+    /// A sentence for people, in the caller's language.
+    pub message: String,
+    /// What exactly was wrong, in English, for developers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl AppError {
+    fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            AppError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            AppError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            AppError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            AppError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+            AppError::BadJson(_) => (StatusCode::BAD_REQUEST, "bad_json"),
+            AppError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            AppError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            AppError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            AppError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    /// The response in `locale`.
+    pub fn localised(self, locale: Locale) -> Response {
+        let (status, code) = self.parts();
+        let detail = match &self {
+            AppError::Conflict(d)
+            | AppError::Forbidden(d)
+            | AppError::Invalid(d)
+            | AppError::BadJson(d) => Some(d.clone()),
+            AppError::Internal(e) => {
+                tracing::error!(error = ?e, "request failed");
+                None
+            }
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: code,
+            message: rust_i18n::t!(format!("error.{code}"), locale = locale.code()).into_owned(),
+            detail,
+        };
+        let mut response = (status, Json(body)).into_response();
+        if let AppError::RateLimited {
+            retry_after_seconds,
+        } = self
+        {
+            if let Ok(v) = retry_after_seconds.to_string().parse() {
+                response.headers_mut().insert("retry-after", v);
+            }
+        }
+        response
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        // The locale middleware runs every request inside a scope that holds
+        // the caller's language, so even extractor rejections are translated.
+        self.localised(current_locale())
+    }
+}
+
+impl From<booking::Error> for AppError {
+    fn from(err: booking::Error) -> Self {
+        match err {
+            booking::Error::NotFound => AppError::NotFound,
+            booking::Error::Conflict(m) => AppError::Conflict(m),
+            booking::Error::Forbidden(m) => AppError::Forbidden(m),
+            booking::Error::Invalid(v) => AppError::Invalid(v.to_string()),
+            other => AppError::Internal(anyhow::Error::new(other)),
+        }
+    }
+}
+
+impl From<booking::InvalidValue> for AppError {
+    fn from(err: booking::InvalidValue) -> Self {
+        AppError::Invalid(err.to_string())
+    }
+}

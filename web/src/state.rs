@@ -1,0 +1,35 @@
+//! The state every handler can ask for, by the part it needs (`FromRef`).
+
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+use booking::Db;
+
+use crate::auth::{Keys, SignInLimiter};
+use crate::config::Settings;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub keys: Keys,
+    pub settings: Arc<Settings>,
+    pub sign_in_limiter: SignInLimiter,
+}
+
+impl FromRef<AppState> for Db {
+    fn from_ref(state: &AppState) -> Db {
+        state.db.clone()
+    }
+}
+
+impl FromRef<AppState> for Keys {
+    fn from_ref(state: &AppState) -> Keys {
+        state.keys.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<Settings> {
+    fn from_ref(state: &AppState) -> Arc<Settings> {
+        state.settings.clone()
+    }
+}
