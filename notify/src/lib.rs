@@ -1,3 +1,75 @@
 //! Email for every step: the delivery worker for `booking`'s outbox, lettre
 //! transports (SMTP and `.eml` files), localised templates, calendar (ICS)
 //! attachments and reminders. It knows nothing about HTTP.
+//!
+//! - [`render`] turns an outbox [`Message`](booking::outbox::Message) into a
+//!   [`RenderedMail`] in the recipient's language.
+//! - [`Worker`] claims due outbox rows, sends them and records the outcome,
+//!   retrying with backoff and parking rows that keep failing.
+//! - [`queue`] lets admins list parked rows and send them again.
+//! - [`mailbox`] reads the `.eml` files of the file transport for the demo
+//!   page `/dev/mail`.
+
+pub mod calendar;
+pub mod mailbox;
+pub mod queue;
+pub mod render;
+pub mod settings;
+pub mod transport;
+pub mod worker;
+
+pub use calendar::{CalendarMethod, Invitation};
+pub use render::{render, Link, RenderedMail};
+pub use settings::Settings;
+pub use worker::{DeliveryReport, Worker};
+
+rust_i18n::i18n!("locales", fallback = "sv");
+
+/// Why the worker could not start or finish a batch. Failures of single mails
+/// are not errors: they are recorded on their outbox rows.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("invalid sender address {0:?}")]
+    InvalidFrom(String),
+    #[error("invalid SMTP_URL: {0}")]
+    InvalidSmtpUrl(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// The bare address in a `From` such as `Kontakt <no-reply@example.se>`.
+pub(crate) fn mail_address(from: &str) -> &str {
+    match (from.rfind('<'), from.rfind('>')) {
+        (Some(open), Some(close)) if open < close => from[open + 1..close].trim(),
+        _ => from.trim(),
+    }
+}
+
+/// The domain of the sender, which scopes `Message-ID`s and calendar `UID`s.
+pub(crate) fn mail_domain(from: &str) -> &str {
+    let address = mail_address(from);
+    address
+        .rsplit_once('@')
+        .map(|(_, domain)| domain)
+        .filter(|domain| !domain.is_empty())
+        .unwrap_or("kontakt.localhost")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sender_address_and_domain() {
+        assert_eq!(
+            mail_address("Kontakt <no-reply@kontakt.localhost>"),
+            "no-reply@kontakt.localhost"
+        );
+        assert_eq!(mail_address("a@b.se"), "a@b.se");
+        assert_eq!(
+            mail_domain("Kontakt <no-reply@k.example.se>"),
+            "k.example.se"
+        );
+        assert_eq!(mail_domain("nonsense"), "kontakt.localhost");
+    }
+}

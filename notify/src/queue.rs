@@ -1,0 +1,188 @@
+//! The worker's side of the outbox table: atomic claims with a lease, the
+//! outcome of each send, and what admins see of rows that keep failing.
+//!
+//! A row is sent only while its status is `pending`, so a row that `booking`
+//! superseded (a reminder of a moved or cancelled meeting) is never claimed,
+//! and a row whose outcome is recorded is never claimed again.
+
+use booking::{Backend, Db};
+use jiff::Timestamp;
+use sqlx::Row;
+
+/// A parked row, for the admin list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedDelivery {
+    pub id: String,
+    pub kind: String,
+    pub recipient: String,
+    pub attempts: i64,
+    /// The last SMTP reply or error, e.g. "permanent error (550): ...".
+    pub last_error: Option<String>,
+    pub created_at: Timestamp,
+}
+
+/// Parked rows, newest first, at most `limit`.
+pub async fn list_failed(db: &Db, limit: i64) -> Result<Vec<FailedDelivery>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, kind, recipient, attempts, last_error, created_at FROM outbox \
+         WHERE status = 'failed' ORDER BY created_at DESC, id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(FailedDelivery {
+                id: row.try_get("id")?,
+                kind: row.try_get("kind")?,
+                recipient: row.try_get("recipient")?,
+                attempts: row.try_get("attempts")?,
+                last_error: row.try_get("last_error")?,
+                created_at: timestamp(row.try_get("created_at")?),
+            })
+        })
+        .collect()
+}
+
+/// Puts a parked row back in the queue, due at `now`, with a fresh count of
+/// tries. Answers false if no failed row has that id.
+pub async fn retry_failed(db: &Db, id: &str, now: Timestamp) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE outbox SET status = 'pending', attempts = 0, due_at = $2, lease_until = NULL \
+         WHERE id = $1 AND status = 'failed'",
+    )
+    .bind(id)
+    .bind(now.as_second())
+    .execute(db.pool())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A claimed row, still in its stored form: decoding can fail, and such a row
+/// is parked rather than left to block the queue.
+#[derive(Debug, Clone)]
+pub(crate) struct Claimed {
+    pub id: String,
+    pub recipient: String,
+    pub language: String,
+    pub payload: String,
+    /// Tries including this one.
+    pub attempts: i64,
+    pub created_at: i64,
+}
+
+/// Claims up to `limit` due rows for this worker until `lease_until`, counting
+/// the try now, so that a row that crashes the worker on every send still
+/// runs out of tries.
+///
+/// Two workers never claim the same row: PostgreSQL skips rows another
+/// transaction holds (`FOR UPDATE SKIP LOCKED`); SQLite runs one writing
+/// statement at a time, so the `UPDATE ... RETURNING` is the claim.
+pub(crate) async fn claim(
+    db: &Db,
+    now: i64,
+    lease_until: i64,
+    limit: i64,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    let lock = match db.backend() {
+        Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+        Backend::Sqlite => "",
+    };
+    let sql = format!(
+        "UPDATE outbox SET lease_until = $1, attempts = attempts + 1 \
+         WHERE id IN (SELECT id FROM outbox \
+                      WHERE status = 'pending' AND due_at <= $2 \
+                        AND (lease_until IS NULL OR lease_until <= $2) \
+                      ORDER BY due_at, id LIMIT $3{lock}) \
+         RETURNING id, recipient, language, payload, attempts, created_at"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(lease_until)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(db.pool())
+        .await?;
+    let mut claimed = rows
+        .iter()
+        .map(|row| {
+            Ok(Claimed {
+                id: row.try_get("id")?,
+                recipient: row.try_get("recipient")?,
+                language: row.try_get("language")?,
+                payload: row.try_get("payload")?,
+                attempts: row.try_get("attempts")?,
+                created_at: row.try_get("created_at")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    // RETURNING does not promise the subquery's order.
+    claimed.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(claimed)
+}
+
+/// Whether a claimed row is still pending: `booking` may have superseded a
+/// reminder after the claim.
+pub(crate) async fn still_pending(db: &Db, id: &str) -> Result<bool, sqlx::Error> {
+    let status: Option<String> = sqlx::query_scalar("SELECT status FROM outbox WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db.pool())
+        .await?;
+    Ok(status.as_deref() == Some("pending"))
+}
+
+pub(crate) async fn mark_sent(db: &Db, id: &str, now: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE outbox SET status = 'sent', sent_at = $2, lease_until = NULL, last_error = NULL \
+         WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(id)
+    .bind(now)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn retry_later(
+    db: &Db,
+    id: &str,
+    due_at: i64,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE outbox SET due_at = $2, lease_until = NULL, last_error = $3 \
+         WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(id)
+    .bind(due_at)
+    .bind(reason)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn park(db: &Db, id: &str, reason: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE outbox SET status = 'failed', lease_until = NULL, last_error = $2 \
+         WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(id)
+    .bind(reason)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn supersede(db: &Db, id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE outbox SET status = 'superseded', lease_until = NULL \
+         WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(id)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+fn timestamp(unix: i64) -> Timestamp {
+    Timestamp::from_second(unix).unwrap_or(Timestamp::UNIX_EPOCH)
+}

@@ -1,0 +1,490 @@
+//! Templates: one [`Message`] in one language becomes a subject, a plain-text
+//! part, an HTML part, the links they carry and, for bookings, a calendar
+//! invitation.
+//!
+//! Secrecy shapes every template: a mail names only "a meeting with the social
+//! services", its time and its links. What the meeting is about, who holds it
+//! and for which municipality stay on "My pages", behind a sign-in. The
+//! [`Message`] variants carry nothing else, and every word comes from
+//! `locales/*.yml`.
+
+use std::borrow::Cow;
+
+use booking::outbox::Message;
+use booking::Language;
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
+use rust_i18n::t;
+
+use crate::calendar::{self, Invitation};
+use crate::Settings;
+
+/// The zone every time in a mail is shown in, and named.
+pub const DISPLAY_ZONE: &str = "Europe/Stockholm";
+
+/// Path of "My pages", where everything a mail leaves out can be read.
+pub const MY_PAGES_PATH: &str = "/my";
+
+/// A mail ready to be wrapped in MIME and sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedMail {
+    pub language: Language,
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+    /// The links of the mail, in the order they appear in both parts.
+    pub links: Vec<Link>,
+    /// A calendar invitation for booking changes.
+    pub invitation: Option<Invitation>,
+}
+
+/// A labelled link of a mail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub label: String,
+    pub url: String,
+}
+
+/// Renders `message` in `language`, stamping a calendar invitation with the
+/// current time.
+pub fn render(message: &Message, language: Language, settings: &Settings) -> RenderedMail {
+    render_stamped(message, language, settings, Timestamp::now())
+}
+
+/// Renders `message`, using `stamp` as the invitation's `DTSTAMP`. The worker
+/// passes the outbox row's creation time, so a retried mail is byte for byte
+/// the same mail.
+pub(crate) fn render_stamped(
+    message: &Message,
+    language: Language,
+    settings: &Settings,
+    stamp: Timestamp,
+) -> RenderedMail {
+    let lang = language.code();
+    let base = settings.base_url();
+    let my_pages = Link {
+        label: tr("link.my_pages", lang),
+        url: format!("{base}{MY_PAGES_PATH}"),
+    };
+    let join = |booking_id: &str| Link {
+        label: tr("link.join", lang),
+        url: format!("{base}/join/{}", encode(booking_id)),
+    };
+    let manage = |token: &str| Link {
+        label: tr("link.manage", lang),
+        url: format!("{base}/b/{}", encode(token)),
+    };
+    let mut invitation = None;
+    let (subject, paragraphs, links) = match message {
+        Message::SignInLink { token, expires_at } => (
+            tr("sign_in.subject", lang),
+            vec![t!(
+                "sign_in.body",
+                locale = lang,
+                time = point_time(*expires_at, lang)
+            )
+            .into_owned()],
+            vec![Link {
+                label: tr("link.sign_in", lang),
+                url: format!("{base}/auth/resident/callback?token={}", encode(token)),
+            }],
+        ),
+        Message::BookingConfirmed {
+            booking_id,
+            starts_at,
+            ends_at,
+            sequence,
+            manage_token,
+        } => {
+            let links = vec![join(booking_id), manage(manage_token), my_pages];
+            invitation = Some(calendar::request(
+                booking_id, *starts_at, *ends_at, *sequence, &links, lang, settings, stamp,
+            ));
+            (
+                tr("booked.subject", lang),
+                vec![
+                    t!(
+                        "booked.body",
+                        locale = lang,
+                        time = range_time(*starts_at, *ends_at, lang)
+                    )
+                    .into_owned(),
+                    tr("booked.join_hint", lang),
+                    tr("mail.more", lang),
+                ],
+                links,
+            )
+        }
+        Message::BookingRescheduled {
+            booking_id,
+            starts_at,
+            ends_at,
+            previous_starts_at,
+            sequence,
+            manage_token,
+        } => {
+            let links = vec![join(booking_id), manage(manage_token), my_pages];
+            invitation = Some(calendar::request(
+                booking_id, *starts_at, *ends_at, *sequence, &links, lang, settings, stamp,
+            ));
+            (
+                tr("moved.subject", lang),
+                vec![
+                    t!(
+                        "moved.body",
+                        locale = lang,
+                        previous = point_time(*previous_starts_at, lang),
+                        time = range_time(*starts_at, *ends_at, lang)
+                    )
+                    .into_owned(),
+                    tr("booked.join_hint", lang),
+                    tr("mail.more", lang),
+                ],
+                links,
+            )
+        }
+        Message::BookingCancelled {
+            booking_id,
+            starts_at,
+            ends_at,
+            sequence,
+        } => {
+            let links = vec![my_pages];
+            invitation = Some(calendar::cancel(
+                booking_id, *starts_at, *ends_at, *sequence, &links, lang, settings, stamp,
+            ));
+            (
+                tr("cancelled.subject", lang),
+                vec![
+                    t!(
+                        "cancelled.body",
+                        locale = lang,
+                        time = range_time(*starts_at, *ends_at, lang)
+                    )
+                    .into_owned(),
+                    tr("cancelled.rebook", lang),
+                ],
+                links,
+            )
+        }
+        Message::Reminder {
+            booking_id,
+            starts_at,
+            ends_at,
+            minutes_before: _,
+            manage_token,
+        } => (
+            tr("reminder.subject", lang),
+            vec![
+                t!(
+                    "reminder.body",
+                    locale = lang,
+                    time = range_time(*starts_at, *ends_at, lang)
+                )
+                .into_owned(),
+                tr("reminder.prepare", lang),
+                tr("mail.more", lang),
+            ],
+            vec![join(booking_id), manage(manage_token), my_pages],
+        ),
+        Message::ChatPickedUp { conversation_id: _ } => (
+            tr("chat.subject", lang),
+            vec![tr("chat.body", lang)],
+            vec![my_pages],
+        ),
+        Message::NoteShared => (
+            tr("note.subject", lang),
+            vec![tr("note.body", lang)],
+            vec![my_pages],
+        ),
+        Message::Knock {
+            booking_id: _,
+            starts_at,
+        } => (
+            tr("knock.subject", lang),
+            vec![t!(
+                "knock.body",
+                locale = lang,
+                time = point_time(*starts_at, lang)
+            )
+            .into_owned()],
+            vec![Link {
+                label: tr("link.staff", lang),
+                url: format!("{base}/staff"),
+            }],
+        ),
+    };
+    let footer = tr("mail.footer", lang);
+    RenderedMail {
+        language,
+        text: text_part(&paragraphs, &links, &footer),
+        html: html_part(language, &subject, &paragraphs, &links, &footer),
+        subject,
+        links,
+        invitation,
+    }
+}
+
+/// Escapes text for HTML element content and double-quoted attributes.
+pub fn escape_html(raw: &str) -> Cow<'_, str> {
+    if !raw.contains(['&', '<', '>', '"', '\'']) {
+        return Cow::Borrowed(raw);
+    }
+    let mut out = String::with_capacity(raw.len() + 16);
+    for c in raw.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A meeting's span, e.g. "tisdag 3 december 2024 kl. 10:00–10:45 (svensk
+/// tid, Europe/Stockholm)".
+pub(crate) fn range_time(starts_at: i64, ends_at: i64, lang: &str) -> String {
+    let start = local(starts_at);
+    let end = local(ends_at);
+    t!(
+        "time.range",
+        locale = lang,
+        weekday = tr(
+            &format!("weekday.{}", start.weekday().to_monday_one_offset()),
+            lang
+        ),
+        day = start.day(),
+        month = tr(&format!("month.{}", start.month()), lang),
+        year = start.year(),
+        start = clock(&start, lang),
+        end = clock(&end, lang),
+        zone = DISPLAY_ZONE
+    )
+    .into_owned()
+}
+
+/// One moment, e.g. "tisdag 3 december 2024 kl. 10:00 (svensk tid,
+/// Europe/Stockholm)".
+pub(crate) fn point_time(at: i64, lang: &str) -> String {
+    let time = local(at);
+    t!(
+        "time.point",
+        locale = lang,
+        weekday = tr(
+            &format!("weekday.{}", time.weekday().to_monday_one_offset()),
+            lang
+        ),
+        day = time.day(),
+        month = tr(&format!("month.{}", time.month()), lang),
+        year = time.year(),
+        time = clock(&time, lang),
+        zone = DISPLAY_ZONE
+    )
+    .into_owned()
+}
+
+fn tr(key: &str, lang: &str) -> String {
+    t!(key, locale = lang).into_owned()
+}
+
+fn local(unix: i64) -> jiff::Zoned {
+    // Times come from the database as whole seconds; one out of jiff's range
+    // would be a bug upstream, and the epoch is a visible, harmless stand-in.
+    let ts = Timestamp::from_second(unix).unwrap_or(Timestamp::UNIX_EPOCH);
+    ts.to_zoned(stockholm())
+}
+
+fn stockholm() -> TimeZone {
+    // The bundled tzdb (see Cargo.toml) always has this zone; UTC is only a
+    // fallback should that ever change.
+    TimeZone::get(DISPLAY_ZONE).unwrap_or(TimeZone::UTC)
+}
+
+fn clock(time: &jiff::Zoned, lang: &str) -> String {
+    t!(
+        "time.clock",
+        locale = lang,
+        hour = format!("{:02}", time.hour()),
+        minute = format!("{:02}", time.minute())
+    )
+    .into_owned()
+}
+
+fn text_part(paragraphs: &[String], links: &[Link], footer: &str) -> String {
+    let mut out = String::new();
+    for paragraph in paragraphs {
+        out.push_str(paragraph);
+        out.push_str("\n\n");
+    }
+    for link in links {
+        out.push_str(&link.label);
+        out.push_str(":\n");
+        out.push_str(&link.url);
+        out.push_str("\n\n");
+    }
+    out.push_str("-- \n");
+    out.push_str(footer);
+    out.push('\n');
+    out
+}
+
+fn html_part(
+    language: Language,
+    subject: &str,
+    paragraphs: &[String],
+    links: &[Link],
+    footer: &str,
+) -> String {
+    let dir = if language.is_rtl() { "rtl" } else { "ltr" };
+    let mut out = format!(
+        "<!DOCTYPE html>\n<html lang=\"{}\" dir=\"{dir}\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <title>{}</title>\n</head>\n<body dir=\"{dir}\" style=\"font-family: sans-serif; line-height: 1.5;\">\n",
+        language.code(),
+        escape_html(subject)
+    );
+    for paragraph in paragraphs {
+        out.push_str(&format!("<p>{}</p>\n", escape_html(paragraph)));
+    }
+    for link in links {
+        out.push_str(&format!(
+            "<p><a href=\"{}\">{}</a></p>\n",
+            escape_html(&link.url),
+            escape_html(&link.label)
+        ));
+    }
+    out.push_str(&format!(
+        "<hr>\n<p style=\"color: #555; font-size: smaller;\">{}</p>\n</body>\n</html>\n",
+        escape_html(footer)
+    ));
+    out
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, so a token
+/// or id is safe both as a path segment and as a query value.
+fn encode(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for byte in raw.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings::new("https://kontakt.example.se/")
+    }
+
+    // 2024-12-03 10:00 in Stockholm (CET, UTC+1) and a summer time.
+    const WINTER: i64 = 1_733_216_400;
+    const SUMMER: i64 = 1_719_392_400;
+
+    fn booked() -> Message {
+        Message::BookingConfirmed {
+            booking_id: "b-1".into(),
+            starts_at: WINTER,
+            ends_at: WINTER + 45 * 60,
+            sequence: 0,
+            manage_token: "tok/en+1".into(),
+        }
+    }
+
+    #[test]
+    fn times_are_shown_in_stockholm_with_the_zone_named() {
+        assert_eq!(
+            range_time(WINTER, WINTER + 2700, "sv"),
+            "tisdag 3 december 2024 kl. 10:00–10:45 (svensk tid, Europe/Stockholm)"
+        );
+        assert_eq!(
+            point_time(WINTER, "en"),
+            "Tuesday 3 December 2024 at 10:00 (Swedish time, Europe/Stockholm)"
+        );
+        assert_eq!(
+            point_time(WINTER, "fi"),
+            "tiistai 3. joulukuuta 2024 klo 10.00 (Ruotsin aikaa, Europe/Stockholm)"
+        );
+        // 2024-06-26 09:00 UTC is 11:00 in Stockholm summer time (UTC+2).
+        assert!(point_time(SUMMER, "sv").contains("kl. 11:00"));
+    }
+
+    #[test]
+    fn daylight_saving_changes_move_the_local_clock() {
+        // 2024-03-31 00:30 UTC is 01:30 CET; one hour later clocks jump to
+        // 03:30 CEST. 2024-10-27 00:30 UTC is 02:30 CEST, an hour later 02:30
+        // CET again.
+        assert!(point_time(1_711_845_000, "sv").contains("kl. 01:30"));
+        assert!(point_time(1_711_845_000 + 3600, "sv").contains("kl. 03:30"));
+        assert!(point_time(1_729_989_000, "sv").contains("kl. 02:30"));
+        assert!(point_time(1_729_989_000 + 3600, "sv").contains("kl. 02:30"));
+    }
+
+    #[test]
+    fn links_are_built_from_the_public_url_and_encoded() {
+        let mail = render(&booked(), Language::En, &settings());
+        let urls: Vec<&str> = mail.links.iter().map(|l| l.url.as_str()).collect();
+        assert_eq!(
+            urls,
+            [
+                "https://kontakt.example.se/join/b-1",
+                "https://kontakt.example.se/b/tok%2Fen%2B1",
+                "https://kontakt.example.se/my",
+            ]
+        );
+        for url in urls {
+            assert!(mail.text.contains(url), "text part lacks {url}");
+            assert!(
+                mail.html.contains(&format!("href=\"{url}\"")),
+                "html lacks {url}"
+            );
+        }
+    }
+
+    #[test]
+    fn arabic_html_runs_right_to_left_and_others_left_to_right() {
+        let ar = render(&booked(), Language::Ar, &settings());
+        assert!(
+            ar.html.contains("<html lang=\"ar\" dir=\"rtl\">"),
+            "{}",
+            ar.html
+        );
+        let sv = render(&booked(), Language::Sv, &settings());
+        assert!(sv.html.contains("<html lang=\"sv\" dir=\"ltr\">"));
+        assert_ne!(ar.subject, sv.subject);
+    }
+
+    #[test]
+    fn html_escapes_what_it_embeds() {
+        assert_eq!(escape_html("a<b>&\"c'"), "a&lt;b&gt;&amp;&quot;c&#39;");
+        let mut s = settings();
+        s.public_url = "https://x.se/\"><script>".into();
+        let mail = render(&Message::NoteShared, Language::Sv, &s);
+        assert!(!mail.html.contains("<script>"), "{}", mail.html);
+    }
+
+    #[test]
+    fn every_key_exists_in_every_locale() {
+        let keys = |lang: &str| -> std::collections::BTreeSet<String> {
+            let path = format!("{}/locales/{lang}.yml", env!("CARGO_MANIFEST_DIR"));
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.starts_with(' ') && l.contains(':'))
+                .map(|l| l.split(':').next().unwrap().trim().to_owned())
+                .collect()
+        };
+        let sv = keys("sv");
+        assert!(sv.len() > 40, "sv.yml looks truncated: {sv:?}");
+        for lang in ["en", "fi", "ar"] {
+            assert_eq!(keys(lang), sv, "{lang}.yml and sv.yml differ in keys");
+        }
+    }
+}
