@@ -1,1 +1,208 @@
-//! System tests of the whole of Kontakt live in `api/` and `e2e/`.
+//! Shared helpers for the system tests: [`spawn_app`] boots the real
+//! `kontakt` server on port 0 with a fresh database.
+
+use booking::accounts::{self, Resident};
+use booking::outbox::Message;
+use booking::testing::TestDb;
+use booking::{Db, EmailAddress, Language, MunicipalityCode};
+use reqwest::{Client, Response};
+use serde_json::Value;
+use web::auth::{Keys, SubjectKind};
+use web::{Application, Settings};
+
+/// The secret the test servers sign sessions with, so tests can mint tokens.
+pub const TEST_SECRET: &str = "test-secret-that-is-long-enough-for-hs256";
+
+/// A running server and a client for it.
+pub struct TestApp {
+    pub address: String,
+    pub db: Db,
+    pub backend: &'static str,
+    pub client: Client,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    _database: TestDb,
+    _dir: TempDir,
+}
+
+/// Boots one server per database: SQLite always, PostgreSQL when
+/// `DATABASE_URL` is set.
+pub async fn spawn_apps() -> Vec<TestApp> {
+    let mut apps = vec![spawn_app(TestDb::sqlite().await, "sqlite").await];
+    if let Some(pg) = TestDb::postgres().await {
+        apps.push(spawn_app(pg, "postgres").await);
+    }
+    apps
+}
+
+/// Boots the real server on port 0 over `database`, seeded with the demo.
+pub async fn spawn_app(database: TestDb, backend: &'static str) -> TestApp {
+    spawn_app_with(database, backend, |_| {}).await
+}
+
+/// As [`spawn_app`], with `adjust` applied to the settings first.
+pub async fn spawn_app_with(
+    database: TestDb,
+    backend: &'static str,
+    adjust: impl FnOnce(&mut Settings),
+) -> TestApp {
+    let dir = TempDir::new();
+    let mut settings = Settings::for_tests(dir.path.clone(), database.url.clone());
+    settings.sign_in_per_minute = 1000;
+    adjust(&mut settings);
+    let app = Application::build(settings)
+        .await
+        .expect("the application builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let db = app.db().clone();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    TestApp {
+        address,
+        db,
+        backend,
+        client: Client::builder()
+            .cookie_store(true)
+            .build()
+            .expect("a client"),
+        shutdown: Some(tx),
+        _database: database,
+        _dir: dir,
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
+        let mut req = self.client.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> Response {
+        let mut req = self.client.post(self.url(path)).json(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    /// A session token for a resident, minted with the test secret.
+    pub fn resident_token(&self, resident: &Resident) -> String {
+        Keys::new(TEST_SECRET.as_bytes())
+            .issue(&resident.id, SubjectKind::Resident, 30, now())
+            .0
+    }
+
+    /// Signs a staff member in through the API and returns the Bearer token.
+    pub async fn staff_token(&self, email: &str) -> String {
+        let response = self
+            .post(
+                "/api/auth/staff/login",
+                None,
+                &serde_json::json!({"email": email, "password": booking::seed::DEMO_PASSWORD}),
+            )
+            .await;
+        assert_eq!(response.status(), 200, "staff sign-in for {email}");
+        let body: Value = response.json().await.expect("json");
+        body["token"].as_str().expect("a token").to_owned()
+    }
+
+    pub async fn resident(&self, email: &str) -> Resident {
+        accounts::resident_by_email(&self.db, &EmailAddress::parse(email).expect("an email"))
+            .await
+            .expect("query")
+            .expect("a seeded resident")
+    }
+
+    /// Creates a resident of `home`.
+    pub async fn new_resident(&self, email: &str, home: &str) -> Resident {
+        accounts::create_resident(
+            &self.db,
+            &EmailAddress::parse(email).expect("an email"),
+            "Test Person",
+            &MunicipalityCode::parse(home).expect("a code"),
+            Language::Sv,
+            now(),
+        )
+        .await
+        .expect("resident created")
+    }
+
+    /// The newest outbox message of `kind` for `recipient`.
+    pub async fn last_message(&self, recipient: &str, kind: &str) -> Option<Message> {
+        booking::outbox::latest_for(
+            &self.db,
+            &EmailAddress::parse(recipient).expect("an email"),
+            kind,
+        )
+        .await
+        .expect("outbox query")
+    }
+
+    /// Free times for a resident of `home`, from tomorrow for `days` days.
+    pub async fn free_times(&self, service: &str, home: &str, days: i64) -> Vec<Value> {
+        let tz = booking::bookings::zone(booking::bookings::DISPLAY_ZONE).expect("zone");
+        let today = jiff::Timestamp::now().to_zoned(tz).date();
+        let from = today.tomorrow().expect("a date");
+        let to = from
+            .checked_add(jiff::Span::new().days(days))
+            .expect("a date");
+        let response = self
+            .get(
+                &format!("/api/search?service={service}&home={home}&from={from}&to={to}"),
+                None,
+            )
+            .await;
+        assert_eq!(response.status(), 200);
+        response.json::<Vec<Value>>().await.expect("json")
+    }
+}
+
+pub fn now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+/// A directory removed when dropped.
+pub struct TempDir {
+    pub path: std::path::PathBuf,
+}
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "kontakt-app-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).expect("a temporary directory");
+        TempDir { path }
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        TempDir::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}

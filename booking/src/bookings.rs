@@ -524,6 +524,22 @@ pub async fn for_staff(
     Ok((booking, resident))
 }
 
+/// Every active booking's staff member and time: the double-booking check of
+/// the contention test and benchmark.
+pub async fn active_ranges(db: &Db) -> Result<Vec<(String, SlotRange)>, Error> {
+    let rows = sqlx::query("SELECT staff_id, starts_at, ends_at FROM bookings WHERE status = 'booked' ORDER BY staff_id, starts_at")
+        .fetch_all(db.pool())
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("staff_id")?,
+                SlotRange::from_unix(r.try_get("starts_at")?, r.try_get("ends_at")?)?,
+            ))
+        })
+        .collect()
+}
+
 /// Load figures for one municipality over a period.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Load {

@@ -130,6 +130,32 @@ pub async fn enqueue(
     Ok(id)
 }
 
+/// The newest message of `kind` (see [`Message::kind`]) written for
+/// `recipient`, whatever its delivery state: for tests.
+pub async fn latest_for(
+    db: &crate::Db,
+    recipient: &EmailAddress,
+    kind: &str,
+) -> Result<Option<Message>, crate::Error> {
+    use sqlx::Row;
+    let row = sqlx::query(
+        "SELECT payload FROM outbox WHERE recipient = $1 AND kind = $2 ORDER BY created_at DESC, due_at DESC LIMIT 1",
+    )
+    .bind(recipient.as_str())
+    .bind(kind)
+        .fetch_optional(db.pool())
+        .await?;
+    match row {
+        Some(r) => {
+            let payload: String = r.try_get("payload")?;
+            serde_json::from_str(&payload)
+                .map(Some)
+                .map_err(|e| crate::Error::Corrupt(format!("outbox payload: {e}")))
+        }
+        None => Ok(None),
+    }
+}
+
 /// Marks the pending reminders of a booking as superseded, because it moved or
 /// was cancelled. Call it in the same transaction as that change.
 pub async fn supersede_reminders(

@@ -1,0 +1,10 @@
+//! System tests of the `kontakt` server over HTTP. Every test boots the real
+//! server on port 0 with a fresh database, on SQLite and, when `DATABASE_URL`
+//! is set, on PostgreSQL.
+
+mod auth;
+mod bad_input;
+mod bookings;
+mod concurrency;
+mod health;
+mod policy;
