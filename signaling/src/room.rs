@@ -336,10 +336,7 @@ impl Room {
                 let party = PartyId::guest(invitation);
                 let returning = self.members.get(&party).is_some_and(|m| m.conns.is_empty());
                 match self.invitations.get_mut(invitation) {
-                    Some(inv) if !inv.used || returning => {
-                        inv.used = true;
-                        (party, Role::from(inv.role), false)
-                    }
+                    Some(inv) if !inv.used || returning => (party, Role::from(inv.role), false),
                     _ => {
                         out.push(self.error(
                             conn,
@@ -387,6 +384,13 @@ impl Room {
             acked: 0,
         });
         let first_connection = member.conns.is_empty();
+        if let Joiner::Guest { invitation } = &joiner {
+            // Spent only now that the guest is in, so that a full waiting
+            // room does not waste the link.
+            if let Some(inv) = self.invitations.get_mut(invitation) {
+                inv.used = true;
+            }
+        }
         member.conns.insert(conn);
         self.connections.insert(conn, party.clone());
         let participant = Participant {
@@ -548,6 +552,14 @@ impl Room {
         let role = member.role;
         let conns: Vec<ConnectionId> = member.conns.iter().copied().collect();
         self.members.get_mut(&party).expect("checked above").state = PresenceState::Admitted;
+        for c in &conns {
+            out.push(send(
+                *c,
+                ServerMessage::LobbyAdmitted {
+                    room: self.id().clone(),
+                },
+            ));
+        }
         self.append_for_admitted(
             RoomEvent::ParticipantJoined {
                 participant: Participant {
@@ -559,12 +571,6 @@ impl Room {
             out,
         );
         for c in conns {
-            out.push(send(
-                c,
-                ServerMessage::LobbyAdmitted {
-                    room: self.id().clone(),
-                },
-            ));
             self.send_joined(c, &party, out);
             out.push(Outbound::IssueTurnCredentials {
                 to: c,
@@ -948,5 +954,547 @@ fn input_conn(input: &RoomInput) -> Option<ConnectionId> {
         | Invite { conn, .. }
         | End { conn } => Some(*conn),
         Leave { .. } | Tick => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbound::Outbound;
+
+    const STAFF: u64 = 1;
+    const RESIDENT: u64 = 2;
+    const GUEST: u64 = 3;
+    const OUTSIDER: u64 = 4;
+
+    pub(crate) fn id<T: std::str::FromStr>(s: &str) -> T
+    where
+        T::Err: std::fmt::Debug,
+    {
+        s.parse().unwrap()
+    }
+
+    fn setup(t0: Instant) -> MeetingSetup {
+        MeetingSetup {
+            room: RoomId::parse("booking:b1").unwrap(),
+            booking: Some(BookingId::parse("b1").unwrap()),
+            performing_municipality: MunicipalityCode::parse("0180").unwrap(),
+            staff: Some(StaffId::parse("s1").unwrap()),
+            resident: PartyId::parse("resident:r1").unwrap(),
+            home_municipality: Some(MunicipalityCode::parse("0181").unwrap()),
+            starts_at: Some(t0 + Duration::from_secs(600)),
+            no_show_grace: Duration::from_secs(900),
+            pre_admitted: Vec::new(),
+            clock: ClockAnchor {
+                instant: t0,
+                unix: 1_700_000_000,
+            },
+        }
+    }
+
+    fn staff_joins(conn: u64, id: &str, municipality: &str) -> RoomInput {
+        RoomInput::Join {
+            conn: ConnectionId(conn),
+            joiner: Joiner::Staff {
+                id: StaffId::parse(id).unwrap(),
+                municipality: MunicipalityCode::parse(municipality).unwrap(),
+            },
+        }
+    }
+
+    fn resident_joins(conn: u64, party: &str) -> RoomInput {
+        RoomInput::Join {
+            conn: ConnectionId(conn),
+            joiner: Joiner::Resident {
+                party: PartyId::parse(party).unwrap(),
+            },
+        }
+    }
+
+    fn party(s: &str) -> PartyId {
+        PartyId::parse(s).unwrap()
+    }
+
+    /// Renders outbound commands as short lines, one each, so that a test
+    /// states exactly what the room does.
+    pub(crate) fn render(out: &[Outbound]) -> String {
+        let mut lines = Vec::new();
+        for o in out {
+            lines.push(match o {
+                Outbound::Send { to, message } => {
+                    let mut value = serde_json::to_value(message).unwrap();
+                    let map = value.as_object_mut().unwrap();
+                    let kind = map.remove("type").unwrap();
+                    map.remove("room");
+                    let kind = kind.as_str().unwrap().to_owned();
+                    if map.is_empty() {
+                        format!("c{} {kind}", to.0)
+                    } else {
+                        format!("c{} {kind} {value}", to.0)
+                    }
+                }
+                Outbound::Persist(e) => format!(
+                    "persist {} {}",
+                    e.seq,
+                    serde_json::to_value(&e.event).unwrap()["kind"]
+                        .as_str()
+                        .unwrap()
+                ),
+                Outbound::PersistQueueEntry(r) => {
+                    format!("persist-entry {} {}", r.room, r.state.as_str())
+                }
+                Outbound::IssueTurnCredentials { to, party, .. } => {
+                    format!("turn c{} {party}", to.0)
+                }
+                Outbound::Audit(a) => format!("audit {} {}", a.actor, a.action.as_str()),
+                Outbound::BookingOutcome { booking, outcome } => {
+                    format!("outcome {booking} {outcome:?}")
+                }
+                Outbound::NotifyStaff {
+                    staff, participant, ..
+                } => format!(
+                    "notify {} about {}",
+                    staff.as_ref().map_or("-".into(), |s| s.to_string()),
+                    participant.party
+                ),
+                Outbound::OpenAdHocMeeting(m) => format!("open-meeting {}", m.room),
+                Outbound::ConversationClosed { room, .. } => format!("closed {room}"),
+            });
+        }
+        lines.join("\n")
+    }
+
+    /// Runs `steps` against a fresh room. Each step is the seconds since the
+    /// start, an input and the exact commands expected, as [`render`] writes
+    /// them.
+    fn check(steps: &[(u64, RoomInput, &str)]) {
+        let t0 = Instant::now();
+        let mut room = Room::new(setup(t0));
+        for (i, (secs, input, expected)) in steps.iter().enumerate() {
+            let out = room.handle(input.clone(), t0 + Duration::from_secs(*secs));
+            let got = render(&out);
+            let expected = expected
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("\n");
+            assert_eq!(got, expected, "step {i}: {input:?}\n--- got:\n{got}\n");
+        }
+    }
+
+    #[test]
+    fn resident_waits_in_lobby_until_admitted() {
+        check(&[
+            (
+                0,
+                resident_joins(RESIDENT, "resident:r1"),
+                r#"
+                persist 1 knock
+                notify s1 about resident:r1
+                c2 joined {"last_seq":0,"participants":[],"state":"lobby"}
+                c2 lobby.status {"staff_present":false}
+                "#,
+            ),
+            (
+                1,
+                RoomInput::Chat {
+                    conn: ConnectionId(RESIDENT),
+                    client_id: id("m1"),
+                    text: "hej".into(),
+                },
+                r#"c2 error {"code":"not_admitted","message":"wait to be admitted"}"#,
+            ),
+            (
+                2,
+                staff_joins(STAFF, "s1", "0180"),
+                r#"
+                persist 2 participant_joined
+                c1 event {"event":{"kind":"participant_joined","participant":{"party":"staff:s1","role":"social_worker"}},"seq":2}
+                c2 lobby.status {"staff_present":true}
+                c1 joined {"last_seq":2,"lobby":[{"party":"resident:r1","role":"resident"}],"participants":[{"party":"staff:s1","role":"social_worker"}],"state":"admitted"}
+                audit staff:s1 meeting.read
+                turn c1 staff:s1
+                "#,
+            ),
+            (
+                3,
+                RoomInput::Admit {
+                    conn: ConnectionId(STAFF),
+                    party: party("resident:r1"),
+                },
+                r#"
+                c2 lobby.admitted
+                persist 3 participant_joined
+                c2 event {"event":{"kind":"participant_joined","participant":{"party":"resident:r1","role":"resident"}},"seq":3}
+                c1 event {"event":{"kind":"participant_joined","participant":{"party":"resident:r1","role":"resident"}},"seq":3}
+                c2 joined {"last_seq":3,"participants":[{"party":"resident:r1","role":"resident"},{"party":"staff:s1","role":"social_worker"}],"state":"admitted"}
+                turn c2 resident:r1
+                "#,
+            ),
+            (
+                4,
+                RoomInput::Chat {
+                    conn: ConnectionId(RESIDENT),
+                    client_id: id("m1"),
+                    text: "hej".into(),
+                },
+                r#"
+                persist 4 chat
+                c2 event {"event":{"client_id":"m1","from":"resident:r1","kind":"chat","role":"resident","sent_at":1700000004,"text":"hej"},"seq":4}
+                c1 event {"event":{"client_id":"m1","from":"resident:r1","kind":"chat","role":"resident","sent_at":1700000004,"text":"hej"},"seq":4}
+                c2 chat.stored {"client_id":"m1","seq":4}
+                "#,
+            ),
+            // A retried send is stored once and answered with the same seq.
+            (
+                5,
+                RoomInput::Chat {
+                    conn: ConnectionId(RESIDENT),
+                    client_id: id("m1"),
+                    text: "hej".into(),
+                },
+                r#"c2 chat.stored {"client_id":"m1","seq":4}"#,
+            ),
+            (
+                6,
+                RoomInput::Ack {
+                    conn: ConnectionId(STAFF),
+                    seq: 4,
+                },
+                r#"c2 chat.read {"party":"staff:s1","seq":4}"#,
+            ),
+            (
+                7,
+                RoomInput::End {
+                    conn: ConnectionId(RESIDENT),
+                },
+                r#"c2 error {"code":"forbidden","message":"only staff may do this"}"#,
+            ),
+            (
+                8,
+                RoomInput::End {
+                    conn: ConnectionId(STAFF),
+                },
+                r#"
+                persist 5 ended
+                c2 event {"event":{"by":"staff:s1","kind":"ended"},"seq":5}
+                c1 event {"event":{"by":"staff:s1","kind":"ended"},"seq":5}
+                c1 room.closed {"reason":"meeting_ended"}
+                c2 room.closed {"reason":"meeting_ended"}
+                outcome b1 Completed
+                "#,
+            ),
+            (
+                9,
+                resident_joins(RESIDENT, "resident:r1"),
+                r#"c2 error {"code":"not_found","message":"no such room"}"#,
+            ),
+        ]);
+    }
+
+    #[test]
+    fn outsiders_and_other_municipalities_are_not_let_in() {
+        check(&[
+            (
+                0,
+                staff_joins(OUTSIDER, "s9", "0999"),
+                r#"c4 error {"code":"not_found","message":"no such room"}"#,
+            ),
+            (
+                0,
+                resident_joins(OUTSIDER, "resident:r2"),
+                r#"c4 error {"code":"not_found","message":"no such room"}"#,
+            ),
+            (
+                0,
+                RoomInput::Join {
+                    conn: ConnectionId(GUEST),
+                    joiner: Joiner::Guest {
+                        invitation: id("forged"),
+                    },
+                },
+                r#"c3 error {"code":"invitation_invalid","message":"this guest link is unknown or already used"}"#,
+            ),
+        ]);
+    }
+
+    #[test]
+    fn signals_flow_only_between_admitted_participants() {
+        let offer = |conn: u64, to: &str| RoomInput::Signal {
+            conn: ConnectionId(conn),
+            to: party(to),
+            signal: Signal::Offer("v=0".into()),
+        };
+        check(&[
+            (0, staff_joins(STAFF, "s1", "0180"), "persist 1 participant_joined\nc1 event {\"event\":{\"kind\":\"participant_joined\",\"participant\":{\"party\":\"staff:s1\",\"role\":\"social_worker\"}},\"seq\":1}\nc1 joined {\"last_seq\":1,\"participants\":[{\"party\":\"staff:s1\",\"role\":\"social_worker\"}],\"state\":\"admitted\"}\naudit staff:s1 meeting.read\nturn c1 staff:s1"),
+            (
+                1,
+                resident_joins(RESIDENT, "resident:r1"),
+                r#"
+                persist 2 knock
+                c1 event {"event":{"kind":"knock","participant":{"party":"resident:r1","role":"resident"}},"seq":2}
+                c2 joined {"last_seq":0,"participants":[],"state":"lobby"}
+                c2 lobby.status {"staff_present":true}
+                "#,
+            ),
+            // Neither side can reach the other while the resident waits.
+            (
+                2,
+                offer(STAFF, "resident:r1"),
+                r#"c1 error {"code":"not_found","message":"no such participant here"}"#,
+            ),
+            (
+                2,
+                offer(RESIDENT, "staff:s1"),
+                r#"c2 error {"code":"not_admitted","message":"wait to be admitted"}"#,
+            ),
+            (
+                3,
+                RoomInput::Admit {
+                    conn: ConnectionId(STAFF),
+                    party: party("resident:r1"),
+                },
+                r#"
+                c2 lobby.admitted
+                persist 3 participant_joined
+                c2 event {"event":{"kind":"participant_joined","participant":{"party":"resident:r1","role":"resident"}},"seq":3}
+                c1 event {"event":{"kind":"participant_joined","participant":{"party":"resident:r1","role":"resident"}},"seq":3}
+                c2 joined {"last_seq":3,"participants":[{"party":"resident:r1","role":"resident"},{"party":"staff:s1","role":"social_worker"}],"state":"admitted"}
+                turn c2 resident:r1
+                "#,
+            ),
+            (
+                4,
+                offer(RESIDENT, "staff:s1"),
+                r#"c1 signal.offer {"from":"resident:r1","sdp":"v=0"}"#,
+            ),
+            // An ICE restart after a network change is a new offer.
+            (
+                5,
+                offer(STAFF, "resident:r1"),
+                r#"c2 signal.offer {"from":"staff:s1","sdp":"v=0"}"#,
+            ),
+            (
+                6,
+                RoomInput::SendBack {
+                    conn: ConnectionId(STAFF),
+                    party: party("resident:r1"),
+                },
+                r#"
+                persist 4 participant_left
+                c2 event {"event":{"kind":"participant_left","party":"resident:r1"},"seq":4}
+                c1 event {"event":{"kind":"participant_left","party":"resident:r1"},"seq":4}
+                persist 5 knock
+                c1 event {"event":{"kind":"knock","participant":{"party":"resident:r1","role":"resident"}},"seq":5}
+                c2 lobby.sent_back
+                c2 lobby.status {"staff_present":true}
+                "#,
+            ),
+            (
+                7,
+                offer(RESIDENT, "staff:s1"),
+                r#"c2 error {"code":"not_admitted","message":"wait to be admitted"}"#,
+            ),
+            (
+                8,
+                RoomInput::Decline {
+                    conn: ConnectionId(STAFF),
+                    party: party("resident:r1"),
+                },
+                r#"
+                c2 lobby.declined
+                persist 6 lobby_left
+                c1 event {"event":{"kind":"lobby_left","party":"resident:r1"},"seq":6}
+                "#,
+            ),
+        ]);
+    }
+
+    #[test]
+    fn guest_links_work_once_and_admission_is_still_needed() {
+        let t0 = Instant::now();
+        let mut room = Room::new(setup(t0));
+        room.handle(staff_joins(STAFF, "s1", "0180"), t0);
+        let out = room.handle(
+            RoomInput::Invite {
+                conn: ConnectionId(STAFF),
+                role: GuestRole::Interpreter,
+                token: id("tok1"),
+            },
+            t0,
+        );
+        assert_eq!(
+            render(&out),
+            r#"c1 meeting.invited {"role":"interpreter","token":"tok1"}"#
+        );
+        let guest = |conn| RoomInput::Join {
+            conn: ConnectionId(conn),
+            joiner: Joiner::Guest {
+                invitation: id("tok1"),
+            },
+        };
+        let out = room.handle(guest(GUEST), t0);
+        assert!(
+            render(&out).contains(r#"c3 joined {"last_seq":0,"participants":[],"state":"lobby"}"#)
+        );
+        assert!(!room.is_admitted(&party("guest:tok1")));
+        // The link is spent: a second person with it is refused.
+        let out = room.handle(guest(OUTSIDER), t0);
+        assert!(
+            render(&out).contains("invitation_invalid"),
+            "{}",
+            render(&out)
+        );
+        let out = room.handle(
+            RoomInput::Admit {
+                conn: ConnectionId(STAFF),
+                party: party("guest:tok1"),
+            },
+            t0,
+        );
+        assert!(render(&out).contains(r#"{"party":"guest:tok1","role":"interpreter"}"#));
+        assert!(room.is_admitted(&party("guest:tok1")));
+    }
+
+    #[test]
+    fn at_most_four_participants() {
+        let t0 = Instant::now();
+        let mut room = Room::new(setup(t0));
+        room.handle(staff_joins(STAFF, "s1", "0180"), t0);
+        room.handle(staff_joins(10, "s2", "0180"), t0);
+        room.handle(resident_joins(RESIDENT, "resident:r1"), t0);
+        room.handle(
+            RoomInput::Admit {
+                conn: ConnectionId(STAFF),
+                party: party("resident:r1"),
+            },
+            t0,
+        );
+        for (conn, token) in [(20, "g1"), (21, "g2")] {
+            room.handle(
+                RoomInput::Invite {
+                    conn: ConnectionId(STAFF),
+                    role: GuestRole::Interpreter,
+                    token: id(token),
+                },
+                t0,
+            );
+            room.handle(
+                RoomInput::Join {
+                    conn: ConnectionId(conn),
+                    joiner: Joiner::Guest {
+                        invitation: id(token),
+                    },
+                },
+                t0,
+            );
+        }
+        let admit = |p: &str| RoomInput::Admit {
+            conn: ConnectionId(STAFF),
+            party: party(p),
+        };
+        let out = room.handle(admit("guest:g1"), t0);
+        assert!(room.is_admitted(&party("guest:g1")), "{}", render(&out));
+        let out = room.handle(admit("guest:g2"), t0);
+        assert_eq!(
+            render(&out),
+            r#"c1 error {"code":"room_full","message":"the meeting is full"}"#
+        );
+        // A fifth staff member of the municipality is refused too.
+        let out = room.handle(staff_joins(30, "s3", "0180"), t0);
+        assert!(render(&out).contains("room_full"));
+    }
+
+    #[test]
+    fn resume_replays_missed_events_in_order_without_earlier_ones() {
+        let t0 = Instant::now();
+        let mut room = Room::new(setup(t0));
+        room.handle(staff_joins(STAFF, "s1", "0180"), t0);
+        room.handle(resident_joins(RESIDENT, "resident:r1"), t0);
+        room.handle(
+            RoomInput::Admit {
+                conn: ConnectionId(STAFF),
+                party: party("resident:r1"),
+            },
+            t0,
+        );
+        // The resident's network drops; staff keep writing.
+        room.handle(
+            RoomInput::Leave {
+                conn: ConnectionId(RESIDENT),
+            },
+            t0,
+        );
+        for n in 0..2 {
+            room.handle(
+                RoomInput::Chat {
+                    conn: ConnectionId(STAFF),
+                    client_id: id(&format!("s{n}")),
+                    text: format!("message {n}"),
+                },
+                t0,
+            );
+        }
+        // Back on another connection: admitted again without the lobby.
+        let out = room.handle(resident_joins(5, "resident:r1"), t0);
+        assert!(
+            render(&out).contains(r#""state":"admitted""#),
+            "{}",
+            render(&out)
+        );
+        let out = room.handle(
+            RoomInput::Resume {
+                conn: ConnectionId(5),
+                last_seq: 3,
+            },
+            t0,
+        );
+        let seqs: Vec<Seq> = out
+            .iter()
+            .filter_map(|o| match o {
+                Outbound::Send {
+                    message: ServerMessage::Event { seq, .. },
+                    ..
+                } => Some(*seq),
+                _ => None,
+            })
+            .collect();
+        // Seq 4 is the resident's own departure, which they were entitled to.
+        assert_eq!(seqs, vec![4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn a_resident_who_never_comes_is_a_no_show_after_the_grace_period() {
+        check(&[
+            (0, staff_joins(STAFF, "s1", "0180"), "persist 1 participant_joined\nc1 event {\"event\":{\"kind\":\"participant_joined\",\"participant\":{\"party\":\"staff:s1\",\"role\":\"social_worker\"}},\"seq\":1}\nc1 joined {\"last_seq\":1,\"participants\":[{\"party\":\"staff:s1\",\"role\":\"social_worker\"}],\"state\":\"admitted\"}\naudit staff:s1 meeting.read\nturn c1 staff:s1"),
+            // Starts at 600 s, grace 900 s: nothing happens before 1500 s.
+            (1499, RoomInput::Tick, ""),
+            (
+                1500,
+                RoomInput::Tick,
+                r#"
+                c1 room.closed {"reason":"no_show"}
+                outcome b1 NoShow
+                "#,
+            ),
+            (1600, RoomInput::Tick, ""),
+        ]);
+    }
+
+    #[test]
+    fn a_resident_who_came_is_no_no_show() {
+        let t0 = Instant::now();
+        let mut room = Room::new(setup(t0));
+        room.handle(resident_joins(RESIDENT, "resident:r1"), t0);
+        room.handle(
+            RoomInput::Leave {
+                conn: ConnectionId(RESIDENT),
+            },
+            t0,
+        );
+        assert_eq!(room.next_deadline(), None);
+        let out = room.handle(RoomInput::Tick, t0 + Duration::from_secs(10_000));
+        assert!(out.is_empty());
     }
 }
