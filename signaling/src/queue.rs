@@ -1265,3 +1265,548 @@ fn is_eligible(staff: &StaffState, record: &QueueEntryRecord) -> bool {
 fn error(conn: ConnectionId, code: ErrorCode, message: &str, room: Option<RoomId>) -> Outbound {
     send(conn, ServerMessage::error(code, message, room))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::room::tests::render;
+
+    const A: u64 = 1; // staff a, municipality 0180
+    const B: u64 = 2; // staff b, municipality 0180
+    const X: u64 = 3; // staff x, municipality 0999, excluded by the policy
+    const R1: u64 = 11;
+    const R2: u64 = 12;
+    const R3: u64 = 13;
+
+    fn c(n: u64) -> ConnectionId {
+        ConnectionId(n)
+    }
+
+    fn room(n: u64) -> RoomId {
+        RoomId::parse(format!("chat:{n}")).unwrap()
+    }
+
+    fn settings(mode: QueueMode) -> QueueSettings {
+        QueueSettings {
+            mode,
+            answer_timeout: Duration::from_secs(60),
+            abandon_after: Duration::from_secs(120),
+            average_chat: Duration::from_secs(600),
+        }
+    }
+
+    fn profile(id: &str, municipality: &str) -> StaffProfile {
+        StaffProfile {
+            id: StaffId::parse(id).unwrap(),
+            municipality: MunicipalityCode::parse(municipality).unwrap(),
+            services: BTreeSet::from([ServiceId::parse("stod").unwrap()]),
+        }
+    }
+
+    fn new_conversation(n: u64) -> NewConversation {
+        NewConversation {
+            room: room(n),
+            service: ServiceId::parse("stod").unwrap(),
+            home_municipality: MunicipalityCode::parse("0181").unwrap(),
+            resident: PartyId::parse(format!("resident:r{n}")).unwrap(),
+            anonymous: false,
+            eligible_municipalities: BTreeSet::from([
+                MunicipalityCode::parse("0180").unwrap(),
+                MunicipalityCode::parse("0181").unwrap(),
+            ]),
+        }
+    }
+
+    /// A queue with staff a, b (eligible) and x (excluded) connected and
+    /// available for `max_chats` chats each, and a clock at `t0`.
+    struct Harness {
+        queue: Queue,
+        t0: Instant,
+    }
+
+    impl Harness {
+        fn new(mode: QueueMode, max_chats: u32) -> Self {
+            let t0 = Instant::now();
+            let mut queue = Queue::new(
+                settings(mode),
+                ClockAnchor {
+                    instant: t0,
+                    unix: 0,
+                },
+            );
+            for (conn, id, m) in [(A, "a", "0180"), (B, "b", "0180"), (X, "x", "0999")] {
+                queue.handle(
+                    QueueInput::StaffConnected {
+                        conn: c(conn),
+                        staff: profile(id, m),
+                    },
+                    t0,
+                );
+                queue.handle(
+                    QueueInput::Availability {
+                        conn: c(conn),
+                        available: true,
+                        max_chats,
+                    },
+                    t0,
+                );
+            }
+            Harness { queue, t0 }
+        }
+
+        fn at(&mut self, secs: u64, input: QueueInput) -> String {
+            render(
+                &self
+                    .queue
+                    .handle(input, self.t0 + Duration::from_secs(secs)),
+            )
+        }
+
+        fn open(&mut self, secs: u64, n: u64) -> String {
+            self.at(
+                secs,
+                QueueInput::Open {
+                    conn: c(10 + n),
+                    conversation: new_conversation(n),
+                },
+            )
+        }
+
+        fn state(&self, n: u64) -> EntryState {
+            self.queue.record(&room(n)).unwrap().state.clone()
+        }
+    }
+
+    fn staff(id: &str) -> EntryState {
+        EntryState::Assigned(StaffId::parse(id).unwrap())
+    }
+
+    #[test]
+    fn excluded_staff_get_nothing_and_the_first_claim_wins() {
+        let mut h = Harness::new(QueueMode::Manual, 2);
+        let out = h.open(0, 1);
+        assert_eq!(
+            out,
+            [
+                "persist-entry chat:1 waiting",
+                r#"c11 joined {"last_seq":0,"participants":[{"party":"resident:r1","role":"resident"}],"state":"admitted"}"#,
+                r#"c1 queue.entry {"entry":{"anonymous":false,"enqueued_at":0,"home_municipality":"0181","room":"chat:1","service":"stod"}}"#,
+                r#"c2 queue.entry {"entry":{"anonymous":false,"enqueued_at":0,"home_municipality":"0181","room":"chat:1","service":"stod"}}"#,
+                r#"c11 queue.status {"eta_secs":600,"position":1,"staff_online":true}"#,
+            ]
+            .join("\n")
+        );
+        assert!(!out.contains("c3 "), "excluded staff saw the entry");
+        let out = h.at(
+            1,
+            QueueInput::Claim {
+                conn: c(X),
+                room: room(1),
+            },
+        );
+        assert_eq!(
+            out,
+            r#"c3 error {"code":"not_found","message":"no such room"}"#
+        );
+        let out = h.at(
+            1,
+            QueueInput::Claim {
+                conn: c(A),
+                room: room(1),
+            },
+        );
+        assert_eq!(
+            out,
+            [
+                "persist-entry chat:1 assigned",
+                "c1 queue.entry_removed",
+                "c2 queue.entry_removed",
+                "audit staff:a conversation.open",
+                r#"c1 queue.assigned {"entry":{"anonymous":false,"enqueued_at":0,"home_municipality":"0181","room":"chat:1","service":"stod"}}"#,
+                "persist 1 assigned",
+                r#"c11 event {"event":{"kind":"assigned","staff":"staff:a"},"seq":1}"#,
+            ]
+            .join("\n")
+        );
+        let out = h.at(
+            1,
+            QueueInput::Claim {
+                conn: c(B),
+                room: room(1),
+            },
+        );
+        assert_eq!(
+            out,
+            r#"c2 error {"code":"already_taken","message":"someone else took this chat"}"#
+        );
+        assert_eq!(h.state(1), staff("a"));
+    }
+
+    #[test]
+    fn automatic_mode_picks_the_least_loaded_within_the_cap() {
+        let mut h = Harness::new(QueueMode::Automatic, 1);
+        h.open(0, 1);
+        h.open(1, 2);
+        h.open(2, 3);
+        // Ties go to the lower id, then the other staff member; x is excluded
+        // and both eligible staff are at their cap of one.
+        assert_eq!(h.state(1), staff("a"));
+        assert_eq!(h.state(2), staff("b"));
+        assert_eq!(h.state(3), EntryState::Waiting);
+        // Closing a chat frees a place, and the next waiting chat takes it.
+        h.at(
+            3,
+            QueueInput::Chat {
+                conn: c(A),
+                room: room(1),
+                client_id: "m1".parse().unwrap(),
+                text: "Hej!".into(),
+            },
+        );
+        let out = h.at(
+            4,
+            QueueInput::Close {
+                conn: c(A),
+                room: room(1),
+            },
+        );
+        assert!(out.contains("closed chat:1"), "{out}");
+        assert_eq!(h.state(3), staff("a"));
+    }
+
+    #[test]
+    fn unanswered_chats_return_to_their_original_place() {
+        let mut h = Harness::new(QueueMode::Manual, 2);
+        h.open(0, 1);
+        h.open(1, 2);
+        h.at(
+            2,
+            QueueInput::Claim {
+                conn: c(A),
+                room: room(1),
+            },
+        );
+        // Chat 2 is now first in line.
+        assert_eq!(
+            h.queue.next_deadline(),
+            Some(h.t0 + Duration::from_secs(62))
+        );
+        assert_eq!(h.at(61, QueueInput::Tick), "");
+        let out = h.at(62, QueueInput::Tick);
+        assert!(
+            out.contains(r#"c1 queue.unassigned {"reason":"no_answer"}"#),
+            "{out}"
+        );
+        assert!(out.contains("c2 queue.entry"), "{out}");
+        // Chat 1 is back in front of chat 2, which moves down.
+        assert!(
+            out.contains(r#"c11 queue.status {"eta_secs":600,"position":1,"staff_online":true}"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"c12 queue.status {"eta_secs":600,"position":2,"staff_online":true}"#),
+            "{out}"
+        );
+        assert_eq!(h.state(1), EntryState::Waiting);
+    }
+
+    #[test]
+    fn answered_chats_stay_and_offline_staff_lose_theirs() {
+        let mut h = Harness::new(QueueMode::Automatic, 1);
+        h.open(0, 1);
+        assert_eq!(h.state(1), staff("a"));
+        h.at(
+            1,
+            QueueInput::Accept {
+                conn: c(A),
+                room: room(1),
+            },
+        );
+        assert_eq!(h.at(100, QueueInput::Tick), "");
+        assert_eq!(h.state(1), staff("a"));
+        // Staff a's last connection closes: the chat goes to b at once.
+        let out = h.at(101, QueueInput::Disconnected { conn: c(A) });
+        assert!(out.contains("c2 queue.assigned"), "{out}");
+        assert_eq!(h.state(1), staff("b"));
+    }
+
+    #[test]
+    fn timed_out_staff_are_asked_last() {
+        let mut h = Harness::new(QueueMode::Automatic, 1);
+        h.open(0, 1);
+        assert_eq!(h.state(1), staff("a"));
+        h.at(60, QueueInput::Tick);
+        assert_eq!(h.state(1), staff("b"));
+    }
+
+    #[test]
+    fn transfer_goes_only_to_eligible_online_colleagues() {
+        let mut h = Harness::new(QueueMode::Manual, 2);
+        h.open(0, 1);
+        h.at(
+            1,
+            QueueInput::Claim {
+                conn: c(A),
+                room: room(1),
+            },
+        );
+        let out = h.at(
+            2,
+            QueueInput::Transfer {
+                conn: c(A),
+                room: room(1),
+                to: StaffId::parse("x").unwrap(),
+            },
+        );
+        assert!(out.contains("not_eligible"), "{out}");
+        let out = h.at(
+            3,
+            QueueInput::Transfer {
+                conn: c(A),
+                room: room(1),
+                to: StaffId::parse("b").unwrap(),
+            },
+        );
+        assert!(
+            out.contains(r#"c1 queue.unassigned {"reason":"transferred"}"#),
+            "{out}"
+        );
+        assert!(out.contains("audit staff:b conversation.open"), "{out}");
+        assert_eq!(h.state(1), staff("b"));
+        let out = h.at(
+            4,
+            QueueInput::Chat {
+                conn: c(A),
+                room: room(1),
+                client_id: "late".parse().unwrap(),
+                text: "still here?".into(),
+            },
+        );
+        assert!(out.contains("not_found"), "{out}");
+    }
+
+    #[test]
+    fn chat_dedups_and_sends_typing_and_read_receipts() {
+        let mut h = Harness::new(QueueMode::Manual, 2);
+        h.open(0, 1);
+        h.at(
+            1,
+            QueueInput::Claim {
+                conn: c(A),
+                room: room(1),
+            },
+        );
+        let send = |text: &str| QueueInput::Chat {
+            conn: c(R1),
+            room: room(1),
+            client_id: "m1".parse().unwrap(),
+            text: text.into(),
+        };
+        let first = h.at(2, send("Hej"));
+        assert!(first.contains("persist 2 chat"), "{first}");
+        assert!(
+            first.contains(r#"c11 chat.stored {"client_id":"m1","seq":2}"#),
+            "{first}"
+        );
+        assert_eq!(
+            h.at(3, send("Hej")),
+            r#"c11 chat.stored {"client_id":"m1","seq":2}"#
+        );
+        let out = h.at(
+            4,
+            QueueInput::Typing {
+                conn: c(A),
+                room: room(1),
+                typing: true,
+            },
+        );
+        assert_eq!(out, r#"c11 chat.typing {"party":"staff:a","typing":true}"#);
+        let out = h.at(
+            5,
+            QueueInput::Ack {
+                conn: c(A),
+                room: room(1),
+                seq: 2,
+            },
+        );
+        assert_eq!(out, r#"c11 chat.read {"party":"staff:a","seq":2}"#);
+        // Acking again, or acking one's own messages, is no read receipt.
+        assert_eq!(
+            h.at(
+                6,
+                QueueInput::Ack {
+                    conn: c(A),
+                    room: room(1),
+                    seq: 2
+                }
+            ),
+            ""
+        );
+        assert_eq!(
+            h.at(
+                6,
+                QueueInput::Ack {
+                    conn: c(R1),
+                    room: room(1),
+                    seq: 2
+                }
+            ),
+            ""
+        );
+        let out = h.at(
+            7,
+            QueueInput::Resume {
+                conn: c(A),
+                room: room(1),
+                last_seq: 1,
+            },
+        );
+        assert_eq!(
+            out,
+            [
+                "audit staff:a conversation.read",
+                r#"c1 event {"event":{"client_id":"m1","from":"resident:r1","kind":"chat","role":"resident","sent_at":2,"text":"Hej"},"seq":2}"#,
+            ]
+            .join("\n")
+        );
+    }
+
+    #[test]
+    fn leaving_with_nobody_online_offers_the_offline_form() {
+        let t0 = Instant::now();
+        let mut queue = Queue::new(
+            settings(QueueMode::Manual),
+            ClockAnchor {
+                instant: t0,
+                unix: 0,
+            },
+        );
+        let out = render(&queue.handle(
+            QueueInput::Open {
+                conn: c(R1),
+                conversation: new_conversation(1),
+            },
+            t0,
+        ));
+        assert!(
+            out.contains(r#"c11 queue.offline_form {"service":"stod"}"#),
+            "{out}"
+        );
+        assert!(out.contains(r#""staff_online":false"#), "{out}");
+        let out = render(&queue.handle(
+            QueueInput::Leave {
+                conn: c(R1),
+                room: room(1),
+            },
+            t0,
+        ));
+        assert_eq!(
+            out,
+            [
+                "persist-entry chat:1 closed",
+                r#"c11 queue.offline_form {"service":"stod"}"#,
+                r#"c11 room.closed {"reason":"chat_closed"}"#,
+                "closed chat:1",
+            ]
+            .join("\n")
+        );
+    }
+
+    #[test]
+    fn abandoned_waiting_chats_leave_the_queue() {
+        let mut h = Harness::new(QueueMode::Manual, 2);
+        h.open(0, 1);
+        h.at(10, QueueInput::Disconnected { conn: c(R1) });
+        // A reload within the limit keeps the place.
+        h.at(
+            20,
+            QueueInput::Join {
+                conn: c(R2),
+                party: PartyId::parse("resident:r1").unwrap(),
+                room: room(1),
+            },
+        );
+        h.at(30, QueueInput::Disconnected { conn: c(R2) });
+        assert_eq!(h.at(149, QueueInput::Tick), "");
+        let out = h.at(150, QueueInput::Tick);
+        assert!(out.contains("persist-entry chat:1 closed"), "{out}");
+        assert!(!h.queue.contains(&room(1)));
+        let _ = R3;
+    }
+
+    #[test]
+    fn escalation_opens_a_room_before_telling_anyone() {
+        let mut h = Harness::new(QueueMode::Manual, 2);
+        h.open(0, 1);
+        h.at(
+            1,
+            QueueInput::Claim {
+                conn: c(A),
+                room: room(1),
+            },
+        );
+        let out = h.at(
+            2,
+            QueueInput::EscalateVideo {
+                conn: c(A),
+                room: room(1),
+                meeting_room: RoomId::parse("adhoc:1").unwrap(),
+            },
+        );
+        assert_eq!(
+            out,
+            [
+                "open-meeting adhoc:1",
+                "persist 2 video_opened",
+                r#"c11 event {"event":{"kind":"video_opened","meeting_room":"adhoc:1"},"seq":2}"#,
+            ]
+            .join("\n")
+        );
+    }
+
+    #[test]
+    fn restore_puts_chats_back_in_their_places() {
+        let t0 = Instant::now();
+        let mut queue = Queue::new(
+            settings(QueueMode::Manual),
+            ClockAnchor {
+                instant: t0,
+                unix: 0,
+            },
+        );
+        for (ticket, n, state) in [
+            (7, 2, EntryState::Assigned(StaffId::parse("a").unwrap())),
+            (3, 1, EntryState::Waiting),
+        ] {
+            let new = new_conversation(n);
+            queue.restore(
+                QueueEntryRecord {
+                    room: new.room,
+                    ticket,
+                    service: new.service,
+                    home_municipality: new.home_municipality,
+                    resident: new.resident,
+                    anonymous: false,
+                    eligible_municipalities: new.eligible_municipalities,
+                    state,
+                    enqueued_at: 0,
+                },
+                Vec::new(),
+                t0,
+            );
+        }
+        let out = render(&queue.handle(
+            QueueInput::Open {
+                conn: c(R3),
+                conversation: new_conversation(3),
+            },
+            t0,
+        ));
+        assert!(
+            out.contains(r#"c13 queue.status {"eta_secs":1800,"position":3,"staff_online":false}"#),
+            "{out}"
+        );
+        assert_eq!(queue.record(&room(2)).unwrap().state, EntryState::Waiting);
+        assert_eq!(queue.record(&room(3)).unwrap().ticket, 8);
+    }
+}

@@ -958,7 +958,7 @@ fn input_conn(input: &RoomInput) -> Option<ConnectionId> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::outbound::Outbound;
 
