@@ -166,6 +166,25 @@ impl Header for AutoSubmitted {
 }
 
 fn smtp(raw: &str, timeout: Duration) -> Result<Transport, NotifyError> {
+    let url = rewrite(raw)?;
+    let parsed =
+        url::Url::parse(&url).map_err(|err| NotifyError::InvalidSmtpUrl(err.to_string()))?;
+    let server = format!(
+        "{}://{}:{}",
+        parsed.scheme(),
+        parsed.host_str().unwrap_or_default(),
+        parsed.port().map(|p| p.to_string()).unwrap_or_default()
+    );
+    let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&url)
+        .map_err(|err| NotifyError::InvalidSmtpUrl(err.to_string()))?
+        .timeout(Some(timeout))
+        .build();
+    Ok(Transport::Smtp { transport, server })
+}
+
+/// Turns `SMTP_URL` into the URL lettre understands: a remote `smtp://`
+/// server gets `?tls=required` (STARTTLS), and `?tls=none` is dropped.
+fn rewrite(raw: &str) -> Result<String, NotifyError> {
     // The parse error never contains the URL, so it cannot leak a password.
     let mut url =
         url::Url::parse(raw).map_err(|err| NotifyError::InvalidSmtpUrl(err.to_string()))?;
@@ -174,7 +193,11 @@ fn smtp(raw: &str, timeout: Duration) -> Result<Transport, NotifyError> {
         .find(|(key, _)| key == "tls")
         .map(|(_, value)| value.into_owned());
     let loopback = match url.host() {
-        Some(url::Host::Domain(host)) => host == "localhost",
+        // `smtp` is not a scheme the url crate knows, so an IPv4 address
+        // arrives as a domain.
+        Some(url::Host::Domain(host)) => {
+            host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        }
         Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
         Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
         None => false,
@@ -188,17 +211,7 @@ fn smtp(raw: &str, timeout: Duration) -> Result<Transport, NotifyError> {
         ("smtp", Some("none")) => url.set_query(None),
         _ => {}
     }
-    let server = format!(
-        "{}://{}:{}",
-        url.scheme(),
-        url.host_str().unwrap_or_default(),
-        url.port().map(|p| p.to_string()).unwrap_or_default()
-    );
-    let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url.as_str())
-        .map_err(|err| NotifyError::InvalidSmtpUrl(err.to_string()))?
-        .timeout(Some(timeout))
-        .build();
-    Ok(Transport::Smtp { transport, server })
+    Ok(url.into())
 }
 
 async fn write_eml(dir: &Path, stem: &str, bytes: &[u8]) -> std::io::Result<()> {
@@ -221,6 +234,12 @@ mod tests {
             .map_err(|e| e.to_string())
     }
 
+    /// Whether `url` would send without TLS. lettre does not expose its
+    /// settings, so this checks the URL rewriting directly.
+    fn is_plain(url: &str) -> bool {
+        !rewrite(url).unwrap().contains("tls=")
+    }
+
     // The pooled SMTP transport starts a tokio task when it is built.
     #[tokio::test]
     async fn smtp_urls() {
@@ -237,6 +256,14 @@ mod tests {
         let err = server_of("ftp://user:secret@x.se").unwrap_err();
         assert!(!err.contains("secret"), "{err}");
         assert!(server_of("not a url").is_err());
+        assert!(is_plain("smtp://127.0.0.1:2525"));
+        assert!(is_plain("smtp://localhost:2525"));
+        assert!(is_plain("smtp://[::1]:2525"));
+        assert!(
+            !is_plain("smtp://10.0.0.1:25"),
+            "a remote server gets STARTTLS"
+        );
+        assert!(!is_plain("smtp://mail.example.se:587"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ stdout once it accepts connections, and runs until killed.
 import argparse
 import asyncio
 import mailbox
+import os
 import signal
 import sys
 
@@ -18,7 +19,11 @@ from aiosmtpd.controller import Controller
 
 class MaildirHandler:
     def __init__(self, path, reject, delay):
-        self.box = mailbox.Maildir(path, create=True)
+        # Maildir(create=True) leaves an existing folder as it is, and tests
+        # hand over an empty temporary one, so make the three subfolders here.
+        for sub in ("tmp", "new", "cur"):
+            os.makedirs(os.path.join(path, sub), exist_ok=True)
+        self.box = mailbox.Maildir(path, create=False)
         self.reject = {address.lower() for address in reject}
         self.delay = delay
 
