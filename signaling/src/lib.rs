@@ -5,9 +5,11 @@
 //! It talks to storage through a small store trait of its own, and it knows
 //! nothing about axum routing or SQL dialects.
 
+pub mod bus;
 pub mod history;
 pub mod ids;
 pub mod outbound;
 pub mod protocol;
 pub mod queue;
 pub mod room;
+pub mod store;

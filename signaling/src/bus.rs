@@ -1,0 +1,177 @@
+//! The bus that fans room and queue events out across `kontakt` nodes:
+//! in-process by default, NATS when `NATS_URL` is set.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use futures::{Stream, StreamExt};
+use tokio::sync::broadcast;
+
+/// A stream of payloads published on one subject.
+pub type Subscription = Pin<Box<dyn Stream<Item = Vec<u8>> + Send>>;
+
+/// Publish/subscribe on subjects such as `kontakt.room.booking:b1`.
+/// Delivery is at most once and in publish order per publisher; the store,
+/// not the bus, is what makes events durable.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    async fn publish(&self, subject: &str, payload: Vec<u8>) -> Result<(), BusError>;
+    async fn subscribe(&self, subject: &str) -> Result<Subscription, BusError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("cannot connect to the bus: {0}")]
+    Connect(String),
+    #[error("bus operation failed: {0}")]
+    Failed(String),
+}
+
+/// The subject for a room's events.
+pub fn room_subject(room: &crate::ids::RoomId) -> String {
+    format!("kontakt.room.{room}")
+}
+
+/// The bus within one process.
+#[derive(Debug)]
+pub struct InProcessBus {
+    capacity: usize,
+    subjects: Mutex<HashMap<String, broadcast::Sender<Vec<u8>>>>,
+}
+
+impl InProcessBus {
+    /// A subscriber more than `capacity` messages behind loses the oldest.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            subjects: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn sender(&self, subject: &str) -> broadcast::Sender<Vec<u8>> {
+        let mut subjects = self.subjects.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget subjects nobody listens to any more, so that one subject
+        // per room does not grow without bound.
+        subjects.retain(|_, s| s.receiver_count() > 0);
+        subjects
+            .entry(subject.to_owned())
+            .or_insert_with(|| broadcast::channel(self.capacity).0)
+            .clone()
+    }
+}
+
+impl Default for InProcessBus {
+    fn default() -> Self {
+        Self::new(1024)
+    }
+}
+
+#[async_trait]
+impl Bus for InProcessBus {
+    async fn publish(&self, subject: &str, payload: Vec<u8>) -> Result<(), BusError> {
+        // Sending with no subscriber is not an error: nobody was listening.
+        let _ = self.sender(subject).send(payload);
+        Ok(())
+    }
+
+    async fn subscribe(&self, subject: &str) -> Result<Subscription, BusError> {
+        let receiver = self.sender(subject).subscribe();
+        let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(payload) => return Some((payload, receiver)),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "bus subscriber lagged; resume covers the gap");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        });
+        Ok(stream.boxed())
+    }
+}
+
+/// The bus over NATS core publish/subscribe.
+#[derive(Debug, Clone)]
+pub struct NatsBus {
+    client: async_nats::Client,
+}
+
+impl NatsBus {
+    /// Connects to `url`, such as `nats://127.0.0.1:4222`.
+    pub async fn connect(url: &str) -> Result<Self, BusError> {
+        let client = async_nats::connect(url)
+            .await
+            .map_err(|e| BusError::Connect(e.to_string()))?;
+        Ok(Self { client })
+    }
+}
+
+#[async_trait]
+impl Bus for NatsBus {
+    async fn publish(&self, subject: &str, payload: Vec<u8>) -> Result<(), BusError> {
+        self.client
+            .publish(subject.to_owned(), payload.into())
+            .await
+            .map_err(|e| BusError::Failed(e.to_string()))
+    }
+
+    async fn subscribe(&self, subject: &str) -> Result<Subscription, BusError> {
+        let subscriber = self
+            .client
+            .subscribe(subject.to_owned())
+            .await
+            .map_err(|e| BusError::Failed(e.to_string()))?;
+        // The subscription must reach the server before anyone publishes in
+        // reply to it, or the first messages are lost.
+        self.client
+            .flush()
+            .await
+            .map_err(|e| BusError::Failed(e.to_string()))?;
+        Ok(subscriber.map(|m| m.payload.to_vec()).boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Publishes three payloads and expects them back in order, each within
+    /// a few seconds.
+    async fn check(bus: &dyn Bus, subject: &str) {
+        let mut sub = bus.subscribe(subject).await.unwrap();
+        let mut other = bus.subscribe(&format!("{subject}.other")).await.unwrap();
+        for n in 0..3u8 {
+            bus.publish(subject, vec![n]).await.unwrap();
+        }
+        for n in 0..3u8 {
+            let got = tokio::time::timeout(Duration::from_secs(5), sub.next())
+                .await
+                .expect("message arrives");
+            assert_eq!(got, Some(vec![n]));
+        }
+        let nothing = tokio::time::timeout(Duration::from_millis(50), other.next()).await;
+        assert!(nothing.is_err(), "another subject got a message");
+    }
+
+    #[tokio::test]
+    async fn in_process_bus_delivers_in_order() {
+        check(&InProcessBus::default(), "kontakt.room.test").await;
+    }
+
+    /// Needs a NATS server: runs against `NATS_URL` when it is set.
+    #[tokio::test]
+    async fn nats_bus_delivers_in_order_when_nats_url_is_set() {
+        let Ok(url) = std::env::var("NATS_URL") else {
+            eprintln!("NATS_URL is not set; skipping the NATS bus test");
+            return;
+        };
+        let bus = NatsBus::connect(&url).await.expect("connect to NATS_URL");
+        let subject = format!("kontakt.test.{}", uuid::Uuid::new_v4());
+        check(&bus, &subject).await;
+    }
+}
