@@ -7,6 +7,7 @@
 
 pub mod bus;
 pub mod history;
+pub mod hub;
 pub mod ids;
 pub mod outbound;
 pub mod protocol;

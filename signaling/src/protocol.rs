@@ -198,6 +198,13 @@ pub enum ServerMessage {
     /// has been notified.
     #[serde(rename = "lobby.status")]
     LobbyStatus { room: RoomId, staff_present: bool },
+    /// Someone knocked in a room of this staff member's municipality while
+    /// no staff member was in it. Sent to staff consoles, with a sound.
+    #[serde(rename = "lobby.knock")]
+    LobbyKnock {
+        room: RoomId,
+        participant: Participant,
+    },
     /// The party was admitted. A `joined` with `state: "admitted"` follows.
     #[serde(rename = "lobby.admitted")]
     LobbyAdmitted { room: RoomId },

@@ -238,6 +238,14 @@ impl Queue {
         );
     }
 
+    /// Replaces a conversation's in-memory history with the stored one,
+    /// after a failed write left the two apart.
+    pub fn reload_history(&mut self, room: &RoomId, events: Vec<StoredEvent>) {
+        if let Some(conversation) = self.conversations.get_mut(room) {
+            conversation.history = History::restore(events);
+        }
+    }
+
     /// Whether `room` is a chat conversation of this queue.
     pub fn contains(&self, room: &RoomId) -> bool {
         self.conversations.contains_key(room)

@@ -62,6 +62,13 @@ pub struct ClockAnchor {
 }
 
 impl ClockAnchor {
+    /// The instant at a Unix time, for deadlines such as a booking's start.
+    /// Times before the anchor's instant map to the anchor's instant.
+    pub fn instant_at(&self, unix: i64) -> Instant {
+        let ahead = u64::try_from(unix.saturating_sub(self.unix)).unwrap_or(0);
+        self.instant + Duration::from_secs(ahead)
+    }
+
     pub fn unix_at(&self, now: Instant) -> i64 {
         let ahead = now.saturating_duration_since(self.instant).as_secs();
         let behind = self.instant.saturating_duration_since(now).as_secs();
@@ -204,6 +211,12 @@ impl Room {
 
     pub fn id(&self) -> &RoomId {
         &self.setup.room
+    }
+
+    /// Replaces the in-memory history with the stored one, after a failed
+    /// write left the two apart.
+    pub fn reload_history(&mut self, events: Vec<StoredEvent>) {
+        self.history = History::restore(events);
     }
 
     pub fn setup(&self) -> &MeetingSetup {

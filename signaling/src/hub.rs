@@ -1,0 +1,813 @@
+//! The hub: the async layer the WebSocket endpoint talks to. It owns the
+//! meeting rooms and the chat queue, feeds them client messages and timer
+//! ticks, and carries out what they return: storing events before anyone sees
+//! them, delivering messages to per-connection channels, publishing events on
+//! the bus, and handing audit entries, booking outcomes and TURN requests to
+//! the caller through [`Effects`].
+//!
+//! All state sits behind one async mutex, so every input is applied and its
+//! output carried out before the next input starts. That keeps per-room order
+//! simple to reason about; one node handles thousands of messages a second
+//! this way, far above what a municipality's social services produce.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, Mutex};
+
+use crate::bus::{room_subject, Bus, BusError, Subscription};
+use crate::ids::{
+    BookingId, ConnectionId, InvitationToken, MunicipalityCode, PartyId, ResidentId, RoomId,
+    ServiceId, StaffId,
+};
+use crate::outbound::{AdHocMeeting, AuditEntry, Outbound};
+use crate::protocol::{
+    BookingOutcome, CannedResponse, ClientMessage, CloseReason, ErrorCode, Participant,
+    ServerMessage, TurnCredentials,
+};
+use crate::queue::{NewConversation, Queue, QueueInput, QueueSettings, StaffProfile};
+use crate::room::{ClockAnchor, Joiner, MeetingSetup, Room, RoomInput, Signal};
+use crate::store::{Appended, EventRow, QueueEntryRow, Store, StoreError};
+
+/// Who is behind a connection, as the endpoint learnt it from the ticket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    Resident {
+        id: ResidentId,
+        home_municipality: MunicipalityCode,
+    },
+    Staff {
+        id: StaffId,
+        municipality: MunicipalityCode,
+        /// The services this staff member may handle.
+        may_handle: BTreeSet<ServiceId>,
+    },
+    /// Someone who came through a single-use guest link to one room. The
+    /// role comes from the invitation the room holds, not from the link.
+    Guest {
+        room: RoomId,
+        invitation: InvitationToken,
+    },
+    /// A resident without an account, scoped to one chat conversation.
+    Anonymous { conversation: RoomId },
+}
+
+impl Identity {
+    pub fn party(&self) -> PartyId {
+        match self {
+            Identity::Resident { id, .. } => PartyId::resident(id),
+            Identity::Staff { id, .. } => PartyId::staff(id),
+            Identity::Guest { invitation, .. } => PartyId::guest(invitation),
+            Identity::Anonymous { conversation } => PartyId::anonymous(conversation),
+        }
+    }
+}
+
+/// What the hub asks of the rest of the system. The web crate implements it
+/// with the `booking` crate (audit log, booking status) and the TURN secret.
+#[async_trait]
+pub trait Effects: Send + Sync + 'static {
+    /// Writes a staff read to the audit log.
+    async fn audit(&self, entry: AuditEntry);
+    /// Marks a booking `completed` or `no_show`.
+    async fn booking_outcome(&self, booking: &BookingId, outcome: BookingOutcome);
+    /// Makes TURN REST credentials for an admitted participant, or `None`
+    /// when no relay is configured.
+    async fn turn_credentials(&self, room: &RoomId, party: &PartyId) -> Option<TurnCredentials>;
+    /// Someone knocked and no staff member was in the room. Consoles that
+    /// are connected already got `lobby.knock`; this is for other channels.
+    async fn staff_notified(
+        &self,
+        room: &RoomId,
+        municipality: &MunicipalityCode,
+        staff: Option<&StaffId>,
+        participant: &Participant,
+    );
+    /// A chat closed; the caller keeps a signed-in resident's transcript on
+    /// "My pages" and applies retention to an anonymous one.
+    async fn conversation_closed(&self, room: &RoomId, resident: &PartyId, anonymous: bool);
+}
+
+/// The hub's settings, from the caller's configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct HubSettings {
+    pub queue: QueueSettings,
+    /// How many messages may wait for one connection before the hub gives
+    /// up on it as too slow and closes its channel.
+    pub connection_buffer: usize,
+}
+
+/// What the endpoint gives to open a pre-assessment chat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationRequest {
+    pub service: ServiceId,
+    pub home_municipality: MunicipalityCode,
+    /// From the `booking` crate's policy: the municipalities whose staff may
+    /// perform `pre_assessment` of this service for this resident.
+    pub eligible_municipalities: BTreeSet<MunicipalityCode>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("no such connection")]
+    UnknownConnection,
+    #[error("only residents can open a chat")]
+    NotAResident,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// The real-time hub. Cloning it is cheap and shares the same state.
+#[derive(Clone)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+impl Hub {
+    pub fn new(
+        settings: HubSettings,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        effects: Arc<dyn Effects>,
+    ) -> Self {
+        let clock = ClockAnchor {
+            instant: Instant::now(),
+            unix: unix_now(),
+        };
+        Hub {
+            shared: Arc::new(Shared {
+                state: Mutex::new(HubState {
+                    connections: HashMap::new(),
+                    rooms: HashMap::new(),
+                    queue: Queue::new(settings.queue, clock),
+                    canned: BTreeMap::new(),
+                }),
+                store,
+                bus,
+                effects,
+                clock,
+                settings,
+                next_conn: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// The hub's tie between `Instant` and Unix time, for building a
+    /// [`MeetingSetup`].
+    pub fn clock(&self) -> ClockAnchor {
+        self.shared.clock
+    }
+
+    /// Loads the open chats from the store after a restart. Call once,
+    /// before accepting connections.
+    pub async fn restore(&self) -> Result<usize, HubError> {
+        let rows = self.shared.store.open_queue_entries().await?;
+        let now = Instant::now();
+        let mut state = self.shared.state.lock().await;
+        for row in &rows {
+            let record = row.to_record()?;
+            let events = self.load_events(&record.room).await?;
+            state.queue.restore(record, events, now);
+        }
+        Ok(rows.len())
+    }
+
+    /// Opens (or restores from the store) the meeting room of a booking, or
+    /// does nothing if it is open. Call it when a booking's join link is
+    /// used, or for all of today's bookings at start-up.
+    pub async fn open_meeting(&self, setup: MeetingSetup) -> Result<(), HubError> {
+        let mut state = self.shared.state.lock().await;
+        if state.rooms.contains_key(&setup.room) {
+            return Ok(());
+        }
+        let events = self.load_events(&setup.room).await?;
+        state
+            .rooms
+            .insert(setup.room.clone(), Room::restore(setup, events));
+        Ok(())
+    }
+
+    /// Registers a connection. Messages for it arrive on the receiver; when
+    /// the receiver yields `None` the hub has dropped the connection (it was
+    /// too slow) and the endpoint should close the socket.
+    pub async fn connect(
+        &self,
+        identity: Identity,
+    ) -> (ConnectionId, mpsc::Receiver<ServerMessage>) {
+        self.connect_at(identity, Instant::now()).await
+    }
+
+    pub async fn connect_at(
+        &self,
+        identity: Identity,
+        now: Instant,
+    ) -> (ConnectionId, mpsc::Receiver<ServerMessage>) {
+        let conn = ConnectionId(self.shared.next_conn.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = mpsc::channel(self.shared.settings.connection_buffer.max(16));
+        let mut state = self.shared.state.lock().await;
+        let party = identity.party();
+        let mut out = vec![Outbound::Send {
+            to: conn,
+            message: ServerMessage::Welcome { party },
+        }];
+        if let Identity::Staff {
+            id,
+            municipality,
+            may_handle,
+        } = &identity
+        {
+            let profile = StaffProfile {
+                id: id.clone(),
+                municipality: municipality.clone(),
+                services: may_handle.clone(),
+            };
+            state.connections.insert(
+                conn,
+                Connection {
+                    identity: identity.clone(),
+                    tx,
+                },
+            );
+            out.extend(state.queue.handle(
+                QueueInput::StaffConnected {
+                    conn,
+                    staff: profile,
+                },
+                now,
+            ));
+        } else {
+            state.connections.insert(conn, Connection { identity, tx });
+        }
+        self.carry_out(&mut state, Some(conn), out, now).await;
+        (conn, rx)
+    }
+
+    /// Applies one client message.
+    pub async fn handle(&self, conn: ConnectionId, message: ClientMessage) {
+        self.handle_at(conn, message, Instant::now()).await
+    }
+
+    pub async fn handle_at(&self, conn: ConnectionId, message: ClientMessage, now: Instant) {
+        let mut state = self.shared.state.lock().await;
+        let Some(identity) = state.connections.get(&conn).map(|c| c.identity.clone()) else {
+            return;
+        };
+        let out = route(&mut state, conn, &identity, message, now);
+        self.carry_out(&mut state, Some(conn), out, now).await;
+    }
+
+    /// Opens a pre-assessment chat for a resident's connection and queues
+    /// it. The endpoint calls this for `queue.open`, after computing
+    /// eligibility.
+    pub async fn open_conversation(
+        &self,
+        conn: ConnectionId,
+        request: ConversationRequest,
+    ) -> Result<RoomId, HubError> {
+        self.open_conversation_at(conn, request, Instant::now())
+            .await
+    }
+
+    pub async fn open_conversation_at(
+        &self,
+        conn: ConnectionId,
+        request: ConversationRequest,
+        now: Instant,
+    ) -> Result<RoomId, HubError> {
+        let mut state = self.shared.state.lock().await;
+        let identity = state
+            .connections
+            .get(&conn)
+            .map(|c| c.identity.clone())
+            .ok_or(HubError::UnknownConnection)?;
+        let (room, anonymous) = match &identity {
+            Identity::Resident { .. } => (new_room_id("chat"), false),
+            Identity::Anonymous { conversation } => (conversation.clone(), true),
+            _ => return Err(HubError::NotAResident),
+        };
+        let out = state.queue.handle(
+            QueueInput::Open {
+                conn,
+                conversation: NewConversation {
+                    room: room.clone(),
+                    service: request.service,
+                    home_municipality: request.home_municipality,
+                    resident: identity.party(),
+                    anonymous,
+                    eligible_municipalities: request.eligible_municipalities,
+                },
+            },
+            now,
+        );
+        self.carry_out(&mut state, Some(conn), out, now).await;
+        Ok(room)
+    }
+
+    /// The connection closed: it leaves every room and the staff console.
+    pub async fn disconnect(&self, conn: ConnectionId) {
+        self.disconnect_at(conn, Instant::now()).await
+    }
+
+    pub async fn disconnect_at(&self, conn: ConnectionId, now: Instant) {
+        let mut state = self.shared.state.lock().await;
+        let out = detach(&mut state, conn, now);
+        self.carry_out(&mut state, None, out, now).await;
+    }
+
+    /// Runs timers due at `now`: no-shows, unanswered and abandoned chats.
+    pub async fn tick(&self, now: Instant) {
+        let mut state = self.shared.state.lock().await;
+        let mut out = state.queue.handle(QueueInput::Tick, now);
+        for room in state.rooms.values_mut() {
+            if room.next_deadline().is_some_and(|d| now >= d) {
+                out.extend(room.handle(RoomInput::Tick, now));
+            }
+        }
+        self.carry_out(&mut state, None, out, now).await;
+    }
+
+    /// The earliest instant at which [`Hub::tick`] has something to do.
+    pub async fn next_deadline(&self) -> Option<Instant> {
+        let state = self.shared.state.lock().await;
+        let rooms = state.rooms.values().filter_map(Room::next_deadline);
+        rooms.chain(state.queue.next_deadline()).min()
+    }
+
+    /// Spawns the task that calls [`Hub::tick`] when a deadline passes,
+    /// checking at least once a second for deadlines added meanwhile.
+    pub fn spawn_timer(&self) -> tokio::task::JoinHandle<()> {
+        let hub = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let soon = Instant::now() + Duration::from_secs(1);
+                let wake = hub.next_deadline().await.map_or(soon, |d| d.min(soon));
+                tokio::time::sleep_until(wake.into()).await;
+                hub.tick(Instant::now()).await;
+            }
+        })
+    }
+
+    /// Sets the canned responses staff can pick from for a service.
+    pub async fn set_canned_responses(&self, service: ServiceId, responses: Vec<CannedResponse>) {
+        self.shared
+            .state
+            .lock()
+            .await
+            .canned
+            .insert(service, responses);
+    }
+
+    /// Events of a room as they happen, as JSON frames, from any node. The
+    /// web crate uses this for live updates on "My pages".
+    pub async fn subscribe_room(&self, room: &RoomId) -> Result<Subscription, HubError> {
+        Ok(self.shared.bus.subscribe(&room_subject(room)).await?)
+    }
+
+    async fn load_events(
+        &self,
+        room: &RoomId,
+    ) -> Result<Vec<crate::history::StoredEvent>, HubError> {
+        let rows = self.shared.store.events_after(room.as_str(), 0).await?;
+        rows.iter()
+            .map(EventRow::to_event)
+            .collect::<Result<_, _>>()
+            .map_err(HubError::from)
+    }
+
+    /// Carries out `out` in order. A failed store write stops the batch,
+    /// so nothing after it is shown, and reloads the room's history so that
+    /// memory matches the store again.
+    async fn carry_out(
+        &self,
+        state: &mut HubState,
+        origin: Option<ConnectionId>,
+        out: Vec<Outbound>,
+        now: Instant,
+    ) {
+        let mut dropped = Vec::new();
+        for outbound in out {
+            match outbound {
+                Outbound::Send { to, message } => deliver(state, to, message, &mut dropped),
+                Outbound::Persist(event) => {
+                    let room = event.room.clone();
+                    let stored = self
+                        .shared
+                        .store
+                        .append_event(EventRow::from_event(&event))
+                        .await;
+                    let failure = match stored {
+                        Ok(Appended::Stored) => None,
+                        Ok(Appended::Duplicate { seq }) => {
+                            Some(format!("the store already holds this message as seq {seq}"))
+                        }
+                        Err(e) => Some(e.to_string()),
+                    };
+                    if let Some(failure) = failure {
+                        tracing::error!(%room, seq = event.seq, %failure, "storing a room event failed");
+                        self.recover(state, &room, origin, &mut dropped).await;
+                        break;
+                    }
+                    let frame = ServerMessage::Event {
+                        room: room.clone(),
+                        seq: event.seq,
+                        event: event.event,
+                    }
+                    .to_frame();
+                    if let Err(e) = self
+                        .shared
+                        .bus
+                        .publish(&room_subject(&room), frame.into_bytes())
+                        .await
+                    {
+                        tracing::warn!(%room, error = %e, "publishing a room event failed");
+                    }
+                }
+                Outbound::PersistQueueEntry(record) => {
+                    if let Err(e) = self
+                        .shared
+                        .store
+                        .save_queue_entry(QueueEntryRow::from_record(&record))
+                        .await
+                    {
+                        // The chat goes on in memory; only a restart before
+                        // the next successful write would lose its state.
+                        tracing::error!(room = %record.room, error = %e, "storing a queue entry failed");
+                    }
+                }
+                Outbound::IssueTurnCredentials { to, room, party } => {
+                    if let Some(credentials) =
+                        self.shared.effects.turn_credentials(&room, &party).await
+                    {
+                        let message = ServerMessage::TurnCredentials { room, credentials };
+                        deliver(state, to, message, &mut dropped);
+                    }
+                }
+                Outbound::Audit(entry) => self.shared.effects.audit(entry).await,
+                Outbound::BookingOutcome { booking, outcome } => {
+                    self.shared.effects.booking_outcome(&booking, outcome).await
+                }
+                Outbound::NotifyStaff {
+                    room,
+                    municipality,
+                    staff,
+                    participant,
+                } => {
+                    let consoles: Vec<ConnectionId> = state
+                        .connections
+                        .iter()
+                        .filter(|(_, c)| matches!(&c.identity, Identity::Staff { municipality: m, .. } if *m == municipality))
+                        .map(|(conn, _)| *conn)
+                        .collect();
+                    for conn in consoles {
+                        let message = ServerMessage::LobbyKnock {
+                            room: room.clone(),
+                            participant: participant.clone(),
+                        };
+                        deliver(state, conn, message, &mut dropped);
+                    }
+                    self.shared
+                        .effects
+                        .staff_notified(&room, &municipality, staff.as_ref(), &participant)
+                        .await;
+                }
+                Outbound::OpenAdHocMeeting(meeting) => {
+                    let setup = ad_hoc_setup(meeting, self.shared.clock);
+                    state.rooms.insert(setup.room.clone(), Room::new(setup));
+                }
+                Outbound::ConversationClosed {
+                    room,
+                    resident,
+                    anonymous,
+                } => {
+                    self.shared
+                        .effects
+                        .conversation_closed(&room, &resident, anonymous)
+                        .await
+                }
+            }
+        }
+        state.rooms.retain(|_, room| !room.is_closed());
+        for conn in dropped {
+            tracing::warn!(%conn, "dropping a connection that does not keep up");
+            let out = detach(state, conn, now);
+            // Leaving never stores anything that could fail into recursion
+            // worth handling here beyond what `carry_out` already does.
+            Box::pin(self.carry_out(state, None, out, now)).await;
+        }
+    }
+
+    /// After a failed write: tells the sender, and makes memory match the
+    /// store so that sequence numbers stay without gaps.
+    async fn recover(
+        &self,
+        state: &mut HubState,
+        room: &RoomId,
+        origin: Option<ConnectionId>,
+        dropped: &mut Vec<ConnectionId>,
+    ) {
+        if let Some(conn) = origin {
+            let message = ServerMessage::error(
+                ErrorCode::StorageUnavailable,
+                "not stored; try again",
+                Some(room.clone()),
+            );
+            deliver(state, conn, message, dropped);
+        }
+        match self.load_events(room).await {
+            Ok(events) => {
+                if let Some(meeting) = state.rooms.get_mut(room) {
+                    meeting.reload_history(events);
+                } else {
+                    state.queue.reload_history(room, events);
+                }
+            }
+            Err(e) => {
+                // The store is down: close the meeting room so that nobody
+                // goes on from a history the store does not have. It is
+                // restored from the store when it is opened again.
+                tracing::error!(%room, error = %e, "cannot reload a room's history");
+                if let Some(meeting) = state.rooms.remove(room) {
+                    for conn in meeting.connections().collect::<Vec<_>>() {
+                        let message = ServerMessage::RoomClosed {
+                            room: room.clone(),
+                            reason: CloseReason::StorageUnavailable,
+                        };
+                        deliver(state, conn, message, dropped);
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct Shared {
+    state: Mutex<HubState>,
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    effects: Arc<dyn Effects>,
+    clock: ClockAnchor,
+    settings: HubSettings,
+    next_conn: AtomicU64,
+}
+
+struct HubState {
+    connections: HashMap<ConnectionId, Connection>,
+    rooms: HashMap<RoomId, Room>,
+    queue: Queue,
+    canned: BTreeMap<ServiceId, Vec<CannedResponse>>,
+}
+
+struct Connection {
+    identity: Identity,
+    tx: mpsc::Sender<ServerMessage>,
+}
+
+/// Turns a client message into inputs for the room or the queue it is for.
+fn route(
+    state: &mut HubState,
+    conn: ConnectionId,
+    identity: &Identity,
+    message: ClientMessage,
+    now: Instant,
+) -> Vec<Outbound> {
+    use ClientMessage as M;
+    let reply = |message: ServerMessage| vec![Outbound::Send { to: conn, message }];
+    let not_found = |room: &RoomId| {
+        reply(ServerMessage::error(
+            ErrorCode::NotFound,
+            "no such room",
+            Some(room.clone()),
+        ))
+    };
+    // Messages that are not about one room.
+    match &message {
+        M::Ping => return reply(ServerMessage::Pong),
+        M::QueueOpen { .. } => {
+            return reply(ServerMessage::error(
+                ErrorCode::NotHandledHere,
+                "the endpoint opens chats through Hub::open_conversation",
+                None,
+            ))
+        }
+        M::StaffAvailability {
+            available,
+            max_chats,
+        } => {
+            return state.queue.handle(
+                QueueInput::Availability {
+                    conn,
+                    available: *available,
+                    max_chats: *max_chats,
+                },
+                now,
+            )
+        }
+        M::CannedList { service } => {
+            let allowed = matches!(identity, Identity::Staff { may_handle, .. } if may_handle.contains(service));
+            if !allowed {
+                return reply(ServerMessage::error(
+                    ErrorCode::Forbidden,
+                    "staff of this service only",
+                    None,
+                ));
+            }
+            let responses = state.canned.get(service).cloned().unwrap_or_default();
+            return reply(ServerMessage::CannedResponses {
+                service: service.clone(),
+                responses,
+            });
+        }
+        _ => {}
+    }
+    let room = message
+        .room()
+        .expect("every other message names a room")
+        .clone();
+    if let Identity::Guest { room: own, .. } = identity {
+        // A guest link opens one room and nothing else.
+        if *own != room {
+            return not_found(&room);
+        }
+    }
+    if let Some(meeting) = state.rooms.get_mut(&room) {
+        let input = match message {
+            M::Join { invitation, .. } => RoomInput::Join {
+                conn,
+                joiner: match (identity, invitation) {
+                    (
+                        Identity::Staff {
+                            id, municipality, ..
+                        },
+                        _,
+                    ) => Joiner::Staff {
+                        id: id.clone(),
+                        municipality: municipality.clone(),
+                    },
+                    (Identity::Guest { invitation, .. }, _) => Joiner::Guest {
+                        invitation: invitation.clone(),
+                    },
+                    (_, _) => Joiner::Resident {
+                        party: identity.party(),
+                    },
+                },
+            },
+            M::Leave { .. } => RoomInput::Leave { conn },
+            M::Resume { last_seq, .. } => RoomInput::Resume { conn, last_seq },
+            M::Ack { seq, .. } => RoomInput::Ack { conn, seq },
+            M::ChatSend {
+                client_id, text, ..
+            } => RoomInput::Chat {
+                conn,
+                client_id,
+                text,
+            },
+            M::ChatTyping { typing, .. } => RoomInput::Typing { conn, typing },
+            M::LobbyAdmit { party, .. } => RoomInput::Admit { conn, party },
+            M::LobbyDecline { party, .. } => RoomInput::Decline { conn, party },
+            M::LobbySendBack { party, .. } => RoomInput::SendBack { conn, party },
+            M::SignalOffer { to, sdp, .. } => RoomInput::Signal {
+                conn,
+                to,
+                signal: Signal::Offer(sdp),
+            },
+            M::SignalAnswer { to, sdp, .. } => RoomInput::Signal {
+                conn,
+                to,
+                signal: Signal::Answer(sdp),
+            },
+            M::SignalIce { to, candidate, .. } => RoomInput::Signal {
+                conn,
+                to,
+                signal: Signal::Ice(candidate),
+            },
+            M::MeetingInvite { role, .. } => RoomInput::Invite {
+                conn,
+                role,
+                token: InvitationToken::parse(uuid::Uuid::new_v4().simple().to_string())
+                    .expect("a UUID is a valid token"),
+            },
+            M::MeetingEnd { .. } => RoomInput::End { conn },
+            _ => {
+                return reply(ServerMessage::error(
+                    ErrorCode::InvalidState,
+                    "not a message for a meeting room",
+                    Some(room),
+                ))
+            }
+        };
+        return meeting.handle(input, now);
+    }
+    if !state.queue.contains(&room) {
+        return not_found(&room);
+    }
+    let input = match message {
+        M::Join { .. } => QueueInput::Join {
+            conn,
+            party: identity.party(),
+            room,
+        },
+        // Detaching one connection from a chat is not worth its own input:
+        // the chat keeps the connection until it closes.
+        M::Leave { .. } => return Vec::new(),
+        M::Resume { last_seq, .. } => QueueInput::Resume {
+            conn,
+            room,
+            last_seq,
+        },
+        M::Ack { seq, .. } => QueueInput::Ack { conn, room, seq },
+        M::ChatSend {
+            client_id, text, ..
+        } => QueueInput::Chat {
+            conn,
+            room,
+            client_id,
+            text,
+        },
+        M::ChatTyping { typing, .. } => QueueInput::Typing { conn, room, typing },
+        M::QueueLeave { .. } => QueueInput::Leave { conn, room },
+        M::QueueClaim { .. } => QueueInput::Claim { conn, room },
+        M::QueueAccept { .. } => QueueInput::Accept { conn, room },
+        M::QueueTransfer { to, .. } => QueueInput::Transfer { conn, room, to },
+        M::ChatOfferTimes {
+            client_id, times, ..
+        } => QueueInput::OfferTimes {
+            conn,
+            room,
+            client_id,
+            times,
+        },
+        M::ChatEscalateVideo { .. } => QueueInput::EscalateVideo {
+            conn,
+            room,
+            meeting_room: new_room_id("adhoc"),
+        },
+        M::ChatClose { .. } => QueueInput::Close { conn, room },
+        _ => {
+            return reply(ServerMessage::error(
+                ErrorCode::InvalidState,
+                "not a message for a chat",
+                Some(room),
+            ))
+        }
+    };
+    state.queue.handle(input, now)
+}
+
+/// Removes a connection from everything and returns what that causes.
+fn detach(state: &mut HubState, conn: ConnectionId, now: Instant) -> Vec<Outbound> {
+    let mut out = Vec::new();
+    for room in state.rooms.values_mut() {
+        if room.party_of(conn).is_some() {
+            out.extend(room.handle(RoomInput::Leave { conn }, now));
+        }
+    }
+    out.extend(state.queue.handle(QueueInput::Disconnected { conn }, now));
+    state.connections.remove(&conn);
+    out
+}
+
+fn deliver(
+    state: &HubState,
+    to: ConnectionId,
+    message: ServerMessage,
+    dropped: &mut Vec<ConnectionId>,
+) {
+    let Some(connection) = state.connections.get(&to) else {
+        return;
+    };
+    if connection.tx.try_send(message).is_err() && !dropped.contains(&to) {
+        dropped.push(to);
+    }
+}
+
+fn ad_hoc_setup(meeting: AdHocMeeting, clock: ClockAnchor) -> MeetingSetup {
+    MeetingSetup {
+        room: meeting.room,
+        booking: None,
+        performing_municipality: meeting.performing_municipality,
+        staff: Some(meeting.staff),
+        resident: meeting.resident.clone(),
+        home_municipality: Some(meeting.home_municipality),
+        starts_at: None,
+        no_show_grace: Duration::ZERO,
+        // The staff member chose to meet this resident by escalating.
+        pre_admitted: vec![meeting.resident],
+        clock,
+    }
+}
+
+fn new_room_id(prefix: &str) -> RoomId {
+    RoomId::parse(format!("{prefix}:{}", uuid::Uuid::new_v4().simple()))
+        .expect("a prefix and a UUID make a valid id")
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,525 @@
+//! The hub end to end, without a network: a memory store, the in-process
+//! bus and an `Effects` that records what it is asked to do.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use signaling::bus::InProcessBus;
+use signaling::hub::{ConversationRequest, Effects, Hub, HubSettings, Identity};
+use signaling::ids::{BookingId, ConnectionId, MunicipalityCode, PartyId, RoomId, StaffId};
+use signaling::outbound::AuditEntry;
+use signaling::protocol::{
+    BookingOutcome, ClientMessage, ErrorCode, Participant, ServerMessage, TurnCredentials,
+};
+use signaling::queue::{QueueMode, QueueSettings};
+use signaling::room::MeetingSetup;
+use signaling::store::{MemoryStore, Store};
+use tokio::sync::mpsc::Receiver;
+
+#[derive(Default)]
+struct Recorded {
+    audits: Mutex<Vec<AuditEntry>>,
+    outcomes: Mutex<Vec<(BookingId, BookingOutcome)>>,
+    closed: Mutex<Vec<RoomId>>,
+}
+
+#[async_trait]
+impl Effects for Recorded {
+    async fn audit(&self, entry: AuditEntry) {
+        self.audits.lock().unwrap().push(entry);
+    }
+    async fn booking_outcome(&self, booking: &BookingId, outcome: BookingOutcome) {
+        self.outcomes
+            .lock()
+            .unwrap()
+            .push((booking.clone(), outcome));
+    }
+    async fn turn_credentials(&self, _room: &RoomId, party: &PartyId) -> Option<TurnCredentials> {
+        Some(TurnCredentials {
+            urls: vec!["turn:127.0.0.1:3478".into()],
+            username: format!("9999999999:{party}"),
+            password: "secret".into(),
+            ttl_secs: 3600,
+        })
+    }
+    async fn staff_notified(
+        &self,
+        _room: &RoomId,
+        _municipality: &MunicipalityCode,
+        _staff: Option<&StaffId>,
+        _participant: &Participant,
+    ) {
+    }
+    async fn conversation_closed(&self, room: &RoomId, _resident: &PartyId, _anonymous: bool) {
+        self.closed.lock().unwrap().push(room.clone());
+    }
+}
+
+fn settings() -> HubSettings {
+    HubSettings {
+        queue: QueueSettings {
+            mode: QueueMode::Manual,
+            answer_timeout: Duration::from_secs(60),
+            abandon_after: Duration::from_secs(300),
+            average_chat: Duration::from_secs(600),
+        },
+        connection_buffer: 256,
+    }
+}
+
+fn hub_with(store: Arc<MemoryStore>) -> (Hub, Arc<Recorded>) {
+    let effects = Arc::new(Recorded::default());
+    let hub = Hub::new(
+        settings(),
+        store,
+        Arc::new(InProcessBus::default()),
+        effects.clone(),
+    );
+    (hub, effects)
+}
+
+fn id<T: std::str::FromStr>(s: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    s.parse().unwrap()
+}
+
+fn staff(name: &str, municipality: &str) -> Identity {
+    Identity::Staff {
+        id: id(name),
+        municipality: id(municipality),
+        may_handle: BTreeSet::from([id("stod")]),
+    }
+}
+
+fn resident(name: &str) -> Identity {
+    Identity::Resident {
+        id: id(name),
+        home_municipality: id("0181"),
+    }
+}
+
+fn meeting(hub: &Hub) -> MeetingSetup {
+    let clock = hub.clock();
+    MeetingSetup {
+        room: id("booking:b1"),
+        booking: Some(id("b1")),
+        performing_municipality: id("0180"),
+        staff: Some(id("s1")),
+        resident: id("resident:r1"),
+        home_municipality: Some(id("0181")),
+        starts_at: Some(clock.instant + Duration::from_secs(60)),
+        no_show_grace: Duration::from_secs(600),
+        pre_admitted: Vec::new(),
+        clock,
+    }
+}
+
+/// Reads messages until one matches, failing after five seconds. Returns
+/// the match and everything read before it.
+async fn expect(
+    rx: &mut Receiver<ServerMessage>,
+    what: &str,
+    pred: impl Fn(&ServerMessage) -> bool,
+) -> (ServerMessage, Vec<ServerMessage>) {
+    let mut skipped = Vec::new();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}; got {skipped:#?}"))
+            .unwrap_or_else(|| panic!("channel closed waiting for {what}"));
+        if pred(&next) {
+            return (next, skipped);
+        }
+        skipped.push(next);
+    }
+}
+
+/// Everything already waiting on the channel, without waiting for more.
+fn drain(rx: &mut Receiver<ServerMessage>) -> Vec<ServerMessage> {
+    let mut all = Vec::new();
+    while let Ok(m) = rx.try_recv() {
+        all.push(m);
+    }
+    all
+}
+
+fn chat(room: &str, client_id: &str, text: &str) -> ClientMessage {
+    ClientMessage::ChatSend {
+        room: id(room),
+        client_id: id(client_id),
+        text: text.into(),
+    }
+}
+
+fn join(room: &str) -> ClientMessage {
+    ClientMessage::Join {
+        room: id(room),
+        invitation: None,
+    }
+}
+
+async fn admitted_meeting(
+    hub: &Hub,
+) -> (
+    ConnectionId,
+    Receiver<ServerMessage>,
+    ConnectionId,
+    Receiver<ServerMessage>,
+) {
+    hub.open_meeting(meeting(hub)).await.unwrap();
+    let (s, mut srx) = hub.connect(staff("s1", "0180")).await;
+    let (r, mut rrx) = hub.connect(resident("r1")).await;
+    hub.handle(r, join("booking:b1")).await;
+    let (status, _) = expect(&mut rrx, "lobby status", |m| {
+        matches!(m, ServerMessage::LobbyStatus { .. })
+    })
+    .await;
+    assert_eq!(
+        status,
+        ServerMessage::LobbyStatus {
+            room: id("booking:b1"),
+            staff_present: false
+        }
+    );
+    // The staff member's console hears the knock before they are in the room.
+    expect(&mut srx, "knock", |m| {
+        matches!(m, ServerMessage::LobbyKnock { .. })
+    })
+    .await;
+    hub.handle(s, join("booking:b1")).await;
+    expect(&mut rrx, "staff present", |m| {
+        matches!(
+            m,
+            ServerMessage::LobbyStatus {
+                staff_present: true,
+                ..
+            }
+        )
+    })
+    .await;
+    hub.handle(
+        s,
+        ClientMessage::LobbyAdmit {
+            room: id("booking:b1"),
+            party: id("resident:r1"),
+        },
+    )
+    .await;
+    expect(&mut rrx, "turn credentials", |m| {
+        matches!(m, ServerMessage::TurnCredentials { .. })
+    })
+    .await;
+    (s, srx, r, rrx)
+}
+
+#[tokio::test]
+async fn meeting_chat_is_stored_delivered_and_resumed_after_a_restart() {
+    let store = Arc::new(MemoryStore::new());
+    let (hub, effects) = hub_with(store.clone());
+    let (s, mut srx, r, mut rrx) = admitted_meeting(&hub).await;
+    hub.handle(r, chat("booking:b1", "m1", "Hej")).await;
+    let (stored, _) = expect(&mut rrx, "chat.stored", |m| {
+        matches!(m, ServerMessage::ChatStored { .. })
+    })
+    .await;
+    let ServerMessage::ChatStored { seq, .. } = stored else {
+        unreachable!()
+    };
+    expect(
+        &mut srx,
+        "the chat",
+        |m| matches!(m, ServerMessage::Event { seq: n, .. } if *n == seq),
+    )
+    .await;
+    assert!(
+        !effects.audits.lock().unwrap().is_empty(),
+        "staff entering is audited"
+    );
+
+    // A new node on the same store: the room continues from the store.
+    let (hub2, _) = hub_with(store.clone());
+    hub2.open_meeting(meeting(&hub2)).await.unwrap();
+    let (r2, mut rrx2) = hub2.connect(resident("r1")).await;
+    hub2.handle(r2, join("booking:b1")).await;
+    // Memory of admissions is gone after a restart: the resident waits again.
+    expect(&mut rrx2, "lobby status", |m| {
+        matches!(m, ServerMessage::LobbyStatus { .. })
+    })
+    .await;
+    let (s2, mut srx2) = hub2.connect(staff("s1", "0180")).await;
+    hub2.handle(s2, join("booking:b1")).await;
+    hub2.handle(
+        s2,
+        ClientMessage::Resume {
+            room: id("booking:b1"),
+            last_seq: 0,
+        },
+    )
+    .await;
+    hub2.handle(s2, ClientMessage::Ping).await;
+    let (_, before_pong) = expect(&mut srx2, "pong", |m| matches!(m, ServerMessage::Pong)).await;
+    // Live events come before `joined`; the replay comes after it.
+    let joined_at = before_pong
+        .iter()
+        .position(|m| matches!(m, ServerMessage::Joined { .. }))
+        .expect("joined");
+    let replayed: Vec<u64> = before_pong[joined_at..]
+        .iter()
+        .filter_map(|m| match m {
+            ServerMessage::Event { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    assert!(replayed.windows(2).all(|w| w[0] < w[1]), "{replayed:?}");
+    assert!(
+        replayed.contains(&seq),
+        "resume replays the chat: {replayed:?}"
+    );
+    // The same message sent again after the restart is not stored twice.
+    hub2.handle(
+        s2,
+        ClientMessage::LobbyAdmit {
+            room: id("booking:b1"),
+            party: id("resident:r1"),
+        },
+    )
+    .await;
+    hub2.handle(r2, chat("booking:b1", "m1", "Hej")).await;
+    let (again, _) = expect(&mut rrx2, "chat.stored", |m| {
+        matches!(m, ServerMessage::ChatStored { .. })
+    })
+    .await;
+    assert_eq!(
+        again,
+        ServerMessage::ChatStored {
+            room: id("booking:b1"),
+            client_id: id("m1"),
+            seq
+        }
+    );
+    let _ = (s, drain(&mut rrx));
+}
+
+#[tokio::test]
+async fn a_failed_store_write_shows_nothing_and_leaves_no_gap() {
+    let store = Arc::new(MemoryStore::new());
+    let (hub, _) = hub_with(store.clone());
+    let (_s, mut srx, r, mut rrx) = admitted_meeting(&hub).await;
+    drain(&mut srx);
+    store.set_failing(true);
+    hub.handle(r, chat("booking:b1", "m1", "lost?")).await;
+    let (error, _) = expect(&mut rrx, "error", |m| {
+        matches!(m, ServerMessage::Error { .. })
+    })
+    .await;
+    assert!(matches!(
+        error,
+        ServerMessage::Error {
+            code: ErrorCode::StorageUnavailable,
+            ..
+        }
+    ));
+    // The store stayed down through the reload, so the room closed.
+    expect(&mut rrx, "room closed", |m| {
+        matches!(m, ServerMessage::RoomClosed { .. })
+    })
+    .await;
+    assert!(drain(&mut srx)
+        .iter()
+        .all(|m| !matches!(m, ServerMessage::Event { .. })));
+    store.set_failing(false);
+    // Reopened from the store, the room goes on from the last stored seq.
+    hub.open_meeting(meeting(&hub)).await.unwrap();
+    let (s2, mut srx2) = hub.connect(staff("s1", "0180")).await;
+    hub.handle(s2, join("booking:b1")).await;
+    let (joined, _) = expect(&mut srx2, "joined", |m| {
+        matches!(m, ServerMessage::Joined { .. })
+    })
+    .await;
+    let ServerMessage::Joined { last_seq, .. } = joined else {
+        unreachable!()
+    };
+    let stored: Vec<i64> = store
+        .events_after("booking:b1", 0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.seq)
+        .collect();
+    assert_eq!(stored, (1..=last_seq as i64).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn no_show_is_reported_after_the_grace_period() {
+    let (hub, effects) = hub_with(Arc::new(MemoryStore::new()));
+    hub.open_meeting(meeting(&hub)).await.unwrap();
+    let deadline = hub.next_deadline().await.expect("a no-show deadline");
+    hub.tick(deadline - Duration::from_secs(1)).await;
+    assert!(effects.outcomes.lock().unwrap().is_empty());
+    hub.tick(deadline).await;
+    assert_eq!(
+        *effects.outcomes.lock().unwrap(),
+        vec![(id("b1"), BookingOutcome::NoShow)]
+    );
+}
+
+#[tokio::test]
+async fn racing_claims_give_the_chat_to_exactly_one() {
+    let (hub, effects) = hub_with(Arc::new(MemoryStore::new()));
+    let (a, mut arx) = hub.connect(staff("a", "0180")).await;
+    let (b, mut brx) = hub.connect(staff("b", "0180")).await;
+    let (x, mut xrx) = hub.connect(staff("x", "0999")).await;
+    let (r, mut rrx) = hub.connect(resident("r1")).await;
+    let room = hub
+        .open_conversation(
+            r,
+            ConversationRequest {
+                service: id("stod"),
+                home_municipality: id("0181"),
+                eligible_municipalities: BTreeSet::from([id("0180"), id("0181")]),
+            },
+        )
+        .await
+        .unwrap();
+    expect(&mut rrx, "queue status", |m| {
+        matches!(m, ServerMessage::QueueStatus { position: 1, .. })
+    })
+    .await;
+    expect(&mut arx, "queue entry", |m| {
+        matches!(m, ServerMessage::QueueEntry { .. })
+    })
+    .await;
+    expect(&mut brx, "queue entry", |m| {
+        matches!(m, ServerMessage::QueueEntry { .. })
+    })
+    .await;
+    let claim = ClientMessage::QueueClaim { room: room.clone() };
+    tokio::join!(
+        hub.handle(a, claim.clone()),
+        hub.handle(b, claim.clone()),
+        hub.handle(x, claim)
+    );
+    let a_won = drain(&mut arx)
+        .iter()
+        .any(|m| matches!(m, ServerMessage::QueueAssigned { .. }));
+    let b_msgs = drain(&mut brx);
+    let b_won = b_msgs
+        .iter()
+        .any(|m| matches!(m, ServerMessage::QueueAssigned { .. }));
+    assert!(a_won != b_won, "exactly one claim wins");
+    let loser = if a_won { b_msgs } else { drain(&mut arx) };
+    let _ = loser;
+    let x_msgs = drain(&mut xrx);
+    assert!(
+        x_msgs.iter().all(|m| matches!(
+            m,
+            ServerMessage::Welcome { .. }
+                | ServerMessage::Error {
+                    code: ErrorCode::NotFound,
+                    ..
+                }
+        )),
+        "the excluded municipality saw {x_msgs:#?}"
+    );
+    assert_eq!(effects.audits.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn escalating_a_chat_opens_a_room_the_resident_enters_directly() {
+    let (hub, _) = hub_with(Arc::new(MemoryStore::new()));
+    let (a, mut arx) = hub.connect(staff("a", "0180")).await;
+    let (r, mut rrx) = hub.connect(resident("r1")).await;
+    let room = hub
+        .open_conversation(
+            r,
+            ConversationRequest {
+                service: id("stod"),
+                home_municipality: id("0181"),
+                eligible_municipalities: BTreeSet::from([id("0180")]),
+            },
+        )
+        .await
+        .unwrap();
+    hub.handle(a, ClientMessage::QueueClaim { room: room.clone() })
+        .await;
+    hub.handle(a, chat(room.as_str(), "s1", "Hej, vill du ses på video?"))
+        .await;
+    hub.handle(a, ClientMessage::ChatEscalateVideo { room: room.clone() })
+        .await;
+    let (opened, _) = expect(&mut rrx, "video opened", |m| {
+        matches!(
+            m,
+            ServerMessage::Event {
+                event: signaling::protocol::RoomEvent::VideoOpened { .. },
+                ..
+            }
+        )
+    })
+    .await;
+    let ServerMessage::Event {
+        event: signaling::protocol::RoomEvent::VideoOpened { meeting_room },
+        ..
+    } = opened
+    else {
+        unreachable!()
+    };
+    hub.handle(r, join(meeting_room.as_str())).await;
+    let (joined, _) = expect(&mut rrx, "joined", |m| {
+        matches!(m, ServerMessage::Joined { .. })
+    })
+    .await;
+    assert!(matches!(
+        joined,
+        ServerMessage::Joined {
+            state: signaling::protocol::PresenceState::Admitted,
+            ..
+        }
+    ));
+    hub.handle(a, join(meeting_room.as_str())).await;
+    hub.handle(
+        r,
+        ClientMessage::SignalOffer {
+            room: meeting_room.clone(),
+            to: id("staff:a"),
+            sdp: "v=0".into(),
+        },
+    )
+    .await;
+    expect(&mut arx, "offer", |m| {
+        matches!(m, ServerMessage::SignalOffer { .. })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn room_events_reach_bus_subscribers() {
+    let (hub, _) = hub_with(Arc::new(MemoryStore::new()));
+    let mut events = hub.subscribe_room(&id("booking:b1")).await.unwrap();
+    let (_s, _srx, r, _rrx) = admitted_meeting(&hub).await;
+    hub.handle(r, chat("booking:b1", "m1", "Hej")).await;
+    let mut seen = Vec::new();
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .expect("an event on the bus")
+            .expect("stream open");
+        let message = ServerMessage::from_frame(std::str::from_utf8(&frame).unwrap()).unwrap();
+        let is_chat = matches!(
+            &message,
+            ServerMessage::Event {
+                event: signaling::protocol::RoomEvent::Chat { .. },
+                ..
+            }
+        );
+        seen.push(message);
+        if is_chat {
+            break;
+        }
+    }
+    assert!(!seen.is_empty());
+}
