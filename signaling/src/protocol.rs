@@ -831,3 +831,79 @@ mod tests {
         assert!(bucket.check(later).is_err());
     }
 }
+
+#[cfg(test)]
+mod doc_tests {
+    use super::*;
+
+    /// Every example in docs/protocol.md parses, and every message type has
+    /// an example, so the document cannot drift from the code.
+    #[test]
+    fn protocol_document_matches_the_code() {
+        let doc = include_str!("../../docs/protocol.md");
+        let mut client_types = std::collections::BTreeSet::new();
+        let mut server_types = std::collections::BTreeSet::new();
+        let mut lines = doc.lines();
+        while let Some(line) = lines.next() {
+            let side = match line.trim() {
+                "```json client" => "client",
+                "```json server" => "server",
+                _ => continue,
+            };
+            let body: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "```").collect();
+            let frame = body.join("\n");
+            let kind = serde_json::from_str::<serde_json::Value>(&frame)
+                .unwrap_or_else(|e| panic!("{frame}: {e}"))["type"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            if side == "client" {
+                let parsed = parse_client_frame(&frame).unwrap_or_else(|e| panic!("{frame}: {e}"));
+                assert_eq!(parse_client_frame(&parsed.to_frame()).unwrap(), parsed);
+                client_types.insert(kind);
+            } else {
+                let parsed =
+                    ServerMessage::from_frame(&frame).unwrap_or_else(|e| panic!("{frame}: {e}"));
+                assert_eq!(
+                    ServerMessage::from_frame(&parsed.to_frame()).unwrap(),
+                    parsed
+                );
+                server_types.insert(kind);
+            }
+        }
+        for kind in CLIENT_MESSAGE_TYPES {
+            assert!(client_types.contains(*kind), "no example of client {kind}");
+        }
+        let server_kinds = [
+            "welcome",
+            "error",
+            "event",
+            "joined",
+            "lobby.status",
+            "lobby.knock",
+            "lobby.admitted",
+            "lobby.declined",
+            "lobby.sent_back",
+            "signal.offer",
+            "signal.answer",
+            "signal.ice",
+            "chat.stored",
+            "chat.typing",
+            "chat.read",
+            "turn.credentials",
+            "meeting.invited",
+            "room.closed",
+            "queue.status",
+            "queue.offline_form",
+            "queue.entry",
+            "queue.entry_removed",
+            "queue.assigned",
+            "queue.unassigned",
+            "canned.responses",
+            "pong",
+        ];
+        for kind in server_kinds {
+            assert!(server_types.contains(kind), "no example of server {kind}");
+        }
+    }
+}

@@ -246,6 +246,11 @@ impl Queue {
         }
     }
 
+    /// Every open chat, waiting or assigned.
+    pub fn records(&self) -> impl Iterator<Item = &QueueEntryRecord> {
+        self.conversations.values().map(|c| &c.record)
+    }
+
     /// Whether `room` is a chat conversation of this queue.
     pub fn contains(&self, room: &RoomId) -> bool {
         self.conversations.contains_key(room)
@@ -873,6 +878,9 @@ impl Queue {
         conversation.record.state = EntryState::Assigned(staff.clone());
         conversation.assigned_at = now;
         conversation.answered = false;
+        // Every console of the staff member follows the chat from now on;
+        // they need not join it first.
+        conversation.staff_conns = self.staff[staff].conns.clone();
         out.push(Outbound::PersistQueueEntry(conversation.record.clone()));
         let view = conversation.view();
         if was_waiting {
@@ -1433,6 +1441,7 @@ mod tests {
                 r#"c1 queue.assigned {"entry":{"anonymous":false,"enqueued_at":0,"home_municipality":"0181","room":"chat:1","service":"stod"}}"#,
                 "persist 1 assigned",
                 r#"c11 event {"event":{"kind":"assigned","staff":"staff:a"},"seq":1}"#,
+                r#"c1 event {"event":{"kind":"assigned","staff":"staff:a"},"seq":1}"#,
             ]
             .join("\n")
         );
@@ -1767,6 +1776,7 @@ mod tests {
                 "open-meeting adhoc:1",
                 "persist 2 video_opened",
                 r#"c11 event {"event":{"kind":"video_opened","meeting_room":"adhoc:1"},"seq":2}"#,
+                r#"c1 event {"event":{"kind":"video_opened","meeting_room":"adhoc:1"},"seq":2}"#,
             ]
             .join("\n")
         );
