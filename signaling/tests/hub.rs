@@ -523,3 +523,46 @@ async fn room_events_reach_bus_subscribers() {
     }
     assert!(!seen.is_empty());
 }
+
+/// Needs a NATS server: runs against `NATS_URL` when it is set. Two hubs
+/// share the bus, as two nodes would; a subscriber on one sees the events of
+/// a room that lives on the other.
+#[tokio::test]
+async fn room_events_cross_nodes_over_nats_when_nats_url_is_set() {
+    let Ok(url) = std::env::var("NATS_URL") else {
+        eprintln!("NATS_URL is not set; skipping the cross-node NATS test");
+        return;
+    };
+    let node = |bus: Arc<signaling::bus::NatsBus>| {
+        Hub::new(
+            settings(),
+            Arc::new(MemoryStore::new()),
+            bus,
+            Arc::new(Recorded::default()),
+        )
+    };
+    let bus1 = Arc::new(signaling::bus::NatsBus::connect(&url).await.unwrap());
+    let bus2 = Arc::new(signaling::bus::NatsBus::connect(&url).await.unwrap());
+    let (hub1, hub2) = (node(bus1), node(bus2));
+    let room: RoomId = id(&format!("booking:{}", uuid::Uuid::new_v4().simple()));
+    let mut events = hub2.subscribe_room(&room).await.unwrap();
+    let mut setup = meeting(&hub1);
+    setup.room = room.clone();
+    hub1.open_meeting(setup).await.unwrap();
+    let (s, _srx) = hub1.connect(staff("s1", "0180")).await;
+    hub1.handle(s, join(room.as_str())).await;
+    hub1.handle(s, chat(room.as_str(), "m1", "Hej från nod 1"))
+        .await;
+    let mut seqs = Vec::new();
+    while seqs.len() < 2 {
+        let frame = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .expect("an event over NATS")
+            .expect("stream open");
+        match ServerMessage::from_frame(std::str::from_utf8(&frame).unwrap()).unwrap() {
+            ServerMessage::Event { seq, .. } => seqs.push(seq),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seqs, vec![1, 2]);
+}
