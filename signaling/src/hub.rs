@@ -192,6 +192,18 @@ impl Hub {
         Ok(())
     }
 
+    /// Closes a booking's meeting room because the booking was cancelled or
+    /// moved. Its history stays in the store.
+    pub async fn cancel_meeting(&self, room: &RoomId) {
+        let now = Instant::now();
+        let mut state = self.shared.state.lock().await;
+        let Some(meeting) = state.rooms.get_mut(room) else {
+            return;
+        };
+        let out = meeting.cancel();
+        self.carry_out(&mut state, None, out, now).await;
+    }
+
     /// Registers a connection. Messages for it arrive on the receiver; when
     /// the receiver yields `None` the hub has dropped the connection (it was
     /// too slow) and the endpoint should close the socket.
@@ -226,6 +238,20 @@ impl Hub {
                 municipality: municipality.clone(),
                 services: may_handle.clone(),
             };
+            // Knocks that came before this console connected are still news.
+            for room in state.rooms.values() {
+                if room.setup().performing_municipality == *municipality {
+                    for participant in room.waiting() {
+                        out.push(Outbound::Send {
+                            to: conn,
+                            message: ServerMessage::LobbyKnock {
+                                room: room.id().clone(),
+                                participant,
+                            },
+                        });
+                    }
+                }
+            }
             state.connections.insert(
                 conn,
                 Connection {

@@ -437,6 +437,8 @@ pub enum CloseReason {
     ChatClosed,
     Declined,
     NoShow,
+    /// The booking was cancelled or moved.
+    Cancelled,
     /// The store failed; rejoin to continue from the stored history.
     StorageUnavailable,
 }

@@ -443,8 +443,9 @@ impl Queue {
                 ));
             }
         }
-        for conversation in self.conversations.values() {
-            if conversation.record.state == EntryState::Assigned(state.profile.id.clone()) {
+        for conversation in self.conversations.values_mut() {
+            if conversation.record.state == EntryState::Assigned(id.clone()) {
+                conversation.staff_conns.insert(conn);
                 out.push(send(
                     conn,
                     ServerMessage::QueueAssigned {

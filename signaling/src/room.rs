@@ -243,6 +243,19 @@ impl Room {
         self.connections.get(&conn)
     }
 
+    /// Who waits in the lobby now, for staff consoles that connect later.
+    pub fn waiting(&self) -> Vec<Participant> {
+        self.participants(PresenceState::Lobby)
+    }
+
+    /// Closes the room because its booking was cancelled or moved: everyone
+    /// is told, and nothing is reported about the booking.
+    pub fn cancel(&mut self) -> Vec<Outbound> {
+        let mut out = Vec::new();
+        self.close(CloseReason::Cancelled, None, &mut out);
+        out
+    }
+
     /// The connections attached to this room.
     pub fn connections(&self) -> impl Iterator<Item = ConnectionId> + '_ {
         self.connections.keys().copied()
@@ -315,14 +328,14 @@ impl Room {
                     self.append_for_admitted(RoomEvent::Ended { by }, at, &mut out);
                     self.close(
                         CloseReason::MeetingEnded,
-                        BookingOutcome::Completed,
+                        Some(BookingOutcome::Completed),
                         &mut out,
                     );
                 }
             }
             RoomInput::Tick => {
                 if self.next_deadline().is_some_and(|deadline| now >= deadline) {
-                    self.close(CloseReason::NoShow, BookingOutcome::NoShow, &mut out);
+                    self.close(CloseReason::NoShow, Some(BookingOutcome::NoShow), &mut out);
                 }
             }
         }
@@ -701,7 +714,12 @@ impl Room {
         out.push(send(target_conn, message));
     }
 
-    fn close(&mut self, reason: CloseReason, outcome: BookingOutcome, out: &mut Vec<Outbound>) {
+    fn close(
+        &mut self,
+        reason: CloseReason,
+        outcome: Option<BookingOutcome>,
+        out: &mut Vec<Outbound>,
+    ) {
         self.closed = true;
         for conn in self.connections.keys().copied().collect::<BTreeSet<_>>() {
             out.push(send(
@@ -716,7 +734,7 @@ impl Room {
         for member in self.members.values_mut() {
             member.conns.clear();
         }
-        if let Some(booking) = &self.setup.booking {
+        if let (Some(booking), Some(outcome)) = (&self.setup.booking, outcome) {
             out.push(Outbound::BookingOutcome {
                 booking: booking.clone(),
                 outcome,

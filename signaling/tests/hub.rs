@@ -566,3 +566,87 @@ async fn room_events_cross_nodes_over_nats_when_nats_url_is_set() {
     }
     assert_eq!(seqs, vec![1, 2]);
 }
+
+#[tokio::test]
+async fn a_console_that_connects_later_still_sees_the_knock_and_others_do_not() {
+    let (hub, _) = hub_with(Arc::new(MemoryStore::new()));
+    hub.open_meeting(meeting(&hub)).await.unwrap();
+    let (r, mut rrx) = hub.connect(resident("r1")).await;
+    hub.handle(r, join("booking:b1")).await;
+    expect(&mut rrx, "lobby status", |m| {
+        matches!(m, ServerMessage::LobbyStatus { .. })
+    })
+    .await;
+    let (_s, mut srx) = hub.connect(staff("s2", "0180")).await;
+    let (knock, _) = expect(&mut srx, "knock", |m| {
+        matches!(m, ServerMessage::LobbyKnock { .. })
+    })
+    .await;
+    assert_eq!(
+        knock,
+        ServerMessage::LobbyKnock {
+            room: id("booking:b1"),
+            participant: Participant {
+                party: id("resident:r1"),
+                role: signaling::protocol::Role::Resident
+            },
+        }
+    );
+    let (x, mut xrx) = hub.connect(staff("x", "0999")).await;
+    hub.handle(x, ClientMessage::Ping).await;
+    let (_, before) = expect(&mut xrx, "pong", |m| matches!(m, ServerMessage::Pong)).await;
+    assert!(
+        before
+            .iter()
+            .all(|m| matches!(m, ServerMessage::Welcome { .. })),
+        "{before:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_cancelled_booking_closes_its_room_without_an_outcome() {
+    let (hub, effects) = hub_with(Arc::new(MemoryStore::new()));
+    hub.open_meeting(meeting(&hub)).await.unwrap();
+    let (r, mut rrx) = hub.connect(resident("r1")).await;
+    hub.handle(r, join("booking:b1")).await;
+    hub.cancel_meeting(&id("booking:b1")).await;
+    let (closed, _) = expect(&mut rrx, "room.closed", |m| {
+        matches!(m, ServerMessage::RoomClosed { .. })
+    })
+    .await;
+    assert_eq!(
+        closed,
+        ServerMessage::RoomClosed {
+            room: id("booking:b1"),
+            reason: signaling::protocol::CloseReason::Cancelled
+        }
+    );
+    assert!(effects.outcomes.lock().unwrap().is_empty());
+    hub.handle(r, join("booking:b1")).await;
+    let (error, _) = expect(&mut rrx, "error", |m| {
+        matches!(m, ServerMessage::Error { .. })
+    })
+    .await;
+    assert!(matches!(
+        error,
+        ServerMessage::Error {
+            code: ErrorCode::NotFound,
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn a_connection_that_does_not_read_is_dropped() {
+    let (hub, _) = hub_with(Arc::new(MemoryStore::new()));
+    let (c, mut rx) = hub.connect(resident("r1")).await;
+    // The buffer holds 256 messages; the welcome and 300 pongs overflow it.
+    for _ in 0..300 {
+        hub.handle(c, ClientMessage::Ping).await;
+    }
+    let mut received = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+        received += 1;
+    }
+    assert_eq!(received, 256, "the hub closed the channel once it was full");
+}
