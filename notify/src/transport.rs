@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use booking::EmailAddress;
 use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
 use lettre::message::{Attachment, Mailbox, MultiPart};
+use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 use crate::{NotifyError, RenderedMail, Settings};
@@ -38,7 +39,11 @@ impl Transport {
     /// task.
     pub fn from_settings(settings: &Settings) -> Result<Transport, NotifyError> {
         match &settings.smtp_url {
-            Some(url) => smtp(url, Duration::from_secs(settings.smtp_timeout_secs)),
+            Some(url) => smtp(
+                url,
+                Duration::from_secs(settings.smtp_timeout_secs),
+                settings.concurrency.max(1),
+            ),
             None => Ok(Transport::Files(settings.outbox_dir.clone())),
         }
     }
@@ -165,7 +170,7 @@ impl Header for AutoSubmitted {
     }
 }
 
-fn smtp(raw: &str, timeout: Duration) -> Result<Transport, NotifyError> {
+fn smtp(raw: &str, timeout: Duration, connections: u32) -> Result<Transport, NotifyError> {
     let url = rewrite(raw)?;
     let parsed =
         url::Url::parse(&url).map_err(|err| NotifyError::InvalidSmtpUrl(err.to_string()))?;
@@ -178,6 +183,9 @@ fn smtp(raw: &str, timeout: Duration) -> Result<Transport, NotifyError> {
     let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&url)
         .map_err(|err| NotifyError::InvalidSmtpUrl(err.to_string()))?
         .timeout(Some(timeout))
+        // One connection per concurrent send: each mail waits on the server's
+        // replies, so parallel connections are what raises the rate.
+        .pool_config(PoolConfig::new().max_size(connections))
         .build();
     Ok(Transport::Smtp { transport, server })
 }

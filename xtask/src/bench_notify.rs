@@ -3,7 +3,8 @@
 //! adds to the transaction that books a meeting. It prints figures; it
 //! asserts nothing about time.
 //!
-//! Options: `--mails N` (default 2000), `--bookings N` (default 2000).
+//! Options: `--mails N` (default 2000), `--bookings N` (default 2000),
+//! `--concurrency N` (default 8, the worker's parallel SMTP connections).
 //! SQLite always; PostgreSQL too when `DATABASE_URL` is set.
 
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use sqlx::Executor;
 pub fn run(args: &[String]) -> Result<()> {
     let mails = option(args, "--mails", 2000)?;
     let bookings = option(args, "--bookings", 2000)?;
+    let concurrency = option(args, "--concurrency", 8)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -25,29 +27,37 @@ pub fn run(args: &[String]) -> Result<()> {
         let scratch =
             std::env::temp_dir().join(format!("kontakt-bench-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&scratch)?;
-        let result = bench(&scratch, mails, bookings).await;
+        let result = bench(&scratch, mails, bookings, concurrency).await;
         let _ = std::fs::remove_dir_all(&scratch);
         result
     })
 }
 
-async fn bench(scratch: &Path, mails: usize, bookings: usize) -> Result<()> {
+async fn bench(scratch: &Path, mails: usize, bookings: usize, concurrency: usize) -> Result<()> {
     let python = python_with_aiosmtpd()?;
     let postgres = std::env::var("DATABASE_URL").ok();
     println!("notify benchmark: {mails} mails, {bookings} bookings per database");
 
-    println!("\n## delivery to aiosmtpd on loopback (worker batch 64, concurrency 8)");
+    println!("\n## delivery to aiosmtpd on loopback (worker batch 64, concurrency {concurrency})");
     let sqlite = sqlite_db(scratch, "delivery").await?;
-    delivery(Some(&python), scratch, "sqlite", sqlite, mails).await?;
+    delivery(Some(&python), scratch, "sqlite", sqlite, mails, concurrency).await?;
     if let Some(url) = &postgres {
         let (db, guard) = postgres_db(url).await?;
-        delivery(Some(&python), scratch, "postgres", db, mails).await?;
+        delivery(Some(&python), scratch, "postgres", db, mails, concurrency).await?;
         guard.drop_database().await?;
     }
     // The same worker writing .eml files: its own ceiling, without a
     // single-threaded Python server on the other end.
     let sqlite = sqlite_db(scratch, "files").await?;
-    delivery(None, scratch, "sqlite, .eml files", sqlite, mails).await?;
+    delivery(
+        None,
+        scratch,
+        "sqlite, .eml files",
+        sqlite,
+        mails,
+        concurrency,
+    )
+    .await?;
 
     println!(
         "\n## booking transaction, without and with the outbox (confirmation + two reminders)"
@@ -71,11 +81,12 @@ async fn delivery(
     name: &str,
     db: Db,
     mails: usize,
+    concurrency: usize,
 ) -> Result<()> {
     let maildir = scratch.join(format!("maildir-{}", name.replace([' ', ',', '.'], "")));
     let mut settings = notify::Settings::new("https://kontakt.example.se");
     settings.batch_size = 64;
-    settings.concurrency = 8;
+    settings.concurrency = concurrency as u32;
     let (_server, delivered_dir) = match python {
         Some(python) => {
             let port = std::net::TcpListener::bind("127.0.0.1:0")?
