@@ -104,6 +104,8 @@ pub struct HubSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConversationRequest {
     pub service: ServiceId,
+    /// Used for anonymous residents only; a signed-in resident's comes from
+    /// their identity.
     pub home_municipality: MunicipalityCode,
     /// From the `booking` crate's policy: the municipalities whose staff may
     /// perform `pre_assessment` of this service for this resident.
@@ -311,9 +313,15 @@ impl Hub {
             .get(&conn)
             .map(|c| c.identity.clone())
             .ok_or(HubError::UnknownConnection)?;
-        let (room, anonymous) = match &identity {
-            Identity::Resident { .. } => (new_room_id("chat"), false),
-            Identity::Anonymous { conversation } => (conversation.clone(), true),
+        // A signed-in resident's home municipality comes from the sign-in,
+        // never from the request; an anonymous resident chooses it.
+        let (room, anonymous, home_municipality) = match &identity {
+            Identity::Resident {
+                home_municipality, ..
+            } => (new_room_id("chat"), false, home_municipality.clone()),
+            Identity::Anonymous { conversation } => {
+                (conversation.clone(), true, request.home_municipality)
+            }
             _ => return Err(HubError::NotAResident),
         };
         let out = state.queue.handle(
@@ -322,7 +330,7 @@ impl Hub {
                 conversation: NewConversation {
                     room: room.clone(),
                     service: request.service,
-                    home_municipality: request.home_municipality,
+                    home_municipality,
                     resident: identity.party(),
                     anonymous,
                     eligible_municipalities: request.eligible_municipalities,

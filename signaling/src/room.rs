@@ -1514,6 +1514,39 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn someone_admitted_later_does_not_see_what_was_said_before() {
+        let t0 = Instant::now();
+        let mut room = Room::new(setup(t0));
+        room.handle(staff_joins(STAFF, "s1", "0180"), t0);
+        room.handle(
+            RoomInput::Chat {
+                conn: ConnectionId(STAFF),
+                client_id: id("before"),
+                text: "a note before the resident came".into(),
+            },
+            t0,
+        );
+        room.handle(resident_joins(RESIDENT, "resident:r1"), t0);
+        room.handle(
+            RoomInput::Admit {
+                conn: ConnectionId(STAFF),
+                party: party("resident:r1"),
+            },
+            t0,
+        );
+        let out = room.handle(
+            RoomInput::Resume {
+                conn: ConnectionId(RESIDENT),
+                last_seq: 0,
+            },
+            t0,
+        );
+        let got = render(&out);
+        assert!(!got.contains("a note before"), "{got}");
+        assert!(got.contains("participant_joined"), "{got}");
+    }
+
+    #[test]
     fn a_resident_who_came_is_no_no_show() {
         let t0 = Instant::now();
         let mut room = Room::new(setup(t0));
