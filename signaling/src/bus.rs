@@ -34,6 +34,15 @@ pub fn room_subject(room: &crate::ids::RoomId) -> String {
     format!("kontakt.room.{room}")
 }
 
+/// The bus a node should use: NATS when a URL is configured (`NATS_URL`),
+/// else the in-process bus. The caller reads the configuration.
+pub async fn connect_bus(nats_url: Option<&str>) -> Result<std::sync::Arc<dyn Bus>, BusError> {
+    Ok(match nats_url {
+        Some(url) => std::sync::Arc::new(NatsBus::connect(url).await?),
+        None => std::sync::Arc::new(InProcessBus::default()),
+    })
+}
+
 /// The bus within one process.
 #[derive(Debug)]
 pub struct InProcessBus {

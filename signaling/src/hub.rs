@@ -68,6 +68,10 @@ impl Identity {
 
 /// What the hub asks of the rest of the system. The web crate implements it
 /// with the `booking` crate (audit log, booking status) and the TURN secret.
+///
+/// The hub awaits these while it holds its state, so that an audit entry is
+/// written before the read it records is delivered. They must therefore not
+/// call back into the [`Hub`], and should be quick.
 #[async_trait]
 pub trait Effects: Send + Sync + 'static {
     /// Writes a staff read to the audit log.
