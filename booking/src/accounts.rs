@@ -76,6 +76,7 @@ pub struct Resident {
 
 pub async fn create_staff(db: &Db, new: &NewStaff, now: i64) -> Result<Staff, Error> {
     let id = uuid::Uuid::new_v4().to_string();
+    let _turn = db.write_turn().await;
     let mut tx = db.pool().begin().await?;
     sqlx::query(
         "INSERT INTO staff (id, municipality_code, email, name, role, password_hash, max_chats, created_at) \
@@ -105,6 +106,7 @@ pub async fn create_staff(db: &Db, new: &NewStaff, now: i64) -> Result<Staff, Er
             .execute(&mut *tx)
             .await?;
     }
+    crate::snapshot::bump(&mut tx).await?;
     tx.commit().await?;
     Ok(Staff {
         id,
@@ -233,6 +235,7 @@ pub async fn create_resident(
     now: i64,
 ) -> Result<Resident, Error> {
     let id = uuid::Uuid::new_v4().to_string();
+    let _turn = db.write_turn().await;
     sqlx::query(
         "INSERT INTO residents (id, email, name, home_code, language, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -290,6 +293,7 @@ pub const SIGN_IN_LINK_SECONDS: i64 = 15 * 60;
 pub async fn issue_sign_in_link(db: &Db, resident: &Resident, now: i64) -> Result<String, Error> {
     let token = random_token();
     let expires_at = now + SIGN_IN_LINK_SECONDS;
+    let _turn = db.write_turn().await;
     let mut tx = db.pool().begin().await?;
     sqlx::query(
         "INSERT INTO sign_in_links (token_hash, resident_id, expires_at) VALUES ($1, $2, $3)",
@@ -324,6 +328,7 @@ pub async fn redeem_sign_in_link(
 ) -> Result<Option<Resident>, Error> {
     // One UPDATE both checks and spends the token, so two redemptions racing
     // cannot both succeed.
+    let turn = db.write_turn().await;
     let row = sqlx::query(
         "UPDATE sign_in_links SET used_at = $1 \
          WHERE token_hash = $2 AND used_at IS NULL AND expires_at > $1 RETURNING resident_id",
@@ -332,6 +337,7 @@ pub async fn redeem_sign_in_link(
     .bind(token_hash(token))
     .fetch_optional(db.pool())
     .await?;
+    drop(turn);
     match row {
         Some(r) => resident_by_id(db, &r.try_get::<String, _>("resident_id")?).await,
         None => Ok(None),

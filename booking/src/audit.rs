@@ -92,6 +92,7 @@ pub async fn record(conn: &mut AnyConnection, entry: &Entry<'_>, now: i64) -> sq
 
 /// Writes one entry on its own connection, for reads that need no transaction.
 pub async fn record_now(db: &Db, entry: &Entry<'_>, now: i64) -> sqlx::Result<()> {
+    let _turn = db.write_turn().await;
     let mut conn = db.pool().acquire().await?;
     record(&mut conn, entry, now).await
 }

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
 use jiff::{Span, Timestamp};
+use rand::seq::SliceRandom;
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
@@ -24,6 +25,7 @@ use crate::domain::{BookingStatus, Language, MunicipalityCode, ServiceCode, Slot
 use crate::outbox::{self, Message};
 use crate::policy::{self, Agreement, Decision};
 use crate::slots::{self, SlotShape, Template};
+use crate::snapshot;
 use crate::Error;
 
 /// The zone times are shown in unless a municipality says otherwise.
@@ -99,6 +101,7 @@ pub async fn search(db: &Db, query: &SearchQuery, now: Timestamp) -> Result<Vec<
         now,
         None,
         None,
+        None,
     )
     .await?;
     Ok(found
@@ -134,6 +137,7 @@ pub async fn book(
     .await?;
     let token = random_token();
     for candidate in &candidates {
+        let _turn = db.write_turn().await;
         let mut tx = db.pool().begin().await?;
         match insert_booking(&mut tx, resident, service, candidate, &token, now).await {
             Ok(booking) => {
@@ -211,6 +215,7 @@ pub async fn book_as_staff(
         return Err(Error::Conflict("you have no free time then".into()));
     };
     let token = random_token();
+    let _turn = db.write_turn().await;
     let mut tx = db.pool().begin().await?;
     let booking = match insert_booking(&mut tx, resident, service, candidate, &token, now).await {
         Ok(b) => b,
@@ -259,6 +264,7 @@ pub async fn cancel(
     let resident = accounts::resident_by_id(db, &booking.resident_id)
         .await?
         .ok_or(Error::NotFound)?;
+    let _turn = db.write_turn().await;
     let mut tx = db.pool().begin().await?;
     let row = sqlx::query(&format!(
         "UPDATE bookings SET status = 'cancelled', manage_token_spent = 1, sequence = sequence + 1, updated_at = $1 \
@@ -331,6 +337,7 @@ pub async fn reschedule(
     .await?;
     let actor = authority_actor(authority);
     for candidate in &candidates {
+        let _turn = db.write_turn().await;
         let mut tx = db.pool().begin().await?;
         let updated = sqlx::query(&format!(
             "UPDATE bookings SET staff_id = $1, starts_at = $2, ends_at = $3, performed_by = $4, agreement_id = $5, \
@@ -562,12 +569,11 @@ pub async fn load(db: &Db, from: Date, to: Date) -> Result<Vec<Load>, Error> {
     let tz = zone(DISPLAY_ZONE)?;
     let (start, _) = day_bounds(from, &tz)?;
     let (_, end) = day_bounds(to, &tz)?;
-    let municipalities = catalog::municipalities(db).await?;
-    let staff = accounts::all_staff(db).await?;
-    let templates = all_templates(db).await?;
+    let catalog = snapshot::current(db).await?;
+    let municipalities = catalog.municipalities.clone();
     let mut published: HashMap<String, i64> = HashMap::new();
-    for s in &staff {
-        let own: Vec<&Template> = templates.iter().filter(|t| t.staff_id == s.id).collect();
+    for s in &catalog.staff {
+        let own = catalog.templates_of(&s.id);
         let mut day = from;
         while day <= to {
             let minutes: i64 = own.iter().map(|t| t.minutes_on(day, &tz)).sum();
@@ -686,6 +692,8 @@ pub async fn add_template(db: &Db, template: &Template) -> Result<Template, Erro
     }
     let mut stored = template.clone();
     stored.id = uuid::Uuid::new_v4().to_string();
+    let _turn = db.write_turn().await;
+    let mut tx = db.pool().begin().await?;
     sqlx::query(
         "INSERT INTO availability_templates (id, staff_id, weekday, start_minute, end_minute, valid_from, valid_to) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -697,20 +705,26 @@ pub async fn add_template(db: &Db, template: &Template) -> Result<Template, Erro
     .bind(i64::from(stored.end_minute))
     .bind(stored.valid_from.to_string())
     .bind(stored.valid_to.to_string())
-    .execute(db.pool())
+    .execute(&mut *tx)
     .await?;
+    crate::snapshot::bump(&mut tx).await?;
+    tx.commit().await?;
     Ok(stored)
 }
 
 pub async fn delete_template(db: &Db, staff_id: &str, id: &str) -> Result<(), Error> {
+    let _turn = db.write_turn().await;
+    let mut tx = db.pool().begin().await?;
     let done = sqlx::query("DELETE FROM availability_templates WHERE id = $1 AND staff_id = $2")
         .bind(id)
         .bind(staff_id)
-        .execute(db.pool())
+        .execute(&mut *tx)
         .await?;
     if done.rows_affected() == 0 {
         return Err(Error::NotFound);
     }
+    crate::snapshot::bump(&mut tx).await?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -723,8 +737,9 @@ pub async fn decide_for(
     step: Step,
     at: Timestamp,
 ) -> Result<Decision, Error> {
-    let rule = catalog::rule_for(db, service, step).await?;
-    let agreements = catalog::agreements(db, Some(home)).await?;
+    let catalog = snapshot::current(db).await?;
+    let rule = catalog.rule(service, step);
+    let agreements = catalog.agreements_for(home);
     let date = at.to_zoned(zone(DISPLAY_ZONE)?).date();
     Ok(policy::decide(
         rule,
@@ -782,26 +797,34 @@ async fn free_slots(
     now: Timestamp,
     ignore_booking: Option<&str>,
     only_staff: Option<&str>,
+    exact_start: Option<Timestamp>,
 ) -> Result<BTreeMap<SlotRange, Vec<Candidate>>, Error> {
-    let service = catalog::service(db, service_code)
-        .await?
-        .ok_or(Error::NotFound)?;
-    catalog::municipality(db, home)
-        .await?
-        .ok_or(Error::NotFound)?;
-    let rule = catalog::rule_for(db, service_code, Step::Meeting).await?;
-    let agreements: Vec<Agreement> = catalog::agreements(db, Some(home)).await?;
+    let catalog = snapshot::current(db).await?;
+    let service = catalog.services.get(service_code).ok_or(Error::NotFound)?;
+    catalog.municipality(home).ok_or(Error::NotFound)?;
+    let rule = catalog.rule(service_code, Step::Meeting);
+    let agreements: Vec<Agreement> = catalog.agreements_for(home);
     let tz = zone(DISPLAY_ZONE)?;
-    let staff: Vec<Staff> = accounts::all_staff(db)
-        .await?
-        .into_iter()
+    let staff = catalog
+        .staff
+        .iter()
         .filter(|s| s.handles(service_code))
         .filter(|s| language.is_none_or(|l| s.languages.contains(&l)))
-        .filter(|s| only_staff.is_none_or(|id| s.id == id))
-        .collect();
-    let templates = all_templates(db).await?;
-    let (range_start, _) = day_bounds(from, &tz)?;
-    let (_, range_end) = day_bounds(to, &tz)?;
+        .filter(|s| only_staff.is_none_or(|id| s.id == id));
+    // Booking asks about one start only: then only bookings near it matter,
+    // which keeps the query small however full the day is.
+    let (range_start, range_end) = match exact_start {
+        Some(t) => {
+            let margin = (service.slot_minutes + 2 * service.buffer_minutes) * 60;
+            (
+                Timestamp::from_second(t.as_second() - margin)
+                    .map_err(|e| Error::Corrupt(e.to_string()))?,
+                Timestamp::from_second(t.as_second() + margin)
+                    .map_err(|e| Error::Corrupt(e.to_string()))?,
+            )
+        }
+        None => (day_bounds(from, &tz)?.0, day_bounds(to, &tz)?.1),
+    };
     let busy = busy_times(db, range_start, range_end, ignore_booking).await?;
     let shape = SlotShape {
         slot_minutes: service.slot_minutes,
@@ -809,18 +832,17 @@ async fn free_slots(
     };
     let mut out: BTreeMap<SlotRange, Vec<Candidate>> = BTreeMap::new();
     let mut decisions: HashMap<(MunicipalityCode, Date), Decision> = HashMap::new();
-    for s in &staff {
-        let own: Vec<Template> = templates
-            .iter()
-            .filter(|t| t.staff_id == s.id)
-            .cloned()
-            .collect();
+    for s in staff {
+        let own = catalog.templates_of(&s.id);
         if own.is_empty() {
             continue;
         }
         let taken = busy.get(&s.id).map(Vec::as_slice).unwrap_or_default();
-        for range in slots::generate(&own, shape, from, to, &tz) {
-            if range.start() <= now || conflicts(&range, taken, &service) {
+        for range in slots::generate(own, shape, from, to, &tz) {
+            if range.start() <= now
+                || exact_start.is_some_and(|t| t != range.start())
+                || conflicts(&range, taken, service)
+            {
                 continue;
             }
             let date = range.start().to_zoned(tz.clone()).date();
@@ -877,6 +899,7 @@ async fn candidates_at(
         now,
         ignore_booking,
         only_staff,
+        Some(starts_at),
     )
     .await?;
     let mut candidates: Vec<Candidate> = found
@@ -888,12 +911,15 @@ async fn candidates_at(
         return Err(Error::Conflict("that time is not available".into()));
     }
     let ratios = weekly_load(db, &candidates, day, &tz).await?;
+    // Staff with equal load and equal home-ness are tried in random order, so
+    // that requests racing for one time spread over the free staff instead of
+    // all colliding on the same first choice.
+    candidates.shuffle(&mut rand::thread_rng());
     candidates.sort_by(|a, b| {
         let ra = ratios.get(&a.staff_id).copied().unwrap_or(f64::MAX);
         let rb = ratios.get(&b.staff_id).copied().unwrap_or(f64::MAX);
         ra.total_cmp(&rb)
             .then_with(|| (&b.municipality == home).cmp(&(&a.municipality == home)))
-            .then_with(|| a.staff_id.cmp(&b.staff_id))
     });
     Ok(candidates)
 }
@@ -926,15 +952,15 @@ async fn weekly_load(
     for r in &rows {
         booked.insert(r.try_get("staff_id")?, r.try_get::<i64, _>("seconds")? / 60);
     }
-    let templates = all_templates(db).await?;
+    let catalog = snapshot::current(db).await?;
     let mut ratios = HashMap::new();
     for c in candidates {
         let mut published = 0;
         let mut d = monday;
         while d <= sunday {
-            published += templates
+            published += catalog
+                .templates_of(&c.staff_id)
                 .iter()
-                .filter(|t| t.staff_id == c.staff_id)
                 .map(|t| t.minutes_on(d, tz))
                 .sum::<i64>();
             d = d

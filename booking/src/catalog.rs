@@ -163,12 +163,16 @@ pub(crate) fn parse_date(raw: &str) -> Result<Date, Error> {
 }
 
 pub async fn insert_municipality(db: &Db, m: &Municipality) -> Result<(), Error> {
+    let _turn = db.write_turn().await;
+    let mut tx = db.pool().begin().await?;
     sqlx::query("INSERT INTO municipalities (code, name, time_zone) VALUES ($1, $2, $3)")
         .bind(m.code.as_str())
         .bind(&m.name)
         .bind(&m.time_zone)
-        .execute(db.pool())
+        .execute(&mut *tx)
         .await?;
+    crate::snapshot::bump(&mut tx).await?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -178,6 +182,7 @@ pub async fn insert_service(
     s: &Service,
     rules: &[(Step, Rule, &str)],
 ) -> Result<(), Error> {
+    let _turn = db.write_turn().await;
     let mut tx = db.pool().begin().await?;
     sqlx::query(
         "INSERT INTO services (code, name_key, anonymous_chat, slot_minutes, buffer_minutes) VALUES ($1, $2, $3, $4, $5)",
@@ -200,11 +205,13 @@ pub async fn insert_service(
         .execute(&mut *tx)
         .await?;
     }
+    crate::snapshot::bump(&mut tx).await?;
     tx.commit().await?;
     Ok(())
 }
 
 pub async fn insert_agreement(db: &Db, a: &Agreement) -> Result<(), Error> {
+    let _turn = db.write_turn().await;
     let mut tx = db.pool().begin().await?;
     sqlx::query(
         "INSERT INTO agreements (id, host_code, home_code, valid_from, valid_to, reference) VALUES ($1, $2, $3, $4, $5, $6)",
@@ -227,6 +234,7 @@ pub async fn insert_agreement(db: &Db, a: &Agreement) -> Result<(), Error> {
         .execute(&mut *tx)
         .await?;
     }
+    crate::snapshot::bump(&mut tx).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -24,6 +24,8 @@ pub enum Backend {
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    cache: crate::snapshot::Cache,
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +82,12 @@ impl Db {
             })
             .connect_with(options)
             .await?;
-        Ok(Db { pool, backend })
+        Ok(Db {
+            pool,
+            backend,
+            cache: Default::default(),
+            writer: Default::default(),
+        })
     }
 
     /// Applies the migrations of this database's dialect.
@@ -90,6 +97,17 @@ impl Db {
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
         }
         Ok(())
+    }
+
+    /// On SQLite, queues this process's writers before they touch the
+    /// database. SQLite admits one writer at a time, and its busy handler
+    /// backs off by sleeping, which under contention costs far more than
+    /// waiting in line here. PostgreSQL needs no such queue: `None`.
+    pub async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.backend {
+            Backend::Sqlite => Some(self.writer.lock().await),
+            Backend::Postgres => None,
+        }
     }
 
     /// Checks that the database answers, for health checks.
@@ -102,6 +120,10 @@ impl Db {
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    pub(crate) fn cache(&self) -> &crate::snapshot::Cache {
+        &self.cache
     }
 
     pub fn backend(&self) -> Backend {

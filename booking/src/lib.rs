@@ -15,6 +15,7 @@ pub mod outbox;
 pub mod policy;
 pub mod seed;
 pub mod slots;
+pub mod snapshot;
 pub mod testing;
 
 pub use db::{Backend, Db, DbError};

@@ -24,8 +24,7 @@ pub fn run(args: &[String]) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let scratch =
-            std::env::temp_dir().join(format!("kontakt-bench-{}", uuid::Uuid::new_v4().simple()));
+        let scratch = std::env::temp_dir().join(format!("kontakt-bench-{}", unique()));
         std::fs::create_dir_all(&scratch)?;
         let result = bench(&scratch, mails, bookings, concurrency).await;
         let _ = std::fs::remove_dir_all(&scratch);
@@ -240,6 +239,15 @@ async fn seed(db: &Db) -> Result<()> {
     Ok(())
 }
 
+/// A name no other run on this machine uses: the process id and the time.
+fn unique() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("{}_{nanos}", std::process::id())
+}
+
 fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {
     samples.sort();
     let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
@@ -275,7 +283,7 @@ struct PostgresDatabase {
 }
 
 async fn postgres_db(admin_url: &str) -> Result<(Db, PostgresDatabase)> {
-    let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
+    let name = format!("bench_{}", unique());
     let admin = Db::connect(admin_url, 1).await?;
     admin
         .pool()

@@ -1,1 +1,48 @@
-fn main() {}
+//! `cargo xtask <task>`: the developer tasks of Kontakt.
+//!
+//! - `ci`: installs what the tests need (through apt and npm), then runs
+//!   formatting, clippy, every Rust test and the browser tests. `.ci/run`
+//!   calls exactly this.
+//! - `bench <booking|relay|notify|signaling>`: benchmarks that print figures.
+//! - `e2e`: the browser tests alone.
+//! - `db-reset`: deletes the local SQLite database in `./data`.
+
+mod bench_booking;
+mod ci;
+mod process;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = process::workspace_root();
+    std::env::set_current_dir(&root)?;
+    match args.first().map(String::as_str) {
+        Some("ci") => ci::run(),
+        Some("e2e") => ci::e2e(),
+        Some("bench") => match args.get(1).map(String::as_str) {
+            Some("booking") => bench_booking::run(&args[2..]),
+            other => anyhow::bail!(
+                "unknown benchmark {other:?}: try booking, relay, notify or signaling"
+            ),
+        },
+        Some("db-reset") => {
+            let path = root.join("data").join("kontakt.db");
+            for suffix in ["", "-wal", "-shm"] {
+                let file = format!("{}{suffix}", path.display());
+                if std::path::Path::new(&file).exists() {
+                    std::fs::remove_file(&file)?;
+                }
+            }
+            println!(
+                "removed {}; the next start seeds the demo again",
+                path.display()
+            );
+            Ok(())
+        }
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <ci | e2e | bench <booking|relay|notify|signaling> | db-reset>"
+            );
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! `cargo xtask bench booking`: the release server under booking load, on
+//! SQLite and (when `DATABASE_URL` is set) PostgreSQL. It prints booking
+//! throughput and latency under 64 concurrent clients, search latency over a
+//! month for all nine municipalities, and the 200-requests-for-20-slots
+//! contention result.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use booking::accounts::{self, NewStaff};
+use booking::bookings;
+use booking::slots::Template;
+use booking::testing::TestDb;
+use booking::{EmailAddress, Language, MunicipalityCode, Password, Role, ServiceCode};
+use jiff::{Span, Timestamp};
+use serde_json::{json, Value};
+use web::auth::{Keys, SubjectKind};
+
+use crate::process::run as run_command;
+
+const SECRET: &str = "bench-secret-that-is-long-enough-for-hs256";
+const CLIENTS: usize = 64;
+const BENCH_STAFF: usize = 40;
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let seconds: u64 = flag(args, "--seconds").unwrap_or(10);
+    run_command(
+        "cargo",
+        &["build", "--release", "-p", "web", "--bin", "kontakt"],
+    )?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        println!("# cargo xtask bench booking --seconds {seconds}");
+        println!(
+            "# {} cores; {CLIENTS} concurrent clients; server: target/release/kontakt",
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        );
+        let mut databases = vec![("sqlite", TestDb::sqlite().await)];
+        match TestDb::postgres().await {
+            Some(pg) => databases.push(("postgres", pg)),
+            None => println!("# DATABASE_URL is not set: PostgreSQL skipped"),
+        }
+        for (name, database) in databases {
+            bench_one(name, database, seconds).await?;
+        }
+        Ok(())
+    })
+}
+
+fn flag(args: &[String], name: &str) -> Option<u64> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    _dir: TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn start_server(database_url: &str) -> anyhow::Result<Server> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let dir = std::env::temp_dir().join(format!("kontakt-bench-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let base = format!("http://127.0.0.1:{port}");
+    let child = Command::new("target/release/kontakt")
+        .env("DATABASE_URL", database_url)
+        .env("KONTAKT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("KONTAKT_PUBLIC_URL", &base)
+        .env("KONTAKT_DATA_DIR", &dir)
+        .env("KONTAKT_JWT_SECRET", SECRET)
+        .env("KONTAKT_DATABASE_MAX_CONNECTIONS", "32")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting target/release/kontakt")?;
+    let server = Server {
+        child,
+        base,
+        _dir: TempDir(dir),
+    };
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = client.get(format!("{}/healthz", server.base)).send().await {
+            if r.status().is_success() {
+                return Ok(server);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the server did not become healthy within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn bench_one(name: &str, database: TestDb, seconds: u64) -> anyhow::Result<()> {
+    let server = start_server(&database.url).await?;
+    let db = &database.db;
+    let now = Timestamp::now();
+    let tz = bookings::zone(bookings::DISPLAY_ZONE)?;
+    let today = now.to_zoned(tz.clone()).date();
+
+    // Enough bookable time for a sustained run: forty more Helsingborg staff
+    // for an open service, available around the clock for two months.
+    let hash = accounts::hash_password(&Password::parse("bench-password")?).await?;
+    let service = ServiceCode::parse("stod-till-anhoriga")?;
+    for i in 0..BENCH_STAFF {
+        let staff = accounts::create_staff(
+            db,
+            &NewStaff {
+                municipality: MunicipalityCode::parse("1283")?,
+                email: EmailAddress::parse(&format!("bench{i}@kontakt.bench"))?,
+                name: format!("Bench {i}"),
+                role: Role::Staff,
+                services: vec![service.clone()],
+                languages: vec![Language::Sv],
+                password_hash: hash.clone(),
+            },
+            now.as_second(),
+        )
+        .await?;
+        for weekday in 1..=7 {
+            bookings::add_template(
+                db,
+                &Template {
+                    id: String::new(),
+                    staff_id: staff.id.clone(),
+                    weekday,
+                    start_minute: 0,
+                    end_minute: 1440,
+                    valid_from: today,
+                    valid_to: today.checked_add(Span::new().days(61))?,
+                },
+            )
+            .await?;
+        }
+    }
+    let keys = Keys::new(SECRET.as_bytes());
+    let mut tokens = Vec::new();
+    for i in 0..CLIENTS {
+        let resident = accounts::create_resident(
+            db,
+            &EmailAddress::parse(&format!("bench-resident{i}@example.se"))?,
+            "Bench Resident",
+            &MunicipalityCode::parse("1283")?,
+            Language::Sv,
+            now.as_second(),
+        )
+        .await?;
+        tokens.push(
+            keys.issue(&resident.id, SubjectKind::Resident, 120, now.as_second())
+                .0,
+        );
+    }
+
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CLIENTS)
+        .build()?;
+    let from = today.tomorrow()?;
+    let to = from.checked_add(Span::new().days(59))?;
+    let times: Vec<Value> = client
+        .get(format!(
+            "{}/api/search?service=stod-till-anhoriga&home=1283&from={from}&to={to}",
+            server.base
+        ))
+        .send()
+        .await?
+        .json()
+        .await?;
+    // Each time as often as staff are free then, so that every request can
+    // succeed until the time runs out.
+    let mut queue = Vec::new();
+    for t in &times {
+        for _ in 0..t["free_staff"].as_u64().unwrap_or(0) {
+            queue.push(t["starts_at"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    let queue = Arc::new(queue);
+    let next = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for token in tokens {
+        let (client, queue, next, base) = (
+            client.clone(),
+            queue.clone(),
+            next.clone(),
+            server.base.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut statuses = [0usize; 3];
+            while Instant::now() < deadline {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(at) = queue.get(i) else { break };
+                let t0 = Instant::now();
+                let response = client
+                    .post(format!("{base}/api/bookings"))
+                    .bearer_auth(&token)
+                    .json(&json!({"service": "stod-till-anhoriga", "starts_at": at}))
+                    .send()
+                    .await;
+                latencies.push(t0.elapsed());
+                match response.map(|r| r.status().as_u16()) {
+                    Ok(201) => statuses[0] += 1,
+                    Ok(409) => statuses[1] += 1,
+                    _ => statuses[2] += 1,
+                }
+            }
+            (latencies, statuses)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut statuses = [0usize; 3];
+    for w in workers {
+        let (l, s) = w.await?;
+        latencies.extend(l);
+        for k in 0..3 {
+            statuses[k] += s[k];
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    println!();
+    println!("## {name}");
+    println!(
+        "booking: {:.0} bookings/s ({} booked, {} conflicts, {} errors in {elapsed:.1} s; {} times on offer); p50 {:.1} ms, p99 {:.1} ms",
+        statuses[0] as f64 / elapsed,
+        statuses[0],
+        statuses[1],
+        statuses[2],
+        queue.len(),
+        ms(percentile(&latencies, 50.0)),
+        ms(percentile(&latencies, 99.0)),
+    );
+
+    let mut search = Vec::new();
+    let month_end = from.checked_add(Span::new().days(30))?;
+    for _ in 0..20 {
+        for (code, _) in booking::seed::MUNICIPALITIES {
+            let t0 = Instant::now();
+            let r = client
+                .get(format!("{}/api/search?service=ekonomiskt-bistand&home={code}&from={from}&to={month_end}", server.base))
+                .send()
+                .await?;
+            let ok = r.status().is_success();
+            let _ = r.bytes().await?;
+            search.push(t0.elapsed());
+            if !ok {
+                bail!("search failed for {code}");
+            }
+        }
+    }
+    search.sort();
+    println!(
+        "search (a month, all nine municipalities, {} requests): p50 {:.1} ms, p99 {:.1} ms",
+        search.len(),
+        ms(percentile(&search, 50.0)),
+        ms(percentile(&search, 99.0))
+    );
+
+    contention(&server, db, &keys, &client).await?;
+    Ok(())
+}
+
+/// 200 concurrent requests for 20 single-staff slots.
+async fn contention(
+    server: &Server,
+    db: &booking::Db,
+    keys: &Keys,
+    client: &reqwest::Client,
+) -> anyhow::Result<()> {
+    let tz = bookings::zone(bookings::DISPLAY_ZONE)?;
+    let from = Timestamp::now().to_zoned(tz).date().tomorrow()?;
+    let to = from.checked_add(Span::new().days(13))?;
+    let times: Vec<Value> = client
+        .get(format!(
+            "{}/api/search?service=barn-och-familj&home=1283&from={from}&to={to}",
+            server.base
+        ))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let slots: Vec<String> = times
+        .iter()
+        .take(20)
+        .filter_map(|t| t["starts_at"].as_str().map(str::to_owned))
+        .collect();
+    let before = bookings::active_ranges(db).await?.len();
+    let mut tokens = Vec::new();
+    for i in 0..200 {
+        let r = accounts::create_resident(
+            db,
+            &EmailAddress::parse(&format!("racer{i}@example.se"))?,
+            "Racer",
+            &MunicipalityCode::parse("1283")?,
+            Language::Sv,
+            Timestamp::now().as_second(),
+        )
+        .await?;
+        tokens.push(
+            keys.issue(
+                &r.id,
+                SubjectKind::Resident,
+                30,
+                Timestamp::now().as_second(),
+            )
+            .0,
+        );
+    }
+    let t0 = Instant::now();
+    let requests = tokens.iter().enumerate().map(|(i, token)| {
+        client
+            .post(format!("{}/api/bookings", server.base))
+            .bearer_auth(token)
+            .json(&json!({"service": "barn-och-familj", "starts_at": slots[i % slots.len()]}))
+            .send()
+    });
+    let results = futures::future::join_all(requests).await;
+    let elapsed = t0.elapsed();
+    let created = results
+        .iter()
+        .filter(|r| r.as_ref().is_ok_and(|r| r.status() == 201))
+        .count();
+    let conflicts = results
+        .iter()
+        .filter(|r| r.as_ref().is_ok_and(|r| r.status() == 409))
+        .count();
+    let ranges = bookings::active_ranges(db).await?;
+    let mut overlaps = 0;
+    for (i, (sa, a)) in ranges.iter().enumerate() {
+        for (sb, b) in &ranges[i + 1..] {
+            if sa == sb && a.overlaps(b) {
+                overlaps += 1;
+            }
+        }
+    }
+    println!(
+        "contention: 200 requests for {} slots in {:.0} ms: {created} booked, {conflicts} conflicts, {} new active bookings, {overlaps} overlaps",
+        slots.len(),
+        ms(elapsed),
+        ranges.len() - before
+    );
+    Ok(())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
