@@ -42,8 +42,10 @@ async fn bench(scratch: &Path, mails: usize, bookings: usize, concurrency: usize
     delivery(Some(&python), scratch, "sqlite", sqlite, mails, concurrency).await?;
     if let Some(url) = &postgres {
         let (db, guard) = postgres_db(url).await?;
-        delivery(Some(&python), scratch, "postgres", db, mails, concurrency).await?;
+        let result = delivery(Some(&python), scratch, "postgres", db, mails, concurrency).await;
+        // Drop the database whether or not the run went well.
         guard.drop_database().await?;
+        result?;
     }
     // The same worker writing .eml files: its own ceiling, without a
     // single-threaded Python server on the other end.
@@ -65,9 +67,10 @@ async fn bench(scratch: &Path, mails: usize, bookings: usize, concurrency: usize
     overhead("sqlite", &sqlite, bookings).await?;
     if let Some(url) = &postgres {
         let (db, guard) = postgres_db(url).await?;
-        overhead("postgres", &db, bookings).await?;
+        let result = overhead("postgres", &db, bookings).await;
         db.pool().close().await;
         guard.drop_database().await?;
+        result?;
     }
     Ok(())
 }
@@ -283,7 +286,7 @@ struct PostgresDatabase {
 }
 
 async fn postgres_db(admin_url: &str) -> Result<(Db, PostgresDatabase)> {
-    let name = format!("bench_{}", unique());
+    let name = format!("bench_notify_{}", unique());
     let admin = Db::connect(admin_url, 1).await?;
     admin
         .pool()
