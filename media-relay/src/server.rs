@@ -1,0 +1,1223 @@
+//! The sans-IO TURN server: allocations, permissions, channel bindings, nonces,
+//! authentication, quotas and the peer address policy.
+//!
+//! [`Server`] holds no sockets and never reads the clock. The driver feeds it datagrams with
+//! the time they arrived and carries out the [`Command`]s it returns. Relayed data never goes
+//! through the command queue: [`Server::handle_client_input`] returns the payload to forward as
+//! a borrowed slice, and [`Server::handle_peer_traffic`] writes the ChannelData or Data
+//! indication header in place in front of the payload, so the data path neither allocates nor
+//! locks.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use rustc_hash::FxHashMap;
+use sha1::Sha1;
+
+use crate::credentials::{long_term_key, password_for, RestUsername};
+use crate::policy::PeerPolicy;
+use crate::stun::{
+    attr, write_channel_data_header, write_data_indication_in_place, ChannelData, Class, FrameKind,
+    Message, MessageBuilder, Method, CHANNEL_MAX, CHANNEL_MIN,
+};
+
+/// Bytes a driver must leave free in front of a peer datagram, so the server can write the
+/// largest header (a Data indication with an IPv6 XOR-PEER-ADDRESS: 20 + 24 + 4) in place.
+pub const PEER_HEADROOM: usize = 48;
+
+/// Bytes a driver must leave free after a peer datagram for padding to four bytes.
+pub const PEER_TAILROOM: usize = 4;
+
+/// The allocation lifetime used when the client asks for less or nothing (RFC 8656, section 7.2).
+pub const DEFAULT_ALLOCATION_LIFETIME: Duration = Duration::from_secs(600);
+
+/// The longest allocation lifetime granted; the RFC recommends an hour (RFC 8656, section 7.2).
+pub const MAX_ALLOCATION_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// Permissions last five minutes unless refreshed (RFC 8656, section 9).
+pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+
+/// Channel bindings last ten minutes unless refreshed (RFC 8656, section 12).
+pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+
+/// How often expired allocations, permissions and channels are swept. Expiry is also checked
+/// on every packet, so the sweep only reclaims memory and ports.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The REQUESTED-TRANSPORT value for UDP, the only relayed transport (RFC 8656, section 18.1).
+const PROTOCOL_UDP: u8 = 17;
+
+/// The transport a client reached us over. Part of the 5-tuple (RFC 8656, section 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+/// A client's address and transport: the client side of an allocation's 5-tuple.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientSocket {
+    transport: Transport,
+    addr: SocketAddr,
+}
+
+impl ClientSocket {
+    pub fn new(transport: Transport, addr: SocketAddr) -> Self {
+        Self { transport, addr }
+    }
+
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn is_stream(&self) -> bool {
+        self.transport != Transport::Udp
+    }
+}
+
+/// A peer's address as seen from a relayed transport address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerSocket(SocketAddr);
+
+impl PeerSocket {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self(addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.0
+    }
+}
+
+/// The UDP port of a relayed transport address; it identifies an allocation on this server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AllocationPort(u16);
+
+impl AllocationPort {
+    pub fn new(port: u16) -> Self {
+        Self(port)
+    }
+
+    pub fn value(&self) -> u16 {
+        self.0
+    }
+}
+
+/// The address family of a relayed transport address (RFC 8656, section 18.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressFamily {
+    V4,
+    V6,
+}
+
+impl AddressFamily {
+    fn of(addr: SocketAddr) -> Self {
+        if addr.is_ipv4() {
+            Self::V4
+        } else {
+            Self::V6
+        }
+    }
+}
+
+/// Settings of one [`Server`]; the driver derives them from [`crate::RelayConfig`].
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub realm: String,
+    pub secret: String,
+    /// Key for the stateless nonces; shared by all workers of one relay.
+    pub nonce_key: [u8; 32],
+    pub nonce_lifetime: Duration,
+    /// The advertised IPv4 address of relayed transport addresses, if IPv4 is relayed.
+    pub relay_ipv4: Option<Ipv4Addr>,
+    /// The advertised IPv6 address of relayed transport addresses, if IPv6 is relayed.
+    pub relay_ipv6: Option<Ipv6Addr>,
+    /// The ports this server hands out. Workers of one relay get disjoint ranges.
+    pub ports: RangeInclusive<u16>,
+    /// Bytes per second per allocation, both directions together; `None` is unlimited.
+    pub bandwidth_bytes_per_sec: Option<u64>,
+    pub policy: PeerPolicy,
+    /// Seed for port choice and Data indication transaction ids, so tests are reproducible.
+    pub rng_seed: u64,
+}
+
+/// Counts of allocations per user and in total, shared by every worker of a relay.
+///
+/// It is touched only when an allocation is created or freed, never on the data path.
+#[derive(Debug)]
+pub struct AllocationLedger {
+    max_per_user: u32,
+    max_total: u32,
+    counts: Mutex<(FxHashMap<Box<str>, u32>, u32)>,
+}
+
+impl AllocationLedger {
+    pub fn new(max_per_user: u32, max_total: u32) -> Self {
+        Self {
+            max_per_user,
+            max_total,
+            counts: Mutex::new((FxHashMap::default(), 0)),
+        }
+    }
+
+    fn try_reserve(&self, subject: &str) -> bool {
+        let mut guard = self
+            .counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (per_user, total) = &mut *guard;
+        if *total >= self.max_total {
+            return false;
+        }
+        let count = per_user.get(subject).copied().unwrap_or(0);
+        if count >= self.max_per_user {
+            return false;
+        }
+        per_user.insert(subject.into(), count + 1);
+        *total += 1;
+        true
+    }
+
+    fn release(&self, subject: &str) {
+        let mut guard = self
+            .counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (per_user, total) = &mut *guard;
+        *total = total.saturating_sub(1);
+        if let Some(count) = per_user.get_mut(subject) {
+            *count -= 1;
+            if *count == 0 {
+                per_user.remove(subject);
+            }
+        }
+    }
+
+    /// The number of allocations across all workers.
+    pub fn total(&self) -> u32 {
+        self.counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .1
+    }
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Send a STUN response to a client.
+    SendToClient { to: ClientSocket, payload: Vec<u8> },
+    /// Bind a relay socket on `port`. If that works, send `on_success` to the client;
+    /// otherwise send `on_failure` and call [`Server::handle_allocation_failed`].
+    CreateAllocation {
+        port: AllocationPort,
+        family: AddressFamily,
+        client: ClientSocket,
+        on_success: Vec<u8>,
+        on_failure: Vec<u8>,
+    },
+    /// Close the relay socket on `port`.
+    FreeAllocation { port: AllocationPort },
+}
+
+/// A datagram to send from the relay socket on `port` to `peer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward<'a> {
+    pub port: AllocationPort,
+    pub peer: PeerSocket,
+    pub payload: &'a [u8],
+}
+
+/// Why a datagram was dropped; the label of the `relay_drops_total` metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    Malformed,
+    NoAllocation,
+    NoPermission,
+    NoChannel,
+    Bandwidth,
+    Unexpected,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 6] = [
+        DropReason::Malformed,
+        DropReason::NoAllocation,
+        DropReason::NoPermission,
+        DropReason::NoChannel,
+        DropReason::Bandwidth,
+        DropReason::Unexpected,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::NoAllocation => "no_allocation",
+            DropReason::NoPermission => "no_permission",
+            DropReason::NoChannel => "no_channel",
+            DropReason::Bandwidth => "bandwidth",
+            DropReason::Unexpected => "unexpected",
+        }
+    }
+}
+
+/// Counters since the last [`Server::take_stats`]; the driver turns them into metrics, so the
+/// data path touches plain integers instead of a metrics registry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub client_to_peer_packets: u64,
+    pub client_to_peer_bytes: u64,
+    pub peer_to_client_packets: u64,
+    pub peer_to_client_bytes: u64,
+    pub drops: [u64; 6],
+    pub auth_failures: u64,
+    pub allocations_created: u64,
+    pub allocations_freed: u64,
+}
+
+/// The sans-IO TURN server of one worker.
+pub struct Server {
+    config: ServerConfig,
+    ledger: Arc<AllocationLedger>,
+    epoch: Instant,
+    epoch_unix: u64,
+    allocations: FxHashMap<AllocationPort, Allocation>,
+    by_client: FxHashMap<ClientSocket, AllocationPort>,
+    commands: VecDeque<Command>,
+    stats: Stats,
+    rng: u64,
+    next_sweep: Instant,
+}
+
+struct Allocation {
+    client: ClientSocket,
+    relayed: SocketAddr,
+    username: Box<str>,
+    subject: Box<str>,
+    key: [u8; 16],
+    allocate_transaction: [u8; 12],
+    expires_at: Instant,
+    permissions: Vec<(IpAddr, Instant)>,
+    channels: Vec<Channel>,
+    bucket: Option<TokenBucket>,
+}
+
+struct Channel {
+    number: u16,
+    peer: PeerSocket,
+    expires_at: Instant,
+}
+
+/// Bandwidth limiter with a one-second burst.
+struct TokenBucket {
+    rate: u64,
+    tokens: u64,
+    updated: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u64, now: Instant) -> Self {
+        Self {
+            rate,
+            tokens: rate,
+            updated: now,
+        }
+    }
+
+    fn take(&mut self, bytes: usize, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.updated);
+        if !elapsed.is_zero() {
+            let refill = (elapsed.as_nanos().min(u128::from(u64::MAX)) as u64 / 1000)
+                .saturating_mul(self.rate)
+                / 1_000_000;
+            if refill > 0 {
+                self.tokens = (self.tokens.saturating_add(refill)).min(self.rate);
+                self.updated = now;
+            }
+        }
+        let bytes = bytes as u64;
+        if self.tokens >= bytes {
+            self.tokens -= bytes;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Allocation {
+    fn has_permission(&self, ip: IpAddr, now: Instant) -> bool {
+        self.permissions
+            .iter()
+            .any(|&(p, expires)| p == ip && expires > now)
+    }
+
+    fn add_permission(&mut self, ip: IpAddr, now: Instant) {
+        let expires = now + PERMISSION_LIFETIME;
+        match self.permissions.iter_mut().find(|(p, _)| *p == ip) {
+            Some(entry) => entry.1 = expires,
+            None => self.permissions.push((ip, expires)),
+        }
+    }
+
+    fn allow_bytes(&mut self, len: usize, now: Instant) -> bool {
+        self.bucket
+            .as_mut()
+            .is_none_or(|bucket| bucket.take(len, now))
+    }
+}
+
+/// What authentication of a request concluded.
+enum Auth {
+    Ok {
+        username: Box<str>,
+        subject: Box<str>,
+        key: [u8; 16],
+    },
+    Respond,
+}
+
+impl Server {
+    /// Creates a server. `epoch` and `epoch_unix` tie the monotonic clock the driver passes in
+    /// to wall-clock seconds, which credentials and nonces are expressed in.
+    pub fn new(
+        config: ServerConfig,
+        ledger: Arc<AllocationLedger>,
+        epoch: Instant,
+        epoch_unix: u64,
+    ) -> Self {
+        let rng = config.rng_seed | 1;
+        Self {
+            config,
+            ledger,
+            epoch,
+            epoch_unix,
+            allocations: FxHashMap::default(),
+            by_client: FxHashMap::default(),
+            commands: VecDeque::new(),
+            stats: Stats::default(),
+            rng,
+            next_sweep: epoch + SWEEP_INTERVAL,
+        }
+    }
+
+    /// Handles a datagram (UDP) or frame (TCP/TLS) from a client. Returns data to relay, if
+    /// it was a ChannelData message or a Send indication; responses are queued as commands.
+    pub fn handle_client_input<'a>(
+        &mut self,
+        from: ClientSocket,
+        bytes: &'a [u8],
+        now: Instant,
+    ) -> Option<Forward<'a>> {
+        match bytes.first().map(|b| crate::stun::frame_kind(*b)) {
+            Some(FrameKind::ChannelData) => self.handle_channel_data(from, bytes, now),
+            Some(FrameKind::Stun) => match Message::parse(bytes) {
+                Ok(message) => self.handle_stun(from, &message, now),
+                Err(_) => {
+                    // Malformed STUN, including a bad FINGERPRINT, is silently discarded
+                    // (RFC 8489, section 6.3).
+                    self.drop_packet(DropReason::Malformed);
+                    None
+                }
+            },
+            _ => {
+                self.drop_packet(DropReason::Malformed);
+                None
+            }
+        }
+    }
+
+    /// Handles a datagram that arrived on the relay socket `port` from `from`.
+    ///
+    /// `buf[PEER_HEADROOM..PEER_HEADROOM + len]` holds the payload, and `buf` must extend
+    /// [`PEER_TAILROOM`] bytes past it. Returns the client and the finished ChannelData message
+    /// or Data indication, built in place within `buf`.
+    pub fn handle_peer_traffic<'b>(
+        &mut self,
+        port: AllocationPort,
+        from: PeerSocket,
+        buf: &'b mut [u8],
+        len: usize,
+        now: Instant,
+    ) -> Option<(ClientSocket, &'b [u8])> {
+        if buf.len() < PEER_HEADROOM + len + PEER_TAILROOM {
+            self.drop_packet(DropReason::Malformed);
+            return None;
+        }
+        let Some(allocation) = self.allocations.get_mut(&port) else {
+            self.drop_packet(DropReason::NoAllocation);
+            return None;
+        };
+        if allocation.expires_at <= now {
+            self.drop_packet(DropReason::NoAllocation);
+            return None;
+        }
+        if !allocation.has_permission(from.0.ip(), now) {
+            // Data from peers without a permission is silently discarded (RFC 8656, section 11.5).
+            self.drop_packet(DropReason::NoPermission);
+            return None;
+        }
+        if !allocation.allow_bytes(len, now) {
+            self.drop_packet(DropReason::Bandwidth);
+            return None;
+        }
+        let client = allocation.client;
+        let channel = allocation
+            .channels
+            .iter()
+            .find(|c| c.peer == from && c.expires_at > now)
+            .map(|c| c.number);
+        let range = match channel {
+            Some(number) if len <= usize::from(u16::MAX) => {
+                let start = PEER_HEADROOM - 4;
+                write_channel_data_header(&mut buf[start..PEER_HEADROOM], number, len as u16);
+                let mut end = PEER_HEADROOM + len;
+                if client.is_stream() {
+                    // ChannelData over TCP and TLS is padded to four bytes (RFC 8656, section 12.5).
+                    let padded = (len + 3) & !3;
+                    buf[end..PEER_HEADROOM + padded].fill(0);
+                    end = PEER_HEADROOM + padded;
+                }
+                start..end
+            }
+            Some(_) => {
+                self.drop_packet(DropReason::Malformed);
+                return None;
+            }
+            None => {
+                let transaction = self.random_transaction();
+                match write_data_indication_in_place(buf, PEER_HEADROOM, len, from.0, transaction) {
+                    Some(range) => range,
+                    None => {
+                        self.drop_packet(DropReason::Malformed);
+                        return None;
+                    }
+                }
+            }
+        };
+        self.stats.peer_to_client_packets += 1;
+        self.stats.peer_to_client_bytes += len as u64;
+        Some((client, &buf[range]))
+    }
+
+    /// A TCP or TLS client went away; its allocation goes with it (RFC 8656, section 3.1).
+    pub fn handle_client_disconnected(&mut self, client: ClientSocket) {
+        if let Some(port) = self.by_client.get(&client).copied() {
+            self.free(port);
+        }
+    }
+
+    /// The driver could not bind the relay socket for `port`.
+    pub fn handle_allocation_failed(&mut self, port: AllocationPort) {
+        if let Some(allocation) = self.allocations.remove(&port) {
+            self.by_client.remove(&allocation.client);
+            self.ledger.release(&allocation.subject);
+        }
+    }
+
+    /// Expires allocations, permissions and channel bindings.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now + SWEEP_INTERVAL;
+        let expired: Vec<AllocationPort> = self
+            .allocations
+            .iter()
+            .filter(|(_, a)| a.expires_at <= now)
+            .map(|(port, _)| *port)
+            .collect();
+        for port in expired {
+            self.free(port);
+        }
+        for allocation in self.allocations.values_mut() {
+            allocation.permissions.retain(|&(_, expires)| expires > now);
+            allocation.channels.retain(|c| c.expires_at > now);
+        }
+    }
+
+    /// When [`Server::handle_timeout`] next has work to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        Some(self.next_sweep)
+    }
+
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.commands.pop_front()
+    }
+
+    /// Counters since the previous call.
+    pub fn take_stats(&mut self) -> Stats {
+        std::mem::take(&mut self.stats)
+    }
+
+    pub fn allocation_count(&self) -> usize {
+        self.allocations.len()
+    }
+
+    fn drop_packet(&mut self, reason: DropReason) {
+        let index = DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.stats.drops[index] += 1;
+    }
+
+    fn unix_now(&self, now: Instant) -> u64 {
+        self.epoch_unix + now.saturating_duration_since(self.epoch).as_secs()
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64*: the values need to be unpredictable enough to spread ports and avoid
+        // transaction id collisions, not to be secret.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn random_transaction(&mut self) -> [u8; 12] {
+        let a = self.next_random().to_be_bytes();
+        let b = self.next_random().to_be_bytes();
+        let mut tid = [0u8; 12];
+        tid[..8].copy_from_slice(&a);
+        tid[8..].copy_from_slice(&b[..4]);
+        tid
+    }
+
+    fn handle_channel_data<'a>(
+        &mut self,
+        from: ClientSocket,
+        bytes: &'a [u8],
+        now: Instant,
+    ) -> Option<Forward<'a>> {
+        let Ok(data) = ChannelData::parse(bytes) else {
+            self.drop_packet(DropReason::Malformed);
+            return None;
+        };
+        let Some(port) = self.by_client.get(&from).copied() else {
+            self.drop_packet(DropReason::NoAllocation);
+            return None;
+        };
+        let Some(allocation) = self.allocations.get_mut(&port) else {
+            self.drop_packet(DropReason::NoAllocation);
+            return None;
+        };
+        if allocation.expires_at <= now {
+            self.drop_packet(DropReason::NoAllocation);
+            return None;
+        }
+        let Some(peer) = allocation
+            .channels
+            .iter()
+            .find(|c| c.number == data.channel && c.expires_at > now)
+            .map(|c| c.peer)
+        else {
+            self.drop_packet(DropReason::NoChannel);
+            return None;
+        };
+        if !allocation.allow_bytes(data.payload.len(), now) {
+            self.drop_packet(DropReason::Bandwidth);
+            return None;
+        }
+        self.stats.client_to_peer_packets += 1;
+        self.stats.client_to_peer_bytes += data.payload.len() as u64;
+        Some(Forward {
+            port,
+            peer,
+            payload: data.payload,
+        })
+    }
+
+    fn handle_stun<'a>(
+        &mut self,
+        from: ClientSocket,
+        message: &Message<'a>,
+        now: Instant,
+    ) -> Option<Forward<'a>> {
+        match (message.class(), message.method()) {
+            (Class::Request, Method::Binding) => {
+                self.handle_binding(from, message);
+                None
+            }
+            (Class::Indication, Method::Send) => self.handle_send(from, message, now),
+            (Class::Indication, _) => None,
+            (Class::Request, Method::Allocate)
+            | (Class::Request, Method::Refresh)
+            | (Class::Request, Method::CreatePermission)
+            | (Class::Request, Method::ChannelBind) => {
+                self.handle_authenticated_request(from, message, now);
+                None
+            }
+            (Class::Request, _) => {
+                // An unknown method in a request earns a 400 (RFC 8489, section 6.3.1).
+                self.respond_error(from, message, 400, "Bad Request", None);
+                None
+            }
+            _ => {
+                self.drop_packet(DropReason::Unexpected);
+                None
+            }
+        }
+    }
+
+    fn handle_binding(&mut self, from: ClientSocket, message: &Message<'_>) {
+        let unknown = message.unknown_required();
+        if !unknown.is_empty() {
+            self.respond_unknown(from, message, &unknown, None);
+            return;
+        }
+        let mut builder =
+            MessageBuilder::new(Method::Binding, Class::Success, message.transaction_id());
+        builder.add_xor_address(attr::XOR_MAPPED_ADDRESS, from.addr);
+        self.send(from, message, builder, None);
+    }
+
+    fn handle_send<'a>(
+        &mut self,
+        from: ClientSocket,
+        message: &Message<'a>,
+        now: Instant,
+    ) -> Option<Forward<'a>> {
+        let Some(port) = self.by_client.get(&from).copied() else {
+            self.drop_packet(DropReason::NoAllocation);
+            return None;
+        };
+        let (Some(peer), Some(payload)) = (
+            message.get_xor_address(attr::XOR_PEER_ADDRESS),
+            message.get(attr::DATA),
+        ) else {
+            self.drop_packet(DropReason::Malformed);
+            return None;
+        };
+        let allocation = self.allocations.get_mut(&port)?;
+        if allocation.expires_at <= now {
+            self.drop_packet(DropReason::NoAllocation);
+            return None;
+        }
+        if !allocation.has_permission(peer.ip(), now) {
+            // Send indications without a permission are silently discarded
+            // (RFC 8656, section 11.2).
+            self.drop_packet(DropReason::NoPermission);
+            return None;
+        }
+        if !allocation.allow_bytes(payload.len(), now) {
+            self.drop_packet(DropReason::Bandwidth);
+            return None;
+        }
+        self.stats.client_to_peer_packets += 1;
+        self.stats.client_to_peer_bytes += payload.len() as u64;
+        Some(Forward {
+            port,
+            peer: PeerSocket(peer),
+            payload,
+        })
+    }
+
+    fn handle_authenticated_request(
+        &mut self,
+        from: ClientSocket,
+        message: &Message<'_>,
+        now: Instant,
+    ) {
+        let Auth::Ok {
+            username,
+            subject,
+            key,
+        } = self.authenticate(from, message, now)
+        else {
+            return;
+        };
+        // Unknown comprehension-required attributes are checked once the credentials are,
+        // so the 420 can carry MESSAGE-INTEGRITY (RFC 8489, section 6.3.1).
+        let unknown = message.unknown_required();
+        if !unknown.is_empty() {
+            self.respond_unknown(from, message, &unknown, Some(key));
+            return;
+        }
+        if message.method() != Method::Allocate {
+            let Some(port) = self.by_client.get(&from).copied() else {
+                self.respond_error(from, message, 437, "Allocation Mismatch", Some(key));
+                return;
+            };
+            if self
+                .allocations
+                .get(&port)
+                .is_some_and(|a| *a.username != *username)
+            {
+                self.respond_error(from, message, 441, "Wrong Credentials", Some(key));
+                return;
+            }
+            match message.method() {
+                Method::Refresh => self.handle_refresh(from, message, port, key, now),
+                Method::CreatePermission => {
+                    self.handle_create_permission(from, message, port, key, now)
+                }
+                Method::ChannelBind => self.handle_channel_bind(from, message, port, key, now),
+                _ => {}
+            }
+            return;
+        }
+        self.handle_allocate(from, message, username, subject, key, now);
+    }
+
+    fn authenticate(&mut self, from: ClientSocket, message: &Message<'_>, now: Instant) -> Auth {
+        if !message.has_integrity() {
+            self.respond_challenge(from, message, 401, "Unauthorized", now);
+            return Auth::Respond;
+        }
+        let (Some(username), Some(realm), Some(nonce)) = (
+            message.get_str(attr::USERNAME),
+            message.get_str(attr::REALM),
+            message.get_str(attr::NONCE),
+        ) else {
+            self.respond_error(from, message, 400, "Bad Request", None);
+            return Auth::Respond;
+        };
+        if realm != self.config.realm {
+            self.stats.auth_failures += 1;
+            self.respond_challenge(from, message, 401, "Unauthorized", now);
+            return Auth::Respond;
+        }
+        if !self.nonce_is_valid(nonce, now) {
+            self.respond_challenge(from, message, 438, "Stale Nonce", now);
+            return Auth::Respond;
+        }
+        let Some(rest) = RestUsername::parse(username) else {
+            self.stats.auth_failures += 1;
+            self.respond_challenge(from, message, 401, "Unauthorized", now);
+            return Auth::Respond;
+        };
+        if rest.expiry_unix < self.unix_now(now) {
+            self.stats.auth_failures += 1;
+            self.respond_challenge(from, message, 401, "Unauthorized", now);
+            return Auth::Respond;
+        }
+        let password = password_for(&self.config.secret, username);
+        let key = long_term_key(username, &self.config.realm, &password);
+        if !message.verify_integrity(&key) {
+            self.stats.auth_failures += 1;
+            self.respond_challenge(from, message, 401, "Unauthorized", now);
+            return Auth::Respond;
+        }
+        Auth::Ok {
+            username: username.into(),
+            subject: rest.subject.into(),
+            key,
+        }
+    }
+
+    fn handle_allocate(
+        &mut self,
+        from: ClientSocket,
+        message: &Message<'_>,
+        username: Box<str>,
+        subject: Box<str>,
+        key: [u8; 16],
+        now: Instant,
+    ) {
+        if let Some(port) = self.by_client.get(&from).copied() {
+            let retransmission = self
+                .allocations
+                .get(&port)
+                .is_some_and(|a| a.allocate_transaction == message.transaction_id());
+            if retransmission {
+                // A retransmitted Allocate gets the original answer (RFC 8656, section 7.2).
+                let response = self.allocate_success(&self.allocations[&port], message, now);
+                self.commands.push_back(Command::SendToClient {
+                    to: from,
+                    payload: response,
+                });
+            } else {
+                self.respond_error(from, message, 437, "Allocation Mismatch", Some(key));
+            }
+            return;
+        }
+        match message.get(attr::REQUESTED_TRANSPORT) {
+            None => return self.respond_error(from, message, 400, "Bad Request", Some(key)),
+            Some(value) if value.first() != Some(&PROTOCOL_UDP) => {
+                return self.respond_error(
+                    from,
+                    message,
+                    442,
+                    "Unsupported Transport Protocol",
+                    Some(key),
+                )
+            }
+            Some(_) => {}
+        }
+        if message.get(attr::RESERVATION_TOKEN).is_some() {
+            // This server never hands out reservations, so no token can be valid
+            // (RFC 8656, section 7.2, step 4).
+            return self.respond_error(from, message, 508, "Insufficient Capacity", Some(key));
+        }
+        let requested = message.get(attr::REQUESTED_ADDRESS_FAMILY);
+        if requested.is_some() && message.get(attr::ADDITIONAL_ADDRESS_FAMILY).is_some() {
+            return self.respond_error(from, message, 400, "Bad Request", Some(key));
+        }
+        let ip = match requested.map(|v| v.first().copied()) {
+            None | Some(Some(0x01)) => self.config.relay_ipv4.map(IpAddr::V4),
+            Some(Some(0x02)) => self.config.relay_ipv6.map(IpAddr::V6),
+            Some(_) => None,
+        };
+        let Some(ip) = ip else {
+            return self.respond_error(
+                from,
+                message,
+                440,
+                "Address Family not Supported",
+                Some(key),
+            );
+        };
+        let even = message.get(attr::EVEN_PORT).is_some();
+        if !self.ledger.try_reserve(&subject) {
+            return self.respond_error(from, message, 486, "Allocation Quota Reached", Some(key));
+        }
+        let Some(port) = self.pick_port(even) else {
+            self.ledger.release(&subject);
+            return self.respond_error(from, message, 508, "Insufficient Capacity", Some(key));
+        };
+        let lifetime = granted_lifetime(message.get_u32(attr::LIFETIME));
+        let allocation = Allocation {
+            client: from,
+            relayed: SocketAddr::new(ip, port.0),
+            username,
+            subject,
+            key,
+            allocate_transaction: message.transaction_id(),
+            expires_at: now + lifetime,
+            permissions: Vec::new(),
+            channels: Vec::new(),
+            bucket: self
+                .config
+                .bandwidth_bytes_per_sec
+                .map(|rate| TokenBucket::new(rate, now)),
+        };
+        let on_success = self.allocate_success(&allocation, message, now);
+        let on_failure = self.error_bytes(message, 508, "Insufficient Capacity", Some(key));
+        self.allocations.insert(port, allocation);
+        self.by_client.insert(from, port);
+        self.stats.allocations_created += 1;
+        self.commands.push_back(Command::CreateAllocation {
+            port,
+            family: AddressFamily::of(SocketAddr::new(ip, port.0)),
+            client: from,
+            on_success,
+            on_failure,
+        });
+    }
+
+    fn allocate_success(
+        &self,
+        allocation: &Allocation,
+        message: &Message<'_>,
+        now: Instant,
+    ) -> Vec<u8> {
+        let remaining = allocation
+            .expires_at
+            .saturating_duration_since(now)
+            .as_secs() as u32;
+        let mut builder =
+            MessageBuilder::new(Method::Allocate, Class::Success, message.transaction_id());
+        builder
+            .add_xor_address(attr::XOR_RELAYED_ADDRESS, allocation.relayed)
+            .add_xor_address(attr::XOR_MAPPED_ADDRESS, allocation.client.addr)
+            .add_u32(attr::LIFETIME, remaining);
+        finish(builder, message, Some(allocation.key))
+    }
+
+    fn handle_refresh(
+        &mut self,
+        from: ClientSocket,
+        message: &Message<'_>,
+        port: AllocationPort,
+        key: [u8; 16],
+        now: Instant,
+    ) {
+        let requested = message.get_u32(attr::LIFETIME);
+        let granted = if requested == Some(0) {
+            self.free(port);
+            0
+        } else {
+            let lifetime = granted_lifetime(requested);
+            if let Some(allocation) = self.allocations.get_mut(&port) {
+                allocation.expires_at = now + lifetime;
+            }
+            lifetime.as_secs() as u32
+        };
+        let mut builder =
+            MessageBuilder::new(Method::Refresh, Class::Success, message.transaction_id());
+        builder.add_u32(attr::LIFETIME, granted);
+        self.send(from, message, builder, Some(key));
+    }
+
+    /// Validates every XOR-PEER-ADDRESS before installing any, as the RFC requires
+    /// (RFC 8656, section 10.2).
+    fn handle_create_permission(
+        &mut self,
+        from: ClientSocket,
+        message: &Message<'_>,
+        port: AllocationPort,
+        key: [u8; 16],
+        now: Instant,
+    ) {
+        let Some(family) = self
+            .allocations
+            .get(&port)
+            .map(|a| AddressFamily::of(a.relayed))
+        else {
+            return;
+        };
+        let mut peers: Vec<IpAddr> = Vec::new();
+        for peer in message.xor_addresses(attr::XOR_PEER_ADDRESS) {
+            let Some(peer) = peer else {
+                return self.respond_error(from, message, 400, "Bad Request", Some(key));
+            };
+            if let Err((code, reason)) = self.check_peer(peer, family) {
+                return self.respond_error(from, message, code, reason, Some(key));
+            }
+            peers.push(peer.ip());
+        }
+        if peers.is_empty() {
+            return self.respond_error(from, message, 400, "Bad Request", Some(key));
+        }
+        if let Some(allocation) = self.allocations.get_mut(&port) {
+            for ip in peers {
+                allocation.add_permission(ip, now);
+            }
+        }
+        let builder = MessageBuilder::new(
+            Method::CreatePermission,
+            Class::Success,
+            message.transaction_id(),
+        );
+        self.send(from, message, builder, Some(key));
+    }
+
+    fn handle_channel_bind(
+        &mut self,
+        from: ClientSocket,
+        message: &Message<'_>,
+        port: AllocationPort,
+        key: [u8; 16],
+        now: Instant,
+    ) {
+        let Some(family) = self
+            .allocations
+            .get(&port)
+            .map(|a| AddressFamily::of(a.relayed))
+        else {
+            return;
+        };
+        let number = message
+            .get(attr::CHANNEL_NUMBER)
+            .filter(|v| v.len() == 4)
+            .map(|v| u16::from_be_bytes([v[0], v[1]]));
+        let (Some(number), Some(peer)) = (number, message.get_xor_address(attr::XOR_PEER_ADDRESS))
+        else {
+            return self.respond_error(from, message, 400, "Bad Request", Some(key));
+        };
+        if !(CHANNEL_MIN..=CHANNEL_MAX).contains(&number) {
+            return self.respond_error(from, message, 400, "Bad Request", Some(key));
+        }
+        if let Err((code, reason)) = self.check_peer(peer, family) {
+            return self.respond_error(from, message, code, reason, Some(key));
+        }
+        let peer = PeerSocket(peer);
+        let Some(allocation) = self.allocations.get_mut(&port) else {
+            return;
+        };
+        // A channel is bound to one peer and a peer to one channel (RFC 8656, section 12.2).
+        let conflict = allocation
+            .channels
+            .iter()
+            .any(|c| (c.number == number) != (c.peer == peer) && c.expires_at > now);
+        if conflict {
+            return self.respond_error(from, message, 400, "Bad Request", Some(key));
+        }
+        match allocation.channels.iter_mut().find(|c| c.number == number) {
+            Some(channel) => {
+                channel.peer = peer;
+                channel.expires_at = now + CHANNEL_LIFETIME;
+            }
+            None => allocation.channels.push(Channel {
+                number,
+                peer,
+                expires_at: now + CHANNEL_LIFETIME,
+            }),
+        }
+        allocation.add_permission(peer.0.ip(), now);
+        let builder = MessageBuilder::new(
+            Method::ChannelBind,
+            Class::Success,
+            message.transaction_id(),
+        );
+        self.send(from, message, builder, Some(key));
+    }
+
+    fn check_peer(
+        &self,
+        peer: SocketAddr,
+        family: AddressFamily,
+    ) -> Result<(), (u16, &'static str)> {
+        if AddressFamily::of(peer) != family {
+            return Err((443, "Peer Address Family Mismatch"));
+        }
+        if !self.config.policy.permits(peer.ip()) {
+            return Err((403, "Forbidden"));
+        }
+        Ok(())
+    }
+
+    fn pick_port(&mut self, even: bool) -> Option<AllocationPort> {
+        let start = u32::from(*self.config.ports.start());
+        let size = u32::from(*self.config.ports.end()).checked_sub(start)? + 1;
+        let offset = (self.next_random() % u64::from(size)) as u32;
+        (0..size)
+            .map(|i| (start + (offset + i) % size) as u16)
+            .filter(|port| !even || port % 2 == 0)
+            .map(AllocationPort)
+            .find(|port| !self.allocations.contains_key(port))
+    }
+
+    fn free(&mut self, port: AllocationPort) {
+        if let Some(allocation) = self.allocations.remove(&port) {
+            self.by_client.remove(&allocation.client);
+            self.ledger.release(&allocation.subject);
+            self.stats.allocations_freed += 1;
+            self.commands.push_back(Command::FreeAllocation { port });
+        }
+    }
+
+    fn make_nonce(&self, now: Instant) -> String {
+        let expiry = self.unix_now(now) + self.config.nonce_lifetime.as_secs();
+        format!("{expiry:016x}{}", hex(&self.nonce_tag(expiry)))
+    }
+
+    fn nonce_tag(&self, expiry: u64) -> [u8; 8] {
+        let mut mac = Hmac::<Sha1>::new_from_slice(&self.config.nonce_key)
+            .expect("HMAC accepts keys of any length");
+        mac.update(&expiry.to_be_bytes());
+        let full = mac.finalize().into_bytes();
+        let mut tag = [0u8; 8];
+        tag.copy_from_slice(&full[..8]);
+        tag
+    }
+
+    /// Nonces are stateless: an expiry time and a MAC over it, so any worker can check them
+    /// and none has to remember them.
+    fn nonce_is_valid(&self, nonce: &str, now: Instant) -> bool {
+        if nonce.len() != 32 || !nonce.is_ascii() {
+            return false;
+        }
+        let Ok(expiry) = u64::from_str_radix(&nonce[..16], 16) else {
+            return false;
+        };
+        hex(&self.nonce_tag(expiry)) == nonce[16..] && expiry > self.unix_now(now)
+    }
+
+    fn respond_challenge(
+        &mut self,
+        to: ClientSocket,
+        message: &Message<'_>,
+        code: u16,
+        reason: &str,
+        now: Instant,
+    ) {
+        let nonce = self.make_nonce(now);
+        let mut builder =
+            MessageBuilder::new(message.method(), Class::Error, message.transaction_id());
+        builder
+            .add_error(code, reason)
+            .add(attr::REALM, self.config.realm.as_bytes())
+            .add(attr::NONCE, nonce.as_bytes());
+        self.send(to, message, builder, None);
+    }
+
+    fn respond_unknown(
+        &mut self,
+        to: ClientSocket,
+        message: &Message<'_>,
+        unknown: &[u16],
+        key: Option<[u8; 16]>,
+    ) {
+        let mut builder =
+            MessageBuilder::new(message.method(), Class::Error, message.transaction_id());
+        let list: Vec<u8> = unknown.iter().flat_map(|kind| kind.to_be_bytes()).collect();
+        builder
+            .add_error(420, "Unknown Attribute")
+            .add(attr::UNKNOWN_ATTRIBUTES, &list);
+        self.send(to, message, builder, key);
+    }
+
+    fn respond_error(
+        &mut self,
+        to: ClientSocket,
+        message: &Message<'_>,
+        code: u16,
+        reason: &str,
+        key: Option<[u8; 16]>,
+    ) {
+        let payload = self.error_bytes(message, code, reason, key);
+        self.commands
+            .push_back(Command::SendToClient { to, payload });
+    }
+
+    fn error_bytes(
+        &self,
+        message: &Message<'_>,
+        code: u16,
+        reason: &str,
+        key: Option<[u8; 16]>,
+    ) -> Vec<u8> {
+        let mut builder =
+            MessageBuilder::new(message.method(), Class::Error, message.transaction_id());
+        builder.add_error(code, reason);
+        finish(builder, message, key)
+    }
+
+    fn send(
+        &mut self,
+        to: ClientSocket,
+        message: &Message<'_>,
+        builder: MessageBuilder,
+        key: Option<[u8; 16]>,
+    ) {
+        let payload = finish(builder, message, key);
+        self.commands
+            .push_back(Command::SendToClient { to, payload });
+    }
+}
+
+/// Adds MESSAGE-INTEGRITY when the request was authenticated, and FINGERPRINT when the request
+/// carried one, as clients that use FINGERPRINT expect it back.
+fn finish(mut builder: MessageBuilder, request: &Message<'_>, key: Option<[u8; 16]>) -> Vec<u8> {
+    if let Some(key) = key {
+        builder.add_integrity(&key);
+    }
+    if request.has_fingerprint() {
+        builder.add_fingerprint();
+    }
+    builder.finish()
+}
+
+/// The lifetime granted for a requested LIFETIME (RFC 8656, sections 7.2 and 8).
+fn granted_lifetime(requested: Option<u32>) -> Duration {
+    match requested {
+        Some(seconds) => Duration::from_secs(u64::from(seconds))
+            .clamp(DEFAULT_ALLOCATION_LIFETIME, MAX_ALLOCATION_LIFETIME),
+        None => DEFAULT_ALLOCATION_LIFETIME,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
