@@ -229,9 +229,14 @@ async fn concurrent_workers_never_claim_the_same_row() {
 #[tokio::test]
 async fn unreachable_server_backs_off_then_parks_and_an_admin_can_retry() {
     each_database(|db, name| async move {
-        // Port 9 (discard) on loopback has no listener here: connection refused.
+        // A port that was just free has no listener: connection refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut settings = Settings::new("https://kontakt.example.se");
-        settings.smtp_url = Some("smtp://127.0.0.1:9".into());
+        settings.smtp_url = Some(format!("smtp://127.0.0.1:{port}"));
         settings.max_attempts = 3;
         settings.retry_base_secs = 60;
         settings.smtp_timeout_secs = 5;
