@@ -88,24 +88,15 @@ impl Relay {
 
         let mut listeners: Vec<WorkerSockets> =
             (0..workers).map(|_| WorkerSockets::default()).collect();
-        let udp_addr = bind_all(
-            config.listen_udp,
-            &mut listeners,
-            bind_udp,
-            |l, s| l.udp = Some(s),
-        )?;
-        let tcp_addr = bind_all(
-            config.listen_tcp,
-            &mut listeners,
-            bind_tcp,
-            |l, s| l.tcp = Some(s),
-        )?;
-        let tls_addr = bind_all(
-            config.listen_tls,
-            &mut listeners,
-            bind_tcp,
-            |l, s| l.tls = Some(s),
-        )?;
+        let udp_addr = bind_all(config.listen_udp, &mut listeners, bind_udp, |l, s| {
+            l.udp = Some(s)
+        })?;
+        let tcp_addr = bind_all(config.listen_tcp, &mut listeners, bind_tcp, |l, s| {
+            l.tcp = Some(s)
+        })?;
+        let tls_addr = bind_all(config.listen_tls, &mut listeners, bind_tcp, |l, s| {
+            l.tls = Some(s)
+        })?;
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let total_ports = u32::from(config.max_port) - u32::from(config.min_port) + 1;

@@ -44,6 +44,10 @@ pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
 /// Channel bindings last ten minutes unless refreshed (RFC 8656, section 12).
 pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 
+/// How long a port reserved with EVEN-PORT's R bit is held (RFC 8656, section 7.2 suggests
+/// about 30 seconds).
+pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
+
 /// How often expired allocations, permissions and channels are swept. Expiry is also checked
 /// on every packet, so the sweep only reclaims memory and ports.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -150,14 +154,25 @@ pub struct ServerConfig {
     pub rng_seed: u64,
 }
 
-/// Counts of allocations per user and in total, shared by every worker of a relay.
+/// State shared by every worker of a relay: allocation counts per user and in total, the
+/// relayed ports in use, and port reservations made with EVEN-PORT.
 ///
-/// It is touched only when an allocation is created or freed, never on the data path.
+/// It is touched only when an allocation is created or freed, never on the data path. Ports
+/// live here rather than in each worker because a reservation made on one worker may be
+/// redeemed by a client whose datagrams the kernel hands to another.
 #[derive(Debug)]
 pub struct AllocationLedger {
     max_per_user: u32,
     max_total: u32,
-    counts: Mutex<(FxHashMap<Box<str>, u32>, u32)>,
+    state: Mutex<LedgerState>,
+}
+
+#[derive(Debug, Default)]
+struct LedgerState {
+    per_user: FxHashMap<Box<str>, u32>,
+    total: u32,
+    ports: rustc_hash::FxHashSet<u16>,
+    reservations: FxHashMap<[u8; 8], (u16, Instant)>,
 }
 
 impl AllocationLedger {
@@ -165,49 +180,110 @@ impl AllocationLedger {
         Self {
             max_per_user,
             max_total,
-            counts: Mutex::new((FxHashMap::default(), 0)),
+            state: Mutex::new(LedgerState::default()),
         }
     }
 
-    fn try_reserve(&self, subject: &str) -> bool {
-        let mut guard = self
-            .counts
+    fn lock(&self) -> std::sync::MutexGuard<'_, LedgerState> {
+        // The state stays consistent even if a holder panicked, since every update is a
+        // single insert or remove.
+        self.state
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (per_user, total) = &mut *guard;
-        if *total >= self.max_total {
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn try_reserve(&self, subject: &str) -> bool {
+        let mut state = self.lock();
+        if state.total >= self.max_total {
             return false;
         }
-        let count = per_user.get(subject).copied().unwrap_or(0);
+        let count = state.per_user.get(subject).copied().unwrap_or(0);
         if count >= self.max_per_user {
             return false;
         }
-        per_user.insert(subject.into(), count + 1);
-        *total += 1;
+        state.per_user.insert(subject.into(), count + 1);
+        state.total += 1;
         true
     }
 
     fn release(&self, subject: &str) {
-        let mut guard = self
-            .counts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (per_user, total) = &mut *guard;
-        *total = total.saturating_sub(1);
-        if let Some(count) = per_user.get_mut(subject) {
+        let mut state = self.lock();
+        state.total = state.total.saturating_sub(1);
+        if let Some(count) = state.per_user.get_mut(subject) {
             *count -= 1;
             if *count == 0 {
-                per_user.remove(subject);
+                state.per_user.remove(subject);
             }
+        }
+    }
+
+    /// Claims the first free candidate port; with `reserve_next` also reserves the port after
+    /// it under `token` until `expires` (RFC 8656, section 7.2, EVEN-PORT with the R bit).
+    fn claim_port(
+        &self,
+        candidates: impl Iterator<Item = u16>,
+        reserve_next: Option<([u8; 8], Instant)>,
+    ) -> Option<u16> {
+        let mut state = self.lock();
+        for port in candidates {
+            if state.ports.contains(&port) {
+                continue;
+            }
+            match reserve_next {
+                None => {
+                    state.ports.insert(port);
+                    return Some(port);
+                }
+                Some((token, expires)) => {
+                    let Some(next) = port.checked_add(1) else {
+                        continue;
+                    };
+                    if state.ports.contains(&next) {
+                        continue;
+                    }
+                    state.ports.insert(port);
+                    state.ports.insert(next);
+                    state.reservations.insert(token, (next, expires));
+                    return Some(port);
+                }
+            }
+        }
+        None
+    }
+
+    /// Takes the port reserved under `token`, if the reservation is still valid.
+    fn redeem(&self, token: &[u8], now: Instant) -> Option<u16> {
+        let token: [u8; 8] = token.try_into().ok()?;
+        let mut state = self.lock();
+        let (port, expires) = state.reservations.remove(&token)?;
+        if expires <= now {
+            state.ports.remove(&port);
+            return None;
+        }
+        Some(port)
+    }
+
+    fn release_port(&self, port: u16) {
+        self.lock().ports.remove(&port);
+    }
+
+    fn expire_reservations(&self, now: Instant) {
+        let mut state = self.lock();
+        let expired: Vec<([u8; 8], u16)> = state
+            .reservations
+            .iter()
+            .filter(|(_, (_, expires))| *expires <= now)
+            .map(|(token, (port, _))| (*token, *port))
+            .collect();
+        for (token, port) in expired {
+            state.reservations.remove(&token);
+            state.ports.remove(&port);
         }
     }
 
     /// The number of allocations across all workers.
     pub fn total(&self) -> u32 {
-        self.counts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .1
+        self.lock().total
     }
 }
 
@@ -305,6 +381,7 @@ struct Allocation {
     subject: Box<str>,
     key: [u8; 16],
     allocate_transaction: [u8; 12],
+    reservation: Option<[u8; 8]>,
     expires_at: Instant,
     permissions: Vec<(IpAddr, Instant)>,
     channels: Vec<Channel>,
@@ -521,6 +598,7 @@ impl Server {
         if let Some(allocation) = self.allocations.remove(&port) {
             self.by_client.remove(&allocation.client);
             self.ledger.release(&allocation.subject);
+            self.ledger.release_port(port.0);
         }
     }
 
@@ -530,6 +608,7 @@ impl Server {
             return;
         }
         self.next_sweep = now + SWEEP_INTERVAL;
+        self.ledger.expire_reservations(now);
         let expired: Vec<AllocationPort> = self
             .allocations
             .iter()
@@ -854,10 +933,14 @@ impl Server {
             }
             Some(_) => {}
         }
-        if message.get(attr::RESERVATION_TOKEN).is_some() {
-            // This server never hands out reservations, so no token can be valid
-            // (RFC 8656, section 7.2, step 4).
-            return self.respond_error(from, message, 508, "Insufficient Capacity", Some(key));
+        let token = message.get(attr::RESERVATION_TOKEN);
+        let even_port = message.get(attr::EVEN_PORT);
+        if token.is_some()
+            && (even_port.is_some() || message.get(attr::REQUESTED_ADDRESS_FAMILY).is_some())
+        {
+            // RESERVATION-TOKEN excludes EVEN-PORT and REQUESTED-ADDRESS-FAMILY
+            // (RFC 8656, section 7.2, steps 4 and 6).
+            return self.respond_error(from, message, 400, "Bad Request", Some(key));
         }
         let requested = message.get(attr::REQUESTED_ADDRESS_FAMILY);
         if requested.is_some() && message.get(attr::ADDITIONAL_ADDRESS_FAMILY).is_some() {
@@ -877,11 +960,25 @@ impl Server {
                 Some(key),
             );
         };
-        let even = message.get(attr::EVEN_PORT).is_some();
         if !self.ledger.try_reserve(&subject) {
             return self.respond_error(from, message, 486, "Allocation Quota Reached", Some(key));
         }
-        let Some(port) = self.pick_port(even) else {
+        let mut reservation = None;
+        let port = match (token, even_port) {
+            (Some(token), _) => self.ledger.redeem(token, now).map(AllocationPort),
+            (None, Some(flags)) => {
+                // The R bit asks for the next port to be held for a second allocation.
+                if flags.first().is_some_and(|f| f & 0x80 != 0) {
+                    let token = self.next_random().to_be_bytes();
+                    reservation = Some(token);
+                    self.pick_port(true, Some((token, now + RESERVATION_LIFETIME)))
+                } else {
+                    self.pick_port(true, None)
+                }
+            }
+            (None, None) => self.pick_port(false, None),
+        };
+        let Some(port) = port else {
             self.ledger.release(&subject);
             return self.respond_error(from, message, 508, "Insufficient Capacity", Some(key));
         };
@@ -893,6 +990,7 @@ impl Server {
             subject,
             key,
             allocate_transaction: message.transaction_id(),
+            reservation,
             expires_at: now + lifetime,
             permissions: Vec::new(),
             channels: Vec::new(),
@@ -931,6 +1029,9 @@ impl Server {
             .add_xor_address(attr::XOR_RELAYED_ADDRESS, allocation.relayed)
             .add_xor_address(attr::XOR_MAPPED_ADDRESS, allocation.client.addr)
             .add_u32(attr::LIFETIME, remaining);
+        if let Some(token) = allocation.reservation {
+            builder.add(attr::RESERVATION_TOKEN, &token);
+        }
         finish(builder, message, Some(allocation.key))
     }
 
@@ -1077,21 +1178,27 @@ impl Server {
         Ok(())
     }
 
-    fn pick_port(&mut self, even: bool) -> Option<AllocationPort> {
+    fn pick_port(
+        &mut self,
+        even: bool,
+        reserve_next: Option<([u8; 8], Instant)>,
+    ) -> Option<AllocationPort> {
         let start = u32::from(*self.config.ports.start());
         let size = u32::from(*self.config.ports.end()).checked_sub(start)? + 1;
         let offset = (self.next_random() % u64::from(size)) as u32;
-        (0..size)
-            .map(|i| (start + (offset + i) % size) as u16)
-            .filter(|port| !even || port % 2 == 0)
+        let candidates = (0..size)
+            .map(move |i| (start + (offset + i) % size) as u16)
+            .filter(move |port| !even || port % 2 == 0);
+        self.ledger
+            .claim_port(candidates, reserve_next)
             .map(AllocationPort)
-            .find(|port| !self.allocations.contains_key(port))
     }
 
     fn free(&mut self, port: AllocationPort) {
         if let Some(allocation) = self.allocations.remove(&port) {
             self.by_client.remove(&allocation.client);
             self.ledger.release(&allocation.subject);
+            self.ledger.release_port(port.0);
             self.stats.allocations_freed += 1;
             self.commands.push_back(Command::FreeAllocation { port });
         }

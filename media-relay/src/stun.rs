@@ -28,8 +28,10 @@ pub const MAX_ATTRIBUTES: usize = 32;
 /// Lowest channel number a client may bind (RFC 8656, section 12).
 pub const CHANNEL_MIN: u16 = 0x4000;
 
-/// Highest channel number a client may bind (RFC 8656, section 12); 0x5000..=0x7FFF are reserved.
-pub const CHANNEL_MAX: u16 = 0x4FFF;
+/// Highest channel number a client may bind. RFC 8656 (section 12) reserves 0x5000..=0x7FFF,
+/// but RFC 5766 allowed them and deployed clients such as coturn's own pick from the whole
+/// range, so this server accepts them like coturn does; they demultiplex the same way.
+pub const CHANNEL_MAX: u16 = 0x7FFF;
 
 /// STUN methods used by a TURN server (RFC 8489, section 18.2; RFC 8656, section 17).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
