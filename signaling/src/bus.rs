@@ -133,12 +133,26 @@ impl Bus for NatsBus {
             .subscribe(subject.to_owned())
             .await
             .map_err(|e| BusError::Failed(e.to_string()))?;
-        // The subscription must reach the server before anyone publishes in
-        // reply to it, or the first messages are lost.
-        self.client
-            .flush()
+        // The server must have registered the subscription before this
+        // returns, or messages another node publishes right after are lost.
+        // A flush only empties our socket buffer; a message to ourselves on
+        // the same connection is processed after the SUB, so its arrival
+        // proves the SUB is in place.
+        let barrier = self.client.new_inbox();
+        let mut probe = self
+            .client
+            .subscribe(barrier.clone())
             .await
             .map_err(|e| BusError::Failed(e.to_string()))?;
+        self.client
+            .publish(barrier, Vec::new().into())
+            .await
+            .map_err(|e| BusError::Failed(e.to_string()))?;
+        tokio::time::timeout(std::time::Duration::from_secs(10), probe.next())
+            .await
+            .map_err(|_| {
+                BusError::Failed("the NATS server did not confirm a subscription".into())
+            })?;
         Ok(subscriber.map(|m| m.payload.to_vec()).boxed())
     }
 }

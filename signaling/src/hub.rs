@@ -159,6 +159,7 @@ impl Hub {
                 clock,
                 settings,
                 next_conn: AtomicU64::new(1),
+                node: uuid::Uuid::new_v4().simple().to_string(),
             }),
         }
     }
@@ -390,6 +391,36 @@ impl Hub {
         })
     }
 
+    /// Subscribes to what other nodes publish for this one (knocks for
+    /// staff consoles) and spawns the task that delivers it. Call once at
+    /// start-up when more than one node shares the bus.
+    pub async fn spawn_bus_listener(&self) -> Result<tokio::task::JoinHandle<()>, HubError> {
+        let mut knocks = self.shared.bus.subscribe(KNOCK_SUBJECT).await?;
+        let hub = self.clone();
+        Ok(tokio::spawn(async move {
+            while let Some(payload) = futures::StreamExt::next(&mut knocks).await {
+                let knock: Knock = match serde_json::from_slice(&payload) {
+                    Ok(knock) => knock,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ignoring a malformed knock from the bus");
+                        continue;
+                    }
+                };
+                if knock.node == hub.shared.node {
+                    continue;
+                }
+                let mut state = hub.shared.state.lock().await;
+                let mut dropped = Vec::new();
+                deliver_knock(&state, &knock, &mut dropped);
+                let now = Instant::now();
+                for conn in dropped {
+                    let out = detach(&mut state, conn, now);
+                    hub.carry_out(&mut state, None, out, now).await;
+                }
+            }
+        }))
+    }
+
     /// Sets the canned responses staff can pick from for a service.
     pub async fn set_canned_responses(&self, service: ServiceId, responses: Vec<CannedResponse>) {
         self.shared
@@ -495,18 +526,17 @@ impl Hub {
                     staff,
                     participant,
                 } => {
-                    let consoles: Vec<ConnectionId> = state
-                        .connections
-                        .iter()
-                        .filter(|(_, c)| matches!(&c.identity, Identity::Staff { municipality: m, .. } if *m == municipality))
-                        .map(|(conn, _)| *conn)
-                        .collect();
-                    for conn in consoles {
-                        let message = ServerMessage::LobbyKnock {
-                            room: room.clone(),
-                            participant: participant.clone(),
-                        };
-                        deliver(state, conn, message, &mut dropped);
+                    let knock = Knock {
+                        node: self.shared.node.clone(),
+                        municipality: municipality.clone(),
+                        room: room.clone(),
+                        participant: participant.clone(),
+                    };
+                    deliver_knock(state, &knock, &mut dropped);
+                    // Consoles on other nodes hear it through the bus.
+                    let payload = serde_json::to_vec(&knock).expect("knocks always serialise");
+                    if let Err(e) = self.shared.bus.publish(KNOCK_SUBJECT, payload).await {
+                        tracing::warn!(%room, error = %e, "publishing a knock failed");
                     }
                     self.shared
                         .effects
@@ -591,6 +621,39 @@ struct Shared {
     clock: ClockAnchor,
     settings: HubSettings,
     next_conn: AtomicU64,
+    /// This node's id, so that it ignores its own knocks on the bus.
+    node: String,
+}
+
+/// The bus subject on which nodes tell each other about knocks.
+const KNOCK_SUBJECT: &str = "kontakt.knocks";
+
+/// A knock as it crosses the bus between nodes.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Knock {
+    node: String,
+    municipality: MunicipalityCode,
+    room: RoomId,
+    participant: Participant,
+}
+
+/// Sends a knock to this node's consoles of the knock's municipality.
+fn deliver_knock(state: &HubState, knock: &Knock, dropped: &mut Vec<ConnectionId>) {
+    let consoles: Vec<ConnectionId> = state
+        .connections
+        .iter()
+        .filter(|(_, c)| {
+            matches!(&c.identity, Identity::Staff { municipality, .. } if *municipality == knock.municipality)
+        })
+        .map(|(conn, _)| *conn)
+        .collect();
+    for conn in consoles {
+        let message = ServerMessage::LobbyKnock {
+            room: knock.room.clone(),
+            participant: knock.participant.clone(),
+        };
+        deliver(state, conn, message, dropped);
+    }
 }
 
 struct HubState {

@@ -650,3 +650,61 @@ async fn a_connection_that_does_not_read_is_dropped() {
     }
     assert_eq!(received, 256, "the hub closed the channel once it was full");
 }
+
+/// Two nodes share a bus: a knock in a room on one reaches the console of
+/// the right municipality on the other, once, and no other console.
+async fn check_knock_crosses_nodes(
+    bus1: Arc<dyn signaling::bus::Bus>,
+    bus2: Arc<dyn signaling::bus::Bus>,
+) {
+    let node = |bus: Arc<dyn signaling::bus::Bus>| {
+        Hub::new(
+            settings(),
+            Arc::new(MemoryStore::new()),
+            bus,
+            Arc::new(Recorded::default()),
+        )
+    };
+    let (hub1, hub2) = (node(bus1), node(bus2));
+    let _listener1 = hub1.spawn_bus_listener().await.unwrap();
+    let _listener2 = hub2.spawn_bus_listener().await.unwrap();
+    let room: RoomId = id(&format!("booking:{}", uuid::Uuid::new_v4().simple()));
+    let mut setup = meeting(&hub1);
+    setup.room = room.clone();
+    hub1.open_meeting(setup).await.unwrap();
+    let (_s, mut srx) = hub2.connect(staff("s1", "0180")).await;
+    let (x, mut xrx) = hub2.connect(staff("x", "0999")).await;
+    let (r, _rrx) = hub1.connect(resident("r1")).await;
+    hub1.handle(r, join(room.as_str())).await;
+    let (knock, _) = expect(&mut srx, "knock from the other node", |m| {
+        matches!(m, ServerMessage::LobbyKnock { .. })
+    })
+    .await;
+    assert!(matches!(knock, ServerMessage::LobbyKnock { room: r, .. } if r == room));
+    hub2.handle(x, ClientMessage::Ping).await;
+    let (_, before) = expect(&mut xrx, "pong", |m| matches!(m, ServerMessage::Pong)).await;
+    assert!(
+        before
+            .iter()
+            .all(|m| matches!(m, ServerMessage::Welcome { .. })),
+        "{before:#?}"
+    );
+}
+
+#[tokio::test]
+async fn knocks_cross_nodes_on_a_shared_in_process_bus() {
+    let bus: Arc<dyn signaling::bus::Bus> = Arc::new(InProcessBus::default());
+    check_knock_crosses_nodes(bus.clone(), bus).await;
+}
+
+/// Needs a NATS server: runs against `NATS_URL` when it is set.
+#[tokio::test]
+async fn knocks_cross_nodes_over_nats_when_nats_url_is_set() {
+    let Ok(url) = std::env::var("NATS_URL") else {
+        eprintln!("NATS_URL is not set; skipping the cross-node knock test");
+        return;
+    };
+    let bus1 = signaling::bus::connect_bus(Some(&url)).await.unwrap();
+    let bus2 = signaling::bus::connect_bus(Some(&url)).await.unwrap();
+    check_knock_crosses_nodes(bus1, bus2).await;
+}
