@@ -158,6 +158,7 @@ fn booking_secret() -> String {
 fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .merge(crate::api::router())
+        .merge(crate::pages::router())
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .fallback(|| async { crate::error::AppError::NotFound })

@@ -1,6 +1,6 @@
 //! Signing in: staff with a password, residents with a one-time email link.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, State};
@@ -111,7 +111,19 @@ pub async fn resident_link(
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     ApiJson(body): ApiJson<ResidentLinkRequest>,
 ) -> Result<StatusCode, AppError> {
-    state.sign_in_limiter.check(client.ip(), Instant::now())?;
+    send_sign_in_link(&state, client.ip(), &body).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// What `POST /api/auth/resident/link` does, shared with the sign-in page:
+/// counts the attempt, registers a first-time resident when name and home
+/// municipality are given, and puts a link in the outbox for a known one.
+pub(crate) async fn send_sign_in_link(
+    state: &AppState,
+    client: IpAddr,
+    body: &ResidentLinkRequest,
+) -> Result<(), AppError> {
+    state.sign_in_limiter.check(client, Instant::now())?;
     let email = EmailAddress::parse(&body.email)?;
     let now = now().as_second();
     let resident = match accounts::resident_by_email(&state.db, &email).await? {
@@ -145,7 +157,7 @@ pub async fn resident_link(
         accounts::issue_sign_in_link(&state.db, &resident, now).await?;
         tracing::info!(resident = %resident.id, "sign-in link written to the outbox");
     }
-    Ok(StatusCode::ACCEPTED)
+    Ok(())
 }
 
 /// Redeems a sign-in link for a session. A link works once, for 15 minutes.

@@ -1,6 +1,6 @@
 //! The JSON API under `/api`, described by OpenAPI at `/api/openapi.json`.
 
-mod auth;
+pub(crate) mod auth;
 mod bookings;
 mod public;
 mod staff;

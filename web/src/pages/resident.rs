@@ -1,0 +1,692 @@
+//! The resident's pages: choosing a service and a free time, signing in by
+//! email link, confirming the booking, and "My pages" with cancel and
+//! reschedule.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Redirect};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use axum_extra::extract::cookie::{Cookie, SameSite};
+use axum_extra::extract::CookieJar;
+use booking::bookings::{self, Authority};
+use booking::{catalog, BookingStatus, Language, MunicipalityCode, ServiceCode};
+use serde::Deserialize;
+
+use super::{
+    csrf_field, enc, esc, free_times_by_day, is_local_path, long_date, municipality_name,
+    non_empty, page, rule_text, service_name, status_text, t, time_picker, tr, tv, when, zone_note,
+    Ctx, PageError, PageResult, NEXT_COOKIE,
+};
+use crate::api::auth::{send_sign_in_link, ResidentLinkRequest};
+use crate::api::{now, parse_time};
+use crate::auth::{cleared_cookies, session_cookies, SubjectKind};
+use crate::error::AppError;
+use crate::state::AppState;
+
+pub fn router() -> axum::Router<AppState> {
+    Router::new()
+        .route("/", get(start))
+        .route("/book", get(confirm).post(book))
+        .route("/sign-in", get(sign_in).post(send_link))
+        .route("/auth/resident/callback", get(callback))
+        .route("/sign-out", post(sign_out))
+        .route("/my", get(my_pages))
+        .route("/my/bookings/{id}/cancel", post(cancel))
+        .route(
+            "/my/bookings/{id}/reschedule",
+            get(reschedule_form).post(reschedule),
+        )
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Choice {
+    pub service: Option<String>,
+    pub home: Option<String>,
+    pub language: Option<String>,
+    pub starts_at: Option<String>,
+}
+
+/// The start page: a service, a home municipality and a meeting language,
+/// then the free times grouped by day.
+#[tracing::instrument(skip(state, ctx))]
+async fn start(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Query(choice): Query<Choice>,
+) -> PageResult {
+    let services = catalog::services(&state.db).await?;
+    let municipalities = catalog::municipalities(&state.db).await?;
+    let home_default = match &ctx.who {
+        super::Who::Resident { resident, .. } => Some(resident.home.to_string()),
+        _ => None,
+    };
+    let chosen_service = non_empty(&choice.service).map(str::to_owned);
+    let chosen_home = non_empty(&choice.home).map(str::to_owned).or(home_default);
+    let chosen_language = non_empty(&choice.language).map(str::to_owned);
+
+    let service_options: String = services
+        .iter()
+        .map(|s| {
+            option(
+                s.code.as_str(),
+                &service_name(&s.code),
+                chosen_service.as_deref(),
+            )
+        })
+        .collect();
+    let home_options: String = municipalities
+        .iter()
+        .map(|m| option(m.code.as_str(), &esc(&m.name), chosen_home.as_deref()))
+        .collect();
+    let mut language_options = option("", &t("page.start.any_language"), None);
+    for l in Language::ALL {
+        language_options.push_str(&option(
+            l.code(),
+            &t(&format!("page.language.{}", l.code())),
+            chosen_language.as_deref(),
+        ));
+    }
+    let mut body = format!(
+        r#"<h1 id="page-title">{title}</h1>
+<p>{intro}</p>
+<form method="get" action="/" class="search">
+<div class="field"><label for="service">{service_label}</label>
+<select id="service" name="service" required><option value="">{choose}</option>{service_options}</select></div>
+<div class="field"><label for="home">{home_label}</label>
+<select id="home" name="home" required aria-describedby="home-hint"><option value="">{choose}</option>{home_options}</select>
+<p class="hint" id="home-hint">{home_hint}</p></div>
+<div class="field"><label for="language">{language_label}</label>
+<select id="language" name="language">{language_options}</select></div>
+<button type="submit">{search}</button>
+</form>
+<p><a href="/legal-map">{legal_link}</a></p>
+"#,
+        title = t("page.start.title"),
+        intro = t("page.start.intro"),
+        service_label = t("page.start.service"),
+        choose = t("page.start.choose"),
+        home_label = t("page.start.home"),
+        home_hint = t("page.start.home_hint"),
+        language_label = t("page.start.language"),
+        search = t("page.start.search"),
+        legal_link = t("page.start.legal_link"),
+    );
+
+    if let (Some(service), Some(home)) = (&chosen_service, &chosen_home) {
+        let parsed = (
+            ServiceCode::parse(service),
+            MunicipalityCode::parse(home),
+            chosen_language.as_deref().map(Language::parse).transpose(),
+        );
+        let (Ok(service), Ok(home), Ok(language)) = parsed else {
+            return Err(AppError::Invalid("service, home or language".into()).into());
+        };
+        let days = free_times_by_day(&state.db, &service, &home, language, now()).await?;
+        body.push_str(&format!(
+            "<section aria-labelledby=\"times-title\" class=\"times\"><h2 id=\"times-title\" tabindex=\"-1\" data-focus>{}</h2><p class=\"zone\">{}</p>",
+            tv("page.start.times_for", &[("service", &tr(&format!("service.{service}")))]),
+            zone_note(),
+        ));
+        if days.is_empty() {
+            body.push_str(&format!("<p>{}</p>", t("page.times.none")));
+        }
+        for (date, times) in &days {
+            let day = long_date(*date);
+            body.push_str(&format!("<h3>{day}</h3><ul class=\"slots\" role=\"list\">"));
+            for free in times {
+                let href = format!(
+                    "/book?service={}&home={}&starts_at={}{}",
+                    enc(service.as_str()),
+                    enc(home.as_str()),
+                    enc(&super::rfc3339(free.range.start())),
+                    language
+                        .map(|l| format!("&language={}", l.code()))
+                        .unwrap_or_default()
+                );
+                body.push_str(&format!(
+                    "<li><a class=\"slot\" href=\"{href}\">{time}<span class=\"visually-hidden\">, {day}. {book}</span></a></li>",
+                    href = esc(&href),
+                    time = super::clock(free.range.start()),
+                    book = t("page.start.book_this"),
+                ));
+            }
+            body.push_str("</ul>");
+        }
+        body.push_str("</section>");
+    }
+    Ok(page(&ctx, &tr("page.start.title"), &body).into_response())
+}
+
+fn option(value: &str, label: &str, chosen: Option<&str>) -> String {
+    let selected = if chosen == Some(value) {
+        " selected"
+    } else {
+        ""
+    };
+    format!(
+        "<option value=\"{}\"{selected}>{label}</option>",
+        esc(value)
+    )
+}
+
+/// The confirmation step. A visitor who is not signed in goes to sign-in
+/// first, and comes back here with the same choice.
+#[tracing::instrument(skip(state, ctx))]
+async fn confirm(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Query(choice): Query<Choice>,
+) -> PageResult {
+    let resident = ctx.resident()?;
+    let service = ServiceCode::parse(non_empty(&choice.service).unwrap_or_default())?;
+    let starts_raw = non_empty(&choice.starts_at).unwrap_or_default().to_owned();
+    let starts_at = parse_time("starts_at", &starts_raw)?;
+    let language = non_empty(&choice.language)
+        .map(Language::parse)
+        .transpose()?;
+    let service_row = catalog::service(&state.db, &service)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    let ends_at = starts_at
+        .checked_add(jiff::Span::new().minutes(service_row.slot_minutes))
+        .map_err(|e| AppError::Internal(e.into()))?;
+    let range = booking::SlotRange::new(starts_at, ends_at)?;
+    let home_name = municipality_name(&state.db, &resident.home).await?;
+    let body = confirm_body(
+        &ctx,
+        &service,
+        &range,
+        language,
+        &home_name,
+        &starts_raw,
+        None,
+    );
+    Ok(page(&ctx, &tr("page.confirm.title"), &body).into_response())
+}
+
+fn confirm_body(
+    ctx: &Ctx,
+    service: &ServiceCode,
+    range: &booking::SlotRange,
+    language: Option<Language>,
+    home_name: &str,
+    starts_raw: &str,
+    problem: Option<&str>,
+) -> String {
+    let problem = problem
+        .map(|p| {
+            format!(
+                "<div class=\"problem\" role=\"alert\" tabindex=\"-1\" data-focus><p>{p}</p><p><a href=\"/?service={}\">{}</a></p></div>",
+                enc(service.as_str()),
+                t("page.confirm.other_time")
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        r#"<h1 id="page-title">{title}</h1>
+{problem}
+<dl class="facts">
+<dt>{service_label}</dt><dd>{service_name}</dd>
+<dt>{time_label}</dt><dd>{when}</dd>
+<dt>{home_label}</dt><dd>{home_name}</dd>
+</dl>
+<p>{explain}</p>
+<form method="post" action="/book">
+{csrf}
+<input type="hidden" name="service" value="{service}">
+<input type="hidden" name="starts_at" value="{starts}">
+<input type="hidden" name="language" value="{language}">
+<button type="submit" id="confirm-booking">{button}</button>
+</form>
+<p><a href="/?service={service}">{back}</a></p>
+"#,
+        title = t("page.confirm.title"),
+        service_label = t("page.confirm.service"),
+        service_name = service_name(service),
+        time_label = t("page.confirm.time"),
+        when = when(range),
+        home_label = t("page.confirm.home"),
+        home_name = esc(home_name),
+        explain = t("page.confirm.explain"),
+        csrf = csrf_field(ctx.csrf()),
+        service = esc(service.as_str()),
+        starts = esc(starts_raw),
+        language = language.map(|l| l.code()).unwrap_or_default(),
+        button = t("page.confirm.button"),
+        back = t("page.confirm.other_time"),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct BookForm {
+    csrf: String,
+    service: String,
+    starts_at: String,
+    language: Option<String>,
+}
+
+/// Books the confirmed time and shows it on "My pages".
+#[tracing::instrument(skip(state, ctx, form))]
+async fn book(State(state): State<AppState>, ctx: Ctx, Form(form): Form<BookForm>) -> PageResult {
+    let resident = ctx.resident()?.clone();
+    ctx.check_csrf(&form.csrf)?;
+    let service = ServiceCode::parse(&form.service)?;
+    let starts_at = parse_time("starts_at", &form.starts_at)?;
+    let language = non_empty(&form.language).map(Language::parse).transpose()?;
+    match bookings::book(&state.db, &resident, &service, starts_at, language, now()).await {
+        Ok(ticket) => {
+            metrics::counter!("kontakt_bookings_total").increment(1);
+            Ok(Redirect::to(&format!("/my?booked={}", enc(&ticket.booking.id))).into_response())
+        }
+        Err(booking::Error::Conflict(_)) | Err(booking::Error::NotFound) => {
+            let service_row = catalog::service(&state.db, &service)
+                .await?
+                .ok_or(AppError::NotFound)?;
+            let ends_at = starts_at
+                .checked_add(jiff::Span::new().minutes(service_row.slot_minutes))
+                .map_err(|e| AppError::Internal(e.into()))?;
+            let range = booking::SlotRange::new(starts_at, ends_at)?;
+            let home_name = municipality_name(&state.db, &resident.home).await?;
+            let body = confirm_body(
+                &ctx,
+                &service,
+                &range,
+                language,
+                &home_name,
+                &form.starts_at,
+                Some(&t("page.confirm.taken")),
+            );
+            let mut response = page(&ctx, &tr("page.confirm.title"), &body).into_response();
+            *response.status_mut() = axum::http::StatusCode::CONFLICT;
+            Ok(response)
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct SignInQuery {
+    next: Option<String>,
+}
+
+/// The sign-in form: an email address, and for a first sign-in a name and a
+/// home municipality.
+#[tracing::instrument(skip(state, ctx))]
+async fn sign_in(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Query(q): Query<SignInQuery>,
+) -> PageResult {
+    let next = q.next.filter(|n| is_local_path(n)).unwrap_or_default();
+    let body = sign_in_body(&state, &next, None).await?;
+    Ok(page(&ctx, &tr("page.sign_in.title"), &body).into_response())
+}
+
+async fn sign_in_body(
+    state: &AppState,
+    next: &str,
+    problem: Option<&str>,
+) -> Result<String, PageError> {
+    let municipalities = catalog::municipalities(&state.db).await?;
+    let home_options: String = municipalities
+        .iter()
+        .map(|m| option(m.code.as_str(), &esc(&m.name), None))
+        .collect();
+    let problem = problem
+        .map(|p| {
+            format!(
+                "<div class=\"problem\" role=\"alert\" tabindex=\"-1\" data-focus><p>{p}</p></div>"
+            )
+        })
+        .unwrap_or_default();
+    let kept = if next.is_empty() {
+        String::new()
+    } else {
+        format!("<p class=\"note\">{}</p>", t("page.sign_in.choice_kept"))
+    };
+    Ok(format!(
+        r#"<h1 id="page-title">{title}</h1>
+{problem}
+<p>{intro}</p>
+{kept}
+<form method="post" action="/sign-in">
+<input type="hidden" name="next" value="{next}">
+<div class="field"><label for="email">{email_label}</label>
+<input type="email" id="email" name="email" autocomplete="email" required></div>
+<fieldset><legend>{first_legend}</legend>
+<p class="hint">{first_hint}</p>
+<div class="field"><label for="name">{name_label}</label>
+<input type="text" id="name" name="name" autocomplete="name"></div>
+<div class="field"><label for="home">{home_label}</label>
+<select id="home" name="home_municipality"><option value="">{choose}</option>{home_options}</select></div>
+</fieldset>
+<button type="submit">{button}</button>
+</form>
+"#,
+        title = t("page.sign_in.title"),
+        intro = t("page.sign_in.intro"),
+        next = esc(next),
+        email_label = t("page.sign_in.email"),
+        first_legend = t("page.sign_in.first_time"),
+        first_hint = t("page.sign_in.first_time_hint"),
+        name_label = t("page.sign_in.name"),
+        home_label = t("page.start.home"),
+        choose = t("page.start.choose"),
+        button = t("page.sign_in.button"),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct SignInForm {
+    email: String,
+    name: Option<String>,
+    home_municipality: Option<String>,
+    next: Option<String>,
+}
+
+/// Sends the sign-in link by the same logic as the API, and keeps the
+/// chosen time in a short-lived cookie so the link brings the resident back
+/// to it.
+#[tracing::instrument(skip(state, ctx, jar, form), fields(client = %client))]
+async fn send_link(
+    State(state): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    ctx: Ctx,
+    jar: CookieJar,
+    Form(form): Form<SignInForm>,
+) -> PageResult {
+    let next = form
+        .next
+        .clone()
+        .filter(|n| is_local_path(n))
+        .unwrap_or_default();
+    let request = ResidentLinkRequest {
+        email: form.email.trim().to_owned(),
+        name: non_empty(&form.name).map(str::to_owned),
+        home_municipality: non_empty(&form.home_municipality).map(str::to_owned),
+        language: Some(ctx.locale.code().to_owned()),
+    };
+    match send_sign_in_link(&state, client.ip(), &request).await {
+        Ok(()) => {}
+        Err(AppError::Invalid(_)) => {
+            let body = sign_in_body(&state, &next, Some(&t("page.sign_in.invalid"))).await?;
+            let mut response = page(&ctx, &tr("page.sign_in.title"), &body).into_response();
+            *response.status_mut() = axum::http::StatusCode::UNPROCESSABLE_ENTITY;
+            return Ok(response);
+        }
+        Err(other) => return Err(other.into()),
+    }
+    let demo = if state.settings.demo {
+        format!(
+            "<p class=\"note\">{} <a href=\"/dev/mail\">/dev/mail</a></p>",
+            t("page.sign_in.demo_mail")
+        )
+    } else {
+        String::new()
+    };
+    let body = format!(
+        "<h1 id=\"page-title\" tabindex=\"-1\" data-focus>{title}</h1><p role=\"status\">{sent}</p><p>{expiry}</p>{demo}",
+        title = t("page.sign_in.check_title"),
+        sent = t("page.sign_in.check_text"),
+        expiry = t("page.sign_in.check_expiry"),
+    );
+    let mut jar = jar;
+    if !next.is_empty() {
+        let mut cookie = Cookie::new(NEXT_COOKIE, next);
+        cookie.set_http_only(true);
+        cookie.set_same_site(SameSite::Lax);
+        cookie.set_path("/");
+        cookie.set_secure(state.settings.secure_cookies);
+        cookie.set_max_age(cookie::time::Duration::seconds(
+            booking::accounts::SIGN_IN_LINK_SECONDS,
+        ));
+        jar = jar.add(cookie);
+    }
+    Ok((jar, page(&ctx, &tr("page.sign_in.check_title"), &body)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct CallbackQuery {
+    token: Option<String>,
+}
+
+/// The link from the sign-in mail: redeems it once, sets the session cookies
+/// and goes on to the kept choice or to "My pages".
+#[tracing::instrument(skip(state, ctx, jar, q), fields(client = %client))]
+async fn callback(
+    State(state): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    ctx: Ctx,
+    jar: CookieJar,
+    Query(q): Query<CallbackQuery>,
+) -> PageResult {
+    state.sign_in_limiter.check(client.ip(), Instant::now())?;
+    let now = now().as_second();
+    let token = q.token.unwrap_or_default();
+    let resident = if token.trim().is_empty() {
+        None
+    } else {
+        booking::accounts::redeem_sign_in_link(&state.db, token.trim(), now).await?
+    };
+    let Some(resident) = resident else {
+        metrics::counter!("kontakt_sign_in_failures_total", "kind" => "resident").increment(1);
+        let body = format!(
+            "<h1 id=\"page-title\">{}</h1><p role=\"alert\">{}</p><p><a href=\"/sign-in\">{}</a></p>",
+            t("page.callback.failed_title"),
+            t("page.callback.failed_text"),
+            t("page.callback.again"),
+        );
+        let mut response = page(&ctx, &tr("page.callback.failed_title"), &body).into_response();
+        *response.status_mut() = axum::http::StatusCode::UNAUTHORIZED;
+        return Ok(response);
+    };
+    let (token, claims) = state.keys.issue(
+        &resident.id,
+        SubjectKind::Resident,
+        state.settings.resident_session_minutes,
+        now,
+    );
+    let [a, b] = session_cookies(token, &claims, state.settings.secure_cookies);
+    let next = jar
+        .get(NEXT_COOKIE)
+        .map(|c| c.value().to_owned())
+        .filter(|n| is_local_path(n))
+        .unwrap_or_else(|| "/my".to_owned());
+    let mut spent = Cookie::new(NEXT_COOKIE, "");
+    spent.set_path("/");
+    spent.make_removal();
+    Ok((
+        jar.add(a).add(b).add(spent),
+        [(header::CACHE_CONTROL, "no-store")],
+        Redirect::to(&next),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct CsrfForm {
+    csrf: String,
+}
+
+/// Ends the page session, for residents and staff alike.
+#[tracing::instrument(skip_all)]
+async fn sign_out(ctx: Ctx, jar: CookieJar, Form(form): Form<CsrfForm>) -> PageResult {
+    ctx.check_csrf(&form.csrf)?;
+    let [a, b] = cleared_cookies();
+    Ok((jar.add(a).add(b), Redirect::to("/")).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct MyQuery {
+    booked: Option<String>,
+    cancelled: Option<String>,
+    moved: Option<String>,
+}
+
+/// "My pages": the resident's bookings, newest first, with who performs
+/// each and under which rule.
+#[tracing::instrument(skip(state, ctx))]
+async fn my_pages(State(state): State<AppState>, ctx: Ctx, Query(q): Query<MyQuery>) -> PageResult {
+    let resident = ctx.resident()?;
+    let list = bookings::for_resident(&state.db, resident).await?;
+    let now = now();
+    let message = if q.booked.is_some() {
+        Some(t("page.my.booked"))
+    } else if q.cancelled.is_some() {
+        Some(t("page.my.cancelled"))
+    } else if q.moved.is_some() {
+        Some(t("page.my.moved"))
+    } else {
+        None
+    };
+    let mut body = format!(
+        "<h1 id=\"page-title\">{}</h1>",
+        tv("page.my.title_for", &[("name", &resident.name)])
+    );
+    if let Some(message) = message {
+        body.push_str(&format!(
+            "<div class=\"success\" role=\"status\" tabindex=\"-1\" data-focus><p>{message}</p></div>"
+        ));
+    }
+    body.push_str(&format!(
+        "<h2>{}</h2><p class=\"zone\">{}</p>",
+        t("page.my.bookings"),
+        zone_note()
+    ));
+    if list.is_empty() {
+        body.push_str(&format!(
+            "<p>{} <a href=\"/\">{}</a></p>",
+            t("page.my.none"),
+            t("page.nav.book")
+        ));
+    }
+    body.push_str("<ul class=\"bookings\" role=\"list\">");
+    for b in &list {
+        let by = municipality_name(&state.db, &b.performed_by).await?;
+        let for_ = municipality_name(&state.db, &b.performed_for).await?;
+        let highlighted = if q.booked.as_deref() == Some(b.id.as_str()) {
+            " highlighted"
+        } else {
+            ""
+        };
+        let actions = if b.status == BookingStatus::Booked && b.range.start() > now {
+            format!(
+                r#"<div class="actions">
+<form method="post" action="/my/bookings/{id}/cancel">{csrf}<button type="submit" class="secondary">{cancel}<span class="visually-hidden"> {what}</span></button></form>
+<a class="button secondary" href="/my/bookings/{id}/reschedule">{reschedule}<span class="visually-hidden"> {what}</span></a>
+</div>"#,
+                id = enc(&b.id),
+                csrf = csrf_field(ctx.csrf()),
+                cancel = t("page.my.cancel"),
+                reschedule = t("page.my.reschedule"),
+                what = service_name(&b.service),
+            )
+        } else {
+            String::new()
+        };
+        body.push_str(&format!(
+            r#"<li class="booking{highlighted}" data-booking="{id}"><article aria-labelledby="b-{id}">
+<h3 id="b-{id}">{service}</h3>
+<dl class="facts">
+<dt>{status_label}</dt><dd class="status status-{status_code}">{status}</dd>
+<dt>{time_label}</dt><dd>{when}</dd>
+<dt>{by_label}</dt><dd>{by}</dd>
+<dt>{for_label}</dt><dd>{for_}</dd>
+<dt>{rule_label}</dt><dd>{rule}</dd>
+</dl>
+{actions}
+</article></li>"#,
+            id = esc(&b.id),
+            service = service_name(&b.service),
+            status_label = t("page.my.status"),
+            status_code = b.status.as_str(),
+            status = status_text(b.status),
+            time_label = t("page.confirm.time"),
+            when = when(&b.range),
+            by_label = t("page.my.performed_by"),
+            by = esc(&by),
+            for_label = t("page.my.performed_for"),
+            for_ = esc(&for_),
+            rule_label = t("page.my.rule"),
+            rule = rule_text(&b.rule, b.agreement_id.as_deref()),
+        ));
+    }
+    body.push_str("</ul>");
+    Ok(page(&ctx, &tr("page.my.title"), &body).into_response())
+}
+
+/// Cancels one of the resident's bookings.
+#[tracing::instrument(skip(state, ctx, form))]
+async fn cancel(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> PageResult {
+    let resident = ctx.resident()?;
+    ctx.check_csrf(&form.csrf)?;
+    bookings::cancel(&state.db, Authority::Resident(resident), Some(&id), now()).await?;
+    Ok(Redirect::to("/my?cancelled=1").into_response())
+}
+
+/// Free times to move one of the resident's bookings to.
+#[tracing::instrument(skip(state, ctx))]
+async fn reschedule_form(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> PageResult {
+    let resident = ctx.resident()?;
+    let now = now();
+    let b = bookings::for_resident_by_id(&state.db, resident, &id, now).await?;
+    let days = free_times_by_day(&state.db, &b.service, &resident.home, None, now).await?;
+    let body = format!(
+        "<h1 id=\"page-title\">{title}</h1><p>{current}: {when}</p><h2>{pick}</h2>{picker}<p><a href=\"/my\">{back}</a></p>",
+        title = tv(
+            "page.reschedule.title_for",
+            &[("service", &tr(&format!("service.{}", b.service)))]
+        ),
+        current = t("page.reschedule.current"),
+        when = when(&b.range),
+        pick = t("page.reschedule.pick"),
+        picker = time_picker(
+            &format!("/my/bookings/{}/reschedule", enc(&b.id)),
+            Some(ctx.csrf()),
+            &days
+        ),
+        back = t("page.reschedule.back"),
+    );
+    Ok(page(&ctx, &tr("page.reschedule.title"), &body).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct MoveForm {
+    csrf: Option<String>,
+    starts_at: String,
+}
+
+/// Moves one of the resident's bookings to the chosen free time.
+#[tracing::instrument(skip(state, ctx, form))]
+async fn reschedule(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    Form(form): Form<MoveForm>,
+) -> PageResult {
+    let resident = ctx.resident()?;
+    ctx.check_csrf(form.csrf.as_deref().unwrap_or_default())?;
+    let starts_at = parse_time("starts_at", &form.starts_at)?;
+    bookings::reschedule(
+        &state.db,
+        Authority::Resident(resident),
+        Some(&id),
+        starts_at,
+        now(),
+    )
+    .await?;
+    Ok(Redirect::to("/my?moved=1").into_response())
+}
