@@ -708,3 +708,69 @@ async fn knocks_cross_nodes_over_nats_when_nats_url_is_set() {
     let bus2 = signaling::bus::connect_bus(Some(&url)).await.unwrap();
     check_knock_crosses_nodes(bus1, bus2).await;
 }
+
+#[tokio::test]
+async fn open_chats_survive_a_restart_at_their_place_with_their_history() {
+    let store = Arc::new(MemoryStore::new());
+    let (hub, _) = hub_with(store.clone());
+    let (a, _arx) = hub.connect(staff("a", "0180")).await;
+    let request = ConversationRequest {
+        service: id("stod"),
+        home_municipality: id("0181"),
+        eligible_municipalities: BTreeSet::from([id("0180")]),
+    };
+    let (r1, _r1rx) = hub.connect(resident("r1")).await;
+    let first = hub.open_conversation(r1, request.clone()).await.unwrap();
+    let anonymous_room: RoomId = id("chat:anon1");
+    let (r2, _r2rx) = hub
+        .connect(Identity::Anonymous {
+            conversation: anonymous_room.clone(),
+        })
+        .await;
+    let second = hub.open_conversation(r2, request).await.unwrap();
+    assert_eq!(second, anonymous_room);
+    hub.handle(
+        a,
+        ClientMessage::QueueClaim {
+            room: first.clone(),
+        },
+    )
+    .await;
+    hub.handle(r1, chat(first.as_str(), "m1", "Jag behöver hjälp"))
+        .await;
+
+    let (hub2, _) = hub_with(store);
+    assert_eq!(hub2.restore().await.unwrap(), 2);
+    let (r1b, mut r1rx) = hub2.connect(resident("r1")).await;
+    hub2.handle(r1b, join(first.as_str())).await;
+    hub2.handle(
+        r1b,
+        ClientMessage::Resume {
+            room: first.clone(),
+            last_seq: 0,
+        },
+    )
+    .await;
+    hub2.handle(r1b, ClientMessage::Ping).await;
+    let (_, got) = expect(&mut r1rx, "pong", |m| matches!(m, ServerMessage::Pong)).await;
+    let texts: Vec<&str> = got
+        .iter()
+        .filter_map(|m| match m {
+            ServerMessage::Event {
+                event: signaling::protocol::RoomEvent::Chat { text, .. },
+                ..
+            } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, vec!["Jag behöver hjälp"]);
+    // The claimed chat waits again, ahead of the anonymous one that came later.
+    let positions: Vec<u32> = got
+        .iter()
+        .filter_map(|m| match m {
+            ServerMessage::QueueStatus { position, .. } => Some(*position),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(positions, vec![1]);
+}
