@@ -1169,11 +1169,13 @@ impl Server {
         peer: SocketAddr,
         family: AddressFamily,
     ) -> Result<(), (u16, &'static str)> {
-        if AddressFamily::of(peer) != family {
-            return Err((443, "Peer Address Family Mismatch"));
-        }
+        // The policy goes first, so a refused address is refused the same way whatever the
+        // allocation's family.
         if !self.config.policy.permits(peer.ip()) {
             return Err((403, "Forbidden"));
+        }
+        if AddressFamily::of(peer) != family {
+            return Err((443, "Peer Address Family Mismatch"));
         }
         Ok(())
     }
@@ -1327,4 +1329,400 @@ fn granted_lifetime(requested: Option<u32>) -> Duration {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credentials;
+    use proptest::prelude::*;
+
+    const SECRET: &str = "core-secret";
+    const REALM: &str = "test";
+    const EPOCH_UNIX: u64 = 1_800_000_000;
+
+    fn client() -> ClientSocket {
+        ClientSocket::new(Transport::Udp, "192.0.2.10:5000".parse().unwrap())
+    }
+
+    fn peer() -> PeerSocket {
+        PeerSocket::new("198.51.100.7:6000".parse().unwrap())
+    }
+
+    fn server(epoch: Instant, ledger: Arc<AllocationLedger>) -> Server {
+        Server::new(
+            ServerConfig {
+                realm: REALM.into(),
+                secret: SECRET.into(),
+                nonce_key: [9; 32],
+                nonce_lifetime: Duration::from_secs(600),
+                relay_ipv4: Some(Ipv4Addr::new(203, 0, 113, 1)),
+                relay_ipv6: None,
+                ports: 50000..=50099,
+                bandwidth_bytes_per_sec: None,
+                policy: PeerPolicy::default(),
+                rng_seed: 7,
+            },
+            ledger,
+            epoch,
+            EPOCH_UNIX,
+        )
+    }
+
+    /// Drives one server through requests signed with valid credentials.
+    struct Harness {
+        server: Server,
+        now: Instant,
+        username: String,
+        key: [u8; 16],
+        next_tid: u8,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            Self::with_ledger(Arc::new(AllocationLedger::new(10, 100)), "alice")
+        }
+
+        fn with_ledger(ledger: Arc<AllocationLedger>, subject: &str) -> Self {
+            let now = Instant::now();
+            let wall = std::time::UNIX_EPOCH + Duration::from_secs(EPOCH_UNIX);
+            let (username, password) =
+                credentials::issue(SECRET, subject, Duration::from_secs(86_400), wall);
+            let key = credentials::long_term_key(&username, REALM, &password);
+            Self {
+                server: server(now, ledger),
+                now,
+                username,
+                key,
+                next_tid: 1,
+            }
+        }
+
+        fn request(
+            &mut self,
+            _from: ClientSocket,
+            method: Method,
+            attrs: impl FnOnce(&mut MessageBuilder),
+        ) -> Vec<u8> {
+            self.next_tid += 1;
+            let mut builder = MessageBuilder::new(method, Class::Request, [self.next_tid; 12]);
+            attrs(&mut builder);
+            let nonce = self.server.make_nonce(self.now);
+            builder
+                .add(attr::USERNAME, self.username.as_bytes())
+                .add(attr::REALM, REALM.as_bytes())
+                .add(attr::NONCE, nonce.as_bytes())
+                .add_integrity(&self.key);
+            builder.finish()
+        }
+
+        /// Sends a request and returns the single response it produced.
+        fn call(&mut self, from: ClientSocket, bytes: &[u8]) -> Vec<Command> {
+            assert_eq!(self.server.handle_client_input(from, bytes, self.now), None);
+            std::iter::from_fn(|| self.server.poll_command()).collect()
+        }
+
+        fn allocate(&mut self, from: ClientSocket, lifetime: Option<u32>) -> AllocationPort {
+            let request = self.request(from, Method::Allocate, |b| {
+                b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+                if let Some(lifetime) = lifetime {
+                    b.add_u32(attr::LIFETIME, lifetime);
+                }
+            });
+            match &self.call(from, &request)[..] {
+                [Command::CreateAllocation {
+                    port,
+                    client,
+                    on_success,
+                    ..
+                }] => {
+                    assert_eq!(*client, from);
+                    let response = Message::parse(on_success).unwrap();
+                    assert_eq!(response.class(), Class::Success);
+                    assert!(response.verify_integrity(&self.key));
+                    *port
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+
+        fn create_permission(&mut self, from: ClientSocket, peer: SocketAddr) -> u16 {
+            let request = self.request(from, Method::CreatePermission, |b| {
+                b.add_xor_address(attr::XOR_PEER_ADDRESS, peer);
+            });
+            response_code(&self.call(from, &request))
+        }
+
+        fn channel_bind(&mut self, from: ClientSocket, channel: u16, peer: SocketAddr) -> u16 {
+            let request = self.request(from, Method::ChannelBind, |b| {
+                b.add_u32(attr::CHANNEL_NUMBER, u32::from(channel) << 16);
+                b.add_xor_address(attr::XOR_PEER_ADDRESS, peer);
+            });
+            response_code(&self.call(from, &request))
+        }
+
+        fn peer_data(
+            &mut self,
+            port: AllocationPort,
+            from: PeerSocket,
+            payload: &[u8],
+        ) -> Option<(ClientSocket, Vec<u8>)> {
+            let mut buf = vec![0u8; PEER_HEADROOM + payload.len() + PEER_TAILROOM];
+            buf[PEER_HEADROOM..PEER_HEADROOM + payload.len()].copy_from_slice(payload);
+            self.server
+                .handle_peer_traffic(port, from, &mut buf, payload.len(), self.now)
+                .map(|(client, bytes)| (client, bytes.to_vec()))
+        }
+    }
+
+    /// 200 for a success response, the error code otherwise.
+    fn response_code(commands: &[Command]) -> u16 {
+        match commands {
+            [Command::SendToClient { payload, .. }] => {
+                let message = Message::parse(payload).unwrap();
+                match message.class() {
+                    Class::Success => 200,
+                    Class::Error => {
+                        let value = message.get(attr::ERROR_CODE).unwrap();
+                        u16::from(value[2]) * 100 + u16::from(value[3])
+                    }
+                    other => panic!("unexpected class {other:?}"),
+                }
+            }
+            other => panic!("expected one response, got {other:?}"),
+        }
+    }
+
+    fn channel_data(channel: u16, payload: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![0u8; 4];
+        write_channel_data_header(&mut bytes, channel, payload.len() as u16);
+        bytes.extend_from_slice(payload);
+        bytes
+    }
+
+    #[test]
+    fn allocate_without_credentials_is_challenged() {
+        let mut h = Harness::new();
+        let mut builder = MessageBuilder::new(Method::Allocate, Class::Request, [1; 12]);
+        builder.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        let commands = h.call(client(), &builder.finish());
+        assert_eq!(response_code(&commands), 401);
+        let Command::SendToClient { payload, .. } = &commands[0] else {
+            unreachable!()
+        };
+        let message = Message::parse(payload).unwrap();
+        assert_eq!(message.get_str(attr::REALM), Some(REALM));
+        assert!(h
+            .server
+            .nonce_is_valid(message.get_str(attr::NONCE).unwrap(), h.now));
+    }
+
+    #[test]
+    fn stale_nonce_gets_438_and_a_fresh_nonce() {
+        let mut h = Harness::new();
+        let request = h.request(client(), Method::Allocate, |b| {
+            b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        });
+        h.now += Duration::from_secs(601);
+        assert_eq!(response_code(&h.call(client(), &request)), 438);
+    }
+
+    #[test]
+    fn unknown_required_attribute_gets_420_listing_it() {
+        let mut h = Harness::new();
+        let request = h.request(client(), Method::Allocate, |b| {
+            b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            b.add(0x0077, &[1, 2, 3, 4]);
+        });
+        let commands = h.call(client(), &request);
+        assert_eq!(response_code(&commands), 420);
+        let Command::SendToClient { payload, .. } = &commands[0] else {
+            unreachable!()
+        };
+        assert_eq!(
+            Message::parse(payload)
+                .unwrap()
+                .get(attr::UNKNOWN_ATTRIBUTES),
+            Some(&[0x00, 0x77][..])
+        );
+    }
+
+    #[test]
+    fn dont_fragment_and_even_port_are_accepted() {
+        let mut h = Harness::new();
+        let request = h.request(client(), Method::Allocate, |b| {
+            b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            b.add(attr::DONT_FRAGMENT, &[]);
+            b.add(attr::EVEN_PORT, &[0]);
+        });
+        match &h.call(client(), &request)[..] {
+            [Command::CreateAllocation { port, .. }] => assert_eq!(port.value() % 2, 0),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn requests_on_another_five_tuple_get_437() {
+        let mut h = Harness::new();
+        h.allocate(client(), None);
+        let other = ClientSocket::new(Transport::Tcp, client().addr());
+        assert_eq!(h.create_permission(other, peer().addr()), 437);
+    }
+
+    #[test]
+    fn quota_per_user_gets_486() {
+        let ledger = Arc::new(AllocationLedger::new(1, 100));
+        let mut h = Harness::with_ledger(ledger, "bob");
+        h.allocate(client(), None);
+        let second = ClientSocket::new(Transport::Udp, "192.0.2.10:5001".parse().unwrap());
+        let request = h.request(second, Method::Allocate, |b| {
+            b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        });
+        assert_eq!(response_code(&h.call(second, &request)), 486);
+    }
+
+    #[test]
+    fn forbidden_peers_get_403() {
+        let mut h = Harness::new();
+        h.allocate(client(), None);
+        for peer in [
+            "127.0.0.1:1",
+            "0.0.0.0:1",
+            "10.0.0.1:1",
+            "169.254.1.1:1",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            assert_eq!(
+                h.create_permission(client(), peer.parse().unwrap()),
+                403,
+                "{peer}"
+            );
+            assert_eq!(
+                h.channel_bind(client(), 0x4000, peer.parse().unwrap()),
+                403,
+                "{peer}"
+            );
+        }
+        assert_eq!(
+            h.create_permission(client(), "[2001:db8::1]:1".parse().unwrap()),
+            443
+        );
+    }
+
+    #[test]
+    fn refresh_with_lifetime_zero_frees_the_allocation() {
+        let mut h = Harness::new();
+        let port = h.allocate(client(), None);
+        let request = h.request(client(), Method::Refresh, |b| {
+            b.add_u32(attr::LIFETIME, 0);
+        });
+        let commands = h.call(client(), &request);
+        assert_eq!(commands[0], Command::FreeAllocation { port });
+        assert_eq!(response_code(&commands[1..]), 200);
+        assert_eq!(h.create_permission(client(), peer().addr()), 437);
+        assert_eq!(h.server.ledger.total(), 0);
+    }
+
+    #[test]
+    fn channel_conflicts_get_400() {
+        let mut h = Harness::new();
+        h.allocate(client(), None);
+        assert_eq!(h.channel_bind(client(), 0x4000, peer().addr()), 200);
+        assert_eq!(
+            h.channel_bind(client(), 0x4000, "198.51.100.8:1".parse().unwrap()),
+            400
+        );
+        assert_eq!(h.channel_bind(client(), 0x4001, peer().addr()), 400);
+        assert_eq!(
+            h.channel_bind(client(), 0x3FFF, "198.51.100.8:1".parse().unwrap()),
+            400
+        );
+        // Refreshing the same binding is fine.
+        assert_eq!(h.channel_bind(client(), 0x4000, peer().addr()), 200);
+    }
+
+    proptest! {
+        /// ChannelData from the client is forwarded byte for byte while the binding lives
+        /// (ten minutes). The peer's answer comes back as ChannelData on the same channel only
+        /// while the permission the binding installed lives (five minutes), because traffic from
+        /// peers always needs a permission (RFC 8656, section 12).
+        #[test]
+        fn channel_data_round_trip_until_expiry(
+            payload in proptest::collection::vec(any::<u8>(), 0..1200),
+            channel in CHANNEL_MIN..=CHANNEL_MAX,
+            skip_secs in 0u64..1200,
+        ) {
+            let mut h = Harness::new();
+            let port = h.allocate(client(), Some(3600));
+            prop_assert_eq!(h.channel_bind(client(), channel, peer().addr()), 200);
+            h.now += Duration::from_secs(skip_secs);
+            let alive = Duration::from_secs(skip_secs) < CHANNEL_LIFETIME;
+            let bytes = channel_data(channel, &payload);
+            let forward = h.server.handle_client_input(client(), &bytes, h.now);
+            let expected_forward = alive.then_some(Forward { port, peer: peer(), payload: &payload });
+            prop_assert_eq!(forward, expected_forward);
+            let permitted = Duration::from_secs(skip_secs) < PERMISSION_LIFETIME;
+            let back = h.peer_data(port, peer(), &payload);
+            let expected_back = permitted.then(|| (client(), channel_data(channel, &payload)));
+            prop_assert_eq!(back, expected_back);
+            prop_assert_eq!(h.server.poll_command(), None);
+        }
+
+        /// A permission lets Send indications out and Data indications in for five minutes.
+        #[test]
+        fn permission_lifetime_governs_send_and_data(
+            payload in proptest::collection::vec(any::<u8>(), 1..600),
+            skip_secs in 0u64..700,
+        ) {
+            let mut h = Harness::new();
+            let port = h.allocate(client(), Some(3600));
+            prop_assert_eq!(h.create_permission(client(), peer().addr()), 200);
+            h.now += Duration::from_secs(skip_secs);
+            let alive = Duration::from_secs(skip_secs) < PERMISSION_LIFETIME;
+            let mut send = MessageBuilder::new(Method::Send, Class::Indication, [3; 12]);
+            send.add_xor_address(attr::XOR_PEER_ADDRESS, peer().addr()).add(attr::DATA, &payload);
+            let send = send.finish();
+            let forward = h.server.handle_client_input(client(), &send, h.now);
+            prop_assert_eq!(forward, alive.then_some(Forward { port, peer: peer(), payload: &payload }));
+            let back = h.peer_data(port, peer(), &payload);
+            prop_assert_eq!(back.is_some(), alive);
+            if let Some((to, bytes)) = back {
+                prop_assert_eq!(to, client());
+                let message = Message::parse(&bytes).unwrap();
+                prop_assert_eq!(message.method(), Method::Data);
+                prop_assert_eq!(message.get_xor_address(attr::XOR_PEER_ADDRESS), Some(peer().addr()));
+                prop_assert_eq!(message.get(attr::DATA), Some(&payload[..]));
+            }
+        }
+
+        /// Allocations expire at the granted lifetime: the sweep frees exactly then.
+        #[test]
+        fn allocation_expires_at_granted_lifetime(requested in any::<u32>(), skip_secs in 0u64..4000) {
+            let mut h = Harness::new();
+            let port = h.allocate(client(), Some(requested.max(1)));
+            let granted = granted_lifetime(Some(requested.max(1)));
+            h.now += Duration::from_secs(skip_secs);
+            h.server.handle_timeout(h.now);
+            let freed: Vec<Command> = std::iter::from_fn(|| h.server.poll_command()).collect();
+            if Duration::from_secs(skip_secs) >= granted {
+                prop_assert_eq!(freed, vec![Command::FreeAllocation { port }]);
+                prop_assert_eq!(h.server.allocation_count(), 0);
+            } else {
+                prop_assert_eq!(freed, vec![]);
+                prop_assert_eq!(h.server.allocation_count(), 1);
+            }
+        }
+
+        /// No input, however malformed, panics or produces anything but responses.
+        #[test]
+        fn arbitrary_client_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut h = Harness::new();
+            h.allocate(client(), None);
+            let _ = h.server.handle_client_input(client(), &bytes, h.now);
+            while let Some(command) = h.server.poll_command() {
+                let is_response = matches!(command, Command::SendToClient { .. });
+                prop_assert!(is_response);
+            }
+        }
+    }
 }
