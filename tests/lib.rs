@@ -5,6 +5,8 @@ use booking::accounts::{self, Resident};
 use booking::outbox::Message;
 use booking::testing::TestDb;
 use booking::{Db, EmailAddress, Language, MunicipalityCode};
+use std::time::Duration;
+
 use reqwest::{Client, Response};
 use serde_json::Value;
 use web::auth::{Keys, SubjectKind};
@@ -99,6 +101,27 @@ impl TestApp {
             req = req.bearer_auth(t);
         }
         req.send().await.expect("request sent")
+    }
+
+    /// Fetches `path` until `ready` accepts its body or `within` passes. For
+    /// work the server does in the background, such as delivering mail.
+    pub async fn wait_for_page(
+        &self,
+        path: &str,
+        within: Duration,
+        ready: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let body = self.get(path, None).await.text().await.expect("a body");
+            if ready(&body) {
+                return Some(body);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// A session token for a resident, minted with the test secret.

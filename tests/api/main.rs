@@ -7,4 +7,5 @@ mod bad_input;
 mod bookings;
 mod concurrency;
 mod health;
+mod mail;
 mod policy;

@@ -42,6 +42,8 @@ pub struct Settings {
     pub smtp_url: Option<String>,
     /// NATS for several nodes; in-process when unset.
     pub nats_url: Option<String>,
+    /// The `From` of every mail.
+    pub mail_from: String,
     /// `text` or `json` logs.
     pub log_format: String,
 }
@@ -63,6 +65,7 @@ impl Default for Settings {
             secure_cookies: false,
             smtp_url: None,
             nats_url: None,
+            mail_from: "Kontakt <no-reply@kontakt.localhost>".into(),
             log_format: "text".into(),
         }
     }
@@ -87,6 +90,20 @@ impl Settings {
             settings.secure_cookies = true;
         }
         Ok(settings)
+    }
+
+    /// Where the file transport writes mail, and `/dev/mail` reads it.
+    pub fn outbox_dir(&self) -> PathBuf {
+        self.data_dir.join("outbox")
+    }
+
+    /// The mail settings this configuration implies.
+    pub fn notify(&self) -> notify::Settings {
+        let mut mail = notify::Settings::new(self.public_url.clone());
+        mail.smtp_url = self.smtp_url.clone();
+        mail.from = self.mail_from.clone();
+        mail.outbox_dir = self.outbox_dir();
+        mail
     }
 
     /// Settings for a test: port 0, everything under `data_dir`.

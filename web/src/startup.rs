@@ -30,6 +30,7 @@ pub struct Application {
     router: Router,
     db: Db,
     demo_sign_ins: Vec<DemoSignIn>,
+    mail: notify::Worker,
 }
 
 impl Application {
@@ -56,6 +57,8 @@ impl Application {
             sign_in_limiter: SignInLimiter::new(settings.sign_in_per_minute),
             settings: Arc::new(settings.clone()),
         };
+        let mail = notify::Worker::new(db.clone(), settings.notify())
+            .context("setting up mail delivery")?;
         let router = router(state, settings.max_body_bytes);
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -67,6 +70,7 @@ impl Application {
             router,
             db,
             demo_sign_ins,
+            mail,
         })
     }
 
@@ -83,20 +87,35 @@ impl Application {
         &self.demo_sign_ins
     }
 
-    /// Serves until `shutdown` resolves, then lets requests in flight finish.
+    /// Serves HTTP and delivers mail until `shutdown` resolves, then lets
+    /// requests in flight and the mail batch under way finish.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mail = self.mail;
+        let mut mail_stopped = stopped.clone();
+        let mail_task = tokio::spawn(async move {
+            mail.run(async move {
+                let _ = mail_stopped.wait_for(|s| *s).await;
+            })
+            .await;
+        });
         let service = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, service)
-            .with_graceful_shutdown(shutdown)
+        let served = axum::serve(self.listener, service)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                let _ = stop.send(true);
+            })
             .await
-            .context("serving HTTP")?;
+            .context("serving HTTP");
+        drop(stopped);
+        let _ = mail_task.await;
         self.db.pool().close().await;
-        Ok(())
+        served
     }
 }
 
@@ -159,6 +178,7 @@ fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .merge(crate::api::router())
         .merge(crate::pages::router())
+        .merge(crate::dev_mail::router())
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .fallback(|| async { crate::error::AppError::NotFound })

@@ -8,6 +8,7 @@
 //! - `db-reset`: deletes the local SQLite database in `./data`.
 
 mod bench_booking;
+mod bench_notify;
 mod ci;
 mod process;
 
@@ -20,6 +21,7 @@ fn main() -> anyhow::Result<()> {
         Some("e2e") => ci::e2e(),
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("booking") => bench_booking::run(&args[2..]),
+            Some("notify") => bench_notify::run(&args[2..]),
             other => anyhow::bail!(
                 "unknown benchmark {other:?}: try booking, relay, notify or signaling"
             ),
