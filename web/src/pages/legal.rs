@@ -57,10 +57,10 @@ async fn legal_map(State(state): State<AppState>, ctx: Ctx) -> PageResult {
             services.push(r.service.clone());
         }
     }
-    for service in &services {
+    for (i, service) in services.iter().enumerate() {
         body.push_str(&format!(
-            r#"<div class="table-wrap"><table>
-<caption>{caption}</caption>
+            r#"<div class="table-wrap" role="region" tabindex="0" aria-labelledby="rules-{i}"><table>
+<caption id="rules-{i}">{caption}</caption>
 <thead><tr><th scope="col">{step}</th><th scope="col">{rule}</th><th scope="col">{basis}</th></tr></thead><tbody>"#,
             caption = service_name(service),
             step = t("page.legal.step"),

@@ -183,8 +183,8 @@ async fn day(State(state): State<AppState>, ctx: Ctx, Query(q): Query<DayQuery>)
         body.push_str(&format!("<p>{}</p>", t("page.staff.none")));
     } else {
         body.push_str(&format!(
-            r#"<div class="table-wrap"><table class="meetings">
-<caption>{caption}</caption>
+            r#"<div class="table-wrap" role="region" tabindex="0" aria-labelledby="meetings-caption"><table class="meetings">
+<caption id="meetings-caption">{caption}</caption>
 <thead><tr><th scope="col">{time}</th><th scope="col">{resident}</th><th scope="col">{service}</th><th scope="col">{for_}</th><th scope="col">{rule}</th><th scope="col">{status}</th></tr></thead><tbody>"#,
             caption = tv("page.staff.caption", &[("count", &meetings.len().to_string())]),
             time = t("page.staff.time"),
@@ -303,8 +303,8 @@ async fn scheduler(
     }
     body.push_str(&format!(
         r#"</ul></figure>
-<div class="table-wrap"><table>
-<caption>{caption}</caption>
+<div class="table-wrap" role="region" tabindex="0" aria-labelledby="load-caption"><table>
+<caption id="load-caption">{caption}</caption>
 <thead><tr><th scope="col">{m}</th><th scope="col">{published}</th><th scope="col">{booked}</th><th scope="col">{util}</th><th scope="col">{bookings}</th><th scope="col">{completed}</th><th scope="col">{no_shows}</th><th scope="col">{cancelled}</th><th scope="col">{others}</th></tr></thead><tbody>"#,
         caption = t("page.scheduler.table"),
         m = t("page.scheduler.municipality"),
@@ -361,8 +361,8 @@ async fn audit_log(State(state): State<AppState>, ctx: Ctx) -> PageResult {
     let mut body = format!(
         r#"<h1 id="page-title">{title}</h1>
 <p class="zone">{zone}</p>
-<div class="table-wrap"><table class="audit">
-<caption>{caption}</caption>
+<div class="table-wrap" role="region" tabindex="0" aria-labelledby="audit-caption"><table class="audit">
+<caption id="audit-caption">{caption}</caption>
 <thead><tr><th scope="col">{at}</th><th scope="col">{actor}</th><th scope="col">{action}</th><th scope="col">{subject}</th><th scope="col">{resident}</th><th scope="col">{behalf}</th><th scope="col">{rule}</th><th scope="col">{outcome}</th></tr></thead><tbody>"#,
         title = t("page.audit.title"),
         zone = zone_note(),

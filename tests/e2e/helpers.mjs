@@ -1,0 +1,217 @@
+// Shared pieces of the browser tests: start the real `kontakt` binary on a
+// free port with its own data directory, launch Debian's Chromium through
+// playwright-core, sign people in through the real pages, and run axe-core.
+//
+// The sign-in link is read from the server's SQLite outbox table with the
+// `sqlite3` command-line tool: the link only ever travels by mail, the outbox
+// row is written in the same transaction as the link, and reading it needs no
+// mail worker and no native npm module.
+
+import { spawn, execFile } from "node:child_process";
+import { mkdtemp, rm } from "node:fs/promises";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { createRequire } from "node:module";
+import { promisify } from "node:util";
+import assert from "node:assert/strict";
+import { chromium } from "playwright-core";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const repo = path.resolve(here, "..", "..");
+const require = createRequire(import.meta.url);
+const run = promisify(execFile);
+
+/** The demo staff password, seeded by `booking::seed`. */
+export const DEMO_PASSWORD = "kontakt-demo";
+
+/** The arguments the browser is launched with. */
+export const CHROMIUM_ARGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--use-fake-ui-for-media-stream",
+  "--use-fake-device-for-media-stream",
+];
+
+/** A free TCP port on the loopback interface. */
+async function freePort() {
+  return await new Promise((resolve, reject) => {
+    const server = createServer();
+    server.unref();
+    server.on("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Polls `check` until it returns true or `ms` pass. */
+export async function waitFor(what, check, ms = 20_000) {
+  const deadline = Date.now() + ms;
+  let last;
+  while (Date.now() < deadline) {
+    try {
+      if (await check()) return;
+    } catch (e) {
+      last = e;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out waiting for ${what}${last ? `: ${last.message}` : ""}`);
+}
+
+/**
+ * Starts `target/debug/kontakt` (or $KONTAKT_BIN) with a fresh data
+ * directory and SQLite database, and waits until `/healthz` answers.
+ */
+export async function startServer() {
+  const port = await freePort();
+  const dataDir = await mkdtemp(path.join(tmpdir(), "kontakt-e2e-"));
+  const url = `http://127.0.0.1:${port}`;
+  const bin =
+    process.env.KONTAKT_BIN ??
+    path.join(process.env.CARGO_TARGET_DIR ?? path.join(repo, "target"), "debug", "kontakt");
+  const env = {
+    ...process.env,
+    KONTAKT_LISTEN: `127.0.0.1:${port}`,
+    KONTAKT_PUBLIC_URL: url,
+    KONTAKT_DATA_DIR: dataDir,
+    DATABASE_URL: `sqlite://${dataDir}/kontakt.db?mode=rwc`,
+    KONTAKT_JWT_SECRET: "e2e-secret-that-is-long-enough-for-hs256-signing",
+    KONTAKT_DEMO: "true",
+    // Every test signs in several times from 127.0.0.1; the limit itself is
+    // covered by the API tests.
+    KONTAKT_SIGN_IN_PER_MINUTE: "1000",
+    RUST_LOG: process.env.RUST_LOG ?? "warn",
+  };
+  const child = spawn(bin, ["serve"], { cwd: dataDir, env, stdio: ["ignore", "pipe", "pipe"] });
+  let output = "";
+  child.stdout.on("data", (d) => (output += d));
+  child.stderr.on("data", (d) => (output += d));
+  let exited = null;
+  child.on("exit", (code, signal) => (exited = { code, signal }));
+  await waitFor("the server's /healthz", async () => {
+    if (exited) {
+      throw new Error(`kontakt exited early (${JSON.stringify(exited)}):\n${output}`);
+    }
+    const res = await fetch(`${url}/healthz`);
+    return res.ok;
+  }).catch((e) => {
+    child.kill("SIGKILL");
+    throw new Error(`${e.message}\n--- server output ---\n${output}`);
+  });
+  return {
+    url,
+    dataDir,
+    db: path.join(dataDir, "kontakt.db"),
+    output: () => output,
+    async stop() {
+      if (!exited) {
+        const gone = new Promise((r) => child.once("exit", r));
+        child.kill("SIGTERM");
+        const timer = setTimeout(() => child.kill("SIGKILL"), 5_000);
+        await gone;
+        clearTimeout(timer);
+      }
+      await rm(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Launches Chromium; Playwright gives it a fresh temporary user-data-dir. */
+export async function launchBrowser() {
+  return await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    headless: true,
+    args: CHROMIUM_ARGS,
+  });
+}
+
+/** One row of the server's database, through the `sqlite3` tool. */
+export async function sql(server, query) {
+  const { stdout } = await run("sqlite3", ["-json", server.db, query]);
+  return stdout.trim() ? JSON.parse(stdout) : [];
+}
+
+/** The newest outbox payload of `kind` for `email`. */
+export async function outboxPayload(server, kind, email) {
+  const quoted = email.toLowerCase().replaceAll("'", "''");
+  const rows = await sql(
+    server,
+    `SELECT payload FROM outbox WHERE kind = '${kind}' AND lower(recipient) = '${quoted}' ORDER BY created_at DESC, rowid DESC LIMIT 1`,
+  );
+  assert.equal(rows.length, 1, `a ${kind} mail to ${email} in the outbox`);
+  return JSON.parse(rows[0].payload);
+}
+
+/**
+ * Signs a resident in through the pages: the sign-in form, then the link
+ * from the outbox. Fills in name and home municipality when given (a first
+ * sign-in). Leaves the page wherever the link leads.
+ */
+export async function signInResident(page, server, email, { name, home } = {}) {
+  if (!new URL(page.url()).pathname.startsWith("/sign-in")) {
+    await page.goto(`${server.url}/sign-in`);
+  }
+  await page.fill("#email", email);
+  if (name) await page.fill("#name", name);
+  if (home) await page.selectOption("#home", home);
+  await Promise.all([page.waitForURL((u) => u.pathname === "/sign-in"), page.click("form[action='/sign-in'] button[type=submit]")]);
+  await page.locator("p[role=status]").waitFor();
+  const { token } = await outboxPayload(server, "sign_in_link", email);
+  await page.goto(`${server.url}/auth/resident/callback?token=${encodeURIComponent(token)}`);
+}
+
+/** Signs a staff member in through `/staff/login`. */
+export async function signInStaff(page, server, email) {
+  await page.goto(`${server.url}/staff/login`);
+  await page.fill("#email", email);
+  await page.fill("#password", DEMO_PASSWORD);
+  await Promise.all([page.waitForURL(`${server.url}/staff`), page.click("form button[type=submit]")]);
+}
+
+/** Runs axe-core on the page and fails with a readable list of violations. */
+export async function assertAccessible(page, label) {
+  await page.addScriptTag({ path: require.resolve("axe-core/axe.min.js") });
+  const violations = await page.evaluate(async () => {
+    const result = await globalThis.axe.run(document, { resultTypes: ["violations"] });
+    return result.violations.map((v) => ({
+      id: v.id,
+      impact: v.impact,
+      help: v.help,
+      nodes: v.nodes.slice(0, 3).map((n) => n.target.join(" ") + " :: " + n.failureSummary),
+    }));
+  });
+  assert.deepEqual(violations, [], `axe violations on ${label}:\n${JSON.stringify(violations, null, 2)}`);
+  return violations;
+}
+
+/** Asserts that no translation key leaked into the page as text. */
+export async function assertTranslated(page, label) {
+  const text = await page.locator("body").innerText();
+  const leaked = text.match(/\b(page|error|service)\.[a-z_]+(\.[a-z_0-9]+)*/g);
+  assert.equal(leaked, null, `untranslated keys on ${label}: ${leaked}`);
+}
+
+/**
+ * Searches for free times on the start page and returns their links'
+ * addresses. Uses the form like a resident would.
+ */
+export async function searchTimes(page, server, { service, home, language }) {
+  await page.goto(`${server.url}/`);
+  await page.selectOption("#service", service);
+  await page.selectOption("#home", home);
+  if (language) await page.selectOption("#language", language);
+  await Promise.all([page.waitForURL(/[?&]service=/), page.click("form.search button[type=submit]")]);
+  const hrefs = await page.locator("a.slot").evaluateAll((as) => as.map((a) => a.getAttribute("href")));
+  assert.ok(hrefs.length > 0, `free times for ${service} in ${home}`);
+  return hrefs;
+}

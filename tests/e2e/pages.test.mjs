@@ -1,0 +1,211 @@
+// Every page in Swedish and Arabic through axe-core, right-to-left Arabic,
+// the language switcher, a phone-sized viewport, keyboard-only booking, and
+// the public legal map.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import {
+  startServer,
+  launchBrowser,
+  signInResident,
+  signInStaff,
+  searchTimes,
+  outboxPayload,
+  assertAccessible,
+  assertTranslated,
+} from "./helpers.mjs";
+
+let server;
+let browser;
+/** Addresses of every kind of page, filled in by the first test. */
+const pages = { resident: [], staff: [], admin: [], anonymous: [] };
+let residentState;
+let adminState;
+
+before(async () => {
+  server = await startServer();
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+test("setup: a booked resident and a signed-in admin give every page something to show", async () => {
+  const context = await browser.newContext({ locale: "sv-SE" });
+  const page = await context.newPage();
+  const hrefs = await searchTimes(page, server, { service: "missbruk-beroende", home: "2422" });
+  const search = page.url().slice(server.url.length);
+  await signInResident(page, server, "aino@example.se");
+  await page.goto(new URL(hrefs[0], server.url).href);
+  const confirm = page.url().slice(server.url.length);
+  await Promise.all([page.waitForURL((u) => u.pathname === "/my"), page.click("#confirm-booking")]);
+  const id = new URL(page.url()).searchParams.get("booked");
+  const { manage_token: token } = await outboxPayload(server, "booking_confirmed", "aino@example.se");
+  residentState = await context.storageState();
+  await context.close();
+  pages.anonymous.push("/", search, "/sign-in", "/legal-map", "/staff/login", `/b/${token}`);
+  pages.resident.push(confirm, "/my", `/my?booked=${id}`, `/my/bookings/${id}/reschedule`);
+
+  const admin = await browser.newContext({ locale: "sv-SE" });
+  const adminPage = await admin.newPage();
+  await signInStaff(adminPage, server, "admin.lycksele@kontakt.demo");
+  adminState = await admin.storageState();
+  await admin.close();
+  pages.admin.push("/staff", "/scheduler", "/admin/audit");
+});
+
+for (const lang of ["sv", "ar"]) {
+  test(`axe-core finds no violations on any page in ${lang}`, async () => {
+    const groups = [
+      [pages.anonymous, undefined],
+      [pages.resident, residentState],
+      [pages.admin, adminState],
+    ];
+    let checked = 0;
+    for (const [list, storageState] of groups) {
+      const context = await browser.newContext({ storageState, locale: lang === "sv" ? "sv-SE" : lang });
+      const page = await context.newPage();
+      for (const address of list) {
+        const sep = address.includes("?") ? "&" : "?";
+        const response = await page.goto(`${server.url}${address}${sep}lang=${lang}`);
+        assert.equal(response.status(), 200, `${address} answers 200`);
+        assert.equal(await page.getAttribute("html", "lang"), lang);
+        assert.equal(await page.getAttribute("html", "dir"), lang === "ar" ? "rtl" : "ltr", `${address} direction`);
+        await assertTranslated(page, `${address} in ${lang}`);
+        await assertAccessible(page, `${address} in ${lang}`);
+        checked += 1;
+      }
+      await context.close();
+    }
+    assert.equal(checked, 13);
+  });
+}
+
+test("the sign-in sent page and an error page pass axe-core too", async () => {
+  const context = await browser.newContext({ locale: "sv-SE" });
+  const page = await context.newPage();
+  for (const lang of ["sv", "ar"]) {
+    await page.goto(`${server.url}/sign-in?lang=${lang}`);
+    await page.fill("#email", "nobody@example.se");
+    await page.click("form[action='/sign-in'] button[type=submit]");
+    await page.locator("p[role=status]").waitFor();
+    await assertAccessible(page, `the sent page in ${lang}`);
+    const missing = await page.goto(`${server.url}/b/not-a-token?lang=${lang}`);
+    assert.equal(missing.status(), 404);
+    assert.equal(await page.getAttribute("html", "dir"), lang === "ar" ? "rtl" : "ltr");
+    await assertAccessible(page, `the not-found page in ${lang}`);
+  }
+  await context.close();
+});
+
+test("the language switcher sets a cookie that later pages follow, Arabic right to left", async () => {
+  const context = await browser.newContext({ locale: "sv-SE" });
+  const page = await context.newPage();
+  await page.goto(`${server.url}/legal-map`);
+  assert.equal(await page.getAttribute("html", "lang"), "sv");
+  await Promise.all([page.waitForURL(`${server.url}/legal-map`), page.click("nav.languages a[hreflang=ar]")]);
+  assert.equal(await page.getAttribute("html", "dir"), "rtl");
+  assert.equal(await page.locator("h1").innerText(), "الخريطة القانونية");
+  const cookies = await context.cookies();
+  assert.equal(cookies.find((c) => c.name === "lang")?.value, "ar");
+  await page.goto(`${server.url}/`);
+  assert.equal(await page.getAttribute("html", "lang"), "ar");
+  assert.equal(await page.getAttribute("html", "dir"), "rtl");
+  await Promise.all([page.waitForURL(`${server.url}/`), page.click("nav.languages a[hreflang=fi]")]);
+  assert.equal(await page.getAttribute("html", "dir"), "ltr");
+  assert.equal(await page.locator("h1").innerText(), "Varaa aika sosiaalipalveluihin");
+  await context.close();
+});
+
+test("the legal map shows each step's rule with its basis and only the agreements in force", async () => {
+  const context = await browser.newContext({ locale: "sv-SE" });
+  const page = await context.newPage();
+  await page.goto(`${server.url}/legal-map`);
+  const tables = page.locator("table");
+  assert.equal(await tables.count(), 5, "one table per service");
+  const money = page.locator("table", { has: page.locator("caption", { hasText: "Ekonomiskt bistånd" }) });
+  const rows = await money.locator("tbody tr").allInnerTexts();
+  assert.equal(rows.length, 6, "six steps");
+  assert.match(rows[0], /Information\s+Öppen\s+.*SoL 3 kap/);
+  assert.match(rows[2], /Möte\s+Avtal\s+.*9 kap\. 37 §/);
+  assert.match(rows[4], /Beslut\s+Endast hemkommunen/);
+  const agreements = await page.locator("section.agreement").allInnerTexts();
+  const text = agreements.join("\n");
+  assert.match(text, /avtal-lycksele-mala/);
+  assert.match(text, /Lycksele → Malå/);
+  assert.doesNotMatch(text, /avtal-lycksele-norsjo-2024/, "an expired agreement is not in force");
+  await context.close();
+});
+
+test("on a 390×844 phone no page scrolls sideways", async () => {
+  for (const [list, storageState] of [
+    [pages.anonymous, undefined],
+    [pages.resident, residentState],
+    [pages.admin, adminState],
+  ]) {
+    for (const lang of ["sv", "ar"]) {
+      const context = await browser.newContext({
+        storageState,
+        locale: "sv-SE",
+        viewport: { width: 390, height: 844 },
+        isMobile: true,
+        hasTouch: true,
+        deviceScaleFactor: 2,
+      });
+      const page = await context.newPage();
+      for (const address of list) {
+        const sep = address.includes("?") ? "&" : "?";
+        await page.goto(`${server.url}${address}${sep}lang=${lang}`);
+        const { scroll, width } = await page.evaluate(() => ({
+          scroll: document.documentElement.scrollWidth,
+          width: document.documentElement.clientWidth,
+        }));
+        assert.ok(scroll <= width, `${address} in ${lang} is ${scroll}px wide in a ${width}px viewport`);
+      }
+      await context.close();
+    }
+  }
+});
+
+test("by keyboard alone: skip link, pick a time, confirm the booking", async () => {
+  const context = await browser.newContext({ locale: "sv-SE" });
+  const page = await context.newPage();
+  await signInResident(page, server, "anna@example.se");
+  await page.waitForURL((u) => u.pathname === "/my");
+
+  await page.goto(`${server.url}/legal-map`);
+  await page.keyboard.press("Tab");
+  assert.equal(await page.evaluate(() => document.activeElement.className), "skip");
+  assert.ok(await page.locator("a.skip").isVisible(), "the skip link shows when focused");
+  await page.keyboard.press("Enter");
+  assert.equal(await page.evaluate(() => document.activeElement.id), "main");
+
+  // The search form, driven by keys: Tab to each select and type to choose.
+  await page.goto(`${server.url}/`);
+  const focused = () => page.evaluate(() => document.activeElement?.id || document.activeElement?.className);
+  async function tabTo(predicate, what, limit = 60) {
+    for (let i = 0; i < limit; i += 1) {
+      await page.keyboard.press("Tab");
+      if (await page.evaluate(predicate)) return;
+    }
+    throw new Error(`Tab never reached ${what}; focus is on ${await focused()}`);
+  }
+  await tabTo(() => document.activeElement?.id === "service", "the service select");
+  await page.keyboard.type("Stöd");
+  await tabTo(() => document.activeElement?.id === "home", "the home select");
+  await page.keyboard.type("Malå");
+  await tabTo(() => document.activeElement?.matches("form.search button"), "the search button");
+  await Promise.all([page.waitForURL(/service=stod-till-anhoriga/), page.keyboard.press("Enter")]);
+  assert.match(page.url(), /home=2418/);
+  // Focus moved to the list of times; the next Tab reaches the first time.
+  assert.equal(await page.evaluate(() => document.activeElement?.id), "times-title");
+  await tabTo(() => document.activeElement?.matches("a.slot"), "a free time");
+  await Promise.all([page.waitForURL((u) => u.pathname === "/book"), page.keyboard.press("Enter")]);
+  await tabTo(() => document.activeElement?.id === "confirm-booking", "the book button");
+  await Promise.all([page.waitForURL((u) => u.pathname === "/my"), page.keyboard.press("Enter")]);
+  assert.ok(new URL(page.url()).searchParams.get("booked"), "booked by keyboard");
+  assert.match(await page.locator(".success").innerText(), /Tiden är bokad/);
+  await context.close();
+});
