@@ -76,7 +76,7 @@ async fn legal_map(State(state): State<AppState>, ctx: Ctx) -> PageResult {
                 continue;
             };
             body.push_str(&format!(
-                "<tr><th scope=\"row\">{step}</th><td><span class=\"rule rule-{code}\">{rule}</span></td><td lang=\"sv\">{basis}</td></tr>",
+                "<tr><th scope=\"row\">{step}</th><td><span class=\"rule rule-{code}\">{rule}</span></td><td lang=\"sv\" dir=\"ltr\">{basis}</td></tr>",
                 step = t(&format!("page.step.{}", step.as_str())),
                 code = r.rule.as_str(),
                 rule = t(&format!("page.legal.rule.{}", r.rule.as_str())),
@@ -120,7 +120,7 @@ async fn legal_map(State(state): State<AppState>, ctx: Ctx) -> PageResult {
 <dt>{home_label}</dt><dd>{home}</dd>
 <dt>{valid_label}</dt><dd>{from} – {to}</dd>
 <dt>{id_label}</dt><dd><code>{id}</code></dd>
-<dt>{reference_label}</dt><dd lang="sv">{reference}</dd>
+<dt>{reference_label}</dt><dd lang="sv" dir="ltr">{reference}</dd>
 </dl>
 <p>{covers}</p>
 <ul>{scopes}</ul>
