@@ -248,6 +248,13 @@ fn bind_tcp(addr: SocketAddr) -> io::Result<(std::net::TcpListener, SocketAddr)>
     Ok((listener, bound))
 }
 
+/// Sends a datagram with a plain `sendto` on the non-blocking socket. Tokio's `try_send_to`
+/// would refuse until the reactor has seen the socket become writable, which a relay socket
+/// bound a moment ago has not, and UDP sends need no readiness tracking: a full buffer is a drop.
+fn send_now(socket: &UdpSocket, bytes: &[u8], to: SocketAddr) -> io::Result<usize> {
+    socket2::SockRef::from(socket).send_to(bytes, &to.into())
+}
+
 fn bind_relay(ip: IpAddr, port: u16) -> io::Result<UdpSocket> {
     let addr = SocketAddr::new(ip, port);
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -383,11 +390,7 @@ impl Worker {
         if let Some(forward) = forward {
             let relays = self.relays.borrow();
             if let Some(relay) = relays.get(&forward.port) {
-                if relay
-                    .socket
-                    .try_send_to(forward.payload, forward.peer.addr())
-                    .is_err()
-                {
+                if send_now(&relay.socket, forward.payload, forward.peer.addr()).is_err() {
                     self.send_failures.set(self.send_failures.get() + 1);
                 }
             }
@@ -400,7 +403,7 @@ impl Worker {
             Transport::Udp => self
                 .udp
                 .as_ref()
-                .is_some_and(|udp| udp.try_send_to(bytes, client.addr()).is_ok()),
+                .is_some_and(|udp| send_now(udp, bytes, client.addr()).is_ok()),
             Transport::Tcp | Transport::Tls => self
                 .streams
                 .borrow()
