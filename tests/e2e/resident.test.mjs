@@ -112,6 +112,14 @@ test("a sign-in link works once, and a form post without the CSRF value is refus
 
   const forged = await context.request.post(`${server.url}/sign-out`, { form: { csrf: "wrong" }, maxRedirects: 0 });
   assert.equal(forged.status(), 403);
+  const noField = await context.request.post(`${server.url}/book`, {
+    form: { csrf: "", service: "ekonomiskt-bistand", starts_at: "2030-01-07T09:00:00+01:00" },
+    maxRedirects: 0,
+  });
+  assert.equal(noField.status(), 403, "a booking form without the session's CSRF value");
+  // The session still works: the forged posts changed nothing.
+  await page.goto(`${server.url}/my`);
+  assert.equal(new URL(page.url()).pathname, "/my");
   await context.close();
 });
 
