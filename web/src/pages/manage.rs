@@ -2,17 +2,17 @@
 //! in: see it, cancel it, or move it to another free time. The token in the
 //! address is the authority, so these forms need no session.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect};
 use axum::routing::{get, post};
-use axum::{Form, Router};
+use axum::Router;
 use booking::bookings::{self, Authority};
 use booking::BookingStatus;
 use serde::Deserialize;
 
 use super::{
     enc, esc, free_times_by_day, municipality_name, page, rule_text, service_name, status_text, t,
-    time_picker, tr, when, zone_note, Ctx, PageResult,
+    time_picker, tr, when, zone_note, Ctx, PageForm, PageQuery, PageResult,
 };
 use crate::api::{now, parse_time};
 use crate::state::AppState;
@@ -35,7 +35,7 @@ async fn show(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(token): Path<String>,
-    Query(done): Query<Done>,
+    PageQuery(done): PageQuery<Done>,
 ) -> PageResult {
     let b = bookings::by_token(&state.db, &token).await?;
     let now = now();
@@ -108,7 +108,7 @@ struct MoveForm {
 async fn reschedule(
     State(state): State<AppState>,
     Path(token): Path<String>,
-    Form(form): Form<MoveForm>,
+    PageForm(form): PageForm<MoveForm>,
 ) -> PageResult {
     let starts_at = parse_time("starts_at", &form.starts_at)?;
     bookings::reschedule(&state.db, Authority::Token(&token), None, starts_at, now()).await?;

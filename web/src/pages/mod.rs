@@ -17,7 +17,7 @@ mod staff;
 
 use std::collections::BTreeMap;
 
-use axum::extract::{FromRequestParts, Query};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -28,6 +28,7 @@ use booking::bookings::{self, FreeTime, SearchQuery};
 use booking::{Db, Language, MunicipalityCode, ServiceCode, SlotRange};
 use jiff::civil::Date;
 use jiff::{Span, Timestamp, Zoned};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::auth::{Claims, Keys, SubjectKind, SESSION_COOKIE};
@@ -215,6 +216,34 @@ impl IntoResponse for PageError {
             home = t("page.error.home"),
         );
         (status, page(&ctx, &tr("page.error.title"), &body)).into_response()
+    }
+}
+
+/// `Form` whose rejection is an HTML page, like every other page error.
+pub struct PageForm<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for PageForm<T> {
+    type Rejection = PageError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        axum::Form::<T>::from_request(req, state)
+            .await
+            .map(|f| PageForm(f.0))
+            .map_err(|e| PageError::App(AppError::Invalid(e.body_text())))
+    }
+}
+
+/// `Query` whose rejection is an HTML page.
+pub struct PageQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for PageQuery<T> {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| PageQuery(q.0))
+            .map_err(|e| PageError::App(AppError::Invalid(e.body_text())))
     }
 }
 

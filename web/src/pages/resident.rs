@@ -5,11 +5,11 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Redirect};
 use axum::routing::{get, post};
-use axum::{Form, Router};
+use axum::Router;
 use axum_extra::extract::cookie::{Cookie, SameSite};
 use axum_extra::extract::CookieJar;
 use booking::bookings::{self, Authority};
@@ -19,7 +19,7 @@ use serde::Deserialize;
 use super::{
     csrf_field, enc, esc, free_times_by_day, is_local_path, long_date, municipality_name,
     non_empty, page, rule_text, service_name, status_text, t, time_picker, tr, tv, when, zone_note,
-    Ctx, PageError, PageResult, NEXT_COOKIE,
+    Ctx, PageError, PageForm, PageQuery, PageResult, NEXT_COOKIE,
 };
 use crate::api::auth::{send_sign_in_link, ResidentLinkRequest};
 use crate::api::{now, parse_time};
@@ -56,7 +56,7 @@ pub struct Choice {
 async fn start(
     State(state): State<AppState>,
     ctx: Ctx,
-    Query(choice): Query<Choice>,
+    PageQuery(choice): PageQuery<Choice>,
 ) -> PageResult {
     let services = catalog::services(&state.db).await?;
     let municipalities = catalog::municipalities(&state.db).await?;
@@ -179,7 +179,7 @@ fn option(value: &str, label: &str, chosen: Option<&str>) -> String {
 async fn confirm(
     State(state): State<AppState>,
     ctx: Ctx,
-    Query(choice): Query<Choice>,
+    PageQuery(choice): PageQuery<Choice>,
 ) -> PageResult {
     let resident = ctx.resident()?;
     let service = ServiceCode::parse(non_empty(&choice.service).unwrap_or_default())?;
@@ -271,7 +271,11 @@ struct BookForm {
 
 /// Books the confirmed time and shows it on "My pages".
 #[tracing::instrument(skip(state, ctx, form))]
-async fn book(State(state): State<AppState>, ctx: Ctx, Form(form): Form<BookForm>) -> PageResult {
+async fn book(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    PageForm(form): PageForm<BookForm>,
+) -> PageResult {
     let resident = ctx.resident()?.clone();
     ctx.check_csrf(&form.csrf)?;
     let service = ServiceCode::parse(&form.service)?;
@@ -319,7 +323,7 @@ struct SignInQuery {
 async fn sign_in(
     State(state): State<AppState>,
     ctx: Ctx,
-    Query(q): Query<SignInQuery>,
+    PageQuery(q): PageQuery<SignInQuery>,
 ) -> PageResult {
     let next = q.next.filter(|n| is_local_path(n)).unwrap_or_default();
     let body = sign_in_body(&state, &next, None).await?;
@@ -397,7 +401,7 @@ async fn send_link(
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     ctx: Ctx,
     jar: CookieJar,
-    Form(form): Form<SignInForm>,
+    PageForm(form): PageForm<SignInForm>,
 ) -> PageResult {
     let next = form
         .next
@@ -462,7 +466,7 @@ async fn callback(
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     ctx: Ctx,
     jar: CookieJar,
-    Query(q): Query<CallbackQuery>,
+    PageQuery(q): PageQuery<CallbackQuery>,
 ) -> PageResult {
     state.sign_in_limiter.check(client.ip(), Instant::now())?;
     let now = now().as_second();
@@ -514,7 +518,7 @@ struct CsrfForm {
 
 /// Ends the page session, for residents and staff alike.
 #[tracing::instrument(skip_all)]
-async fn sign_out(ctx: Ctx, jar: CookieJar, Form(form): Form<CsrfForm>) -> PageResult {
+async fn sign_out(ctx: Ctx, jar: CookieJar, PageForm(form): PageForm<CsrfForm>) -> PageResult {
     ctx.check_csrf(&form.csrf)?;
     let [a, b] = cleared_cookies();
     Ok((jar.add(a).add(b), Redirect::to("/")).into_response())
@@ -530,7 +534,11 @@ struct MyQuery {
 /// "My pages": the resident's bookings, newest first, with who performs
 /// each and under which rule.
 #[tracing::instrument(skip(state, ctx))]
-async fn my_pages(State(state): State<AppState>, ctx: Ctx, Query(q): Query<MyQuery>) -> PageResult {
+async fn my_pages(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    PageQuery(q): PageQuery<MyQuery>,
+) -> PageResult {
     let resident = ctx.resident()?;
     let list = bookings::for_resident(&state.db, resident).await?;
     let now = now();
@@ -625,7 +633,7 @@ async fn cancel(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
+    PageForm(form): PageForm<CsrfForm>,
 ) -> PageResult {
     let resident = ctx.resident()?;
     ctx.check_csrf(&form.csrf)?;
@@ -675,7 +683,7 @@ async fn reschedule(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(id): Path<String>,
-    Form(form): Form<MoveForm>,
+    PageForm(form): PageForm<MoveForm>,
 ) -> PageResult {
     let resident = ctx.resident()?;
     ctx.check_csrf(form.csrf.as_deref().unwrap_or_default())?;

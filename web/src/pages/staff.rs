@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, State};
 use axum::response::{IntoResponse, Redirect};
 use axum::routing::get;
-use axum::{Form, Router};
+use axum::Router;
 use axum_extra::extract::CookieJar;
 use booking::{accounts, audit, bookings, catalog, EmailAddress, Password, Role};
 use jiff::Span;
@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use super::{
     clock, esc, local, long_date, non_empty, page, parse_date, rule_text, service_name,
-    status_text, t, today, tr, tv, zone_note, Ctx, PageError, PageResult,
+    status_text, t, today, tr, tv, zone_note, Ctx, PageError, PageForm, PageQuery, PageResult,
 };
 use crate::api::now;
 use crate::auth::{session_cookies, SubjectKind};
@@ -78,7 +78,7 @@ async fn login(
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     ctx: Ctx,
     jar: CookieJar,
-    Form(form): Form<LoginForm>,
+    PageForm(form): PageForm<LoginForm>,
 ) -> PageResult {
     let refused = |key: &str, status: axum::http::StatusCode| {
         let body = login_body(Some(&t(key)), &form.email);
@@ -129,7 +129,11 @@ struct DayQuery {
 
 /// The signed-in staff member's meetings on one day, today by default.
 #[tracing::instrument(skip(state, ctx))]
-async fn day(State(state): State<AppState>, ctx: Ctx, Query(q): Query<DayQuery>) -> PageResult {
+async fn day(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    PageQuery(q): PageQuery<DayQuery>,
+) -> PageResult {
     let staff = ctx.staff()?;
     let now = now();
     let date = match non_empty(&q.date) {
@@ -240,7 +244,7 @@ struct RangeQuery {
 async fn scheduler(
     State(state): State<AppState>,
     ctx: Ctx,
-    Query(q): Query<RangeQuery>,
+    PageQuery(q): PageQuery<RangeQuery>,
 ) -> PageResult {
     let staff = ctx.staff()?;
     if !matches!(staff.role, Role::Scheduler | Role::Admin) {
