@@ -728,6 +728,48 @@ pub async fn delete_template(db: &Db, staff_id: &str, id: &str) -> Result<(), Er
     Ok(())
 }
 
+/// Records how a meeting went: `completed` or `no_show`, and only for a
+/// booking that is still `booked`, so a cancelled booking never turns into a
+/// meeting. Returns the booking as it is now, or `Conflict` if it was not
+/// booked. The change is audit-logged as the system's.
+pub async fn record_outcome(
+    db: &Db,
+    booking_id: &str,
+    outcome: BookingStatus,
+    now: Timestamp,
+) -> Result<Booking, Error> {
+    if !matches!(outcome, BookingStatus::Completed | BookingStatus::NoShow) {
+        return Err(Error::Conflict(format!(
+            "a meeting cannot end as {}",
+            outcome.as_str()
+        )));
+    }
+    let _turn = db.write_turn().await;
+    let mut tx = db.pool().begin().await?;
+    let row = sqlx::query(&format!(
+        "UPDATE bookings SET status = $1, sequence = sequence + 1, updated_at = $2 \
+         WHERE id = $3 AND status = 'booked' RETURNING {BOOKING_COLUMNS}"
+    ))
+    .bind(outcome.as_str())
+    .bind(now.as_second())
+    .bind(booking_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        return Err(Error::Conflict("the booking is not booked".into()));
+    };
+    let booking = booking_from_row(&row)?;
+    let action = format!("booking.{}", outcome.as_str());
+    audit::record(
+        &mut tx,
+        &booking_entry(&Actor::System, &action, &booking, Outcome::Allowed),
+        now.as_second(),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(booking)
+}
+
 /// The policy's answer for `host` acting for a resident of `home` at `at`.
 pub async fn decide_for(
     db: &Db,

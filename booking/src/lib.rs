@@ -11,6 +11,7 @@ pub mod bookings;
 pub mod catalog;
 pub mod db;
 pub mod domain;
+pub mod events;
 pub mod outbox;
 pub mod policy;
 pub mod seed;

@@ -9,3 +9,4 @@ mod concurrency;
 mod health;
 mod mail;
 mod policy;
+mod ws;

@@ -12,6 +12,7 @@ pub mod i18n;
 pub mod pages;
 pub mod startup;
 pub mod state;
+pub mod ws;
 
 rust_i18n::i18n!("locales", fallback = "sv");
 

@@ -51,11 +51,19 @@ impl Application {
             Vec::new()
         };
         let secret = jwt_secret(&settings)?;
+        // No relay is configured yet, so no TURN credentials are handed out.
+        let turn = None;
+        let hub = crate::ws::start_hub(&db, settings.nats_url.as_deref(), turn.clone())
+            .await
+            .context("starting the signaling hub")?;
         let state = AppState {
             db: db.clone(),
             keys: Keys::new(secret.as_bytes()),
             sign_in_limiter: SignInLimiter::new(settings.sign_in_per_minute),
             settings: Arc::new(settings.clone()),
+            hub,
+            tickets: crate::ws::Tickets::new(secret.as_bytes()),
+            turn,
         };
         let mail = notify::Worker::new(db.clone(), settings.notify())
             .context("setting up mail delivery")?;

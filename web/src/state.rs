@@ -4,9 +4,11 @@ use std::sync::Arc;
 
 use axum::extract::FromRef;
 use booking::Db;
+use signaling::hub::Hub;
 
 use crate::auth::{Keys, SignInLimiter};
 use crate::config::Settings;
+use crate::ws::{Tickets, TurnIssuer};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -14,6 +16,13 @@ pub struct AppState {
     pub keys: Keys,
     pub settings: Arc<Settings>,
     pub sign_in_limiter: SignInLimiter,
+    /// The real-time hub behind `/ws`.
+    pub hub: Hub,
+    /// Single-use tickets for opening `/ws`.
+    pub tickets: Tickets,
+    /// TURN credentials for admitted participants; `None` while no relay is
+    /// configured, and then clients connect peer to peer or not at all.
+    pub turn: Option<TurnIssuer>,
 }
 
 impl FromRef<AppState> for Db {

@@ -24,6 +24,7 @@ pub fn router() -> Router<AppState> {
         .merge(auth::router())
         .merge(bookings::router())
         .merge(staff::router())
+        .merge(crate::ws::router())
         .route(
             "/api/openapi.json",
             get(|| async { Json(ApiDoc::openapi()) }),
@@ -40,6 +41,7 @@ pub fn router() -> Router<AppState> {
         bookings::by_token, bookings::cancel_by_token, bookings::reschedule_by_token,
         staff::me, staff::day, staff::booking, staff::book_for_resident,
         staff::templates, staff::add_template, staff::delete_template, staff::load, staff::audit,
+        crate::ws::issue_ticket, crate::ws::open_meeting,
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth),

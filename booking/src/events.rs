@@ -1,0 +1,262 @@
+//! Storage for the real-time hub: each room's sequenced history and the open
+//! chat queue entries. The rows are plain strings and integers; the `web`
+//! crate converts them to and from the hub's own row types, so this crate
+//! knows nothing about the hub.
+
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::db::Db;
+use crate::Error;
+
+/// One row of `signaling_events`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    pub room: String,
+    pub seq: i64,
+    /// A JSON array of party ids, or `None` for every member of the room.
+    pub audience: Option<String>,
+    pub kind: String,
+    pub sender: Option<String>,
+    pub client_id: Option<String>,
+    /// The event as JSON.
+    pub body: String,
+    /// Unix seconds, UTC.
+    pub at: i64,
+}
+
+/// One row of `signaling_queue_entries`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueEntryRow {
+    pub room: String,
+    pub ticket: i64,
+    pub service: String,
+    pub home_municipality: String,
+    pub resident: String,
+    pub anonymous: bool,
+    /// Municipality codes, comma-separated.
+    pub eligible_municipalities: String,
+    /// `waiting`, `assigned` or `closed`.
+    pub state: String,
+    pub staff: Option<String>,
+    /// Unix seconds, UTC.
+    pub enqueued_at: i64,
+}
+
+/// What [`append_event`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// The row is stored under its own seq.
+    Stored,
+    /// A chat message with the same room, sender and client id was stored
+    /// before, under this seq; nothing new was stored.
+    Existing { seq: i64 },
+    /// Another row already holds this `(room, seq)`: another writer won.
+    SeqTaken,
+}
+
+/// Stores one event, unless the same chat message is already stored. The
+/// primary key and the unique index decide, so two writers racing on one
+/// room cannot both store a seq or both store a message.
+pub async fn append_event(db: &Db, row: &EventRow) -> Result<Appended, Error> {
+    if let Some(seq) = existing_message(db, row).await? {
+        return Ok(Appended::Existing { seq });
+    }
+    let inserted = {
+        let _turn = db.write_turn().await;
+        sqlx::query(
+            "INSERT INTO signaling_events (room, seq, audience, kind, sender, client_id, body, at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&row.room)
+        .bind(row.seq)
+        .bind(row.audience.as_deref())
+        .bind(&row.kind)
+        .bind(row.sender.as_deref())
+        .bind(row.client_id.as_deref())
+        .bind(&row.body)
+        .bind(row.at)
+        .execute(db.pool())
+        .await
+    };
+    match inserted {
+        Ok(_) => Ok(Appended::Stored),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            // Either the seq or the client id collided; a message stored by
+            // a racing writer meanwhile counts as the same message.
+            match existing_message(db, row).await? {
+                Some(seq) => Ok(Appended::Existing { seq }),
+                None => Ok(Appended::SeqTaken),
+            }
+        }
+        Err(e) => Err(Error::Db(e)),
+    }
+}
+
+/// The events of `room` after `after_seq`, in seq order.
+pub async fn events_after(db: &Db, room: &str, after_seq: i64) -> Result<Vec<EventRow>, Error> {
+    let rows = sqlx::query(
+        "SELECT room, seq, audience, kind, sender, client_id, body, at FROM signaling_events \
+         WHERE room = $1 AND seq > $2 ORDER BY seq",
+    )
+    .bind(room)
+    .bind(after_seq)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter().map(event_from_row).collect()
+}
+
+/// Inserts the entry, or replaces the one with the same room.
+pub async fn save_queue_entry(db: &Db, row: &QueueEntryRow) -> Result<(), Error> {
+    let _turn = db.write_turn().await;
+    sqlx::query(
+        "INSERT INTO signaling_queue_entries \
+         (room, ticket, service, home_municipality, resident, anonymous, eligible_municipalities, state, staff, enqueued_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+         ON CONFLICT (room) DO UPDATE SET ticket = excluded.ticket, service = excluded.service, \
+         home_municipality = excluded.home_municipality, resident = excluded.resident, \
+         anonymous = excluded.anonymous, eligible_municipalities = excluded.eligible_municipalities, \
+         state = excluded.state, staff = excluded.staff, enqueued_at = excluded.enqueued_at",
+    )
+    .bind(&row.room)
+    .bind(row.ticket)
+    .bind(&row.service)
+    .bind(&row.home_municipality)
+    .bind(&row.resident)
+    .bind(i64::from(row.anonymous))
+    .bind(&row.eligible_municipalities)
+    .bind(&row.state)
+    .bind(row.staff.as_deref())
+    .bind(row.enqueued_at)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// Every entry that is not closed, in ticket order.
+pub async fn open_queue_entries(db: &Db) -> Result<Vec<QueueEntryRow>, Error> {
+    let rows = sqlx::query(
+        "SELECT room, ticket, service, home_municipality, resident, anonymous, \
+         eligible_municipalities, state, staff, enqueued_at FROM signaling_queue_entries \
+         WHERE state <> 'closed' ORDER BY ticket",
+    )
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| -> Result<QueueEntryRow, Error> {
+            Ok(QueueEntryRow {
+                room: r.try_get("room")?,
+                ticket: r.try_get("ticket")?,
+                service: r.try_get("service")?,
+                home_municipality: r.try_get("home_municipality")?,
+                resident: r.try_get("resident")?,
+                anonymous: r.try_get::<i64, _>("anonymous")? != 0,
+                eligible_municipalities: r.try_get("eligible_municipalities")?,
+                state: r.try_get("state")?,
+                staff: r.try_get("staff")?,
+                enqueued_at: r.try_get("enqueued_at")?,
+            })
+        })
+        .collect()
+}
+
+/// The seq of the chat message `row` repeats, if it is one and is stored.
+async fn existing_message(db: &Db, row: &EventRow) -> Result<Option<i64>, Error> {
+    let (Some(sender), Some(client_id)) = (&row.sender, &row.client_id) else {
+        return Ok(None);
+    };
+    let seq = sqlx::query(
+        "SELECT seq FROM signaling_events WHERE room = $1 AND sender = $2 AND client_id = $3",
+    )
+    .bind(&row.room)
+    .bind(sender)
+    .bind(client_id)
+    .fetch_optional(db.pool())
+    .await?
+    .map(|r| r.try_get::<i64, _>("seq"))
+    .transpose()?;
+    Ok(seq)
+}
+
+fn event_from_row(r: &AnyRow) -> Result<EventRow, Error> {
+    Ok(EventRow {
+        room: r.try_get("room")?,
+        seq: r.try_get("seq")?,
+        audience: r.try_get("audience")?,
+        kind: r.try_get("kind")?,
+        sender: r.try_get("sender")?,
+        client_id: r.try_get("client_id")?,
+        body: r.try_get("body")?,
+        at: r.try_get("at")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::TestDb;
+
+    fn chat(seq: i64, client_id: &str) -> EventRow {
+        EventRow {
+            room: "chat:1".into(),
+            seq,
+            audience: None,
+            kind: "chat".into(),
+            sender: Some("resident:r1".into()),
+            client_id: Some(client_id.into()),
+            body: "{}".into(),
+            at: 5,
+        }
+    }
+
+    #[tokio::test]
+    async fn events_dedup_by_client_id_and_refuse_a_taken_seq() {
+        let test = TestDb::sqlite().await;
+        let db = &test.db;
+        assert_eq!(
+            append_event(db, &chat(1, "a")).await.unwrap(),
+            Appended::Stored
+        );
+        let mut joined = chat(2, "x");
+        joined.sender = None;
+        joined.client_id = None;
+        joined.kind = "participant_joined".into();
+        assert_eq!(append_event(db, &joined).await.unwrap(), Appended::Stored);
+        assert_eq!(
+            append_event(db, &chat(3, "a")).await.unwrap(),
+            Appended::Existing { seq: 1 }
+        );
+        assert_eq!(
+            append_event(db, &chat(2, "b")).await.unwrap(),
+            Appended::SeqTaken
+        );
+        let after: Vec<EventRow> = events_after(db, "chat:1", 1).await.unwrap();
+        assert_eq!(after, vec![joined]);
+    }
+
+    #[tokio::test]
+    async fn queue_entries_are_replaced_and_closed_ones_left_out() {
+        let test = TestDb::sqlite().await;
+        let db = &test.db;
+        let mut entry = QueueEntryRow {
+            room: "chat:1".into(),
+            ticket: 2,
+            service: "stod".into(),
+            home_municipality: "0180".into(),
+            resident: "anonymous:chat:1".into(),
+            anonymous: true,
+            eligible_municipalities: "0180,0181".into(),
+            state: "waiting".into(),
+            staff: None,
+            enqueued_at: 9,
+        };
+        save_queue_entry(db, &entry).await.unwrap();
+        entry.state = "assigned".into();
+        entry.staff = Some("s1".into());
+        save_queue_entry(db, &entry).await.unwrap();
+        assert_eq!(open_queue_entries(db).await.unwrap(), vec![entry.clone()]);
+        entry.state = "closed".into();
+        save_queue_entry(db, &entry).await.unwrap();
+        assert!(open_queue_entries(db).await.unwrap().is_empty());
+    }
+}

@@ -1,0 +1,338 @@
+//! The real-time endpoint over real WebSockets: tickets, a booking's meeting
+//! room with lobby and admission, chat with sequence numbers, resume after a
+//! reconnect, and the protocol's answers to bad frames.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use kontakt_tests::{spawn_apps, TestApp};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use web::auth::SubjectKind;
+use web::ws::Tickets;
+
+/// How long a test waits for the server's next frame.
+const FRAME_WITHIN: Duration = Duration::from_secs(10);
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A fresh ticket for the holder of `token`.
+async fn ticket(app: &TestApp, token: &str) -> String {
+    let response = app.post("/api/ws/ticket", Some(token), &json!({})).await;
+    assert_eq!(response.status(), 200, "{}: a ticket", app.backend);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["expires_in"], 30);
+    body["ticket"].as_str().expect("a ticket").to_owned()
+}
+
+async fn connect(app: &TestApp, ticket: Option<&str>) -> Result<Socket, tungstenite::Error> {
+    let base = app.address.replacen("http://", "ws://", 1);
+    let url = match ticket {
+        Some(t) => format!("{base}/ws?ticket={t}"),
+        None => format!("{base}/ws"),
+    };
+    tokio_tungstenite::connect_async(url).await.map(|(s, _)| s)
+}
+
+fn refused_status(result: Result<Socket, tungstenite::Error>) -> u16 {
+    match result {
+        Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(other) => panic!("expected an HTTP refusal, got {other}"),
+        Ok(_) => panic!("expected a refusal, the socket opened"),
+    }
+}
+
+/// A connected client that has read its `welcome`.
+struct Client {
+    socket: Socket,
+    party: String,
+}
+
+impl Client {
+    async fn open(app: &TestApp, token: &str) -> Client {
+        let ticket = ticket(app, token).await;
+        let socket = connect(app, Some(&ticket)).await.expect("the socket opens");
+        let mut client = Client {
+            socket,
+            party: String::new(),
+        };
+        let welcome = client.until("welcome").await;
+        client.party = welcome["party"].as_str().expect("a party").to_owned();
+        client
+    }
+
+    async fn send(&mut self, mut frame: Value) {
+        frame["v"] = json!(1);
+        self.socket
+            .send(Message::text(frame.to_string()))
+            .await
+            .expect("frame sent");
+    }
+
+    /// The next frame of any kind, within [`FRAME_WITHIN`].
+    async fn next_message(&mut self) -> Message {
+        tokio::time::timeout(FRAME_WITHIN, self.socket.next())
+            .await
+            .expect("a frame in time")
+            .expect("the socket is open")
+            .expect("a valid frame")
+    }
+
+    /// Reads text frames until one of type `kind` comes, and returns it.
+    async fn until(&mut self, kind: &str) -> Value {
+        loop {
+            if let Message::Text(text) = self.next_message().await {
+                let frame: Value = serde_json::from_str(text.as_str()).expect("JSON");
+                assert_eq!(frame["v"], 1, "{frame}");
+                if frame["type"] == kind {
+                    return frame;
+                }
+            }
+        }
+    }
+
+    /// Reads until an `event` of `event_kind` in `room` comes.
+    async fn until_event(&mut self, room: &str, event_kind: &str) -> Value {
+        loop {
+            let frame = self.until("event").await;
+            if frame["room"] == room && frame["event"]["kind"] == event_kind {
+                return frame;
+            }
+        }
+    }
+}
+
+/// A booked meeting with a token for its resident and for its staff member.
+struct Meeting {
+    room: String,
+    resident_token: String,
+    staff_token: String,
+}
+
+async fn book_meeting(app: &TestApp) -> Meeting {
+    let anna = app.resident("anna@example.se").await;
+    let resident_token = app.resident_token(&anna);
+    let times = app.free_times("ekonomiskt-bistand", "2418", 14).await;
+    let starts_at = times[0]["starts_at"].as_str().expect("a time");
+    let booked = app
+        .post(
+            "/api/bookings",
+            Some(&resident_token),
+            &json!({"service": "ekonomiskt-bistand", "starts_at": starts_at}),
+        )
+        .await;
+    assert_eq!(booked.status(), 201, "{}", app.backend);
+    let booked: Value = booked.json().await.expect("json");
+    let id = booked["booking"]["id"].as_str().expect("an id").to_owned();
+    let opened = app
+        .post(
+            &format!("/api/meetings/{id}/open"),
+            Some(&resident_token),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(
+        opened.status(),
+        200,
+        "{}: the resident opens the room",
+        app.backend
+    );
+    let room = opened.json::<Value>().await.expect("json")["room"]
+        .as_str()
+        .expect("a room")
+        .to_owned();
+    assert_eq!(room, format!("booking:{id}"));
+    let staff_id =
+        booking::bookings::for_resident_by_id(&app.db, &anna, &id, jiff::Timestamp::now())
+            .await
+            .expect("the booking")
+            .staff_id;
+    let staff = booking::accounts::staff_by_id(&app.db, &staff_id)
+        .await
+        .expect("query")
+        .expect("the booking's staff member");
+    let staff_token = app.staff_token(staff.email.as_str()).await;
+    // Opening is idempotent, and staff of the booking may do it too.
+    let again = app
+        .post(
+            &format!("/api/meetings/{id}/open"),
+            Some(&staff_token),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(again.status(), 200, "{}: staff open the room", app.backend);
+    Meeting {
+        room,
+        resident_token,
+        staff_token,
+    }
+}
+
+#[tokio::test]
+async fn the_socket_needs_a_valid_unspent_ticket() {
+    for app in spawn_apps().await {
+        assert_eq!(
+            refused_status(connect(&app, None).await),
+            401,
+            "{}: no ticket",
+            app.backend
+        );
+        let forged = Tickets::new(b"not-the-server-secret-at-all-not-at-all").issue(
+            "someone",
+            SubjectKind::Resident,
+            kontakt_tests::now(),
+        );
+        assert_eq!(
+            refused_status(connect(&app, Some(&forged)).await),
+            401,
+            "{}: forged",
+            app.backend
+        );
+        let anna = app.resident("anna@example.se").await;
+        let session = app.resident_token(&anna);
+        assert_eq!(
+            refused_status(connect(&app, Some(&session)).await),
+            401,
+            "{}: a session token is not a ticket",
+            app.backend
+        );
+        let ticket = ticket(&app, &session).await;
+        let first = connect(&app, Some(&ticket))
+            .await
+            .expect("a fresh ticket works");
+        assert_eq!(
+            refused_status(connect(&app, Some(&ticket)).await),
+            401,
+            "{}: reused",
+            app.backend
+        );
+        drop(first);
+        let no_session = app.post("/api/ws/ticket", None, &json!({})).await;
+        assert_eq!(no_session.status(), 401);
+    }
+}
+
+#[tokio::test]
+async fn a_resident_waits_in_the_lobby_until_staff_admit_and_then_chats() {
+    for app in spawn_apps().await {
+        let meeting = book_meeting(&app).await;
+        let room = meeting.room.as_str();
+        let mut staff = Client::open(&app, &meeting.staff_token).await;
+        assert!(staff.party.starts_with("staff:"), "{}", staff.party);
+        let mut resident = Client::open(&app, &meeting.resident_token).await;
+
+        resident.send(json!({"type": "join", "room": room})).await;
+        let joined = resident.until("joined").await;
+        assert_eq!(joined["state"], "lobby", "{}: {joined}", app.backend);
+
+        let knock = staff.until("lobby.knock").await;
+        assert_eq!(knock["room"], room);
+        assert_eq!(knock["participant"]["party"], resident.party.as_str());
+
+        staff.send(json!({"type": "join", "room": room})).await;
+        let joined = staff.until("joined").await;
+        assert_eq!(joined["state"], "admitted", "{}: {joined}", app.backend);
+        staff
+            .send(json!({"type": "lobby.admit", "room": room, "party": resident.party}))
+            .await;
+        resident.until("lobby.admitted").await;
+
+        resident
+            .send(json!({"type": "chat.send", "room": room, "client_id": "c1", "text": "Hej!"}))
+            .await;
+        let stored = resident.until("chat.stored").await;
+        let seq = stored["seq"].as_u64().expect("a seq");
+        let chat = staff.until_event(room, "chat").await;
+        assert_eq!(chat["seq"].as_u64(), Some(seq), "{}: {chat}", app.backend);
+        assert_eq!(chat["event"]["text"], "Hej!");
+        assert_eq!(chat["event"]["from"], resident.party.as_str());
+    }
+}
+
+#[tokio::test]
+async fn a_reconnected_resident_resumes_what_was_said_meanwhile() {
+    for app in spawn_apps().await {
+        let meeting = book_meeting(&app).await;
+        let room = meeting.room.as_str();
+        let mut staff = Client::open(&app, &meeting.staff_token).await;
+        let mut resident = Client::open(&app, &meeting.resident_token).await;
+        resident.send(json!({"type": "join", "room": room})).await;
+        staff.until("lobby.knock").await;
+        staff.send(json!({"type": "join", "room": room})).await;
+        staff
+            .send(json!({"type": "lobby.admit", "room": room, "party": resident.party}))
+            .await;
+        resident.until("lobby.admitted").await;
+        resident
+            .send(json!({"type": "chat.send", "room": room, "client_id": "c1", "text": "Strax tillbaka"}))
+            .await;
+        let seen = resident.until("chat.stored").await["seq"]
+            .as_u64()
+            .expect("a seq");
+
+        resident.socket.close(None).await.expect("closed");
+        drop(resident);
+        staff.until_event(room, "participant_left").await;
+        staff
+            .send(
+                json!({"type": "chat.send", "room": room, "client_id": "s1", "text": "Jag väntar"}),
+            )
+            .await;
+        let missed = staff.until("chat.stored").await["seq"]
+            .as_u64()
+            .expect("a seq");
+        assert!(missed > seen);
+
+        let mut back = Client::open(&app, &meeting.resident_token).await;
+        back.send(json!({"type": "join", "room": room})).await;
+        let joined = back.until("joined").await;
+        assert_eq!(
+            joined["state"], "admitted",
+            "{}: admitted stays admitted",
+            app.backend
+        );
+        back.send(json!({"type": "resume", "room": room, "last_seq": seen}))
+            .await;
+        let replayed = back.until_event(room, "chat").await;
+        assert_eq!(
+            replayed["seq"].as_u64(),
+            Some(missed),
+            "{}: {replayed}",
+            app.backend
+        );
+        assert_eq!(replayed["event"]["text"], "Jag väntar");
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_frame_is_answered_and_a_binary_frame_closes_with_1003() {
+    for app in spawn_apps().await {
+        let anna = app.resident("anna@example.se").await;
+        let mut client = Client::open(&app, &app.resident_token(&anna)).await;
+        client
+            .socket
+            .send(Message::text("{not json"))
+            .await
+            .expect("sent");
+        let error = client.until("error").await;
+        assert_eq!(error["code"], "malformed", "{}: {error}", app.backend);
+        client.send(json!({"type": "ping"})).await;
+        client.until("pong").await;
+
+        client
+            .socket
+            .send(Message::binary(vec![1u8, 2, 3]))
+            .await
+            .expect("sent");
+        let code = loop {
+            match client.next_message().await {
+                Message::Close(Some(frame)) => break u16::from(frame.code),
+                Message::Close(None) => panic!("{}: a close without a code", app.backend),
+                _ => continue,
+            }
+        };
+        assert_eq!(code, 1003, "{}", app.backend);
+    }
+}

@@ -1,0 +1,172 @@
+//! What the hub asks of the rest of `kontakt`: audit entries and booking
+//! outcomes go to `booking`, TURN credentials come from the relay's shared
+//! secret when a relay is configured.
+
+use async_trait::async_trait;
+use base64::Engine;
+use booking::audit::{self, Actor, Entry, Outcome};
+use booking::{BookingStatus, Db};
+use hmac::{Hmac, Mac};
+use signaling::hub::Effects;
+use signaling::ids::{BookingId, MunicipalityCode, PartyId, RoomId, StaffId};
+use signaling::outbound::AuditEntry;
+use signaling::protocol::{BookingOutcome, Participant, TurnCredentials};
+
+/// Makes TURN REST credentials (the time-limited username/password scheme
+/// coturn and the media relay accept): the username is
+/// `<expiry unix seconds>:<party>` and the password is the base64 of its
+/// HMAC-SHA1 under the secret the relay shares.
+#[derive(Clone)]
+pub struct TurnIssuer {
+    secret: Vec<u8>,
+    urls: Vec<String>,
+    ttl_secs: u64,
+}
+
+impl TurnIssuer {
+    pub fn new(secret: &[u8], urls: Vec<String>, ttl_secs: u64) -> TurnIssuer {
+        TurnIssuer {
+            secret: secret.to_vec(),
+            urls,
+            ttl_secs,
+        }
+    }
+
+    /// Credentials for `party`, valid `ttl_secs` from `now` (unix seconds).
+    pub fn issue(&self, party: &PartyId, now: i64) -> TurnCredentials {
+        let expiry = now.saturating_add(i64::try_from(self.ttl_secs).unwrap_or(i64::MAX));
+        let username = format!("{expiry}:{party}");
+        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(&self.secret)
+            .expect("HMAC accepts keys of any length");
+        mac.update(username.as_bytes());
+        let password =
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        TurnCredentials {
+            urls: self.urls.clone(),
+            username,
+            password,
+            ttl_secs: self.ttl_secs,
+        }
+    }
+}
+
+/// The hub's effects on the database, the relay and the logs.
+pub struct AppEffects {
+    db: Db,
+    turn: Option<TurnIssuer>,
+}
+
+impl AppEffects {
+    pub fn new(db: Db, turn: Option<TurnIssuer>) -> AppEffects {
+        AppEffects { db, turn }
+    }
+}
+
+#[async_trait]
+impl Effects for AppEffects {
+    async fn audit(&self, entry: AuditEntry) {
+        let actor = actor_of(&entry.actor);
+        let resident_id = entry.subject.as_str().strip_prefix("resident:");
+        let record = Entry {
+            actor: &actor,
+            action: entry.action.as_str(),
+            subject: entry.room.as_str().to_owned(),
+            resident_id,
+            on_behalf_of: entry.on_behalf_of.as_ref().map(|m| m.as_str()),
+            rule: None,
+            agreement_id: None,
+            outcome: Outcome::Allowed,
+        };
+        if let Err(e) = audit::record_now(&self.db, &record, now()).await {
+            // The hub has no way to take back a read it already allowed, so
+            // a lost audit entry is an error for operators to see.
+            tracing::error!(error = %e, room = %entry.room, action = entry.action.as_str(), "writing an audit entry failed");
+        }
+    }
+
+    async fn booking_outcome(&self, booking: &BookingId, outcome: BookingOutcome) {
+        let status = match outcome {
+            BookingOutcome::Completed => BookingStatus::Completed,
+            BookingOutcome::NoShow => BookingStatus::NoShow,
+        };
+        let now = jiff::Timestamp::now();
+        match booking::bookings::record_outcome(&self.db, booking.as_str(), status, now).await {
+            Ok(_) => {
+                tracing::info!(%booking, outcome = status.as_str(), "booking outcome recorded")
+            }
+            // A booking cancelled or already ended keeps its status.
+            Err(booking::Error::Conflict(reason)) => {
+                tracing::info!(%booking, outcome = status.as_str(), %reason, "booking outcome not recorded")
+            }
+            Err(e) => {
+                tracing::error!(%booking, outcome = status.as_str(), error = ?e, "recording a booking outcome failed")
+            }
+        }
+    }
+
+    async fn turn_credentials(&self, _room: &RoomId, party: &PartyId) -> Option<TurnCredentials> {
+        self.turn.as_ref().map(|issuer| issuer.issue(party, now()))
+    }
+
+    async fn staff_notified(
+        &self,
+        room: &RoomId,
+        municipality: &MunicipalityCode,
+        staff: Option<&StaffId>,
+        participant: &Participant,
+    ) {
+        // Consoles that are connected have the knock already; mail or SMS to
+        // staff who are not is a later step of the notify worker.
+        tracing::info!(%room, %municipality, staff = ?staff.map(StaffId::as_str), party = %participant.party, "knock with no staff in the room");
+    }
+
+    async fn conversation_closed(&self, room: &RoomId, resident: &PartyId, anonymous: bool) {
+        // The transcript stays in `signaling_events`; retention of anonymous
+        // chats and the "My pages" view are later steps.
+        tracing::info!(%room, %resident, anonymous, "chat closed");
+    }
+}
+
+fn actor_of(party: &PartyId) -> Actor {
+    let text = party.as_str();
+    if let Some(id) = text.strip_prefix("staff:") {
+        Actor::Staff(id.to_owned())
+    } else if let Some(id) = text.strip_prefix("resident:") {
+        Actor::Resident(id.to_owned())
+    } else if let Some(id) = text.strip_prefix("guest:") {
+        Actor::Guest(id.to_owned())
+    } else {
+        Actor::Anonymous
+    }
+}
+
+fn now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn turn_credentials_follow_the_rest_scheme() {
+        let issuer = TurnIssuer::new(b"secret", vec!["turn:relay.example:3478".into()], 600);
+        let party = PartyId::parse("resident:r1").unwrap();
+        let credentials = issuer.issue(&party, 1000);
+        assert_eq!(credentials.username, "1600:resident:r1");
+        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(b"secret").unwrap();
+        mac.update(b"1600:resident:r1");
+        let expected =
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        assert_eq!(credentials.password, expected);
+        assert_eq!(credentials.ttl_secs, 600);
+    }
+
+    #[test]
+    fn actors_come_from_party_prefixes() {
+        let actor = |s: &str| actor_of(&PartyId::parse(s).unwrap());
+        assert_eq!(actor("staff:s1"), Actor::Staff("s1".into()));
+        assert_eq!(actor("resident:r1"), Actor::Resident("r1".into()));
+        assert_eq!(actor("anonymous:chat:1"), Actor::Anonymous);
+    }
+}

@@ -1,0 +1,258 @@
+//! The real-time endpoint: `POST /api/ws/ticket` hands out single-use
+//! tickets, `GET /ws?ticket=...` upgrades to the `signaling` hub's protocol,
+//! and `POST /api/meetings/{booking_id}/open` opens a booking's meeting room.
+//!
+//! The hub itself lives in `signaling`; this module builds identities from
+//! the database, computes chat eligibility with `booking`'s policy, and runs
+//! one socket loop per connection.
+
+mod effects;
+mod socket;
+mod store;
+mod ticket;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use booking::bookings::{self, Booking};
+use booking::Db;
+use serde::{Deserialize, Serialize};
+use signaling::hub::{Hub, HubSettings, Identity};
+use signaling::ids::{
+    BookingId, MunicipalityCode, PartyId, ResidentId, RoomId, ServiceId, StaffId,
+};
+use signaling::queue::{QueueMode, QueueSettings};
+use signaling::room::MeetingSetup;
+use utoipa::ToSchema;
+
+pub use effects::{AppEffects, TurnIssuer};
+pub use store::DbStore;
+pub use ticket::{TicketSubject, Tickets, TICKET_SECONDS};
+
+use crate::auth::{Session, SubjectKind};
+use crate::error::{AppError, ErrorBody};
+use crate::state::AppState;
+
+/// The hub's rules. They are fixed until the queue gets its own section in
+/// the configuration file.
+pub const HUB_SETTINGS: HubSettings = HubSettings {
+    queue: QueueSettings {
+        mode: QueueMode::Manual,
+        answer_timeout: Duration::from_secs(120),
+        abandon_after: Duration::from_secs(300),
+        average_chat: Duration::from_secs(15 * 60),
+    },
+    connection_buffer: 256,
+};
+
+/// How late a resident may come before the meeting counts as a no-show.
+pub const NO_SHOW_GRACE: Duration = Duration::from_secs(15 * 60);
+
+/// Builds the hub over the application's database and the configured bus,
+/// restores the open chats, and starts its timer and bus listener.
+pub async fn start_hub(
+    db: &Db,
+    nats_url: Option<&str>,
+    turn: Option<TurnIssuer>,
+) -> anyhow::Result<Hub> {
+    let bus = signaling::bus::connect_bus(nats_url)
+        .await
+        .context("connecting to the bus")?;
+    let hub = Hub::new(
+        HUB_SETTINGS,
+        Arc::new(DbStore::new(db.clone())),
+        bus,
+        Arc::new(AppEffects::new(db.clone(), turn)),
+    );
+    let restored = hub.restore().await.context("restoring open chats")?;
+    tracing::info!(restored, "signaling hub started");
+    hub.spawn_timer();
+    hub.spawn_bus_listener()
+        .await
+        .context("listening on the bus")?;
+    Ok(hub)
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/ws/ticket", post(issue_ticket))
+        .route("/api/meetings/{booking_id}/open", post(open_meeting))
+        .route("/ws", get(upgrade))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TicketDto {
+    /// Pass as `/ws?ticket=...` within `expires_in` seconds; it works once.
+    pub ticket: String,
+    pub expires_in: i64,
+}
+
+/// A single-use ticket for opening the WebSocket at `/ws`.
+#[utoipa::path(post, path = "/api/ws/ticket", security(("bearer" = [])), responses((status = 200, body = TicketDto), (status = 401, body = ErrorBody), (status = 403, description = "A cookie session without its CSRF header", body = ErrorBody)))]
+#[tracing::instrument(skip(state, session), fields(sub = %session.claims.sub))]
+pub async fn issue_ticket(
+    State(state): State<AppState>,
+    session: Session,
+) -> Result<Json<TicketDto>, AppError> {
+    // A session of an account deleted since sign-in gets no ticket.
+    identity(&state.db, &session.claims.sub, session.claims.kind).await?;
+    let ticket = state.tickets.issue(
+        &session.claims.sub,
+        session.claims.kind,
+        crate::api::now().as_second(),
+    );
+    Ok(Json(TicketDto {
+        ticket,
+        expires_in: TICKET_SECONDS,
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MeetingDto {
+    /// The room to `join` over `/ws`, `booking:<id>`.
+    pub room: String,
+}
+
+/// Opens the meeting room of a booking (or finds it open). For the resident
+/// who booked it, and for staff the policy lets handle the booking.
+#[utoipa::path(post, path = "/api/meetings/{booking_id}/open", security(("bearer" = [])), responses((status = 200, body = MeetingDto), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, description = "The booking is cancelled or over", body = ErrorBody)))]
+#[tracing::instrument(skip(state, session), fields(sub = %session.claims.sub))]
+pub async fn open_meeting(
+    State(state): State<AppState>,
+    session: Session,
+    Path(booking_id): Path<String>,
+) -> Result<Json<MeetingDto>, AppError> {
+    let now = crate::api::now();
+    let booking = match session.claims.kind {
+        SubjectKind::Resident => {
+            let resident = booking::accounts::resident_by_id(&state.db, &session.claims.sub)
+                .await?
+                .ok_or(AppError::Unauthorized)?;
+            bookings::for_resident_by_id(&state.db, &resident, &booking_id, now).await?
+        }
+        SubjectKind::Staff => {
+            let staff = booking::accounts::staff_by_id(&state.db, &session.claims.sub)
+                .await?
+                .ok_or(AppError::Unauthorized)?;
+            bookings::for_staff(&state.db, &staff, &booking_id, now)
+                .await?
+                .0
+        }
+    };
+    if booking.status != booking::BookingStatus::Booked {
+        return Err(AppError::Conflict(format!(
+            "the booking is {}",
+            booking.status.as_str()
+        )));
+    }
+    let setup = meeting_setup(&state.hub, &booking)?;
+    let room = setup.room.to_string();
+    state
+        .hub
+        .open_meeting(setup)
+        .await
+        .context("opening a meeting room")?;
+    Ok(Json(MeetingDto { room }))
+}
+
+#[derive(Deserialize)]
+pub struct UpgradeParams {
+    ticket: Option<String>,
+}
+
+/// Upgrades to the real-time protocol, for the holder of a valid ticket
+/// only: anything else is refused with 401 before the upgrade.
+pub async fn upgrade(
+    State(state): State<AppState>,
+    Query(params): Query<UpgradeParams>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let now = crate::api::now().as_second();
+    let Some(subject) = params
+        .ticket
+        .as_deref()
+        .and_then(|t| state.tickets.redeem(t, now))
+    else {
+        return AppError::Unauthorized.into_response();
+    };
+    let identity = match identity(&state.db, &subject.id, subject.kind).await {
+        Ok(identity) => identity,
+        Err(e) => return e.into_response(),
+    };
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let hub = state.hub.clone();
+    let db = state.db.clone();
+    upgrade
+        // Frames up to twice the protocol's limit reach the protocol, which
+        // closes with 1009; larger ones are cut off by the socket itself.
+        .max_message_size(signaling::protocol::MAX_FRAME_BYTES * 2)
+        .on_upgrade(move |socket| socket::run(socket, hub, db, identity))
+}
+
+/// The hub identity of a ticket's or session's subject, from the database.
+async fn identity(db: &Db, id: &str, kind: SubjectKind) -> Result<Identity, AppError> {
+    let bad = |what: &str| AppError::Internal(anyhow::anyhow!("{what} is not a valid hub id"));
+    match kind {
+        SubjectKind::Resident => {
+            let resident = booking::accounts::resident_by_id(db, id)
+                .await?
+                .ok_or(AppError::Unauthorized)?;
+            Ok(Identity::Resident {
+                id: ResidentId::parse(resident.id).map_err(|_| bad("a resident id"))?,
+                home_municipality: MunicipalityCode::parse(resident.home.as_str())
+                    .map_err(|_| bad("a municipality code"))?,
+            })
+        }
+        SubjectKind::Staff => {
+            let staff = booking::accounts::staff_by_id(db, id)
+                .await?
+                .ok_or(AppError::Unauthorized)?;
+            let may_handle = staff
+                .services
+                .iter()
+                .map(|s| ServiceId::parse(s.as_str()))
+                .collect::<Result<BTreeSet<_>, _>>()
+                .map_err(|_| bad("a service code"))?;
+            Ok(Identity::Staff {
+                id: StaffId::parse(staff.id).map_err(|_| bad("a staff id"))?,
+                municipality: MunicipalityCode::parse(staff.municipality.as_str())
+                    .map_err(|_| bad("a municipality code"))?,
+                may_handle,
+            })
+        }
+    }
+}
+
+fn meeting_setup(hub: &Hub, booking: &Booking) -> Result<MeetingSetup, AppError> {
+    let bad = |what: &str| AppError::Internal(anyhow::anyhow!("{what} is not a valid hub id"));
+    let clock = hub.clock();
+    Ok(MeetingSetup {
+        room: RoomId::parse(format!("booking:{}", booking.id)).map_err(|_| bad("a booking id"))?,
+        booking: Some(BookingId::parse(&booking.id).map_err(|_| bad("a booking id"))?),
+        performing_municipality: MunicipalityCode::parse(booking.performed_by.as_str())
+            .map_err(|_| bad("a municipality code"))?,
+        staff: Some(StaffId::parse(&booking.staff_id).map_err(|_| bad("a staff id"))?),
+        resident: PartyId::resident(
+            &ResidentId::parse(&booking.resident_id).map_err(|_| bad("a resident id"))?,
+        ),
+        home_municipality: Some(
+            MunicipalityCode::parse(booking.performed_for.as_str())
+                .map_err(|_| bad("a municipality code"))?,
+        ),
+        starts_at: Some(clock.instant_at(booking.range.start().as_second())),
+        no_show_grace: NO_SHOW_GRACE,
+        pre_admitted: Vec::new(),
+        clock,
+    })
+}

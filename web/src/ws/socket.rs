@@ -1,0 +1,213 @@
+//! One connection's loop: frames from the socket go through the rate limit
+//! and the parser into the hub, messages from the hub go out as frames, and
+//! a ping every 20 seconds finds connections that died silently.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use booking::bookings::decide_for;
+use booking::{Db, ServiceCode, Step};
+use futures::{SinkExt, StreamExt};
+use signaling::hub::{ConversationRequest, Hub, Identity};
+use signaling::ids::{ConnectionId, MunicipalityCode, ServiceId};
+use signaling::protocol::{
+    parse_client_frame, ClientMessage, ErrorCode, ProtocolError, RateLimiter, ServerMessage,
+};
+
+/// How often the server pings.
+pub const PING_EVERY: Duration = Duration::from_secs(20);
+/// How long the server waits for any pong before it gives the peer up.
+pub const PONG_WITHIN: Duration = Duration::from_secs(40);
+
+/// Close code 1008 (policy violation, RFC 6455 section 7.4.1): the hub gave
+/// up on a connection that did not keep up with its messages.
+const CLOSE_TOO_SLOW: u16 = 1008;
+/// Close code 1001 (going away, RFC 6455 section 7.4.1): no pong in time.
+const CLOSE_GOING_AWAY: u16 = 1001;
+
+/// Runs the connection until either side ends it, then detaches it from the
+/// hub.
+pub async fn run(socket: WebSocket, hub: Hub, db: Db, identity: Identity) {
+    let (conn, mut from_hub) = hub.connect(identity.clone()).await;
+    let (mut sink, mut stream) = socket.split();
+    let mut limiter = RateLimiter::for_connection(Instant::now());
+    let start = tokio::time::Instant::now();
+    let mut ping = tokio::time::interval_at(start + PING_EVERY, PING_EVERY);
+    let pong_deadline = tokio::time::sleep_until(start + PONG_WITHIN);
+    tokio::pin!(pong_deadline);
+    loop {
+        tokio::select! {
+            message = from_hub.recv() => {
+                let Some(message) = message else {
+                    close(&mut sink, CLOSE_TOO_SLOW, "too slow").await;
+                    break;
+                };
+                if sink.send(Message::Text(message.to_frame().into())).await.is_err() {
+                    break;
+                }
+            }
+            frame = stream.next() => {
+                let Some(Ok(frame)) = frame else { break };
+                let reply = match frame {
+                    Message::Text(text) => match limiter.check(Instant::now()) {
+                        Err(e) => Reply::Error(e),
+                        Ok(()) => match parse_client_frame(text.as_str()) {
+                            Err(e) => Reply::Error(e),
+                            Ok(message) => match apply(&hub, &db, conn, &identity, message).await {
+                                Some(answer) => Reply::Message(answer),
+                                None => Reply::None,
+                            },
+                        },
+                    },
+                    Message::Binary(_) => Reply::Error(ProtocolError::Binary),
+                    Message::Pong(_) => {
+                        pong_deadline.as_mut().reset(tokio::time::Instant::now() + PONG_WITHIN);
+                        Reply::None
+                    }
+                    // The socket answers pings itself.
+                    Message::Ping(_) => Reply::None,
+                    Message::Close(_) => break,
+                };
+                let answer = match reply {
+                    Reply::None => continue,
+                    Reply::Message(message) => message,
+                    Reply::Error(e) => {
+                        if let Some(code) = e.close_code() {
+                            close(&mut sink, code, &e.to_string()).await;
+                            break;
+                        }
+                        e.to_message()
+                    }
+                };
+                if sink.send(Message::Text(answer.to_frame().into())).await.is_err() {
+                    break;
+                }
+            }
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    break;
+                }
+            }
+            _ = &mut pong_deadline => {
+                close(&mut sink, CLOSE_GOING_AWAY, "no pong").await;
+                break;
+            }
+        }
+    }
+    hub.disconnect(conn).await;
+}
+
+/// What the loop sends back for one frame, besides what the hub sends.
+enum Reply {
+    None,
+    Message(ServerMessage),
+    Error(ProtocolError),
+}
+
+/// Hands one message to the hub, and returns an answer the endpoint gives
+/// itself, if any. `queue.open` is the one message the endpoint handles,
+/// because eligibility comes from `booking`.
+async fn apply(
+    hub: &Hub,
+    db: &Db,
+    conn: ConnectionId,
+    identity: &Identity,
+    message: ClientMessage,
+) -> Option<ServerMessage> {
+    let ClientMessage::QueueOpen { service } = message else {
+        hub.handle(conn, message).await;
+        return None;
+    };
+    let Identity::Resident {
+        home_municipality, ..
+    } = identity
+    else {
+        return Some(ServerMessage::error(
+            ErrorCode::Forbidden,
+            "only residents can open a chat",
+            None,
+        ));
+    };
+    let eligible = match eligible_municipalities(db, home_municipality, &service).await {
+        Ok(Some(eligible)) => eligible,
+        Ok(None) => {
+            return Some(ServerMessage::error(
+                ErrorCode::NotFound,
+                "no such service",
+                None,
+            ))
+        }
+        Err(e) => {
+            tracing::error!(error = ?e, %service, "computing chat eligibility failed");
+            return Some(ServerMessage::error(
+                ErrorCode::StorageUnavailable,
+                "not opened; try again",
+                None,
+            ));
+        }
+    };
+    let request = ConversationRequest {
+        service,
+        home_municipality: home_municipality.clone(),
+        eligible_municipalities: eligible,
+    };
+    match hub.open_conversation(conn, request).await {
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "opening a chat failed");
+            Some(ServerMessage::error(
+                ErrorCode::StorageUnavailable,
+                "not opened; try again",
+                None,
+            ))
+        }
+    }
+}
+
+/// The municipalities whose staff may do the pre-assessment of `service`
+/// for a resident of `home`, today, under the policy; `None` if there is no
+/// such service.
+async fn eligible_municipalities(
+    db: &Db,
+    home: &MunicipalityCode,
+    service: &ServiceId,
+) -> Result<Option<BTreeSet<MunicipalityCode>>, booking::Error> {
+    let Ok(service) = ServiceCode::parse(service.as_str()) else {
+        return Ok(None);
+    };
+    if booking::catalog::service(db, &service).await?.is_none() {
+        return Ok(None);
+    }
+    let home = booking::MunicipalityCode::parse(home.as_str())?;
+    let now = jiff::Timestamp::now();
+    let mut eligible = BTreeSet::new();
+    for municipality in booking::catalog::municipalities(db).await? {
+        let decision = decide_for(
+            db,
+            &municipality.code,
+            &home,
+            &service,
+            Step::PreAssessment,
+            now,
+        )
+        .await?;
+        if decision.allowed() {
+            if let Ok(code) = MunicipalityCode::parse(municipality.code.as_str()) {
+                eligible.insert(code);
+            }
+        }
+    }
+    Ok(Some(eligible))
+}
+
+async fn close<S>(sink: &mut S, code: u16, reason: &str)
+where
+    S: futures::Sink<Message> + Unpin,
+{
+    let frame = CloseFrame {
+        code,
+        reason: reason.chars().take(60).collect::<String>().into(),
+    };
+    let _ = sink.send(Message::Close(Some(frame))).await;
+}

@@ -1,0 +1,117 @@
+//! The hub's [`Store`] over the database, through `booking::events`. This
+//! module only converts rows: the SQL lives in `booking`.
+
+use async_trait::async_trait;
+use booking::events::{self, Appended as DbAppended};
+use booking::Db;
+use signaling::store::{Appended, EventRow, QueueEntryRow, Store, StoreError};
+
+/// The hub's storage in the application's database.
+#[derive(Clone)]
+pub struct DbStore {
+    db: Db,
+}
+
+impl DbStore {
+    pub fn new(db: Db) -> DbStore {
+        DbStore { db }
+    }
+}
+
+#[async_trait]
+impl Store for DbStore {
+    async fn append_event(&self, row: EventRow) -> Result<Appended, StoreError> {
+        let (room, seq) = (row.room.clone(), row.seq);
+        match events::append_event(&self.db, &event_to_db(row))
+            .await
+            .map_err(unavailable)?
+        {
+            DbAppended::Stored => Ok(Appended::Stored),
+            DbAppended::Existing { seq } => Ok(Appended::Duplicate { seq }),
+            DbAppended::SeqTaken => Err(StoreError::SeqTaken { room, seq }),
+        }
+    }
+
+    async fn events_after(&self, room: &str, after_seq: i64) -> Result<Vec<EventRow>, StoreError> {
+        let rows = events::events_after(&self.db, room, after_seq)
+            .await
+            .map_err(unavailable)?;
+        Ok(rows.into_iter().map(event_from_db).collect())
+    }
+
+    async fn save_queue_entry(&self, row: QueueEntryRow) -> Result<(), StoreError> {
+        events::save_queue_entry(&self.db, &entry_to_db(row))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn open_queue_entries(&self) -> Result<Vec<QueueEntryRow>, StoreError> {
+        let rows = events::open_queue_entries(&self.db)
+            .await
+            .map_err(unavailable)?;
+        Ok(rows.into_iter().map(entry_from_db).collect())
+    }
+}
+
+/// The hub only needs to know that the write did not happen; the cause is
+/// logged here, once, with its full chain.
+fn unavailable(err: booking::Error) -> StoreError {
+    tracing::error!(error = ?err, "signaling storage failed");
+    StoreError::Unavailable(err.to_string())
+}
+
+fn event_to_db(row: EventRow) -> events::EventRow {
+    events::EventRow {
+        room: row.room,
+        seq: row.seq,
+        audience: row.audience,
+        kind: row.kind,
+        sender: row.sender,
+        client_id: row.client_id,
+        body: row.body,
+        at: row.at,
+    }
+}
+
+fn event_from_db(row: events::EventRow) -> EventRow {
+    EventRow {
+        room: row.room,
+        seq: row.seq,
+        audience: row.audience,
+        kind: row.kind,
+        sender: row.sender,
+        client_id: row.client_id,
+        body: row.body,
+        at: row.at,
+    }
+}
+
+fn entry_to_db(row: QueueEntryRow) -> events::QueueEntryRow {
+    events::QueueEntryRow {
+        room: row.room,
+        ticket: row.ticket,
+        service: row.service,
+        home_municipality: row.home_municipality,
+        resident: row.resident,
+        anonymous: row.anonymous,
+        eligible_municipalities: row.eligible_municipalities,
+        state: row.state,
+        staff: row.staff,
+        enqueued_at: row.enqueued_at,
+    }
+}
+
+fn entry_from_db(row: events::QueueEntryRow) -> QueueEntryRow {
+    QueueEntryRow {
+        room: row.room,
+        ticket: row.ticket,
+        service: row.service,
+        home_municipality: row.home_municipality,
+        resident: row.resident,
+        anonymous: row.anonymous,
+        eligible_municipalities: row.eligible_municipalities,
+        state: row.state,
+        staff: row.staff,
+        enqueued_at: row.enqueued_at,
+    }
+}
