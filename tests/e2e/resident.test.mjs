@@ -117,6 +117,11 @@ test("a sign-in link works once, and a form post without the CSRF value is refus
     maxRedirects: 0,
   });
   assert.equal(noField.status(), 403, "a booking form without the session's CSRF value");
+  // Times found for another home municipality are booked for the account's.
+  const hrefs = await searchTimes(page, server, { service: "stod-till-anhoriga", home: "2418" });
+  await page.goto(new URL(hrefs[0], server.url).href);
+  assert.match(await page.locator("main .note").innerText(), /folkbokförd i Helsingborg/);
+  assert.match(await page.locator("dl.facts").innerText(), /Helsingborg/);
   // The session still works: the forged posts changed nothing.
   await page.goto(`${server.url}/my`);
   assert.equal(new URL(page.url()).pathname, "/my");

@@ -196,7 +196,7 @@ async fn confirm(
         .map_err(|e| AppError::Internal(e.into()))?;
     let range = booking::SlotRange::new(starts_at, ends_at)?;
     let home_name = municipality_name(&state.db, &resident.home).await?;
-    let body = confirm_body(
+    let mut body = confirm_body(
         &ctx,
         &service,
         &range,
@@ -205,6 +205,14 @@ async fn confirm(
         &starts_raw,
         None,
     );
+    // The times were searched for the home chosen on the start page, but a
+    // booking is always made for the account's home municipality.
+    if non_empty(&choice.home).is_some_and(|h| h != resident.home.as_str()) {
+        body.push_str(&format!(
+            "<p class=\"note\">{}</p>",
+            tv("page.confirm.other_home", &[("home", &home_name)])
+        ));
+    }
     Ok(page(&ctx, &tr("page.confirm.title"), &body).into_response())
 }
 
