@@ -106,6 +106,7 @@ impl Client {
 
 /// A booked meeting with a token for its resident and for its staff member.
 struct Meeting {
+    id: String,
     room: String,
     resident_token: String,
     staff_token: String,
@@ -164,6 +165,7 @@ async fn book_meeting(app: &TestApp) -> Meeting {
         .await;
     assert_eq!(again.status(), 200, "{}: staff open the room", app.backend);
     Meeting {
+        id,
         room,
         resident_token,
         staff_token,
@@ -248,6 +250,103 @@ async fn a_resident_waits_in_the_lobby_until_staff_admit_and_then_chats() {
         assert_eq!(chat["seq"].as_u64(), Some(seq), "{}: {chat}", app.backend);
         assert_eq!(chat["event"]["text"], "Hej!");
         assert_eq!(chat["event"]["from"], resident.party.as_str());
+
+        staff
+            .send(json!({"type": "meeting.end", "room": room}))
+            .await;
+        let closed = resident.until("room.closed").await;
+        assert_eq!(
+            closed["reason"], "meeting_ended",
+            "{}: {closed}",
+            app.backend
+        );
+        // The hub answers a ping only after it has carried out everything
+        // before it, including writing the booking's outcome.
+        staff.send(json!({"type": "ping"})).await;
+        staff.until("pong").await;
+        let booking: Value = app
+            .get(
+                &format!("/api/bookings/{}", meeting.id),
+                Some(&meeting.resident_token),
+            )
+            .await
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(booking["status"], "completed", "{}: {booking}", app.backend);
+        // An outcome is recorded once: a completed meeting never becomes a
+        // no-show.
+        let again = booking::bookings::record_outcome(
+            &app.db,
+            &meeting.id,
+            booking::BookingStatus::NoShow,
+            jiff::Timestamp::now(),
+        )
+        .await;
+        assert!(
+            matches!(again, Err(booking::Error::Conflict(_))),
+            "{}: {again:?}",
+            app.backend
+        );
+        let reopened = app
+            .post(
+                &format!("/api/meetings/{}/open", meeting.id),
+                Some(&meeting.resident_token),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(
+            reopened.status(),
+            409,
+            "{}: an ended meeting stays closed",
+            app.backend
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_chat_is_queued_for_the_municipalities_the_policy_allows() {
+    for app in spawn_apps().await {
+        // Malå's residents get the pre-assessment of financial aid from Malå
+        // itself or, under their agreement, from Lycksele.
+        let lycksele = booking::accounts::all_staff(&app.db)
+            .await
+            .expect("staff")
+            .into_iter()
+            .find(|s| s.municipality.as_str() == "2481" && s.role == booking::Role::Staff)
+            .expect("Lycksele staff");
+        let mut staff = Client::open(&app, &app.staff_token(lycksele.email.as_str()).await).await;
+        let anna = app.resident("anna@example.se").await;
+        let mut resident = Client::open(&app, &app.resident_token(&anna)).await;
+
+        resident
+            .send(json!({"type": "queue.open", "service": "ekonomiskt-bistand"}))
+            .await;
+        let joined = resident.until("joined").await;
+        let room = joined["room"].as_str().expect("a room").to_owned();
+        assert!(room.starts_with("chat:"), "{}: {joined}", app.backend);
+        let entry = staff.until("queue.entry").await;
+        assert_eq!(
+            entry["entry"]["room"],
+            room.as_str(),
+            "{}: {entry}",
+            app.backend
+        );
+        assert_eq!(entry["entry"]["home_municipality"], "2418");
+
+        let stored = booking::events::open_queue_entries(&app.db)
+            .await
+            .expect("query");
+        assert_eq!(stored.len(), 1, "{}", app.backend);
+        assert_eq!(stored[0].room, room);
+        assert_eq!(stored[0].eligible_municipalities, "2418,2481");
+        assert!(!stored[0].anonymous);
+
+        resident
+            .send(json!({"type": "queue.open", "service": "no-such-service"}))
+            .await;
+        let error = resident.until("error").await;
+        assert_eq!(error["code"], "not_found", "{}: {error}", app.backend);
     }
 }
 
