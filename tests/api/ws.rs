@@ -213,6 +213,35 @@ async fn the_socket_needs_a_valid_unspent_ticket() {
         drop(first);
         let no_session = app.post("/api/ws/ticket", None, &json!({})).await;
         assert_eq!(no_session.status(), 401);
+
+        // A page's cookie session must echo its CSRF value to get a ticket.
+        let (cookie_token, claims) = web::auth::Keys::new(kontakt_tests::TEST_SECRET.as_bytes())
+            .issue(&anna.id, SubjectKind::Resident, 30, kontakt_tests::now());
+        let cookie = format!("{}={cookie_token}", web::auth::SESSION_COOKIE);
+        let without_csrf = reqwest::Client::new()
+            .post(app.url("/api/ws/ticket"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(without_csrf.status(), 403, "{}", app.backend);
+        let with_csrf = reqwest::Client::new()
+            .post(app.url("/api/ws/ticket"))
+            .header("cookie", &cookie)
+            .header(web::auth::CSRF_HEADER, &claims.csrf)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(with_csrf.status(), 200, "{}", app.backend);
+
+        let openapi = app
+            .get("/api/openapi.json", None)
+            .await
+            .text()
+            .await
+            .expect("text");
+        assert!(openapi.contains("/api/ws/ticket"));
+        assert!(openapi.contains("/api/meetings/{booking_id}/open"));
     }
 }
 
