@@ -31,6 +31,8 @@ pub struct Application {
     db: Db,
     demo_sign_ins: Vec<DemoSignIn>,
     mail: notify::Worker,
+    /// The hub's timer and bus listener.
+    hub_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -53,9 +55,10 @@ impl Application {
         let secret = jwt_secret(&settings)?;
         // No relay is configured yet, so no TURN credentials are handed out.
         let turn = None;
-        let hub = crate::ws::start_hub(&db, settings.nats_url.as_deref(), turn.clone())
-            .await
-            .context("starting the signaling hub")?;
+        let (hub, hub_tasks) =
+            crate::ws::start_hub(&db, settings.nats_url.as_deref(), turn.clone())
+                .await
+                .context("starting the signaling hub")?;
         let state = AppState {
             db: db.clone(),
             keys: Keys::new(secret.as_bytes()),
@@ -79,6 +82,7 @@ impl Application {
             db,
             demo_sign_ins,
             mail,
+            hub_tasks,
         })
     }
 
@@ -122,6 +126,10 @@ impl Application {
             .context("serving HTTP");
         drop(stopped);
         let _ = mail_task.await;
+        // The hub's timers would otherwise go on writing to a closed pool.
+        for task in self.hub_tasks {
+            task.abort();
+        }
         self.db.pool().close().await;
         served
     }

@@ -57,12 +57,13 @@ pub const HUB_SETTINGS: HubSettings = HubSettings {
 pub const NO_SHOW_GRACE: Duration = Duration::from_secs(15 * 60);
 
 /// Builds the hub over the application's database and the configured bus,
-/// restores the open chats, and starts its timer and bus listener.
+/// restores the open chats, and starts its timer and bus listener. The
+/// caller aborts the returned tasks on shutdown, before it closes the pool.
 pub async fn start_hub(
     db: &Db,
     nats_url: Option<&str>,
     turn: Option<TurnIssuer>,
-) -> anyhow::Result<Hub> {
+) -> anyhow::Result<(Hub, Vec<tokio::task::JoinHandle<()>>)> {
     let bus = signaling::bus::connect_bus(nats_url)
         .await
         .context("connecting to the bus")?;
@@ -74,11 +75,12 @@ pub async fn start_hub(
     );
     let restored = hub.restore().await.context("restoring open chats")?;
     tracing::info!(restored, "signaling hub started");
-    hub.spawn_timer();
-    hub.spawn_bus_listener()
+    let timer = hub.spawn_timer();
+    let listener = hub
+        .spawn_bus_listener()
         .await
         .context("listening on the bus")?;
-    Ok(hub)
+    Ok((hub, vec![timer, listener]))
 }
 
 pub fn router() -> Router<AppState> {
