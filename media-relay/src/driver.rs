@@ -428,7 +428,6 @@ impl Worker {
                     family,
                     client,
                     on_success,
-                    on_failure,
                 } => {
                     let ip = match family {
                         AddressFamily::V4 => IpAddr::V4(self.relay_bind.0),
@@ -449,8 +448,9 @@ impl Worker {
                         }
                         Err(error) => {
                             tracing::warn!(%error, port = port.value(), "cannot bind a relay port");
-                            self.server.borrow_mut().handle_allocation_failed(port);
-                            self.send_to_client(client, &on_failure);
+                            self.server
+                                .borrow_mut()
+                                .handle_allocation_failed(port, Instant::now());
                         }
                     }
                 }

@@ -48,6 +48,9 @@ pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 /// about 30 seconds).
 pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 
+/// How many ports an allocation tries before it fails with 508 Insufficient Capacity.
+pub const MAX_BIND_ATTEMPTS: u8 = 8;
+
 /// How often expired allocations, permissions and channels are swept. Expiry is also checked
 /// on every packet, so the sweep only reclaims memory and ports.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -293,13 +296,12 @@ pub enum Command {
     /// Send a STUN response to a client.
     SendToClient { to: ClientSocket, payload: Vec<u8> },
     /// Bind a relay socket on `port`. If that works, send `on_success` to the client;
-    /// otherwise send `on_failure` and call [`Server::handle_allocation_failed`].
+    /// otherwise call [`Server::handle_allocation_failed`], which tries another port.
     CreateAllocation {
         port: AllocationPort,
         family: AddressFamily,
         client: ClientSocket,
         on_success: Vec<u8>,
-        on_failure: Vec<u8>,
     },
     /// Close the relay socket on `port`.
     FreeAllocation { port: AllocationPort },
@@ -381,6 +383,11 @@ struct Allocation {
     subject: Box<str>,
     key: [u8; 16],
     allocate_transaction: [u8; 12],
+    /// Whether the Allocate request carried FINGERPRINT, so late answers can too.
+    fingerprint: bool,
+    /// Whether the client asked for an even port.
+    even: bool,
+    bind_attempts: u8,
     reservation: Option<[u8; 8]>,
     expires_at: Instant,
     permissions: Vec<(IpAddr, Instant)>,
@@ -593,13 +600,50 @@ impl Server {
         }
     }
 
-    /// The driver could not bind the relay socket for `port`.
-    pub fn handle_allocation_failed(&mut self, port: AllocationPort) {
-        if let Some(allocation) = self.allocations.remove(&port) {
-            self.by_client.remove(&allocation.client);
+    /// The driver could not bind the relay socket for `port`, usually because another
+    /// program holds it. The allocation moves to another port, up to
+    /// [`MAX_BIND_ATTEMPTS`] times, and then fails with 508 (RFC 8656, section 7.2).
+    pub fn handle_allocation_failed(&mut self, port: AllocationPort, now: Instant) {
+        let Some(mut allocation) = self.allocations.remove(&port) else {
+            return;
+        };
+        self.by_client.remove(&allocation.client);
+        self.ledger.release_port(port.0);
+        allocation.bind_attempts += 1;
+        let retry =
+            if allocation.reservation.is_none() && allocation.bind_attempts < MAX_BIND_ATTEMPTS {
+                self.pick_port(port.0 % 2 == 0 && allocation.even, None)
+            } else {
+                None
+            };
+        let Some(new_port) = retry else {
             self.ledger.release(&allocation.subject);
-            self.ledger.release_port(port.0);
-        }
+            self.stats.allocations_freed += 1;
+            let mut builder = MessageBuilder::new(
+                Method::Allocate,
+                Class::Error,
+                allocation.allocate_transaction,
+            );
+            builder.add_error(508, "Insufficient Capacity");
+            let payload = finish_with(builder, allocation.fingerprint, Some(allocation.key));
+            self.commands.push_back(Command::SendToClient {
+                to: allocation.client,
+                payload,
+            });
+            return;
+        };
+        allocation.relayed.set_port(new_port.0);
+        let on_success = self.allocate_success(&allocation, now);
+        let client = allocation.client;
+        let family = AddressFamily::of(allocation.relayed);
+        self.allocations.insert(new_port, allocation);
+        self.by_client.insert(client, new_port);
+        self.commands.push_back(Command::CreateAllocation {
+            port: new_port,
+            family,
+            client,
+            on_success,
+        });
     }
 
     /// Expires allocations, permissions and channel bindings.
@@ -910,7 +954,7 @@ impl Server {
                 .is_some_and(|a| a.allocate_transaction == message.transaction_id());
             if retransmission {
                 // A retransmitted Allocate gets the original answer (RFC 8656, section 7.2).
-                let response = self.allocate_success(&self.allocations[&port], message, now);
+                let response = self.allocate_success(&self.allocations[&port], now);
                 self.commands.push_back(Command::SendToClient {
                     to: from,
                     payload: response,
@@ -990,6 +1034,9 @@ impl Server {
             subject,
             key,
             allocate_transaction: message.transaction_id(),
+            fingerprint: message.has_fingerprint(),
+            even: even_port.is_some(),
+            bind_attempts: 0,
             reservation,
             expires_at: now + lifetime,
             permissions: Vec::new(),
@@ -999,8 +1046,7 @@ impl Server {
                 .bandwidth_bytes_per_sec
                 .map(|rate| TokenBucket::new(rate, now)),
         };
-        let on_success = self.allocate_success(&allocation, message, now);
-        let on_failure = self.error_bytes(message, 508, "Insufficient Capacity", Some(key));
+        let on_success = self.allocate_success(&allocation, now);
         self.allocations.insert(port, allocation);
         self.by_client.insert(from, port);
         self.stats.allocations_created += 1;
@@ -1009,22 +1055,19 @@ impl Server {
             family: AddressFamily::of(SocketAddr::new(ip, port.0)),
             client: from,
             on_success,
-            on_failure,
         });
     }
 
-    fn allocate_success(
-        &self,
-        allocation: &Allocation,
-        message: &Message<'_>,
-        now: Instant,
-    ) -> Vec<u8> {
+    fn allocate_success(&self, allocation: &Allocation, now: Instant) -> Vec<u8> {
         let remaining = allocation
             .expires_at
             .saturating_duration_since(now)
             .as_secs() as u32;
-        let mut builder =
-            MessageBuilder::new(Method::Allocate, Class::Success, message.transaction_id());
+        let mut builder = MessageBuilder::new(
+            Method::Allocate,
+            Class::Success,
+            allocation.allocate_transaction,
+        );
         builder
             .add_xor_address(attr::XOR_RELAYED_ADDRESS, allocation.relayed)
             .add_xor_address(attr::XOR_MAPPED_ADDRESS, allocation.client.addr)
@@ -1032,7 +1075,7 @@ impl Server {
         if let Some(token) = allocation.reservation {
             builder.add(attr::RESERVATION_TOKEN, &token);
         }
-        finish(builder, message, Some(allocation.key))
+        finish_with(builder, allocation.fingerprint, Some(allocation.key))
     }
 
     fn handle_refresh(
@@ -1308,11 +1351,15 @@ impl Server {
 
 /// Adds MESSAGE-INTEGRITY when the request was authenticated, and FINGERPRINT when the request
 /// carried one, as clients that use FINGERPRINT expect it back.
-fn finish(mut builder: MessageBuilder, request: &Message<'_>, key: Option<[u8; 16]>) -> Vec<u8> {
+fn finish(builder: MessageBuilder, request: &Message<'_>, key: Option<[u8; 16]>) -> Vec<u8> {
+    finish_with(builder, request.has_fingerprint(), key)
+}
+
+fn finish_with(mut builder: MessageBuilder, fingerprint: bool, key: Option<[u8; 16]>) -> Vec<u8> {
     if let Some(key) = key {
         builder.add_integrity(&key);
     }
-    if request.has_fingerprint() {
+    if fingerprint {
         builder.add_fingerprint();
     }
     builder.finish()
@@ -1639,6 +1686,37 @@ mod tests {
         );
         // Refreshing the same binding is fine.
         assert_eq!(h.channel_bind(client(), 0x4000, peer().addr()), 200);
+    }
+
+    #[test]
+    fn failed_binds_move_to_another_port_then_answer_508() {
+        let mut h = Harness::new();
+        let mut port = h.allocate(client(), None);
+        for _ in 1..MAX_BIND_ATTEMPTS {
+            h.server.handle_allocation_failed(port, h.now);
+            match std::iter::from_fn(|| h.server.poll_command())
+                .collect::<Vec<_>>()
+                .as_slice()
+            {
+                [Command::CreateAllocation {
+                    port: next,
+                    on_success,
+                    ..
+                }] => {
+                    assert_ne!(*next, port);
+                    let response = Message::parse(on_success).unwrap();
+                    let relayed = response.get_xor_address(attr::XOR_RELAYED_ADDRESS).unwrap();
+                    assert_eq!(relayed.port(), next.value());
+                    port = *next;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        h.server.handle_allocation_failed(port, h.now);
+        let commands: Vec<Command> = std::iter::from_fn(|| h.server.poll_command()).collect();
+        assert_eq!(response_code(&commands), 508);
+        assert_eq!(h.server.allocation_count(), 0);
+        assert_eq!(h.server.ledger.total(), 0);
     }
 
     proptest! {

@@ -23,7 +23,8 @@ static NEXT_PORTS: AtomicU16 = AtomicU16::new(0);
 /// compete for ports.
 pub fn loopback_config() -> RelayConfig {
     let slot = NEXT_PORTS.fetch_add(1, Ordering::Relaxed);
-    let min_port = 30_000 + (std::process::id() % 20) as u16 * 1000 + slot * 50;
+    // Below the kernel's ephemeral range (32768 and up), so client sockets never hold them.
+    let min_port = 20_000 + (std::process::id() % 10) as u16 * 1000 + slot * 50;
     RelayConfig {
         listen_udp: Some("127.0.0.1:0".parse().unwrap()),
         listen_tcp: Some("127.0.0.1:0".parse().unwrap()),
@@ -245,4 +246,89 @@ pub fn require_binary(name: &str) -> bool {
         eprintln!("notice: `{name}` is not installed (apt-get install -y coturn); skipping");
     }
     found
+}
+
+/// A free UDP port on loopback, for an external program to bind.
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Sends `probe` to `target` until something answers, so a test starts only once an external
+/// server is listening.
+pub fn wait_until_answering(target: SocketAddr, probe: &[u8], timeout: Duration) {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let deadline = std::time::Instant::now() + timeout;
+    let mut buf = [0u8; 1024];
+    while std::time::Instant::now() < deadline {
+        socket.send_to(probe, target).unwrap();
+        if socket.recv_from(&mut buf).is_ok() {
+            return;
+        }
+    }
+    panic!("{target} did not answer within {timeout:?}");
+}
+
+/// A STUN Binding request, the cheapest probe a TURN server answers.
+pub fn binding_request() -> Vec<u8> {
+    MessageBuilder::new(Method::Binding, Class::Request, [0x42; 12]).finish()
+}
+
+/// Runs a command to completion within `timeout` and returns its combined output.
+pub fn run_with_timeout(command: std::process::Command, timeout: Duration) -> String {
+    match run_bounded(command, timeout) {
+        Ok(output) => output,
+        Err(output) => panic!("did not finish within {timeout:?}; output so far:\n{output}"),
+    }
+}
+
+/// Runs a command for at most `timeout`. Returns its output, as `Err` when it had to be killed.
+pub fn run_bounded(command: std::process::Command, timeout: Duration) -> Result<String, String> {
+    let mut command = command;
+    use std::process::Stdio;
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let text = |output: std::process::Output| {
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        text
+    };
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(output)) => Ok(text(output)),
+        Ok(Err(error)) => panic!("{command:?} failed: {error}"),
+        Err(_) => {
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
+            // Once killed, the waiting thread hands over what the program printed.
+            match rx.recv_timeout(TIMEOUT) {
+                Ok(Ok(output)) => Err(text(output)),
+                _ => Err(String::new()),
+            }
+        }
+    }
+}
+
+/// Kills a child process when the test ends, pass or fail.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
