@@ -21,6 +21,8 @@ pub struct TestApp {
     pub db: Db,
     pub backend: &'static str,
     pub client: Client,
+    /// The embedded TURN relay's UDP address.
+    pub relay_udp: Option<std::net::SocketAddr>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     _database: TestDb,
     _dir: TempDir,
@@ -56,6 +58,7 @@ pub async fn spawn_app_with(
         .expect("the application builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let db = app.db().clone();
+    let relay_udp = app.relay_udp_addr();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async move {
         let _ = rx.await;
@@ -68,6 +71,7 @@ pub async fn spawn_app_with(
             .cookie_store(true)
             .build()
             .expect("a client"),
+        relay_udp,
         shutdown: Some(tx),
         _database: database,
         _dir: dir,
@@ -83,6 +87,11 @@ impl Drop for TestApp {
 }
 
 impl TestApp {
+    /// The server's data directory (SQLite aside: secrets, mail files).
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self._dir.path
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

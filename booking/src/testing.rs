@@ -102,8 +102,10 @@ impl Drop for TestDb {
             return;
         }
         // Dropping a PostgreSQL database needs a connection of its own, and
-        // Drop cannot await, so a short-lived thread with its own runtime does it.
-        let pool = self.db.pool().clone();
+        // Drop cannot await, so a short-lived thread with its own runtime does
+        // it. It must not touch this database's pool: the pool's connections
+        // belong to the test's runtime, which is blocked here until the thread
+        // ends. `WITH (FORCE)` ends those connections from the server side.
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -112,7 +114,6 @@ impl Drop for TestDb {
                 return;
             };
             rt.block_on(async move {
-                pool.close().await;
                 if let Ok(admin) = Db::connect(&cleanup.admin_url, 1).await {
                     let _ = sqlx::query(&format!(
                         "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -120,6 +121,7 @@ impl Drop for TestDb {
                     ))
                     .execute(admin.pool())
                     .await;
+                    admin.pool().close().await;
                 }
             });
         })

@@ -9,4 +9,5 @@ mod concurrency;
 mod health;
 mod mail;
 mod policy;
+mod relay;
 mod ws;

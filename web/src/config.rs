@@ -44,6 +44,17 @@ pub struct Settings {
     pub nats_url: Option<String>,
     /// The `From` of every mail.
     pub mail_from: String,
+    /// Run the TURN relay inside `kontakt serve`.
+    pub relay_enabled: bool,
+    /// The embedded relay's settings, the same keys as the standalone
+    /// `media-relay` binary: `[relay]` in the file, `KONTAKT_RELAY__<KEY>` in
+    /// the environment. An empty `secret` is generated into `data_dir`.
+    #[serde(default, skip_serializing)]
+    pub relay: media_relay::RelayConfig,
+    /// TURN URLs handed to clients; derived from the embedded relay when empty.
+    pub turn_urls: Vec<String>,
+    /// How long TURN credentials last, in seconds.
+    pub turn_ttl_secs: u64,
     /// `text` or `json` logs.
     pub log_format: String,
 }
@@ -66,6 +77,10 @@ impl Default for Settings {
             smtp_url: None,
             nats_url: None,
             mail_from: "Kontakt <no-reply@kontakt.localhost>".into(),
+            relay_enabled: true,
+            relay: media_relay::RelayConfig::default(),
+            turn_urls: Vec::new(),
+            turn_ttl_secs: 4 * 3600,
             log_format: "text".into(),
         }
     }
@@ -84,7 +99,7 @@ impl Settings {
                     .only(&["DATABASE_URL", "SMTP_URL", "NATS_URL"])
                     .map(|k| k.as_str().to_ascii_lowercase().into()),
             )
-            .merge(Env::prefixed("KONTAKT_"));
+            .merge(Env::prefixed("KONTAKT_").split("__"));
         let mut settings: Settings = figment.extract().map_err(Box::new)?;
         if settings.public_url.starts_with("https://") {
             settings.secure_cookies = true;
@@ -113,7 +128,21 @@ impl Settings {
             database_url,
             data_dir,
             jwt_secret: Some("test-secret-that-is-long-enough-for-hs256".into()),
+            relay: test_relay(),
             ..Settings::default()
         }
+    }
+}
+
+/// A relay for tests: loopback, ports picked by the kernel, one worker, and
+/// loopback peers allowed so that tests can relay to themselves.
+fn test_relay() -> media_relay::RelayConfig {
+    media_relay::RelayConfig {
+        listen_udp: Some("127.0.0.1:0".parse().expect("a valid address")),
+        listen_tcp: Some("127.0.0.1:0".parse().expect("a valid address")),
+        relay_bind_ipv4: std::net::Ipv4Addr::LOCALHOST,
+        allowed_peer_ranges: vec!["127.0.0.0/8".parse().expect("a valid range")],
+        workers: Some(1),
+        ..media_relay::RelayConfig::default()
     }
 }

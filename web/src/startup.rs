@@ -22,6 +22,7 @@ use tower_http::trace::TraceLayer;
 use crate::auth::{Keys, SignInLimiter};
 use crate::config::Settings;
 use crate::state::AppState;
+use crate::ws::TurnIssuer;
 
 /// A built application, bound to its port but not yet serving.
 pub struct Application {
@@ -31,6 +32,7 @@ pub struct Application {
     db: Db,
     demo_sign_ins: Vec<DemoSignIn>,
     mail: notify::Worker,
+    relay: Option<media_relay::Relay>,
     /// The hub's timer and bus listener.
     hub_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -52,9 +54,8 @@ impl Application {
         } else {
             Vec::new()
         };
-        let secret = jwt_secret(&settings)?;
-        // No relay is configured yet, so no TURN credentials are handed out.
-        let turn = None;
+        let secret = secret_file(&settings, settings.jwt_secret.as_deref(), "jwt-secret")?;
+        let (relay, turn) = start_relay(&settings)?;
         let (hub, hub_tasks) =
             crate::ws::start_hub(&db, settings.nats_url.as_deref(), turn.clone())
                 .await
@@ -83,6 +84,7 @@ impl Application {
             demo_sign_ins,
             mail,
             hub_tasks,
+            relay,
         })
     }
 
@@ -92,6 +94,11 @@ impl Application {
 
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// The embedded relay's UDP address, when it runs.
+    pub fn relay_udp_addr(&self) -> Option<SocketAddr> {
+        self.relay.as_ref().and_then(|r| r.udp_addr())
     }
 
     /// The demo sign-ins, when this start seeded them.
@@ -130,6 +137,9 @@ impl Application {
         for task in self.hub_tasks {
             task.abort();
         }
+        if let Some(relay) = self.relay {
+            relay.shutdown();
+        }
         self.db.pool().close().await;
         served
     }
@@ -158,16 +168,58 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// The configured secret, or one generated once into `data_dir`.
-fn jwt_secret(settings: &Settings) -> anyhow::Result<String> {
-    if let Some(secret) = &settings.jwt_secret {
+/// Starts the embedded TURN relay when it is enabled, and the issuer of the
+/// credentials that rooms hand to admitted participants. With the relay off,
+/// credentials are still issued when `turn_urls` names relays run elsewhere
+/// (standalone `media-relay` processes or coturn sharing the secret).
+fn start_relay(
+    settings: &Settings,
+) -> anyhow::Result<(Option<media_relay::Relay>, Option<TurnIssuer>)> {
+    let configured = (!settings.relay.secret.is_empty()).then_some(settings.relay.secret.as_str());
+    let secret = secret_file(settings, configured, "turn-secret")?;
+    let mut urls = settings.turn_urls.clone();
+    let relay = if settings.relay_enabled {
+        let mut config = settings.relay.clone();
+        config.secret = secret.clone();
+        let relay = media_relay::Relay::start(config).context("starting the TURN relay")?;
+        if urls.is_empty() {
+            let host = settings
+                .relay
+                .relay_ipv4
+                .map(|ip| ip.to_string())
+                .unwrap_or_else(|| "127.0.0.1".to_owned());
+            if let Some(a) = relay.udp_addr() {
+                urls.push(format!("turn:{host}:{}?transport=udp", a.port()));
+            }
+            if let Some(a) = relay.tcp_addr() {
+                urls.push(format!("turn:{host}:{}?transport=tcp", a.port()));
+            }
+            if let Some(a) = relay.tls_addr() {
+                urls.push(format!("turns:{host}:{}?transport=tcp", a.port()));
+            }
+        }
+        Some(relay)
+    } else {
+        None
+    };
+    let turn = (!urls.is_empty()).then(|| TurnIssuer::new(&secret, urls, settings.turn_ttl_secs));
+    Ok((relay, turn))
+}
+
+/// The configured secret, or one generated once into `data_dir/name`.
+fn secret_file(
+    settings: &Settings,
+    configured: Option<&str>,
+    name: &str,
+) -> anyhow::Result<String> {
+    if let Some(secret) = configured {
         anyhow::ensure!(
             secret.len() >= 32,
-            "jwt_secret must be at least 32 characters"
+            "the {name} setting must be at least 32 characters"
         );
-        return Ok(secret.clone());
+        return Ok(secret.to_owned());
     }
-    let path = settings.data_dir.join("jwt-secret");
+    let path = settings.data_dir.join(name);
     if let Ok(existing) = std::fs::read_to_string(&path) {
         return Ok(existing.trim().to_owned());
     }

@@ -3,10 +3,8 @@
 //! secret when a relay is configured.
 
 use async_trait::async_trait;
-use base64::Engine;
 use booking::audit::{self, Actor, Entry, Outcome};
 use booking::{BookingStatus, Db};
-use hmac::{Hmac, Mac};
 use signaling::hub::Effects;
 use signaling::ids::{BookingId, MunicipalityCode, PartyId, RoomId, StaffId};
 use signaling::outbound::AuditEntry;
@@ -18,29 +16,33 @@ use signaling::protocol::{BookingOutcome, Participant, TurnCredentials};
 /// HMAC-SHA1 under the secret the relay shares.
 #[derive(Clone)]
 pub struct TurnIssuer {
-    secret: Vec<u8>,
+    secret: String,
     urls: Vec<String>,
     ttl_secs: u64,
 }
 
 impl TurnIssuer {
-    pub fn new(secret: &[u8], urls: Vec<String>, ttl_secs: u64) -> TurnIssuer {
+    pub fn new(secret: &str, urls: Vec<String>, ttl_secs: u64) -> TurnIssuer {
         TurnIssuer {
-            secret: secret.to_vec(),
+            secret: secret.to_owned(),
             urls,
             ttl_secs,
         }
     }
 
     /// Credentials for `party`, valid `ttl_secs` from `now` (unix seconds).
+    /// The relay counts quotas per subject, the part after the expiry; a
+    /// party id's own `:` becomes `-` so that the username has exactly one.
     pub fn issue(&self, party: &PartyId, now: i64) -> TurnCredentials {
-        let expiry = now.saturating_add(i64::try_from(self.ttl_secs).unwrap_or(i64::MAX));
-        let username = format!("{expiry}:{party}");
-        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(&self.secret)
-            .expect("HMAC accepts keys of any length");
-        mac.update(username.as_bytes());
-        let password =
-            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        let subject = party.to_string().replace(':', "-");
+        let at =
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(now).unwrap_or(0));
+        let (username, password) = media_relay::credentials::issue(
+            &self.secret,
+            &subject,
+            std::time::Duration::from_secs(self.ttl_secs),
+            at,
+        );
         TurnCredentials {
             urls: self.urls.clone(),
             username,
@@ -147,15 +149,17 @@ fn now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
 
     #[test]
     fn turn_credentials_follow_the_rest_scheme() {
-        let issuer = TurnIssuer::new(b"secret", vec!["turn:relay.example:3478".into()], 600);
+        let issuer = TurnIssuer::new("secret", vec!["turn:relay.example:3478".into()], 600);
         let party = PartyId::parse("resident:r1").unwrap();
         let credentials = issuer.issue(&party, 1000);
-        assert_eq!(credentials.username, "1600:resident:r1");
+        assert_eq!(credentials.username, "1600:resident-r1");
         let mut mac = Hmac::<sha1::Sha1>::new_from_slice(b"secret").unwrap();
-        mac.update(b"1600:resident:r1");
+        mac.update(b"1600:resident-r1");
         let expected =
             base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
         assert_eq!(credentials.password, expected);
