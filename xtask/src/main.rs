@@ -9,6 +9,7 @@
 
 mod bench_booking;
 mod bench_notify;
+mod bench_relay;
 mod ci;
 mod process;
 
@@ -22,6 +23,7 @@ fn main() -> anyhow::Result<()> {
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("booking") => bench_booking::run(&args[2..]),
             Some("notify") => bench_notify::run(&args[2..]),
+            Some("relay") => bench_relay::run(&args[2..]),
             other => anyhow::bail!(
                 "unknown benchmark {other:?}: try booking, relay, notify or signaling"
             ),
