@@ -38,10 +38,6 @@ const MAX_DATAGRAM: usize = 65_535;
 /// stops reading cannot make the relay buffer without bound.
 const STREAM_QUEUE: usize = 1024;
 
-/// Kernel socket buffer size requested for the shared client socket, which carries every
-/// client's traffic and so sees bursts that the default buffer would drop.
-const CLIENT_SOCKET_BUFFER: usize = 4 << 20;
-
 /// A running relay. Dropping it without [`Relay::shutdown`] leaves the workers running.
 pub struct Relay {
     udp_addr: Option<SocketAddr>,
@@ -223,9 +219,9 @@ fn bind_udp(addr: SocketAddr) -> io::Result<(std::net::UdpSocket, SocketAddr)> {
         socket.set_only_v6(false)?;
     }
     socket.set_reuse_port(true)?;
-    // The kernel caps these at net.core.{r,w}mem_max; a smaller buffer still works.
-    let _ = socket.set_recv_buffer_size(CLIENT_SOCKET_BUFFER);
-    let _ = socket.set_send_buffer_size(CLIENT_SOCKET_BUFFER);
+    // The kernel's default buffer sizes are kept on purpose: a multi-megabyte receive queue
+    // turns overload into seconds of delay, which makes clients time out and retransmit
+    // requests, instead of the brief loss that real-time media copes with.
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     let socket: std::net::UdpSocket = socket.into();
