@@ -90,6 +90,10 @@ export async function startServer() {
     // Every test signs in several times from 127.0.0.1; the limit itself is
     // covered by the API tests.
     KONTAKT_SIGN_IN_PER_MINUTE: "1000",
+    // The embedded TURN relay on ports the kernel picks, so that a server
+    // left over on 3478 cannot make this one fail to start.
+    KONTAKT_RELAY__LISTEN_UDP: "127.0.0.1:0",
+    KONTAKT_RELAY__LISTEN_TCP: "127.0.0.1:0",
     RUST_LOG: process.env.RUST_LOG ?? "warn",
   };
   const child = spawn(bin, ["serve"], { cwd: dataDir, env, stdio: ["ignore", "pipe", "pipe"] });
