@@ -247,11 +247,11 @@ fn bind_tcp(addr: SocketAddr) -> io::Result<(std::net::TcpListener, SocketAddr)>
 /// Sends a datagram with a plain `sendto` on the non-blocking socket. Tokio's `try_send_to`
 /// would refuse until the reactor has seen the socket become writable, which a relay socket
 /// bound a moment ago has not, and UDP sends need no readiness tracking: a full buffer is a drop.
-fn send_now(socket: &UdpSocket, bytes: &[u8], to: SocketAddr) -> io::Result<usize> {
+fn send_now(socket: &impl std::os::fd::AsFd, bytes: &[u8], to: SocketAddr) -> io::Result<usize> {
     socket2::SockRef::from(socket).send_to(bytes, &to.into())
 }
 
-fn bind_relay(ip: IpAddr, port: u16) -> io::Result<UdpSocket> {
+fn bind_relay(ip: IpAddr, port: u16) -> io::Result<RelayFd> {
     let addr = SocketAddr::new(ip, port);
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
@@ -259,8 +259,24 @@ fn bind_relay(ip: IpAddr, port: u16) -> io::Result<UdpSocket> {
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
+    let socket: std::net::UdpSocket = socket.into();
+    let state = UdpSocketState::new((&socket).into())?;
+    Ok(RelayFd {
+        fd: UdpSocket::from_std(socket)?,
+        state,
+    })
 }
+
+/// A relay socket with its `quinn-udp` state for `recvmmsg`. Sends bypass the reactor
+/// (see [`send_now`]).
+struct RelayFd {
+    fd: UdpSocket,
+    state: UdpSocketState,
+}
+
+/// Datagrams read from a relay socket per `recvmmsg` call. Peer traffic per allocation is
+/// light, so a small batch usually drains the queue and tells us so.
+const RELAY_BATCH: usize = 8;
 
 fn load_tls(
     cert: &std::path::Path,
@@ -308,12 +324,19 @@ struct Worker {
     relays: RefCell<FxHashMap<AllocationPort, RelaySocket>>,
     streams: RefCell<FxHashMap<ClientSocket, mpsc::Sender<Vec<u8>>>>,
     peer_buffer: RefCell<Vec<u8>>,
+    relay_batch: RefCell<RelayBatch>,
     relay_bind: (Ipv4Addr, Ipv6Addr),
     send_failures: std::cell::Cell<u64>,
 }
 
+/// Receive buffers shared by all relay sockets of a worker; only one is read at a time.
+struct RelayBatch {
+    storage: Vec<u8>,
+    metas: [RecvMeta; RELAY_BATCH],
+}
+
 struct RelaySocket {
-    socket: Rc<UdpSocket>,
+    socket: Rc<RelayFd>,
     task: TaskHandle<()>,
 }
 
@@ -338,6 +361,10 @@ async fn worker_main(setup: WorkerSetup, mut shutdown: watch::Receiver<bool>) {
         relays: RefCell::new(FxHashMap::default()),
         streams: RefCell::new(FxHashMap::default()),
         peer_buffer: RefCell::new(vec![0; PEER_HEADROOM + MAX_DATAGRAM + PEER_TAILROOM]),
+        relay_batch: RefCell::new(RelayBatch {
+            storage: Vec::new(),
+            metas: [RecvMeta::default(); RELAY_BATCH],
+        }),
         relay_bind,
         send_failures: std::cell::Cell::new(0),
     });
@@ -386,7 +413,7 @@ impl Worker {
         if let Some(forward) = forward {
             let relays = self.relays.borrow();
             if let Some(relay) = relays.get(&forward.port) {
-                if send_now(&relay.socket, forward.payload, forward.peer.addr()).is_err() {
+                if send_now(&relay.socket.fd, forward.payload, forward.peer.addr()).is_err() {
                     self.send_failures.set(self.send_failures.get() + 1);
                 }
             }
@@ -534,35 +561,74 @@ fn normalise(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-async fn relay_loop(worker: Rc<Worker>, socket: Rc<UdpSocket>, port: AllocationPort) {
+async fn relay_loop(worker: Rc<Worker>, socket: Rc<RelayFd>, port: AllocationPort) {
+    // With GRO the kernel may coalesce several datagrams of one peer into one buffer.
+    let slot = if socket.state.gro_segments() > 1 {
+        MAX_DATAGRAM
+    } else {
+        2048
+    };
     loop {
-        if socket.readable().await.is_err() {
+        if socket.fd.readable().await.is_err() {
             return;
         }
         let now = Instant::now();
         loop {
+            let mut batch = worker.relay_batch.borrow_mut();
+            let RelayBatch { storage, metas } = &mut *batch;
+            if storage.len() < slot * RELAY_BATCH {
+                storage.resize(slot * RELAY_BATCH, 0);
+            }
+            // A short batch means the queue is empty. Reporting it to tokio as WouldBlock
+            // clears the readiness flag now, which saves the read that would only return
+            // EAGAIN; tokio keeps the flag if a datagram arrived meanwhile, so none is missed.
+            let mut drained = 0;
+            let received = {
+                let mut chunks = storage.chunks_mut(slot);
+                let mut buffers: [IoSliceMut<'_>; RELAY_BATCH] =
+                    std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+                socket.fd.try_io(tokio::io::Interest::READABLE, || {
+                    let count = socket
+                        .state
+                        .recv((&socket.fd).into(), &mut buffers, metas)?;
+                    if count < RELAY_BATCH {
+                        drained = count;
+                        return Err(io::ErrorKind::WouldBlock.into());
+                    }
+                    Ok(count)
+                })
+            };
+            let (count, last) = match received {
+                Ok(count) => (count, false),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => (drained, true),
+                Err(error) => {
+                    // ICMP errors from earlier sends surface here; the next read goes on.
+                    tracing::trace!(%error, port = port.value(), "relay receive failed");
+                    continue;
+                }
+            };
             let mut buffer = worker.peer_buffer.borrow_mut();
-            let payload_room = buffer.len() - PEER_HEADROOM - PEER_TAILROOM;
-            let received =
-                socket.try_recv_from(&mut buffer[PEER_HEADROOM..PEER_HEADROOM + payload_room]);
-            match received {
-                Ok((len, from)) => {
+            for (index, meta) in metas.iter().take(count).enumerate() {
+                let data = &storage[index * slot..index * slot + meta.len];
+                let from = PeerSocket::new(normalise(meta.addr));
+                for segment in data.chunks(meta.stride.max(1)) {
+                    // The copy leaves room in front for the ChannelData or Data indication
+                    // header; for media-sized datagrams it costs less than the syscall saved.
+                    buffer[PEER_HEADROOM..PEER_HEADROOM + segment.len()].copy_from_slice(segment);
                     let out = worker.server.borrow_mut().handle_peer_traffic(
                         port,
-                        PeerSocket::new(normalise(from)),
+                        from,
                         &mut buffer,
-                        len,
+                        segment.len(),
                         now,
                     );
                     if let Some((client, bytes)) = out {
                         worker.send_to_client(client, bytes);
                     }
                 }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-                Err(error) => {
-                    // ICMP errors from earlier sends surface here; the next read goes on.
-                    tracing::trace!(%error, port = port.value(), "relay receive failed");
-                }
+            }
+            if last {
+                break;
             }
         }
     }
