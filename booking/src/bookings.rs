@@ -254,16 +254,7 @@ pub async fn cancel(
     booking_id: Option<&str>,
     now: Timestamp,
 ) -> Result<Booking, Error> {
-    let booking = find_managed(db, authority, booking_id, now).await?;
-    if booking.status != BookingStatus::Booked {
-        return Err(Error::Conflict(format!(
-            "the booking is {}",
-            booking.status.as_str()
-        )));
-    }
-    let resident = accounts::resident_by_id(db, &booking.resident_id)
-        .await?
-        .ok_or(Error::NotFound)?;
+    let (booking, resident) = find_active(db, authority, booking_id, now, "cancelled").await?;
     let _turn = db.write_turn().await;
     let mut tx = db.pool().begin().await?;
     let row = sqlx::query(&format!(
@@ -314,16 +305,7 @@ pub async fn reschedule(
     starts_at: Timestamp,
     now: Timestamp,
 ) -> Result<Ticket, Error> {
-    let booking = find_managed(db, authority, booking_id, now).await?;
-    if booking.status != BookingStatus::Booked {
-        return Err(Error::Conflict(format!(
-            "a {} booking cannot be rescheduled",
-            booking.status.as_str()
-        )));
-    }
-    let resident = accounts::resident_by_id(db, &booking.resident_id)
-        .await?
-        .ok_or(Error::NotFound)?;
+    let (booking, resident) = find_active(db, authority, booking_id, now, "rescheduled").await?;
     let candidates = candidates_at(
         db,
         &booking.service,
@@ -1161,6 +1143,28 @@ async fn enqueue_reminders(
 /// Finds the booking a caller may manage. A token finds its own booking; a
 /// resident finds only their own, and asking for another's is audit-logged and
 /// answered exactly as a missing booking.
+/// The still-booked booking a caller may change, with its resident. Any
+/// other status is a conflict: a cancelled booking cannot be `verb`.
+async fn find_active(
+    db: &Db,
+    authority: Authority<'_>,
+    booking_id: Option<&str>,
+    now: Timestamp,
+    verb: &str,
+) -> Result<(Booking, Resident), Error> {
+    let booking = find_managed(db, authority, booking_id, now).await?;
+    if booking.status != BookingStatus::Booked {
+        return Err(Error::Conflict(format!(
+            "a {} booking cannot be {verb}",
+            booking.status.as_str()
+        )));
+    }
+    let resident = accounts::resident_by_id(db, &booking.resident_id)
+        .await?
+        .ok_or(Error::NotFound)?;
+    Ok((booking, resident))
+}
+
 async fn find_managed(
     db: &Db,
     authority: Authority<'_>,
@@ -1168,18 +1172,9 @@ async fn find_managed(
     now: Timestamp,
 ) -> Result<Booking, Error> {
     match authority {
-        Authority::Token(token) => {
-            let booking = by_token(db, token).await?;
-            let spent: i64 = sqlx::query("SELECT manage_token_spent FROM bookings WHERE id = $1")
-                .bind(&booking.id)
-                .fetch_one(db.pool())
-                .await?
-                .try_get("manage_token_spent")?;
-            if spent != 0 && booking.status == BookingStatus::Booked {
-                return Err(Error::NotFound);
-            }
-            Ok(booking)
-        }
+        // A token is spent only by cancelling, so a spent token always finds
+        // a cancelled booking, which the callers refuse to change.
+        Authority::Token(token) => by_token(db, token).await,
         Authority::Resident(resident) => {
             let id = booking_id.ok_or(Error::NotFound)?;
             let row = sqlx::query(&format!(

@@ -68,7 +68,7 @@ impl Keys {
             kind,
             iat: now,
             exp: now + minutes * 60,
-            csrf: booking_token(),
+            csrf: random_csrf(),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing cannot fail");
@@ -86,7 +86,7 @@ impl Keys {
     }
 }
 
-fn booking_token() -> String {
+fn random_csrf() -> String {
     use base64::Engine;
     use rand::RngCore;
     let mut bytes = [0u8; 18];
@@ -175,6 +175,24 @@ pub fn cookie_value(parts: &Parts, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
+/// The database and the subject of a verified session of `kind`.
+async fn subject_of<S>(
+    parts: &mut Parts,
+    state: &S,
+    kind: SubjectKind,
+) -> Result<(Db, String), AppError>
+where
+    Keys: FromRef<S>,
+    Db: FromRef<S>,
+    S: Send + Sync,
+{
+    let session = Session::from_request_parts(parts, state).await?;
+    if session.claims.kind != kind {
+        return Err(AppError::Unauthorized);
+    }
+    Ok((Db::from_ref(state), session.claims.sub))
+}
+
 /// The signed-in resident.
 #[derive(Debug, Clone)]
 pub struct CurrentResident(pub Resident);
@@ -188,12 +206,8 @@ where
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let session = Session::from_request_parts(parts, state).await?;
-        if session.claims.kind != SubjectKind::Resident {
-            return Err(AppError::Unauthorized);
-        }
-        let db = Db::from_ref(state);
-        let resident = booking::accounts::resident_by_id(&db, &session.claims.sub)
+        let (db, sub) = subject_of(parts, state, SubjectKind::Resident).await?;
+        let resident = booking::accounts::resident_by_id(&db, &sub)
             .await?
             .ok_or(AppError::Unauthorized)?;
         Ok(CurrentResident(resident))
@@ -231,12 +245,8 @@ where
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let session = Session::from_request_parts(parts, state).await?;
-        if session.claims.kind != SubjectKind::Staff {
-            return Err(AppError::Unauthorized);
-        }
-        let db = Db::from_ref(state);
-        let staff = booking::accounts::staff_by_id(&db, &session.claims.sub)
+        let (db, sub) = subject_of(parts, state, SubjectKind::Staff).await?;
+        let staff = booking::accounts::staff_by_id(&db, &sub)
             .await?
             .ok_or(AppError::Unauthorized)?;
         Ok(CurrentStaff(staff))

@@ -224,7 +224,7 @@ fn secret_file(
         return Ok(existing.trim().to_owned());
     }
     std::fs::create_dir_all(&settings.data_dir)?;
-    let secret = booking_secret();
+    let secret = random_secret();
     std::fs::write(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
     #[cfg(unix)]
     {
@@ -234,7 +234,7 @@ fn secret_file(
     Ok(secret)
 }
 
-fn booking_secret() -> String {
+fn random_secret() -> String {
     use base64::Engine;
     use rand::RngCore;
     let mut bytes = [0u8; 48];
