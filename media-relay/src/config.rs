@@ -53,6 +53,10 @@ pub struct RelayConfig {
     pub allowed_peer_ranges: Vec<PeerRange>,
     /// Worker threads, each with its own sockets via SO_REUSEPORT. Default: one per core.
     pub workers: Option<usize>,
+    /// Where the standalone `media-relay` binary serves Prometheus metrics over HTTP, e.g.
+    /// `127.0.0.1:9478`. Default none: no listener. `kontakt serve` ignores it, since it serves
+    /// the embedded relay's metrics on its own `/metrics`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for RelayConfig {
@@ -77,6 +81,7 @@ impl Default for RelayConfig {
             bandwidth_bytes_per_sec: 1_250_000,
             allowed_peer_ranges: Vec::new(),
             workers: None,
+            metrics_listen: None,
         }
     }
 }
@@ -143,12 +148,18 @@ mod tests {
             tls_key = "key.pem"
             allowed_peer_ranges = ["127.0.0.0/8", "::1/128"]
             bandwidth_bytes_per_sec = 0
+            metrics_listen = "127.0.0.1:9478"
             "#,
         )
         .unwrap();
         assert_eq!(config.listen_udp, Some("0.0.0.0:3478".parse().unwrap()));
         assert_eq!(config.allowed_peer_ranges.len(), 2);
         assert_eq!(config.realm, "kontakt");
+        assert_eq!(
+            config.metrics_listen,
+            Some("127.0.0.1:9478".parse().unwrap())
+        );
+        assert_eq!(RelayConfig::default().metrics_listen, None);
         config.validate().unwrap();
     }
 

@@ -6,6 +6,11 @@
 //! mutex, and relayed datagrams are handled without locks or allocations: the client socket is
 //! read in batches with `recvmmsg` (through `quinn-udp`), and peer datagrams are received into a
 //! buffer with headroom, where the server writes the ChannelData header in place.
+//!
+//! Relay sockets are not tokio sockets. They are registered with one `mio::Poll` per worker,
+//! whose epoll descriptor tokio watches as a single `AsyncFd`, and one task reads whichever of
+//! them are ready into buffers the worker shares. An allocation thus costs the driver a file
+//! descriptor and a map entry: no task, no reactor registration and no buffer of its own.
 
 use std::cell::RefCell;
 use std::io::{self, IoSliceMut};
@@ -18,10 +23,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use quinn_udp::{RecvMeta, UdpSocketState, BATCH_SIZE};
 use rustc_hash::FxHashMap;
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle as TaskHandle;
 
 use crate::config::{ConfigError, RelayConfig};
 use crate::policy::PeerPolicy;
@@ -251,7 +256,10 @@ fn send_now(socket: &impl std::os::fd::AsFd, bytes: &[u8], to: SocketAddr) -> io
     socket2::SockRef::from(socket).send_to(bytes, &to.into())
 }
 
-fn bind_relay(ip: IpAddr, port: u16) -> io::Result<RelayFd> {
+/// Binds a relay socket. Its `quinn-udp` state is returned too, having set the socket options
+/// that `recvmmsg` relies on; reading needs only one state per worker, so the caller keeps at
+/// most one.
+fn bind_relay(ip: IpAddr, port: u16) -> io::Result<(mio::net::UdpSocket, UdpSocketState)> {
     let addr = SocketAddr::new(ip, port);
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
@@ -261,22 +269,15 @@ fn bind_relay(ip: IpAddr, port: u16) -> io::Result<RelayFd> {
     socket.bind(&addr.into())?;
     let socket: std::net::UdpSocket = socket.into();
     let state = UdpSocketState::new((&socket).into())?;
-    Ok(RelayFd {
-        fd: UdpSocket::from_std(socket)?,
-        state,
-    })
-}
-
-/// A relay socket with its `quinn-udp` state for `recvmmsg`. Sends bypass the reactor
-/// (see [`send_now`]).
-struct RelayFd {
-    fd: UdpSocket,
-    state: UdpSocketState,
+    Ok((mio::net::UdpSocket::from_std(socket), state))
 }
 
 /// Datagrams read from a relay socket per `recvmmsg` call. Peer traffic per allocation is
 /// light, so a small batch usually drains the queue and tells us so.
 const RELAY_BATCH: usize = 8;
+
+/// Readiness events taken from the relay sockets' `mio::Poll` at once.
+const RELAY_EVENTS: usize = 256;
 
 fn load_tls(
     cert: &std::path::Path,
@@ -321,7 +322,11 @@ fn run_worker(setup: WorkerSetup, shutdown: watch::Receiver<bool>) {
 struct Worker {
     server: RefCell<Server>,
     udp: Option<Rc<UdpSocket>>,
-    relays: RefCell<FxHashMap<AllocationPort, RelaySocket>>,
+    /// The relay socket of each allocation, registered with `relay_registry` under its port.
+    relays: RefCell<FxHashMap<AllocationPort, mio::net::UdpSocket>>,
+    relay_registry: mio::Registry,
+    /// The `quinn-udp` state used to read every relay socket; set when the first is bound.
+    relay_state: std::cell::OnceCell<UdpSocketState>,
     streams: RefCell<FxHashMap<ClientSocket, mpsc::Sender<Vec<u8>>>>,
     peer_buffer: RefCell<Vec<u8>>,
     relay_batch: RefCell<RelayBatch>,
@@ -333,11 +338,6 @@ struct Worker {
 struct RelayBatch {
     storage: Vec<u8>,
     metas: [RecvMeta; RELAY_BATCH],
-}
-
-struct RelaySocket {
-    socket: Rc<RelayFd>,
-    task: TaskHandle<()>,
 }
 
 async fn worker_main(setup: WorkerSetup, mut shutdown: watch::Receiver<bool>) {
@@ -355,10 +355,26 @@ async fn worker_main(setup: WorkerSetup, mut shutdown: watch::Receiver<bool>) {
             return;
         }
     };
+    let relay_poll = match mio::Poll::new() {
+        Ok(poll) => poll,
+        Err(error) => {
+            tracing::error!(%error, "cannot create the relay sockets' poll");
+            return;
+        }
+    };
+    let relay_registry = match relay_poll.registry().try_clone() {
+        Ok(registry) => registry,
+        Err(error) => {
+            tracing::error!(%error, "cannot share the relay sockets' registry");
+            return;
+        }
+    };
     let worker = Rc::new(Worker {
         server: RefCell::new(server),
         udp,
         relays: RefCell::new(FxHashMap::default()),
+        relay_registry,
+        relay_state: std::cell::OnceCell::new(),
         streams: RefCell::new(FxHashMap::default()),
         peer_buffer: RefCell::new(vec![0; PEER_HEADROOM + MAX_DATAGRAM + PEER_TAILROOM]),
         relay_batch: RefCell::new(RelayBatch {
@@ -368,8 +384,11 @@ async fn worker_main(setup: WorkerSetup, mut shutdown: watch::Receiver<bool>) {
         relay_bind,
         send_failures: std::cell::Cell::new(0),
     });
-    SELF.with(|cell| *cell.borrow_mut() = Some(worker.clone()));
     let mut tasks = Vec::new();
+    tasks.push(tokio::task::spawn_local(relay_loop(
+        worker.clone(),
+        relay_poll,
+    )));
     if worker.udp.is_some() {
         tasks.push(tokio::task::spawn_local(client_udp_loop(worker.clone())));
     }
@@ -396,11 +415,8 @@ async fn worker_main(setup: WorkerSetup, mut shutdown: watch::Receiver<bool>) {
     for task in tasks {
         task.abort();
     }
-    for (_, relay) in worker.relays.borrow_mut().drain() {
-        relay.task.abort();
-    }
+    worker.relays.borrow_mut().clear();
     worker.streams.borrow_mut().clear();
-    SELF.with(|cell| cell.borrow_mut().take());
 }
 
 impl Worker {
@@ -412,8 +428,8 @@ impl Worker {
             .handle_client_input(client, bytes, now);
         if let Some(forward) = forward {
             let relays = self.relays.borrow();
-            if let Some(relay) = relays.get(&forward.port) {
-                if send_now(&relay.socket.fd, forward.payload, forward.peer.addr()).is_err() {
+            if let Some(socket) = relays.get(&forward.port) {
+                if send_now(socket, forward.payload, forward.peer.addr()).is_err() {
                     self.send_failures.set(self.send_failures.get() + 1);
                 }
             }
@@ -456,19 +472,8 @@ impl Worker {
                         AddressFamily::V4 => IpAddr::V4(self.relay_bind.0),
                         AddressFamily::V6 => IpAddr::V6(self.relay_bind.1),
                     };
-                    match bind_relay(ip, port.value()) {
-                        Ok(socket) => {
-                            let socket = Rc::new(socket);
-                            let task = tokio::task::spawn_local(relay_loop(
-                                self.self_rc(),
-                                socket.clone(),
-                                port,
-                            ));
-                            self.relays
-                                .borrow_mut()
-                                .insert(port, RelaySocket { socket, task });
-                            self.send_to_client(client, &on_success);
-                        }
+                    match self.add_relay(ip, port) {
+                        Ok(()) => self.send_to_client(client, &on_success),
                         Err(error) => {
                             tracing::warn!(%error, port = port.value(), "cannot bind a relay port");
                             self.server
@@ -478,23 +483,92 @@ impl Worker {
                     }
                 }
                 Command::FreeAllocation { port } => {
-                    if let Some(relay) = self.relays.borrow_mut().remove(&port) {
-                        relay.task.abort();
+                    if let Some(mut socket) = self.relays.borrow_mut().remove(&port) {
+                        let _ = self.relay_registry.deregister(&mut socket);
                     }
                 }
             }
         }
     }
 
-    fn self_rc(&self) -> Rc<Worker> {
-        SELF.with(|cell| cell.borrow().clone().expect("worker registered before use"))
+    /// Binds the relay socket of an allocation and registers it for reading.
+    fn add_relay(&self, ip: IpAddr, port: AllocationPort) -> io::Result<()> {
+        let (mut socket, state) = bind_relay(ip, port.value())?;
+        self.relay_registry.register(
+            &mut socket,
+            mio::Token(usize::from(port.value())),
+            mio::Interest::READABLE,
+        )?;
+        let _ = self.relay_state.set(state);
+        self.relays.borrow_mut().insert(port, socket);
+        Ok(())
     }
-}
 
-thread_local! {
-    /// The worker of this thread, so that commands run from any of its tasks can spawn relay
-    /// tasks that hold the worker.
-    static SELF: RefCell<Option<Rc<Worker>>> = const { RefCell::new(None) };
+    /// Reads the relay socket on `port` until its queue is empty, relaying each datagram.
+    fn drain_relay(&self, port: AllocationPort, now: Instant) {
+        let Some(state) = self.relay_state.get() else {
+            return;
+        };
+        // With GRO the kernel may coalesce several datagrams of one peer into one buffer.
+        let slot = if state.gro_segments() > 1 {
+            MAX_DATAGRAM
+        } else {
+            2048
+        };
+        loop {
+            let relays = self.relays.borrow();
+            // The allocation may have gone since the event was queued.
+            let Some(socket) = relays.get(&port) else {
+                return;
+            };
+            let mut batch = self.relay_batch.borrow_mut();
+            let RelayBatch { storage, metas } = &mut *batch;
+            if storage.len() < slot * RELAY_BATCH {
+                storage.resize(slot * RELAY_BATCH, 0);
+            }
+            let received = {
+                let mut chunks = storage.chunks_mut(slot);
+                let mut buffers: [IoSliceMut<'_>; RELAY_BATCH] =
+                    std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+                state.recv(socket.into(), &mut buffers, metas)
+            };
+            let count = match received {
+                Ok(count) => count,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    // ICMP errors from earlier sends surface here, once each; reading goes on.
+                    tracing::trace!(%error, port = port.value(), "relay receive failed");
+                    continue;
+                }
+            };
+            let mut buffer = self.peer_buffer.borrow_mut();
+            for (index, meta) in metas.iter().take(count).enumerate() {
+                let data = &storage[index * slot..index * slot + meta.len];
+                let from = PeerSocket::new(normalise(meta.addr));
+                for segment in data.chunks(meta.stride.max(1)) {
+                    // The copy leaves room in front for the ChannelData or Data indication
+                    // header; for media-sized datagrams it costs less than the syscall saved.
+                    buffer[PEER_HEADROOM..PEER_HEADROOM + segment.len()].copy_from_slice(segment);
+                    let out = self.server.borrow_mut().handle_peer_traffic(
+                        port,
+                        from,
+                        &mut buffer,
+                        segment.len(),
+                        now,
+                    );
+                    if let Some((client, bytes)) = out {
+                        self.send_to_client(client, bytes);
+                    }
+                }
+            }
+            // A short batch means the queue is empty. The socket is registered edge-triggered,
+            // so a datagram arriving from now on raises a new event; no EAGAIN read is needed.
+            if count < RELAY_BATCH {
+                return;
+            }
+        }
+    }
 }
 
 async fn client_udp_loop(worker: Rc<Worker>) {
@@ -561,74 +635,46 @@ fn normalise(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-async fn relay_loop(worker: Rc<Worker>, socket: Rc<RelayFd>, port: AllocationPort) {
-    // With GRO the kernel may coalesce several datagrams of one peer into one buffer.
-    let slot = if socket.state.gro_segments() > 1 {
-        MAX_DATAGRAM
-    } else {
-        2048
-    };
-    loop {
-        if socket.fd.readable().await.is_err() {
+/// Reads the worker's relay sockets. Tokio watches the `mio::Poll` as one descriptor; each of
+/// its events names a socket with data, by port, which is then drained.
+async fn relay_loop(worker: Rc<Worker>, poll: mio::Poll) {
+    // Tokio deprecates the safe constructor because a `T` could close or swap its descriptor
+    // behind the registration. `mio::Poll` owns its epoll descriptor for its whole life and
+    // never replaces it, so that cannot happen here; the replacement is `unsafe`, which this
+    // workspace forbids.
+    #[allow(deprecated)]
+    let registered = AsyncFd::with_interest(poll, tokio::io::Interest::READABLE);
+    let mut poll = match registered {
+        Ok(poll) => poll,
+        Err(error) => {
+            tracing::error!(%error, "cannot watch the relay sockets");
             return;
         }
+    };
+    let mut events = mio::Events::with_capacity(RELAY_EVENTS);
+    loop {
+        let Ok(mut guard) = poll.readable_mut().await else {
+            return;
+        };
+        if let Err(error) = guard
+            .get_inner_mut()
+            .poll(&mut events, Some(Duration::ZERO))
+        {
+            if error.kind() != io::ErrorKind::Interrupted {
+                tracing::error!(%error, "polling the relay sockets failed");
+                return;
+            }
+            continue;
+        }
+        if events.is_empty() {
+            // Tokio keeps the readiness if the poll became ready again meanwhile.
+            guard.clear_ready();
+            continue;
+        }
         let now = Instant::now();
-        loop {
-            let mut batch = worker.relay_batch.borrow_mut();
-            let RelayBatch { storage, metas } = &mut *batch;
-            if storage.len() < slot * RELAY_BATCH {
-                storage.resize(slot * RELAY_BATCH, 0);
-            }
-            // A short batch means the queue is empty. Reporting it to tokio as WouldBlock
-            // clears the readiness flag now, which saves the read that would only return
-            // EAGAIN; tokio keeps the flag if a datagram arrived meanwhile, so none is missed.
-            let mut drained = 0;
-            let received = {
-                let mut chunks = storage.chunks_mut(slot);
-                let mut buffers: [IoSliceMut<'_>; RELAY_BATCH] =
-                    std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
-                socket.fd.try_io(tokio::io::Interest::READABLE, || {
-                    let count = socket
-                        .state
-                        .recv((&socket.fd).into(), &mut buffers, metas)?;
-                    if count < RELAY_BATCH {
-                        drained = count;
-                        return Err(io::ErrorKind::WouldBlock.into());
-                    }
-                    Ok(count)
-                })
-            };
-            let (count, last) = match received {
-                Ok(count) => (count, false),
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => (drained, true),
-                Err(error) => {
-                    // ICMP errors from earlier sends surface here; the next read goes on.
-                    tracing::trace!(%error, port = port.value(), "relay receive failed");
-                    continue;
-                }
-            };
-            let mut buffer = worker.peer_buffer.borrow_mut();
-            for (index, meta) in metas.iter().take(count).enumerate() {
-                let data = &storage[index * slot..index * slot + meta.len];
-                let from = PeerSocket::new(normalise(meta.addr));
-                for segment in data.chunks(meta.stride.max(1)) {
-                    // The copy leaves room in front for the ChannelData or Data indication
-                    // header; for media-sized datagrams it costs less than the syscall saved.
-                    buffer[PEER_HEADROOM..PEER_HEADROOM + segment.len()].copy_from_slice(segment);
-                    let out = worker.server.borrow_mut().handle_peer_traffic(
-                        port,
-                        from,
-                        &mut buffer,
-                        segment.len(),
-                        now,
-                    );
-                    if let Some((client, bytes)) = out {
-                        worker.send_to_client(client, bytes);
-                    }
-                }
-            }
-            if last {
-                break;
+        for event in events.iter() {
+            if let Ok(port) = u16::try_from(event.token().0) {
+                worker.drain_relay(AllocationPort::new(port), now);
             }
         }
     }

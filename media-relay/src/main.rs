@@ -2,7 +2,7 @@
 //!
 //! It reads the same keys as the `[relay]` section of `kontakt`'s configuration from a TOML
 //! file, and takes the secret from `MEDIA_RELAY_SECRET` when set, so the secret need not be
-//! written to disk.
+//! written to disk. With `metrics_listen` set it serves Prometheus metrics there over HTTP.
 
 use anyhow::Context as _;
 use media_relay::{Relay, RelayConfig};
@@ -37,10 +37,20 @@ fn main() -> anyhow::Result<()> {
     if let Ok(secret) = std::env::var("MEDIA_RELAY_SECRET") {
         config.secret = secret;
     }
-    let relay = Relay::start(config).context("starting the relay")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let relay = runtime.block_on(async {
+        // The recorder goes in before the workers start, so their first figures are kept.
+        if let Some(addr) = config.metrics_listen {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .with_http_listener(addr)
+                .install()
+                .with_context(|| format!("serving metrics on {addr}"))?;
+            tracing::info!(%addr, "serving Prometheus metrics");
+        }
+        Relay::start(config).context("starting the relay")
+    })?;
     runtime.block_on(wait_for_signal())?;
     tracing::info!("shutting down");
     relay.shutdown();

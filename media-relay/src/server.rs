@@ -368,7 +368,9 @@ pub struct Server {
     ledger: Arc<AllocationLedger>,
     epoch: Instant,
     epoch_unix: u64,
-    allocations: FxHashMap<AllocationPort, Allocation>,
+    /// Boxed, so the table holds a pointer per slot rather than a whole allocation, and its
+    /// spare capacity costs little.
+    allocations: FxHashMap<AllocationPort, Box<Allocation>>,
     by_client: FxHashMap<ClientSocket, AllocationPort>,
     commands: VecDeque<Command>,
     stats: Stats,
@@ -380,7 +382,8 @@ struct Allocation {
     client: ClientSocket,
     relayed: SocketAddr,
     username: Box<str>,
-    subject: Box<str>,
+    /// Where the subject (the quota key) starts in `username`.
+    subject_at: u16,
     key: [u8; 16],
     allocate_transaction: [u8; 12],
     /// Whether the Allocate request carried FINGERPRINT, so late answers can too.
@@ -439,6 +442,12 @@ impl TokenBucket {
 }
 
 impl Allocation {
+    fn subject(&self) -> &str {
+        self.username
+            .get(usize::from(self.subject_at)..)
+            .unwrap_or_default()
+    }
+
     fn has_permission(&self, ip: IpAddr, now: Instant) -> bool {
         self.permissions
             .iter()
@@ -449,7 +458,12 @@ impl Allocation {
         let expires = now + PERMISSION_LIFETIME;
         match self.permissions.iter_mut().find(|(p, _)| *p == ip) {
             Some(entry) => entry.1 = expires,
-            None => self.permissions.push((ip, expires)),
+            None => {
+                // Most allocations talk to one or two peers; growing one entry at a time keeps
+                // a Vec from reserving room for four.
+                self.permissions.reserve_exact(1);
+                self.permissions.push((ip, expires));
+            }
         }
     }
 
@@ -464,7 +478,7 @@ impl Allocation {
 enum Auth {
     Ok {
         username: Box<str>,
-        subject: Box<str>,
+        subject_at: u16,
         key: [u8; 16],
     },
     Respond,
@@ -617,7 +631,7 @@ impl Server {
                 None
             };
         let Some(new_port) = retry else {
-            self.ledger.release(&allocation.subject);
+            self.ledger.release(allocation.subject());
             self.stats.allocations_freed += 1;
             let mut builder = MessageBuilder::new(
                 Method::Allocate,
@@ -853,7 +867,7 @@ impl Server {
     ) {
         let Auth::Ok {
             username,
-            subject,
+            subject_at,
             key,
         } = self.authenticate(from, message, now)
         else {
@@ -889,7 +903,7 @@ impl Server {
             }
             return;
         }
-        self.handle_allocate(from, message, username, subject, key, now);
+        self.handle_allocate(from, message, username, subject_at, key, now);
     }
 
     fn authenticate(&mut self, from: ClientSocket, message: &Message<'_>, now: Instant) -> Auth {
@@ -931,9 +945,11 @@ impl Server {
             self.respond_challenge(from, message, 401, "Unauthorized", now);
             return Auth::Respond;
         }
+        // The subject is the tail of the username, so its offset is all there is to keep.
+        let subject_at = u16::try_from(username.len() - rest.subject.len()).unwrap_or(u16::MAX);
         Auth::Ok {
             username: username.into(),
-            subject: rest.subject.into(),
+            subject_at,
             key,
         }
     }
@@ -943,10 +959,11 @@ impl Server {
         from: ClientSocket,
         message: &Message<'_>,
         username: Box<str>,
-        subject: Box<str>,
+        subject_at: u16,
         key: [u8; 16],
         now: Instant,
     ) {
+        let subject = username.get(usize::from(subject_at)..).unwrap_or_default();
         if let Some(port) = self.by_client.get(&from).copied() {
             let retransmission = self
                 .allocations
@@ -1004,7 +1021,7 @@ impl Server {
                 Some(key),
             );
         };
-        if !self.ledger.try_reserve(&subject) {
+        if !self.ledger.try_reserve(subject) {
             return self.respond_error(from, message, 486, "Allocation Quota Reached", Some(key));
         }
         let mut reservation = None;
@@ -1023,15 +1040,15 @@ impl Server {
             (None, None) => self.pick_port(false, None),
         };
         let Some(port) = port else {
-            self.ledger.release(&subject);
+            self.ledger.release(subject);
             return self.respond_error(from, message, 508, "Insufficient Capacity", Some(key));
         };
         let lifetime = granted_lifetime(message.get_u32(attr::LIFETIME));
-        let allocation = Allocation {
+        let allocation = Box::new(Allocation {
             client: from,
             relayed: SocketAddr::new(ip, port.0),
             username,
-            subject,
+            subject_at,
             key,
             allocate_transaction: message.transaction_id(),
             fingerprint: message.has_fingerprint(),
@@ -1045,7 +1062,7 @@ impl Server {
                 .config
                 .bandwidth_bytes_per_sec
                 .map(|rate| TokenBucket::new(rate, now)),
-        };
+        });
         let on_success = self.allocate_success(&allocation, now);
         self.allocations.insert(port, allocation);
         self.by_client.insert(from, port);
@@ -1179,24 +1196,35 @@ impl Server {
         let Some(allocation) = self.allocations.get_mut(&port) else {
             return;
         };
-        // A channel is bound to one peer and a peer to one channel (RFC 8656, section 12.2).
-        let conflict = allocation
-            .channels
-            .iter()
-            .any(|c| (c.number == number) != (c.peer == peer) && c.expires_at > now);
-        if conflict {
-            return self.respond_error(from, message, 400, "Bad Request", Some(key));
+        // A channel is bound to one peer and a peer to one channel while the binding lives
+        // (RFC 8656, section 12.2). Binding the same channel to the same peer again refreshes
+        // it, which also makes a retransmitted request succeed. An expired binding no longer
+        // counts, so its channel and its peer may be bound afresh; waiting five minutes before
+        // doing so is the client's duty (RFC 8656, section 12).
+        let live = || allocation.channels.iter().filter(|c| c.expires_at > now);
+        let reason = if live().any(|c| c.number == number && c.peer != peer) {
+            Some("Channel Bound To Another Peer")
+        } else if live().any(|c| c.peer == peer && c.number != number) {
+            Some("Peer Bound To Another Channel")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return self.respond_error(from, message, 400, reason, Some(key));
         }
         match allocation.channels.iter_mut().find(|c| c.number == number) {
             Some(channel) => {
                 channel.peer = peer;
                 channel.expires_at = now + CHANNEL_LIFETIME;
             }
-            None => allocation.channels.push(Channel {
-                number,
-                peer,
-                expires_at: now + CHANNEL_LIFETIME,
-            }),
+            None => {
+                allocation.channels.reserve_exact(1);
+                allocation.channels.push(Channel {
+                    number,
+                    peer,
+                    expires_at: now + CHANNEL_LIFETIME,
+                });
+            }
         }
         allocation.add_permission(peer.0.ip(), now);
         let builder = MessageBuilder::new(
@@ -1242,7 +1270,7 @@ impl Server {
     fn free(&mut self, port: AllocationPort) {
         if let Some(allocation) = self.allocations.remove(&port) {
             self.by_client.remove(&allocation.client);
-            self.ledger.release(&allocation.subject);
+            self.ledger.release(allocation.subject());
             self.ledger.release_port(port.0);
             self.stats.allocations_freed += 1;
             self.commands.push_back(Command::FreeAllocation { port });
@@ -1686,6 +1714,69 @@ mod tests {
         );
         // Refreshing the same binding is fine.
         assert_eq!(h.channel_bind(client(), 0x4000, peer().addr()), 200);
+    }
+
+    #[test]
+    fn channel_bind_refreshes_and_rebinds_as_rfc_8656_says() {
+        let mut h = Harness::new();
+        let port = h.allocate(client(), Some(3600));
+        let other: SocketAddr = "198.51.100.8:1".parse().unwrap();
+        let request = h.request(client(), Method::ChannelBind, |b| {
+            b.add_u32(attr::CHANNEL_NUMBER, 0x4000 << 16);
+            b.add_xor_address(attr::XOR_PEER_ADDRESS, peer().addr());
+        });
+        assert_eq!(response_code(&h.call(client(), &request)), 200);
+        // A retransmission of the same request, as a client sends when the answer is lost.
+        assert_eq!(response_code(&h.call(client(), &request)), 200);
+
+        // A refresh just before expiry extends the binding by another ten minutes.
+        h.now += CHANNEL_LIFETIME - Duration::from_secs(1);
+        assert_eq!(h.channel_bind(client(), 0x4000, peer().addr()), 200);
+        h.now += CHANNEL_LIFETIME - Duration::from_secs(1);
+        let bytes = channel_data(0x4000, b"still bound");
+        let forward = h.server.handle_client_input(client(), &bytes, h.now);
+        assert_eq!(forward.map(|f| f.peer), Some(peer()));
+
+        // While it lives, neither the channel nor the peer can be bound elsewhere.
+        assert_eq!(h.channel_bind(client(), 0x4000, other), 400);
+        assert_eq!(h.channel_bind(client(), 0x4001, peer().addr()), 400);
+
+        // Once expired, both are free again, before any sweep has run.
+        h.now += Duration::from_secs(2);
+        assert_eq!(h.channel_bind(client(), 0x4001, peer().addr()), 200);
+        assert_eq!(h.channel_bind(client(), 0x4000, other), 200);
+        let forward = h.server.handle_client_input(client(), &bytes, h.now);
+        assert_eq!(forward.map(|f| f.peer.addr()), Some(other));
+        let back = h.peer_data(port, peer(), b"answer");
+        assert_eq!(back, Some((client(), channel_data(0x4001, b"answer"))));
+    }
+
+    #[test]
+    fn channel_conflicts_say_which_binding_is_in_the_way() {
+        let mut h = Harness::new();
+        h.allocate(client(), None);
+        assert_eq!(h.channel_bind(client(), 0x4000, peer().addr()), 200);
+        let reason = |h: &mut Harness, channel: u16, peer: SocketAddr| {
+            let request = h.request(client(), Method::ChannelBind, |b| {
+                b.add_u32(attr::CHANNEL_NUMBER, u32::from(channel) << 16);
+                b.add_xor_address(attr::XOR_PEER_ADDRESS, peer);
+            });
+            let commands = h.call(client(), &request);
+            let Command::SendToClient { payload, .. } = &commands[0] else {
+                unreachable!()
+            };
+            let message = Message::parse(payload).unwrap();
+            String::from_utf8_lossy(&message.get(attr::ERROR_CODE).unwrap()[4..]).into_owned()
+        };
+        let other = "198.51.100.8:1".parse().unwrap();
+        assert_eq!(
+            reason(&mut h, 0x4000, other),
+            "Channel Bound To Another Peer"
+        );
+        assert_eq!(
+            reason(&mut h, 0x4001, peer().addr()),
+            "Peer Bound To Another Channel"
+        );
     }
 
     #[test]

@@ -6,8 +6,15 @@
 //! ratio ours/coturn. The servers run one after the other with equivalent settings: the same
 //! listener, relay port range, REST secret, realm, one worker per core and no quotas.
 //!
+//! Then it measures memory per allocation on its own: it opens `--allocations N` allocations
+//! (default 10,000) from as many UDP sockets, each with one channel bound to a peer, and divides
+//! the server's RSS growth by N.
+//!
 //! Options: `--quick` runs small loads (a smoke test of the harness); `--load M,N,L,Z` replaces
-//! the loads with one of M clients sending N messages of L bytes every Z ms (repeatable).
+//! the loads with one of M clients sending N messages of L bytes every Z ms (repeatable);
+//! `--allocations N` sets the allocations of the memory measurement (0 skips it);
+//! `--pin` runs each server on core 0 and the load generator and echo peer on the others,
+//! with `taskset`, so that neither starves the other.
 
 use std::io::Read as _;
 use std::net::UdpSocket;
@@ -16,6 +23,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use media_relay::credentials;
+use media_relay::stun::{attr, Class, Message, MessageBuilder, Method};
 
 const SECRET: &str = "bench-secret";
 const REALM: &str = "kontakt";
@@ -25,6 +34,10 @@ const MIN_PORT: u16 = 61000;
 const MAX_PORT: u16 = 65535;
 /// The longest a single uclient run may take before the harness gives up on it.
 const RUN_TIMEOUT: Duration = Duration::from_secs(240);
+/// Relay ports for the memory measurement: room for 20,000 allocations, below the kernel's
+/// ephemeral range so that the measuring client's own sockets never take one.
+const MEMORY_MIN_PORT: u16 = 10_000;
+const MEMORY_MAX_PORT: u16 = 30_000;
 
 #[derive(Clone, Copy, Debug)]
 struct Load {
@@ -87,10 +100,17 @@ impl Outcome {
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let mut loads = Vec::new();
     let mut quick = false;
+    let mut pin = false;
+    let mut allocations: Option<u32> = None;
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         match arg.as_str() {
             "--quick" => quick = true,
+            "--pin" => pin = true,
+            "--allocations" => {
+                let count = iter.next().context("--allocations needs a number")?;
+                allocations = Some(count.parse().context("--allocations needs a number")?);
+            }
             "--load" => {
                 let spec = iter.next().context("--load needs M,N,L,Z")?;
                 let parts: Vec<u32> = spec
@@ -108,7 +128,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                     interval_ms,
                 });
             }
-            other => bail!("unknown option {other}; use --quick or --load M,N,L,Z"),
+            other => bail!(
+                "unknown option {other}; use --quick, --pin, --allocations N or --load M,N,L,Z"
+            ),
         }
     }
     if loads.is_empty() {
@@ -138,6 +160,15 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             ]
         };
     }
+    let allocations = allocations.unwrap_or(if quick { 500 } else { 10_000 });
+    let pinning = if pin {
+        if which("taskset").is_none() {
+            bail!("--pin needs `taskset` (util-linux)");
+        }
+        Some(Pinning::new()?)
+    } else {
+        None
+    };
     for binary in ["turnserver", "turnutils_uclient", "turnutils_peer"] {
         if which(binary).is_none() {
             bail!("`{binary}` is missing: install Debian's coturn package (apt-get install -y coturn)");
@@ -167,19 +198,40 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let work = std::env::temp_dir().join(format!("bench-relay-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    std::fs::write(
-        work.join("relay.toml"),
-        format!(
-            "listen_udp = \"127.0.0.1:{LISTEN_PORT}\"\nlisten_tcp = \"127.0.0.1:{LISTEN_PORT}\"\n\
-             relay_ipv4 = \"127.0.0.1\"\nrelay_bind_ipv4 = \"127.0.0.1\"\n\
-             min_port = {MIN_PORT}\nmax_port = {MAX_PORT}\nrealm = \"{REALM}\"\nsecret = \"{SECRET}\"\n\
-             max_allocations_per_user = 100000\nmax_allocations = 100000\n\
-             bandwidth_bytes_per_sec = 0\nallowed_peer_ranges = [\"127.0.0.0/8\"]\nworkers = {workers}\n"
-        ),
-    )?;
+    let workers = pinning.as_ref().map_or(workers, |p| p.server_cores);
+    for (name, (min_port, max_port)) in [
+        ("relay.toml", (MIN_PORT, MAX_PORT)),
+        ("relay-memory.toml", (MEMORY_MIN_PORT, MEMORY_MAX_PORT)),
+    ] {
+        std::fs::write(
+            work.join(name),
+            format!(
+                "listen_udp = \"127.0.0.1:{LISTEN_PORT}\"\nlisten_tcp = \"127.0.0.1:{LISTEN_PORT}\"\n\
+                 relay_ipv4 = \"127.0.0.1\"\nrelay_bind_ipv4 = \"127.0.0.1\"\n\
+                 min_port = {min_port}\nmax_port = {max_port}\nrealm = \"{REALM}\"\n\
+                 secret = \"{SECRET}\"\nmax_allocations_per_user = 100000\n\
+                 max_allocations = 100000\nbandwidth_bytes_per_sec = 0\n\
+                 allowed_peer_ranges = [\"127.0.0.0/8\"]\nworkers = {workers}\n"
+            ),
+        )?;
+    }
     let clock_ticks = clock_ticks_per_second()?;
 
-    println!("media-relay vs coturn on loopback, {workers} workers/relay threads each");
+    let setup = Setup {
+        relay_binary,
+        work: work.clone(),
+        workers,
+        clock_ticks,
+        pinning,
+    };
+    match &setup.pinning {
+        Some(p) => println!(
+            "media-relay vs coturn on loopback, {workers} workers/relay threads each, \
+             servers on CPUs {}, uclient and peer on CPUs {}",
+            p.server_cpus, p.load_cpus
+        ),
+        None => println!("media-relay vs coturn on loopback, {workers} workers/relay threads each"),
+    }
     println!(
         "{:<20} {:<12} {:>9} {:>7} {:>8} {:>11} {:>7} {:>9} {:>8} {:>7}",
         "load m×n×len@ms",
@@ -201,7 +253,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         );
         let mut rates = Vec::new();
         for kind in [ServerKind::Coturn, ServerKind::Ours] {
-            match run_one(kind, *load, &relay_binary, &work, workers, clock_ticks) {
+            match run_one(kind, *load, &setup) {
                 Ok(o) => {
                     println!(
                         "{:<20} {:<12} {:>9} {:>7.2} {:>8.3} {:>11.0} {:>7.3} {:>9.1} {:>8.0} {:>7}",
@@ -234,6 +286,28 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             }
         }
     }
+    if allocations > 0 {
+        println!("memory: {allocations} allocations, each with one channel bound to a peer");
+        println!(
+            "{:<12} {:>10} {:>10} {:>9}",
+            "server", "RSS before", "RSS after", "B/alloc"
+        );
+        for kind in [ServerKind::Coturn, ServerKind::Ours] {
+            match measure_memory(kind, allocations, &setup) {
+                Ok((before, after)) => println!(
+                    "{:<12} {:>8.1} M {:>8.1} M {:>9.0}",
+                    kind.name(),
+                    before as f64 / 1024.0,
+                    after as f64 / 1024.0,
+                    (after.saturating_sub(before) * 1024) as f64 / f64::from(allocations)
+                ),
+                Err(error) => {
+                    failures += 1;
+                    println!("{:<12} memory failed: {error:#}", kind.name());
+                }
+            }
+        }
+    }
     let _ = std::fs::remove_dir_all(&work);
     if failures > 0 {
         bail!("{failures} benchmark run(s) failed");
@@ -241,55 +315,116 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_one(
-    kind: ServerKind,
-    load: Load,
-    relay_binary: &Path,
-    work: &Path,
+/// What every run shares.
+struct Setup {
+    relay_binary: PathBuf,
+    work: PathBuf,
     workers: usize,
     clock_ticks: f64,
-) -> anyhow::Result<Outcome> {
-    let peer = ChildGuard(
-        Command::new("turnutils_peer")
-            .args(["-L", "127.0.0.1", "-p", &PEER_PORT.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting turnutils_peer")?,
-    );
-    let server = ChildGuard(match kind {
-        ServerKind::Ours => Command::new(relay_binary)
-            .args(["--config", &work.join("relay.toml").to_string_lossy()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting media-relay")?,
-        ServerKind::Coturn => Command::new("turnserver")
-            .args([
-                "-n",
-                "--listening-ip=127.0.0.1",
-                &format!("--listening-port={LISTEN_PORT}"),
-                "--relay-ip=127.0.0.1",
-                &format!("--min-port={MIN_PORT}"),
-                &format!("--max-port={MAX_PORT}"),
-                "--use-auth-secret",
-                &format!("--static-auth-secret={SECRET}"),
-                &format!("--realm={REALM}"),
-                &format!("--relay-threads={workers}"),
-                "--no-tls",
-                "--no-dtls",
-                "--no-cli",
-                "--allow-loopback-peers",
-                "--no-stdout-log",
-                "--log-file=/dev/null",
-                &format!("--pidfile={}", work.join("turnserver.pid").display()),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting turnserver")?,
-    });
+    pinning: Option<Pinning>,
+}
+
+/// CPUs for the servers and for the load generator, so that they do not compete.
+struct Pinning {
+    server_cpus: String,
+    load_cpus: String,
+    server_cores: usize,
+}
+
+impl Pinning {
+    /// The first half of the cores (at least one) for the server, the rest for the load.
+    fn new() -> anyhow::Result<Self> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cores < 2 {
+            bail!("--pin needs at least two cores");
+        }
+        let server_cores = (cores / 2).max(1);
+        let list = |range: std::ops::Range<usize>| {
+            range.map(|c| c.to_string()).collect::<Vec<_>>().join(",")
+        };
+        Ok(Self {
+            server_cpus: list(0..server_cores),
+            load_cpus: list(server_cores..cores),
+            server_cores,
+        })
+    }
+}
+
+impl Setup {
+    /// A command for `program`, under `taskset` on `cpus` when pinning. `taskset` execs the
+    /// program, so the child's pid is the program's.
+    fn command(&self, program: &Path, cpus: impl Fn(&Pinning) -> &str) -> Command {
+        match &self.pinning {
+            Some(pinning) => {
+                let mut command = Command::new("taskset");
+                command.arg("-c").arg(cpus(pinning)).arg(program);
+                command
+            }
+            None => Command::new(program),
+        }
+    }
+
+    fn start_peer(&self) -> anyhow::Result<ChildGuard> {
+        Ok(ChildGuard(
+            self.command(Path::new("turnutils_peer"), |p| &p.load_cpus)
+                .args(["-L", "127.0.0.1", "-p", &PEER_PORT.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting turnutils_peer")?,
+        ))
+    }
+
+    /// Starts a server with relay ports `min..=max` (ours reads them from `config`).
+    fn start_server(
+        &self,
+        kind: ServerKind,
+        config: &str,
+        (min_port, max_port): (u16, u16),
+    ) -> anyhow::Result<ChildGuard> {
+        let workers = self.workers;
+        let work = &self.work;
+        Ok(ChildGuard(match kind {
+            ServerKind::Ours => self
+                .command(&self.relay_binary, |p| &p.server_cpus)
+                .args(["--config", &work.join(config).to_string_lossy()])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting media-relay")?,
+            ServerKind::Coturn => self
+                .command(Path::new("turnserver"), |p| &p.server_cpus)
+                .args([
+                    "-n",
+                    "--listening-ip=127.0.0.1",
+                    &format!("--listening-port={LISTEN_PORT}"),
+                    "--relay-ip=127.0.0.1",
+                    &format!("--min-port={min_port}"),
+                    &format!("--max-port={max_port}"),
+                    "--use-auth-secret",
+                    &format!("--static-auth-secret={SECRET}"),
+                    &format!("--realm={REALM}"),
+                    &format!("--relay-threads={workers}"),
+                    "--no-tls",
+                    "--no-dtls",
+                    "--no-cli",
+                    "--allow-loopback-peers",
+                    "--no-stdout-log",
+                    "--log-file=/dev/null",
+                    &format!("--pidfile={}", work.join("turnserver.pid").display()),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting turnserver")?,
+        }))
+    }
+}
+
+fn run_one(kind: ServerKind, load: Load, setup: &Setup) -> anyhow::Result<Outcome> {
+    let peer = setup.start_peer()?;
+    let server = setup.start_server(kind, "relay.toml", (MIN_PORT, MAX_PORT))?;
     let pid = server.0.id();
     wait_for_stun(LISTEN_PORT, Duration::from_secs(15))?;
     let baseline_rss_kib = status_kib(pid, "VmRSS:")?;
@@ -304,7 +439,8 @@ fn run_one(
         kind.name()
     );
     let mut uclient = ChildGuard(
-        Command::new("turnutils_uclient")
+        setup
+            .command(Path::new("turnutils_uclient"), |p| &p.load_cpus)
             .args([
                 "-u",
                 "bench",
@@ -370,7 +506,7 @@ fn run_one(
             tail(&output, 20)
         )
     })?;
-    outcome.cpu_seconds = (cpu_after - cpu_before) as f64 / clock_ticks;
+    outcome.cpu_seconds = (cpu_after - cpu_before) as f64 / setup.clock_ticks;
     outcome.peak_rss_kib = peak_rss_kib;
     outcome.baseline_rss_kib = baseline_rss_kib;
     // uclient opens an RTP and an RTCP allocation per client unless -c is given.
@@ -428,7 +564,7 @@ fn wait_for_stun(port: u16, timeout: Duration) -> anyhow::Result<()> {
     bail!("no STUN answer on 127.0.0.1:{port} within {timeout:?}")
 }
 
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after_name = stat.rsplit_once(')').context("malformed /proc stat")?.1;
     let fields: Vec<&str> = after_name.split_whitespace().collect();
@@ -451,7 +587,7 @@ fn status_kib(pid: u32, key: &str) -> anyhow::Result<u64> {
         .parse()?)
 }
 
-fn clock_ticks_per_second() -> anyhow::Result<f64> {
+pub(crate) fn clock_ticks_per_second() -> anyhow::Result<f64> {
     let output = Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -495,5 +631,140 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Opens `count` allocations on a fresh server, each from its own UDP socket and with one
+/// channel bound to a peer, and returns the server's RSS in KiB before and after. The sockets
+/// stay open until the second reading, so no allocation goes early.
+fn measure_memory(kind: ServerKind, count: u32, setup: &Setup) -> anyhow::Result<(u64, u64)> {
+    let server = setup.start_server(
+        kind,
+        "relay-memory.toml",
+        (MEMORY_MIN_PORT, MEMORY_MAX_PORT),
+    )?;
+    let pid = server.0.id();
+    wait_for_stun(LISTEN_PORT, Duration::from_secs(15))?;
+    let before = status_kib(pid, "VmRSS:")?;
+    let (username, password) = credentials::issue(
+        SECRET,
+        "memory",
+        Duration::from_secs(3600),
+        std::time::SystemTime::now(),
+    );
+    let key = credentials::long_term_key(&username, REALM, &password);
+    let peer = std::net::SocketAddr::from(([127, 0, 0, 1], PEER_PORT));
+    let mut sockets = Vec::with_capacity(count as usize);
+    for index in 0..count {
+        let mut client = MemoryClient {
+            socket: UdpSocket::bind("127.0.0.1:0")?,
+            username: &username,
+            key,
+            nonce: None,
+            next_tid: u64::from(index) << 16,
+        };
+        client.socket.connect(("127.0.0.1", LISTEN_PORT))?;
+        client
+            .socket
+            .set_read_timeout(Some(Duration::from_millis(500)))?;
+        client
+            .request(Method::Allocate, |b| {
+                b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            })
+            .with_context(|| format!("allocation {index}"))?;
+        client
+            .request(Method::ChannelBind, |b| {
+                b.add_u32(attr::CHANNEL_NUMBER, 0x4000 << 16);
+                b.add_xor_address(attr::XOR_PEER_ADDRESS, peer);
+            })
+            .with_context(|| format!("channel bind {index}"))?;
+        sockets.push(client.socket);
+    }
+    let after = status_kib(pid, "VmRSS:")?;
+    drop(sockets);
+    drop(server);
+    Ok((before, after))
+}
+
+/// A blocking TURN client that answers the 401 challenge, enough to open allocations.
+struct MemoryClient<'a> {
+    socket: UdpSocket,
+    username: &'a str,
+    key: [u8; 16],
+    nonce: Option<String>,
+    next_tid: u64,
+}
+
+impl MemoryClient<'_> {
+    fn request(
+        &mut self,
+        method: Method,
+        attrs: impl Fn(&mut MessageBuilder),
+    ) -> anyhow::Result<()> {
+        for _ in 0..4 {
+            self.next_tid += 1;
+            let mut tid = [0x6Du8; 12];
+            tid[..8].copy_from_slice(&self.next_tid.to_be_bytes());
+            let mut builder = MessageBuilder::new(method, Class::Request, tid);
+            attrs(&mut builder);
+            if let Some(nonce) = &self.nonce {
+                builder
+                    .add(attr::USERNAME, self.username.as_bytes())
+                    .add(attr::REALM, REALM.as_bytes())
+                    .add(attr::NONCE, nonce.as_bytes())
+                    .add_integrity(&self.key);
+            }
+            builder.add_fingerprint();
+            let request = builder.finish();
+            let Some(response) = self.exchange(&request, tid)? else {
+                continue;
+            };
+            let message = Message::parse(&response)
+                .map_err(|_| anyhow::anyhow!("malformed response to {method:?}"))?;
+            match message.class() {
+                Class::Success => return Ok(()),
+                Class::Error => {
+                    let code = message
+                        .get(attr::ERROR_CODE)
+                        .filter(|v| v.len() >= 4)
+                        .map_or(0, |v| u16::from(v[2]) * 100 + u16::from(v[3]));
+                    match message.get_str(attr::NONCE) {
+                        Some(nonce) if code == 401 || code == 438 => {
+                            self.nonce = Some(nonce.to_owned());
+                        }
+                        _ => bail!("{method:?} answered {code}"),
+                    }
+                }
+                other => bail!("{method:?} answered with class {other:?}"),
+            }
+        }
+        bail!("{method:?} got no usable answer")
+    }
+
+    /// Sends `request` and returns the response with transaction id `tid`, retransmitting
+    /// on silence; `None` when nothing came back at all.
+    fn exchange(&self, request: &[u8], tid: [u8; 12]) -> anyhow::Result<Option<Vec<u8>>> {
+        let mut buf = [0u8; 1500];
+        for _ in 0..4 {
+            self.socket.send(request)?;
+            loop {
+                match self.socket.recv(&mut buf) {
+                    Ok(len) if len >= 20 && buf[8..20] == tid => {
+                        return Ok(Some(buf[..len].to_vec()))
+                    }
+                    Ok(_) => continue,
+                    Err(error)
+                        if matches!(
+                            error.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        break
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            }
+        }
+        Ok(None)
     }
 }
