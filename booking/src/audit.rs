@@ -5,6 +5,7 @@
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 
+use crate::batch::Statement;
 use crate::db::Db;
 
 /// Who acted.
@@ -68,7 +69,12 @@ pub struct Record {
 }
 
 pub async fn record(conn: &mut AnyConnection, entry: &Entry<'_>, now: i64) -> sqlx::Result<()> {
-    sqlx::query(
+    statement(entry, now).execute(conn).await.map(|_| ())
+}
+
+/// The insert that [`record`] runs, for a [`crate::batch`] transaction.
+pub fn statement(entry: &Entry<'_>, now: i64) -> Statement {
+    Statement::new(
         "INSERT INTO audit_log (id, at, actor, action, subject, resident_id, on_behalf_of, rule, agreement_id, outcome) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
@@ -76,7 +82,7 @@ pub async fn record(conn: &mut AnyConnection, entry: &Entry<'_>, now: i64) -> sq
     .bind(now)
     .bind(entry.actor.label())
     .bind(entry.action)
-    .bind(&entry.subject)
+    .bind(entry.subject.clone())
     .bind(entry.resident_id)
     .bind(entry.on_behalf_of)
     .bind(entry.rule)
@@ -85,9 +91,6 @@ pub async fn record(conn: &mut AnyConnection, entry: &Entry<'_>, now: i64) -> sq
         Outcome::Allowed => "allowed",
         Outcome::Denied => "denied",
     })
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// Writes one entry on its own connection, for reads that need no transaction.

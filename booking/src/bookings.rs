@@ -15,21 +15,26 @@ use jiff::{Span, Timestamp};
 use rand::seq::SliceRandom;
 use serde::Serialize;
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 
 use crate::accounts::{self, random_token, token_hash, Resident, Staff};
 use crate::audit::{self, Actor, Entry, Outcome};
+use crate::batch::Statement;
 use crate::catalog::{self, Service};
-use crate::db::{is_booking_conflict, Db};
+use crate::db::{is_booking_conflict, Db, Hold};
 use crate::domain::{BookingStatus, Language, MunicipalityCode, ServiceCode, SlotRange, Step};
+use crate::load;
 use crate::outbox::{self, Message};
 use crate::policy::{self, Agreement, Decision};
 use crate::slots::{self, SlotShape, Template};
-use crate::snapshot;
+use crate::snapshot::{self, Snapshot};
 use crate::Error;
 
 /// The zone times are shown in unless a municipality says otherwise.
 pub const DISPLAY_ZONE: &str = "Europe/Stockholm";
+
+/// The longest a booking may last; the schema refuses longer ones.
+pub const MAX_BOOKING_SECONDS: i64 = 24 * 60 * 60;
 
 /// Reminders go out this many minutes before a meeting.
 pub const REMINDER_MINUTES: [i64; 2] = [24 * 60, 60];
@@ -91,19 +96,22 @@ pub async fn search(db: &Db, query: &SearchQuery, now: Timestamp) -> Result<Vec<
             reason: format!("from must not be after to, and at most {MAX_SEARCH_DAYS} days apart"),
         }));
     }
-    let found = free_slots(
-        db,
-        &query.service,
-        &query.home,
-        query.language,
-        query.from,
-        query.to,
-        now,
-        None,
-        None,
+    let catalog = snapshot::current(db).await?;
+    let tz = zone(DISPLAY_ZONE)?;
+    let busy = busy_times(
+        db.pool(),
+        day_bounds(query.from, &tz)?.0,
+        day_bounds(query.to, &tz)?.1,
         None,
     )
     .await?;
+    let wanted = Wanted {
+        service: &query.service,
+        home: &query.home,
+        language: query.language,
+        only_staff: None,
+    };
+    let found = free_slots(&catalog, &wanted, query.from, query.to, now, None, &busy)?;
     Ok(found
         .into_iter()
         .map(|(range, candidates)| FreeTime {
@@ -124,40 +132,56 @@ pub async fn book(
     now: Timestamp,
 ) -> Result<Ticket, Error> {
     let actor = Actor::Resident(resident.id.clone());
-    let candidates = candidates_at(
-        db,
+    let wanted = Wanted {
         service,
-        &resident.home,
+        home: &resident.home,
         language,
-        starts_at,
-        now,
-        None,
-        None,
-    )
-    .await?;
+        only_staff: None,
+    };
+    book_new(db, &actor, resident, &wanted, starts_at, now).await
+}
+
+/// Picks the staff member for a new booking, holds them and writes the
+/// booking with its mail, load and audit entry in one transaction. When
+/// another process booked the pick meanwhile, it looks again.
+async fn book_new(
+    db: &Db,
+    actor: &Actor,
+    resident: &Resident,
+    wanted: &Wanted<'_>,
+    starts_at: Timestamp,
+    now: Timestamp,
+) -> Result<Ticket, Error> {
+    let catalog = snapshot::current(db).await?;
+    let tz = zone(DISPLAY_ZONE)?;
     let token = random_token();
-    for candidate in &candidates {
-        let _turn = db.write_turn().await;
-        let mut tx = db.pool().begin().await?;
-        match insert_booking(&mut tx, resident, service, candidate, &token, now).await {
-            Ok(booking) => {
-                announce_new(&mut tx, resident, &booking, &token, now).await?;
-                audit::record(
-                    &mut tx,
-                    &booking_entry(&actor, "booking.create", &booking, Outcome::Allowed),
-                    now.as_second(),
-                )
-                .await?;
-                tx.commit().await?;
+    for _ in 0..PLACE_ATTEMPTS {
+        let (candidate, _hold) = best_free(db, &catalog, wanted, starts_at, now, None).await?;
+        let booking = new_booking(resident, wanted.service, &candidate);
+        let statements = [
+            insert_statement(&booking, &token, now),
+            load::adjust(&booking.staff_id, &booking.range, 1, &tz),
+            announce(
+                resident,
+                confirmation(&booking, &token),
+                &booking,
+                &token,
+                now,
+            ),
+            audit::statement(
+                &booking_entry(actor, "booking.create", &booking, Outcome::Allowed),
+                now.as_second(),
+            ),
+        ];
+        match db.run(&statements).await {
+            Ok(()) => {
                 return Ok(Ticket {
                     booking,
                     manage_token: token,
-                });
+                })
             }
-            Err(e) if is_booking_conflict(&e) => {
-                tx.rollback().await?;
-                continue;
-            }
+            // Booked by another process since we looked: look again.
+            Err(e) if is_booking_conflict(&e) => continue,
             Err(e) => return Err(e.into()),
         }
     }
@@ -200,42 +224,18 @@ pub async fn book_as_staff(
             "the policy does not let your municipality book this service for this resident".into(),
         ));
     }
-    let candidates = candidates_at(
-        db,
+    let wanted = Wanted {
         service,
-        &resident.home,
-        None,
-        starts_at,
-        now,
-        None,
-        Some(&staff.id),
-    )
-    .await?;
-    let Some(candidate) = candidates.first() else {
-        return Err(Error::Conflict("you have no free time then".into()));
+        home: &resident.home,
+        language: None,
+        only_staff: Some(&staff.id),
     };
-    let token = random_token();
-    let _turn = db.write_turn().await;
-    let mut tx = db.pool().begin().await?;
-    let booking = match insert_booking(&mut tx, resident, service, candidate, &token, now).await {
-        Ok(b) => b,
-        Err(e) if is_booking_conflict(&e) => {
-            return Err(Error::Conflict("that time is no longer available".into()))
-        }
-        Err(e) => return Err(e.into()),
-    };
-    announce_new(&mut tx, resident, &booking, &token, now).await?;
-    audit::record(
-        &mut tx,
-        &booking_entry(&actor, "booking.create", &booking, Outcome::Allowed),
-        now.as_second(),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Ticket {
-        booking,
-        manage_token: token,
-    })
+    book_new(db, &actor, resident, &wanted, starts_at, now)
+        .await
+        .map_err(|e| match e {
+            Error::Conflict(_) => Error::Conflict("you have no free time then".into()),
+            e => e,
+        })
 }
 
 /// How a caller proves the right to change a booking.
@@ -269,6 +269,14 @@ pub async fn cancel(
         return Err(Error::Conflict("the booking was changed meanwhile".into()));
     };
     let cancelled = booking_from_row(&row)?;
+    load::adjust(
+        &cancelled.staff_id,
+        &cancelled.range,
+        -1,
+        &zone(DISPLAY_ZONE)?,
+    )
+    .execute(&mut tx)
+    .await?;
     outbox::supersede_reminders(&mut tx, &cancelled.id).await?;
     let message = Message::BookingCancelled {
         booking_id: cancelled.id.clone(),
@@ -306,24 +314,24 @@ pub async fn reschedule(
     now: Timestamp,
 ) -> Result<Ticket, Error> {
     let (booking, resident) = find_active(db, authority, booking_id, now, "rescheduled").await?;
-    let candidates = candidates_at(
-        db,
-        &booking.service,
-        &resident.home,
-        None,
-        starts_at,
-        now,
-        Some(&booking.id),
-        None,
-    )
-    .await?;
+    let catalog = snapshot::current(db).await?;
+    let wanted = Wanted {
+        service: &booking.service,
+        home: &resident.home,
+        language: None,
+        only_staff: None,
+    };
     let actor = authority_actor(authority);
-    for candidate in &candidates {
+    let tz = zone(DISPLAY_ZONE)?;
+    for _ in 0..PLACE_ATTEMPTS {
+        let (candidate, _hold) =
+            best_free(db, &catalog, &wanted, starts_at, now, Some(&booking.id)).await?;
         let _turn = db.write_turn().await;
         let mut tx = db.pool().begin().await?;
         let updated = sqlx::query(&format!(
             "UPDATE bookings SET staff_id = $1, starts_at = $2, ends_at = $3, performed_by = $4, agreement_id = $5, \
-             rule = $6, sequence = sequence + 1, updated_at = $7 WHERE id = $8 AND status = 'booked' RETURNING {BOOKING_COLUMNS}"
+             rule = $6, sequence = sequence + 1, updated_at = $7 \
+             WHERE id = $8 AND status = 'booked' AND staff_id = $9 AND starts_at = $10 RETURNING {BOOKING_COLUMNS}"
         ))
         .bind(&candidate.staff_id)
         .bind(candidate.range.start().as_second())
@@ -333,6 +341,8 @@ pub async fn reschedule(
         .bind(candidate.decision.rule_label())
         .bind(now.as_second())
         .bind(&booking.id)
+        .bind(&booking.staff_id)
+        .bind(booking.range.start().as_second())
         .fetch_optional(&mut *tx)
         .await;
         let row = match updated {
@@ -345,6 +355,12 @@ pub async fn reschedule(
             Err(e) => return Err(e.into()),
         };
         let moved = booking_from_row(&row)?;
+        load::adjust(&booking.staff_id, &booking.range, -1, &tz)
+            .execute(&mut tx)
+            .await?;
+        load::adjust(&moved.staff_id, &moved.range, 1, &tz)
+            .execute(&mut tx)
+            .await?;
         outbox::supersede_reminders(&mut tx, &moved.id).await?;
         // The token stays valid, so the link in the first mail still manages
         // the booking; the mail about the move does not need to carry it anew.
@@ -360,16 +376,9 @@ pub async fn reschedule(
             sequence: moved.sequence,
             manage_token: token.clone(),
         };
-        outbox::enqueue(
-            &mut tx,
-            &resident.email,
-            resident.language,
-            &message,
-            now.as_second(),
-            now.as_second(),
-        )
-        .await?;
-        enqueue_reminders(&mut tx, &resident, &moved, &token, now).await?;
+        announce(&resident, message, &moved, &token, now)
+            .execute(&mut tx)
+            .await?;
         audit::record(
             &mut tx,
             &booking_entry(&actor, "booking.reschedule", &moved, Outcome::Allowed),
@@ -809,21 +818,33 @@ struct Candidate {
     decision: Decision,
 }
 
-/// The free slots in `from..=to`, each with the staff who could take it.
-#[allow(clippy::too_many_arguments)]
-async fn free_slots(
-    db: &Db,
-    service_code: &ServiceCode,
-    home: &MunicipalityCode,
+/// What a search or a booking asks for.
+struct Wanted<'a> {
+    service: &'a ServiceCode,
+    home: &'a MunicipalityCode,
     language: Option<Language>,
+    /// Staff booking for a resident book only their own time.
+    only_staff: Option<&'a str>,
+}
+
+/// How often booking looks again after the database refused its pick. Only
+/// a booking at another, overlapping start can cause that, so a second look
+/// almost always succeeds.
+const PLACE_ATTEMPTS: usize = 3;
+
+/// The free slots in `from..=to` (or only the one starting at `exact_start`),
+/// each with the staff who could take it, given who is `busy` when.
+fn free_slots(
+    catalog: &Snapshot,
+    wanted: &Wanted<'_>,
     from: Date,
     to: Date,
     now: Timestamp,
-    ignore_booking: Option<&str>,
-    only_staff: Option<&str>,
     exact_start: Option<Timestamp>,
+    busy: &HashMap<String, Vec<SlotRange>>,
 ) -> Result<BTreeMap<SlotRange, Vec<Candidate>>, Error> {
-    let catalog = snapshot::current(db).await?;
+    let service_code = wanted.service;
+    let home = wanted.home;
     let service = catalog.services.get(service_code).ok_or(Error::NotFound)?;
     catalog.municipality(home).ok_or(Error::NotFound)?;
     let rule = catalog.rule(service_code, Step::Meeting);
@@ -833,23 +854,8 @@ async fn free_slots(
         .staff
         .iter()
         .filter(|s| s.handles(service_code))
-        .filter(|s| language.is_none_or(|l| s.languages.contains(&l)))
-        .filter(|s| only_staff.is_none_or(|id| s.id == id));
-    // Booking asks about one start only: then only bookings near it matter,
-    // which keeps the query small however full the day is.
-    let (range_start, range_end) = match exact_start {
-        Some(t) => {
-            let margin = (service.slot_minutes + 2 * service.buffer_minutes) * 60;
-            (
-                Timestamp::from_second(t.as_second() - margin)
-                    .map_err(|e| Error::Corrupt(e.to_string()))?,
-                Timestamp::from_second(t.as_second() + margin)
-                    .map_err(|e| Error::Corrupt(e.to_string()))?,
-            )
-        }
-        None => (day_bounds(from, &tz)?.0, day_bounds(to, &tz)?.1),
-    };
-    let busy = busy_times(db, range_start, range_end, ignore_booking).await?;
+        .filter(|s| wanted.language.is_none_or(|l| s.languages.contains(&l)))
+        .filter(|s| wanted.only_staff.is_none_or(|id| s.id == id));
     let shape = SlotShape {
         slot_minutes: service.slot_minutes,
         buffer_minutes: service.buffer_minutes,
@@ -898,118 +904,81 @@ async fn free_slots(
     Ok(out)
 }
 
-/// The staff who could take the slot starting exactly at `starts_at`, least
-/// loaded first, ties broken toward the resident's home municipality.
-#[allow(clippy::too_many_arguments)]
-async fn candidates_at(
+/// The staff member who should take the slot starting exactly at
+/// `starts_at`, held for the caller: the least loaded that week relative to
+/// their published time, ties broken toward the resident's home
+/// municipality, then at random. Staff another booking in this process holds
+/// are passed over. No one free is a conflict.
+async fn best_free(
     db: &Db,
-    service: &ServiceCode,
-    home: &MunicipalityCode,
-    language: Option<Language>,
+    catalog: &Snapshot,
+    wanted: &Wanted<'_>,
     starts_at: Timestamp,
     now: Timestamp,
-    ignore_booking: Option<&str>,
-    only_staff: Option<&str>,
-) -> Result<Vec<Candidate>, Error> {
+    moving: Option<&str>,
+) -> Result<(Candidate, Hold), Error> {
     let tz = zone(DISPLAY_ZONE)?;
     let day = starts_at.to_zoned(tz.clone()).date();
-    let found = free_slots(
-        db,
-        service,
-        home,
-        language,
-        day,
-        day,
-        now,
-        ignore_booking,
-        only_staff,
-        Some(starts_at),
-    )
-    .await?;
-    let mut candidates: Vec<Candidate> = found
-        .into_iter()
-        .filter(|(range, _)| range.start() == starts_at)
-        .flat_map(|(_, c)| c)
-        .collect();
+    let service = catalog
+        .services
+        .get(wanted.service)
+        .ok_or(Error::NotFound)?;
+    // Only bookings near the start matter, however full the day is.
+    let margin = (service.slot_minutes + 2 * service.buffer_minutes) * 60;
+    let around = |delta: i64| {
+        Timestamp::from_second(starts_at.as_second() + delta)
+            .map_err(|e| Error::Corrupt(e.to_string()))
+    };
+    let busy = busy_times(db.pool(), around(-margin)?, around(margin)?, moving).await?;
+    let found = free_slots(catalog, wanted, day, day, now, Some(starts_at), &busy)?;
+    let candidates: Vec<Candidate> = found.into_values().flatten().collect();
     if candidates.is_empty() {
         return Err(Error::Conflict("that time is not available".into()));
     }
-    let ratios = weekly_load(db, &candidates, day, &tz).await?;
-    // Staff with equal load and equal home-ness are tried in random order, so
-    // that requests racing for one time spread over the free staff instead of
-    // all colliding on the same first choice.
-    candidates.shuffle(&mut rand::thread_rng());
-    candidates.sort_by(|a, b| {
-        let ra = ratios.get(&a.staff_id).copied().unwrap_or(f64::MAX);
-        let rb = ratios.get(&b.staff_id).copied().unwrap_or(f64::MAX);
-        ra.total_cmp(&rb)
-            .then_with(|| (&b.municipality == home).cmp(&(&a.municipality == home)))
-    });
-    Ok(candidates)
-}
-
-/// Booked minutes over published minutes in the ISO week of `day`, per
-/// candidate staff member.
-async fn weekly_load(
-    db: &Db,
-    candidates: &[Candidate],
-    day: Date,
-    tz: &TimeZone,
-) -> Result<HashMap<String, f64>, Error> {
-    let monday = day
-        .checked_sub(Span::new().days(i64::from(day.weekday().to_monday_zero_offset())))
-        .map_err(|e| Error::Corrupt(e.to_string()))?;
-    let sunday = monday
-        .checked_add(Span::new().days(6))
-        .map_err(|e| Error::Corrupt(e.to_string()))?;
-    let (week_start, _) = day_bounds(monday, tz)?;
-    let (_, week_end) = day_bounds(sunday, tz)?;
-    let rows = sqlx::query(
-        "SELECT staff_id, CAST(SUM(ends_at - starts_at) AS BIGINT) AS seconds FROM bookings \
-         WHERE status <> 'cancelled' AND starts_at >= $1 AND starts_at < $2 GROUP BY staff_id",
-    )
-    .bind(week_start.as_second())
-    .bind(week_end.as_second())
-    .fetch_all(db.pool())
-    .await?;
-    let mut booked: HashMap<String, i64> = HashMap::new();
-    for r in &rows {
-        booked.insert(r.try_get("staff_id")?, r.try_get::<i64, _>("seconds")? / 60);
-    }
-    let catalog = snapshot::current(db).await?;
-    let mut ratios = HashMap::new();
-    for c in candidates {
-        let mut published = 0;
-        let mut d = monday;
-        while d <= sunday {
-            published += catalog
-                .templates_of(&c.staff_id)
-                .iter()
-                .map(|t| t.minutes_on(d, tz))
-                .sum::<i64>();
-            d = d
-                .checked_add(Span::new().days(1))
-                .map_err(|e| Error::Corrupt(e.to_string()))?;
-        }
-        let minutes = booked.get(&c.staff_id).copied().unwrap_or(0) as f64;
-        ratios.insert(c.staff_id.clone(), minutes / published.max(1) as f64);
-    }
-    Ok(ratios)
+    let monday = load::week_of(starts_at, &tz);
+    let booked = load::booked_in_week(db, monday).await?;
+    let mut ranked: Vec<(f64, bool, Candidate)> = candidates
+        .into_iter()
+        .map(|c| {
+            let minutes = booked.get(&c.staff_id).copied().unwrap_or(0) / 60;
+            let published = load::published_minutes(catalog.templates_of(&c.staff_id), monday, &tz);
+            let away = &c.municipality != wanted.home;
+            (minutes as f64 / published.max(1) as f64, away, c)
+        })
+        .collect();
+    // Equals stay in random order, so that bookings spread over them.
+    ranked.shuffle(&mut rand::thread_rng());
+    ranked.sort_by(|(ra, aa, _), (rb, ab, _)| ra.total_cmp(rb).then(aa.cmp(ab)));
+    ranked
+        .into_iter()
+        .find_map(|(_, _, c)| {
+            db.hold(&c.staff_id, c.range.start().as_second())
+                .map(|hold| (c, hold))
+        })
+        .ok_or_else(|| Error::Conflict("that time is no longer available".into()))
 }
 
 /// Active bookings per staff member that touch `[from, to)`.
-async fn busy_times(
-    db: &Db,
+async fn busy_times<'c, E>(
+    conn: E,
     from: Timestamp,
     to: Timestamp,
     ignore_booking: Option<&str>,
-) -> Result<HashMap<String, Vec<SlotRange>>, Error> {
+) -> Result<HashMap<String, Vec<SlotRange>>, Error>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    // A booking is at most a day long (the schema checks it), so the ones
+    // that touch the range start at most a day before it: that bound keeps
+    // the index scan to the range instead of everything before it.
     let rows = sqlx::query(
-        "SELECT id, staff_id, starts_at, ends_at FROM bookings WHERE status = 'booked' AND starts_at < $2 AND ends_at > $1",
+        "SELECT id, staff_id, starts_at, ends_at FROM bookings \
+         WHERE status = 'booked' AND starts_at > $3 AND starts_at < $2 AND ends_at > $1",
     )
     .bind(from.as_second())
     .bind(to.as_second())
-    .fetch_all(db.pool())
+    .bind(from.as_second() - MAX_BOOKING_SECONDS)
+    .fetch_all(conn)
     .await?;
     let mut busy: HashMap<String, Vec<SlotRange>> = HashMap::new();
     for r in &rows {
@@ -1037,36 +1006,9 @@ fn conflicts(range: &SlotRange, taken: &[SlotRange], service: &Service) -> bool 
     })
 }
 
-async fn insert_booking(
-    conn: &mut AnyConnection,
-    resident: &Resident,
-    service: &ServiceCode,
-    candidate: &Candidate,
-    token: &str,
-    now: Timestamp,
-) -> Result<Booking, sqlx::Error> {
-    let id = uuid::Uuid::new_v4().to_string();
-    sqlx::query(
-        "INSERT INTO bookings (id, resident_id, staff_id, service_code, step, starts_at, ends_at, status, performed_by, \
-         performed_for, agreement_id, rule, manage_token_hash, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, 'meeting', $5, $6, 'booked', $7, $8, $9, $10, $11, $12, $12)",
-    )
-    .bind(&id)
-    .bind(&resident.id)
-    .bind(&candidate.staff_id)
-    .bind(service.as_str())
-    .bind(candidate.range.start().as_second())
-    .bind(candidate.range.end().as_second())
-    .bind(candidate.municipality.as_str())
-    .bind(resident.home.as_str())
-    .bind(candidate.decision.agreement_id())
-    .bind(candidate.decision.rule_label())
-    .bind(token_hash(token))
-    .bind(now.as_second())
-    .execute(&mut *conn)
-    .await?;
-    Ok(Booking {
-        id,
+fn new_booking(resident: &Resident, service: &ServiceCode, candidate: &Candidate) -> Booking {
+    Booking {
+        id: uuid::Uuid::new_v4().to_string(),
         resident_id: resident.id.clone(),
         staff_id: candidate.staff_id.clone(),
         service: service.clone(),
@@ -1078,43 +1020,51 @@ async fn insert_booking(
         agreement_id: candidate.decision.agreement_id().map(str::to_owned),
         rule: candidate.decision.rule_label().to_owned(),
         sequence: 0,
-    })
+    }
 }
 
-/// The confirmation and the reminders of a new booking, in its transaction.
-async fn announce_new(
-    conn: &mut AnyConnection,
-    resident: &Resident,
-    booking: &Booking,
-    token: &str,
-    now: Timestamp,
-) -> Result<(), Error> {
-    let message = Message::BookingConfirmed {
+fn insert_statement(booking: &Booking, token: &str, now: Timestamp) -> Statement {
+    Statement::new(
+        "INSERT INTO bookings (id, resident_id, staff_id, service_code, step, starts_at, ends_at, status, performed_by, \
+         performed_for, agreement_id, rule, manage_token_hash, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'booked', $8, $9, $10, $11, $12, $13, $13)",
+    )
+    .bind(booking.id.as_str())
+    .bind(booking.resident_id.as_str())
+    .bind(booking.staff_id.as_str())
+    .bind(booking.service.as_str())
+    .bind(booking.step.as_str())
+    .bind(booking.range.start().as_second())
+    .bind(booking.range.end().as_second())
+    .bind(booking.performed_by.as_str())
+    .bind(booking.performed_for.as_str())
+    .bind(booking.agreement_id.as_deref())
+    .bind(booking.rule.as_str())
+    .bind(token_hash(token))
+    .bind(now.as_second())
+}
+
+/// The confirmation of a new booking.
+fn confirmation(booking: &Booking, token: &str) -> Message {
+    Message::BookingConfirmed {
         booking_id: booking.id.clone(),
         starts_at: booking.range.start().as_second(),
         ends_at: booking.range.end().as_second(),
         sequence: booking.sequence,
         manage_token: token.to_owned(),
-    };
-    outbox::enqueue(
-        conn,
-        &resident.email,
-        resident.language,
-        &message,
-        now.as_second(),
-        now.as_second(),
-    )
-    .await?;
-    enqueue_reminders(conn, resident, booking, token, now).await
+    }
 }
 
-async fn enqueue_reminders(
-    conn: &mut AnyConnection,
+/// `first`, due now, and the reminders of `booking`, as one insert to run in
+/// the transaction that makes the change.
+fn announce(
     resident: &Resident,
+    first: Message,
     booking: &Booking,
     token: &str,
     now: Timestamp,
-) -> Result<(), Error> {
+) -> Statement {
+    let mut messages = vec![(first, now.as_second())];
     for minutes in REMINDER_MINUTES {
         let due = booking.range.start().as_second() - minutes * 60;
         if due <= now.as_second() {
@@ -1127,17 +1077,14 @@ async fn enqueue_reminders(
             minutes_before: minutes,
             manage_token: token.to_owned(),
         };
-        outbox::enqueue(
-            conn,
-            &resident.email,
-            resident.language,
-            &message,
-            due,
-            now.as_second(),
-        )
-        .await?;
+        messages.push((message, due));
     }
-    Ok(())
+    outbox::enqueue_all(
+        &resident.email,
+        resident.language,
+        &messages,
+        now.as_second(),
+    )
 }
 
 /// Finds the booking a caller may manage. A token finds its own booking; a

@@ -26,6 +26,26 @@ pub struct Db {
     backend: Backend,
     cache: crate::snapshot::Cache,
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    holds: Holds,
+}
+
+/// Staff times this process is booking right now; see [`Db::hold`].
+type Holds = std::sync::Arc<std::sync::Mutex<std::collections::HashSet<(String, i64)>>>;
+
+/// A staff member's start time held by one booking in flight until dropped.
+#[derive(Debug)]
+pub struct Hold {
+    holds: Holds,
+    key: (String, i64),
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +62,8 @@ pub enum DbError {
     Sqlx(#[from] sqlx::Error),
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("could not rebuild derived tables after migrating: {0}")]
+    Derived(String),
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -66,14 +88,21 @@ impl Db {
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
+            // A SQLite connection is a file handle that does not go stale, so
+            // pinging it before every use would only add a trip to its thread.
+            .test_before_acquire(backend == Backend::Postgres)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
                         // WAL lets readers run beside the one writer; the busy
-                        // timeout makes writers queue instead of failing.
+                        // timeout makes writers queue instead of failing. Each
+                        // connection rereads the pages another one changed;
+                        // mapping the file makes that a memory read rather
+                        // than a system call per page.
                         conn.execute(
                             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                             PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                             PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
+                             PRAGMA mmap_size = 268435456;",
                         )
                         .await?;
                     }
@@ -87,6 +116,7 @@ impl Db {
             backend,
             cache: Default::default(),
             writer: Default::default(),
+            holds: Default::default(),
         })
     }
 
@@ -96,6 +126,11 @@ impl Db {
             Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
         }
+        let tz = crate::bookings::zone(crate::bookings::DISPLAY_ZONE)
+            .map_err(|e| DbError::Derived(e.to_string()))?;
+        crate::load::rebuild_if_missing(self, &tz)
+            .await
+            .map_err(|e| DbError::Derived(e.to_string()))?;
         Ok(())
     }
 
@@ -108,6 +143,19 @@ impl Db {
             Backend::Sqlite => Some(self.writer.lock().await),
             Backend::Postgres => None,
         }
+    }
+
+    /// Holds `staff_id` at `starts_at` for a booking this process is about
+    /// to write, or `None` if another booking in this process holds it.
+    /// Requests racing for one time then pick different staff instead of
+    /// colliding in the database, which stays the judge across processes.
+    pub fn hold(&self, staff_id: &str, starts_at: i64) -> Option<Hold> {
+        let key = (staff_id.to_owned(), starts_at);
+        let mut holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        holds.insert(key.clone()).then(|| Hold {
+            holds: self.holds.clone(),
+            key,
+        })
     }
 
     /// Checks that the database answers, for health checks.

@@ -93,6 +93,52 @@ pub async fn append_event(db: &Db, row: &EventRow) -> Result<Appended, Error> {
     }
 }
 
+/// Takes the lease `name` for `holder` until `expires_at_ms` if nobody holds
+/// it or its holder let it expire before `now_ms`, or renews it if `holder`
+/// holds it; returns who holds it afterwards. One upsert decides, so two
+/// nodes racing cannot both take it.
+pub async fn hold_lease(
+    db: &Db,
+    name: &str,
+    holder: &str,
+    now_ms: i64,
+    expires_at_ms: i64,
+) -> Result<Option<String>, Error> {
+    {
+        let _turn = db.write_turn().await;
+        sqlx::query(
+            "INSERT INTO signaling_leases (name, holder, expires_at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at_ms = excluded.expires_at_ms \
+             WHERE signaling_leases.holder = excluded.holder OR signaling_leases.expires_at_ms < $4",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(expires_at_ms)
+        .bind(now_ms)
+        .execute(db.pool())
+        .await?;
+    }
+    let row = sqlx::query("SELECT holder FROM signaling_leases WHERE name = $1")
+        .bind(name)
+        .fetch_optional(db.pool())
+        .await?;
+    Ok(match row {
+        Some(row) => Some(row.try_get("holder")?),
+        None => None,
+    })
+}
+
+/// Gives the lease `name` up if `holder` holds it.
+pub async fn release_lease(db: &Db, name: &str, holder: &str) -> Result<(), Error> {
+    let _turn = db.write_turn().await;
+    sqlx::query("DELETE FROM signaling_leases WHERE name = $1 AND holder = $2")
+        .bind(name)
+        .bind(holder)
+        .execute(db.pool())
+        .await?;
+    Ok(())
+}
+
 /// The events of `room` after `after_seq`, in seq order.
 pub async fn events_after(db: &Db, room: &str, after_seq: i64) -> Result<Vec<EventRow>, Error> {
     let rows = sqlx::query(

@@ -7,11 +7,13 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod batch;
 pub mod bookings;
 pub mod catalog;
 pub mod db;
 pub mod domain;
 pub mod events;
+pub mod load;
 pub mod outbox;
 pub mod policy;
 pub mod seed;

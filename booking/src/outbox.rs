@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
 
+use crate::batch::Statement;
 use crate::domain::{EmailAddress, Language};
 
 /// One thing to tell one person. Links are built by `notify` from its public
@@ -128,6 +129,50 @@ pub async fn enqueue(
     .execute(conn)
     .await?;
     Ok(id)
+}
+
+/// One insert of several messages for one recipient, each with its due
+/// time: a confirmation and its reminders, say. Run it in the transaction
+/// that makes the change the messages report.
+pub fn enqueue_all(
+    recipient: &EmailAddress,
+    language: Language,
+    messages: &[(Message, i64)],
+    now: i64,
+) -> Statement {
+    let mut sql = String::from(
+        "INSERT INTO outbox (id, kind, recipient, language, payload, status, attempts, due_at, created_at, booking_id) VALUES ",
+    );
+    for i in 0..messages.len() {
+        let p = i * 8;
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "(${}, ${}, ${}, ${}, ${}, 'pending', 0, ${}, ${}, ${})",
+            p + 1,
+            p + 2,
+            p + 3,
+            p + 4,
+            p + 5,
+            p + 6,
+            p + 7,
+            p + 8
+        ));
+    }
+    let mut statement = Statement::new(sql);
+    for (message, due_at) in messages {
+        statement = statement
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(message.kind())
+            .bind(recipient.as_str())
+            .bind(language.code())
+            .bind(serde_json::to_string(message).expect("a Message always serialises"))
+            .bind(*due_at)
+            .bind(now)
+            .bind(message.booking_id());
+    }
+    statement
 }
 
 /// The newest message of `kind` (see [`Message::kind`]) written for

@@ -47,6 +47,8 @@ pub async fn list_failed(db: &Db, limit: i64) -> Result<Vec<FailedDelivery>, sql
 /// Puts a parked row back in the queue, due at `now`, with a fresh count of
 /// tries. Answers false if no failed row has that id.
 pub async fn retry_failed(db: &Db, id: &str, now: Timestamp) -> Result<bool, sqlx::Error> {
+    // SQLite: wait in this process's writer line, not in its busy handler.
+    let _turn = db.write_turn().await;
     let done = sqlx::query(
         "UPDATE outbox SET status = 'pending', attempts = 0, due_at = $2, lease_until = NULL \
          WHERE id = $1 AND status = 'failed'",
@@ -84,6 +86,8 @@ pub(crate) async fn claim(
     lease_until: i64,
     limit: i64,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
+    // SQLite: wait in this process's writer line, not in its busy handler.
+    let _turn = db.write_turn().await;
     let lock = match db.backend() {
         Backend::Postgres => " FOR UPDATE SKIP LOCKED",
         Backend::Sqlite => "",
@@ -131,6 +135,8 @@ pub(crate) async fn still_pending(db: &Db, id: &str) -> Result<bool, sqlx::Error
 }
 
 pub(crate) async fn mark_sent(db: &Db, id: &str, now: i64) -> Result<(), sqlx::Error> {
+    // SQLite: wait in this process's writer line, not in its busy handler.
+    let _turn = db.write_turn().await;
     sqlx::query(
         "UPDATE outbox SET status = 'sent', sent_at = $2, lease_until = NULL, last_error = NULL \
          WHERE id = $1 AND status = 'pending'",
@@ -148,6 +154,8 @@ pub(crate) async fn retry_later(
     due_at: i64,
     reason: &str,
 ) -> Result<(), sqlx::Error> {
+    // SQLite: wait in this process's writer line, not in its busy handler.
+    let _turn = db.write_turn().await;
     sqlx::query(
         "UPDATE outbox SET due_at = $2, lease_until = NULL, last_error = $3 \
          WHERE id = $1 AND status = 'pending'",
@@ -161,6 +169,8 @@ pub(crate) async fn retry_later(
 }
 
 pub(crate) async fn park(db: &Db, id: &str, reason: &str) -> Result<(), sqlx::Error> {
+    // SQLite: wait in this process's writer line, not in its busy handler.
+    let _turn = db.write_turn().await;
     sqlx::query(
         "UPDATE outbox SET status = 'failed', lease_until = NULL, last_error = $2 \
          WHERE id = $1 AND status = 'pending'",
@@ -173,6 +183,8 @@ pub(crate) async fn park(db: &Db, id: &str, reason: &str) -> Result<(), sqlx::Er
 }
 
 pub(crate) async fn supersede(db: &Db, id: &str) -> Result<(), sqlx::Error> {
+    // SQLite: wait in this process's writer line, not in its busy handler.
+    let _turn = db.write_turn().await;
     sqlx::query(
         "UPDATE outbox SET status = 'superseded', lease_until = NULL \
          WHERE id = $1 AND status = 'pending'",

@@ -16,10 +16,14 @@ use booking::slots::Template;
 use booking::testing::TestDb;
 use booking::{EmailAddress, Language, MunicipalityCode, Password, Role, ServiceCode};
 use jiff::{Span, Timestamp};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
 use serde_json::{json, Value};
 use web::auth::{Keys, SubjectKind};
 
+use crate::bench_relay::{clock_ticks_per_second, cpu_ticks};
 use crate::process::run as run_command;
+use crate::smtp_sink::SmtpSink;
 
 const SECRET: &str = "bench-secret-that-is-long-enough-for-hs256";
 const CLIENTS: usize = 64;
@@ -82,7 +86,7 @@ impl Drop for TempDir {
     }
 }
 
-async fn start_server(database_url: &str) -> anyhow::Result<Server> {
+async fn start_server(database_url: &str, smtp: &SmtpSink) -> anyhow::Result<Server> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -91,6 +95,7 @@ async fn start_server(database_url: &str) -> anyhow::Result<Server> {
     let base = format!("http://127.0.0.1:{port}");
     let child = Command::new("target/release/kontakt")
         .env("DATABASE_URL", database_url)
+        .env("SMTP_URL", format!("smtp://{}", smtp.addr))
         .env("KONTAKT_LISTEN", format!("127.0.0.1:{port}"))
         .env("KONTAKT_PUBLIC_URL", &base)
         .env("KONTAKT_DATA_DIR", &dir)
@@ -121,7 +126,9 @@ async fn start_server(database_url: &str) -> anyhow::Result<Server> {
 }
 
 async fn bench_one(name: &str, database: TestDb, seconds: u64) -> anyhow::Result<()> {
-    let server = start_server(&database.url).await?;
+    // Mail goes out over SMTP as in production, to a sink that keeps nothing.
+    let smtp = SmtpSink::start().await?;
+    let server = start_server(&database.url, &smtp).await?;
     let db = &database.db;
     let now = Timestamp::now();
     let tz = bookings::zone(bookings::DISPLAY_ZONE)?;
@@ -195,15 +202,19 @@ async fn bench_one(name: &str, database: TestDb, seconds: u64) -> anyhow::Result
         .json()
         .await?;
     // Each time as often as staff are free then, so that every request can
-    // succeed until the time runs out.
+    // succeed until the time runs out, in random order: residents spread over
+    // the times on offer. Racing for one time is the contention run below.
     let mut queue = Vec::new();
     for t in &times {
         for _ in 0..t["free_staff"].as_u64().unwrap_or(0) {
             queue.push(t["starts_at"].as_str().unwrap_or_default().to_owned());
         }
     }
+    queue.shuffle(&mut rand::rngs::StdRng::seed_from_u64(1));
     let queue = Arc::new(queue);
     let next = Arc::new(AtomicUsize::new(0));
+    let pid = server.child.id();
+    let cpu_before = cpu_ticks(pid)?;
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut workers = Vec::new();
@@ -247,6 +258,7 @@ async fn bench_one(name: &str, database: TestDb, seconds: u64) -> anyhow::Result
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let server_cpu = (cpu_ticks(pid)? - cpu_before) as f64 / clock_ticks_per_second()?;
     latencies.sort();
     println!();
     println!("## {name}");
@@ -259,6 +271,16 @@ async fn bench_one(name: &str, database: TestDb, seconds: u64) -> anyhow::Result
         queue.len(),
         ms(percentile(&latencies, 50.0)),
         ms(percentile(&latencies, 99.0)),
+    );
+
+    println!(
+        "server CPU: {:.2} ms per booking ({server_cpu:.1} s of CPU over {elapsed:.1} s, on {:.2} of the 2 cores)",
+        server_cpu * 1000.0 / statuses[0].max(1) as f64,
+        server_cpu / elapsed,
+    );
+    println!(
+        "mail: {} messages delivered over SMTP meanwhile (confirmations; reminders fall due later)",
+        smtp.accepted()
     );
 
     let mut search = Vec::new();

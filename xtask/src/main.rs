@@ -12,6 +12,7 @@ mod bench_notify;
 mod bench_relay;
 mod ci;
 mod process;
+mod smtp_sink;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
