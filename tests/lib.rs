@@ -24,7 +24,8 @@ pub struct TestApp {
     /// The embedded TURN relay's UDP address.
     pub relay_udp: Option<std::net::SocketAddr>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    _database: TestDb,
+    /// `None` for a second node over another app's database.
+    _database: Option<TestDb>,
     _dir: TempDir,
 }
 
@@ -49,8 +50,28 @@ pub async fn spawn_app_with(
     backend: &'static str,
     adjust: impl FnOnce(&mut Settings),
 ) -> TestApp {
+    let url = database.url.clone();
+    spawn(Some(database), &url, backend, adjust).await
+}
+
+/// Boots one more server over the database at `database_url`, which the
+/// caller keeps alive: a second node of a cluster.
+pub async fn spawn_node(
+    database_url: &str,
+    backend: &'static str,
+    adjust: impl FnOnce(&mut Settings),
+) -> TestApp {
+    spawn(None, database_url, backend, adjust).await
+}
+
+async fn spawn(
+    database: Option<TestDb>,
+    database_url: &str,
+    backend: &'static str,
+    adjust: impl FnOnce(&mut Settings),
+) -> TestApp {
     let dir = TempDir::new();
-    let mut settings = Settings::for_tests(dir.path.clone(), database.url.clone());
+    let mut settings = Settings::for_tests(dir.path.clone(), database_url.to_owned());
     settings.sign_in_per_minute = 1000;
     adjust(&mut settings);
     let app = Application::build(settings)

@@ -19,6 +19,10 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, Mutex};
 
 use crate::bus::{room_subject, Bus, BusError, Subscription};
+use crate::cluster::{
+    input_subject, node_subject, Delivery, Envelope, Input, Lease, MeetingSpec, LEASE_EVERY,
+    LEASE_TTL,
+};
 use crate::ids::{
     BookingId, ConnectionId, InvitationToken, MunicipalityCode, PartyId, ResidentId, RoomId,
     ServiceId, StaffId,
@@ -33,7 +37,7 @@ use crate::room::{ClockAnchor, Joiner, MeetingSetup, Room, RoomInput, Signal};
 use crate::store::{Appended, EventRow, QueueEntryRow, Store, StoreError};
 
 /// Who is behind a connection, as the endpoint learnt it from the ticket.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Identity {
     Resident {
         id: ResidentId,
@@ -105,7 +109,7 @@ pub struct HubSettings {
 }
 
 /// What the endpoint gives to open a pre-assessment chat.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConversationRequest {
     pub service: ServiceId,
     /// Used for anonymous residents only; a signed-in resident's comes from
@@ -135,15 +139,54 @@ pub struct Hub {
 }
 
 impl Hub {
+    /// A hub that owns every room and the queue itself: one node, or
+    /// several that only share events for live views.
     pub fn new(
         settings: HubSettings,
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
         effects: Arc<dyn Effects>,
     ) -> Self {
+        Self::build(settings, store, bus, effects, None)
+    }
+
+    /// A hub that shares rooms and the queue with the other nodes of
+    /// `cluster` on `bus`: whichever node holds `lease` owns them, and the
+    /// others forward to it (see [`crate::cluster`]). Call
+    /// [`Hub::spawn_cluster`] before accepting connections.
+    pub fn clustered(
+        settings: HubSettings,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        effects: Arc<dyn Effects>,
+        cluster: &str,
+        lease: Arc<dyn Lease>,
+    ) -> Self {
+        let link = ClusterLink {
+            name: cluster.to_owned(),
+            lease,
+        };
+        Self::build(settings, store, bus, effects, Some(link))
+    }
+
+    fn build(
+        settings: HubSettings,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        effects: Arc<dyn Effects>,
+        cluster: Option<ClusterLink>,
+    ) -> Self {
         let clock = ClockAnchor {
             instant: Instant::now(),
             unix: unix_now(),
+        };
+        // Connection ids cross the bus, so each node counts in a range of
+        // its own: 24 random bits of node above a 40-bit counter.
+        let node_bits = u64::from(uuid::Uuid::new_v4().as_u128() as u32 & 0x00ff_ffff);
+        let role = if cluster.is_some() {
+            Role::Follower { owner: None }
+        } else {
+            Role::Owner
         };
         Hub {
             shared: Arc::new(Shared {
@@ -152,16 +195,26 @@ impl Hub {
                     rooms: HashMap::new(),
                     queue: Queue::new(settings.queue, clock),
                     canned: BTreeMap::new(),
+                    role,
+                    specs: HashMap::new(),
+                    outbox: None,
                 }),
                 store,
                 bus,
                 effects,
                 clock,
                 settings,
-                next_conn: AtomicU64::new(1),
+                next_conn: AtomicU64::new((node_bits << 40) | 1),
                 node: uuid::Uuid::new_v4().simple().to_string(),
+                cluster,
             }),
         }
+    }
+
+    /// Whether this node owns the rooms and the queue now. Always true
+    /// without a cluster.
+    pub async fn is_owner(&self) -> bool {
+        matches!(self.shared.state.lock().await.role, Role::Owner)
     }
 
     /// The hub's tie between `Instant` and Unix time, for building a
@@ -173,9 +226,17 @@ impl Hub {
     /// Loads the open chats from the store after a restart. Call once,
     /// before accepting connections.
     pub async fn restore(&self) -> Result<usize, HubError> {
+        let mut state = self.shared.state.lock().await;
+        if !matches!(state.role, Role::Owner) {
+            // A follower holds no chats; the owner restores them.
+            return Ok(0);
+        }
+        self.restore_queue(&mut state).await
+    }
+
+    async fn restore_queue(&self, state: &mut HubState) -> Result<usize, HubError> {
         let rows = self.shared.store.open_queue_entries().await?;
         let now = Instant::now();
-        let mut state = self.shared.state.lock().await;
         for row in &rows {
             let record = row.to_record()?;
             let events = self.load_events(&record.room).await?;
@@ -188,7 +249,20 @@ impl Hub {
     /// does nothing if it is open. Call it when a booking's join link is
     /// used, or for all of today's bookings at start-up.
     pub async fn open_meeting(&self, setup: MeetingSetup) -> Result<(), HubError> {
+        let spec = MeetingSpec::from_setup(&setup);
         let mut state = self.shared.state.lock().await;
+        if self.shared.cluster.is_some() {
+            // Remembered so that a new owner hears of it again.
+            state.specs.insert(setup.room.clone(), spec.clone());
+        }
+        if !matches!(state.role, Role::Owner) {
+            drop(state);
+            return self.forward(Input::OpenMeeting(spec)).await;
+        }
+        self.open_room(&mut state, setup).await
+    }
+
+    async fn open_room(&self, state: &mut HubState, setup: MeetingSetup) -> Result<(), HubError> {
         if state.rooms.contains_key(&setup.room) {
             return Ok(());
         }
@@ -204,6 +278,15 @@ impl Hub {
     pub async fn cancel_meeting(&self, room: &RoomId) {
         let now = Instant::now();
         let mut state = self.shared.state.lock().await;
+        state.specs.remove(room);
+        if !matches!(state.role, Role::Owner) {
+            drop(state);
+            let input = Input::CancelMeeting { room: room.clone() };
+            if let Err(e) = self.forward(input).await {
+                tracing::warn!(%room, error = %e, "forwarding a cancellation failed");
+            }
+            return;
+        }
         let Some(meeting) = state.rooms.get_mut(room) else {
             return;
         };
@@ -229,53 +312,20 @@ impl Hub {
         let conn = ConnectionId(self.shared.next_conn.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = mpsc::channel(self.shared.settings.connection_buffer.max(16));
         let mut state = self.shared.state.lock().await;
-        let party = identity.party();
-        let mut out = vec![Outbound::Send {
-            to: conn,
-            message: ServerMessage::Welcome { party },
-        }];
-        if let Identity::Staff {
-            id,
-            municipality,
-            may_handle,
-        } = &identity
-        {
-            let profile = StaffProfile {
-                id: id.clone(),
-                municipality: municipality.clone(),
-                services: may_handle.clone(),
+        if !matches!(state.role, Role::Owner) {
+            let connection = Connection {
+                identity: identity.clone(),
+                sink: Sink::Local(tx),
             };
-            // Knocks that came before this console connected are still news.
-            for room in state.rooms.values() {
-                if room.setup().performing_municipality == *municipality {
-                    for participant in room.waiting() {
-                        out.push(Outbound::Send {
-                            to: conn,
-                            message: ServerMessage::LobbyKnock {
-                                room: room.id().clone(),
-                                participant,
-                            },
-                        });
-                    }
-                }
+            state.connections.insert(conn, connection);
+            drop(state);
+            if let Err(e) = self.forward(Input::Connect { conn, identity }).await {
+                // The connection gets its welcome when a new owner is known.
+                tracing::warn!(%conn, error = %e, "forwarding a connection failed");
             }
-            state.connections.insert(
-                conn,
-                Connection {
-                    identity: identity.clone(),
-                    tx,
-                },
-            );
-            out.extend(state.queue.handle(
-                QueueInput::StaffConnected {
-                    conn,
-                    staff: profile,
-                },
-                now,
-            ));
-        } else {
-            state.connections.insert(conn, Connection { identity, tx });
+            return (conn, rx);
         }
+        let out = attach(&mut state, conn, identity, Sink::Local(tx), now);
         self.carry_out(&mut state, Some(conn), out, now).await;
         (conn, rx)
     }
@@ -287,13 +337,96 @@ impl Hub {
 
     pub async fn handle_at(&self, conn: ConnectionId, message: ClientMessage, now: Instant) {
         let mut state = self.shared.state.lock().await;
+        if !matches!(state.role, Role::Owner) {
+            let local = state.connections.contains_key(&conn);
+            drop(state);
+            if local {
+                if let Err(e) = self.forward(Input::Message { conn, message }).await {
+                    tracing::warn!(%conn, error = %e, "forwarding a message failed");
+                }
+            }
+            return;
+        }
+        self.apply_message(&mut state, conn, message, now).await;
+    }
+
+    async fn apply_message(
+        &self,
+        state: &mut HubState,
+        conn: ConnectionId,
+        message: ClientMessage,
+        now: Instant,
+    ) {
         let Some(identity) = state.connections.get(&conn).map(|c| c.identity.clone()) else {
             return;
         };
-        let out = route(&mut state, conn, &identity, message, now);
-        self.carry_out(&mut state, Some(conn), out, now).await;
+        let out = route(state, conn, &identity, message, now);
+        self.carry_out(state, Some(conn), out, now).await;
     }
+}
 
+/// Registers a connection with the owner's state and returns its welcome,
+/// the knocks and queue entries its console should see.
+fn attach(
+    state: &mut HubState,
+    conn: ConnectionId,
+    identity: Identity,
+    sink: Sink,
+    now: Instant,
+) -> Vec<Outbound> {
+    let party = identity.party();
+    let mut out = vec![Outbound::Send {
+        to: conn,
+        message: ServerMessage::Welcome { party },
+    }];
+    if let Identity::Staff {
+        id,
+        municipality,
+        may_handle,
+    } = &identity
+    {
+        let profile = StaffProfile {
+            id: id.clone(),
+            municipality: municipality.clone(),
+            services: may_handle.clone(),
+        };
+        // Knocks that came before this console connected are still news.
+        for room in state.rooms.values() {
+            if room.setup().performing_municipality == *municipality {
+                for participant in room.waiting() {
+                    out.push(Outbound::Send {
+                        to: conn,
+                        message: ServerMessage::LobbyKnock {
+                            room: room.id().clone(),
+                            participant,
+                        },
+                    });
+                }
+            }
+        }
+        state.connections.insert(
+            conn,
+            Connection {
+                identity: identity.clone(),
+                sink,
+            },
+        );
+        out.extend(state.queue.handle(
+            QueueInput::StaffConnected {
+                conn,
+                staff: profile,
+            },
+            now,
+        ));
+    } else {
+        state
+            .connections
+            .insert(conn, Connection { identity, sink });
+    }
+    out
+}
+
+impl Hub {
     /// Opens a pre-assessment chat for a resident's connection and queues
     /// it. The endpoint calls this for `queue.open`, after computing
     /// eligibility.
@@ -318,15 +451,41 @@ impl Hub {
             .get(&conn)
             .map(|c| c.identity.clone())
             .ok_or(HubError::UnknownConnection)?;
+        let room = match &identity {
+            Identity::Resident { .. } => new_room_id("chat"),
+            Identity::Anonymous { conversation } => conversation.clone(),
+            _ => return Err(HubError::NotAResident),
+        };
+        if !matches!(state.role, Role::Owner) {
+            drop(state);
+            let input = Input::OpenConversation {
+                conn,
+                room: room.clone(),
+                request,
+            };
+            self.forward(input).await?;
+            return Ok(room);
+        }
+        self.open_in(&mut state, conn, &identity, room, request, now)
+            .await
+    }
+
+    async fn open_in(
+        &self,
+        state: &mut HubState,
+        conn: ConnectionId,
+        identity: &Identity,
+        room: RoomId,
+        request: ConversationRequest,
+        now: Instant,
+    ) -> Result<RoomId, HubError> {
         // A signed-in resident's home municipality comes from the sign-in,
         // never from the request; an anonymous resident chooses it.
-        let (room, anonymous, home_municipality) = match &identity {
+        let (anonymous, home_municipality) = match identity {
             Identity::Resident {
                 home_municipality, ..
-            } => (new_room_id("chat"), false, home_municipality.clone()),
-            Identity::Anonymous { conversation } => {
-                (conversation.clone(), true, request.home_municipality)
-            }
+            } => (false, home_municipality.clone()),
+            Identity::Anonymous { .. } => (true, request.home_municipality),
             _ => return Err(HubError::NotAResident),
         };
         let out = state.queue.handle(
@@ -343,7 +502,7 @@ impl Hub {
             },
             now,
         );
-        self.carry_out(&mut state, Some(conn), out, now).await;
+        self.carry_out(state, Some(conn), out, now).await;
         Ok(room)
     }
 
@@ -354,6 +513,15 @@ impl Hub {
 
     pub async fn disconnect_at(&self, conn: ConnectionId, now: Instant) {
         let mut state = self.shared.state.lock().await;
+        if !matches!(state.role, Role::Owner) {
+            if state.connections.remove(&conn).is_some() {
+                drop(state);
+                if let Err(e) = self.forward(Input::Disconnect { conn }).await {
+                    tracing::warn!(%conn, error = %e, "forwarding a disconnect failed");
+                }
+            }
+            return;
+        }
         let out = detach(&mut state, conn, now);
         self.carry_out(&mut state, None, out, now).await;
     }
@@ -409,6 +577,10 @@ impl Hub {
                 if knock.node == hub.shared.node {
                     continue;
                 }
+                if hub.shared.cluster.is_some() {
+                    // In a cluster the owner delivers knocks to every console.
+                    continue;
+                }
                 let mut state = hub.shared.state.lock().await;
                 let mut dropped = Vec::new();
                 deliver_knock(&state, &knock, &mut dropped);
@@ -419,6 +591,310 @@ impl Hub {
                 }
             }
         }))
+    }
+
+    /// Joins the cluster: takes the lease if nobody holds it (or learns who
+    /// does) before it returns, then spawns the tasks that renew it, take
+    /// over when the owner goes, carry deliveries between nodes and, while
+    /// this node owns, apply what followers forward. Without a cluster it
+    /// spawns nothing.
+    pub async fn spawn_cluster(&self) -> Result<Vec<tokio::task::JoinHandle<()>>, HubError> {
+        let Some(cluster) = &self.shared.cluster else {
+            return Ok(Vec::new());
+        };
+        let (outbox, mut outgoing) = mpsc::unbounded_channel::<(String, Vec<u8>)>();
+        self.shared.state.lock().await.outbox = Some(outbox);
+        let mut tasks = Vec::new();
+        let bus = self.shared.bus.clone();
+        let name = cluster.name.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some((node, payload)) = outgoing.recv().await {
+                if let Err(e) = bus.publish(&node_subject(&name, &node), payload).await {
+                    tracing::warn!(%node, error = %e, "publishing a delivery failed");
+                }
+            }
+        }));
+        let mut deliveries = self
+            .shared
+            .bus
+            .subscribe(&node_subject(&cluster.name, &self.shared.node))
+            .await?;
+        let hub = self.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(payload) = futures::StreamExt::next(&mut deliveries).await {
+                match serde_json::from_slice::<Delivery>(&payload) {
+                    Ok(delivery) => hub.deliver_local(delivery).await,
+                    Err(e) => tracing::warn!(error = %e, "ignoring a malformed delivery"),
+                }
+            }
+        }));
+        let mut owning = None;
+        self.hold_lease(&mut owning).await;
+        let hub = self.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(LEASE_EVERY).await;
+                hub.hold_lease(&mut owning).await;
+            }
+        }));
+        Ok(tasks)
+    }
+
+    /// Gives up the lease if this node holds it, so that another node takes
+    /// over at once. Call on shutdown, after stopping the cluster tasks.
+    pub async fn leave_cluster(&self) {
+        let Some(cluster) = &self.shared.cluster else {
+            return;
+        };
+        let mut state = self.shared.state.lock().await;
+        if matches!(state.role, Role::Owner) {
+            state.role = Role::Follower { owner: None };
+            drop(state);
+            if let Err(e) = cluster.lease.release(&self.shared.node).await {
+                tracing::warn!(error = %e, "releasing the hub lease failed");
+            }
+        }
+    }
+
+    /// One round of the lease: renew or take it, and act on a change of
+    /// owner. `owning` holds the task that applies forwarded inputs while
+    /// this node owns.
+    async fn hold_lease(&self, owning: &mut Option<OwnerTask>) {
+        let Some(cluster) = &self.shared.cluster else {
+            return;
+        };
+        let node = &self.shared.node;
+        let holder = match cluster.lease.hold(node).await {
+            Ok(holder) => holder,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the hub lease failed");
+                // An owner that cannot renew must stop before its lease
+                // lapses and another node takes over.
+                if owning
+                    .as_ref()
+                    .is_some_and(|o| o.renewed.elapsed() >= LEASE_TTL - LEASE_EVERY)
+                {
+                    self.step_down(owning, None).await;
+                }
+                return;
+            }
+        };
+        match holder {
+            Some(holder) if holder == *node => {
+                if let Some(task) = owning {
+                    task.renewed = Instant::now();
+                } else {
+                    match self.take_over().await {
+                        Ok(task) => *owning = Some(task),
+                        Err(e) => {
+                            tracing::error!(error = %e, "taking over rooms and queue failed");
+                            if let Err(e) = cluster.lease.release(node).await {
+                                tracing::warn!(error = %e, "releasing the hub lease failed");
+                            }
+                        }
+                    }
+                }
+            }
+            other => {
+                if owning.is_some() {
+                    self.step_down(owning, other.clone()).await;
+                }
+                let changed = {
+                    let mut state = self.shared.state.lock().await;
+                    match &mut state.role {
+                        Role::Follower { owner } if other.is_some() && *owner != other => {
+                            owner.clone_from(&other);
+                            true
+                        }
+                        _ => false,
+                    }
+                };
+                if changed {
+                    tracing::info!(owner = ?other, "the hub has a new owner");
+                    self.register_again().await;
+                }
+            }
+        }
+    }
+
+    /// Becomes the owner: hears forwarded inputs, restores the queue and
+    /// the known meeting rooms from the store, and welcomes this node's own
+    /// connections again.
+    async fn take_over(&self) -> Result<OwnerTask, HubError> {
+        let cluster = self.shared.cluster.as_ref().expect("only in a cluster");
+        let mut inputs = self
+            .shared
+            .bus
+            .subscribe(&input_subject(&cluster.name))
+            .await?;
+        let now = Instant::now();
+        let mut state = self.shared.state.lock().await;
+        state.rooms.clear();
+        state.queue = Queue::new(self.shared.settings.queue, self.shared.clock);
+        state
+            .connections
+            .retain(|_, c| matches!(c.sink, Sink::Local(_)));
+        self.restore_queue(&mut state).await?;
+        let specs: Vec<MeetingSpec> = state.specs.values().cloned().collect();
+        for spec in specs {
+            self.open_room(&mut state, spec.to_setup(self.shared.clock))
+                .await?;
+        }
+        state.role = Role::Owner;
+        tracing::info!(node = %self.shared.node, "this node owns the rooms and the queue");
+        let locals: Vec<(ConnectionId, Identity)> = state
+            .connections
+            .iter()
+            .map(|(conn, c)| (*conn, c.identity.clone()))
+            .collect();
+        for (conn, identity) in locals {
+            let Some(connection) = state.connections.remove(&conn) else {
+                continue;
+            };
+            let out = attach(&mut state, conn, identity, connection.sink, now);
+            self.carry_out(&mut state, None, out, now).await;
+        }
+        drop(state);
+        let hub = self.clone();
+        let task = tokio::spawn(async move {
+            while let Some(payload) = futures::StreamExt::next(&mut inputs).await {
+                match serde_json::from_slice::<Envelope>(&payload) {
+                    Ok(envelope) => hub.apply_forwarded(envelope).await,
+                    Err(e) => tracing::warn!(error = %e, "ignoring a malformed hub input"),
+                }
+            }
+        });
+        Ok(OwnerTask {
+            task,
+            renewed: Instant::now(),
+        })
+    }
+
+    /// Stops owning: forgets the rooms, the queue and other nodes'
+    /// connections. The store has all that matters for the next owner.
+    async fn step_down(&self, owning: &mut Option<OwnerTask>, owner: Option<String>) {
+        // Dropping the task stops it.
+        drop(owning.take());
+        let mut state = self.shared.state.lock().await;
+        state.rooms.clear();
+        state.queue = Queue::new(self.shared.settings.queue, self.shared.clock);
+        state
+            .connections
+            .retain(|_, c| matches!(c.sink, Sink::Local(_)));
+        state.role = Role::Follower { owner: None };
+        tracing::warn!(?owner, "this node no longer owns the rooms and the queue");
+    }
+
+    /// Tells a new owner about this node's meeting rooms and connections.
+    /// Each connection gets a new `welcome` from it, the client's cue to
+    /// join its rooms again and resume.
+    async fn register_again(&self) {
+        let (specs, locals) = {
+            let state = self.shared.state.lock().await;
+            let specs: Vec<MeetingSpec> = state.specs.values().cloned().collect();
+            let locals: Vec<(ConnectionId, Identity)> = state
+                .connections
+                .iter()
+                .map(|(conn, c)| (*conn, c.identity.clone()))
+                .collect();
+            (specs, locals)
+        };
+        for spec in specs {
+            if let Err(e) = self.forward(Input::OpenMeeting(spec)).await {
+                tracing::warn!(error = %e, "forwarding a meeting room failed");
+            }
+        }
+        for (conn, identity) in locals {
+            if let Err(e) = self.forward(Input::Connect { conn, identity }).await {
+                tracing::warn!(%conn, error = %e, "forwarding a connection failed");
+            }
+        }
+    }
+
+    /// Sends an input to the owner.
+    async fn forward(&self, input: Input) -> Result<(), HubError> {
+        let Some(cluster) = &self.shared.cluster else {
+            return Ok(());
+        };
+        let envelope = Envelope {
+            node: self.shared.node.clone(),
+            input,
+        };
+        let payload = serde_json::to_vec(&envelope).expect("hub inputs always serialise");
+        self.shared
+            .bus
+            .publish(&input_subject(&cluster.name), payload)
+            .await?;
+        Ok(())
+    }
+
+    /// Applies an input a follower forwarded, as the owner.
+    async fn apply_forwarded(&self, envelope: Envelope) {
+        let now = Instant::now();
+        let mut state = self.shared.state.lock().await;
+        if !matches!(state.role, Role::Owner) {
+            return;
+        }
+        match envelope.input {
+            Input::Connect { conn, identity } => {
+                if state.connections.contains_key(&conn) {
+                    return;
+                }
+                let out = attach(&mut state, conn, identity, Sink::Remote(envelope.node), now);
+                self.carry_out(&mut state, Some(conn), out, now).await;
+            }
+            Input::Message { conn, message } => {
+                self.apply_message(&mut state, conn, message, now).await
+            }
+            Input::OpenConversation {
+                conn,
+                room,
+                request,
+            } => {
+                let Some(identity) = state.connections.get(&conn).map(|c| c.identity.clone())
+                else {
+                    return;
+                };
+                if let Err(e) = self
+                    .open_in(&mut state, conn, &identity, room.clone(), request, now)
+                    .await
+                {
+                    tracing::warn!(%room, error = %e, "opening a forwarded chat failed");
+                }
+            }
+            Input::Disconnect { conn } => {
+                let out = detach(&mut state, conn, now);
+                self.carry_out(&mut state, None, out, now).await;
+            }
+            Input::OpenMeeting(spec) => {
+                let room = spec.room().clone();
+                let setup = spec.to_setup(self.shared.clock);
+                if let Err(e) = self.open_room(&mut state, setup).await {
+                    tracing::warn!(%room, error = %e, "opening a forwarded meeting room failed");
+                }
+            }
+            Input::CancelMeeting { room } => {
+                let Some(meeting) = state.rooms.get_mut(&room) else {
+                    return;
+                };
+                let out = meeting.cancel();
+                self.carry_out(&mut state, None, out, now).await;
+            }
+        }
+    }
+
+    /// Hands a message from the owner to a connection on this node.
+    async fn deliver_local(&self, delivery: Delivery) {
+        let mut state = self.shared.state.lock().await;
+        let mut dropped = Vec::new();
+        deliver(&state, delivery.conn, delivery.message, &mut dropped);
+        for conn in dropped {
+            tracing::warn!(%conn, "dropping a connection that does not keep up");
+            state.connections.remove(&conn);
+            if let Err(e) = self.forward(Input::Disconnect { conn }).await {
+                tracing::warn!(%conn, error = %e, "forwarding a disconnect failed");
+            }
+        }
     }
 
     /// Sets the canned responses staff can pick from for a service.
@@ -559,7 +1035,16 @@ impl Hub {
                 }
             }
         }
-        state.rooms.retain(|_, room| !room.is_closed());
+        let closed: Vec<RoomId> = state
+            .rooms
+            .iter()
+            .filter(|(_, room)| room.is_closed())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for room in closed {
+            state.rooms.remove(&room);
+            state.specs.remove(&room);
+        }
         for conn in dropped {
             tracing::warn!(%conn, "dropping a connection that does not keep up");
             let out = detach(state, conn, now);
@@ -615,6 +1100,8 @@ impl Hub {
 
 struct Shared {
     state: Mutex<HubState>,
+    /// The cluster this node shares rooms and the queue with, if any.
+    cluster: Option<ClusterLink>,
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
     effects: Arc<dyn Effects>,
@@ -657,15 +1144,59 @@ fn deliver_knock(state: &HubState, knock: &Knock, dropped: &mut Vec<ConnectionId
 }
 
 struct HubState {
+    /// On the owner, every connection of the cluster; on a follower, its
+    /// own connections only.
     connections: HashMap<ConnectionId, Connection>,
     rooms: HashMap<RoomId, Room>,
     queue: Queue,
     canned: BTreeMap<ServiceId, Vec<CannedResponse>>,
+    role: Role,
+    /// Meeting rooms opened through this node, told again to a new owner.
+    specs: HashMap<RoomId, MeetingSpec>,
+    /// Deliveries for connections on other nodes: `(node, payload)`,
+    /// published in order by the task [`Hub::spawn_cluster`] starts.
+    outbox: Option<mpsc::UnboundedSender<(String, Vec<u8>)>>,
+}
+
+/// Whether this node holds the rooms and the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Role {
+    Owner,
+    /// Forwards to the owner, whose node id is known once the lease is read.
+    Follower {
+        owner: Option<String>,
+    },
+}
+
+/// The task that applies forwarded inputs while this node owns, and when
+/// the lease was last renewed.
+struct OwnerTask {
+    task: tokio::task::JoinHandle<()>,
+    renewed: Instant,
+}
+
+impl Drop for OwnerTask {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct ClusterLink {
+    name: String,
+    lease: Arc<dyn Lease>,
 }
 
 struct Connection {
     identity: Identity,
-    tx: mpsc::Sender<ServerMessage>,
+    sink: Sink,
+}
+
+/// Where a connection's messages go.
+enum Sink {
+    /// A socket on this node.
+    Local(mpsc::Sender<ServerMessage>),
+    /// A socket on another node of the cluster, by node id.
+    Remote(String),
 }
 
 /// Turns a client message into inputs for the room or the queue it is for.
@@ -881,8 +1412,20 @@ fn deliver(
     let Some(connection) = state.connections.get(&to) else {
         return;
     };
-    if connection.tx.try_send(message).is_err() && !dropped.contains(&to) {
-        dropped.push(to);
+    match &connection.sink {
+        Sink::Local(tx) => {
+            if tx.try_send(message).is_err() && !dropped.contains(&to) {
+                dropped.push(to);
+            }
+        }
+        Sink::Remote(node) => {
+            // The node that holds the connection drops it if it is slow.
+            if let Some(outbox) = &state.outbox {
+                let delivery = Delivery { conn: to, message };
+                let payload = serde_json::to_vec(&delivery).expect("deliveries always serialise");
+                let _ = outbox.send((node.clone(), payload));
+            }
+        }
     }
 }
 

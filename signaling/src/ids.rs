@@ -131,8 +131,12 @@ impl PartyId {
     }
 }
 
-/// A connection to the hub, one per WebSocket. It is never sent to clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A connection to the hub, one per WebSocket. It is never sent to clients,
+/// but it crosses the bus between nodes, so each node draws its ids from a
+/// range of its own (see `Hub::new`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct ConnectionId(pub u64);
 
 impl fmt::Display for ConnectionId {

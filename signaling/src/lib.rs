@@ -6,6 +6,7 @@
 //! nothing about axum routing or SQL dialects.
 
 pub mod bus;
+pub mod cluster;
 pub mod history;
 pub mod hub;
 pub mod ids;

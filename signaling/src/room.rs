@@ -174,9 +174,11 @@ impl Room {
         Self::restore(setup, Vec::new())
     }
 
-    /// Rebuilds a room after a restart from its stored history, so that
-    /// sequence numbers continue and old chat messages stay deduplicated.
-    /// Presence is not restored: everyone joins again.
+    /// Rebuilds a room after a restart, or on another node after its owner
+    /// died, from its stored history, so that sequence numbers continue and
+    /// old chat messages stay deduplicated. Presence is not restored:
+    /// everyone joins again. Admission is: who was admitted and not sent
+    /// back or declined since comes back admitted, as after any absence.
     pub fn restore(setup: MeetingSetup, events: Vec<StoredEvent>) -> Self {
         let resident_came = events.iter().any(|e| match &e.event {
             RoomEvent::Knock { participant } | RoomEvent::ParticipantJoined { participant } => {
@@ -184,6 +186,7 @@ impl Room {
             }
             _ => false,
         });
+        let admitted = admitted_in(&events);
         let mut room = Room {
             history: History::restore(events),
             members: BTreeMap::new(),
@@ -193,6 +196,19 @@ impl Room {
             closed: false,
             setup,
         };
+        for (party, role) in admitted {
+            let staff = party.as_str().starts_with("staff:");
+            room.members.insert(
+                party,
+                Member {
+                    role,
+                    staff,
+                    state: PresenceState::Admitted,
+                    conns: BTreeSet::new(),
+                    acked: 0,
+                },
+            );
+        }
         for party in room.setup.pre_admitted.clone() {
             let role = room.role_of_known(&party);
             room.members.insert(
@@ -968,6 +984,28 @@ struct Member {
 struct Invitation {
     role: GuestRole,
     used: bool,
+}
+
+/// Who a room's history leaves admitted: a `participant_joined` admits, a
+/// later knock (sent back to the lobby) or `lobby_left` (declined) undoes it.
+/// Leaving does not: an admitted party stays admitted while away.
+fn admitted_in(events: &[StoredEvent]) -> BTreeMap<PartyId, Role> {
+    let mut admitted = BTreeMap::new();
+    for stored in events {
+        match &stored.event {
+            RoomEvent::ParticipantJoined { participant } => {
+                admitted.insert(participant.party.clone(), participant.role);
+            }
+            RoomEvent::Knock { participant } => {
+                admitted.remove(&participant.party);
+            }
+            RoomEvent::LobbyLeft { party } => {
+                admitted.remove(party);
+            }
+            _ => {}
+        }
+    }
+    admitted
 }
 
 fn input_conn(input: &RoomInput) -> Option<ConnectionId> {

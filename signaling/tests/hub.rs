@@ -246,11 +246,16 @@ async fn meeting_chat_is_stored_delivered_and_resumed_after_a_restart() {
     hub2.open_meeting(meeting(&hub2)).await.unwrap();
     let (r2, mut rrx2) = hub2.connect(resident("r1")).await;
     hub2.handle(r2, join("booking:b1")).await;
-    // Memory of admissions is gone after a restart: the resident waits again.
-    expect(&mut rrx2, "lobby status", |m| {
-        matches!(m, ServerMessage::LobbyStatus { .. })
+    // The history remembers the admission: the resident is back in the
+    // room without knocking again, and the room counts on from its history.
+    let (joined, _) = expect(&mut rrx2, "joined", |m| {
+        matches!(m, ServerMessage::Joined { .. })
     })
     .await;
+    assert!(
+        matches!(&joined, ServerMessage::Joined { state: signaling::protocol::PresenceState::Admitted, last_seq, .. } if *last_seq >= seq),
+        "{joined:?}"
+    );
     let (s2, mut srx2) = hub2.connect(staff("s1", "0180")).await;
     hub2.handle(s2, join("booking:b1")).await;
     hub2.handle(
@@ -281,14 +286,6 @@ async fn meeting_chat_is_stored_delivered_and_resumed_after_a_restart() {
         "resume replays the chat: {replayed:?}"
     );
     // The same message sent again after the restart is not stored twice.
-    hub2.handle(
-        s2,
-        ClientMessage::LobbyAdmit {
-            room: id("booking:b1"),
-            party: id("resident:r1"),
-        },
-    )
-    .await;
     hub2.handle(r2, chat("booking:b1", "m1", "Hej")).await;
     let (again, _) = expect(&mut rrx2, "chat.stored", |m| {
         matches!(m, ServerMessage::ChatStored { .. })
@@ -773,4 +770,123 @@ async fn open_chats_survive_a_restart_at_their_place_with_their_history() {
         })
         .collect();
     assert_eq!(positions, vec![1]);
+}
+
+/// A node of a cluster over the NATS server at `url`, sharing `store`.
+async fn cluster_node(
+    url: &str,
+    cluster: &str,
+    store: Arc<MemoryStore>,
+    lease: Arc<signaling::cluster::MemoryLease>,
+) -> (Hub, Vec<tokio::task::JoinHandle<()>>) {
+    let bus = signaling::bus::NatsBus::connect(url).await.unwrap();
+    let hub = Hub::clustered(
+        settings(),
+        store,
+        Arc::new(bus),
+        Arc::new(Recorded::default()),
+        cluster,
+        lease,
+    );
+    let tasks = hub.spawn_cluster().await.unwrap();
+    (hub, tasks)
+}
+
+/// Needs NATS with JetStream: runs against `NATS_URL` when it is set. Staff
+/// on the owner and a resident on a follower share a room; when the owner
+/// leaves, the follower takes over from the store and the resident resumes.
+#[tokio::test]
+async fn two_nodes_share_a_room_and_the_survivor_takes_over_when_nats_url_is_set() {
+    let Ok(url) = std::env::var("NATS_URL") else {
+        eprintln!("notice: NATS_URL is not set; skipping the two-node hub test");
+        return;
+    };
+    let cluster = format!("hubtest{}", uuid::Uuid::new_v4().simple());
+    let store = Arc::new(MemoryStore::new());
+    let lease = Arc::new(signaling::cluster::MemoryLease::default());
+    let (a, a_tasks) = cluster_node(&url, &cluster, store.clone(), lease.clone()).await;
+    let (b, b_tasks) = cluster_node(&url, &cluster, store.clone(), lease).await;
+    assert!(a.is_owner().await, "the first node takes the lease");
+    assert!(!b.is_owner().await);
+
+    a.open_meeting(meeting(&a)).await.unwrap();
+    b.open_meeting(meeting(&b)).await.unwrap();
+    let (s, mut srx) = a.connect(staff("s1", "0180")).await;
+    let (r, mut rrx) = b.connect(resident("r1")).await;
+    expect(&mut rrx, "welcome", |m| {
+        matches!(m, ServerMessage::Welcome { .. })
+    })
+    .await;
+    b.handle(r, join("booking:b1")).await;
+    expect(&mut srx, "knock", |m| {
+        matches!(m, ServerMessage::LobbyKnock { .. })
+    })
+    .await;
+    a.handle(s, join("booking:b1")).await;
+    a.handle(
+        s,
+        ClientMessage::LobbyAdmit {
+            room: id("booking:b1"),
+            party: id("resident:r1"),
+        },
+    )
+    .await;
+    expect(&mut rrx, "admitted", |m| {
+        matches!(m, ServerMessage::LobbyAdmitted { .. })
+    })
+    .await;
+    b.handle(r, chat("booking:b1", "c1", "Hej")).await;
+    let (stored, _) = expect(&mut rrx, "stored", |m| {
+        matches!(m, ServerMessage::ChatStored { .. })
+    })
+    .await;
+    let ServerMessage::ChatStored { seq: before, .. } = stored else {
+        unreachable!()
+    };
+    expect(
+        &mut srx,
+        "chat",
+        |m| matches!(m, ServerMessage::Event { seq, .. } if *seq == before),
+    )
+    .await;
+    assert_ne!(s, r, "connection ids differ across nodes");
+
+    // The owner goes away.
+    for task in a_tasks {
+        task.abort();
+    }
+    a.leave_cluster().await;
+    expect(&mut rrx, "a new welcome", |m| {
+        matches!(m, ServerMessage::Welcome { .. })
+    })
+    .await;
+    assert!(b.is_owner().await, "the survivor owns the rooms now");
+    b.handle(r, join("booking:b1")).await;
+    let (joined, _) = expect(&mut rrx, "joined", |m| {
+        matches!(m, ServerMessage::Joined { .. })
+    })
+    .await;
+    assert!(
+        matches!(&joined, ServerMessage::Joined { state: signaling::protocol::PresenceState::Admitted, last_seq, .. } if *last_seq >= before),
+        "{joined:?}"
+    );
+    b.handle(r, chat("booking:b1", "c1", "Hej")).await;
+    let (again, _) = expect(&mut rrx, "stored again", |m| {
+        matches!(m, ServerMessage::ChatStored { .. })
+    })
+    .await;
+    assert!(
+        matches!(again, ServerMessage::ChatStored { seq, .. } if seq == before),
+        "the same message keeps its seq"
+    );
+    b.handle(r, chat("booking:b1", "c2", "Är någon där?")).await;
+    let (next, _) = expect(&mut rrx, "stored next", |m| {
+        matches!(m, ServerMessage::ChatStored { .. })
+    })
+    .await;
+    assert!(matches!(next, ServerMessage::ChatStored { seq, .. } if seq > before));
+    for task in b_tasks {
+        task.abort();
+    }
+    b.leave_cluster().await;
 }

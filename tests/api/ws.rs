@@ -14,9 +14,9 @@ use web::auth::SubjectKind;
 use web::ws::Tickets;
 
 /// How long a test waits for the server's next frame.
-const FRAME_WITHIN: Duration = Duration::from_secs(10);
+pub(crate) const FRAME_WITHIN: Duration = Duration::from_secs(10);
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A fresh ticket for the holder of `token`.
 async fn ticket(app: &TestApp, token: &str) -> String {
@@ -45,13 +45,13 @@ fn refused_status(result: Result<Socket, tungstenite::Error>) -> u16 {
 }
 
 /// A connected client that has read its `welcome`.
-struct Client {
-    socket: Socket,
-    party: String,
+pub(crate) struct Client {
+    pub(crate) socket: Socket,
+    pub(crate) party: String,
 }
 
 impl Client {
-    async fn open(app: &TestApp, token: &str) -> Client {
+    pub(crate) async fn open(app: &TestApp, token: &str) -> Client {
         let ticket = ticket(app, token).await;
         let socket = connect(app, Some(&ticket)).await.expect("the socket opens");
         let mut client = Client {
@@ -63,7 +63,7 @@ impl Client {
         client
     }
 
-    async fn send(&mut self, mut frame: Value) {
+    pub(crate) async fn send(&mut self, mut frame: Value) {
         frame["v"] = json!(1);
         self.socket
             .send(Message::text(frame.to_string()))
@@ -81,7 +81,7 @@ impl Client {
     }
 
     /// Reads text frames until one of type `kind` comes, and returns it.
-    async fn until(&mut self, kind: &str) -> Value {
+    pub(crate) async fn until(&mut self, kind: &str) -> Value {
         loop {
             if let Message::Text(text) = self.next_message().await {
                 let frame: Value = serde_json::from_str(text.as_str()).expect("JSON");
@@ -93,8 +93,20 @@ impl Client {
         }
     }
 
+    /// Reads text frames until one of the types in `kinds` comes.
+    pub(crate) async fn until_any(&mut self, kinds: &[&str]) -> Value {
+        loop {
+            if let Message::Text(text) = self.next_message().await {
+                let frame: Value = serde_json::from_str(text.as_str()).expect("JSON");
+                if kinds.iter().any(|k| frame["type"] == *k) {
+                    return frame;
+                }
+            }
+        }
+    }
+
     /// Reads until an `event` of `event_kind` in `room` comes.
-    async fn until_event(&mut self, room: &str, event_kind: &str) -> Value {
+    pub(crate) async fn until_event(&mut self, room: &str, event_kind: &str) -> Value {
         loop {
             let frame = self.until("event").await;
             if frame["room"] == room && frame["event"]["kind"] == event_kind {

@@ -42,6 +42,9 @@ pub struct Settings {
     pub smtp_url: Option<String>,
     /// NATS for several nodes; in-process when unset.
     pub nats_url: Option<String>,
+    /// With NATS: the nodes with the same cluster name share rooms and the
+    /// chat queue.
+    pub cluster: String,
     /// The `From` of every mail.
     pub mail_from: String,
     /// Run the TURN relay inside `kontakt serve`.
@@ -76,6 +79,7 @@ impl Default for Settings {
             secure_cookies: false,
             smtp_url: None,
             nats_url: None,
+            cluster: "kontakt".into(),
             mail_from: "Kontakt <no-reply@kontakt.localhost>".into(),
             relay_enabled: true,
             relay: media_relay::RelayConfig::default(),

@@ -35,6 +35,7 @@ pub struct Application {
     relay: Option<media_relay::Relay>,
     /// The hub's timer and bus listener.
     hub_tasks: Vec<tokio::task::JoinHandle<()>>,
+    hub: signaling::hub::Hub,
 }
 
 impl Application {
@@ -56,16 +57,20 @@ impl Application {
         };
         let secret = secret_file(&settings, settings.jwt_secret.as_deref(), "jwt-secret")?;
         let (relay, turn) = start_relay(&settings)?;
-        let (hub, hub_tasks) =
-            crate::ws::start_hub(&db, settings.nats_url.as_deref(), turn.clone())
-                .await
-                .context("starting the signaling hub")?;
+        let (hub, hub_tasks) = crate::ws::start_hub(
+            &db,
+            settings.nats_url.as_deref(),
+            &settings.cluster,
+            turn.clone(),
+        )
+        .await
+        .context("starting the signaling hub")?;
         let state = AppState {
             db: db.clone(),
             keys: Keys::new(secret.as_bytes()),
             sign_in_limiter: SignInLimiter::new(settings.sign_in_per_minute),
             settings: Arc::new(settings.clone()),
-            hub,
+            hub: hub.clone(),
             tickets: crate::ws::Tickets::new(secret.as_bytes()),
             turn,
         };
@@ -84,6 +89,7 @@ impl Application {
             demo_sign_ins,
             mail,
             hub_tasks,
+            hub,
             relay,
         })
     }
@@ -137,6 +143,8 @@ impl Application {
         for task in self.hub_tasks {
             task.abort();
         }
+        // Another node of the cluster takes the rooms over at once.
+        self.hub.leave_cluster().await;
         if let Some(relay) = self.relay {
             relay.shutdown();
         }

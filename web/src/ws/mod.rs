@@ -34,7 +34,7 @@ use signaling::room::MeetingSetup;
 use utoipa::ToSchema;
 
 pub use effects::{AppEffects, TurnIssuer};
-pub use store::DbStore;
+pub use store::{DbLease, DbStore};
 pub use ticket::{TicketSubject, Tickets, TICKET_SECONDS};
 
 use crate::auth::{Session, SubjectKind};
@@ -57,30 +57,57 @@ pub const HUB_SETTINGS: HubSettings = HubSettings {
 pub const NO_SHOW_GRACE: Duration = Duration::from_secs(15 * 60);
 
 /// Builds the hub over the application's database and the configured bus,
-/// restores the open chats, and starts its timer and bus listener. The
-/// caller aborts the returned tasks on shutdown, before it closes the pool.
+/// restores the open chats, and starts its timer and bus listener. With
+/// NATS, the hub joins `cluster`: the nodes of one cluster share rooms and
+/// the queue, owned by one of them at a time. The caller aborts the returned
+/// tasks on shutdown, then calls `Hub::leave_cluster`, before it closes the
+/// pool.
 pub async fn start_hub(
     db: &Db,
     nats_url: Option<&str>,
+    cluster: &str,
     turn: Option<TurnIssuer>,
 ) -> anyhow::Result<(Hub, Vec<tokio::task::JoinHandle<()>>)> {
-    let bus = signaling::bus::connect_bus(nats_url)
+    let store = Arc::new(DbStore::new(db.clone()));
+    let effects = Arc::new(AppEffects::new(db.clone(), turn));
+    let Some(url) = nats_url else {
+        let bus = signaling::bus::connect_bus(None)
+            .await
+            .context("connecting to the bus")?;
+        let hub = Hub::new(HUB_SETTINGS, store, bus, effects);
+        let restored = hub.restore().await.context("restoring open chats")?;
+        tracing::info!(restored, "signaling hub started");
+        let timer = hub.spawn_timer();
+        let listener = hub
+            .spawn_bus_listener()
+            .await
+            .context("listening on the bus")?;
+        return Ok((hub, vec![timer, listener]));
+    };
+    let nats = signaling::bus::NatsBus::connect(url)
         .await
-        .context("connecting to the bus")?;
-    let hub = Hub::new(
+        .context("connecting to NATS")?;
+    let lease = DbLease::new(db.clone(), cluster);
+    let hub = Hub::clustered(
         HUB_SETTINGS,
-        Arc::new(DbStore::new(db.clone())),
-        bus,
-        Arc::new(AppEffects::new(db.clone(), turn)),
+        store,
+        Arc::new(nats),
+        effects,
+        cluster,
+        Arc::new(lease),
     );
-    let restored = hub.restore().await.context("restoring open chats")?;
-    tracing::info!(restored, "signaling hub started");
-    let timer = hub.spawn_timer();
-    let listener = hub
-        .spawn_bus_listener()
+    // The owner restores the open chats when it takes the lease.
+    let mut tasks = hub
+        .spawn_cluster()
         .await
-        .context("listening on the bus")?;
-    Ok((hub, vec![timer, listener]))
+        .context("joining the hub cluster")?;
+    tracing::info!(
+        cluster,
+        owner = hub.is_owner().await,
+        "signaling hub started"
+    );
+    tasks.push(hub.spawn_timer());
+    Ok((hub, tasks))
 }
 
 pub fn router() -> Router<AppState> {

@@ -4,6 +4,8 @@
 use async_trait::async_trait;
 use booking::events::{self, Appended as DbAppended};
 use booking::Db;
+use signaling::bus::BusError;
+use signaling::cluster::{Lease, LEASE_TTL};
 use signaling::store::{Appended, EventRow, QueueEntryRow, Store, StoreError};
 
 /// The hub's storage in the application's database.
@@ -50,6 +52,39 @@ impl Store for DbStore {
             .await
             .map_err(unavailable)?;
         Ok(rows.into_iter().map(entry_from_db).collect())
+    }
+}
+
+/// Which node owns a cluster's rooms and queue, as a row in the database
+/// all nodes share (`booking::events::hold_lease`).
+pub struct DbLease {
+    db: Db,
+    name: String,
+}
+
+impl DbLease {
+    pub fn new(db: Db, cluster: &str) -> DbLease {
+        DbLease {
+            db,
+            name: format!("hub:{cluster}"),
+        }
+    }
+}
+
+#[async_trait]
+impl Lease for DbLease {
+    async fn hold(&self, node: &str) -> Result<Option<String>, BusError> {
+        let now_ms = jiff::Timestamp::now().as_millisecond();
+        let ttl_ms = i64::try_from(LEASE_TTL.as_millis()).unwrap_or(i64::MAX);
+        events::hold_lease(&self.db, &self.name, node, now_ms, now_ms + ttl_ms)
+            .await
+            .map_err(|e| BusError::Failed(e.to_string()))
+    }
+
+    async fn release(&self, node: &str) -> Result<(), BusError> {
+        events::release_lease(&self.db, &self.name, node)
+            .await
+            .map_err(|e| BusError::Failed(e.to_string()))
     }
 }
 
