@@ -25,7 +25,7 @@ use crate::bench_relay::{clock_ticks_per_second, cpu_ticks};
 use crate::process::run as run_command;
 use crate::smtp_sink::SmtpSink;
 
-const SECRET: &str = "bench-secret-that-is-long-enough-for-hs256";
+pub(crate) const SECRET: &str = "bench-secret-that-is-long-enough-for-hs256";
 const CLIENTS: usize = 64;
 const BENCH_STAFF: usize = 40;
 
@@ -58,16 +58,17 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     })
 }
 
-fn flag(args: &[String], name: &str) -> Option<u64> {
+pub(crate) fn flag(args: &[String], name: &str) -> Option<u64> {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
 }
 
-struct Server {
-    child: Child,
-    base: String,
+/// A `target/release/kontakt` child process, killed on drop.
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) base: String,
     _dir: TempDir,
 }
 
@@ -86,7 +87,13 @@ impl Drop for TempDir {
     }
 }
 
-async fn start_server(database_url: &str, smtp: &SmtpSink) -> anyhow::Result<Server> {
+/// Starts `target/release/kontakt` on a free port over `database_url`, with
+/// `env` on top of the settings every benchmark uses, and waits until it is
+/// healthy.
+pub(crate) async fn start_server(
+    database_url: &str,
+    env: &[(&str, String)],
+) -> anyhow::Result<Server> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -95,13 +102,13 @@ async fn start_server(database_url: &str, smtp: &SmtpSink) -> anyhow::Result<Ser
     let base = format!("http://127.0.0.1:{port}");
     let child = Command::new("target/release/kontakt")
         .env("DATABASE_URL", database_url)
-        .env("SMTP_URL", format!("smtp://{}", smtp.addr))
         .env("KONTAKT_LISTEN", format!("127.0.0.1:{port}"))
         .env("KONTAKT_PUBLIC_URL", &base)
         .env("KONTAKT_DATA_DIR", &dir)
         .env("KONTAKT_JWT_SECRET", SECRET)
         .env("KONTAKT_DATABASE_MAX_CONNECTIONS", "32")
         .env("RUST_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .spawn()
         .context("starting target/release/kontakt")?;
@@ -128,7 +135,11 @@ async fn start_server(database_url: &str, smtp: &SmtpSink) -> anyhow::Result<Ser
 async fn bench_one(name: &str, database: TestDb, seconds: u64) -> anyhow::Result<()> {
     // Mail goes out over SMTP as in production, to a sink that keeps nothing.
     let smtp = SmtpSink::start().await?;
-    let server = start_server(&database.url, &smtp).await?;
+    let server = start_server(
+        &database.url,
+        &[("SMTP_URL", format!("smtp://{}", smtp.addr))],
+    )
+    .await?;
     let db = &database.db;
     let now = Timestamp::now();
     let tz = bookings::zone(bookings::DISPLAY_ZONE)?;
@@ -394,7 +405,7 @@ async fn contention(
     Ok(())
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -402,6 +413,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }

@@ -574,7 +574,7 @@ pub(crate) fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     Ok(utime + stime)
 }
 
-fn status_kib(pid: u32, key: &str) -> anyhow::Result<u64> {
+pub(crate) fn status_kib(pid: u32, key: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()

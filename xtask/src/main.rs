@@ -10,6 +10,7 @@
 mod bench_booking;
 mod bench_notify;
 mod bench_relay;
+mod bench_signaling;
 mod ci;
 mod process;
 mod smtp_sink;
@@ -25,6 +26,7 @@ fn main() -> anyhow::Result<()> {
             Some("booking") => bench_booking::run(&args[2..]),
             Some("notify") => bench_notify::run(&args[2..]),
             Some("relay") => bench_relay::run(&args[2..]),
+            Some("signaling") => bench_signaling::run(&args[2..]),
             other => anyhow::bail!(
                 "unknown benchmark {other:?}: try booking, relay, notify or signaling"
             ),
