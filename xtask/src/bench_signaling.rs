@@ -378,9 +378,13 @@ impl Fixture {
                 .0;
             let ticket = bookings::book(db, &resident, &service, starts_at, None, now).await?;
             let booking = ticket.booking;
+            // Booking by load may pick a demo staff member as well.
             let staff_token = staff_tokens
-                .get(&booking.staff_id)
-                .context("a booking with someone else than the bench staff")?
+                .entry(booking.staff_id.clone())
+                .or_insert_with(|| {
+                    keys.issue(&booking.staff_id, SubjectKind::Staff, 240, now.as_second())
+                        .0
+                })
                 .clone();
             fixture.rooms.push(Seats {
                 room: format!("booking:{}", booking.id),
@@ -896,6 +900,7 @@ impl Load {
             rooms: total,
             sent,
             sending: sending.as_secs_f64(),
+            drained: wait,
             late_sender: late,
             received: latencies.len() as u64,
             until_last,
@@ -1010,6 +1015,8 @@ struct Step {
     rooms: usize,
     sent: u64,
     sending: f64,
+    /// How long the step waited for messages under way after sending.
+    drained: Duration,
     late_sender: Duration,
     received: u64,
     until_last: f64,
@@ -1030,7 +1037,7 @@ impl Step {
 
     fn print(&self, name: &str) {
         println!(
-            "{name} {:.0} msg/s over {} rooms: {} sent in {:.1} s (sender at most {:.1} ms behind plan), {} delivered ({} lost, {} error frames, {} connections closed), {:.0} msg/s delivered; p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms; server {:.2} cores, {:.0} us CPU per message; client {:.2} cores",
+            "{name} {:.0} msg/s over {} rooms: {} sent in {:.1} s (sender at most {:.1} ms behind plan), {} delivered ({} not yet after {:.0} s more, {} error frames, {} connections closed), {:.0} msg/s delivered; p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms; server {:.2} cores, {:.0} us CPU per message; client {:.2} cores",
             self.rate,
             self.rooms,
             self.sent,
@@ -1038,6 +1045,7 @@ impl Step {
             ms(self.late_sender),
             self.received,
             self.sent.saturating_sub(self.received),
+            self.drained.as_secs_f64(),
             self.errors,
             self.closed,
             self.delivered_per_second(),
