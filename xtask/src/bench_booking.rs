@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use booking::accounts::{self, NewStaff};
+use booking::accounts::{self, NewStaff, Staff};
 use booking::bookings;
 use booking::slots::Template;
 use booking::testing::TestDb;
@@ -147,39 +147,7 @@ async fn bench_one(name: &str, database: TestDb, seconds: u64) -> anyhow::Result
 
     // Enough bookable time for a sustained run: forty more Helsingborg staff
     // for an open service, available around the clock for two months.
-    let hash = accounts::hash_password(&Password::parse("bench-password")?).await?;
-    let service = ServiceCode::parse("stod-till-anhoriga")?;
-    for i in 0..BENCH_STAFF {
-        let staff = accounts::create_staff(
-            db,
-            &NewStaff {
-                municipality: MunicipalityCode::parse("1283")?,
-                email: EmailAddress::parse(&format!("bench{i}@kontakt.bench"))?,
-                name: format!("Bench {i}"),
-                role: Role::Staff,
-                services: vec![service.clone()],
-                languages: vec![Language::Sv],
-                password_hash: hash.clone(),
-            },
-            now.as_second(),
-        )
-        .await?;
-        for weekday in 1..=7 {
-            bookings::add_template(
-                db,
-                &Template {
-                    id: String::new(),
-                    staff_id: staff.id.clone(),
-                    weekday,
-                    start_minute: 0,
-                    end_minute: 1440,
-                    valid_from: today,
-                    valid_to: today.checked_add(Span::new().days(61))?,
-                },
-            )
-            .await?;
-        }
-    }
+    add_staff(db, "bench", BENCH_STAFF, 61).await?;
     let keys = Keys::new(SECRET.as_bytes());
     let mut tokens = Vec::new();
     for i in 0..CLIENTS {
@@ -321,6 +289,55 @@ async fn bench_one(name: &str, database: TestDb, seconds: u64) -> anyhow::Result
 
     contention(&server, db, &keys, &client).await?;
     Ok(())
+}
+
+/// Adds `count` Helsingborg staff members (`<prefix><i>@kontakt.bench`) for
+/// the open service `stod-till-anhoriga`, available around the clock from
+/// today for `days` days.
+pub(crate) async fn add_staff(
+    db: &booking::Db,
+    prefix: &str,
+    count: usize,
+    days: i64,
+) -> anyhow::Result<Vec<Staff>> {
+    let now = Timestamp::now();
+    let today = now.to_zoned(bookings::zone(bookings::DISPLAY_ZONE)?).date();
+    let hash = accounts::hash_password(&Password::parse("bench-password")?).await?;
+    let service = ServiceCode::parse("stod-till-anhoriga")?;
+    let mut added = Vec::with_capacity(count);
+    for i in 0..count {
+        let staff = accounts::create_staff(
+            db,
+            &NewStaff {
+                municipality: MunicipalityCode::parse("1283")?,
+                email: EmailAddress::parse(&format!("{prefix}{i}@kontakt.bench"))?,
+                name: format!("{prefix} {i}"),
+                role: Role::Staff,
+                services: vec![service.clone()],
+                languages: vec![Language::Sv],
+                password_hash: hash.clone(),
+            },
+            now.as_second(),
+        )
+        .await?;
+        for weekday in 1..=7 {
+            bookings::add_template(
+                db,
+                &Template {
+                    id: String::new(),
+                    staff_id: staff.id.clone(),
+                    weekday,
+                    start_minute: 0,
+                    end_minute: 1440,
+                    valid_from: today,
+                    valid_to: today.checked_add(Span::new().days(days))?,
+                },
+            )
+            .await?;
+        }
+        added.push(staff);
+    }
+    Ok(added)
 }
 
 /// 200 concurrent requests for 20 single-staff slots.

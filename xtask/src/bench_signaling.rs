@@ -25,11 +25,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use booking::accounts::{self, NewStaff};
+use booking::accounts;
 use booking::bookings::{self, SearchQuery};
-use booking::slots::Template;
 use booking::testing::TestDb;
-use booking::{EmailAddress, Language, MunicipalityCode, Password, Role, ServiceCode};
+use booking::{EmailAddress, Language, MunicipalityCode, ServiceCode};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use jiff::{Span, Timestamp};
@@ -41,7 +40,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use web::auth::{Keys, SubjectKind};
 
-use crate::bench_booking::{flag, ms, percentile, start_server, Server, SECRET};
+use crate::bench_booking::{add_staff, flag, ms, percentile, start_server, Server, SECRET};
 use crate::bench_relay::{clock_ticks_per_second, cpu_ticks, status_kib};
 use crate::process::run as run_command;
 
@@ -307,38 +306,8 @@ impl Fixture {
         let municipality = MunicipalityCode::parse(MUNICIPALITY)?;
         let service = ServiceCode::parse(SERVICE)?;
         let keys = Keys::new(SECRET.as_bytes());
-        let hash = accounts::hash_password(&Password::parse("bench-password")?).await?;
         let mut staff_tokens = HashMap::new();
-        for i in 0..BENCH_STAFF {
-            let staff = accounts::create_staff(
-                db,
-                &NewStaff {
-                    municipality: municipality.clone(),
-                    email: EmailAddress::parse(&format!("signaling{i}@kontakt.bench"))?,
-                    name: format!("Signaling {i}"),
-                    role: Role::Staff,
-                    services: vec![service.clone()],
-                    languages: vec![Language::Sv],
-                    password_hash: hash.clone(),
-                },
-                now.as_second(),
-            )
-            .await?;
-            for weekday in 1..=7 {
-                bookings::add_template(
-                    db,
-                    &Template {
-                        id: String::new(),
-                        staff_id: staff.id.clone(),
-                        weekday,
-                        start_minute: 0,
-                        end_minute: 1440,
-                        valid_from: today,
-                        valid_to: today.checked_add(Span::new().days(30))?,
-                    },
-                )
-                .await?;
-            }
+        for staff in add_staff(db, "signaling", BENCH_STAFF, 30).await? {
             let token = keys.issue(&staff.id, SubjectKind::Staff, 240, now.as_second());
             staff_tokens.insert(staff.id, token.0);
         }
