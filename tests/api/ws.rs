@@ -476,3 +476,89 @@ async fn a_malformed_frame_is_answered_and_a_binary_frame_closes_with_1003() {
         assert_eq!(code, 1003, "{}", app.backend);
     }
 }
+
+/// A server that pings every 100 ms and gives a connection up after 400 ms
+/// without a pong.
+async fn impatient_app() -> TestApp {
+    kontakt_tests::spawn_app_with(booking::testing::TestDb::sqlite().await, "sqlite", |s| {
+        s.ws_ping_ms = 100;
+        s.ws_pong_timeout_ms = 400;
+    })
+    .await
+}
+
+/// One frame as the server sends it: unmasked, so the header is the opcode,
+/// the length and the payload.
+async fn raw_frame(stream: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 2];
+    stream.read_exact(&mut head).await.ok()?;
+    let len = match head[1] & 0x7f {
+        126 => u64::from(stream.read_u16().await.ok()?),
+        127 => stream.read_u64().await.ok()?,
+        n => u64::from(n),
+    };
+    let mut payload = vec![0u8; usize::try_from(len).ok()?];
+    stream.read_exact(&mut payload).await.ok()?;
+    Some((head[0] & 0x0f, payload))
+}
+
+#[tokio::test]
+async fn a_connection_that_never_answers_a_ping_is_closed_with_1001() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = impatient_app().await;
+    let anna = app.resident("anna@example.se").await;
+    let ticket = ticket(&app, &app.resident_token(&anna)).await;
+    // A hand-made client: it upgrades, then only reads, so no pong is ever
+    // sent, as from a peer whose network went away.
+    let host = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&host).await.expect("connects");
+    let request = format!(
+        "GET /ws?ticket={ticket} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("sent");
+    let mut response = Vec::new();
+    while !response.ends_with(b"\r\n\r\n") {
+        response.push(stream.read_u8().await.expect("the upgrade answer"));
+    }
+    assert!(
+        response.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&response)
+    );
+    let (mut pings, mut close) = (0, None);
+    while close.is_none() {
+        let (opcode, payload) = tokio::time::timeout(FRAME_WITHIN, raw_frame(&mut stream))
+            .await
+            .expect("a frame in time")
+            .expect("the socket stays open until the close frame");
+        match opcode {
+            0x9 => pings += 1,
+            0x8 => close = Some(u16::from_be_bytes([payload[0], payload[1]])),
+            _ => {}
+        }
+    }
+    assert!(pings >= 1, "the server pinged first");
+    assert_eq!(close, Some(1001));
+}
+
+#[tokio::test]
+async fn a_connection_that_answers_pings_outlives_many_timeouts() {
+    let app = impatient_app().await;
+    let anna = app.resident("anna@example.se").await;
+    let mut client = Client::open(&app, &app.resident_token(&anna)).await;
+    // The client library answers each ping as it reads it. Ten pings take a
+    // second, more than twice the 400 ms the server waits for a pong.
+    let mut pings = 0;
+    while pings < 10 {
+        match client.next_message().await {
+            Message::Ping(_) => pings += 1,
+            Message::Close(frame) => panic!("closed after {pings} pings: {frame:?}"),
+            _ => {}
+        }
+    }
+    client.send(json!({"type": "ping"})).await;
+    client.until("pong").await;
+}

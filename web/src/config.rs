@@ -60,6 +60,11 @@ pub struct Settings {
     pub turn_ttl_secs: u64,
     /// `text` or `json` logs.
     pub log_format: String,
+    /// How often `/ws` pings each connection, in milliseconds.
+    pub ws_ping_ms: u64,
+    /// A `/ws` connection that answers no ping for this long, in
+    /// milliseconds, is closed with 1001.
+    pub ws_pong_timeout_ms: u64,
 }
 
 impl Default for Settings {
@@ -86,6 +91,8 @@ impl Default for Settings {
             turn_urls: Vec::new(),
             turn_ttl_secs: 4 * 3600,
             log_format: "text".into(),
+            ws_ping_ms: 20_000,
+            ws_pong_timeout_ms: 40_000,
         }
     }
 }

@@ -222,11 +222,15 @@ pub async fn upgrade(
     };
     let hub = state.hub.clone();
     let db = state.db.clone();
+    let liveness = socket::Liveness {
+        ping_every: Duration::from_millis(state.settings.ws_ping_ms.max(1)),
+        pong_within: Duration::from_millis(state.settings.ws_pong_timeout_ms.max(1)),
+    };
     upgrade
         // Frames up to twice the protocol's limit reach the protocol, which
         // closes with 1009; larger ones are cut off by the socket itself.
         .max_message_size(signaling::protocol::MAX_FRAME_BYTES * 2)
-        .on_upgrade(move |socket| socket::run(socket, hub, db, identity))
+        .on_upgrade(move |socket| socket::run(socket, hub, db, identity, liveness))
 }
 
 /// The hub identity of a ticket's or session's subject, from the database.

@@ -1,6 +1,6 @@
 //! One connection's loop: frames from the socket go through the rate limit
 //! and the parser into the hub, messages from the hub go out as frames, and
-//! a ping every 20 seconds finds connections that died silently.
+//! regular pings find connections that died silently.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -15,10 +15,16 @@ use signaling::protocol::{
     parse_client_frame, ClientMessage, ErrorCode, ProtocolError, RateLimiter, ServerMessage,
 };
 
-/// How often the server pings.
-pub const PING_EVERY: Duration = Duration::from_secs(20);
-/// How long the server waits for any pong before it gives the peer up.
-pub const PONG_WITHIN: Duration = Duration::from_secs(40);
+/// How a connection is kept honest: the settings `ws_ping_ms` and
+/// `ws_pong_timeout_ms`.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    /// How often the server pings.
+    pub ping_every: Duration,
+    /// How long the server waits for a pong, or any frame, before it gives
+    /// the peer up.
+    pub pong_within: Duration,
+}
 
 /// Close code 1008 (policy violation, RFC 6455 section 7.4.1): the hub gave
 /// up on a connection that did not keep up with its messages.
@@ -28,13 +34,13 @@ const CLOSE_GOING_AWAY: u16 = 1001;
 
 /// Runs the connection until either side ends it, then detaches it from the
 /// hub.
-pub async fn run(socket: WebSocket, hub: Hub, db: Db, identity: Identity) {
+pub async fn run(socket: WebSocket, hub: Hub, db: Db, identity: Identity, liveness: Liveness) {
     let (conn, mut from_hub) = hub.connect(identity.clone()).await;
     let (mut sink, mut stream) = socket.split();
     let mut limiter = RateLimiter::for_connection(Instant::now());
     let start = tokio::time::Instant::now();
-    let mut ping = tokio::time::interval_at(start + PING_EVERY, PING_EVERY);
-    let pong_deadline = tokio::time::sleep_until(start + PONG_WITHIN);
+    let mut ping = tokio::time::interval_at(start + liveness.ping_every, liveness.ping_every);
+    let pong_deadline = tokio::time::sleep_until(start + liveness.pong_within);
     tokio::pin!(pong_deadline);
     loop {
         tokio::select! {
@@ -49,6 +55,8 @@ pub async fn run(socket: WebSocket, hub: Hub, db: Db, identity: Identity) {
             }
             frame = stream.next() => {
                 let Some(Ok(frame)) = frame else { break };
+                // Any frame shows the peer is alive, not only a pong.
+                pong_deadline.as_mut().reset(tokio::time::Instant::now() + liveness.pong_within);
                 let reply = match frame {
                     Message::Text(text) => match limiter.check(Instant::now()) {
                         Err(e) => Reply::Error(e),
@@ -61,10 +69,7 @@ pub async fn run(socket: WebSocket, hub: Hub, db: Db, identity: Identity) {
                         },
                     },
                     Message::Binary(_) => Reply::Error(ProtocolError::Binary),
-                    Message::Pong(_) => {
-                        pong_deadline.as_mut().reset(tokio::time::Instant::now() + PONG_WITHIN);
-                        Reply::None
-                    }
+                    Message::Pong(_) => Reply::None,
                     // The socket answers pings itself.
                     Message::Ping(_) => Reply::None,
                     Message::Close(_) => break,
