@@ -729,11 +729,7 @@ impl Hub {
             .await?;
         let now = Instant::now();
         let mut state = self.shared.state.lock().await;
-        state.rooms.clear();
-        state.queue = Queue::new(self.shared.settings.queue, self.shared.clock);
-        state
-            .connections
-            .retain(|_, c| matches!(c.sink, Sink::Local(_)));
+        self.forget_owned(&mut state);
         self.restore_queue(&mut state).await?;
         let specs: Vec<MeetingSpec> = state.specs.values().cloned().collect();
         for spec in specs {
@@ -770,17 +766,23 @@ impl Hub {
         })
     }
 
+    /// Forgets what only an owner holds: the rooms, the queue and other
+    /// nodes' connections. The store has all that matters.
+    fn forget_owned(&self, state: &mut HubState) {
+        state.rooms.clear();
+        state.queue = Queue::new(self.shared.settings.queue, self.shared.clock);
+        state
+            .connections
+            .retain(|_, c| matches!(c.sink, Sink::Local(_)));
+    }
+
     /// Stops owning: forgets the rooms, the queue and other nodes'
     /// connections. The store has all that matters for the next owner.
     async fn step_down(&self, owning: &mut Option<OwnerTask>, owner: Option<String>) {
         // Dropping the task stops it.
         drop(owning.take());
         let mut state = self.shared.state.lock().await;
-        state.rooms.clear();
-        state.queue = Queue::new(self.shared.settings.queue, self.shared.clock);
-        state
-            .connections
-            .retain(|_, c| matches!(c.sink, Sink::Local(_)));
+        self.forget_owned(&mut state);
         state.role = Role::Follower { owner: None };
         tracing::warn!(?owner, "this node no longer owns the rooms and the queue");
     }

@@ -138,13 +138,7 @@ async fn bench(options: Options) -> anyhow::Result<()> {
         );
     }
     let echo = EchoServer::start().await?;
-    let database = if postgres {
-        TestDb::postgres()
-            .await
-            .context("--postgres needs DATABASE_URL")?
-    } else {
-        TestDb::sqlite().await
-    };
+    let database = bench_database(postgres).await?;
     let base_env = [("KONTAKT_RELAY_ENABLED", "false".to_owned())];
     let server = start_server(&database.url, &base_env).await?;
     let fixture = Fixture::create(&database.db, rooms).await?;
@@ -215,13 +209,7 @@ async fn bench(options: Options) -> anyhow::Result<()> {
         println!("NATS_URL is not set and nothing listens on 127.0.0.1:4222: two-node run skipped");
         return Ok(());
     };
-    let database = if postgres {
-        TestDb::postgres()
-            .await
-            .context("--postgres needs DATABASE_URL")?
-    } else {
-        TestDb::sqlite().await
-    };
+    let database = bench_database(postgres).await?;
     let cluster = format!("bench-{}", std::process::id());
     let cluster_env = [
         ("KONTAKT_RELAY_ENABLED", "false".to_owned()),
@@ -1150,5 +1138,17 @@ async fn echo_connection(stream: TcpStream, id: u64, rooms: EchoRooms) {
         if let Some(peers) = rooms.get_mut(room) {
             peers.retain(|(other, _)| *other != id);
         }
+    }
+}
+
+/// A fresh database for a run: PostgreSQL at `DATABASE_URL` with
+/// `--postgres`, SQLite in a temporary file otherwise.
+async fn bench_database(postgres: bool) -> anyhow::Result<TestDb> {
+    if postgres {
+        TestDb::postgres()
+            .await
+            .context("--postgres needs DATABASE_URL")
+    } else {
+        Ok(TestDb::sqlite().await)
     }
 }
