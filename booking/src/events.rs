@@ -93,6 +93,65 @@ pub async fn append_event(db: &Db, row: &EventRow) -> Result<Appended, Error> {
     }
 }
 
+/// Rows per `INSERT` in [`append_events`]: 8 parameters each, well under
+/// SQLite's limit of 32,766 parameters per statement.
+const ROWS_PER_INSERT: usize = 500;
+
+/// Stores `rows` together in one transaction, if none of them collides with
+/// a stored row; returns whether it did. On `false` nothing was stored, and
+/// the caller learns which row collided by storing them one by one with
+/// [`append_event`]. One transaction for many events is what lets the hub
+/// store a busy second's chat in a handful of writes.
+pub async fn append_events(db: &Db, rows: &[EventRow]) -> Result<bool, Error> {
+    if rows.is_empty() {
+        return Ok(true);
+    }
+    let _turn = db.write_turn().await;
+    let mut tx = db.pool().begin().await?;
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut sql = String::from(
+            "INSERT INTO signaling_events (room, seq, audience, kind, sender, client_id, body, at) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let p = i * 8;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5,
+                p + 6,
+                p + 7,
+                p + 8
+            ));
+        }
+        sql.push_str(" ON CONFLICT DO NOTHING");
+        let mut query = sqlx::query(&sql);
+        for row in chunk {
+            query = query
+                .bind(&row.room)
+                .bind(row.seq)
+                .bind(row.audience.as_deref())
+                .bind(&row.kind)
+                .bind(row.sender.as_deref())
+                .bind(row.client_id.as_deref())
+                .bind(&row.body)
+                .bind(row.at);
+        }
+        let inserted = query.execute(&mut *tx).await?.rows_affected();
+        if inserted != chunk.len() as u64 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
 /// Takes the lease `name` for `holder` until `expires_at_ms` if nobody holds
 /// it or its holder let it expire before `now_ms`, or renews it if `holder`
 /// holds it; returns who holds it afterwards. One upsert decides, so two
@@ -278,6 +337,32 @@ mod tests {
         );
         let after: Vec<EventRow> = events_after(db, "chat:1", 1).await.unwrap();
         assert_eq!(after, vec![joined]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_stored_whole_or_not_at_all() {
+        for test in crate::testing::databases().await {
+            let db = &test.db;
+            // More rows than one INSERT takes, so the batch spans statements.
+            let rows: Vec<EventRow> = (1..=ROWS_PER_INSERT as i64 + 20)
+                .map(|seq| chat(seq, &format!("c{seq}")))
+                .collect();
+            assert!(append_events(db, &rows).await.unwrap());
+            assert_eq!(events_after(db, "chat:1", 0).await.unwrap(), rows);
+            let next = rows.len() as i64 + 1;
+            // A duplicate client id in the second statement's rows undoes
+            // the first statement's too.
+            let mut colliding: Vec<EventRow> = (next..next + ROWS_PER_INSERT as i64 + 5)
+                .map(|seq| chat(seq, &format!("c{seq}")))
+                .collect();
+            colliding.last_mut().unwrap().client_id = Some("c1".into());
+            assert!(!append_events(db, &colliding).await.unwrap());
+            assert_eq!(
+                events_after(db, "chat:1", 0).await.unwrap().len(),
+                rows.len()
+            );
+            assert!(append_events(db, &[]).await.unwrap());
+        }
     }
 
     #[tokio::test]

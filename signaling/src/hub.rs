@@ -5,18 +5,20 @@
 //! the bus, and handing audit entries, booking outcomes and TURN requests to
 //! the caller through [`Effects`].
 //!
-//! All state sits behind one async mutex, so every input is applied and its
-//! output carried out before the next input starts. That keeps per-room order
-//! simple to reason about; one node handles thousands of messages a second
-//! this way, far above what a municipality's social services produce.
+//! All state sits behind one async mutex, and every input is applied under
+//! it in turn. An output that stores events waits in a queue for the writer
+//! task, which stores all that waits in one batch with the mutex free, then
+//! carries the outputs out in the order they were made (see
+//! [`Hub::carry_out`]). So per-room order stays simple to reason about, and
+//! a busy node writes many events per transaction instead of one.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::bus::{room_subject, Bus, BusError, Subscription};
 use crate::cluster::{
@@ -198,6 +200,8 @@ impl Hub {
                     role,
                     specs: HashMap::new(),
                     outbox: None,
+                    writer: Writer::default(),
+                    epochs: HashMap::new(),
                 }),
                 store,
                 bus,
@@ -291,7 +295,9 @@ impl Hub {
             return;
         };
         let out = meeting.cancel();
-        self.carry_out(&mut state, None, out, now).await;
+        let wait = self.carry_out(&mut state, None, out, now).await;
+        drop(state);
+        settle(wait).await;
     }
 
     /// Registers a connection. Messages for it arrive on the receiver; when
@@ -326,7 +332,9 @@ impl Hub {
             return (conn, rx);
         }
         let out = attach(&mut state, conn, identity, Sink::Local(tx), now);
-        self.carry_out(&mut state, Some(conn), out, now).await;
+        let wait = self.carry_out(&mut state, Some(conn), out, now).await;
+        drop(state);
+        settle(wait).await;
         (conn, rx)
     }
 
@@ -347,7 +355,9 @@ impl Hub {
             }
             return;
         }
-        self.apply_message(&mut state, conn, message, now).await;
+        let wait = self.apply_message(&mut state, conn, message, now).await;
+        drop(state);
+        settle(wait).await;
     }
 
     async fn apply_message(
@@ -356,12 +366,10 @@ impl Hub {
         conn: ConnectionId,
         message: ClientMessage,
         now: Instant,
-    ) {
-        let Some(identity) = state.connections.get(&conn).map(|c| c.identity.clone()) else {
-            return;
-        };
+    ) -> Option<oneshot::Receiver<()>> {
+        let identity = state.connections.get(&conn).map(|c| c.identity.clone())?;
         let out = route(state, conn, &identity, message, now);
-        self.carry_out(state, Some(conn), out, now).await;
+        self.carry_out(state, Some(conn), out, now).await
     }
 }
 
@@ -466,8 +474,12 @@ impl Hub {
             self.forward(input).await?;
             return Ok(room);
         }
-        self.open_in(&mut state, conn, &identity, room, request, now)
-            .await
+        let (room, wait) = self
+            .open_in(&mut state, conn, &identity, room, request, now)
+            .await?;
+        drop(state);
+        settle(wait).await;
+        Ok(room)
     }
 
     async fn open_in(
@@ -478,7 +490,7 @@ impl Hub {
         room: RoomId,
         request: ConversationRequest,
         now: Instant,
-    ) -> Result<RoomId, HubError> {
+    ) -> Result<(RoomId, Option<oneshot::Receiver<()>>), HubError> {
         // A signed-in resident's home municipality comes from the sign-in,
         // never from the request; an anonymous resident chooses it.
         let (anonymous, home_municipality) = match identity {
@@ -502,8 +514,8 @@ impl Hub {
             },
             now,
         );
-        self.carry_out(state, Some(conn), out, now).await;
-        Ok(room)
+        let wait = self.carry_out(state, Some(conn), out, now).await;
+        Ok((room, wait))
     }
 
     /// The connection closed: it leaves every room and the staff console.
@@ -523,7 +535,9 @@ impl Hub {
             return;
         }
         let out = detach(&mut state, conn, now);
-        self.carry_out(&mut state, None, out, now).await;
+        let wait = self.carry_out(&mut state, None, out, now).await;
+        drop(state);
+        settle(wait).await;
     }
 
     /// Runs timers due at `now`: no-shows, unanswered and abandoned chats.
@@ -535,7 +549,9 @@ impl Hub {
                 out.extend(room.handle(RoomInput::Tick, now));
             }
         }
-        self.carry_out(&mut state, None, out, now).await;
+        let wait = self.carry_out(&mut state, None, out, now).await;
+        drop(state);
+        settle(wait).await;
     }
 
     /// The earliest instant at which [`Hub::tick`] has something to do.
@@ -587,7 +603,8 @@ impl Hub {
                 let now = Instant::now();
                 for conn in dropped {
                     let out = detach(&mut state, conn, now);
-                    hub.carry_out(&mut state, None, out, now).await;
+                    // Carried out in order; nothing here needs to wait.
+                    let _ = hub.carry_out(&mut state, None, out, now).await;
                 }
             }
         }))
@@ -748,7 +765,7 @@ impl Hub {
                 continue;
             };
             let out = attach(&mut state, conn, identity, connection.sink, now);
-            self.carry_out(&mut state, None, out, now).await;
+            let _ = self.carry_out(&mut state, None, out, now).await;
         }
         drop(state);
         let hub = self.clone();
@@ -843,10 +860,10 @@ impl Hub {
                     return;
                 }
                 let out = attach(&mut state, conn, identity, Sink::Remote(envelope.node), now);
-                self.carry_out(&mut state, Some(conn), out, now).await;
+                let _ = self.carry_out(&mut state, Some(conn), out, now).await;
             }
             Input::Message { conn, message } => {
-                self.apply_message(&mut state, conn, message, now).await
+                let _ = self.apply_message(&mut state, conn, message, now).await;
             }
             Input::OpenConversation {
                 conn,
@@ -866,7 +883,7 @@ impl Hub {
             }
             Input::Disconnect { conn } => {
                 let out = detach(&mut state, conn, now);
-                self.carry_out(&mut state, None, out, now).await;
+                let _ = self.carry_out(&mut state, None, out, now).await;
             }
             Input::OpenMeeting(spec) => {
                 let room = spec.room().clone();
@@ -880,7 +897,7 @@ impl Hub {
                     return;
                 };
                 let out = meeting.cancel();
-                self.carry_out(&mut state, None, out, now).await;
+                let _ = self.carry_out(&mut state, None, out, now).await;
             }
         }
     }
@@ -926,33 +943,178 @@ impl Hub {
             .map_err(HubError::from)
     }
 
-    /// Carries out `out` in order. A failed store write stops the batch,
-    /// so nothing after it is shown, and reloads the room's history so that
-    /// memory matches the store again.
+    /// Carries out `out` in order: at once if it stores nothing and nothing
+    /// is waiting to be stored, or else after everything before it, by the
+    /// writer task. The returned receiver (if any) fires once `out` is
+    /// carried out; wait on it with [`settle`] after releasing the lock.
+    ///
+    /// The writer takes everything waiting, stores all its events in one
+    /// batch while the lock is free for other inputs, then carries the
+    /// outputs out in the order they were made. So a `Send` after a
+    /// `Persist` still happens only once the event is stored, per-room order
+    /// holds (one writer, first in first out), and a busy node writes many
+    /// events per transaction instead of one.
     async fn carry_out(
         &self,
         state: &mut HubState,
         origin: Option<ConnectionId>,
         out: Vec<Outbound>,
         now: Instant,
-    ) {
+    ) -> Option<oneshot::Receiver<()>> {
+        let (mut origin, mut out) = (origin, out);
+        loop {
+            let persists = out.iter().any(|o| matches!(o, Outbound::Persist(_)));
+            if persists || state.writer.busy {
+                return Some(self.enqueue(state, origin, out, now));
+            }
+            // What dropped connections leave behind comes next.
+            out = self.execute(state, origin, out, Vec::new(), now).await;
+            if out.is_empty() {
+                return None;
+            }
+            origin = None;
+        }
+    }
+
+    /// Queues `out` for the writer, and starts the writer if it is idle.
+    fn enqueue(
+        &self,
+        state: &mut HubState,
+        origin: Option<ConnectionId>,
+        out: Vec<Outbound>,
+        now: Instant,
+    ) -> oneshot::Receiver<()> {
+        let epochs = out
+            .iter()
+            .filter_map(|o| match o {
+                Outbound::Persist(event) => Some(state.epoch(&event.room)),
+                _ => None,
+            })
+            .collect();
+        let (done, wait) = oneshot::channel();
+        state.writer.queue.push_back(Pending {
+            origin,
+            out,
+            epochs,
+            now,
+            done,
+        });
+        if !state.writer.busy {
+            state.writer.busy = true;
+            let hub = self.clone();
+            tokio::spawn(async move { hub.write_pending().await });
+        }
+        wait
+    }
+
+    /// The writer task: stores and carries out what waits, batch after
+    /// batch, and ends when nothing is left.
+    async fn write_pending(&self) {
+        loop {
+            let (batch, rows, fates) = {
+                let mut state = self.shared.state.lock().await;
+                if state.writer.queue.is_empty() {
+                    state.writer.busy = false;
+                    return;
+                }
+                let batch: Vec<Pending> = state.writer.queue.drain(..).collect();
+                let mut rows = Vec::new();
+                // For each pending output, for each of its events: the index
+                // of its row, or `None` if it is stale.
+                let mut fates: Vec<Vec<Option<usize>>> = Vec::with_capacity(batch.len());
+                for pending in &batch {
+                    let events = pending.out.iter().filter_map(|o| match o {
+                        Outbound::Persist(event) => Some(event),
+                        _ => None,
+                    });
+                    let fate = events
+                        .zip(&pending.epochs)
+                        .map(|(event, epoch)| {
+                            (state.epoch(&event.room) == *epoch).then(|| {
+                                rows.push(EventRow::from_event(event));
+                                rows.len() - 1
+                            })
+                        })
+                        .collect();
+                    fates.push(fate);
+                }
+                (batch, rows, fates)
+            };
+            let mut outcomes: Vec<Option<Result<Appended, StoreError>>> = if rows.is_empty() {
+                Vec::new()
+            } else {
+                self.shared
+                    .store
+                    .append_events(rows)
+                    .await
+                    .into_iter()
+                    .map(Some)
+                    .collect()
+            };
+            let mut state = self.shared.state.lock().await;
+            for (pending, fate) in batch.into_iter().zip(fates) {
+                let written = fate
+                    .into_iter()
+                    .map(
+                        |index| match index.and_then(|i| outcomes.get_mut(i)?.take()) {
+                            None => Written::Stale,
+                            Some(Ok(Appended::Stored)) => Written::Stored,
+                            Some(Ok(Appended::Duplicate { seq })) => Written::Failed(format!(
+                                "the store already holds this message as seq {seq}"
+                            )),
+                            Some(Err(e)) => Written::Failed(e.to_string()),
+                        },
+                    )
+                    .collect();
+                let left = self
+                    .execute(
+                        &mut state,
+                        pending.origin,
+                        pending.out,
+                        written,
+                        pending.now,
+                    )
+                    .await;
+                if !left.is_empty() {
+                    // Nobody waits for it.
+                    drop(self.enqueue(&mut state, None, left, pending.now));
+                }
+                let _ = pending.done.send(());
+            }
+        }
+    }
+
+    /// Carries out `out` in order, given what became of its events
+    /// (`written`, one per `Persist`). A failed store write stops the batch,
+    /// so nothing after it is shown, and reloads the room's history so that
+    /// memory matches the store again. Returns what the connections it had
+    /// to drop leave behind, for the caller to carry out next.
+    async fn execute(
+        &self,
+        state: &mut HubState,
+        origin: Option<ConnectionId>,
+        out: Vec<Outbound>,
+        written: Vec<Written>,
+        now: Instant,
+    ) -> Vec<Outbound> {
+        let mut written = written.into_iter();
         let mut dropped = Vec::new();
         for outbound in out {
             match outbound {
                 Outbound::Send { to, message } => deliver(state, to, message, &mut dropped),
                 Outbound::Persist(event) => {
                     let room = event.room.clone();
-                    let stored = self
-                        .shared
-                        .store
-                        .append_event(EventRow::from_event(&event))
-                        .await;
-                    let failure = match stored {
-                        Ok(Appended::Stored) => None,
-                        Ok(Appended::Duplicate { seq }) => {
-                            Some(format!("the store already holds this message as seq {seq}"))
+                    let outcome = written.next().unwrap_or(Written::Stale);
+                    let failure = match outcome {
+                        Written::Stored => None,
+                        Written::Failed(failure) => Some(failure),
+                        Written::Stale => {
+                            // Made from a history that a failed write has
+                            // since reloaded: memory already matches the
+                            // store, so only the sender needs telling.
+                            tell_not_stored(state, origin, &room, &mut dropped);
+                            break;
                         }
-                        Err(e) => Some(e.to_string()),
                     };
                     if let Some(failure) = failure {
                         tracing::error!(%room, seq = event.seq, %failure, "storing a room event failed");
@@ -1047,13 +1209,12 @@ impl Hub {
             state.rooms.remove(&room);
             state.specs.remove(&room);
         }
+        let mut left = Vec::new();
         for conn in dropped {
             tracing::warn!(%conn, "dropping a connection that does not keep up");
-            let out = detach(state, conn, now);
-            // Leaving never stores anything that could fail into recursion
-            // worth handling here beyond what `carry_out` already does.
-            Box::pin(self.carry_out(state, None, out, now)).await;
+            left.extend(detach(state, conn, now));
         }
+        left
     }
 
     /// After a failed write: tells the sender, and makes memory match the
@@ -1065,14 +1226,9 @@ impl Hub {
         origin: Option<ConnectionId>,
         dropped: &mut Vec<ConnectionId>,
     ) {
-        if let Some(conn) = origin {
-            let message = ServerMessage::error(
-                ErrorCode::StorageUnavailable,
-                "not stored; try again",
-                Some(room.clone()),
-            );
-            deliver(state, conn, message, dropped);
-        }
+        tell_not_stored(state, origin, room, dropped);
+        // Outputs made from the history that is now reloaded are stale.
+        *state.epochs.entry(room.clone()).or_default() += 1;
         match self.load_events(room).await {
             Ok(events) => {
                 if let Some(meeting) = state.rooms.get_mut(room) {
@@ -1158,6 +1314,69 @@ struct HubState {
     /// Deliveries for connections on other nodes: `(node, payload)`,
     /// published in order by the task [`Hub::spawn_cluster`] starts.
     outbox: Option<mpsc::UnboundedSender<(String, Vec<u8>)>>,
+    /// Outputs waiting for the writer; see [`Hub::carry_out`].
+    writer: Writer,
+    /// How often each room's history was reloaded after a failed write.
+    /// An output made before the last reload is stale: its events are not
+    /// stored, as their seqs no longer follow the store's.
+    epochs: HashMap<RoomId, u64>,
+}
+
+impl HubState {
+    fn epoch(&self, room: &RoomId) -> u64 {
+        self.epochs.get(room).copied().unwrap_or(0)
+    }
+}
+
+#[derive(Default)]
+struct Writer {
+    queue: VecDeque<Pending>,
+    /// Whether the writer task runs; it holds the outputs it took until it
+    /// has carried them out.
+    busy: bool,
+}
+
+/// An output waiting to be stored and carried out.
+struct Pending {
+    origin: Option<ConnectionId>,
+    out: Vec<Outbound>,
+    /// The room's epoch when each `Persist` of `out` was made, in order.
+    epochs: Vec<u64>,
+    now: Instant,
+    done: oneshot::Sender<()>,
+}
+
+/// What became of one event of an output.
+enum Written {
+    Stored,
+    Failed(String),
+    /// Not written: made before its room's history was reloaded.
+    Stale,
+}
+
+/// Waits until an output handed to [`Hub::carry_out`] is carried out.
+async fn settle(wait: Option<oneshot::Receiver<()>>) {
+    if let Some(wait) = wait {
+        // An error means the writer is gone, with the runtime.
+        let _ = wait.await;
+    }
+}
+
+/// Tells the sender of an input that its event was not stored.
+fn tell_not_stored(
+    state: &HubState,
+    origin: Option<ConnectionId>,
+    room: &RoomId,
+    dropped: &mut Vec<ConnectionId>,
+) {
+    if let Some(conn) = origin {
+        let message = ServerMessage::error(
+            ErrorCode::StorageUnavailable,
+            "not stored; try again",
+            Some(room.clone()),
+        );
+        deliver(state, conn, message, dropped);
+    }
 }
 
 /// Whether this node holds the rooms and the queue.

@@ -24,6 +24,15 @@ pub trait Store: Send + Sync + 'static {
     /// client id is already stored, stores nothing and returns its seq.
     async fn append_event(&self, row: EventRow) -> Result<Appended, StoreError>;
 
+    /// Stores a batch of events in order and returns one outcome per row.
+    /// Once a room's row fails, the room's later rows in the batch are not
+    /// stored ([`StoreError::AfterFailure`]), so its history never has a
+    /// gap. A database does this in one transaction; by default the rows go
+    /// one by one through [`Store::append_event`].
+    async fn append_events(&self, rows: Vec<EventRow>) -> Vec<Result<Appended, StoreError>> {
+        append_one_by_one(self, rows).await
+    }
+
     /// The events of `room` with `seq > after_seq`, in seq order.
     async fn events_after(&self, room: &str, after_seq: i64) -> Result<Vec<EventRow>, StoreError>;
 
@@ -53,6 +62,37 @@ pub enum StoreError {
     /// Another row already has this `(room, seq)`: another writer raced us.
     #[error("seq {seq} of room {room} is already taken")]
     SeqTaken { room: String, seq: i64 },
+    /// An earlier event of the room in the same batch was not stored.
+    #[error("seq {seq} of room {room} follows an event that was not stored")]
+    AfterFailure { room: String, seq: i64 },
+}
+
+/// Stores `rows` one by one with [`Store::append_event`], skipping a room's
+/// rows after its first that was not stored: what
+/// [`Store::append_events`] does by default, and what a faster
+/// implementation falls back to when a row of its batch collides.
+pub async fn append_one_by_one<S: Store + ?Sized>(
+    store: &S,
+    rows: Vec<EventRow>,
+) -> Vec<Result<Appended, StoreError>> {
+    let mut failed: Vec<String> = Vec::new();
+    let mut outcomes = Vec::with_capacity(rows.len());
+    for row in rows {
+        if failed.contains(&row.room) {
+            outcomes.push(Err(StoreError::AfterFailure {
+                room: row.room,
+                seq: row.seq,
+            }));
+            continue;
+        }
+        let room = row.room.clone();
+        let outcome = store.append_event(row).await;
+        if !matches!(outcome, Ok(Appended::Stored)) {
+            failed.push(room);
+        }
+        outcomes.push(outcome);
+    }
+    outcomes
 }
 
 /// One row of the `signaling_events` table.
@@ -350,6 +390,40 @@ mod tests {
         assert_eq!(seqs, vec![2]);
         store.set_failing(true);
         assert!(store.events_after("chat:1", 0).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_batch_stops_a_room_at_its_first_failure_and_goes_on_with_others() {
+        let store = MemoryStore::new();
+        store.append_event(chat_row(1, "a")).await.unwrap();
+        let mut other = chat_row(1, "x");
+        other.room = "chat:2".into();
+        let outcomes = store
+            .append_events(vec![
+                chat_row(2, "a"),
+                chat_row(3, "b"),
+                other,
+                chat_row(4, "c"),
+            ])
+            .await;
+        assert_eq!(outcomes[0], Ok(Appended::Duplicate { seq: 1 }));
+        assert!(matches!(
+            outcomes[1],
+            Err(StoreError::AfterFailure { seq: 3, .. })
+        ));
+        assert_eq!(outcomes[2], Ok(Appended::Stored));
+        assert!(matches!(
+            outcomes[3],
+            Err(StoreError::AfterFailure { seq: 4, .. })
+        ));
+        let seqs: Vec<i64> = store
+            .events_after("chat:1", 0)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(seqs, vec![1], "nothing after the duplicate is stored");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use booking::events::{self, Appended as DbAppended};
 use booking::Db;
 use signaling::bus::BusError;
 use signaling::cluster::{Lease, LEASE_TTL};
-use signaling::store::{Appended, EventRow, QueueEntryRow, Store, StoreError};
+use signaling::store::{append_one_by_one, Appended, EventRow, QueueEntryRow, Store, StoreError};
 
 /// The hub's storage in the application's database.
 #[derive(Clone)]
@@ -31,6 +31,19 @@ impl Store for DbStore {
             DbAppended::Stored => Ok(Appended::Stored),
             DbAppended::Existing { seq } => Ok(Appended::Duplicate { seq }),
             DbAppended::SeqTaken => Err(StoreError::SeqTaken { room, seq }),
+        }
+    }
+
+    async fn append_events(&self, rows: Vec<EventRow>) -> Vec<Result<Appended, StoreError>> {
+        let db_rows: Vec<events::EventRow> = rows.iter().cloned().map(event_to_db).collect();
+        match events::append_events(&self.db, &db_rows).await {
+            Ok(true) => vec![Ok(Appended::Stored); rows.len()],
+            // A row collided: find out which, one by one.
+            Ok(false) => append_one_by_one(self, rows).await,
+            Err(e) => {
+                let error = unavailable(e);
+                rows.iter().map(|_| Err(error.clone())).collect()
+            }
         }
     }
 
