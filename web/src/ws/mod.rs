@@ -192,6 +192,9 @@ pub async fn open_meeting(
     Ok(Json(MeetingDto { room }))
 }
 
+/// The socket's read buffer; see [`upgrade`].
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
 #[derive(Deserialize)]
 pub struct UpgradeParams {
     ticket: Option<String>,
@@ -230,6 +233,10 @@ pub async fn upgrade(
         // Frames up to twice the protocol's limit reach the protocol, which
         // closes with 1009; larger ones are cut off by the socket itself.
         .max_message_size(signaling::protocol::MAX_FRAME_BYTES * 2)
+        // tungstenite allocates the read buffer up front, 128 KiB by
+        // default: most of an idle connection's memory. Frames here are
+        // small, and a larger one is read in several turns.
+        .read_buffer_size(READ_BUFFER_BYTES)
         .on_upgrade(move |socket| socket::run(socket, hub, db, identity, liveness))
 }
 
