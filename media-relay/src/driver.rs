@@ -11,10 +11,15 @@
 //! whose epoll descriptor tokio watches as a single `AsyncFd`, and one task reads whichever of
 //! them are ready into buffers the worker shares. An allocation thus costs the driver a file
 //! descriptor and a map entry: no task, no reactor registration and no buffer of its own.
+//!
+//! Sends are queued while a batch of received datagrams is handled and then go out with one
+//! `sendmmsg` per socket ([`Outbox`]): every task that hands the server input flushes the
+//! worker's queues before it waits again.
 
 use std::cell::RefCell;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -29,6 +34,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{ConfigError, RelayConfig};
+use crate::outbox::{Outbox, SEND_BATCH};
 use crate::policy::PeerPolicy;
 use crate::server::{
     AddressFamily, AllocationLedger, AllocationPort, ClientSocket, Command, DropReason, PeerSocket,
@@ -218,15 +224,22 @@ fn bind_all<S>(
     Ok(Some(addr))
 }
 
+/// The receive buffer of a worker's client socket, in bytes.
+const CLIENT_RECV_BUFFER: usize = 1024 * 1024;
+
 fn bind_udp(addr: SocketAddr) -> io::Result<(std::net::UdpSocket, SocketAddr)> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(false)?;
     }
     socket.set_reuse_port(true)?;
-    // The kernel's default buffer sizes are kept on purpose: a multi-megabyte receive queue
-    // turns overload into seconds of delay, which makes clients time out and retransmit
-    // requests, instead of the brief loss that real-time media copes with.
+    // Every client of a worker shares this socket, so its receive queue takes their bursts
+    // together: the kernel's default (about 200 KiB, some 250 small datagrams) overflowed
+    // under 100,000 datagrams a second. A megabyte holds a few milliseconds of such load;
+    // more would turn overload into seconds of delay, which makes clients time out and
+    // retransmit requests, instead of the brief loss that real-time media copes with. The
+    // kernel caps it at `net.core.rmem_max`.
+    socket.set_recv_buffer_size(CLIENT_RECV_BUFFER)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     let socket: std::net::UdpSocket = socket.into();
@@ -249,12 +262,9 @@ fn bind_tcp(addr: SocketAddr) -> io::Result<(std::net::TcpListener, SocketAddr)>
     Ok((listener, bound))
 }
 
-/// Sends a datagram with a plain `sendto` on the non-blocking socket. Tokio's `try_send_to`
-/// would refuse until the reactor has seen the socket become writable, which a relay socket
-/// bound a moment ago has not, and UDP sends need no readiness tracking: a full buffer is a drop.
-fn send_now(socket: &impl std::os::fd::AsFd, bytes: &[u8], to: SocketAddr) -> io::Result<usize> {
-    socket2::SockRef::from(socket).send_to(bytes, &to.into())
-}
+/// Datagrams queued for one kind of socket before they are sent without waiting for the end
+/// of the batch, which bounds the queue when a wake-up drains many relay sockets.
+const FLUSH_AT: usize = 4 * SEND_BATCH;
 
 /// Binds a relay socket. Its `quinn-udp` state is returned too, having set the socket options
 /// that `recvmmsg` relies on; reading needs only one state per worker, so the caller keeps at
@@ -328,6 +338,13 @@ struct Worker {
     /// The `quinn-udp` state used to read every relay socket; set when the first is bound.
     relay_state: std::cell::OnceCell<UdpSocketState>,
     streams: RefCell<FxHashMap<ClientSocket, mpsc::Sender<Vec<u8>>>>,
+    /// Datagrams for UDP clients, sent from `udp`. Sends are plain system calls on the
+    /// non-blocking socket rather than tokio's, which would refuse until the reactor has seen
+    /// a socket become writable (a relay socket bound a moment ago has not), and UDP sends
+    /// need no readiness tracking: a full buffer is a drop.
+    to_clients: RefCell<Outbox<()>>,
+    /// Datagrams for peers, each sent from the relay socket of its allocation.
+    to_peers: RefCell<Outbox<AllocationPort>>,
     peer_buffer: RefCell<Vec<u8>>,
     relay_batch: RefCell<RelayBatch>,
     relay_bind: (Ipv4Addr, Ipv6Addr),
@@ -376,6 +393,8 @@ async fn worker_main(setup: WorkerSetup, mut shutdown: watch::Receiver<bool>) {
         relay_registry,
         relay_state: std::cell::OnceCell::new(),
         streams: RefCell::new(FxHashMap::default()),
+        to_clients: RefCell::new(Outbox::new()),
+        to_peers: RefCell::new(Outbox::new()),
         peer_buffer: RefCell::new(vec![0; PEER_HEADROOM + MAX_DATAGRAM + PEER_TAILROOM]),
         relay_batch: RefCell::new(RelayBatch {
             storage: Vec::new(),
@@ -420,29 +439,44 @@ async fn worker_main(setup: WorkerSetup, mut shutdown: watch::Receiver<bool>) {
 }
 
 impl Worker {
-    /// Feeds one client datagram or frame to the server and relays what it returns.
+    /// Feeds one client datagram or frame to the server and queues what it returns. The
+    /// caller flushes the queues with [`Worker::flush`].
     fn on_client_data(&self, client: ClientSocket, bytes: &[u8], now: Instant) {
         let forward = self
             .server
             .borrow_mut()
             .handle_client_input(client, bytes, now);
         if let Some(forward) = forward {
-            let relays = self.relays.borrow();
-            if let Some(socket) = relays.get(&forward.port) {
-                if send_now(socket, forward.payload, forward.peer.addr()).is_err() {
-                    self.send_failures.set(self.send_failures.get() + 1);
-                }
+            let queued = {
+                let mut to_peers = self.to_peers.borrow_mut();
+                to_peers.push(forward.port, forward.peer.addr(), forward.payload);
+                to_peers.len()
+            };
+            if queued >= FLUSH_AT {
+                self.flush_to_peers();
             }
         }
         self.run_commands();
     }
 
+    /// Queues a datagram for a UDP client, or hands a frame to a stream client's writer.
     fn send_to_client(&self, client: ClientSocket, bytes: &[u8]) {
         let sent = match client.transport() {
-            Transport::Udp => self
-                .udp
-                .as_ref()
-                .is_some_and(|udp| send_now(udp, bytes, client.addr()).is_ok()),
+            Transport::Udp => {
+                if self.udp.is_none() {
+                    false
+                } else {
+                    let queued = {
+                        let mut to_clients = self.to_clients.borrow_mut();
+                        to_clients.push((), client.addr(), bytes);
+                        to_clients.len()
+                    };
+                    if queued >= FLUSH_AT {
+                        self.flush_to_clients();
+                    }
+                    true
+                }
+            }
             Transport::Tcp | Transport::Tls => self
                 .streams
                 .borrow()
@@ -452,6 +486,34 @@ impl Worker {
         if !sent {
             self.send_failures.set(self.send_failures.get() + 1);
         }
+    }
+
+    /// Sends every queued datagram.
+    fn flush(&self) {
+        self.flush_to_peers();
+        self.flush_to_clients();
+    }
+
+    fn flush_to_peers(&self) {
+        let mut to_peers = self.to_peers.borrow_mut();
+        if to_peers.is_empty() {
+            return;
+        }
+        let relays = self.relays.borrow();
+        let failed = to_peers.flush(|port| relays.get(&port).map(|socket| socket.as_fd()));
+        self.send_failures.set(self.send_failures.get() + failed);
+    }
+
+    fn flush_to_clients(&self) {
+        let mut to_clients = self.to_clients.borrow_mut();
+        if to_clients.is_empty() {
+            return;
+        }
+        let failed = match &self.udp {
+            Some(udp) => to_clients.flush(|()| Some(udp.as_fd())),
+            None => to_clients.flush(|()| None),
+        };
+        self.send_failures.set(self.send_failures.get() + failed);
     }
 
     /// Carries out queued commands. The server is borrowed for each `poll_command` only, since
@@ -483,6 +545,8 @@ impl Worker {
                     }
                 }
                 Command::FreeAllocation { port } => {
+                    // What the allocation queued goes out before its socket closes.
+                    self.flush_to_peers();
                     if let Some(mut socket) = self.relays.borrow_mut().remove(&port) {
                         let _ = self.relay_registry.deregister(&mut socket);
                     }
@@ -619,6 +683,7 @@ async fn client_udp_loop(worker: Rc<Worker>) {
                     worker.on_client_data(client, segment, now);
                 }
             }
+            worker.flush();
         }
     }
 }
@@ -677,6 +742,7 @@ async fn relay_loop(worker: Rc<Worker>, poll: mio::Poll) {
                 worker.drain_relay(AllocationPort::new(port), now);
             }
         }
+        worker.flush();
     }
 }
 
@@ -751,6 +817,7 @@ where
             worker.on_client_data(client, &buffer[start..start + length], now);
             start += length;
         }
+        worker.flush();
         buffer.copy_within(start..filled, 0);
         filled -= start;
     }
@@ -760,6 +827,7 @@ where
         .borrow_mut()
         .handle_client_disconnected(client);
     worker.run_commands();
+    worker.flush();
     writer_task.abort();
 }
 
@@ -774,6 +842,7 @@ async fn timer_loop(worker: Rc<Worker>, ledger: Arc<AllocationLedger>) {
             server.take_stats()
         };
         worker.run_commands();
+        worker.flush();
         let send_failures = worker.send_failures.replace(0);
         record_metrics(&stats, send_failures, ledger.total());
     }

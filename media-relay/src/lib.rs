@@ -12,6 +12,7 @@
 pub mod config;
 pub mod credentials;
 mod driver;
+mod outbox;
 pub mod policy;
 pub mod server;
 pub mod stun;

@@ -14,7 +14,9 @@
 //! the loads with one of M clients sending N messages of L bytes every Z ms (repeatable);
 //! `--allocations N` sets the allocations of the memory measurement (0 skips it);
 //! `--pin` runs each server on core 0 and the load generator and echo peer on the others,
-//! with `taskset`, so that neither starves the other.
+//! with `taskset`, so that neither starves the other; `--relay-binary PATH` runs that
+//! media-relay binary instead of building one, e.g. a copy of an earlier build, so that a
+//! baseline can be measured while the sources change.
 
 use std::io::Read as _;
 use std::net::UdpSocket;
@@ -102,11 +104,16 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let mut quick = false;
     let mut pin = false;
     let mut allocations: Option<u32> = None;
+    let mut relay_binary: Option<PathBuf> = None;
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         match arg.as_str() {
             "--quick" => quick = true,
             "--pin" => pin = true,
+            "--relay-binary" => {
+                let path = iter.next().context("--relay-binary needs a path")?;
+                relay_binary = Some(PathBuf::from(path));
+            }
             "--allocations" => {
                 let count = iter.next().context("--allocations needs a number")?;
                 allocations = Some(count.parse().context("--allocations needs a number")?);
@@ -129,7 +136,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 });
             }
             other => bail!(
-                "unknown option {other}; use --quick, --pin, --allocations N or --load M,N,L,Z"
+                "unknown option {other}; use --quick, --pin, --allocations N, --load M,N,L,Z \
+                 or --relay-binary PATH"
             ),
         }
     }
@@ -175,26 +183,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         }
     }
 
-    let root = workspace_root();
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "media-relay",
-            "--bin",
-            "media-relay",
-        ])
-        .current_dir(&root)
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("cargo build --release -p media-relay failed");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let relay_binary = target.join("release").join("media-relay");
+    let relay_binary = match relay_binary {
+        Some(path) => path,
+        None => build_relay()?,
+    };
     let work = std::env::temp_dir().join(format!("bench-relay-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -313,6 +305,30 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         bail!("{failures} benchmark run(s) failed");
     }
     Ok(())
+}
+
+/// Builds the relay in release mode and returns the binary's path.
+fn build_relay() -> anyhow::Result<PathBuf> {
+    let root = workspace_root();
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "media-relay",
+            "--bin",
+            "media-relay",
+        ])
+        .current_dir(&root)
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build --release -p media-relay failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Ok(target.join("release").join("media-relay"))
 }
 
 /// What every run shares.
