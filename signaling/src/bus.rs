@@ -59,10 +59,12 @@ impl InProcessBus {
         }
     }
 
-    fn sender(&self, subject: &str) -> broadcast::Sender<Vec<u8>> {
+    /// The sender of `subject`, made if nobody has subscribed to it yet.
+    fn subscribed_sender(&self, subject: &str) -> broadcast::Sender<Vec<u8>> {
         let mut subjects = self.subjects.lock().unwrap_or_else(|e| e.into_inner());
         // Forget subjects nobody listens to any more, so that one subject
-        // per room does not grow without bound.
+        // per room does not grow without bound. Subscribing is rare next to
+        // publishing, so the sweep is done here and not on every publish.
         subjects.retain(|_, s| s.receiver_count() > 0);
         subjects
             .entry(subject.to_owned())
@@ -81,12 +83,19 @@ impl Default for InProcessBus {
 impl Bus for InProcessBus {
     async fn publish(&self, subject: &str, payload: Vec<u8>) -> Result<(), BusError> {
         // Sending with no subscriber is not an error: nobody was listening.
-        let _ = self.sender(subject).send(payload);
+        // Publishing looks a subject up and never makes one, which would
+        // cost a channel's whole buffer for a message nobody receives.
+        let mut subjects = self.subjects.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sender) = subjects.get(subject) {
+            if sender.send(payload).is_err() {
+                subjects.remove(subject);
+            }
+        }
         Ok(())
     }
 
     async fn subscribe(&self, subject: &str) -> Result<Subscription, BusError> {
-        let receiver = self.sender(subject).subscribe();
+        let receiver = self.subscribed_sender(subject).subscribe();
         let stream = futures::stream::unfold(receiver, |mut receiver| async move {
             loop {
                 match receiver.recv().await {
@@ -184,6 +193,24 @@ mod tests {
     #[tokio::test]
     async fn in_process_bus_delivers_in_order() {
         check(&InProcessBus::default(), "kontakt.room.test").await;
+    }
+
+    #[tokio::test]
+    async fn in_process_bus_keeps_no_subject_nobody_listens_to() {
+        let bus = InProcessBus::default();
+        let subjects = || bus.subjects.lock().unwrap().len();
+        for room in 0..100 {
+            bus.publish(&format!("kontakt.room.{room}"), vec![1])
+                .await
+                .unwrap();
+        }
+        assert_eq!(subjects(), 0, "publishing made subjects");
+
+        let sub = bus.subscribe("kontakt.room.kept").await.unwrap();
+        assert_eq!(subjects(), 1);
+        drop(sub);
+        bus.publish("kontakt.room.kept", vec![2]).await.unwrap();
+        assert_eq!(subjects(), 0, "a subject outlived its last subscriber");
     }
 
     /// Needs a NATS server: runs against `NATS_URL` when it is set.
