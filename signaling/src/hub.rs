@@ -338,12 +338,27 @@ impl Hub {
         (conn, rx)
     }
 
-    /// Applies one client message.
+    /// Applies one client message and waits until what it caused is
+    /// carried out.
     pub async fn handle(&self, conn: ConnectionId, message: ClientMessage) {
         self.handle_at(conn, message, Instant::now()).await
     }
 
     pub async fn handle_at(&self, conn: ConnectionId, message: ClientMessage, now: Instant) {
+        self.submit_at(conn, message, now).await.await
+    }
+
+    /// Applies one client message and returns without waiting for the
+    /// writer: the returned [`Settled`] completes once what the message
+    /// caused is stored and carried out. Messages are applied in the order
+    /// they are submitted, so a connection may submit its next message
+    /// before the last one settles; that lets one connection's messages
+    /// share a write batch instead of taking one each.
+    pub async fn submit(&self, conn: ConnectionId, message: ClientMessage) -> Settled {
+        self.submit_at(conn, message, Instant::now()).await
+    }
+
+    async fn submit_at(&self, conn: ConnectionId, message: ClientMessage, now: Instant) -> Settled {
         let mut state = self.shared.state.lock().await;
         if !matches!(state.role, Role::Owner) {
             let local = state.connections.contains_key(&conn);
@@ -353,11 +368,9 @@ impl Hub {
                     tracing::warn!(%conn, error = %e, "forwarding a message failed");
                 }
             }
-            return;
+            return Settled(None);
         }
-        let wait = self.apply_message(&mut state, conn, message, now).await;
-        drop(state);
-        settle(wait).await;
+        Settled(self.apply_message(&mut state, conn, message, now).await)
     }
 
     async fn apply_message(
@@ -969,6 +982,7 @@ impl Hub {
             }
             // What dropped connections leave behind comes next.
             out = self.execute(state, origin, out, Vec::new(), now).await;
+            forget_closed_rooms(state);
             if out.is_empty() {
                 return None;
             }
@@ -1081,6 +1095,7 @@ impl Hub {
                 }
                 let _ = pending.done.send(());
             }
+            forget_closed_rooms(&mut state);
         }
     }
 
@@ -1198,16 +1213,6 @@ impl Hub {
                         .await
                 }
             }
-        }
-        let closed: Vec<RoomId> = state
-            .rooms
-            .iter()
-            .filter(|(_, room)| room.is_closed())
-            .map(|(id, _)| id.clone())
-            .collect();
-        for room in closed {
-            state.rooms.remove(&room);
-            state.specs.remove(&room);
         }
         let mut left = Vec::new();
         for conn in dropped {
@@ -1352,6 +1357,27 @@ enum Written {
     Failed(String),
     /// Not written: made before its room's history was reloaded.
     Stale,
+}
+
+/// Completes when what a submitted message caused is carried out; see
+/// [`Hub::submit`].
+#[derive(Debug)]
+#[must_use = "dropping it does not undo the message, but loses the moment it settles"]
+pub struct Settled(Option<oneshot::Receiver<()>>);
+
+impl std::future::Future for Settled {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        match &mut self.get_mut().0 {
+            None => std::task::Poll::Ready(()),
+            // An error means the writer is gone, with the runtime.
+            Some(wait) => std::pin::Pin::new(wait).poll(cx).map(|_| ()),
+        }
+    }
 }
 
 /// Waits until an output handed to [`Hub::carry_out`] is carried out.
@@ -1622,6 +1648,21 @@ fn detach(state: &mut HubState, conn: ConnectionId, now: Instant) -> Vec<Outboun
     out.extend(state.queue.handle(QueueInput::Disconnected { conn }, now));
     state.connections.remove(&conn);
     out
+}
+
+/// Forgets the rooms that have closed. It looks at every room, so it runs
+/// once per batch of outputs carried out rather than once per output.
+fn forget_closed_rooms(state: &mut HubState) {
+    let closed: Vec<RoomId> = state
+        .rooms
+        .iter()
+        .filter(|(_, room)| room.is_closed())
+        .map(|(id, _)| id.clone())
+        .collect();
+    for room in closed {
+        state.rooms.remove(&room);
+        state.specs.remove(&room);
+    }
 }
 
 fn deliver(

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use booking::bookings::decide_for;
 use booking::{Db, ServiceCode, Step};
+use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
-use signaling::hub::{ConversationRequest, Hub, Identity};
+use signaling::hub::{ConversationRequest, Hub, Identity, Settled};
 use signaling::ids::{ConnectionId, MunicipalityCode, ServiceId};
 use signaling::protocol::{
     parse_client_frame, ClientMessage, ErrorCode, ProtocolError, RateLimiter, ServerMessage,
@@ -32,6 +33,13 @@ const CLOSE_TOO_SLOW: u16 = 1008;
 /// Close code 1001 (going away, RFC 6455 section 7.4.1): no pong in time.
 const CLOSE_GOING_AWAY: u16 = 1001;
 
+/// Messages a connection may have handed to the hub that are not yet
+/// stored and carried out. Past this, the loop stops reading frames until
+/// one settles, so a connection cannot queue without bound; below it, a
+/// connection's messages share the writer's batches instead of waiting a
+/// whole write each.
+const IN_FLIGHT: usize = 16;
+
 /// Runs the connection until either side ends it, then detaches it from the
 /// hub.
 pub async fn run(socket: WebSocket, hub: Hub, db: Db, identity: Identity, liveness: Liveness) {
@@ -42,6 +50,7 @@ pub async fn run(socket: WebSocket, hub: Hub, db: Db, identity: Identity, livene
     let mut ping = tokio::time::interval_at(start + liveness.ping_every, liveness.ping_every);
     let pong_deadline = tokio::time::sleep_until(start + liveness.pong_within);
     tokio::pin!(pong_deadline);
+    let mut in_flight = FuturesUnordered::<Settled>::new();
     loop {
         tokio::select! {
             message = from_hub.recv() => {
@@ -53,7 +62,8 @@ pub async fn run(socket: WebSocket, hub: Hub, db: Db, identity: Identity, livene
                     break;
                 }
             }
-            frame = stream.next() => {
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            frame = stream.next(), if in_flight.len() < IN_FLIGHT => {
                 let Some(Ok(frame)) = frame else { break };
                 // Any frame shows the peer is alive, not only a pong.
                 pong_deadline.as_mut().reset(tokio::time::Instant::now() + liveness.pong_within);
@@ -62,7 +72,7 @@ pub async fn run(socket: WebSocket, hub: Hub, db: Db, identity: Identity, livene
                         Err(e) => Reply::Error(e),
                         Ok(()) => match parse_client_frame(text.as_str()) {
                             Err(e) => Reply::Error(e),
-                            Ok(message) => match apply(&hub, &db, conn, &identity, message).await {
+                            Ok(message) => match apply(&hub, &db, conn, &identity, message, &mut in_flight).await {
                                 Some(answer) => Reply::Message(answer),
                                 None => Reply::None,
                             },
@@ -111,7 +121,8 @@ enum Reply {
 }
 
 /// Hands one message to the hub, and returns an answer the endpoint gives
-/// itself, if any. `queue.open` is the one message the endpoint handles,
+/// itself, if any. What the hub has yet to store and carry out joins
+/// `in_flight`. `queue.open` is the one message the endpoint handles,
 /// because eligibility comes from `booking`.
 async fn apply(
     hub: &Hub,
@@ -119,9 +130,10 @@ async fn apply(
     conn: ConnectionId,
     identity: &Identity,
     message: ClientMessage,
+    in_flight: &mut FuturesUnordered<Settled>,
 ) -> Option<ServerMessage> {
     let ClientMessage::QueueOpen { service } = message else {
-        hub.handle(conn, message).await;
+        in_flight.push(hub.submit(conn, message).await);
         return None;
     };
     let Identity::Resident {
