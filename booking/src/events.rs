@@ -6,7 +6,7 @@
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::db::Db;
+use crate::db::{Backend, Db};
 use crate::Error;
 
 /// One row of `signaling_events`.
@@ -93,9 +93,48 @@ pub async fn append_event(db: &Db, row: &EventRow) -> Result<Appended, Error> {
     }
 }
 
-/// Rows per `INSERT` in [`append_events`]: 8 parameters each, well under
-/// SQLite's limit of 32,766 parameters per statement.
-const ROWS_PER_INSERT: usize = 500;
+/// The most rows per `INSERT` in [`append_events`]: 8 parameters each, well
+/// under SQLite's limit of 32,766 parameters per statement.
+const ROWS_PER_INSERT: usize = 256;
+
+/// How many of `left` rows the next `INSERT` takes: the largest power of two
+/// that fits, at most [`ROWS_PER_INSERT`]. Batches of any size thus use a
+/// handful of statement texts, which stay prepared in the connection's
+/// cache instead of each new size being parsed and planned again.
+fn next_chunk(left: usize) -> usize {
+    if left >= ROWS_PER_INSERT {
+        ROWS_PER_INSERT
+    } else {
+        1 << left.ilog2()
+    }
+}
+
+/// The `INSERT` of `rows` events. SQLite gets anonymous `?` placeholders:
+/// it looks up a numbered one by scanning the list of all of them, which
+/// made binding a 500-row insert's 4,000 arguments take longer than storing
+/// them.
+fn insert_sql(backend: Backend, rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO signaling_events (room, seq, audience, kind, sender, client_id, body, at) VALUES ",
+    );
+    for i in 0..rows {
+        if i > 0 {
+            sql.push(',');
+        }
+        match backend {
+            Backend::Sqlite => sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?)"),
+            Backend::Postgres => {
+                let p = i * 8;
+                let numbered: Vec<String> = (p + 1..=p + 8).map(|n| format!("${n}")).collect();
+                sql.push('(');
+                sql.push_str(&numbered.join(", "));
+                sql.push(')');
+            }
+        }
+    }
+    sql.push_str(" ON CONFLICT DO NOTHING");
+    sql
+}
 
 /// Stores `rows` together in one transaction, if none of them collides with
 /// a stored row; returns whether it did. On `false` nothing was stored, and
@@ -108,28 +147,11 @@ pub async fn append_events(db: &Db, rows: &[EventRow]) -> Result<bool, Error> {
     }
     let _turn = db.write_turn().await;
     let mut tx = db.pool().begin().await?;
-    for chunk in rows.chunks(ROWS_PER_INSERT) {
-        let mut sql = String::from(
-            "INSERT INTO signaling_events (room, seq, audience, kind, sender, client_id, body, at) VALUES ",
-        );
-        for i in 0..chunk.len() {
-            let p = i * 8;
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                p + 1,
-                p + 2,
-                p + 3,
-                p + 4,
-                p + 5,
-                p + 6,
-                p + 7,
-                p + 8
-            ));
-        }
-        sql.push_str(" ON CONFLICT DO NOTHING");
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let (chunk, after) = rest.split_at(next_chunk(rest.len()));
+        rest = after;
+        let sql = insert_sql(db.backend(), chunk.len());
         let mut query = sqlx::query(&sql);
         for row in chunk {
             query = query
@@ -300,6 +322,26 @@ fn event_from_row(r: &AnyRow) -> Result<EventRow, Error> {
 mod tests {
     use super::*;
     use crate::testing::TestDb;
+
+    #[test]
+    fn any_batch_is_cut_into_a_few_statement_sizes() {
+        let mut sizes = std::collections::BTreeSet::new();
+        for total in 1..=2_000 {
+            let (mut left, mut chunks) = (total, 0);
+            while left > 0 {
+                let chunk = next_chunk(left);
+                assert!(chunk.is_power_of_two() && chunk <= ROWS_PER_INSERT);
+                sizes.insert(chunk);
+                left -= chunk;
+                chunks += 1;
+            }
+            assert!(
+                chunks <= total / ROWS_PER_INSERT + 8,
+                "{total} took {chunks}"
+            );
+        }
+        assert_eq!(sizes.len(), 9, "1, 2, 4, ..., 256: {sizes:?}");
+    }
 
     fn chat(seq: i64, client_id: &str) -> EventRow {
         EventRow {
