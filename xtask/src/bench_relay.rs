@@ -71,6 +71,8 @@ struct Outcome {
     loss_percent: f64,
     rtt_ms: f64,
     cpu_seconds: f64,
+    /// The part of `cpu_seconds` spent in user space; the rest is the kernel's.
+    user_seconds: f64,
     peak_rss_kib: u64,
     baseline_rss_kib: u64,
     allocations: u64,
@@ -225,11 +227,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         None => println!("media-relay vs coturn on loopback, {workers} workers/relay threads each"),
     }
     println!(
-        "{:<20} {:<12} {:>9} {:>7} {:>8} {:>11} {:>7} {:>9} {:>8} {:>7}",
+        "{:<20} {:<12} {:>9} {:>7} {:>7} {:>8} {:>11} {:>7} {:>9} {:>8} {:>7}",
         "load m×n×len@ms",
         "server",
         "relayed",
         "cpu s",
+        "user s",
         "loss %",
         "pkts/cpu-s",
         "rtt ms",
@@ -248,11 +251,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             match run_one(kind, *load, &setup) {
                 Ok(o) => {
                     println!(
-                        "{:<20} {:<12} {:>9} {:>7.2} {:>8.3} {:>11.0} {:>7.3} {:>9.1} {:>8.0} {:>7}",
+                        "{:<20} {:<12} {:>9} {:>7.2} {:>7.2} {:>8.3} {:>11.0} {:>7.3} {:>9.1} {:>8.0} {:>7}",
                         label,
                         kind.name(),
                         o.relayed(),
                         o.cpu_seconds,
+                        o.user_seconds,
                         o.loss_percent,
                         o.packets_per_cpu_second(),
                         o.rtt_ms,
@@ -444,7 +448,7 @@ fn run_one(kind: ServerKind, load: Load, setup: &Setup) -> anyhow::Result<Outcom
     let pid = server.0.id();
     wait_for_stun(LISTEN_PORT, Duration::from_secs(15))?;
     let baseline_rss_kib = status_kib(pid, "VmRSS:")?;
-    let cpu_before = cpu_ticks(pid)?;
+    let cpu_before = cpu_split(pid)?;
 
     println!(
         "running {} clients × {} messages × {} bytes every {} ms against {}",
@@ -509,7 +513,7 @@ fn run_one(kind: ServerKind, load: Load, setup: &Setup) -> anyhow::Result<Outcom
         peak_rss_kib = peak_rss_kib.max(status_kib(pid, "VmHWM:")?);
         std::thread::sleep(Duration::from_millis(200));
     }
-    let cpu_after = cpu_ticks(pid)?;
+    let cpu_after = cpu_split(pid)?;
     peak_rss_kib = peak_rss_kib.max(status_kib(pid, "VmHWM:")?);
     output.push_str(&reader.join().unwrap_or_default());
     output.push_str(&err_reader.join().unwrap_or_default());
@@ -522,7 +526,9 @@ fn run_one(kind: ServerKind, load: Load, setup: &Setup) -> anyhow::Result<Outcom
             tail(&output, 20)
         )
     })?;
-    outcome.cpu_seconds = (cpu_after - cpu_before) as f64 / setup.clock_ticks;
+    let (user, system) = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
+    outcome.cpu_seconds = (user + system) as f64 / setup.clock_ticks;
+    outcome.user_seconds = user as f64 / setup.clock_ticks;
     outcome.peak_rss_kib = peak_rss_kib;
     outcome.baseline_rss_kib = baseline_rss_kib;
     // uclient opens an RTP and an RTCP allocation per client unless -c is given.
@@ -580,14 +586,21 @@ fn wait_for_stun(port: u16, timeout: Duration) -> anyhow::Result<()> {
     bail!("no STUN answer on 127.0.0.1:{port} within {timeout:?}")
 }
 
+/// CPU time of `pid` in clock ticks, user and system together.
 pub(crate) fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let (user, system) = cpu_split(pid)?;
+    Ok(user + system)
+}
+
+/// CPU time of `pid` in clock ticks: in user space, and in the kernel on its behalf.
+fn cpu_split(pid: u32) -> anyhow::Result<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after_name = stat.rsplit_once(')').context("malformed /proc stat")?.1;
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     // Fields 14 and 15 of proc(5), utime and stime, are at 11 and 12 after the name.
     let utime: u64 = fields.get(11).context("no utime")?.parse()?;
     let stime: u64 = fields.get(12).context("no stime")?.parse()?;
-    Ok(utime + stime)
+    Ok((utime, stime))
 }
 
 pub(crate) fn status_kib(pid: u32, key: &str) -> anyhow::Result<u64> {
