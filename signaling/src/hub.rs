@@ -297,7 +297,7 @@ impl Hub {
         let out = meeting.cancel();
         let wait = self.carry_out(&mut state, None, out, now).await;
         drop(state);
-        settle(wait).await;
+        Settled(wait).await;
     }
 
     /// Registers a connection. Messages for it arrive on the receiver; when
@@ -334,7 +334,7 @@ impl Hub {
         let out = attach(&mut state, conn, identity, Sink::Local(tx), now);
         let wait = self.carry_out(&mut state, Some(conn), out, now).await;
         drop(state);
-        settle(wait).await;
+        Settled(wait).await;
         (conn, rx)
     }
 
@@ -491,7 +491,7 @@ impl Hub {
             .open_in(&mut state, conn, &identity, room, request, now)
             .await?;
         drop(state);
-        settle(wait).await;
+        Settled(wait).await;
         Ok(room)
     }
 
@@ -550,7 +550,7 @@ impl Hub {
         let out = detach(&mut state, conn, now);
         let wait = self.carry_out(&mut state, None, out, now).await;
         drop(state);
-        settle(wait).await;
+        Settled(wait).await;
     }
 
     /// Runs timers due at `now`: no-shows, unanswered and abandoned chats.
@@ -564,7 +564,7 @@ impl Hub {
         }
         let wait = self.carry_out(&mut state, None, out, now).await;
         drop(state);
-        settle(wait).await;
+        Settled(wait).await;
     }
 
     /// The earliest instant at which [`Hub::tick`] has something to do.
@@ -1359,8 +1359,9 @@ enum Written {
     Stale,
 }
 
-/// Completes when what a submitted message caused is carried out; see
-/// [`Hub::submit`].
+/// Completes once outputs handed to the writer are carried out: those a
+/// submitted message caused (see [`Hub::submit`]), or those handed to
+/// [`Hub::carry_out`].
 #[derive(Debug)]
 #[must_use = "dropping it does not undo the message, but loses the moment it settles"]
 pub struct Settled(Option<oneshot::Receiver<()>>);
@@ -1377,14 +1378,6 @@ impl std::future::Future for Settled {
             // An error means the writer is gone, with the runtime.
             Some(wait) => std::pin::Pin::new(wait).poll(cx).map(|_| ()),
         }
-    }
-}
-
-/// Waits until an output handed to [`Hub::carry_out`] is carried out.
-async fn settle(wait: Option<oneshot::Receiver<()>>) {
-    if let Some(wait) = wait {
-        // An error means the writer is gone, with the runtime.
-        let _ = wait.await;
     }
 }
 
