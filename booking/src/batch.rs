@@ -140,13 +140,14 @@ impl Db {
                 // The turn before the connection, as every writer does:
                 // waiting for the turn while holding a connection could
                 // starve the turn's holder of one.
-                let _turn = self.write_turn().await;
-                let mut conn = self.pool().acquire().await?;
+                let mut turn = self.sqlite_turn().await;
+                let conn = self.turn_connection(&mut turn).await?;
                 if let Err(e) = bind_all(sqlx::query(&sql), args).execute(&mut *conn).await {
                     // A statement failed after BEGIN: end the transaction
                     // before the connection goes back to the pool. When BEGIN
                     // itself failed there is none, and this fails harmlessly.
                     let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                    turn.take();
                     return Err(e);
                 }
                 Ok(())

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, ConnectOptions, Executor};
+use sqlx::{AnyConnection, AnyPool, ConnectOptions, Connection, Executor};
 
 /// Which database a [`Db`] talks to. A few statements differ between the two
 /// (row locking, for example); everything else is shared.
@@ -25,9 +25,15 @@ pub struct Db {
     pool: AnyPool,
     backend: Backend,
     cache: crate::snapshot::Cache,
-    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    writer: std::sync::Arc<tokio::sync::Mutex<Option<AnyConnection>>>,
     holds: Holds,
 }
+
+/// A turn to write to SQLite; see [`Db::write_turn`]. It holds the
+/// connection the last batch write went through, if it was kept. That
+/// connection is detached from the pool: a pooled one could neither be
+/// dropped outside a runtime nor let the pool close.
+pub type WriteTurn<'a> = tokio::sync::MutexGuard<'a, Option<AnyConnection>>;
 
 /// Staff times this process is booking right now; see [`Db::hold`].
 type Holds = std::sync::Arc<std::sync::Mutex<std::collections::HashSet<(String, i64)>>>;
@@ -138,11 +144,46 @@ impl Db {
     /// database. SQLite admits one writer at a time, and its busy handler
     /// backs off by sleeping, which under contention costs far more than
     /// waiting in line here. PostgreSQL needs no such queue: `None`.
-    pub async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+    pub async fn write_turn(&self) -> Option<WriteTurn<'_>> {
         match self.backend {
             Backend::Sqlite => Some(self.writer.lock().await),
             Backend::Postgres => None,
         }
+    }
+
+    /// The write turn on SQLite, where the caller knows it is on SQLite.
+    pub(crate) async fn sqlite_turn(&self) -> WriteTurn<'_> {
+        self.writer.lock().await
+    }
+
+    /// The connection for the busiest writes in `turn` (a booking's batch,
+    /// a batch of chat events): the one the last of them went through, kept
+    /// between turns, or a new one from the pool. The pool hands out its
+    /// connections in turn, and a SQLite connection that sees the database
+    /// changed by another one drops its page cache and rereads the changed
+    /// pages from the WAL; the kept one finds them in its cache. After a
+    /// failed write the caller drops it with `turn.take()`.
+    pub(crate) async fn turn_connection<'t>(
+        &self,
+        turn: &'t mut WriteTurn<'_>,
+    ) -> Result<&'t mut AnyConnection, sqlx::Error> {
+        let conn = match turn.take() {
+            Some(conn) => conn,
+            None => self.pool.acquire().await?.detach(),
+        };
+        Ok(turn.insert(conn))
+    }
+
+    /// Closes the writers' kept connection and the pool, waiting for the
+    /// connections in use.
+    pub async fn close(&self) {
+        // The turn is held until the pool is closed, so that no writer
+        // takes a connection to keep meanwhile.
+        let mut turn = self.writer.lock().await;
+        if let Some(conn) = turn.take() {
+            let _ = conn.close().await;
+        }
+        self.pool.close().await;
     }
 
     /// Holds `staff_id` at `starts_at` for a booking this process is about

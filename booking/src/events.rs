@@ -4,7 +4,7 @@
 //! knows nothing about the hub.
 
 use sqlx::any::AnyRow;
-use sqlx::Row;
+use sqlx::{AnyConnection, Connection, Row};
 
 use crate::db::{Backend, Db};
 use crate::Error;
@@ -145,13 +145,32 @@ pub async fn append_events(db: &Db, rows: &[EventRow]) -> Result<bool, Error> {
     if rows.is_empty() {
         return Ok(true);
     }
-    let _turn = db.write_turn().await;
-    let mut tx = db.pool().begin().await?;
+    let mut turn = db.write_turn().await;
+    match turn.as_mut() {
+        Some(turn) => {
+            let conn = db.turn_connection(turn).await?;
+            let stored = insert_events(db.backend(), conn, rows).await;
+            if stored.is_err() {
+                turn.take();
+            }
+            stored
+        }
+        None => insert_events(db.backend(), &mut *db.pool().acquire().await?, rows).await,
+    }
+}
+
+/// [`append_events`] on `conn`.
+async fn insert_events(
+    backend: Backend,
+    conn: &mut AnyConnection,
+    rows: &[EventRow],
+) -> Result<bool, Error> {
+    let mut tx = conn.begin().await?;
     let mut rest = rows;
     while !rest.is_empty() {
         let (chunk, after) = rest.split_at(next_chunk(rest.len()));
         rest = after;
-        let sql = insert_sql(db.backend(), chunk.len());
+        let sql = insert_sql(backend, chunk.len());
         let mut query = sqlx::query(&sql);
         for row in chunk {
             query = query

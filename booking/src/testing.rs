@@ -65,7 +65,7 @@ impl TestDb {
             .execute(admin.pool())
             .await
             .expect("create a test database");
-        admin.pool().close().await;
+        admin.close().await;
         let url = replace_database(&admin_url, &name);
         let db = Db::connect(&url, 16)
             .await
@@ -121,7 +121,7 @@ impl Drop for TestDb {
                     ))
                     .execute(admin.pool())
                     .await;
-                    admin.pool().close().await;
+                    admin.close().await;
                 }
             });
         })

@@ -148,7 +148,7 @@ impl Application {
         if let Some(relay) = self.relay {
             relay.shutdown();
         }
-        self.db.pool().close().await;
+        self.db.close().await;
         served
     }
 }

@@ -68,7 +68,7 @@ async fn bench(scratch: &Path, mails: usize, bookings: usize, concurrency: usize
     if let Some(url) = &postgres {
         let (db, guard) = postgres_db(url).await?;
         let result = overhead("postgres", &db, bookings).await;
-        db.pool().close().await;
+        db.close().await;
         guard.drop_database().await?;
         result?;
     }
@@ -142,7 +142,7 @@ async fn delivery(
         elapsed.as_secs_f64(),
         mails as f64 / elapsed.as_secs_f64()
     );
-    db.pool().close().await;
+    db.close().await;
     Ok(())
 }
 
@@ -292,7 +292,7 @@ async fn postgres_db(admin_url: &str) -> Result<(Db, PostgresDatabase)> {
         .pool()
         .execute(format!("CREATE DATABASE {name}").as_str())
         .await?;
-    admin.pool().close().await;
+    admin.close().await;
     let (base, _) = admin_url
         .rsplit_once('/')
         .context("DATABASE_URL names a database")?;

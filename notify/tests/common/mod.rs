@@ -30,7 +30,7 @@ where
         let db = Db::connect(&guard.url, 8).await.unwrap();
         db.migrate().await.unwrap();
         check(db.clone(), "postgres").await;
-        db.pool().close().await;
+        db.close().await;
     }
 }
 
@@ -52,7 +52,7 @@ impl PostgresDatabase {
             .execute(format!("CREATE DATABASE {name}").as_str())
             .await
             .unwrap();
-        admin.pool().close().await;
+        admin.close().await;
         let (base, _) = admin_url
             .rsplit_once('/')
             .expect("DATABASE_URL names a database");
