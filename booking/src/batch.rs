@@ -143,11 +143,16 @@ impl Db {
                 let mut turn = self.sqlite_turn().await;
                 let conn = self.turn_connection(&mut turn).await?;
                 if let Err(e) = bind_all(sqlx::query(&sql), args).execute(&mut *conn).await {
-                    // A statement failed after BEGIN: end the transaction
-                    // before the connection goes back to the pool. When BEGIN
-                    // itself failed there is none, and this fails harmlessly.
-                    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                    turn.take();
+                    // A statement failed after BEGIN: end the transaction, so
+                    // the connection stays fit to keep for the next write (a
+                    // lost race for a time ends here, and is not rare). When
+                    // BEGIN itself failed there is none, and this fails
+                    // harmlessly; a connection that cannot even roll back is
+                    // dropped.
+                    let rolled_back = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                    if !matches!(rolled_back, Ok(_) | Err(sqlx::Error::Database(_))) {
+                        turn.take();
+                    }
                     return Err(e);
                 }
                 Ok(())
