@@ -958,7 +958,13 @@ async fn best_free(
         .ok_or_else(|| Error::Conflict("that time is no longer available".into()))
 }
 
-/// Active bookings per staff member that touch `[from, to)`.
+/// Active bookings per staff member that touch `[from, to)`, leaving out
+/// `ignore_booking` (the one being moved).
+///
+/// The database joins each staff member's ranges into one text, so that a
+/// month's search reads one row per staff member instead of one per booking:
+/// sqlx hands over SQLite's rows at about 2 µs each, and a month in a busy
+/// municipality holds tens of thousands of bookings (BENCHMARKS.md).
 async fn busy_times<'c, E>(
     conn: E,
     from: Timestamp,
@@ -971,29 +977,41 @@ where
     // A booking is at most a day long (the schema checks it), so the ones
     // that touch the range start at most a day before it: that bound keeps
     // the index scan to the range instead of everything before it.
-    let rows = sqlx::query(
-        "SELECT id, staff_id, starts_at, ends_at FROM bookings \
-         WHERE status = 'booked' AND starts_at > $3 AND starts_at < $2 AND ends_at > $1",
-    )
-    .bind(from.as_second())
-    .bind(to.as_second())
-    .bind(from.as_second() - MAX_BOOKING_SECONDS)
-    .fetch_all(conn)
-    .await?;
-    let mut busy: HashMap<String, Vec<SlotRange>> = HashMap::new();
-    for r in &rows {
-        let id: String = r.try_get("id")?;
-        if ignore_booking == Some(id.as_str()) {
-            continue;
-        }
-        busy.entry(r.try_get("staff_id")?)
-            .or_default()
-            .push(SlotRange::from_unix(
-                r.try_get("starts_at")?,
-                r.try_get("ends_at")?,
-            )?);
+    const ALL: &str = "SELECT staff_id, string_agg(starts_at || ':' || ends_at, ',') AS ranges \
+         FROM bookings WHERE status = 'booked' AND starts_at > $3 AND starts_at < $2 AND ends_at > $1 \
+         GROUP BY staff_id";
+    const BUT_ONE: &str = "SELECT staff_id, string_agg(starts_at || ':' || ends_at, ',') AS ranges \
+         FROM bookings WHERE status = 'booked' AND starts_at > $3 AND starts_at < $2 AND ends_at > $1 \
+         AND id <> $4 GROUP BY staff_id";
+    let query = sqlx::query(if ignore_booking.is_some() { BUT_ONE } else { ALL })
+        .bind(from.as_second())
+        .bind(to.as_second())
+        .bind(from.as_second() - MAX_BOOKING_SECONDS);
+    let query = match ignore_booking {
+        Some(id) => query.bind(id),
+        None => query,
+    };
+    let mut busy = HashMap::new();
+    for r in query.fetch_all(conn).await? {
+        let ranges: String = r.try_get("ranges")?;
+        busy.insert(r.try_get("staff_id")?, parse_ranges(&ranges)?);
     }
     Ok(busy)
+}
+
+/// `start:end,start:end,...` in Unix seconds, as [`busy_times`] asks the
+/// database to join them.
+fn parse_ranges(joined: &str) -> Result<Vec<SlotRange>, Error> {
+    let corrupt = || Error::Corrupt("busy ranges that are not start:end pairs".into());
+    joined
+        .split(',')
+        .map(|pair| {
+            let (start, end) = pair.split_once(':').ok_or_else(corrupt)?;
+            let start = start.parse().map_err(|_| corrupt())?;
+            let end = end.parse().map_err(|_| corrupt())?;
+            SlotRange::from_unix(start, end).map_err(Error::from)
+        })
+        .collect()
 }
 
 /// Whether `range` collides with a booking, keeping the service's buffer free
@@ -1188,4 +1206,28 @@ pub fn day_bounds(day: Date, tz: &TimeZone) -> Result<(Timestamp, Timestamp), Er
         .tomorrow()
         .map_err(|e| Error::Corrupt(e.to_string()))?;
     Ok((start.timestamp(), end.timestamp()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joined_busy_ranges_parse_in_order_and_anything_else_is_corrupt() {
+        let ranges = parse_ranges("1800000000:1800001800,1800003600:1800005400").unwrap();
+        let unix: Vec<(i64, i64)> = ranges
+            .iter()
+            .map(|r| (r.start().as_second(), r.end().as_second()))
+            .collect();
+        assert_eq!(
+            unix,
+            [(1800000000, 1800001800), (1800003600, 1800005400)]
+        );
+        for bad in ["", "1800000000", "1800000000:x", "1800001800:1800000000", "1:2,"] {
+            assert!(
+                matches!(parse_ranges(bad), Err(Error::Corrupt(_) | Error::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+    }
 }

@@ -101,14 +101,17 @@ impl Db {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
                         // WAL lets readers run beside the one writer; the busy
-                        // timeout makes writers queue instead of failing. Each
-                        // connection rereads the pages another one changed;
-                        // mapping the file makes that a memory read rather
-                        // than a system call per page.
+                        // timeout makes writers queue instead of failing. No
+                        // memory map: after another connection commits,
+                        // SQLite unmaps a reader's whole map before its next
+                        // read, and under booking load that munmap, the TLB
+                        // shootdowns and the page faults after it cost more
+                        // than reading the pages (a third of the server's CPU
+                        // per booking by `perf`; BENCHMARKS.md).
                         conn.execute(
                             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
                              PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
-                             PRAGMA mmap_size = 268435456;",
+                             PRAGMA mmap_size = 0;",
                         )
                         .await?;
                     }
