@@ -6,8 +6,10 @@
 //! line ([`Db::write_turn`]), so those trips are what bounds how many
 //! bookings a second SQLite takes. [`Db::run`] therefore sends a whole
 //! transaction to SQLite as one multi-statement call. PostgreSQL cannot
-//! prepare several statements at once, but runs writers side by side, so
-//! there the statements go one by one in a transaction.
+//! prepare several statements at once, and a transaction of them costs a
+//! round trip each plus two for BEGIN and COMMIT; there the statements
+//! become one, the others as data-modifying `WITH` parts of the last, which
+//! is one round trip and its own transaction.
 
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
@@ -106,6 +108,30 @@ fn joined(statements: &[Statement]) -> (String, Vec<&Arg>) {
     (sql, args)
 }
 
+/// Joins `statements` into one PostgreSQL statement: `WITH s0 AS (...), s1
+/// AS (...) last`, with the placeholders renumbered as in [`joined`]. The
+/// parts of one statement all see the database as it was before it, so none
+/// may depend on what another writes.
+fn as_one(statements: &[Statement]) -> (String, Vec<&Arg>) {
+    let mut sql = String::new();
+    let mut args = Vec::new();
+    let last = statements.len().saturating_sub(1);
+    for (i, s) in statements.iter().enumerate() {
+        let part = renumber(&s.sql, args.len());
+        args.extend(s.args.iter());
+        if i == last {
+            if i > 0 {
+                sql.push(' ');
+            }
+            sql.push_str(&part);
+        } else {
+            sql.push_str(if i == 0 { "WITH " } else { ", " });
+            sql.push_str(&format!("s{i} AS ({part})"));
+        }
+    }
+    (sql, args)
+}
+
 /// `sql` with every `$n` placeholder turned into `$(n + offset)`. Our SQL
 /// holds no `$` other than placeholders.
 fn renumber(sql: &str, offset: usize) -> String {
@@ -131,9 +157,14 @@ fn renumber(sql: &str, offset: usize) -> String {
 
 impl Db {
     /// Runs `statements` as one transaction: all of them or none. On SQLite
-    /// this takes the write turn and makes one trip to the database; see the
+    /// this takes the write turn and makes one trip to the database; on
+    /// PostgreSQL it is one statement. No statement may depend on what an
+    /// earlier one writes, since on PostgreSQL they do not see it. See the
     /// module documentation.
     pub async fn run(&self, statements: &[Statement]) -> Result<(), sqlx::Error> {
+        if statements.is_empty() {
+            return Ok(());
+        }
         match self.backend() {
             Backend::Sqlite => {
                 let (sql, args) = joined(statements);
@@ -158,11 +189,11 @@ impl Db {
                 Ok(())
             }
             Backend::Postgres => {
-                let mut tx = self.pool().begin().await?;
-                for s in statements {
-                    s.execute(&mut tx).await?;
-                }
-                tx.commit().await
+                let (sql, args) = as_one(statements);
+                bind_all(sqlx::query(&sql), args)
+                    .execute(self.pool())
+                    .await
+                    .map(|_| ())
             }
         }
     }
@@ -206,6 +237,25 @@ mod tests {
                 &Arg::Null
             ]
         );
+    }
+
+    #[test]
+    fn postgres_gets_one_statement_with_the_others_as_with_parts() {
+        let statements = [
+            Statement::new("INSERT INTO a VALUES ($1, $2)")
+                .bind(1)
+                .bind("x"),
+            Statement::new("UPDATE b SET c = $1").bind("y"),
+            Statement::new("INSERT INTO d VALUES ($1)").bind(2),
+        ];
+        let (sql, args) = as_one(&statements);
+        assert_eq!(
+            sql,
+            "WITH s0 AS (INSERT INTO a VALUES ($1, $2)), s1 AS (UPDATE b SET c = $3) \
+             INSERT INTO d VALUES ($4)"
+        );
+        assert_eq!(args.len(), 4);
+        assert_eq!(as_one(&statements[2..]).0, "INSERT INTO d VALUES ($1)");
     }
 
     #[tokio::test]

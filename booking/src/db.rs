@@ -35,6 +35,10 @@ pub struct Db {
 /// dropped outside a runtime nor let the pool close.
 pub type WriteTurn<'a> = tokio::sync::MutexGuard<'a, Option<AnyConnection>>;
 
+/// How long a PostgreSQL connection may sit idle in the pool before it is
+/// pinged on its way out; see [`Db::connect`].
+const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 /// Staff times this process is booking right now; see [`Db::hold`].
 type Holds = std::sync::Arc<std::sync::Mutex<std::collections::HashSet<(String, i64)>>>;
 
@@ -94,9 +98,20 @@ impl Db {
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
-            // A SQLite connection is a file handle that does not go stale, so
-            // pinging it before every use would only add a trip to its thread.
-            .test_before_acquire(backend == Backend::Postgres)
+            // A SQLite connection is a file handle that does not go stale. A
+            // PostgreSQL one can, while it sits idle (a server restart, a
+            // proxy's timeout): those are pinged before use, and one in
+            // steady use, which answered a moment ago, is not, since a ping
+            // is a round trip and a booking acquires about six times.
+            .test_before_acquire(false)
+            .before_acquire(move |conn, meta| {
+                Box::pin(async move {
+                    if backend == Backend::Postgres && meta.idle_for > PING_IDLE_AFTER {
+                        return Ok(conn.ping().await.is_ok());
+                    }
+                    Ok(true)
+                })
+            })
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {

@@ -87,6 +87,17 @@ pub async fn current(db: &Db) -> Result<Arc<Snapshot>, Error> {
     Ok(fresh)
 }
 
+/// The snapshot this process loaded last, without asking whether it is
+/// still current: for what may lag a change by a request, such as a
+/// municipality's name in an answer. `None` before the first load.
+pub fn last_loaded(db: &Db) -> Option<Arc<Snapshot>> {
+    db.cache()
+        .0
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
 /// Records that the catalog changed; call it in the changing transaction.
 pub(crate) async fn bump(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE catalog_version SET version = version + 1 WHERE id = 1")
