@@ -78,7 +78,7 @@ pub fn statement(entry: &Entry<'_>, now: i64) -> Statement {
         "INSERT INTO audit_log (id, at, actor, action, subject, resident_id, on_behalf_of, rule, agreement_id, outcome) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
-    .bind(uuid::Uuid::new_v4().to_string())
+    .bind(uuid::Uuid::now_v7().to_string())
     .bind(now)
     .bind(entry.actor.label())
     .bind(entry.action)

@@ -983,10 +983,14 @@ where
     const BUT_ONE: &str = "SELECT staff_id, string_agg(starts_at || ':' || ends_at, ',') AS ranges \
          FROM bookings WHERE status = 'booked' AND starts_at > $3 AND starts_at < $2 AND ends_at > $1 \
          AND id <> $4 GROUP BY staff_id";
-    let query = sqlx::query(if ignore_booking.is_some() { BUT_ONE } else { ALL })
-        .bind(from.as_second())
-        .bind(to.as_second())
-        .bind(from.as_second() - MAX_BOOKING_SECONDS);
+    let query = sqlx::query(if ignore_booking.is_some() {
+        BUT_ONE
+    } else {
+        ALL
+    })
+    .bind(from.as_second())
+    .bind(to.as_second())
+    .bind(from.as_second() - MAX_BOOKING_SECONDS);
     let query = match ignore_booking {
         Some(id) => query.bind(id),
         None => query,
@@ -1026,7 +1030,7 @@ fn conflicts(range: &SlotRange, taken: &[SlotRange], service: &Service) -> bool 
 
 fn new_booking(resident: &Resident, service: &ServiceCode, candidate: &Candidate) -> Booking {
     Booking {
-        id: uuid::Uuid::new_v4().to_string(),
+        id: uuid::Uuid::now_v7().to_string(),
         resident_id: resident.id.clone(),
         staff_id: candidate.staff_id.clone(),
         service: service.clone(),
@@ -1219,13 +1223,19 @@ mod tests {
             .iter()
             .map(|r| (r.start().as_second(), r.end().as_second()))
             .collect();
-        assert_eq!(
-            unix,
-            [(1800000000, 1800001800), (1800003600, 1800005400)]
-        );
-        for bad in ["", "1800000000", "1800000000:x", "1800001800:1800000000", "1:2,"] {
+        assert_eq!(unix, [(1800000000, 1800001800), (1800003600, 1800005400)]);
+        for bad in [
+            "",
+            "1800000000",
+            "1800000000:x",
+            "1800001800:1800000000",
+            "1:2,",
+        ] {
             assert!(
-                matches!(parse_ranges(bad), Err(Error::Corrupt(_) | Error::Invalid(_))),
+                matches!(
+                    parse_ranges(bad),
+                    Err(Error::Corrupt(_) | Error::Invalid(_))
+                ),
                 "{bad:?}"
             );
         }

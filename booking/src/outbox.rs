@@ -112,7 +112,7 @@ pub async fn enqueue(
     due_at: i64,
     now: i64,
 ) -> Result<String, sqlx::Error> {
-    let id = uuid::Uuid::new_v4().to_string();
+    let id = uuid::Uuid::now_v7().to_string();
     let payload = serde_json::to_string(message).expect("a Message always serialises");
     sqlx::query(
         "INSERT INTO outbox (id, kind, recipient, language, payload, status, attempts, due_at, created_at, booking_id) \
@@ -163,7 +163,7 @@ pub fn enqueue_all(
     let mut statement = Statement::new(sql);
     for (message, due_at) in messages {
         statement = statement
-            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(uuid::Uuid::now_v7().to_string())
             .bind(message.kind())
             .bind(recipient.as_str())
             .bind(language.code())
