@@ -5,17 +5,24 @@
 //! trip to that thread. While one process writes, all its writers wait in
 //! line ([`Db::write_turn`]), so those trips are what bounds how many
 //! bookings a second SQLite takes. [`Db::run`] therefore sends a whole
-//! transaction to SQLite as one multi-statement call. PostgreSQL cannot
+//! transaction to SQLite as one multi-statement call, and when several wait,
+//! one writer task commits them together (group commit): each in its own
+//! savepoint, so that one that fails leaves the others be, and all under
+//! one commit, which writes each changed page to the WAL once instead of
+//! once per transaction. PostgreSQL cannot
 //! prepare several statements at once, and a transaction of them costs a
 //! round trip each plus two for BEGIN and COMMIT; there the statements
 //! become one, the others as data-modifying `WITH` parts of the last, which
 //! is one round trip and its own transaction.
 
+use std::sync::{Arc, OnceLock};
+
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 use sqlx::{Any, AnyConnection};
+use tokio::sync::{mpsc, oneshot};
 
-use crate::db::{Backend, Db};
+use crate::db::{Backend, Db, WriteTurn};
 
 /// A value bound to a statement.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,11 +162,216 @@ fn renumber(sql: &str, offset: usize) -> String {
     out
 }
 
+/// The queue of a [`Db`]'s SQLite batch writer, started on first use.
+pub(crate) type Batches = Arc<OnceLock<mpsc::UnboundedSender<Job>>>;
+
+/// One caller's transaction, waiting for the batch writer.
+pub(crate) struct Job {
+    statements: Vec<Statement>,
+    done: oneshot::Sender<Result<(), sqlx::Error>>,
+}
+
+/// The most transactions one commit takes. A booking binds about 50 values,
+/// and SQLite takes 32,766 in one statement; the bound keeps a batch's
+/// latency near that of the transactions in it.
+const MAX_BATCH: usize = 64;
+
+/// Takes the jobs waiting on `queue` and commits them, as many as have
+/// arrived by the time the last batch is done, until every sender is gone.
+async fn write_batches(db: Db, mut queue: mpsc::UnboundedReceiver<Job>) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let statements: Vec<&[Statement]> = batch.iter().map(|j| &j.statements[..]).collect();
+        let results = db.commit_together(&statements).await;
+        for (job, result) in batch.into_iter().zip(results) {
+            // A caller that stopped waiting has nothing to be told.
+            let _ = job.done.send(result);
+        }
+    }
+}
+
+/// `statements` wrapped in the savepoint `name`, placeholders renumbered
+/// from 1.
+fn in_savepoint<'s>(
+    name: &str,
+    statements: impl IntoIterator<Item = &'s Statement>,
+) -> (String, Vec<&'s Arg>) {
+    let mut sql = format!("SAVEPOINT {name};\n");
+    let mut args = Vec::new();
+    for s in statements {
+        sql.push_str(&renumber(&s.sql, args.len()));
+        sql.push_str(";\n");
+        args.extend(s.args.iter());
+    }
+    sql.push_str(&format!("RELEASE {name};"));
+    (sql, args)
+}
+
+/// The transactions of a batch in runs that go to SQLite as one call each:
+/// transactions of the same statements, in runs of a power of two of them,
+/// so that the few texts this makes stay in the connection's statement
+/// cache instead of being prepared anew for each batch.
+fn runs(transactions: &[&[Statement]]) -> Vec<Vec<usize>> {
+    let mut shapes: Vec<(Vec<&str>, Vec<usize>)> = Vec::new();
+    for (i, statements) in transactions.iter().enumerate() {
+        let shape: Vec<&str> = statements.iter().map(|s| s.sql.as_str()).collect();
+        match shapes.iter_mut().find(|(known, _)| *known == shape) {
+            Some((_, members)) => members.push(i),
+            None => shapes.push((shape, vec![i])),
+        }
+    }
+    let mut out = Vec::new();
+    for (_, members) in shapes {
+        let mut rest = &members[..];
+        while !rest.is_empty() {
+            let take = 1 << rest.len().ilog2();
+            let (run, after) = rest.split_at(take);
+            out.push(run.to_vec());
+            rest = after;
+        }
+    }
+    out
+}
+
+/// An error for a transaction that was itself fine but went down with its
+/// batch.
+fn batch_failed(what: &str, e: &sqlx::Error) -> sqlx::Error {
+    sqlx::Error::Protocol(format!("the batch this write was in failed at {what}: {e}"))
+}
+
 impl Db {
+    /// Runs each of `transactions` all or nothing, on SQLite's kept writer
+    /// connection under the write turn, and says how each went: one alone
+    /// as one call; several under one commit, in runs of the same statements
+    /// that go as one call each (see [`runs`]), and when a run fails, one by
+    /// one in savepoints, so that only the failing one is left out. None is
+    /// told it succeeded unless the commit did.
+    async fn commit_together(&self, transactions: &[&[Statement]]) -> Vec<Result<(), sqlx::Error>> {
+        let mut turn = self.sqlite_turn().await;
+        let conn = match self.turn_connection(&mut turn).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                return transactions
+                    .iter()
+                    .map(|_| Err(batch_failed("taking a connection", &e)))
+                    .collect()
+            }
+        };
+        if let [only] = transactions {
+            let (sql, args) = joined(only);
+            let result = bind_all(sqlx::query(&sql), args).execute(&mut *conn).await;
+            if result.is_err() && !roll_back(conn, "ROLLBACK").await {
+                turn.take();
+            }
+            return vec![result.map(|_| ())];
+        }
+        if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+            return transactions
+                .iter()
+                .map(|_| Err(batch_failed("BEGIN", &e)))
+                .collect();
+        }
+        let mut results: Vec<Option<Result<(), sqlx::Error>>> =
+            transactions.iter().map(|_| None).collect();
+        for run in runs(transactions) {
+            if run.len() > 1 {
+                let (sql, args) =
+                    in_savepoint("run", run.iter().flat_map(|&i| transactions[i].iter()));
+                if bind_all(sqlx::query(&sql), args)
+                    .execute(&mut *conn)
+                    .await
+                    .is_ok()
+                {
+                    for &i in &run {
+                        results[i] = Some(Ok(()));
+                    }
+                    continue;
+                }
+                // One of them failed: undo the run and find out which.
+                let undone = sqlx::query("ROLLBACK TO run; RELEASE run")
+                    .execute(&mut *conn)
+                    .await;
+                if let Err(e) = undone {
+                    return self.abandon(&mut turn, transactions.len(), None, e).await;
+                }
+            }
+            for &i in &run {
+                let (sql, args) = in_savepoint("job", transactions[i].iter());
+                let result = bind_all(sqlx::query(&sql), args).execute(&mut *conn).await;
+                if let Err(e) = result {
+                    let undone = sqlx::query("ROLLBACK TO job; RELEASE job")
+                        .execute(&mut *conn)
+                        .await;
+                    if undone.is_err() {
+                        // The transaction is gone with the savepoint (SQLite
+                        // ends it on some errors): nothing in it stands.
+                        let n = transactions.len();
+                        return self.abandon(&mut turn, n, Some(i), e).await;
+                    }
+                    results[i] = Some(Err(e));
+                } else {
+                    results[i] = Some(Ok(()));
+                }
+            }
+        }
+        if let Err(e) = sqlx::query("COMMIT").execute(&mut *conn).await {
+            if !roll_back(conn, "ROLLBACK").await {
+                turn.take();
+            }
+            return transactions
+                .iter()
+                .map(|_| Err(batch_failed("COMMIT", &e)))
+                .collect();
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(sqlx::Error::Protocol(
+                        "a write left out of its batch".into(),
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// Rolls back a batch that cannot go on after `e`, dropping the
+    /// connection if even that fails, and fails all `n` of its transactions:
+    /// `culprit` with `e`, the others as collateral.
+    async fn abandon(
+        &self,
+        turn: &mut WriteTurn<'_>,
+        n: usize,
+        culprit: Option<usize>,
+        e: sqlx::Error,
+    ) -> Vec<Result<(), sqlx::Error>> {
+        let kept = match turn.as_mut() {
+            Some(conn) => roll_back(conn, "ROLLBACK").await,
+            None => true,
+        };
+        if !kept {
+            turn.take();
+        }
+        let mut all: Vec<_> = (0..n)
+            .map(|_| Err(batch_failed("another write's error", &e)))
+            .collect();
+        if let Some(i) = culprit {
+            all[i] = Err(e);
+        }
+        all
+    }
+
     /// Runs `statements` as one transaction: all of them or none. On SQLite
-    /// this takes the write turn and makes one trip to the database; on
-    /// PostgreSQL it is one statement. No statement may depend on what an
-    /// earlier one writes, since on PostgreSQL they do not see it. See the
+    /// the batch writer commits it, with whatever other transactions are
+    /// waiting; on PostgreSQL it is one statement. No statement may depend
+    /// on what an earlier one writes, since on PostgreSQL they do not see
+    /// it. A caller that stops waiting does not stop the write. See the
     /// module documentation.
     pub async fn run(&self, statements: &[Statement]) -> Result<(), sqlx::Error> {
         if statements.is_empty() {
@@ -167,26 +379,19 @@ impl Db {
         }
         match self.backend() {
             Backend::Sqlite => {
-                let (sql, args) = joined(statements);
-                // The turn before the connection, as every writer does:
-                // waiting for the turn while holding a connection could
-                // starve the turn's holder of one.
-                let mut turn = self.sqlite_turn().await;
-                let conn = self.turn_connection(&mut turn).await?;
-                if let Err(e) = bind_all(sqlx::query(&sql), args).execute(&mut *conn).await {
-                    // A statement failed after BEGIN: end the transaction, so
-                    // the connection stays fit to keep for the next write (a
-                    // lost race for a time ends here, and is not rare). When
-                    // BEGIN itself failed there is none, and this fails
-                    // harmlessly; a connection that cannot even roll back is
-                    // dropped.
-                    let rolled_back = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                    if !matches!(rolled_back, Ok(_) | Err(sqlx::Error::Database(_))) {
-                        turn.take();
-                    }
-                    return Err(e);
-                }
-                Ok(())
+                let queue = self.batches().get_or_init(|| {
+                    let (queue, jobs) = mpsc::unbounded_channel();
+                    tokio::spawn(write_batches(self.without_batches(), jobs));
+                    queue
+                });
+                let (done, result) = oneshot::channel();
+                let job = Job {
+                    statements: statements.to_vec(),
+                    done,
+                };
+                let gone = || sqlx::Error::Protocol("the batch writer has stopped".into());
+                queue.send(job).map_err(|_| gone())?;
+                result.await.map_err(|_| gone())?
             }
             Backend::Postgres => {
                 let (sql, args) = as_one(statements);
@@ -197,6 +402,15 @@ impl Db {
             }
         }
     }
+}
+
+/// Ends a failed transaction or savepoint with `sql`, so that the connection
+/// stays fit to keep for the next write (a lost race for a time ends here,
+/// and is not rare). False when the connection itself failed and should be
+/// dropped; a database's refusal (there was nothing to roll back) is fine.
+async fn roll_back(conn: &mut AnyConnection, sql: &str) -> bool {
+    let result = sqlx::query(sql).execute(conn).await;
+    matches!(result, Ok(_) | Err(sqlx::Error::Database(_)))
 }
 
 #[cfg(test)]
@@ -256,6 +470,74 @@ mod tests {
         );
         assert_eq!(args.len(), 4);
         assert_eq!(as_one(&statements[2..]).0, "INSERT INTO d VALUES ($1)");
+    }
+
+    #[test]
+    fn a_batch_goes_in_runs_of_equal_transactions_a_power_of_two_long() {
+        let one = vec![Statement::new("INSERT INTO a VALUES ($1)").bind(1)];
+        let two = vec![
+            Statement::new("INSERT INTO a VALUES ($1)").bind(2),
+            Statement::new("INSERT INTO b VALUES ($1)").bind(3),
+        ];
+        let mut transactions: Vec<&[Statement]> = vec![&one; 7];
+        transactions.insert(2, &two);
+        transactions.push(&two);
+        let runs = runs(&transactions);
+        let lengths: Vec<usize> = runs.iter().map(Vec::len).collect();
+        assert_eq!(lengths, [4, 2, 1, 2]);
+        assert_eq!(runs[3], [2, 8]);
+        let mut all: Vec<usize> = runs.into_iter().flatten().collect();
+        all.sort();
+        assert_eq!(all, (0..9).collect::<Vec<_>>());
+        let (sql, args) = in_savepoint("run", transactions[2].iter().chain(transactions[8]));
+        assert_eq!(
+            sql,
+            "SAVEPOINT run;\nINSERT INTO a VALUES ($1);\nINSERT INTO b VALUES ($2);\n\
+             INSERT INTO a VALUES ($3);\nINSERT INTO b VALUES ($4);\nRELEASE run;"
+        );
+        assert_eq!(args.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn writes_that_meet_in_one_commit_stand_or_fall_alone() {
+        for database in crate::testing::databases().await {
+            let db = &database.db;
+            for table in [
+                "CREATE TABLE t (k BIGINT PRIMARY KEY)",
+                "CREATE TABLE u (k BIGINT)",
+            ] {
+                sqlx::query(table).execute(db.pool()).await.unwrap();
+            }
+            let insert = |table: &str, k: i64| {
+                Statement::new(format!("INSERT INTO {table} (k) VALUES ($1)")).bind(k)
+            };
+            db.run(&[insert("t", 0)]).await.unwrap();
+            // Forty writers at once, so that SQLite's writer commits most of
+            // them together: key 0 is taken, and the last writer's second
+            // statement takes it again, so its first must not stand either.
+            let mut transactions: Vec<Vec<Statement>> =
+                (0..40).map(|k| vec![insert("t", k)]).collect();
+            transactions.push(vec![insert("u", 7), insert("t", 0)]);
+            let results = futures::future::join_all(transactions.iter().map(|t| db.run(t))).await;
+            for (k, result) in results.iter().enumerate() {
+                match k {
+                    0 | 40 => assert!(
+                        matches!(result, Err(sqlx::Error::Database(_))),
+                        "{} writer {k}: {result:?}",
+                        database.url
+                    ),
+                    _ => assert!(result.is_ok(), "{} writer {k}: {result:?}", database.url),
+                }
+            }
+            let count = |table: &'static str| async move {
+                sqlx::query_scalar::<_, i64>(&format!("SELECT COUNT(*) FROM {table}"))
+                    .fetch_one(db.pool())
+                    .await
+                    .unwrap()
+            };
+            assert_eq!(count("t").await, 40, "{}", database.url);
+            assert_eq!(count("u").await, 0, "{}", database.url);
+        }
     }
 
     #[tokio::test]

@@ -26,6 +26,7 @@ pub struct Db {
     backend: Backend,
     cache: crate::snapshot::Cache,
     writer: std::sync::Arc<tokio::sync::Mutex<Option<AnyConnection>>>,
+    batches: crate::batch::Batches,
     holds: Holds,
 }
 
@@ -140,6 +141,7 @@ impl Db {
             backend,
             cache: Default::default(),
             writer: Default::default(),
+            batches: Default::default(),
             holds: Default::default(),
         })
     }
@@ -227,6 +229,19 @@ impl Db {
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    pub(crate) fn batches(&self) -> &crate::batch::Batches {
+        &self.batches
+    }
+
+    /// This database without its batch writer, for that writer's own use:
+    /// it must not keep its own queue open.
+    pub(crate) fn without_batches(&self) -> Db {
+        Db {
+            batches: Default::default(),
+            ..self.clone()
+        }
     }
 
     pub(crate) fn cache(&self) -> &crate::snapshot::Cache {
