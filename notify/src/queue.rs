@@ -1,10 +1,14 @@
 //! The worker's side of the outbox table: atomic claims with a lease, the
 //! outcome of each send, and what admins see of rows that keep failing.
 //!
+//! The outcome of a send is a one-statement write through [`Db::run`], which
+//! on SQLite commits it together with the bookings being written meanwhile.
+//!
 //! A row is sent only while its status is `pending`, so a row that `booking`
 //! superseded (a reminder of a moved or cancelled meeting) is never claimed,
 //! and a row whose outcome is recorded is never claimed again.
 
+use booking::batch::Statement;
 use booking::{Backend, Db};
 use jiff::Timestamp;
 use sqlx::Row;
@@ -135,17 +139,13 @@ pub(crate) async fn still_pending(db: &Db, id: &str) -> Result<bool, sqlx::Error
 }
 
 pub(crate) async fn mark_sent(db: &Db, id: &str, now: i64) -> Result<(), sqlx::Error> {
-    // SQLite: wait in this process's writer line, not in its busy handler.
-    let _turn = db.write_turn().await;
-    sqlx::query(
+    db.run(&[Statement::new(
         "UPDATE outbox SET status = 'sent', sent_at = $2, lease_until = NULL, last_error = NULL \
          WHERE id = $1 AND status = 'pending'",
     )
     .bind(id)
-    .bind(now)
-    .execute(db.pool())
-    .await?;
-    Ok(())
+    .bind(now)])
+        .await
 }
 
 pub(crate) async fn retry_later(
@@ -154,45 +154,33 @@ pub(crate) async fn retry_later(
     due_at: i64,
     reason: &str,
 ) -> Result<(), sqlx::Error> {
-    // SQLite: wait in this process's writer line, not in its busy handler.
-    let _turn = db.write_turn().await;
-    sqlx::query(
+    db.run(&[Statement::new(
         "UPDATE outbox SET due_at = $2, lease_until = NULL, last_error = $3 \
          WHERE id = $1 AND status = 'pending'",
     )
     .bind(id)
     .bind(due_at)
-    .bind(reason)
-    .execute(db.pool())
-    .await?;
-    Ok(())
+    .bind(reason)])
+        .await
 }
 
 pub(crate) async fn park(db: &Db, id: &str, reason: &str) -> Result<(), sqlx::Error> {
-    // SQLite: wait in this process's writer line, not in its busy handler.
-    let _turn = db.write_turn().await;
-    sqlx::query(
+    db.run(&[Statement::new(
         "UPDATE outbox SET status = 'failed', lease_until = NULL, last_error = $2 \
          WHERE id = $1 AND status = 'pending'",
     )
     .bind(id)
-    .bind(reason)
-    .execute(db.pool())
-    .await?;
-    Ok(())
+    .bind(reason)])
+        .await
 }
 
 pub(crate) async fn supersede(db: &Db, id: &str) -> Result<(), sqlx::Error> {
-    // SQLite: wait in this process's writer line, not in its busy handler.
-    let _turn = db.write_turn().await;
-    sqlx::query(
+    db.run(&[Statement::new(
         "UPDATE outbox SET status = 'superseded', lease_until = NULL \
          WHERE id = $1 AND status = 'pending'",
     )
-    .bind(id)
-    .execute(db.pool())
-    .await?;
-    Ok(())
+    .bind(id)])
+        .await
 }
 
 fn timestamp(unix: i64) -> Timestamp {
