@@ -6,16 +6,18 @@
 //! line ([`Db::write_turn`]), so those trips are what bounds how many
 //! bookings a second SQLite takes. [`Db::run`] therefore sends a whole
 //! transaction to SQLite as one multi-statement call, and when several wait,
-//! one writer task commits them together (group commit): each in its own
-//! savepoint, so that one that fails leaves the others be, and all under
-//! one commit, which writes each changed page to the WAL once instead of
-//! once per transaction. PostgreSQL cannot
-//! prepare several statements at once, and a transaction of them costs a
-//! round trip each plus two for BEGIN and COMMIT; there the statements
-//! become one, the others as data-modifying `WITH` parts of the last, which
-//! is one round trip and its own transaction.
+//! one writer task commits them together (group commit): runs of equal
+//! transactions as one call each, in a savepoint, and one by one when a run
+//! fails, so that a failing transaction leaves the others be. One commit
+//! then writes each changed page to the WAL once instead of once per
+//! transaction.
+//!
+//! PostgreSQL cannot prepare several statements at once, and a transaction
+//! of them costs a round trip each plus two for BEGIN and COMMIT; there the
+//! statements become one, the others as data-modifying `WITH` parts of the
+//! last, which is one round trip and its own transaction.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
@@ -162,8 +164,9 @@ fn renumber(sql: &str, offset: usize) -> String {
     out
 }
 
-/// The queue of a [`Db`]'s SQLite batch writer, started on first use.
-pub(crate) type Batches = Arc<OnceLock<mpsc::UnboundedSender<Job>>>;
+/// The queue of a [`Db`]'s SQLite batch writer, started on first use and
+/// again if it has stopped (its runtime shut down).
+pub(crate) type Batches = Arc<Mutex<Option<mpsc::UnboundedSender<Job>>>>;
 
 /// One caller's transaction, waiting for the batch writer.
 pub(crate) struct Job {
@@ -379,11 +382,17 @@ impl Db {
         }
         match self.backend() {
             Backend::Sqlite => {
-                let queue = self.batches().get_or_init(|| {
-                    let (queue, jobs) = mpsc::unbounded_channel();
-                    tokio::spawn(write_batches(self.without_batches(), jobs));
-                    queue
-                });
+                let queue = {
+                    let mut slot = self.batches().lock().unwrap_or_else(|p| p.into_inner());
+                    match slot.as_ref().filter(|queue| !queue.is_closed()) {
+                        Some(queue) => queue.clone(),
+                        None => {
+                            let (queue, jobs) = mpsc::unbounded_channel();
+                            tokio::spawn(write_batches(self.without_batches(), jobs));
+                            slot.insert(queue).clone()
+                        }
+                    }
+                };
                 let (done, result) = oneshot::channel();
                 let job = Job {
                     statements: statements.to_vec(),
