@@ -106,14 +106,25 @@ fn bind_all<'q>(
 /// COMMIT`, with each statement's placeholders renumbered after those of the
 /// statements before it, and all the values in order.
 fn joined(statements: &[Statement]) -> (String, Vec<&Arg>) {
-    let mut sql = String::from("BEGIN IMMEDIATE;\n");
+    wrapped("BEGIN IMMEDIATE", statements, "COMMIT")
+}
+
+/// `statements` between `open` and `close`, one statement a line, with
+/// each statement's placeholders renumbered after those of the ones before.
+fn wrapped<'s>(
+    open: &str,
+    statements: impl IntoIterator<Item = &'s Statement>,
+    close: &str,
+) -> (String, Vec<&'s Arg>) {
+    let mut sql = format!("{open};\n");
     let mut args = Vec::new();
     for s in statements {
         sql.push_str(&renumber(&s.sql, args.len()));
         sql.push_str(";\n");
         args.extend(s.args.iter());
     }
-    sql.push_str("COMMIT;");
+    sql.push_str(close);
+    sql.push(';');
     (sql, args)
 }
 
@@ -205,15 +216,11 @@ fn in_savepoint<'s>(
     name: &str,
     statements: impl IntoIterator<Item = &'s Statement>,
 ) -> (String, Vec<&'s Arg>) {
-    let mut sql = format!("SAVEPOINT {name};\n");
-    let mut args = Vec::new();
-    for s in statements {
-        sql.push_str(&renumber(&s.sql, args.len()));
-        sql.push_str(";\n");
-        args.extend(s.args.iter());
-    }
-    sql.push_str(&format!("RELEASE {name};"));
-    (sql, args)
+    wrapped(
+        &format!("SAVEPOINT {name}"),
+        statements,
+        &format!("RELEASE {name}"),
+    )
 }
 
 /// The transactions of a batch in runs that go to SQLite as one call each:
