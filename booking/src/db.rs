@@ -166,7 +166,7 @@ impl Db {
     /// waiting in line here. PostgreSQL needs no such queue: `None`.
     pub async fn write_turn(&self) -> Option<WriteTurn<'_>> {
         match self.backend {
-            Backend::Sqlite => Some(self.writer.lock().await),
+            Backend::Sqlite => Some(self.sqlite_turn().await),
             Backend::Postgres => None,
         }
     }
@@ -181,8 +181,9 @@ impl Db {
     /// between turns, or a new one from the pool. The pool hands out its
     /// connections in turn, and a SQLite connection that sees the database
     /// changed by another one drops its page cache and rereads the changed
-    /// pages from the WAL; the kept one finds them in its cache. After a
-    /// failed write the caller drops it with `turn.take()`.
+    /// pages from the WAL; the kept one finds them in its cache. A caller
+    /// that cannot leave it fit for the next write (no transaction open)
+    /// drops it with `turn.take()`.
     pub(crate) async fn turn_connection<'t>(
         &self,
         turn: &'t mut WriteTurn<'_>,
