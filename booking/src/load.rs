@@ -36,13 +36,15 @@ fn monday_of(day: Date) -> Date {
 /// Adds `sign` times the length of `range` to `staff_id`'s week. Run it in
 /// the transaction that books (+1), cancels (-1) or moves (-1 then +1).
 pub fn adjust(staff_id: &str, range: &SlotRange, sign: i64, tz: &TimeZone) -> Statement {
+    let week = week_of(range.start(), tz).to_string();
     Statement::new(
         "INSERT INTO staff_week_load (staff_id, week, booked_seconds) VALUES ($1, $2, $3) \
          ON CONFLICT (staff_id, week) DO UPDATE SET booked_seconds = staff_week_load.booked_seconds + excluded.booked_seconds",
     )
     .bind(staff_id)
-    .bind(week_of(range.start(), tz).to_string())
+    .bind(week.clone())
     .bind(sign * (range.end().as_second() - range.start().as_second()))
+    .upserts(format!("staff_week_load {staff_id} {week}"))
 }
 
 /// Booked seconds per staff member in the week starting on `monday`.
