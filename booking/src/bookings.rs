@@ -21,7 +21,7 @@ use crate::accounts::{self, random_token, token_hash, Resident, Staff};
 use crate::audit::{self, Actor, Entry, Outcome};
 use crate::batch::Statement;
 use crate::catalog::{self, Service};
-use crate::db::{is_booking_conflict, Db, Hold};
+use crate::db::{is_booking_conflict, Backend, Db, Hold};
 use crate::domain::{BookingStatus, Language, MunicipalityCode, ServiceCode, SlotRange, Step};
 use crate::load;
 use crate::outbox::{self, Message};
@@ -99,7 +99,7 @@ pub async fn search(db: &Db, query: &SearchQuery, now: Timestamp) -> Result<Vec<
     let catalog = snapshot::current(db).await?;
     let tz = zone(DISPLAY_ZONE)?;
     let busy = busy_times(
-        db.pool(),
+        db,
         day_bounds(query.from, &tz)?.0,
         day_bounds(query.to, &tz)?.1,
         None,
@@ -929,7 +929,7 @@ async fn best_free(
         Timestamp::from_second(starts_at.as_second() + delta)
             .map_err(|e| Error::Corrupt(e.to_string()))
     };
-    let busy = busy_times(db.pool(), around(-margin)?, around(margin)?, moving).await?;
+    let busy = busy_times(db, around(-margin)?, around(margin)?, moving).await?;
     let found = free_slots(catalog, wanted, day, day, now, Some(starts_at), &busy)?;
     let candidates: Vec<Candidate> = found.into_values().flatten().collect();
     if candidates.is_empty() {
@@ -965,15 +965,12 @@ async fn best_free(
 /// month's search reads one row per staff member instead of one per booking:
 /// sqlx hands over SQLite's rows at about 2 µs each, and a month in a busy
 /// municipality holds tens of thousands of bookings (BENCHMARKS.md).
-async fn busy_times<'c, E>(
-    conn: E,
+async fn busy_times(
+    db: &Db,
     from: Timestamp,
     to: Timestamp,
     ignore_booking: Option<&str>,
-) -> Result<HashMap<String, Vec<SlotRange>>, Error>
-where
-    E: sqlx::Executor<'c, Database = sqlx::Any>,
-{
+) -> Result<HashMap<String, Vec<SlotRange>>, Error> {
     // A booking is at most a day long (the schema checks it), so the ones
     // that touch the range start at most a day before it: that bound keeps
     // the index scan to the range instead of everything before it.
@@ -995,8 +992,14 @@ where
         Some(id) => query.bind(id),
         None => query,
     };
+    // PostgreSQL plans a prepared statement once for all values after a few
+    // runs, with the table as big as it was then. A plan made while the
+    // table was small scans every active booking through another partial
+    // index once it has grown (0.6 ms a booking at 10,000), and stays until
+    // the next ANALYZE. Planned afresh for each call, it uses the range.
+    let query = query.persistent(db.backend() == Backend::Sqlite);
     let mut busy = HashMap::new();
-    for r in query.fetch_all(conn).await? {
+    for r in query.fetch_all(db.pool()).await? {
         let ranges: String = r.try_get("ranges")?;
         busy.insert(r.try_get("staff_id")?, parse_ranges(&ranges)?);
     }
