@@ -1219,6 +1219,79 @@ pub fn day_bounds(day: Date, tz: &TimeZone) -> Result<(Timestamp, Timestamp), Er
 mod tests {
     use super::*;
 
+    /// Overlapping bookings of one staff member that reach the database at
+    /// once, so that they share a batch (on PostgreSQL, one statement):
+    /// one of each pair stands, and the other is refused as a conflict.
+    #[tokio::test]
+    async fn overlapping_bookings_written_together_are_refused_by_the_database() {
+        for database in crate::testing::databases().await {
+            let db = &database.db;
+            let now = Timestamp::now();
+            let today = now.to_zoned(zone(DISPLAY_ZONE).unwrap()).date();
+            crate::seed::demo(db, today, now.as_second()).await.unwrap();
+            let resident = crate::accounts::create_resident(
+                db,
+                &crate::EmailAddress::parse("overlap@example.se").unwrap(),
+                "Overlap",
+                &MunicipalityCode::parse("1283").unwrap(),
+                Language::Sv,
+                now.as_second(),
+            )
+            .await
+            .unwrap();
+            let row = sqlx::query("SELECT id, municipality_code FROM staff ORDER BY id LIMIT 1")
+                .fetch_one(db.pool())
+                .await
+                .unwrap();
+            let staff_id: String = row.try_get("id").unwrap();
+            let municipality: String = row.try_get("municipality_code").unwrap();
+            let booking = |start: i64| Booking {
+                id: uuid::Uuid::now_v7().to_string(),
+                resident_id: resident.id.clone(),
+                staff_id: staff_id.clone(),
+                service: ServiceCode::parse("stod-till-anhoriga").unwrap(),
+                step: Step::Meeting,
+                range: SlotRange::from_unix(start, start + 2700).unwrap(),
+                status: BookingStatus::Booked,
+                performed_by: MunicipalityCode::parse(&municipality).unwrap(),
+                performed_for: resident.home.clone(),
+                agreement_id: None,
+                rule: "home".into(),
+                sequence: 0,
+            };
+            // Sixteen pairs an hour apart, the second of each starting 15
+            // minutes into the first.
+            let base = now.as_second() + 30 * 86400;
+            let writes: Vec<Vec<Statement>> = (0..16)
+                .flat_map(|i| [base + i * 3600, base + i * 3600 + 900])
+                .map(|start| vec![insert_statement(&booking(start), &random_token(), now)])
+                .collect();
+            let results = futures::future::join_all(writes.iter().map(|w| db.run(w))).await;
+            for (i, pair) in results.chunks(2).enumerate() {
+                let refused = pair
+                    .iter()
+                    .filter(|r| matches!(r, Err(e) if is_booking_conflict(e)))
+                    .count();
+                let stood = pair.iter().filter(|r| r.is_ok()).count();
+                assert_eq!(
+                    (stood, refused),
+                    (1, 1),
+                    "{} pair {i}: {pair:?}",
+                    database.url
+                );
+            }
+            let active: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM bookings WHERE staff_id = $1 AND status = 'booked' AND starts_at >= $2",
+            )
+            .bind(&staff_id)
+            .bind(base)
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+            assert_eq!(active, 16, "{}", database.url);
+        }
+    }
+
     #[test]
     fn joined_busy_ranges_parse_in_order_and_anything_else_is_corrupt() {
         let ranges = parse_ranges("1800000000:1800001800,1800003600:1800005400").unwrap();
