@@ -29,13 +29,15 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use sqlx::any::AnyArguments;
+use sqlx::pool::PoolConnection;
 use sqlx::query::Query;
-use sqlx::{Any, AnyConnection};
+use sqlx::{Any, AnyConnection, Connection};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::db::{Backend, Db, WriteTurn};
+use crate::db::{Backend, Db, WriteTurn, PING_IDLE_AFTER};
 
 /// A value bound to a statement.
 #[derive(Debug, Clone, PartialEq)]
@@ -236,6 +238,7 @@ async fn write_batches(db: Db, mut queue: mpsc::UnboundedReceiver<Job>) {
         Backend::Postgres => (MAX_POSTGRES_BATCH, true),
     };
     let mut waiting: VecDeque<Job> = VecDeque::new();
+    let mut kept = Kept::default();
     loop {
         if waiting.is_empty() {
             match queue.recv().await {
@@ -250,11 +253,51 @@ async fn write_batches(db: Db, mut queue: mpsc::UnboundedReceiver<Job>) {
         let statements: Vec<&[Statement]> = batch.iter().map(|j| &j.statements[..]).collect();
         let results = match db.backend() {
             Backend::Sqlite => db.commit_together(&statements).await,
-            Backend::Postgres => db.send_together(&statements).await,
+            Backend::Postgres => db.send_together(&mut kept, &statements).await,
         };
         for (job, result) in batch.into_iter().zip(results) {
             // A caller that stopped waiting has nothing to be told.
             let _ = job.done.send(result);
+        }
+    }
+}
+
+/// The PostgreSQL batch writer's own connection, taken from the pool when
+/// first needed, pinged when it has been idle, and given up after any error
+/// that is not the database refusing a statement.
+#[derive(Default)]
+struct Kept {
+    conn: Option<PoolConnection<Any>>,
+    last_used: Option<Instant>,
+}
+
+impl Kept {
+    async fn execute(
+        &mut self,
+        db: &Db,
+        (sql, args): (String, Vec<&Arg>),
+    ) -> Result<(), sqlx::Error> {
+        let idle = self
+            .last_used
+            .is_some_and(|t| t.elapsed() > PING_IDLE_AFTER);
+        if let (true, Some(conn)) = (idle, self.conn.as_mut()) {
+            if conn.ping().await.is_err() {
+                self.conn = None;
+            }
+        }
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => self.conn.insert(db.pool().acquire().await?),
+        };
+        let result = bind_all(sqlx::query(&sql), args).execute(&mut **conn).await;
+        self.last_used = Some(Instant::now());
+        match result {
+            Ok(_) => Ok(()),
+            Err(e @ sqlx::Error::Database(_)) => Err(e),
+            Err(e) => {
+                self.conn = None;
+                Err(e)
+            }
         }
     }
 }
@@ -429,20 +472,21 @@ impl Db {
     /// Sends each of `transactions`, all made of inserts, to PostgreSQL and
     /// says how each went: runs of the same statements (see [`runs`]) as
     /// one statement each, and when a run fails, its transactions one by
-    /// one, so that only the failing one fails, with its own error.
-    async fn send_together(&self, transactions: &[&[Statement]]) -> Vec<Result<(), sqlx::Error>> {
+    /// one, so that only the failing one fails, with its own error. They go
+    /// over the connection the writer keeps, so that PostgreSQL plans each
+    /// batch size once for it instead of once for every pooled connection.
+    async fn send_together(
+        &self,
+        kept: &mut Kept,
+        transactions: &[&[Statement]],
+    ) -> Vec<Result<(), sqlx::Error>> {
         let mut results: Vec<Option<Result<(), sqlx::Error>>> =
             transactions.iter().map(|_| None).collect();
         for run in runs(transactions) {
             if run.len() > 1 {
                 let statements: Vec<&Statement> =
                     run.iter().flat_map(|&i| transactions[i].iter()).collect();
-                let (sql, args) = as_one(statements);
-                if bind_all(sqlx::query(&sql), args)
-                    .execute(self.pool())
-                    .await
-                    .is_ok()
-                {
+                if kept.execute(self, as_one(statements)).await.is_ok() {
                     for &i in &run {
                         results[i] = Some(Ok(()));
                     }
@@ -450,9 +494,7 @@ impl Db {
                 }
             }
             for &i in &run {
-                let (sql, args) = as_one(transactions[i]);
-                let result = bind_all(sqlx::query(&sql), args).execute(self.pool()).await;
-                results[i] = Some(result.map(|_| ()));
+                results[i] = Some(kept.execute(self, as_one(transactions[i])).await);
             }
         }
         results

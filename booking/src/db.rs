@@ -38,7 +38,7 @@ pub type WriteTurn<'a> = tokio::sync::MutexGuard<'a, Option<AnyConnection>>;
 
 /// How long a PostgreSQL connection may sit idle in the pool before it is
 /// pinged on its way out; see [`Db::connect`].
-const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// Staff times this process is booking right now; see [`Db::hold`].
 type Holds = std::sync::Arc<std::sync::Mutex<std::collections::HashSet<(String, i64)>>>;
