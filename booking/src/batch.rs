@@ -32,7 +32,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use sqlx::any::AnyArguments;
-use sqlx::pool::PoolConnection;
 use sqlx::query::Query;
 use sqlx::{Any, AnyConnection, Connection};
 use tokio::sync::{mpsc, oneshot};
@@ -243,7 +242,12 @@ async fn write_batches(db: Db, mut queue: mpsc::UnboundedReceiver<Job>) {
         if waiting.is_empty() {
             match queue.recv().await {
                 Some(job) => waiting.push_back(job),
-                None => return,
+                None => {
+                    if let Some(conn) = kept.conn.take() {
+                        let _ = conn.close().await;
+                    }
+                    return;
+                }
             }
         }
         while let Ok(job) = queue.try_recv() {
@@ -263,11 +267,13 @@ async fn write_batches(db: Db, mut queue: mpsc::UnboundedReceiver<Job>) {
 }
 
 /// The PostgreSQL batch writer's own connection, taken from the pool when
-/// first needed, pinged when it has been idle, and given up after any error
-/// that is not the database refusing a statement.
+/// first needed and detached from it (so that the pool can open another in
+/// its place, and a pool of one is not left empty), pinged when it has been
+/// idle, and given up after any error that is not the database refusing a
+/// statement.
 #[derive(Default)]
 struct Kept {
-    conn: Option<PoolConnection<Any>>,
+    conn: Option<AnyConnection>,
     last_used: Option<Instant>,
 }
 
@@ -287,9 +293,9 @@ impl Kept {
         }
         let conn = match &mut self.conn {
             Some(conn) => conn,
-            None => self.conn.insert(db.pool().acquire().await?),
+            None => self.conn.insert(db.pool().acquire().await?.detach()),
         };
-        let result = bind_all(sqlx::query(&sql), args).execute(&mut **conn).await;
+        let result = bind_all(sqlx::query(&sql), args).execute(&mut *conn).await;
         self.last_used = Some(Instant::now());
         match result {
             Ok(_) => Ok(()),
@@ -776,6 +782,28 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(n, 2020, "{}", database.url);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_batch_writer_leaves_a_pool_of_one_its_connection() {
+        for database in crate::testing::databases().await {
+            let db = Db::connect(&database.url, 1).await.unwrap();
+            sqlx::query("CREATE TABLE one (k BIGINT PRIMARY KEY)")
+                .execute(db.pool())
+                .await
+                .unwrap();
+            db.run(&[Statement::new("INSERT INTO one (k) VALUES ($1)").bind(1)])
+                .await
+                .unwrap();
+            let read =
+                sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM one").fetch_one(db.pool());
+            let count = tokio::time::timeout(std::time::Duration::from_secs(10), read)
+                .await
+                .expect("the pool's only connection is free again")
+                .unwrap();
+            assert_eq!(count, 1, "{}", database.url);
+            db.close().await;
         }
     }
 
