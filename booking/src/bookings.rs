@@ -152,11 +152,10 @@ async fn book_new(
     starts_at: Timestamp,
     now: Timestamp,
 ) -> Result<Ticket, Error> {
-    let catalog = snapshot::current(db).await?;
     let tz = zone(DISPLAY_ZONE)?;
     let token = random_token();
     for _ in 0..PLACE_ATTEMPTS {
-        let (candidate, _hold) = best_free(db, &catalog, wanted, starts_at, now, None).await?;
+        let (candidate, _hold) = best_free(db, wanted, starts_at, now, None).await?;
         let booking = new_booking(resident, wanted.service, &candidate);
         let statements = [
             insert_statement(&booking, &token, now),
@@ -314,7 +313,6 @@ pub async fn reschedule(
     now: Timestamp,
 ) -> Result<Ticket, Error> {
     let (booking, resident) = find_active(db, authority, booking_id, now, "rescheduled").await?;
-    let catalog = snapshot::current(db).await?;
     let wanted = Wanted {
         service: &booking.service,
         home: &resident.home,
@@ -324,8 +322,7 @@ pub async fn reschedule(
     let actor = authority_actor(authority);
     let tz = zone(DISPLAY_ZONE)?;
     for _ in 0..PLACE_ATTEMPTS {
-        let (candidate, _hold) =
-            best_free(db, &catalog, &wanted, starts_at, now, Some(&booking.id)).await?;
+        let (candidate, _hold) = best_free(db, &wanted, starts_at, now, Some(&booking.id)).await?;
         let _turn = db.write_turn().await;
         let mut tx = db.pool().begin().await?;
         let updated = sqlx::query(&format!(
@@ -832,6 +829,10 @@ struct Wanted<'a> {
 /// almost always succeeds.
 const PLACE_ATTEMPTS: usize = 3;
 
+/// How often a booking reads again when the catalog changed since this
+/// process loaded it; each time loads the newer one.
+const CATALOG_ATTEMPTS: usize = 3;
+
 /// The free slots in `from..=to` (or only the one starting at `exact_start`),
 /// each with the staff who could take it, given who is `busy` when.
 fn free_slots(
@@ -911,7 +912,6 @@ fn free_slots(
 /// are passed over. No one free is a conflict.
 async fn best_free(
     db: &Db,
-    catalog: &Snapshot,
     wanted: &Wanted<'_>,
     starts_at: Timestamp,
     now: Timestamp,
@@ -919,24 +919,43 @@ async fn best_free(
 ) -> Result<(Candidate, Hold), Error> {
     let tz = zone(DISPLAY_ZONE)?;
     let day = starts_at.to_zoned(tz.clone()).date();
-    let service = catalog
-        .services
-        .get(wanted.service)
-        .ok_or(Error::NotFound)?;
-    // Only bookings near the start matter, however full the day is.
-    let margin = (service.slot_minutes + 2 * service.buffer_minutes) * 60;
+    let monday = load::week_of(starts_at, &tz);
     let around = |delta: i64| {
         Timestamp::from_second(starts_at.as_second() + delta)
             .map_err(|e| Error::Corrupt(e.to_string()))
     };
-    let busy = busy_times(db, around(-margin)?, around(margin)?, moving).await?;
-    let found = free_slots(catalog, wanted, day, day, now, Some(starts_at), &busy)?;
+    // The catalog this process has, checked against the version read with
+    // the busy times; a newer one is loaded and the times read again, since
+    // the service's slot length sets how far around the start to look.
+    let mut catalog = match snapshot::last_loaded(db) {
+        Some(catalog) => catalog,
+        None => snapshot::current(db).await?,
+    };
+    let mut read = None;
+    for _ in 0..CATALOG_ATTEMPTS {
+        let service = catalog
+            .services
+            .get(wanted.service)
+            .ok_or(Error::NotFound)?;
+        // Only bookings near the start matter, however full the day is.
+        let margin = (service.slot_minutes + 2 * service.buffer_minutes) * 60;
+        let seen = surroundings(db, around(-margin)?, around(margin)?, moving, monday).await?;
+        if seen.catalog_version == catalog.version() {
+            read = Some(seen);
+            break;
+        }
+        catalog = snapshot::at_version(db, seen.catalog_version).await?;
+    }
+    let Some(Surroundings { busy, booked, .. }) = read else {
+        return Err(Error::Conflict(
+            "the catalog changed while the time was being booked; try again".into(),
+        ));
+    };
+    let found = free_slots(&catalog, wanted, day, day, now, Some(starts_at), &busy)?;
     let candidates: Vec<Candidate> = found.into_values().flatten().collect();
     if candidates.is_empty() {
         return Err(Error::Conflict("that time is not available".into()));
     }
-    let monday = load::week_of(starts_at, &tz);
-    let booked = load::booked_in_week(db, monday).await?;
     let mut ranked: Vec<(f64, bool, Candidate)> = candidates
         .into_iter()
         .map(|c| {
@@ -971,6 +990,74 @@ async fn busy_times(
     to: Timestamp,
     ignore_booking: Option<&str>,
 ) -> Result<HashMap<String, Vec<SlotRange>>, Error> {
+    let query = busy_query(
+        db,
+        busy_sql(ignore_booking.is_some()),
+        from,
+        to,
+        ignore_booking,
+    );
+    let mut busy = HashMap::new();
+    for r in query.fetch_all(db.pool()).await? {
+        let ranges: String = r.try_get("ranges")?;
+        busy.insert(r.try_get("staff_id")?, parse_ranges(&ranges)?);
+    }
+    Ok(busy)
+}
+
+/// What picking a staff member for a time reads, in one trip to the
+/// database: the busy times around it as [`busy_times`], the booked
+/// seconds of its week per staff member, and the catalog's version.
+struct Surroundings {
+    busy: HashMap<String, Vec<SlotRange>>,
+    booked: HashMap<String, i64>,
+    catalog_version: i64,
+}
+
+async fn surroundings(
+    db: &Db,
+    from: Timestamp,
+    to: Timestamp,
+    ignore_booking: Option<&str>,
+    monday: Date,
+) -> Result<Surroundings, Error> {
+    let week = if ignore_booking.is_some() { "$5" } else { "$4" };
+    let sql = format!(
+        "SELECT 'busy' AS kind, staff_id, ranges AS value FROM ({}) busy \
+         UNION ALL SELECT 'load', staff_id, CAST(booked_seconds AS TEXT) FROM staff_week_load WHERE week = {week} \
+         UNION ALL SELECT 'version', '', CAST(version AS TEXT) FROM catalog_version WHERE id = 1",
+        busy_sql(ignore_booking.is_some())
+    );
+    let query = busy_query(db, &sql, from, to, ignore_booking).bind(monday.to_string());
+    let mut out = Surroundings {
+        busy: HashMap::new(),
+        booked: HashMap::new(),
+        catalog_version: -1,
+    };
+    let number = |v: &str| {
+        v.parse::<i64>()
+            .map_err(|_| Error::Corrupt(format!("{v:?} where a number belongs")))
+    };
+    for r in query.fetch_all(db.pool()).await? {
+        let kind: String = r.try_get("kind")?;
+        let value: String = r.try_get("value")?;
+        match kind.as_str() {
+            "busy" => {
+                out.busy
+                    .insert(r.try_get("staff_id")?, parse_ranges(&value)?);
+            }
+            "load" => {
+                out.booked.insert(r.try_get("staff_id")?, number(&value)?);
+            }
+            _ => out.catalog_version = number(&value)?,
+        }
+    }
+    Ok(out)
+}
+
+/// The busy-times query: `$1` and `$2` the range, `$3` the earliest start
+/// that can reach into it, and `$4` the booking to leave out if `but_one`.
+fn busy_sql(but_one: bool) -> &'static str {
     // A booking is at most a day long (the schema checks it), so the ones
     // that touch the range start at most a day before it: that bound keeps
     // the index scan to the range instead of everything before it.
@@ -980,14 +1067,25 @@ async fn busy_times(
     const BUT_ONE: &str = "SELECT staff_id, string_agg(starts_at || ':' || ends_at, ',') AS ranges \
          FROM bookings WHERE status = 'booked' AND starts_at > $3 AND starts_at < $2 AND ends_at > $1 \
          AND id <> $4 GROUP BY staff_id";
-    let query = sqlx::query(if ignore_booking.is_some() {
+    if but_one {
         BUT_ONE
     } else {
         ALL
-    })
-    .bind(from.as_second())
-    .bind(to.as_second())
-    .bind(from.as_second() - MAX_BOOKING_SECONDS);
+    }
+}
+
+/// `sql`, which holds [`busy_sql`], with the busy-times values bound.
+fn busy_query<'q>(
+    db: &Db,
+    sql: &'q str,
+    from: Timestamp,
+    to: Timestamp,
+    ignore_booking: Option<&'q str>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let query = sqlx::query(sql)
+        .bind(from.as_second())
+        .bind(to.as_second())
+        .bind(from.as_second() - MAX_BOOKING_SECONDS);
     let query = match ignore_booking {
         Some(id) => query.bind(id),
         None => query,
@@ -997,13 +1095,7 @@ async fn busy_times(
     // table was small scans every active booking through another partial
     // index once it has grown (0.6 ms a booking at 10,000), and stays until
     // the next ANALYZE. Planned afresh for each call, it uses the range.
-    let query = query.persistent(db.backend() == Backend::Sqlite);
-    let mut busy = HashMap::new();
-    for r in query.fetch_all(db.pool()).await? {
-        let ranges: String = r.try_get("ranges")?;
-        busy.insert(r.try_get("staff_id")?, parse_ranges(&ranges)?);
-    }
-    Ok(busy)
+    query.persistent(db.backend() == Backend::Sqlite)
 }
 
 /// `start:end,start:end,...` in Unix seconds, as [`busy_times`] asks the
@@ -1289,6 +1381,73 @@ mod tests {
             .await
             .unwrap();
             assert_eq!(active, 16, "{}", database.url);
+        }
+    }
+
+    /// Booking checks the catalog it holds against the version it reads
+    /// with the busy times: staff added after this process loaded the
+    /// catalog are offered at once.
+    #[tokio::test]
+    async fn a_booking_sees_staff_added_after_the_catalog_was_loaded() {
+        for database in crate::testing::databases().await {
+            let db = &database.db;
+            let now = Timestamp::now();
+            let tz = zone(DISPLAY_ZONE).unwrap();
+            let today = now.to_zoned(tz.clone()).date();
+            crate::seed::demo(db, today, now.as_second()).await.unwrap();
+            let helsingborg = MunicipalityCode::parse("1283").unwrap();
+            let service = ServiceCode::parse("stod-till-anhoriga").unwrap();
+            let resident = crate::accounts::create_resident(
+                db,
+                &crate::EmailAddress::parse("night@example.se").unwrap(),
+                "Night",
+                &helsingborg,
+                Language::Sv,
+                now.as_second(),
+            )
+            .await
+            .unwrap();
+            // Cached before the new staff member exists.
+            let before = snapshot::current(db).await.unwrap();
+            let password = crate::domain::Password::parse("a night shift password").unwrap();
+            let staff = crate::accounts::create_staff(
+                db,
+                &crate::accounts::NewStaff {
+                    municipality: helsingborg.clone(),
+                    email: crate::EmailAddress::parse("night@kontakt.test").unwrap(),
+                    name: "Night Shift".into(),
+                    role: crate::domain::Role::Staff,
+                    services: vec![service.clone()],
+                    languages: vec![Language::Sv],
+                    password_hash: crate::accounts::hash_password(&password).await.unwrap(),
+                },
+                now.as_second(),
+            )
+            .await
+            .unwrap();
+            // Two in the night, when nobody from the demo works.
+            let day = today.checked_add(Span::new().days(3)).unwrap();
+            add_template(
+                db,
+                &Template {
+                    id: String::new(),
+                    staff_id: staff.id.clone(),
+                    weekday: day.weekday().to_monday_one_offset(),
+                    start_minute: 2 * 60,
+                    end_minute: 4 * 60,
+                    valid_from: today,
+                    valid_to: day,
+                },
+            )
+            .await
+            .unwrap();
+            let starts_at = day.at(2, 0, 0, 0).to_zoned(tz.clone()).unwrap().timestamp();
+            let ticket = book(db, &resident, &service, starts_at, None, now)
+                .await
+                .unwrap();
+            assert_eq!(ticket.booking.staff_id, staff.id, "{}", database.url);
+            let after = snapshot::last_loaded(db).unwrap();
+            assert!(after.version() > before.version(), "{}", database.url);
         }
     }
 

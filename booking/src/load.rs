@@ -47,17 +47,6 @@ pub fn adjust(staff_id: &str, range: &SlotRange, sign: i64, tz: &TimeZone) -> St
     .upserts(format!("staff_week_load {staff_id} {week}"))
 }
 
-/// Booked seconds per staff member in the week starting on `monday`.
-pub async fn booked_in_week(db: &Db, monday: Date) -> Result<HashMap<String, i64>, Error> {
-    let rows = sqlx::query("SELECT staff_id, booked_seconds FROM staff_week_load WHERE week = $1")
-        .bind(monday.to_string())
-        .fetch_all(db.pool())
-        .await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get("staff_id")?, r.try_get("booked_seconds")?)))
-        .collect()
-}
-
 /// Minutes a staff member's templates publish in the week starting on
 /// `monday`.
 pub fn published_minutes(templates: &[Template], monday: Date, tz: &TimeZone) -> i64 {

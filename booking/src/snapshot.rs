@@ -32,6 +32,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The `catalog_version` this snapshot was loaded at.
+    pub fn version(&self) -> i64 {
+        self.version
+    }
+
     /// The rule of a step; a missing rule is `home_only`, the safe default.
     pub fn rule(&self, service: &ServiceCode, step: Step) -> Rule {
         self.rules
@@ -71,6 +76,13 @@ pub async fn current(db: &Db) -> Result<Arc<Snapshot>, Error> {
         .fetch_one(db.pool())
         .await?
         .try_get("version")?;
+    at_version(db, version).await
+}
+
+/// The snapshot for `version`, which the caller has just read from
+/// `catalog_version`: the cached one when it is that version, else loaded
+/// afresh (and then at least that new).
+pub async fn at_version(db: &Db, version: i64) -> Result<Arc<Snapshot>, Error> {
     if let Some(cached) = db
         .cache()
         .0
