@@ -1049,7 +1049,8 @@ async fn surroundings(
             "load" => {
                 out.booked.insert(r.try_get("staff_id")?, number(&value)?);
             }
-            _ => out.catalog_version = number(&value)?,
+            "version" => out.catalog_version = number(&value)?,
+            other => return Err(Error::Corrupt(format!("a row of kind {other:?}"))),
         }
     }
     Ok(out)
