@@ -73,3 +73,48 @@ async fn seed_search_book_cancel_reschedule() {
         assert_eq!(home, anna.home);
     }
 }
+
+/// The settings the SQLite write path is measured with (BENCHMARKS.md):
+/// write-ahead logging, no memory map, savepoint journals in memory rather
+/// than in a temporary file, and the bundled SQLite built without the
+/// process-wide mutexes of memory statistics and memory management
+/// (`.cargo/config.toml`).
+#[tokio::test]
+async fn sqlite_connections_log_ahead_and_keep_temporary_data_in_memory() {
+    for t in databases().await {
+        if t.db.backend() != booking::Backend::Sqlite {
+            continue;
+        }
+        let mut conn = t.db.pool().acquire().await.unwrap();
+        // temp_store 2 is MEMORY.
+        for (pragma, wanted) in [
+            ("journal_mode", "wal"),
+            ("temp_store", "2"),
+            ("mmap_size", "0"),
+        ] {
+            let row = sqlx::query(&format!("PRAGMA {pragma}"))
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            let value = sqlx::Row::try_get::<String, _>(&row, 0)
+                .or_else(|_| sqlx::Row::try_get::<i64, _>(&row, 0).map(|n| n.to_string()))
+                .unwrap();
+            assert_eq!(value, wanted, "PRAGMA {pragma}");
+        }
+        let options: Vec<String> = sqlx::query("PRAGMA compile_options")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| sqlx::Row::try_get(row, 0).unwrap())
+            .collect();
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "{options:?}"
+        );
+    }
+}
