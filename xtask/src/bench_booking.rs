@@ -242,14 +242,16 @@ async fn bench_one(name: &str, database: TestDb, seconds: u64) -> anyhow::Result
     println!();
     println!("## {name}");
     println!(
-        "booking: {:.0} bookings/s ({} booked, {} conflicts, {} errors in {elapsed:.1} s; {} times on offer); p50 {:.1} ms, p99 {:.1} ms",
+        "booking: {:.0} bookings/s ({} booked, {} conflicts, {} errors in {elapsed:.1} s; {} times on offer); p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         statuses[0] as f64 / elapsed,
         statuses[0],
         statuses[1],
         statuses[2],
         queue.len(),
         ms(percentile(&latencies, 50.0)),
+        ms(percentile(&latencies, 90.0)),
         ms(percentile(&latencies, 99.0)),
+        ms(latencies.last().copied().unwrap_or_default()),
     );
 
     println!(
