@@ -6,6 +6,8 @@
 //! flags are 0 or 1, because the Any driver cannot decode SQLite booleans).
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -28,7 +30,40 @@ pub struct Db {
     writer: std::sync::Arc<tokio::sync::Mutex<Option<AnyConnection>>>,
     batches: crate::batch::Batches,
     holds: Holds,
+    checkpoints: Arc<Checkpoints>,
 }
+
+/// SQLite's checkpoints (copying what the WAL holds back into the database
+/// file), mostly done beside the writers instead of in their turn. Left to
+/// itself, SQLite checkpoints in the connection that commits, after the
+/// commit, once the WAL holds a thousand pages: the one writer then stalls
+/// while it copies them, and every write waiting behind it, a booking or a
+/// chat message, waits as long. A passive checkpoint on another connection
+/// copies the pages meanwhile, so that the writer's own finds little left to
+/// copy. The writer's own still runs: only it can start the WAL afresh,
+/// because a checkpoint beside a busy writer never catches up with it.
+#[derive(Debug)]
+struct Checkpoints {
+    /// Turns of the kept write connection since the last checkpoint began.
+    turns: AtomicU32,
+    running: AtomicBool,
+    /// How many have finished, for whoever waits for one.
+    finished: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Checkpoints {
+    fn default() -> Checkpoints {
+        Checkpoints {
+            turns: AtomicU32::new(0),
+            running: AtomicBool::new(false),
+            finished: tokio::sync::watch::Sender::new(0),
+        }
+    }
+}
+
+/// How many turns of the kept write connection pass between checkpoints
+/// beside it. A turn writes a batch, a few dozen pages of the WAL.
+const CHECKPOINT_EVERY_TURNS: u32 = 16;
 
 /// A turn to write to SQLite; see [`Db::write_turn`]. It holds the
 /// connection the last batch write went through, if it was kept. That
@@ -147,6 +182,7 @@ impl Db {
             writer: Default::default(),
             batches: Default::default(),
             holds: Default::default(),
+            checkpoints: Default::default(),
         })
     }
 
@@ -196,7 +232,38 @@ impl Db {
             Some(conn) => conn,
             None => self.pool.acquire().await?.detach(),
         };
+        self.checkpoint_soon();
         Ok(turn.insert(conn))
+    }
+
+    /// Counts a turn of the kept write connection and, every
+    /// [`CHECKPOINT_EVERY_TURNS`], starts a passive checkpoint on a pooled
+    /// connection unless one is running. A passive checkpoint takes no lock
+    /// the writer needs and waits for none.
+    fn checkpoint_soon(&self) {
+        let checkpoints = &self.checkpoints;
+        if checkpoints.turns.fetch_add(1, Ordering::Relaxed) + 1 < CHECKPOINT_EVERY_TURNS
+            || checkpoints.running.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        checkpoints.turns.store(0, Ordering::Relaxed);
+        let pool = self.pool.clone();
+        let checkpoints = checkpoints.clone();
+        tokio::spawn(async move {
+            let done = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .fetch_optional(&pool)
+                .await;
+            match done {
+                // The writer's own checkpoint copies what this one did not.
+                Err(e) if !matches!(e, sqlx::Error::PoolClosed) => {
+                    tracing::warn!(error = %e, "SQLite checkpoint failed")
+                }
+                _ => {}
+            }
+            checkpoints.running.store(false, Ordering::Release);
+            checkpoints.finished.send_modify(|n| *n += 1);
+        });
     }
 
     /// Closes the writers' kept connection and the pool, waiting for the
@@ -291,4 +358,57 @@ pub(crate) fn is_booking_conflict(err: &sqlx::Error) -> bool {
     // 23505 unique_violation and 23P01 exclusion_violation on PostgreSQL;
     // 2067 SQLITE_CONSTRAINT_UNIQUE, and the trigger's RAISE(ABORT) message.
     matches!(code, "23505" | "23P01" | "2067" | "1555") || db.message().contains("booking_overlap")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::TestDb;
+
+    /// Writes that stay below SQLite's own checkpoint threshold reach the
+    /// database file all the same, through the checkpoint beside the writer:
+    /// the file grows only when pages are copied back from the WAL.
+    #[tokio::test]
+    async fn the_checkpoint_beside_the_writer_copies_the_wal_into_the_database() {
+        let t = TestDb::sqlite().await;
+        let db = &t.db;
+        let path = t
+            .url
+            .trim_start_matches("sqlite://")
+            .split('?')
+            .next()
+            .unwrap()
+            .to_owned();
+        sqlx::query("CREATE TABLE filler (x TEXT NOT NULL)")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        let before = std::fs::metadata(&path).unwrap().len();
+        let mut finished = db.checkpoints.finished.subscribe();
+        finished.mark_unchanged();
+        // Sixteen turns of 64 KiB each: about 260 pages, a quarter of what
+        // makes SQLite checkpoint on its own.
+        for i in 0..CHECKPOINT_EVERY_TURNS {
+            let mut turn = db.sqlite_turn().await;
+            let conn = db.turn_connection(&mut turn).await.unwrap();
+            sqlx::query("INSERT INTO filler (x) VALUES ($1)")
+                .bind(format!("{i}").repeat(1 << 16))
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(10), finished.changed())
+            .await
+            .expect("a checkpoint within 10 s")
+            .unwrap();
+        let after = std::fs::metadata(&path).unwrap().len();
+        assert!(
+            after >= before + (CHECKPOINT_EVERY_TURNS as u64 - 1) * (1 << 16),
+            "the database file grew from {before} to {after} bytes"
+        );
+    }
 }
