@@ -1021,14 +1021,14 @@ async fn surroundings(
     ignore_booking: Option<&str>,
     monday: Date,
 ) -> Result<Surroundings, Error> {
-    let week = if ignore_booking.is_some() { "$5" } else { "$4" };
-    let sql = format!(
-        "SELECT 'busy' AS kind, staff_id, ranges AS value FROM ({}) busy \
-         UNION ALL SELECT 'load', staff_id, CAST(booked_seconds AS TEXT) FROM staff_week_load WHERE week = {week} \
-         UNION ALL SELECT 'version', '', CAST(version AS TEXT) FROM catalog_version WHERE id = 1",
-        busy_sql(ignore_booking.is_some())
-    );
-    let query = busy_query(db, &sql, from, to, ignore_booking).bind(monday.to_string());
+    let query = busy_query(
+        db,
+        surroundings_sql(ignore_booking.is_some()),
+        from,
+        to,
+        ignore_booking,
+    )
+    .bind(monday.to_string());
     let mut out = Surroundings {
         busy: HashMap::new(),
         booked: HashMap::new(),
@@ -1054,6 +1054,23 @@ async fn surroundings(
         }
     }
     Ok(out)
+}
+
+/// The query of [`surroundings`]: [`busy_sql`] and after its placeholders
+/// one more, the week. Built once per process, not once per booking.
+fn surroundings_sql(but_one: bool) -> &'static str {
+    static SQL: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
+        [false, true].map(|but_one| {
+            let week = if but_one { "$5" } else { "$4" };
+            format!(
+                "SELECT 'busy' AS kind, staff_id, ranges AS value FROM ({}) busy \
+                 UNION ALL SELECT 'load', staff_id, CAST(booked_seconds AS TEXT) FROM staff_week_load WHERE week = {week} \
+                 UNION ALL SELECT 'version', '', CAST(version AS TEXT) FROM catalog_version WHERE id = 1",
+                busy_sql(but_one)
+            )
+        })
+    });
+    &SQL[usize::from(but_one)]
 }
 
 /// The busy-times query: `$1` and `$2` the range, `$3` the earliest start

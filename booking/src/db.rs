@@ -325,17 +325,22 @@ impl Db {
     }
 }
 
-fn create_sqlite_parent_dir(url: &str) -> Result<(), DbError> {
+/// The file a `sqlite:` URL names, or `None` for an in-memory database.
+fn sqlite_file(url: &str) -> Option<&std::path::Path> {
     let path = url
         .trim_start_matches("sqlite://")
         .trim_start_matches("sqlite:")
         .split('?')
         .next()
         .unwrap_or_default();
-    if path.is_empty() || path == ":memory:" {
+    (!path.is_empty() && path != ":memory:").then(|| std::path::Path::new(path))
+}
+
+fn create_sqlite_parent_dir(url: &str) -> Result<(), DbError> {
+    let Some(path) = sqlite_file(url) else {
         return Ok(());
-    }
-    if let Some(parent) = std::path::Path::new(path).parent() {
+    };
+    if let Some(parent) = path.parent() {
         if !parent.as_os_str().is_empty() {
             std::fs::create_dir_all(parent).map_err(|source| DbError::CreateDir {
                 path: parent.display().to_string(),
@@ -372,13 +377,7 @@ mod tests {
     async fn the_checkpoint_beside_the_writer_copies_the_wal_into_the_database() {
         let t = TestDb::sqlite().await;
         let db = &t.db;
-        let path = t
-            .url
-            .trim_start_matches("sqlite://")
-            .split('?')
-            .next()
-            .unwrap()
-            .to_owned();
+        let path = sqlite_file(&t.url).unwrap().to_owned();
         sqlx::query("CREATE TABLE filler (x TEXT NOT NULL)")
             .execute(db.pool())
             .await
