@@ -70,9 +70,20 @@ pub(crate) fn render_stamped(
         label: tr("link.join", lang),
         url: format!("{base}/join/{}", encode(booking_id)),
     };
-    let manage = |token: &str| Link {
-        label: tr("link.manage", lang),
-        url: format!("{base}/b/{}", encode(token)),
+    // A resident who moved a booking while signed in had no token to give:
+    // only its hash is stored. The link in the first mail still works, and
+    // "My pages" manages the booking, so such a mail leaves the link out
+    // rather than point at `/b/` with nothing after it.
+    let with_manage = |links: [Link; 2], token: &str| -> Vec<Link> {
+        let [join, my_pages] = links;
+        let manage = (!token.is_empty()).then(|| Link {
+            label: tr("link.manage", lang),
+            url: format!("{base}/b/{}", encode(token)),
+        });
+        std::iter::once(join)
+            .chain(manage)
+            .chain(std::iter::once(my_pages))
+            .collect()
     };
     let mut invitation = None;
     let (subject, paragraphs, links) = match message {
@@ -96,7 +107,7 @@ pub(crate) fn render_stamped(
             sequence,
             manage_token,
         } => {
-            let links = vec![join(booking_id), manage(manage_token), my_pages];
+            let links = with_manage([join(booking_id), my_pages], manage_token);
             invitation = Some(calendar::request(
                 booking_id, *starts_at, *ends_at, *sequence, &links, lang, settings, stamp,
             ));
@@ -123,7 +134,7 @@ pub(crate) fn render_stamped(
             sequence,
             manage_token,
         } => {
-            let links = vec![join(booking_id), manage(manage_token), my_pages];
+            let links = with_manage([join(booking_id), my_pages], manage_token);
             invitation = Some(calendar::request(
                 booking_id, *starts_at, *ends_at, *sequence, &links, lang, settings, stamp,
             ));
@@ -185,7 +196,7 @@ pub(crate) fn render_stamped(
                 tr("reminder.prepare", lang),
                 tr("mail.more", lang),
             ],
-            vec![join(booking_id), manage(manage_token), my_pages],
+            with_manage([join(booking_id), my_pages], manage_token),
         ),
         Message::ChatPickedUp { conversation_id: _ } => (
             tr("chat.subject", lang),
@@ -445,6 +456,41 @@ mod tests {
                 mail.html.contains(&format!("href=\"{url}\"")),
                 "html lacks {url}"
             );
+        }
+    }
+
+    #[test]
+    fn a_mail_without_a_manage_token_leaves_the_manage_link_out() {
+        let moved = Message::BookingRescheduled {
+            booking_id: "b-1".into(),
+            starts_at: WINTER,
+            ends_at: WINTER + 45 * 60,
+            previous_starts_at: SUMMER,
+            sequence: 1,
+            manage_token: String::new(),
+        };
+        let reminder = Message::Reminder {
+            booking_id: "b-1".into(),
+            starts_at: WINTER,
+            ends_at: WINTER + 45 * 60,
+            minutes_before: 60,
+            manage_token: String::new(),
+        };
+        for message in [moved, reminder] {
+            let mail = render(&message, Language::Sv, &settings());
+            let urls: Vec<&str> = mail.links.iter().map(|l| l.url.as_str()).collect();
+            assert_eq!(
+                urls,
+                [
+                    "https://kontakt.example.se/join/b-1",
+                    "https://kontakt.example.se/my",
+                ],
+                "{message:?}"
+            );
+            assert!(!mail.text.contains("/b/"), "{}", mail.text);
+            assert!(!mail.html.contains("/b/"), "{}", mail.html);
+            let invitation = mail.invitation.map(|i| i.ics).unwrap_or_default();
+            assert!(!invitation.contains("/b/"), "{invitation}");
         }
     }
 
