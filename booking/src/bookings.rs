@@ -391,8 +391,27 @@ pub async fn reschedule(
     Err(Error::Conflict("that time is no longer available".into()))
 }
 
-/// The booking a manage token belongs to, for the manage page.
-pub async fn by_token(db: &Db, token: &str) -> Result<Booking, Error> {
+/// The booking a manage token belongs to, for the manage page. The read is
+/// audit-logged as the token holder's, who is anonymous to us.
+pub async fn read_by_token(db: &Db, token: &str, now: Timestamp) -> Result<Booking, Error> {
+    let booking = by_token(db, token).await?;
+    audit::record_now(
+        db,
+        &booking_entry(
+            &Actor::Anonymous,
+            "booking.read",
+            &booking,
+            Outcome::Allowed,
+        ),
+        now.as_second(),
+    )
+    .await?;
+    Ok(booking)
+}
+
+/// The booking a manage token belongs to, unaudited: the callers audit what
+/// they do with it.
+async fn by_token(db: &Db, token: &str) -> Result<Booking, Error> {
     let row = sqlx::query(&format!(
         "SELECT {BOOKING_COLUMNS} FROM bookings WHERE manage_token_hash = $1"
     ))
@@ -407,26 +426,60 @@ pub async fn by_token(db: &Db, token: &str) -> Result<Booking, Error> {
     Ok(booking)
 }
 
-/// A resident's own bookings, newest first.
-pub async fn for_resident(db: &Db, resident: &Resident) -> Result<Vec<Booking>, Error> {
+/// A resident's own bookings, newest first. The read is audit-logged like
+/// anyone else's: one entry for the list.
+pub async fn for_resident(
+    db: &Db,
+    resident: &Resident,
+    now: Timestamp,
+) -> Result<Vec<Booking>, Error> {
     let rows = sqlx::query(&format!(
         "SELECT {BOOKING_COLUMNS} FROM bookings WHERE resident_id = $1 ORDER BY starts_at DESC"
     ))
     .bind(&resident.id)
     .fetch_all(db.pool())
     .await?;
-    rows.iter().map(booking_from_row).collect()
+    let list = rows
+        .iter()
+        .map(booking_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let actor = Actor::Resident(resident.id.clone());
+    audit::record_now(
+        db,
+        &Entry {
+            actor: &actor,
+            action: "booking.list",
+            subject: format!("resident:{}", resident.id),
+            resident_id: Some(&resident.id),
+            on_behalf_of: Some(resident.home.as_str()),
+            rule: None,
+            agreement_id: None,
+            outcome: Outcome::Allowed,
+        },
+        now.as_second(),
+    )
+    .await?;
+    Ok(list)
 }
 
-/// One of a resident's own bookings. Somebody else's booking is `NotFound`,
-/// exactly as a missing one, and the attempt is audit-logged.
+/// One of a resident's own bookings, the read audit-logged. Somebody else's
+/// booking is `NotFound`, exactly as a missing one, and the attempt is
+/// audit-logged as denied.
 pub async fn for_resident_by_id(
     db: &Db,
     resident: &Resident,
     id: &str,
     now: Timestamp,
 ) -> Result<Booking, Error> {
-    find_managed(db, Authority::Resident(resident), Some(id), now).await
+    let booking = find_managed(db, Authority::Resident(resident), Some(id), now).await?;
+    let actor = Actor::Resident(resident.id.clone());
+    audit::record_now(
+        db,
+        &booking_entry(&actor, "booking.read", &booking, Outcome::Allowed),
+        now.as_second(),
+    )
+    .await?;
+    Ok(booking)
 }
 
 /// A staff member's bookings on one local day, each read audit-logged.

@@ -216,6 +216,79 @@ async fn another_residents_booking_is_not_found_and_the_attempt_is_audited() {
     }
 }
 
+#[tokio::test]
+async fn a_residents_own_reads_and_a_manage_token_read_are_audited() {
+    for app in spawn_apps().await {
+        let anna = app.resident("anna@example.se").await;
+        let token = app.resident_token(&anna);
+        let times = app.free_times("stod-till-anhoriga", "2418", 14).await;
+        let booked: Value = book(
+            &app,
+            &token,
+            "stod-till-anhoriga",
+            times[0]["starts_at"].as_str().unwrap(),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+        let id = booked["booking"]["id"].as_str().unwrap();
+        let manage = booked["manage_token"].as_str().unwrap();
+        for path in ["/api/bookings".to_owned(), format!("/api/bookings/{id}")] {
+            let read = app.get(&path, Some(&token)).await;
+            assert_eq!(read.status(), 200, "{path} on {}", app.backend);
+        }
+        let my_pages = reqwest::Client::new()
+            .get(app.url("/my"))
+            .header("cookie", format!("{}={token}", web::auth::SESSION_COOKIE))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(my_pages.status(), 200, "{}", app.backend);
+        let by_token = app.get(&format!("/api/manage/{manage}"), None).await;
+        assert_eq!(by_token.status(), 200);
+        let page = app.get(&format!("/b/{manage}"), None).await;
+        assert_eq!(page.status(), 200);
+
+        let audit = booking::audit::recent(&app.db, Some(&anna.id), 50)
+            .await
+            .unwrap();
+        let count = |actor: &str, action: &str, subject: &str| {
+            audit
+                .iter()
+                .filter(|r| {
+                    r.actor == actor
+                        && r.action == action
+                        && r.subject == subject
+                        && r.outcome == "allowed"
+                })
+                .count()
+        };
+        let resident = format!("resident:{}", anna.id);
+        assert_eq!(
+            count(&resident, "booking.list", &resident),
+            2,
+            "the API list and My pages: {audit:?}"
+        );
+        assert_eq!(
+            count(&resident, "booking.read", &format!("booking:{id}")),
+            1,
+            "{audit:?}"
+        );
+        assert_eq!(
+            count("anonymous", "booking.read", &format!("booking:{id}")),
+            2,
+            "the manage API and page: {audit:?}"
+        );
+        let listed = audit
+            .iter()
+            .find(|r| r.action == "booking.list")
+            .expect("a list entry");
+        assert_eq!(listed.resident_id.as_deref(), Some(anna.id.as_str()));
+        assert_eq!(listed.on_behalf_of.as_deref(), Some("2418"));
+    }
+}
+
 async fn peek_body(r: reqwest::Response) -> Value {
     r.json().await.unwrap()
 }

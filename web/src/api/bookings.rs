@@ -133,7 +133,7 @@ pub async fn mine(
     CurrentResident(resident): CurrentResident,
 ) -> Result<Json<Vec<BookingDto>>, AppError> {
     let mut out = Vec::new();
-    for b in bookings::for_resident(&db, &resident).await? {
+    for b in bookings::for_resident(&db, &resident, now()).await? {
         out.push(booking_dto(&db, b).await?);
     }
     Ok(Json(out))
@@ -193,7 +193,7 @@ pub async fn by_token(
     State(db): State<Db>,
     Path(token): Path<String>,
 ) -> Result<Json<BookingDto>, AppError> {
-    let b = bookings::by_token(&db, &token).await?;
+    let b = bookings::read_by_token(&db, &token, now()).await?;
     Ok(Json(booking_dto(&db, b).await?))
 }
 

@@ -37,8 +37,8 @@ async fn show(
     Path(token): Path<String>,
     PageQuery(done): PageQuery<Done>,
 ) -> PageResult {
-    let b = bookings::by_token(&state.db, &token).await?;
     let now = now();
+    let b = bookings::read_by_token(&state.db, &token, now).await?;
     let by = municipality_name(&state.db, &b.performed_by).await?;
     let message = match done.done.as_deref() {
         Some("cancelled") => Some(t("page.my.cancelled")),

@@ -548,8 +548,8 @@ async fn my_pages(
     PageQuery(q): PageQuery<MyQuery>,
 ) -> PageResult {
     let resident = ctx.resident()?;
-    let list = bookings::for_resident(&state.db, resident).await?;
     let now = now();
+    let list = bookings::for_resident(&state.db, resident, now).await?;
     let message = if q.booked.is_some() {
         Some(t("page.my.booked"))
     } else if q.cancelled.is_some() {
