@@ -281,29 +281,56 @@ pub async fn save_queue_entry(db: &Db, row: &QueueEntryRow) -> Result<(), Error>
 
 /// Every entry that is not closed, in ticket order.
 pub async fn open_queue_entries(db: &Db) -> Result<Vec<QueueEntryRow>, Error> {
-    let rows = sqlx::query(
-        "SELECT room, ticket, service, home_municipality, resident, anonymous, \
-         eligible_municipalities, state, staff, enqueued_at FROM signaling_queue_entries \
-         WHERE state <> 'closed' ORDER BY ticket",
-    )
+    let rows = sqlx::query(&format!(
+        "SELECT {QUEUE_ENTRY_COLUMNS} FROM signaling_queue_entries \
+         WHERE state <> 'closed' ORDER BY ticket"
+    ))
     .fetch_all(db.pool())
     .await?;
-    rows.iter()
-        .map(|r| -> Result<QueueEntryRow, Error> {
-            Ok(QueueEntryRow {
-                room: r.try_get("room")?,
-                ticket: r.try_get("ticket")?,
-                service: r.try_get("service")?,
-                home_municipality: r.try_get("home_municipality")?,
-                resident: r.try_get("resident")?,
-                anonymous: r.try_get::<i64, _>("anonymous")? != 0,
-                eligible_municipalities: r.try_get("eligible_municipalities")?,
-                state: r.try_get("state")?,
-                staff: r.try_get("staff")?,
-                enqueued_at: r.try_get("enqueued_at")?,
-            })
-        })
-        .collect()
+    rows.iter().map(queue_entry_from_row).collect()
+}
+
+/// The chat conversations a signed-in resident opened, newest first, whatever
+/// their state. `resident` is the hub's party id, `resident:<id>`. Anonymous
+/// conversations are left out: nothing ties them to the person asking.
+pub async fn resident_conversations(db: &Db, resident: &str) -> Result<Vec<QueueEntryRow>, Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {QUEUE_ENTRY_COLUMNS} FROM signaling_queue_entries \
+         WHERE resident = $1 AND anonymous = 0 ORDER BY enqueued_at DESC, ticket DESC"
+    ))
+    .bind(resident)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter().map(queue_entry_from_row).collect()
+}
+
+/// The queue entry of the conversation in `room`, whatever its state.
+pub async fn queue_entry(db: &Db, room: &str) -> Result<Option<QueueEntryRow>, Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {QUEUE_ENTRY_COLUMNS} FROM signaling_queue_entries WHERE room = $1"
+    ))
+    .bind(room)
+    .fetch_optional(db.pool())
+    .await?;
+    row.as_ref().map(queue_entry_from_row).transpose()
+}
+
+const QUEUE_ENTRY_COLUMNS: &str = "room, ticket, service, home_municipality, resident, anonymous, \
+     eligible_municipalities, state, staff, enqueued_at";
+
+fn queue_entry_from_row(r: &AnyRow) -> Result<QueueEntryRow, Error> {
+    Ok(QueueEntryRow {
+        room: r.try_get("room")?,
+        ticket: r.try_get("ticket")?,
+        service: r.try_get("service")?,
+        home_municipality: r.try_get("home_municipality")?,
+        resident: r.try_get("resident")?,
+        anonymous: r.try_get::<i64, _>("anonymous")? != 0,
+        eligible_municipalities: r.try_get("eligible_municipalities")?,
+        state: r.try_get("state")?,
+        staff: r.try_get("staff")?,
+        enqueued_at: r.try_get("enqueued_at")?,
+    })
 }
 
 /// The seq of the chat message `row` repeats, if it is one and is stored.
@@ -450,5 +477,42 @@ mod tests {
         entry.state = "closed".into();
         save_queue_entry(db, &entry).await.unwrap();
         assert!(open_queue_entries(db).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_residents_conversations_are_theirs_newest_first_and_never_anonymous_ones() {
+        for test in crate::testing::databases().await {
+            let db = &test.db;
+            let entry =
+                |room: &str, resident: &str, anonymous: bool, enqueued_at: i64| QueueEntryRow {
+                    room: room.into(),
+                    ticket: enqueued_at,
+                    service: "stod".into(),
+                    home_municipality: "0180".into(),
+                    resident: resident.into(),
+                    anonymous,
+                    eligible_municipalities: "0180".into(),
+                    state: "closed".into(),
+                    staff: None,
+                    enqueued_at,
+                };
+            let older = entry("chat:1", "resident:r1", false, 10);
+            let newer = entry("chat:2", "resident:r1", false, 20);
+            for row in [
+                &older,
+                &newer,
+                &entry("chat:3", "resident:r2", false, 30),
+                // Someone who chatted anonymously is not found by who they are.
+                &entry("chat:4", "resident:r1", true, 40),
+            ] {
+                save_queue_entry(db, row).await.unwrap();
+            }
+            assert_eq!(
+                resident_conversations(db, "resident:r1").await.unwrap(),
+                vec![newer, older.clone()]
+            );
+            assert_eq!(queue_entry(db, "chat:1").await.unwrap(), Some(older));
+            assert_eq!(queue_entry(db, "chat:9").await.unwrap(), None);
+        }
     }
 }

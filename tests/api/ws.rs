@@ -345,18 +345,25 @@ async fn a_resident_waits_in_the_lobby_until_staff_admit_and_then_chats() {
     }
 }
 
+/// A connected console of a Lycksele staff member, who may take Malå's
+/// pre-assessment chats of financial aid under the two municipalities'
+/// agreement.
+async fn lycksele_console(app: &TestApp) -> Client {
+    let lycksele = booking::accounts::all_staff(&app.db)
+        .await
+        .expect("staff")
+        .into_iter()
+        .find(|s| s.municipality.as_str() == "2481" && s.role == booking::Role::Staff)
+        .expect("Lycksele staff");
+    Client::open(app, &app.staff_token(lycksele.email.as_str()).await).await
+}
+
 #[tokio::test]
 async fn a_chat_is_queued_for_the_municipalities_the_policy_allows() {
     for app in spawn_apps().await {
         // Malå's residents get the pre-assessment of financial aid from Malå
         // itself or, under their agreement, from Lycksele.
-        let lycksele = booking::accounts::all_staff(&app.db)
-            .await
-            .expect("staff")
-            .into_iter()
-            .find(|s| s.municipality.as_str() == "2481" && s.role == booking::Role::Staff)
-            .expect("Lycksele staff");
-        let mut staff = Client::open(&app, &app.staff_token(lycksele.email.as_str()).await).await;
+        let mut staff = lycksele_console(&app).await;
         let anna = app.resident("anna@example.se").await;
         let mut resident = Client::open(&app, &app.resident_token(&anna)).await;
 
@@ -561,4 +568,100 @@ async fn a_connection_that_answers_pings_outlives_many_timeouts() {
     }
     client.send(json!({"type": "ping"})).await;
     client.until("pong").await;
+}
+
+/// A page fetched with the resident's session cookie, as a browser would.
+async fn page_as(app: &TestApp, token: &str, path: &str) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .get(app.url(path))
+        .header("cookie", format!("{}={token}", web::auth::SESSION_COOKIE))
+        .send()
+        .await
+        .expect("sent");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("a body"))
+}
+
+#[tokio::test]
+async fn a_signed_in_residents_closed_chat_stays_on_my_pages_for_them_alone() {
+    for app in spawn_apps().await {
+        let mut staff = lycksele_console(&app).await;
+        let anna = app.resident("anna@example.se").await;
+        let anna_token = app.resident_token(&anna);
+        let mut resident = Client::open(&app, &anna_token).await;
+        resident
+            .send(json!({"type": "queue.open", "service": "ekonomiskt-bistand"}))
+            .await;
+        let room = resident.until("joined").await["room"]
+            .as_str()
+            .expect("a room")
+            .to_owned();
+        staff.until("queue.entry").await;
+        staff
+            .send(json!({"type": "queue.claim", "room": room}))
+            .await;
+        staff.until("queue.assigned").await;
+        resident
+            .send(json!({"type": "chat.send", "room": room, "client_id": "r1", "text": "Jag har frågor om <hyran>"}))
+            .await;
+        resident.until("chat.stored").await;
+        staff
+            .send(json!({"type": "chat.send", "room": room, "client_id": "s1", "text": "Berätta mer"}))
+            .await;
+        staff.until("chat.stored").await;
+        resident.until_event(&room, "chat").await;
+        resident
+            .send(json!({"type": "chat.close", "room": room}))
+            .await;
+        resident.until_event(&room, "ended").await;
+
+        let link = format!("/my/chats/{}", room.replace(':', "%3A"));
+        let (status, my_pages) = page_as(&app, &anna_token, "/my").await;
+        assert_eq!(status, 200, "{}", app.backend);
+        assert!(my_pages.contains(&link), "{}: {my_pages}", app.backend);
+        let (status, transcript) = page_as(&app, &anna_token, &link).await;
+        assert_eq!(status, 200, "{}", app.backend);
+        let said = transcript
+            .find("Jag har frågor om &lt;hyran&gt;")
+            .expect("the resident's words, escaped");
+        let answered = transcript.find("Berätta mer").expect("the answer");
+        assert!(said < answered, "in the order they were said");
+        assert!(!transcript.contains("<hyran>"), "escaped");
+
+        // Another resident, and someone signed out, get nothing.
+        let erik = app.resident("erik@example.se").await;
+        let erik_token = app.resident_token(&erik);
+        let (status, peek) = page_as(&app, &erik_token, &link).await;
+        assert_eq!(status, 404, "{}", app.backend);
+        assert!(!peek.contains("Berätta mer"));
+        let (_, erik_pages) = page_as(&app, &erik_token, "/my").await;
+        assert!(!erik_pages.contains(&link), "{}", app.backend);
+        let (_, missing) = page_as(&app, &erik_token, "/my/chats/chat%3Ano-such").await;
+        assert!(!missing.contains("Berätta mer"));
+        let signed_out = app.get(&link, None).await;
+        assert!(
+            !signed_out
+                .text()
+                .await
+                .expect("a body")
+                .contains("Berätta mer"),
+            "{}",
+            app.backend
+        );
+
+        let audit = booking::audit::recent(&app.db, Some(&anna.id), 100)
+            .await
+            .expect("audit");
+        let entries = |actor: &str, action: &str, outcome: &str| {
+            audit
+                .iter()
+                .filter(|r| r.actor == actor && r.action == action && r.outcome == outcome)
+                .count()
+        };
+        let anna_actor = format!("resident:{}", anna.id);
+        let erik_actor = format!("resident:{}", erik.id);
+        assert_eq!(entries(&anna_actor, "chat.read", "allowed"), 1, "{audit:?}");
+        assert_eq!(entries(&anna_actor, "chat.list", "allowed"), 1, "{audit:?}");
+        assert_eq!(entries(&erik_actor, "chat.read", "denied"), 1, "{audit:?}");
+    }
 }

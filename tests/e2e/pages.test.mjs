@@ -43,10 +43,44 @@ test("setup: a booked resident and a signed-in admin give every page something t
   await Promise.all([page.waitForURL((u) => u.pathname === "/my"), page.click("#confirm-booking")]);
   const id = new URL(page.url()).searchParams.get("booked");
   const { manage_token: token } = await outboxPayload(server, "booking_confirmed", "aino@example.se");
+  // A chat the resident opens, writes in and closes, over the real socket,
+  // so that My pages lists it and its transcript has something to show.
+  const room = await page.evaluate(async () => {
+    const csrf = document.querySelector("input[name=csrf]").value;
+    const answer = await fetch("/api/ws/ticket", { method: "POST", headers: { "x-csrf-token": csrf } });
+    const { ticket } = await answer.json();
+    const socket = new WebSocket(`${location.origin.replace(/^http/, "ws")}/ws?ticket=${ticket}`);
+    const send = (frame) => socket.send(JSON.stringify({ v: 1, ...frame }));
+    const seen = [];
+    const done = new Promise((resolve, reject) => {
+      let room;
+      socket.onerror = () => reject(new Error("the socket failed"));
+      socket.onmessage = ({ data }) => {
+        const frame = JSON.parse(data);
+        seen.push(frame.type === "event" ? `event ${frame.event.kind}` : frame.type);
+        if (frame.type === "welcome") send({ type: "queue.open", service: "ekonomiskt-bistand" });
+        else if (frame.type === "joined") {
+          room = frame.room;
+          send({ type: "chat.send", room, client_id: "e2e-1", text: "Hej, jag undrar över ansökan" });
+        } else if (frame.type === "chat.stored") send({ type: "chat.close", room });
+        // A chat nobody picked up closes without an `ended` event.
+        else if (frame.type === "room.closed" && frame.room === room) resolve(room);
+        else if (frame.type === "error") reject(new Error(data));
+      };
+    });
+    const timeout = new Promise((_, reject) => setTimeout(() => reject(new Error(`no answer in 10 s; seen: ${seen.join(", ")}`)), 10_000));
+    try {
+      return await Promise.race([done, timeout]);
+    } finally {
+      socket.close();
+    }
+  });
+  await page.goto(`${server.url}/my`);
+  const transcript = await page.getAttribute(`a[href="/my/chats/${encodeURIComponent(room)}"]`, "href");
   residentState = await context.storageState();
   await context.close();
   pages.anonymous.push("/", search, "/sign-in", "/legal-map", "/staff/login", `/b/${token}`);
-  pages.resident.push(confirm, "/my", `/my?booked=${id}`, `/my/bookings/${id}/reschedule`);
+  pages.resident.push(confirm, "/my", `/my?booked=${id}`, `/my/bookings/${id}/reschedule`, transcript);
 
   const admin = await browser.newContext({ locale: "sv-SE" });
   const adminPage = await admin.newPage();
@@ -79,7 +113,7 @@ for (const lang of ["sv", "ar"]) {
       }
       await context.close();
     }
-    assert.equal(checked, 13);
+    assert.equal(checked, 14);
   });
 }
 

@@ -10,6 +10,7 @@
 //! session's CSRF value in a hidden `csrf` field that the handlers here
 //! compare with the claim.
 
+mod chats;
 mod legal;
 mod manage;
 mod resident;
@@ -41,6 +42,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .merge(resident::router())
         .merge(manage::router())
+        .merge(chats::router())
         .merge(legal::router())
         .merge(staff::router())
         .route("/lang", get(switch_language))

@@ -17,7 +17,7 @@ use booking::{catalog, BookingStatus, Language, MunicipalityCode, ServiceCode};
 use serde::Deserialize;
 
 use super::{
-    csrf_field, enc, esc, free_times_by_day, is_local_path, long_date, municipality_name,
+    chats, csrf_field, enc, esc, free_times_by_day, is_local_path, long_date, municipality_name,
     non_empty, page, rule_text, service_name, status_text, t, time_picker, tr, tv, when, zone_note,
     Ctx, PageError, PageForm, PageQuery, PageResult, NEXT_COOKIE,
 };
@@ -632,6 +632,7 @@ async fn my_pages(
         ));
     }
     body.push_str("</ul>");
+    body.push_str(&chats::section(&state, resident).await?);
     Ok(page(&ctx, &tr("page.my.title"), &body).into_response())
 }
 

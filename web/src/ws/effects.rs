@@ -123,8 +123,9 @@ impl Effects for AppEffects {
     }
 
     async fn conversation_closed(&self, room: &RoomId, resident: &PartyId, anonymous: bool) {
-        // The transcript stays in `signaling_events`; retention of anonymous
-        // chats and the "My pages" view are later steps.
+        // The transcript stays in `signaling_events`, where "My pages"
+        // shows a signed-in resident's (`pages/chats.rs`); retention of
+        // anonymous chats is a later step.
         tracing::info!(%room, %resident, anonymous, "chat closed");
     }
 }

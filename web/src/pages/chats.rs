@@ -1,0 +1,247 @@
+//! A signed-in resident's chat conversations on "My pages": a list on the
+//! page itself, and each transcript as the resident saw it. Every read is
+//! audit-logged like a staff member's; another resident's conversation, an
+//! anonymous one and a missing one all answer 404 alike.
+
+use axum::extract::{Path, State};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use booking::accounts::Resident;
+use booking::audit::{self, Actor, Entry, Outcome};
+use booking::events::{self, EventRow, QueueEntryRow};
+use booking::ServiceCode;
+use jiff::Timestamp;
+use serde_json::Value;
+
+use super::{clock, enc, esc, local, long_date, page, service_name, t, tr, Ctx, PageResult};
+use crate::api::now;
+use crate::error::AppError;
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/my/chats/{room}", get(transcript))
+}
+
+/// The hub's party id of a signed-in resident.
+fn party(resident: &Resident) -> String {
+    format!("resident:{}", resident.id)
+}
+
+/// The "Your chats" section of "My pages": each conversation the resident
+/// opened while signed in, newest first, linking to its transcript.
+pub async fn section(state: &AppState, resident: &Resident) -> Result<String, AppError> {
+    let conversations = events::resident_conversations(&state.db, &party(resident)).await?;
+    record(
+        state,
+        resident,
+        "chat.list",
+        format!("resident:{}", resident.id),
+        Some(&resident.id),
+        resident.home.as_str(),
+        Outcome::Allowed,
+    )
+    .await?;
+    let mut out = format!("<h2>{}</h2>", t("page.chats.title"));
+    if conversations.is_empty() {
+        out.push_str(&format!("<p>{}</p>", t("page.chats.none")));
+        return Ok(out);
+    }
+    out.push_str("<ul class=\"bookings\" role=\"list\">");
+    for c in &conversations {
+        out.push_str(&format!(
+            r#"<li class="booking"><article aria-labelledby="c-{anchor}">
+<h3 id="c-{anchor}"><a href="/my/chats/{room}">{service}</a></h3>
+<dl class="facts">
+<dt>{started_label}</dt><dd>{started}</dd>
+<dt>{state_label}</dt><dd>{state}</dd>
+</dl>
+</article></li>"#,
+            anchor = esc(&c.room.replace(':', "-")),
+            room = enc(&c.room),
+            service = service_of(c),
+            started_label = t("page.chats.started"),
+            started = moment(c.enqueued_at),
+            state_label = t("page.my.status"),
+            state = state_text(&c.state),
+        ));
+    }
+    out.push_str("</ul>");
+    Ok(out)
+}
+
+/// One conversation's transcript: what was said, by role, and when it was
+/// picked up, moved to video and closed.
+#[tracing::instrument(skip(state, ctx))]
+async fn transcript(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(room): Path<String>,
+) -> PageResult {
+    let resident = ctx.resident()?;
+    let mine = party(resident);
+    let entry = events::queue_entry(&state.db, &room).await?;
+    let entry = match entry {
+        Some(e) if e.resident == mine && !e.anonymous => e,
+        Some(e) => {
+            // Somebody else's conversation: refused, and the attempt is kept.
+            record(
+                &state,
+                resident,
+                "chat.read",
+                room.clone(),
+                e.resident.strip_prefix("resident:"),
+                &e.home_municipality,
+                Outcome::Denied,
+            )
+            .await?;
+            return Err(AppError::NotFound.into());
+        }
+        None => return Err(AppError::NotFound.into()),
+    };
+    let rows = events::events_after(&state.db, &entry.room, 0).await?;
+    record(
+        &state,
+        resident,
+        "chat.read",
+        entry.room.clone(),
+        Some(&resident.id),
+        &entry.home_municipality,
+        Outcome::Allowed,
+    )
+    .await?;
+
+    let mut body = format!(
+        "<h1 id=\"page-title\">{service}</h1><p>{started_label}: {started}. {state_label}: {state}.</p>",
+        service = service_of(&entry),
+        started_label = t("page.chats.started"),
+        started = moment(entry.enqueued_at),
+        state_label = t("page.my.status"),
+        state = state_text(&entry.state),
+    );
+    let lines: Vec<String> = rows
+        .iter()
+        .filter(|row| seen_by(row, &mine))
+        .filter_map(line)
+        .collect();
+    if lines.is_empty() {
+        body.push_str(&format!("<p>{}</p>", t("page.chats.empty")));
+    } else {
+        body.push_str(&format!(
+            "<ol class=\"transcript\" aria-label=\"{}\">{}</ol>",
+            t("page.chats.transcript"),
+            lines.concat()
+        ));
+    }
+    body.push_str(&format!(
+        "<p><a href=\"/my\">{}</a></p>",
+        t("page.reschedule.back")
+    ));
+    Ok(page(&ctx, &tr("page.chats.transcript"), &body).into_response())
+}
+
+/// Whether the resident was in an event's audience: chat conversations show
+/// their whole history to members, but an event meant for named parties only
+/// stays theirs.
+fn seen_by(row: &EventRow, party: &str) -> bool {
+    match &row.audience {
+        None => true,
+        Some(json) => serde_json::from_str::<Vec<String>>(json)
+            .map(|parties| parties.iter().any(|p| p == party))
+            .unwrap_or(false),
+    }
+}
+
+/// One transcript line, or `None` for events a resident has no use for
+/// (joins, knocks).
+fn line(row: &EventRow) -> Option<String> {
+    let event: Value = serde_json::from_str(&row.body).ok()?;
+    let (who, text) = match row.kind.as_str() {
+        "chat" => {
+            let role = event["role"].as_str().unwrap_or_default();
+            let who = match role {
+                "resident" => t("page.chats.you"),
+                "interpreter" => t("page.chats.interpreter"),
+                _ => t("page.chats.social_worker"),
+            };
+            (Some(who), esc(event["text"].as_str().unwrap_or_default()))
+        }
+        "times_offered" => (
+            Some(t("page.chats.social_worker")),
+            t("page.chats.times_offered"),
+        ),
+        "assigned" => (None, t("page.chats.assigned")),
+        "video_opened" => (None, t("page.chats.video_opened")),
+        "ended" => (None, t("page.chats.ended")),
+        _ => return None,
+    };
+    let at = event["sent_at"].as_i64().unwrap_or(row.at);
+    let time = Timestamp::from_second(at).ok()?;
+    let stamp = format!(
+        "<time datetime=\"{}\">{}</time>",
+        local(time).strftime("%Y-%m-%dT%H:%M:%S%:z"),
+        clock(time)
+    );
+    Some(match who {
+        Some(who) => {
+            format!("<li class=\"said\"><p class=\"who\">{who} {stamp}</p><p>{text}</p></li>")
+        }
+        None => format!("<li class=\"note\"><p>{stamp} {text}</p></li>"),
+    })
+}
+
+fn service_of(entry: &QueueEntryRow) -> String {
+    ServiceCode::parse(&entry.service)
+        .map(|s| service_name(&s))
+        .unwrap_or_else(|_| esc(&entry.service))
+}
+
+fn state_text(state: &str) -> String {
+    match state {
+        "waiting" => t("page.chats.state.waiting"),
+        "assigned" => t("page.chats.state.assigned"),
+        _ => t("page.chats.state.closed"),
+    }
+}
+
+/// A point in time as a `<time>` element: its date and clock time.
+fn moment(at: i64) -> String {
+    let Ok(time) = Timestamp::from_second(at) else {
+        return String::new();
+    };
+    let zoned = local(time);
+    format!(
+        "<time datetime=\"{}\">{} {}</time>",
+        zoned.strftime("%Y-%m-%dT%H:%M:%S%:z"),
+        long_date(zoned.date()),
+        clock(time)
+    )
+}
+
+/// Audits a resident's read, now: `owner` is the resident whose conversation
+/// it is.
+async fn record(
+    state: &AppState,
+    resident: &Resident,
+    action: &str,
+    subject: String,
+    owner: Option<&str>,
+    on_behalf_of: &str,
+    outcome: Outcome,
+) -> Result<(), AppError> {
+    let actor = Actor::Resident(resident.id.clone());
+    let entry = Entry {
+        actor: &actor,
+        action,
+        subject,
+        resident_id: owner,
+        on_behalf_of: Some(on_behalf_of),
+        rule: None,
+        agreement_id: None,
+        outcome,
+    };
+    audit::record_now(&state.db, &entry, now().as_second())
+        .await
+        .map_err(booking::Error::from)?;
+    Ok(())
+}
