@@ -101,6 +101,14 @@ impl Outcome {
     }
 }
 
+const USAGE: &str = "usage: cargo xtask bench relay [--quick] [--pin] [--allocations N] \
+     [--load M,N,L,Z]... [--relay-binary PATH]
+  --quick              one small load (10 clients x 200 messages of 170 bytes every 2 ms)
+  --pin                servers on the first half of the cores, uclient and peer on the rest
+  --allocations N      allocations opened for the memory figure (default 10000, 500 with --quick; 0 skips it)
+  --load M,N,L,Z       M clients sending N messages of L bytes every Z ms (repeatable)
+  --relay-binary PATH  measure that media-relay binary instead of building this one";
+
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let mut loads = Vec::new();
     let mut quick = false;
@@ -137,10 +145,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                     interval_ms,
                 });
             }
-            other => bail!(
-                "unknown option {other}; use --quick, --pin, --allocations N, --load M,N,L,Z \
-                 or --relay-binary PATH"
-            ),
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            other => bail!("unknown option {other}\n{USAGE}"),
         }
     }
     if loads.is_empty() {
