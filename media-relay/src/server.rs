@@ -626,7 +626,7 @@ impl Server {
         allocation.bind_attempts += 1;
         let retry =
             if allocation.reservation.is_none() && allocation.bind_attempts < MAX_BIND_ATTEMPTS {
-                self.pick_port(port.0 % 2 == 0 && allocation.even, None)
+                self.pick_port(port.0.is_multiple_of(2) && allocation.even, None)
             } else {
                 None
             };
