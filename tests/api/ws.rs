@@ -122,6 +122,7 @@ struct Meeting {
     room: String,
     resident_token: String,
     staff_token: String,
+    staff_email: booking::EmailAddress,
 }
 
 async fn book_meeting(app: &TestApp) -> Meeting {
@@ -181,6 +182,7 @@ async fn book_meeting(app: &TestApp) -> Meeting {
         room,
         resident_token,
         staff_token,
+        staff_email: staff.email,
     }
 }
 
@@ -663,5 +665,37 @@ async fn a_signed_in_residents_closed_chat_stays_on_my_pages_for_them_alone() {
         assert_eq!(entries(&anna_actor, "chat.read", "allowed"), 1, "{audit:?}");
         assert_eq!(entries(&anna_actor, "chat.list", "allowed"), 1, "{audit:?}");
         assert_eq!(entries(&erik_actor, "chat.read", "denied"), 1, "{audit:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_knock_with_no_staff_in_the_room_mails_the_booked_staff_member_once() {
+    for app in spawn_apps().await {
+        let meeting = book_meeting(&app).await;
+        let room = meeting.room.as_str();
+        let knocks = || booking::outbox::count_for(&app.db, &meeting.staff_email, "knock");
+        assert_eq!(knocks().await.expect("count"), 0);
+
+        let mut resident = Client::open(&app, &meeting.resident_token).await;
+        resident.send(json!({"type": "join", "room": room})).await;
+        let status = resident.until("lobby.status").await;
+        assert_eq!(status["staff_present"], false, "{}: {status}", app.backend);
+        // The mail is written before the resident hears where they stand.
+        assert_eq!(knocks().await.expect("count"), 1, "{}", app.backend);
+        let mail = booking::outbox::latest_for(&app.db, &meeting.staff_email, "knock")
+            .await
+            .expect("query");
+        assert!(
+            matches!(&mail, Some(booking::outbox::Message::Knock { booking_id, .. }) if *booking_id == meeting.id),
+            "{mail:?}"
+        );
+
+        // Coming back to the waiting room soon after sends no second mail.
+        resident.socket.close(None).await.expect("closed");
+        drop(resident);
+        let mut back = Client::open(&app, &meeting.resident_token).await;
+        back.send(json!({"type": "join", "room": room})).await;
+        back.until("lobby.status").await;
+        assert_eq!(knocks().await.expect("count"), 1, "{}", app.backend);
     }
 }

@@ -117,9 +117,18 @@ impl Effects for AppEffects {
         staff: Option<&StaffId>,
         participant: &Participant,
     ) {
-        // Consoles that are connected have the knock already; mail or SMS to
-        // staff who are not is a later step of the notify worker.
+        // Consoles that are connected have the knock already. The staff
+        // member booked for the meeting also gets a mail, which names only
+        // the meeting's time, in case they are not at the console.
         tracing::info!(%room, %municipality, staff = ?staff.map(StaffId::as_str), party = %participant.party, "knock with no staff in the room");
+        let Some(booking_id) = room.as_str().strip_prefix("booking:") else {
+            return;
+        };
+        match booking::outbox::knock(&self.db, booking_id, now()).await {
+            Ok(true) => tracing::info!(%room, "knock mailed to the booked staff member"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(%room, error = ?e, "mailing a knock failed"),
+        }
     }
 
     async fn conversation_closed(&self, room: &RoomId, resident: &PartyId, anonymous: bool) {
