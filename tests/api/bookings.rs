@@ -11,6 +11,16 @@ async fn book(app: &TestApp, token: &str, service: &str, starts_at: &str) -> req
     .await
 }
 
+/// Books the first free time of `service` for a resident of `home`, within
+/// two weeks, and returns the answer's body.
+async fn book_first(app: &TestApp, token: &str, service: &str, home: &str) -> Value {
+    let times = app.free_times(service, home, 14).await;
+    let starts_at = times[0]["starts_at"].as_str().expect("a free time");
+    let booked = book(app, token, service, starts_at).await;
+    assert_eq!(booked.status(), 201, "{}", app.backend);
+    booked.json().await.expect("json")
+}
+
 #[tokio::test]
 async fn a_resident_books_reschedules_and_cancels() {
     for app in spawn_apps().await {
@@ -161,17 +171,13 @@ async fn another_residents_booking_is_not_found_and_the_attempt_is_audited() {
     for app in spawn_apps().await {
         let anna = app.resident("anna@example.se").await;
         let erik = app.resident("erik@example.se").await;
-        let times = app.free_times("stod-till-anhoriga", "2418", 14).await;
-        let booked: Value = book(
+        let booked = book_first(
             &app,
             &app.resident_token(&anna),
             "stod-till-anhoriga",
-            times[0]["starts_at"].as_str().unwrap(),
+            "2418",
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
         let id = booked["booking"]["id"].as_str().unwrap();
         let erik_token = app.resident_token(&erik);
         let peek = app
@@ -221,17 +227,7 @@ async fn a_residents_own_reads_and_a_manage_token_read_are_audited() {
     for app in spawn_apps().await {
         let anna = app.resident("anna@example.se").await;
         let token = app.resident_token(&anna);
-        let times = app.free_times("stod-till-anhoriga", "2418", 14).await;
-        let booked: Value = book(
-            &app,
-            &token,
-            "stod-till-anhoriga",
-            times[0]["starts_at"].as_str().unwrap(),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+        let booked = book_first(&app, &token, "stod-till-anhoriga", "2418").await;
         let id = booked["booking"]["id"].as_str().unwrap();
         let manage = booked["manage_token"].as_str().unwrap();
         for path in ["/api/bookings".to_owned(), format!("/api/bookings/{id}")] {
