@@ -14,7 +14,9 @@ use booking::ServiceCode;
 use jiff::Timestamp;
 use serde_json::Value;
 
-use super::{clock, enc, esc, local, long_date, page, service_name, t, tr, Ctx, PageResult};
+use super::{
+    clock, enc, esc, local, long_date, page, rfc3339, service_name, t, tr, Ctx, PageResult,
+};
 use crate::api::now;
 use crate::error::AppError;
 use crate::state::AppState;
@@ -179,7 +181,7 @@ fn line(row: &EventRow) -> Option<String> {
     let time = Timestamp::from_second(at).ok()?;
     let stamp = format!(
         "<time datetime=\"{}\">{}</time>",
-        local(time).strftime("%Y-%m-%dT%H:%M:%S%:z"),
+        rfc3339(time),
         clock(time)
     );
     Some(match who {
@@ -209,11 +211,10 @@ fn moment(at: i64) -> String {
     let Ok(time) = Timestamp::from_second(at) else {
         return String::new();
     };
-    let zoned = local(time);
     format!(
         "<time datetime=\"{}\">{} {}</time>",
-        zoned.strftime("%Y-%m-%dT%H:%M:%S%:z"),
-        long_date(zoned.date()),
+        rfc3339(time),
+        long_date(local(time).date()),
         clock(time)
     )
 }
