@@ -65,6 +65,15 @@ impl Default for Checkpoints {
 /// beside it. A turn writes a batch, a few dozen pages of the WAL.
 const CHECKPOINT_EVERY_TURNS: u32 = 16;
 
+/// The page cache of the kept write connection, in KiB (SQLite's default is
+/// 2,000). One of its transactions, a batch of bookings or of chat events,
+/// changes pages all over the indexes. Past the cache, SQLite writes
+/// changed pages to the WAL in the middle of the transaction to make room
+/// and reads them back for the next row: under chat load a third of the
+/// writer thread's time went to that (`pagerStress` in `perf`;
+/// BENCHMARKS.md). The cache grows only as far as pages are used.
+const WRITER_CACHE_KIB: u32 = 64 * 1024;
+
 /// A turn to write to SQLite; see [`Db::write_turn`]. It holds the
 /// connection the last batch write went through, if it was kept. That
 /// connection is detached from the pool: a pooled one could neither be
@@ -230,7 +239,12 @@ impl Db {
     ) -> Result<&'t mut AnyConnection, sqlx::Error> {
         let conn = match turn.take() {
             Some(conn) => conn,
-            None => self.pool.acquire().await?.detach(),
+            None => {
+                let mut conn = self.pool.acquire().await?.detach();
+                conn.execute(format!("PRAGMA cache_size = -{WRITER_CACHE_KIB}").as_str())
+                    .await?;
+                conn
+            }
         };
         self.checkpoint_soon();
         Ok(turn.insert(conn))
@@ -409,5 +423,26 @@ mod tests {
             after >= before + (CHECKPOINT_EVERY_TURNS as u64 - 1) * (1 << 16),
             "the database file grew from {before} to {after} bytes"
         );
+    }
+
+    /// The kept write connection has the larger page cache; pooled ones
+    /// keep SQLite's default.
+    #[tokio::test]
+    async fn the_kept_write_connection_has_a_larger_page_cache() {
+        let t = TestDb::sqlite().await;
+        let db = &t.db;
+        let cache_size = |row: sqlx::any::AnyRow| sqlx::Row::get::<i64, _>(&row, 0);
+        let mut turn = db.sqlite_turn().await;
+        let conn = db.turn_connection(&mut turn).await.unwrap();
+        let kept = sqlx::query("PRAGMA cache_size")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(cache_size(kept), -i64::from(WRITER_CACHE_KIB));
+        let pooled = sqlx::query("PRAGMA cache_size")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(cache_size(pooled), -2000);
     }
 }
