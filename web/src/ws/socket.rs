@@ -15,6 +15,7 @@ use signaling::ids::{ConnectionId, MunicipalityCode, ServiceId};
 use signaling::protocol::{
     parse_client_frame, ClientMessage, ErrorCode, ProtocolError, RateLimiter, ServerMessage,
 };
+use tokio::sync::mpsc;
 
 /// How a connection is kept honest: the settings `ws_ping_ms` and
 /// `ws_pong_timeout_ms`.
@@ -40,6 +41,10 @@ const CLOSE_GOING_AWAY: u16 = 1001;
 /// whole write each.
 const IN_FLIGHT: usize = 16;
 
+/// At most how many messages from the hub go out with one flush; see
+/// [`send_queued`].
+const SEND_BATCH: usize = 64;
+
 /// Runs the connection until either side ends it, then detaches it from the
 /// hub.
 pub async fn run(socket: WebSocket, hub: Hub, db: Db, identity: Identity, liveness: Liveness) {
@@ -58,7 +63,7 @@ pub async fn run(socket: WebSocket, hub: Hub, db: Db, identity: Identity, livene
                     close(&mut sink, CLOSE_TOO_SLOW, "too slow").await;
                     break;
                 };
-                if sink.send(Message::Text(message.to_frame().into())).await.is_err() {
+                if send_queued(&mut sink, message, &mut from_hub).await.is_err() {
                     break;
                 }
             }
@@ -216,6 +221,29 @@ async fn eligible_municipalities(
         }
     }
     Ok(Some(eligible))
+}
+
+/// Sends `first` and what else the hub has queued for this connection
+/// meanwhile, up to [`SEND_BATCH`], and flushes once. When the hub carries
+/// out a write batch it hands a busy connection the acknowledgements of its
+/// own messages and the deliveries of the other party's together; one write
+/// to the socket then carries them all, instead of a system call each.
+async fn send_queued<S>(
+    sink: &mut S,
+    first: ServerMessage,
+    from_hub: &mut mpsc::Receiver<ServerMessage>,
+) -> Result<(), S::Error>
+where
+    S: futures::Sink<Message> + Unpin,
+{
+    sink.feed(Message::Text(first.to_frame().into())).await?;
+    for _ in 1..SEND_BATCH {
+        let Ok(next) = from_hub.try_recv() else {
+            break;
+        };
+        sink.feed(Message::Text(next.to_frame().into())).await?;
+    }
+    sink.flush().await
 }
 
 async fn close<S>(sink: &mut S, code: u16, reason: &str)
