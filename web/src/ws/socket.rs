@@ -256,3 +256,76 @@ where
     };
     let _ = sink.send(Message::Close(Some(frame))).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use signaling::protocol::ErrorCode;
+
+    use super::*;
+
+    /// A sink that records the frames it is given and the flushes.
+    #[derive(Default)]
+    struct Recorder {
+        frames: Vec<String>,
+        flushes: usize,
+    }
+
+    impl futures::Sink<Message> for Recorder {
+        type Error = std::convert::Infallible;
+
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+            if let Message::Text(text) = item {
+                self.frames.push(text.as_str().to_owned());
+            }
+            Ok(())
+        }
+
+        fn poll_flush(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Result<(), Self::Error>> {
+            self.flushes += 1;
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn numbered(n: usize) -> ServerMessage {
+        ServerMessage::error(ErrorCode::NotFound, format!("message {n}"), None)
+    }
+
+    /// What waits goes out in order with one flush, at most a batch at a
+    /// time; the rest stays queued for the next turn of the loop.
+    #[tokio::test]
+    async fn queued_messages_go_out_in_order_with_one_flush_per_batch() {
+        let (tx, mut rx) = mpsc::channel(SEND_BATCH * 2);
+        for n in 1..SEND_BATCH + 10 {
+            tx.try_send(numbered(n)).unwrap();
+        }
+        let mut sink = Recorder::default();
+        send_queued(&mut sink, numbered(0), &mut rx).await.unwrap();
+        assert_eq!(sink.flushes, 1);
+        let expected: Vec<String> = (0..SEND_BATCH).map(|n| numbered(n).to_frame()).collect();
+        assert_eq!(sink.frames, expected);
+        assert_eq!(rx.len(), 10, "the rest waits for the next batch");
+
+        let mut sink = Recorder::default();
+        let first = rx.recv().await.unwrap();
+        send_queued(&mut sink, first, &mut rx).await.unwrap();
+        assert_eq!(sink.flushes, 1);
+        let expected: Vec<String> = (SEND_BATCH..SEND_BATCH + 10)
+            .map(|n| numbered(n).to_frame())
+            .collect();
+        assert_eq!(sink.frames, expected);
+    }
+}
