@@ -100,7 +100,7 @@ pub async fn run(socket: WebSocket, hub: Hub, db: Db, identity: Identity, livene
                         e.to_message()
                     }
                 };
-                if sink.send(Message::Text(answer.to_frame().into())).await.is_err() {
+                if sink.send(text(&answer)).await.is_err() {
                     break;
                 }
             }
@@ -236,14 +236,19 @@ async fn send_queued<S>(
 where
     S: futures::Sink<Message> + Unpin,
 {
-    sink.feed(Message::Text(first.to_frame().into())).await?;
+    sink.feed(text(&first)).await?;
     for _ in 1..SEND_BATCH {
         let Ok(next) = from_hub.try_recv() else {
             break;
         };
-        sink.feed(Message::Text(next.to_frame().into())).await?;
+        sink.feed(text(&next)).await?;
     }
     sink.flush().await
+}
+
+/// A message from the hub or the endpoint as a text frame.
+fn text(message: &ServerMessage) -> Message {
+    Message::Text(message.to_frame().into())
 }
 
 async fn close<S>(sink: &mut S, code: u16, reason: &str)
