@@ -3,10 +3,17 @@
 //! throughput and latency under 64 concurrent clients, search latency over a
 //! month for all nine municipalities, and the 200-requests-for-20-slots
 //! contention result.
+//!
+//! `--seconds N` sets the length of the booking run (default 10); `--only
+//! sqlite` or `--only postgres` measures one database; `--kontakt-binary
+//! PATH` runs that kontakt binary instead of building one, e.g. a copy of an
+//! earlier build, so that two builds can be measured turn about on a machine
+//! whose speed drifts.
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -29,27 +36,52 @@ pub(crate) const SECRET: &str = "bench-secret-that-is-long-enough-for-hs256";
 const CLIENTS: usize = 64;
 const BENCH_STAFF: usize = 40;
 
+/// The kontakt binary the benchmarks start: `--kontakt-binary`, or the one
+/// built from these sources.
+static KONTAKT_BINARY: OnceLock<PathBuf> = OnceLock::new();
+
+fn kontakt_binary() -> &'static std::path::Path {
+    KONTAKT_BINARY.get_or_init(|| PathBuf::from("target/release/kontakt"))
+}
+
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let seconds: u64 = flag(args, "--seconds").unwrap_or(10);
-    run_command(
-        "cargo",
-        &["build", "--release", "-p", "web", "--bin", "kontakt"],
-    )?;
+    let only = text_flag(args, "--only");
+    if let Some(db) = only.as_deref() {
+        if db != "sqlite" && db != "postgres" {
+            bail!("--only takes sqlite or postgres, not {db:?}");
+        }
+    }
+    match text_flag(args, "--kontakt-binary") {
+        Some(path) => {
+            let _ = KONTAKT_BINARY.set(PathBuf::from(path));
+        }
+        None => run_command(
+            "cargo",
+            &["build", "--release", "-p", "web", "--bin", "kontakt"],
+        )?,
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        println!("# cargo xtask bench booking --seconds {seconds}");
+        println!("# cargo xtask bench booking {}", args.join(" "));
         println!(
-            "# {} cores; {CLIENTS} concurrent clients; server: target/release/kontakt",
+            "# {} cores; {CLIENTS} concurrent clients; server: {}",
             std::thread::available_parallelism()
                 .map(|n| n.get())
-                .unwrap_or(1)
+                .unwrap_or(1),
+            kontakt_binary().display()
         );
-        let mut databases = vec![("sqlite", TestDb::sqlite().await)];
-        match TestDb::postgres().await {
-            Some(pg) => databases.push(("postgres", pg)),
-            None => println!("# DATABASE_URL is not set: PostgreSQL skipped"),
+        let mut databases = Vec::new();
+        if only.as_deref() != Some("postgres") {
+            databases.push(("sqlite", TestDb::sqlite().await));
+        }
+        if only.as_deref() != Some("sqlite") {
+            match TestDb::postgres().await {
+                Some(pg) => databases.push(("postgres", pg)),
+                None => println!("# DATABASE_URL is not set: PostgreSQL skipped"),
+            }
         }
         for (name, database) in databases {
             bench_one(name, database, seconds).await?;
@@ -59,10 +91,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 }
 
 pub(crate) fn flag(args: &[String], name: &str) -> Option<u64> {
+    text_flag(args, name).and_then(|v| v.parse().ok())
+}
+
+fn text_flag(args: &[String], name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
+        .cloned()
 }
 
 /// A `target/release/kontakt` child process, killed on drop.
@@ -100,7 +136,7 @@ pub(crate) async fn start_server(
     let dir = std::env::temp_dir().join(format!("kontakt-bench-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let base = format!("http://127.0.0.1:{port}");
-    let child = Command::new("target/release/kontakt")
+    let child = Command::new(kontakt_binary())
         .env("DATABASE_URL", database_url)
         .env("KONTAKT_LISTEN", format!("127.0.0.1:{port}"))
         .env("KONTAKT_PUBLIC_URL", &base)
@@ -111,7 +147,7 @@ pub(crate) async fn start_server(
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .spawn()
-        .context("starting target/release/kontakt")?;
+        .with_context(|| format!("starting {}", kontakt_binary().display()))?;
     let server = Server {
         child,
         base,
