@@ -1095,10 +1095,11 @@ async fn surroundings(
         let kind: String = r.try_get("kind")?;
         let value: String = r.try_get("value")?;
         match kind.as_str() {
-            "busy" => {
-                out.busy
-                    .insert(r.try_get("staff_id")?, parse_ranges(&value)?);
-            }
+            "busy" => out
+                .busy
+                .entry(r.try_get("staff_id")?)
+                .or_default()
+                .extend(parse_ranges(&value)?),
             "load" => {
                 out.booked.insert(r.try_get("staff_id")?, number(&value)?);
             }
@@ -1109,21 +1110,26 @@ async fn surroundings(
     Ok(out)
 }
 
-/// The query of [`surroundings`]: [`busy_sql`] and after its placeholders
-/// one more, the week. Built once per process, not once per booking.
+/// The query of [`surroundings`]: the placeholders of [`busy_sql`] and
+/// after them one more, the week. Unlike [`busy_sql`] it reads a row per
+/// booking, not per staff member: the window around one time holds a few
+/// bookings per staff member at most, and without the GROUP BY PostgreSQL
+/// plans it faster and sorts nothing (8 % less of its CPU per booking).
 fn surroundings_sql(but_one: bool) -> &'static str {
-    static SQL: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
-        [false, true].map(|but_one| {
-            let week = if but_one { "$5" } else { "$4" };
-            format!(
-                "SELECT 'busy' AS kind, staff_id, ranges AS value FROM ({}) busy \
-                 UNION ALL SELECT 'load', staff_id, CAST(booked_seconds AS TEXT) FROM staff_week_load WHERE week = {week} \
-                 UNION ALL SELECT 'version', '', CAST(version AS TEXT) FROM catalog_version WHERE id = 1",
-                busy_sql(but_one)
-            )
-        })
-    });
-    &SQL[usize::from(but_one)]
+    const ALL: &str = "SELECT 'busy' AS kind, staff_id, starts_at || ':' || ends_at AS value \
+         FROM bookings WHERE status = 'booked' AND starts_at > $3 AND starts_at < $2 AND ends_at > $1 \
+         UNION ALL SELECT 'load', staff_id, CAST(booked_seconds AS TEXT) FROM staff_week_load WHERE week = $4 \
+         UNION ALL SELECT 'version', '', CAST(version AS TEXT) FROM catalog_version WHERE id = 1";
+    const BUT_ONE: &str = "SELECT 'busy' AS kind, staff_id, starts_at || ':' || ends_at AS value \
+         FROM bookings WHERE status = 'booked' AND starts_at > $3 AND starts_at < $2 AND ends_at > $1 \
+         AND id <> $4 \
+         UNION ALL SELECT 'load', staff_id, CAST(booked_seconds AS TEXT) FROM staff_week_load WHERE week = $5 \
+         UNION ALL SELECT 'version', '', CAST(version AS TEXT) FROM catalog_version WHERE id = 1";
+    if but_one {
+        BUT_ONE
+    } else {
+        ALL
+    }
 }
 
 /// The busy-times query: `$1` and `$2` the range, `$3` the earliest start
@@ -1145,7 +1151,8 @@ fn busy_sql(but_one: bool) -> &'static str {
     }
 }
 
-/// `sql`, which holds [`busy_sql`], with the busy-times values bound.
+/// `sql`, which holds the placeholders of [`busy_sql`], with the busy-times
+/// values bound.
 fn busy_query<'q>(
     db: &Db,
     sql: &'q str,
@@ -1166,6 +1173,8 @@ fn busy_query<'q>(
     // table was small scans every active booking through another partial
     // index once it has grown (0.6 ms a booking at 10,000), and stays until
     // the next ANALYZE. Planned afresh for each call, it uses the range.
+    // (The query of `surroundings` without its GROUP BY fares no better: a
+    // generic plan made early read the overlap constraint's whole index.)
     query.persistent(db.backend() == Backend::Sqlite)
 }
 
@@ -1452,6 +1461,90 @@ mod tests {
             .await
             .unwrap();
             assert_eq!(active, 16, "{}", database.url);
+        }
+    }
+
+    /// What booking reads around a time holds every active booking of a
+    /// staff member in the window, one row each, and leaves out the one
+    /// being moved and those outside the window or cancelled.
+    #[tokio::test]
+    async fn the_surroundings_of_a_time_hold_each_booking_near_it() {
+        for database in crate::testing::databases().await {
+            let db = &database.db;
+            let now = Timestamp::now();
+            let tz = zone(DISPLAY_ZONE).unwrap();
+            let today = now.to_zoned(tz.clone()).date();
+            crate::seed::demo(db, today, now.as_second()).await.unwrap();
+            let resident = crate::accounts::create_resident(
+                db,
+                &crate::EmailAddress::parse("around@example.se").unwrap(),
+                "Around",
+                &MunicipalityCode::parse("1283").unwrap(),
+                Language::Sv,
+                now.as_second(),
+            )
+            .await
+            .unwrap();
+            let row = sqlx::query("SELECT id, municipality_code FROM staff ORDER BY id LIMIT 1")
+                .fetch_one(db.pool())
+                .await
+                .unwrap();
+            let staff_id: String = row.try_get("id").unwrap();
+            let municipality: String = row.try_get("municipality_code").unwrap();
+            let base = now.as_second() + 30 * 86400;
+            let mut written = Vec::new();
+            // Before, at and after `base`, one far away, and one cancelled.
+            for (start, status) in [
+                (base - 3600, BookingStatus::Booked),
+                (base, BookingStatus::Booked),
+                (base + 3600, BookingStatus::Booked),
+                (base + 5 * 86400, BookingStatus::Booked),
+                (base + 7200, BookingStatus::Cancelled),
+            ] {
+                let booking = Booking {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    resident_id: resident.id.clone(),
+                    staff_id: staff_id.clone(),
+                    service: ServiceCode::parse("stod-till-anhoriga").unwrap(),
+                    step: Step::Meeting,
+                    range: SlotRange::from_unix(start, start + 2700).unwrap(),
+                    status,
+                    performed_by: MunicipalityCode::parse(&municipality).unwrap(),
+                    performed_for: resident.home.clone(),
+                    agreement_id: None,
+                    rule: "home".into(),
+                    sequence: 0,
+                };
+                db.run(&[insert_statement(&booking, &random_token(), now)])
+                    .await
+                    .unwrap();
+                if status == BookingStatus::Cancelled {
+                    sqlx::query("UPDATE bookings SET status = 'cancelled' WHERE id = $1")
+                        .bind(&booking.id)
+                        .execute(db.pool())
+                        .await
+                        .unwrap();
+                }
+                written.push(booking);
+            }
+            let at = |s: i64| Timestamp::from_second(s).unwrap();
+            let monday = load::week_of(at(base), &tz);
+            let (from, to) = (at(base - 4 * 3600), at(base + 4 * 3600));
+            let near: Vec<SlotRange> = written[..3].iter().map(|b| b.range).collect();
+
+            let seen = surroundings(db, from, to, None, monday).await.unwrap();
+            let mut busy = seen.busy.get(&staff_id).cloned().unwrap_or_default();
+            busy.sort();
+            assert_eq!(busy, near, "{}", database.url);
+            assert!(seen.catalog_version >= 0, "{}", database.url);
+
+            let moving = written[1].id.as_str();
+            let seen = surroundings(db, from, to, Some(moving), monday)
+                .await
+                .unwrap();
+            let mut busy = seen.busy.get(&staff_id).cloned().unwrap_or_default();
+            busy.sort();
+            assert_eq!(busy, vec![near[0], near[2]], "{}", database.url);
         }
     }
 
