@@ -2,7 +2,8 @@
 //! SQLite and (when `DATABASE_URL` is set) PostgreSQL. It prints booking
 //! throughput and latency under 64 concurrent clients, search latency over a
 //! month for all nine municipalities, and the 200-requests-for-20-slots
-//! contention result.
+//! contention result. With a local PostgreSQL it also prints that server's
+//! CPU per booking.
 //!
 //! `--seconds N` sets the length of the booking run (default 10); `--only
 //! sqlite` or `--only postgres` measures one database; `--kontakt-binary
@@ -230,6 +231,7 @@ async fn bench_one(name: &str, database: TestDb, seconds: u64) -> anyhow::Result
     let next = Arc::new(AtomicUsize::new(0));
     let pid = server.child.id();
     let cpu_before = cpu_ticks(pid)?;
+    let postgres_before = postgres_ticks();
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut workers = Vec::new();
@@ -274,6 +276,8 @@ async fn bench_one(name: &str, database: TestDb, seconds: u64) -> anyhow::Result
     }
     let elapsed = started.elapsed().as_secs_f64();
     let server_cpu = (cpu_ticks(pid)? - cpu_before) as f64 / clock_ticks_per_second()?;
+    let postgres_cpu =
+        postgres_ticks().saturating_sub(postgres_before) as f64 / clock_ticks_per_second()?;
     latencies.sort();
     println!();
     println!("## {name}");
@@ -295,6 +299,13 @@ async fn bench_one(name: &str, database: TestDb, seconds: u64) -> anyhow::Result
         server_cpu * 1000.0 / statuses[0].max(1) as f64,
         server_cpu / elapsed,
     );
+    if name == "postgres" && postgres_cpu > 0.0 {
+        println!(
+            "postgres CPU: {:.2} ms per booking ({postgres_cpu:.1} s of CPU over {elapsed:.1} s, on {:.2} of the 2 cores; every local process named postgres)",
+            postgres_cpu * 1000.0 / statuses[0].max(1) as f64,
+            postgres_cpu / elapsed,
+        );
+    }
     println!(
         "mail: {} messages delivered over SMTP meanwhile (confirmations; reminders fall due later)",
         smtp.accepted()
@@ -327,6 +338,24 @@ async fn bench_one(name: &str, database: TestDb, seconds: u64) -> anyhow::Result
 
     contention(&server, db, &keys, &client).await?;
     Ok(())
+}
+
+/// CPU ticks of every process on this machine named `postgres`: the
+/// PostgreSQL server's, when `DATABASE_URL` points at one here, and 0 when
+/// it is elsewhere. A backend that exits between two readings takes its
+/// ticks with it; the server's pool keeps its connections through a run.
+fn postgres_ticks() -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim_end() == "postgres")
+        })
+        .filter_map(|pid| cpu_ticks(pid).ok())
+        .sum()
 }
 
 /// Adds `count` Helsingborg staff members (`<prefix><i>@kontakt.bench`) for
