@@ -1391,20 +1391,23 @@ pub fn day_bounds(day: Date, tz: &TimeZone) -> Result<(Timestamp, Timestamp), Er
 mod tests {
     use super::*;
 
-    /// Overlapping bookings of one staff member that reach the database at
-    /// once, so that they share a batch (on PostgreSQL, one statement):
-    /// one of each pair stands, and the other is refused as a conflict.
-    #[tokio::test]
-    async fn overlapping_bookings_written_together_are_refused_by_the_database() {
-        for database in crate::testing::databases().await {
-            let db = &database.db;
-            let now = Timestamp::now();
+    /// The demo seed, a Helsingborg resident, and the first staff member
+    /// by id, whose 45-minute bookings for that resident the tests write
+    /// directly.
+    struct OneStaff {
+        resident: Resident,
+        staff_id: String,
+        municipality: MunicipalityCode,
+    }
+
+    impl OneStaff {
+        async fn seeded(db: &Db, name: &str, now: Timestamp) -> OneStaff {
             let today = now.to_zoned(zone(DISPLAY_ZONE).unwrap()).date();
             crate::seed::demo(db, today, now.as_second()).await.unwrap();
             let resident = crate::accounts::create_resident(
                 db,
-                &crate::EmailAddress::parse("overlap@example.se").unwrap(),
-                "Overlap",
+                &crate::EmailAddress::parse(&format!("{name}@example.se")).unwrap(),
+                name,
                 &MunicipalityCode::parse("1283").unwrap(),
                 Language::Sv,
                 now.as_second(),
@@ -1415,22 +1418,43 @@ mod tests {
                 .fetch_one(db.pool())
                 .await
                 .unwrap();
-            let staff_id: String = row.try_get("id").unwrap();
             let municipality: String = row.try_get("municipality_code").unwrap();
-            let booking = |start: i64| Booking {
+            OneStaff {
+                resident,
+                staff_id: row.try_get("id").unwrap(),
+                municipality: MunicipalityCode::parse(&municipality).unwrap(),
+            }
+        }
+
+        fn booking(&self, start: i64, status: BookingStatus) -> Booking {
+            Booking {
                 id: uuid::Uuid::now_v7().to_string(),
-                resident_id: resident.id.clone(),
-                staff_id: staff_id.clone(),
+                resident_id: self.resident.id.clone(),
+                staff_id: self.staff_id.clone(),
                 service: ServiceCode::parse("stod-till-anhoriga").unwrap(),
                 step: Step::Meeting,
                 range: SlotRange::from_unix(start, start + 2700).unwrap(),
-                status: BookingStatus::Booked,
-                performed_by: MunicipalityCode::parse(&municipality).unwrap(),
-                performed_for: resident.home.clone(),
+                status,
+                performed_by: self.municipality.clone(),
+                performed_for: self.resident.home.clone(),
                 agreement_id: None,
                 rule: "home".into(),
                 sequence: 0,
-            };
+            }
+        }
+    }
+
+    /// Overlapping bookings of one staff member that reach the database at
+    /// once, so that they share a batch (on PostgreSQL, one statement):
+    /// one of each pair stands, and the other is refused as a conflict.
+    #[tokio::test]
+    async fn overlapping_bookings_written_together_are_refused_by_the_database() {
+        for database in crate::testing::databases().await {
+            let db = &database.db;
+            let now = Timestamp::now();
+            let one = OneStaff::seeded(db, "overlap", now).await;
+            let staff_id = &one.staff_id;
+            let booking = |start: i64| one.booking(start, BookingStatus::Booked);
             // Sixteen pairs an hour apart, the second of each starting 15
             // minutes into the first.
             let base = now.as_second() + 30 * 86400;
@@ -1455,7 +1479,7 @@ mod tests {
             let active: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM bookings WHERE staff_id = $1 AND status = 'booked' AND starts_at >= $2",
             )
-            .bind(&staff_id)
+            .bind(staff_id)
             .bind(base)
             .fetch_one(db.pool())
             .await
@@ -1473,24 +1497,8 @@ mod tests {
             let db = &database.db;
             let now = Timestamp::now();
             let tz = zone(DISPLAY_ZONE).unwrap();
-            let today = now.to_zoned(tz.clone()).date();
-            crate::seed::demo(db, today, now.as_second()).await.unwrap();
-            let resident = crate::accounts::create_resident(
-                db,
-                &crate::EmailAddress::parse("around@example.se").unwrap(),
-                "Around",
-                &MunicipalityCode::parse("1283").unwrap(),
-                Language::Sv,
-                now.as_second(),
-            )
-            .await
-            .unwrap();
-            let row = sqlx::query("SELECT id, municipality_code FROM staff ORDER BY id LIMIT 1")
-                .fetch_one(db.pool())
-                .await
-                .unwrap();
-            let staff_id: String = row.try_get("id").unwrap();
-            let municipality: String = row.try_get("municipality_code").unwrap();
+            let one = OneStaff::seeded(db, "around", now).await;
+            let staff_id = &one.staff_id;
             let base = now.as_second() + 30 * 86400;
             let mut written = Vec::new();
             // Before, at and after `base`, one far away, and one cancelled.
@@ -1501,20 +1509,7 @@ mod tests {
                 (base + 5 * 86400, BookingStatus::Booked),
                 (base + 7200, BookingStatus::Cancelled),
             ] {
-                let booking = Booking {
-                    id: uuid::Uuid::now_v7().to_string(),
-                    resident_id: resident.id.clone(),
-                    staff_id: staff_id.clone(),
-                    service: ServiceCode::parse("stod-till-anhoriga").unwrap(),
-                    step: Step::Meeting,
-                    range: SlotRange::from_unix(start, start + 2700).unwrap(),
-                    status,
-                    performed_by: MunicipalityCode::parse(&municipality).unwrap(),
-                    performed_for: resident.home.clone(),
-                    agreement_id: None,
-                    rule: "home".into(),
-                    sequence: 0,
-                };
+                let booking = one.booking(start, status);
                 db.run(&[insert_statement(&booking, &random_token(), now)])
                     .await
                     .unwrap();
@@ -1533,7 +1528,7 @@ mod tests {
             let near: Vec<SlotRange> = written[..3].iter().map(|b| b.range).collect();
 
             let seen = surroundings(db, from, to, None, monday).await.unwrap();
-            let mut busy = seen.busy.get(&staff_id).cloned().unwrap_or_default();
+            let mut busy = seen.busy.get(staff_id).cloned().unwrap_or_default();
             busy.sort();
             assert_eq!(busy, near, "{}", database.url);
             assert!(seen.catalog_version >= 0, "{}", database.url);
@@ -1542,7 +1537,7 @@ mod tests {
             let seen = surroundings(db, from, to, Some(moving), monday)
                 .await
                 .unwrap();
-            let mut busy = seen.busy.get(&staff_id).cloned().unwrap_or_default();
+            let mut busy = seen.busy.get(staff_id).cloned().unwrap_or_default();
             busy.sort();
             assert_eq!(busy, vec![near[0], near[2]], "{}", database.url);
         }
