@@ -66,7 +66,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        println!("# cargo xtask bench booking {}", args.join(" "));
+        println!(
+            "# {}",
+            ["cargo xtask bench booking"]
+                .into_iter()
+                .chain(args.iter().map(String::as_str))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
         println!(
             "# {} cores; {CLIENTS} concurrent clients; server: {}",
             std::thread::available_parallelism()
@@ -102,7 +109,8 @@ fn text_flag(args: &[String], name: &str) -> Option<String> {
         .cloned()
 }
 
-/// A `target/release/kontakt` child process, killed on drop.
+/// A kontakt child process (`--kontakt-binary`, or the release build),
+/// killed on drop.
 pub(crate) struct Server {
     pub(crate) child: Child,
     pub(crate) base: String,
