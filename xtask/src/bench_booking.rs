@@ -239,7 +239,7 @@ async fn bench_one(name: &str, database: TestDb, seconds: u64) -> anyhow::Result
     let next = Arc::new(AtomicUsize::new(0));
     let pid = server.child.id();
     let cpu_before = cpu_ticks(pid)?;
-    let postgres_before = postgres_ticks();
+    let postgres_before = (name == "postgres").then(postgres_ticks);
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut workers = Vec::new();
@@ -284,8 +284,10 @@ async fn bench_one(name: &str, database: TestDb, seconds: u64) -> anyhow::Result
     }
     let elapsed = started.elapsed().as_secs_f64();
     let server_cpu = (cpu_ticks(pid)? - cpu_before) as f64 / clock_ticks_per_second()?;
-    let postgres_cpu =
-        postgres_ticks().saturating_sub(postgres_before) as f64 / clock_ticks_per_second()?;
+    let postgres_cpu = match postgres_before {
+        Some(before) => postgres_ticks().saturating_sub(before) as f64 / clock_ticks_per_second()?,
+        None => 0.0,
+    };
     latencies.sort();
     println!();
     println!("## {name}");
@@ -307,7 +309,7 @@ async fn bench_one(name: &str, database: TestDb, seconds: u64) -> anyhow::Result
         server_cpu * 1000.0 / statuses[0].max(1) as f64,
         server_cpu / elapsed,
     );
-    if name == "postgres" && postgres_cpu > 0.0 {
+    if postgres_cpu > 0.0 {
         println!(
             "postgres CPU: {:.2} ms per booking ({postgres_cpu:.1} s of CPU over {elapsed:.1} s, on {:.2} of the 2 cores; every local process named postgres)",
             postgres_cpu * 1000.0 / statuses[0].max(1) as f64,
