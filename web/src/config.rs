@@ -111,11 +111,26 @@ impl Settings {
                     .map(|k| k.as_str().to_ascii_lowercase().into()),
             )
             .merge(Env::prefixed("KONTAKT_").split("__"));
-        let mut settings: Settings = figment.extract().map_err(Box::new)?;
-        if settings.public_url.starts_with("https://") {
-            settings.secure_cookies = true;
+        let settings: Settings = figment.extract().map_err(Box::new)?;
+        Ok(settings.normalised())
+    }
+
+    /// Settings as `load` hands them out. A blank URL counts as unset, as it
+    /// does for most tools: `NATS_URL=` left in an environment file means no
+    /// NATS, not a connection to an empty address, and a blank database URL
+    /// means the default SQLite file. Cookies are `Secure` whenever the
+    /// public address is https.
+    fn normalised(mut self) -> Settings {
+        let blank = |url: &String| url.trim().is_empty();
+        self.smtp_url = self.smtp_url.filter(|url| !blank(url));
+        self.nats_url = self.nats_url.filter(|url| !blank(url));
+        if blank(&self.database_url) {
+            self.database_url = Settings::default().database_url;
         }
-        Ok(settings)
+        if self.public_url.starts_with("https://") {
+            self.secure_cookies = true;
+        }
+        self
     }
 
     /// Where the file transport writes mail, and `/dev/mail` reads it.
@@ -155,5 +170,46 @@ fn test_relay() -> media_relay::RelayConfig {
         allowed_peer_ranges: vec!["127.0.0.0/8".parse().expect("a valid range")],
         workers: Some(1),
         ..media_relay::RelayConfig::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blank_urls_count_as_unset() {
+        let settings = Settings {
+            database_url: " ".into(),
+            smtp_url: Some(String::new()),
+            nats_url: Some("  ".into()),
+            ..Settings::default()
+        }
+        .normalised();
+        assert_eq!(settings.database_url, Settings::default().database_url);
+        assert_eq!(settings.smtp_url, None);
+        assert_eq!(settings.nats_url, None);
+
+        let set = Settings {
+            database_url: "postgres://db/kontakt".into(),
+            smtp_url: Some("smtp://mail:587".into()),
+            nats_url: Some("nats://bus:4222".into()),
+            ..Settings::default()
+        }
+        .normalised();
+        assert_eq!(set.database_url, "postgres://db/kontakt");
+        assert_eq!(set.smtp_url.as_deref(), Some("smtp://mail:587"));
+        assert_eq!(set.nats_url.as_deref(), Some("nats://bus:4222"));
+    }
+
+    #[test]
+    fn an_https_public_address_makes_cookies_secure() {
+        let settings = Settings {
+            public_url: "https://kontakt.example.se".into(),
+            ..Settings::default()
+        }
+        .normalised();
+        assert!(settings.secure_cookies);
+        assert!(!Settings::default().normalised().secure_cookies);
     }
 }
