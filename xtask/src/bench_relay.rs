@@ -102,11 +102,12 @@ impl Outcome {
 }
 
 const USAGE: &str = "usage: cargo xtask bench relay [--quick] [--pin] [--allocations N] \
-     [--load M,N,L,Z]... [--relay-binary PATH]
+     [--load M,N,L,Z]... [--rounds N] [--relay-binary PATH]
   --quick              one small load (10 clients x 200 messages of 170 bytes every 2 ms)
   --pin                servers on the first half of the cores, uclient and peer on the rest
   --allocations N      allocations opened for the memory figure (default 10000, 500 with --quick; 0 skips it)
   --load M,N,L,Z       M clients sending N messages of L bytes every Z ms (repeatable)
+  --rounds N           run each load N times, coturn and ours in turn, and print the median ratio (default 1)
   --relay-binary PATH  measure that media-relay binary instead of building this one";
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
@@ -115,6 +116,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let mut pin = false;
     let mut allocations: Option<u32> = None;
     let mut relay_binary: Option<PathBuf> = None;
+    let mut rounds = 1usize;
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         match arg.as_str() {
@@ -123,6 +125,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             "--relay-binary" => {
                 let path = iter.next().context("--relay-binary needs a path")?;
                 relay_binary = Some(PathBuf::from(path));
+            }
+            "--rounds" => {
+                let count = iter.next().context("--rounds needs a number")?;
+                rounds = count.parse().context("--rounds needs a number")?;
+                if rounds == 0 {
+                    bail!("--rounds needs a number above 0");
+                }
             }
             "--allocations" => {
                 let count = iter.next().context("--allocations needs a number")?;
@@ -255,40 +264,56 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             "{}×{}×{}@{}",
             load.clients, load.messages, load.length, load.interval_ms
         );
-        let mut rates = Vec::new();
-        for kind in [ServerKind::Coturn, ServerKind::Ours] {
-            match run_one(kind, *load, &setup) {
-                Ok(o) => {
-                    println!(
-                        "{:<20} {:<12} {:>9} {:>7.2} {:>7.2} {:>8.3} {:>11.0} {:>7.3} {:>9.1} {:>8.0} {:>7}",
-                        label,
-                        kind.name(),
-                        o.relayed(),
-                        o.cpu_seconds,
-                        o.user_seconds,
-                        o.loss_percent,
-                        o.packets_per_cpu_second(),
-                        o.rtt_ms,
-                        o.peak_rss_kib as f64 / 1024.0,
-                        o.bytes_per_allocation(),
-                        o.allocations,
-                    );
-                    rates.push(o.packets_per_cpu_second());
+        // Coturn's own figure moves by a third from one run to the next on this machine, so a
+        // single ratio says little; rounds run the pair again, turn about, for a median.
+        let mut ratios = Vec::new();
+        for _ in 0..rounds {
+            let mut rates = Vec::new();
+            for kind in [ServerKind::Coturn, ServerKind::Ours] {
+                match run_one(kind, *load, &setup) {
+                    Ok(o) => {
+                        println!(
+                            "{:<20} {:<12} {:>9} {:>7.2} {:>7.2} {:>8.3} {:>11.0} {:>7.3} {:>9.1} {:>8.0} {:>7}",
+                            label,
+                            kind.name(),
+                            o.relayed(),
+                            o.cpu_seconds,
+                            o.user_seconds,
+                            o.loss_percent,
+                            o.packets_per_cpu_second(),
+                            o.rtt_ms,
+                            o.peak_rss_kib as f64 / 1024.0,
+                            o.bytes_per_allocation(),
+                            o.allocations,
+                        );
+                        rates.push(o.packets_per_cpu_second());
+                    }
+                    Err(error) => {
+                        // One failed run should not hide the others' figures.
+                        failures += 1;
+                        println!("{label:<20} {:<12} failed: {error:#}", kind.name());
+                    }
                 }
-                Err(error) => {
-                    // One failed run should not hide the others' figures.
-                    failures += 1;
-                    println!("{label:<20} {:<12} failed: {error:#}", kind.name());
+            }
+            if let [coturn, ours] = rates[..] {
+                if coturn > 0.0 {
+                    println!(
+                        "{label:<20} ratio ours/coturn, packets per CPU-second: {:.2}",
+                        ours / coturn
+                    );
+                    ratios.push(ours / coturn);
                 }
             }
         }
-        if let [coturn, ours] = rates[..] {
-            if coturn > 0.0 {
-                println!(
-                    "{label:<20} ratio ours/coturn, packets per CPU-second: {:.2}",
-                    ours / coturn
-                );
-            }
+        if ratios.len() > 1 {
+            ratios.sort_by(f64::total_cmp);
+            println!(
+                "{label:<20} median ratio over {} rounds: {:.2} (lowest {:.2}, highest {:.2})",
+                ratios.len(),
+                median(&ratios),
+                ratios[0],
+                ratios[ratios.len() - 1]
+            );
         }
     }
     if allocations > 0 {
@@ -448,6 +473,16 @@ impl Setup {
                 .spawn()
                 .context("starting turnserver")?,
         }))
+    }
+}
+
+/// The median of `sorted`, which is sorted and not empty.
+fn median(sorted: &[f64]) -> f64 {
+    let middle = sorted.len() / 2;
+    if sorted.len() % 2 == 1 {
+        sorted[middle]
+    } else {
+        (sorted[middle - 1] + sorted[middle]) / 2.0
     }
 }
 
