@@ -7,6 +7,7 @@
 //! time is taken it moves on to the next candidate, so two requests racing for
 //! the last free time can never both win.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use jiff::civil::Date;
@@ -1074,14 +1075,13 @@ async fn surroundings(
     ignore_booking: Option<&str>,
     monday: Date,
 ) -> Result<Surroundings, Error> {
-    let query = busy_query(
-        db,
-        surroundings_sql(ignore_booking.is_some()),
-        from,
-        to,
-        ignore_booking,
-    )
-    .bind(monday.to_string());
+    let scale = db.bookings_scale();
+    let sql = surroundings_sql(db.backend(), ignore_booking.is_some(), scale);
+    // Prepared on both databases; on PostgreSQL named by the size class of
+    // `bookings` as well (see `surroundings_sql`).
+    let query = busy_query(db, &sql, from, to, ignore_booking)
+        .bind(monday.to_string())
+        .persistent(true);
     let mut out = Surroundings {
         busy: HashMap::new(),
         booked: HashMap::new(),
@@ -1104,10 +1104,17 @@ async fn surroundings(
                 out.booked.insert(r.try_get("staff_id")?, number(&value)?);
             }
             "version" => out.catalog_version = number(&value)?,
+            "pages" => db.set_bookings_scale(size_class(number(&value)?)),
             other => return Err(Error::Corrupt(format!("a row of kind {other:?}"))),
         }
     }
     Ok(out)
+}
+
+/// The size class of a table of `pages` pages: it grows by one each time
+/// the table doubles.
+fn size_class(pages: i64) -> u32 {
+    (u64::try_from(pages).unwrap_or(0) + 1).ilog2()
 }
 
 /// The active bookings that touch the range `$1` to `$2`, as the `FROM`
@@ -1126,7 +1133,19 @@ macro_rules! active_near {
 /// booking, not per staff member: the window around one time holds a few
 /// bookings per staff member at most, and without the GROUP BY PostgreSQL
 /// plans it faster and sorts nothing (8 % less of its CPU per booking).
-fn surroundings_sql(but_one: bool) -> &'static str {
+///
+/// Planning it cost PostgreSQL more than running it (0.1 ms against
+/// 0.05 ms), once per booking, so it is prepared there too, where after five
+/// runs PostgreSQL keeps one plan for all values. That plan is only as good
+/// as the table was big when it was made: made while `bookings` held a few
+/// pages it reads the whole table, and stays until the next ANALYZE, while a
+/// busy hour may multiply the table first (2.9 ms a read in the booking
+/// benchmark). So on PostgreSQL the query also reads the table's size in
+/// pages, and its text names the size class `scale` that the last read saw
+/// ([`size_class`]): each doubling of the table makes it a new statement,
+/// planned afresh for the table as it is then. The plan of a class is thus
+/// never used on a table more than twice the size it was made for.
+fn surroundings_sql(backend: Backend, but_one: bool, scale: u32) -> Cow<'static, str> {
     macro_rules! load_and_version {
         ($week:literal) => {
             concat!(
@@ -1147,10 +1166,13 @@ fn surroundings_sql(but_one: bool) -> &'static str {
         " AND id <> $4",
         load_and_version!("$5")
     );
-    if but_one {
-        BUT_ONE
-    } else {
-        ALL
+    let sql = if but_one { BUT_ONE } else { ALL };
+    match backend {
+        Backend::Sqlite => Cow::Borrowed(sql),
+        Backend::Postgres => Cow::Owned(format!(
+            "{sql} UNION ALL SELECT 'pages', '', CAST(pg_relation_size('bookings') / 8192 AS TEXT) \
+             /* planned for bookings of size class {scale} */"
+        )),
     }
 }
 
@@ -1196,8 +1218,8 @@ fn busy_query<'q>(
     // table was small scans every active booking through another partial
     // index once it has grown (0.6 ms a booking at 10,000), and stays until
     // the next ANALYZE. Planned afresh for each call, it uses the range.
-    // (The query of `surroundings` without its GROUP BY fares no better: a
-    // generic plan made early read the overlap constraint's whole index.)
+    // (`surroundings_sql` is prepared on PostgreSQL too, and says how it
+    // keeps such a plan from outliving the table it was made for.)
     query.persistent(db.backend() == Backend::Sqlite)
 }
 
@@ -1563,6 +1585,64 @@ mod tests {
             let mut busy = seen.busy.get(staff_id).cloned().unwrap_or_default();
             busy.sort();
             assert_eq!(busy, vec![near[0], near[2]], "{}", database.url);
+        }
+    }
+
+    /// The size class grows by one each time the table doubles.
+    #[test]
+    fn a_size_class_grows_with_each_doubling() {
+        let classes: Vec<u32> = [-1, 0, 1, 2, 3, 6, 7, 1_000_000]
+            .into_iter()
+            .map(size_class)
+            .collect();
+        assert_eq!(classes, [0, 0, 1, 1, 2, 2, 3, 19]);
+    }
+
+    /// On PostgreSQL a read around a time notes how big `bookings` has
+    /// grown, and the next read is a statement of its own, planned for that
+    /// size. SQLite plans each statement once per connection anyway.
+    #[tokio::test]
+    async fn a_read_around_a_time_is_planned_again_when_bookings_has_grown() {
+        for database in crate::testing::databases().await {
+            let db = &database.db;
+            let now = Timestamp::now();
+            let tz = zone(DISPLAY_ZONE).unwrap();
+            let one = OneStaff::seeded(db, "growing", now).await;
+            let base = now.as_second() + 30 * 86400;
+            let at = |s: i64| Timestamp::from_second(s).unwrap();
+            let monday = load::week_of(at(base), &tz);
+            let read = || surroundings(db, at(base - 3600), at(base + 3600), None, monday);
+
+            read().await.unwrap();
+            let before = db.bookings_scale();
+            // A few hundred bookings take several pages.
+            for i in 0..400 {
+                let booking = one.booking(base + i * 3600, BookingStatus::Booked);
+                db.run(&[insert_statement(&booking, &random_token(), now)])
+                    .await
+                    .unwrap();
+            }
+            // The window holds the first of them only.
+            let seen = read().await.unwrap();
+            assert_eq!(seen.busy.get(&one.staff_id).map(Vec::len), Some(1));
+            let after = db.bookings_scale();
+            match db.backend() {
+                Backend::Sqlite => assert_eq!((before, after), (0, 0)),
+                Backend::Postgres => {
+                    let pages: i64 =
+                        sqlx::query_scalar("SELECT pg_relation_size('bookings') / 8192")
+                            .fetch_one(db.pool())
+                            .await
+                            .unwrap();
+                    assert!(pages >= 4, "{pages} pages");
+                    assert_eq!(after, size_class(pages));
+                    assert!(after > before, "{before} then {after}");
+                    assert_ne!(
+                        surroundings_sql(Backend::Postgres, false, before),
+                        surroundings_sql(Backend::Postgres, false, after)
+                    );
+                }
+            }
         }
     }
 

@@ -31,6 +31,11 @@ pub struct Db {
     batches: crate::batch::Batches,
     holds: Holds,
     checkpoints: Arc<Checkpoints>,
+    /// How big `bookings` was at the last read around a time, as
+    /// [`crate::bookings`] keeps it on PostgreSQL: the size class its
+    /// prepared statement is named by, so that it is planned again when the
+    /// table has doubled.
+    bookings_scale: Arc<AtomicU32>,
 }
 
 /// SQLite's checkpoints (copying what the WAL holds back into the database
@@ -195,6 +200,7 @@ impl Db {
             batches: Default::default(),
             holds: Default::default(),
             checkpoints: Default::default(),
+            bookings_scale: Default::default(),
         })
     }
 
@@ -338,6 +344,16 @@ impl Db {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The size class of `bookings` that the last read around a time saw,
+    /// on PostgreSQL; 0 before the first and on SQLite.
+    pub(crate) fn bookings_scale(&self) -> u32 {
+        self.bookings_scale.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_bookings_scale(&self, scale: u32) {
+        self.bookings_scale.store(scale, Ordering::Relaxed);
     }
 }
 
