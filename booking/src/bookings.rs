@@ -1061,7 +1061,11 @@ async fn busy_times(
 
 /// What picking a staff member for a time reads, in one trip to the
 /// database: the busy times around it as [`busy_times`], the booked
-/// seconds of its week per staff member, and the catalog's version.
+/// seconds of its week per staff member, and the catalog's version. The
+/// week's load comes joined into one row (`staff:seconds,...`), not a row
+/// per staff member: a busy week holds some fifty, and a row costs kontakt
+/// more than its part of a text (a tenth of kontakt's CPU per booking in
+/// the booking benchmark, BENCHMARKS.md).
 struct Surroundings {
     busy: HashMap<String, Vec<SlotRange>>,
     booked: HashMap<String, i64>,
@@ -1101,7 +1105,12 @@ async fn surroundings(
                 .or_default()
                 .extend(parse_ranges(&value)?),
             "load" => {
-                out.booked.insert(r.try_get("staff_id")?, number(&value)?);
+                for pair in value.split(',').filter(|p| !p.is_empty()) {
+                    let (staff_id, seconds) = pair.rsplit_once(':').ok_or_else(|| {
+                        Error::Corrupt(format!("{pair:?} where staff:seconds belongs"))
+                    })?;
+                    out.booked.insert(staff_id.to_owned(), number(seconds)?);
+                }
             }
             "version" => out.catalog_version = number(&value)?,
             "pages" => db.set_bookings_scale(size_class(number(&value)?)),
@@ -1149,7 +1158,7 @@ fn surroundings_sql(backend: Backend, but_one: bool, scale: u32) -> Cow<'static,
     macro_rules! load_and_version {
         ($week:literal) => {
             concat!(
-                " UNION ALL SELECT 'load', staff_id, CAST(booked_seconds AS TEXT) FROM staff_week_load WHERE week = ",
+                " UNION ALL SELECT 'load', '', COALESCE(string_agg(staff_id || ':' || booked_seconds, ','), '') FROM staff_week_load WHERE week = ",
                 $week,
                 " UNION ALL SELECT 'version', '', CAST(version AS TEXT) FROM catalog_version WHERE id = 1"
             )
@@ -1572,11 +1581,34 @@ mod tests {
             let (from, to) = (at(base - 4 * 3600), at(base + 4 * 3600));
             let near: Vec<SlotRange> = written[..3].iter().map(|b| b.range).collect();
 
+            // The week's load: none, then the one at `base` counted twice
+            // for this staff member and once for another.
+            let seen = surroundings(db, from, to, None, monday).await.unwrap();
+            assert!(seen.booked.is_empty(), "{}", database.url);
+            let counted = load::adjust(staff_id, &written[1].range, 1, &tz);
+            db.run(std::slice::from_ref(&counted)).await.unwrap();
+            db.run(&[counted]).await.unwrap();
+            let other: String =
+                sqlx::query_scalar("SELECT id FROM staff ORDER BY id LIMIT 1 OFFSET 1")
+                    .fetch_one(db.pool())
+                    .await
+                    .unwrap();
+            db.run(&[load::adjust(&other, &written[1].range, 1, &tz)])
+                .await
+                .unwrap();
+
             let seen = surroundings(db, from, to, None, monday).await.unwrap();
             let mut busy = seen.busy.get(staff_id).cloned().unwrap_or_default();
             busy.sort();
             assert_eq!(busy, near, "{}", database.url);
             assert!(seen.catalog_version >= 0, "{}", database.url);
+            let seconds = written[1].range.end().as_second() - written[1].range.start().as_second();
+            assert_eq!(
+                seen.booked,
+                HashMap::from([(staff_id.clone(), 2 * seconds), (other, seconds)]),
+                "{}",
+                database.url
+            );
 
             let moving = written[1].id.as_str();
             let seen = surroundings(db, from, to, Some(moving), monday)
