@@ -7,8 +7,8 @@
 //! time is taken it moves on to the next candidate, so two requests racing for
 //! the last free time can never both win.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::OnceLock;
 
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
@@ -1044,13 +1044,15 @@ async fn busy_times(
     to: Timestamp,
     ignore_booking: Option<&str>,
 ) -> Result<HashMap<String, Vec<SlotRange>>, Error> {
-    let query = busy_query(
-        db,
-        busy_sql(ignore_booking.is_some()),
-        from,
-        to,
-        ignore_booking,
-    );
+    // PostgreSQL plans a prepared statement once for all values after a few
+    // runs, with the table as big as it was then. A plan made while the
+    // table was small scans every active booking through another partial
+    // index once it has grown (0.6 ms a booking at 10,000), and stays until
+    // the next ANALYZE. Planned afresh for each call, it uses the range.
+    // (`surroundings_sql` shows how a prepared statement can be kept from
+    // outliving the table its plan was made for.)
+    let query = busy_query(busy_sql(ignore_booking.is_some()), from, to, ignore_booking)
+        .persistent(db.backend() == Backend::Sqlite);
     let mut busy = HashMap::new();
     for r in query.fetch_all(db.pool()).await? {
         let ranges: String = r.try_get("ranges")?;
@@ -1079,13 +1081,9 @@ async fn surroundings(
     ignore_booking: Option<&str>,
     monday: Date,
 ) -> Result<Surroundings, Error> {
-    let scale = db.bookings_scale();
-    let sql = surroundings_sql(db.backend(), ignore_booking.is_some(), scale);
-    // Prepared on both databases; on PostgreSQL named by the size class of
-    // `bookings` as well (see `surroundings_sql`).
-    let query = busy_query(db, &sql, from, to, ignore_booking)
-        .bind(monday.to_string())
-        .persistent(true);
+    let sql = surroundings_sql(db.backend(), ignore_booking.is_some(), db.bookings_scale());
+    // Prepared on both databases (see `surroundings_sql`).
+    let query = busy_query(sql, from, to, ignore_booking).bind(monday.to_string());
     let mut out = Surroundings {
         busy: HashMap::new(),
         booked: HashMap::new(),
@@ -1154,7 +1152,7 @@ macro_rules! active_near {
 /// ([`size_class`]): each doubling of the table makes it a new statement,
 /// planned afresh for the table as it is then. The plan of a class is thus
 /// never used on a table more than twice the size it was made for.
-fn surroundings_sql(backend: Backend, but_one: bool, scale: u32) -> Cow<'static, str> {
+fn surroundings_sql(backend: Backend, but_one: bool, scale: u32) -> &'static str {
     macro_rules! load_and_version {
         ($week:literal) => {
             concat!(
@@ -1175,13 +1173,18 @@ fn surroundings_sql(backend: Backend, but_one: bool, scale: u32) -> Cow<'static,
         " AND id <> $4",
         load_and_version!("$5")
     );
+    // PostgreSQL's texts, made once per size class (at most 64, as the
+    // class of a 64-bit page count) rather than once per booking.
+    static POSTGRES: [[OnceLock<String>; 64]; 2] = [const { [const { OnceLock::new() }; 64] }; 2];
     let sql = if but_one { BUT_ONE } else { ALL };
     match backend {
-        Backend::Sqlite => Cow::Borrowed(sql),
-        Backend::Postgres => Cow::Owned(format!(
-            "{sql} UNION ALL SELECT 'pages', '', CAST(pg_relation_size('bookings') / 8192 AS TEXT) \
-             /* planned for bookings of size class {scale} */"
-        )),
+        Backend::Sqlite => sql,
+        Backend::Postgres => POSTGRES[usize::from(but_one)][scale.min(63) as usize].get_or_init(|| {
+            format!(
+                "{sql} UNION ALL SELECT 'pages', '', CAST(pg_relation_size('bookings') / 8192 AS TEXT) \
+                 /* planned for bookings of size class {scale} */"
+            )
+        }),
     }
 }
 
@@ -1206,9 +1209,9 @@ fn busy_sql(but_one: bool) -> &'static str {
 }
 
 /// `sql`, which holds the placeholders of [`busy_sql`], with the busy-times
-/// values bound.
+/// values bound. sqlx prepares it; [`busy_times`] says why it does not keep
+/// it on PostgreSQL.
 fn busy_query<'q>(
-    db: &Db,
     sql: &'q str,
     from: Timestamp,
     to: Timestamp,
@@ -1218,18 +1221,10 @@ fn busy_query<'q>(
         .bind(from.as_second())
         .bind(to.as_second())
         .bind(from.as_second() - MAX_BOOKING_SECONDS);
-    let query = match ignore_booking {
+    match ignore_booking {
         Some(id) => query.bind(id),
         None => query,
-    };
-    // PostgreSQL plans a prepared statement once for all values after a few
-    // runs, with the table as big as it was then. A plan made while the
-    // table was small scans every active booking through another partial
-    // index once it has grown (0.6 ms a booking at 10,000), and stays until
-    // the next ANALYZE. Planned afresh for each call, it uses the range.
-    // (`surroundings_sql` is prepared on PostgreSQL too, and says how it
-    // keeps such a plan from outliving the table it was made for.)
-    query.persistent(db.backend() == Backend::Sqlite)
+    }
 }
 
 /// `start:end,start:end,...` in Unix seconds, as [`busy_times`] asks the
