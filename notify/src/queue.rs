@@ -92,7 +92,16 @@ pub(crate) async fn claim(
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     // SQLite: wait in this process's writer line, not in its busy handler.
     let _turn = db.write_turn().await;
+    // PostgreSQL plans a prepared statement once for all values after five
+    // runs, for the table as big as it is then, and keeps that plan until
+    // the next ANALYZE. The first claims run on a nearly empty outbox, where
+    // the cheapest plan reads the whole table and sorts it, and a backlog
+    // then made each claim pay for reading it all: 28 ms a claim at 40,000
+    // rows in the booking benchmark (BENCHMARKS.md). A claim comes once per
+    // poll or per batch of sends, so planning each one costs little beside
+    // the mail it hands out.
     let rows = sqlx::query(claim_sql(db.backend()))
+        .persistent(db.backend() == Backend::Sqlite)
         .bind(lease_until)
         .bind(now)
         .bind(limit)
@@ -234,5 +243,35 @@ mod tests {
             !steps.iter().any(|s| s.contains("TEMP B-TREE")),
             "{steps:?}"
         );
+    }
+
+    /// PostgreSQL plans each claim for the outbox as it is, rather than
+    /// keeping a plan made while the outbox was empty: such a plan reads
+    /// the whole table and sorts it, and it would stay while a backlog grows.
+    #[tokio::test]
+    async fn postgres_plans_each_claim_for_the_outbox_as_it_is() {
+        let Some(test) = TestDb::postgres().await else {
+            return;
+        };
+        // One connection, so that what it keeps prepared is what the
+        // claims left there.
+        let db = Db::connect(&test.url, 1).await.unwrap();
+        for now in 0..8 {
+            assert!(claim(&db, now, now + 60, 10).await.unwrap().is_empty());
+        }
+        let kept: Vec<String> = sqlx::query_scalar("SELECT statement FROM pg_prepared_statements")
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+        // The listing sees what sqlx keeps prepared: itself.
+        assert!(
+            kept.iter().any(|s| s.contains("pg_prepared_statements")),
+            "{kept:?}"
+        );
+        assert!(
+            !kept.iter().any(|s| s.contains("UPDATE outbox")),
+            "{kept:?}"
+        );
+        db.close().await;
     }
 }
