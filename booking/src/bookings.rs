@@ -923,7 +923,19 @@ fn free_slots(
             continue;
         }
         let taken = busy.get(&s.id).map(Vec::as_slice).unwrap_or_default();
-        for range in slots::generate(own, shape, from, to, &tz) {
+        let (exact, day);
+        let ranges: &[SlotRange] = match exact_start {
+            // Booking: one time on one day.
+            Some(start) if from == to => {
+                exact = slots::slot_at(own, shape, from, start, &tz);
+                exact.as_slice()
+            }
+            _ => {
+                day = slots::generate(own, shape, from, to, &tz);
+                &day
+            }
+        };
+        for &range in ranges {
             if range.start() <= now
                 || exact_start.is_some_and(|t| t != range.start())
                 || conflicts(&range, taken, service)
