@@ -1022,11 +1022,12 @@ async fn best_free(
     if candidates.is_empty() {
         return Err(Error::Conflict("that time is not available".into()));
     }
+    let published_in_week = catalog.published_in_week(monday)?;
     let mut ranked: Vec<(f64, bool, Candidate)> = candidates
         .into_iter()
         .map(|c| {
             let minutes = booked.get(&c.staff_id).copied().unwrap_or(0) / 60;
-            let published = load::published_minutes(catalog.templates_of(&c.staff_id), monday, &tz);
+            let published = published_in_week.get(&c.staff_id).copied().unwrap_or(0);
             let away = &c.municipality != wanted.home;
             (minutes as f64 / published.max(1) as f64, away, c)
         })

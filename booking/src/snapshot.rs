@@ -6,15 +6,18 @@
 //! nodes share the database, and reloading happens only after a change.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+
+use jiff::civil::Date;
 
 use sqlx::{AnyConnection, Row};
 
 use crate::accounts::{self, Staff};
-use crate::bookings;
+use crate::bookings::{self, DISPLAY_ZONE};
 use crate::catalog::{self, Municipality, Service};
 use crate::db::Db;
 use crate::domain::{MunicipalityCode, Rule, ServiceCode, Step};
+use crate::load;
 use crate::policy::Agreement;
 use crate::slots::Template;
 use crate::Error;
@@ -29,6 +32,8 @@ pub struct Snapshot {
     pub agreements: Vec<Agreement>,
     pub staff: Vec<Staff>,
     pub templates: HashMap<String, Vec<Template>>,
+    /// [`Snapshot::published_in_week`]'s answers so far, by the week's Monday.
+    published: Mutex<HashMap<Date, Arc<HashMap<String, i64>>>>,
 }
 
 impl Snapshot {
@@ -63,6 +68,28 @@ impl Snapshot {
             .get(staff_id)
             .map(Vec::as_slice)
             .unwrap_or_default()
+    }
+
+    /// The minutes each staff member's templates publish in the week that
+    /// starts on `monday` in the display zone ([`load::published_minutes`];
+    /// staff without templates are left out), worked out once per week and
+    /// snapshot. Ranking the candidates for a time asks it of every one of
+    /// them on each booking, and each answer takes fourteen time-zone
+    /// conversions.
+    pub fn published_in_week(&self, monday: Date) -> Result<Arc<HashMap<String, i64>>, Error> {
+        let mut weeks = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(week) = weeks.get(&monday) {
+            return Ok(week.clone());
+        }
+        let tz = bookings::zone(DISPLAY_ZONE)?;
+        let week: Arc<HashMap<String, i64>> = Arc::new(
+            self.templates
+                .iter()
+                .map(|(staff, own)| (staff.clone(), load::published_minutes(own, monday, &tz)))
+                .collect(),
+        );
+        weeks.insert(monday, week.clone());
+        Ok(week)
     }
 }
 
@@ -139,5 +166,68 @@ async fn load(db: &Db, version: i64) -> Result<Snapshot, Error> {
         agreements: catalog::agreements(db, None).await?,
         staff: accounts::all_staff(db).await?,
         templates,
+        published: Mutex::default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use jiff::civil::date;
+
+    use super::*;
+
+    fn template(staff_id: &str, weekday: i8, start_minute: i16, end_minute: i16) -> Template {
+        Template {
+            id: format!("{staff_id}-{weekday}"),
+            staff_id: staff_id.to_owned(),
+            weekday,
+            start_minute,
+            end_minute,
+            valid_from: date(2026, 1, 1),
+            valid_to: date(2027, 12, 31),
+        }
+    }
+
+    /// A week's published minutes are each staff member's, worked out once:
+    /// the week of the autumn change (25 hours on its Sunday) and an
+    /// ordinary one.
+    #[test]
+    fn a_week_s_published_minutes_are_worked_out_once_per_week() {
+        let mut templates = HashMap::new();
+        templates.insert(
+            "a".to_owned(),
+            vec![template("a", 1, 480, 960), template("a", 7, 0, 1440)],
+        );
+        templates.insert("b".to_owned(), vec![template("b", 3, 540, 720)]);
+        let snapshot = Snapshot {
+            version: 1,
+            municipalities: Vec::new(),
+            services: HashMap::new(),
+            rules: HashMap::new(),
+            agreements: Vec::new(),
+            staff: Vec::new(),
+            templates,
+            published: Mutex::default(),
+        };
+        let tz = bookings::zone(DISPLAY_ZONE).unwrap();
+        for monday in [date(2026, 10, 19), date(2026, 11, 2)] {
+            let week = snapshot.published_in_week(monday).unwrap();
+            assert_eq!(week.len(), 2);
+            for (staff, own) in &snapshot.templates {
+                assert_eq!(week[staff], load::published_minutes(own, monday, &tz));
+            }
+            assert!(Arc::ptr_eq(
+                &week,
+                &snapshot.published_in_week(monday).unwrap()
+            ));
+        }
+        assert_eq!(
+            snapshot.published_in_week(date(2026, 10, 19)).unwrap()["a"],
+            480 + 1500
+        );
+        assert_eq!(
+            snapshot.published_in_week(date(2026, 11, 2)).unwrap()["a"],
+            480 + 1440
+        );
+    }
 }
