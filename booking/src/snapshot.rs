@@ -74,8 +74,9 @@ impl Snapshot {
     /// starts on `monday` in the display zone ([`load::published_minutes`];
     /// staff without templates are left out), worked out once per week and
     /// snapshot. Ranking the candidates for a time asks it of every one of
-    /// them on each booking, and each answer takes fourteen time-zone
-    /// conversions.
+    /// them on each booking, and each answer takes two time-zone conversions
+    /// per window of the week. A snapshot holds one map per week asked
+    /// about, until a catalog change replaces it.
     pub fn published_in_week(&self, monday: Date) -> Result<Arc<HashMap<String, i64>>, Error> {
         let mut weeks = self.published.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(week) = weeks.get(&monday) {
