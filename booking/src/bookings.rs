@@ -1491,6 +1491,16 @@ mod tests {
             }
         }
 
+        /// Writes `count` active bookings an hour apart from `from`.
+        async fn book_hourly(&self, db: &Db, from: i64, count: i64, now: Timestamp) {
+            for i in 0..count {
+                let booking = self.booking(from + i * 3600, BookingStatus::Booked);
+                db.run(&[insert_statement(&booking, &random_token(), now)])
+                    .await
+                    .unwrap();
+            }
+        }
+
         fn booking(&self, start: i64, status: BookingStatus) -> Booking {
             Booking {
                 id: uuid::Uuid::now_v7().to_string(),
@@ -1659,12 +1669,7 @@ mod tests {
             read().await.unwrap();
             let before = db.bookings_scale();
             // A few hundred bookings take several pages.
-            for i in 0..400 {
-                let booking = one.booking(base + i * 3600, BookingStatus::Booked);
-                db.run(&[insert_statement(&booking, &random_token(), now)])
-                    .await
-                    .unwrap();
-            }
+            one.book_hourly(db, base, 400, now).await;
             // The window holds the first of them only.
             let seen = read().await.unwrap();
             assert_eq!(seen.busy.get(&one.staff_id).map(Vec::len), Some(1));
@@ -1768,12 +1773,7 @@ mod tests {
             let now = Timestamp::now();
             let one = OneStaff::seeded(db, "counted", now).await;
             let base = now.as_second() + 30 * 86400;
-            for i in 0..2000 {
-                let booking = one.booking(base + i * 3600, BookingStatus::Booked);
-                db.run(&[insert_statement(&booking, &random_token(), now)])
-                    .await
-                    .unwrap();
-            }
+            one.book_hourly(db, base, 2000, now).await;
             sqlx::query("ANALYZE").execute(db.pool()).await.unwrap();
             let (explain, detail) = match db.backend() {
                 Backend::Sqlite => ("EXPLAIN QUERY PLAN", "detail"),
