@@ -699,3 +699,96 @@ async fn a_knock_with_no_staff_in_the_room_mails_the_booked_staff_member_once() 
         assert_eq!(knocks().await.expect("count"), 1, "{}", app.backend);
     }
 }
+
+#[tokio::test]
+async fn the_join_link_opens_the_meeting_page_for_the_resident_and_eligible_staff_only() {
+    for app in spawn_apps().await {
+        let meeting = book_meeting(&app).await;
+        let join = format!("/join/{}", meeting.id);
+        let marker = format!("data-booking=\"{}\"", meeting.id);
+
+        let (status, page) = page_as(&app, &meeting.resident_token, &join).await;
+        assert_eq!(status, 200, "{}", app.backend);
+        assert!(page.contains(&marker), "{}: {page}", app.backend);
+        assert!(page.contains("data-role=\"resident\""));
+        assert!(page.contains("/assets/meeting.js"));
+        assert!(
+            !page.contains("id=\"lobby-list\"") && !page.contains("id=\"end-meeting\""),
+            "a resident neither admits nor ends"
+        );
+        let (_, my_pages) = page_as(&app, &meeting.resident_token, "/my").await;
+        assert!(
+            my_pages.contains(&format!("href=\"{join}\"")),
+            "My pages links to it"
+        );
+
+        let (status, page) = page_as(&app, &meeting.staff_token, &join).await;
+        assert_eq!(status, 200, "{}", app.backend);
+        assert!(page.contains("data-role=\"staff\""));
+        assert!(page.contains("id=\"lobby-list\"") && page.contains("id=\"end-meeting\""));
+
+        // Another resident, staff the policy keeps out, and nobody signed in
+        // see nothing of it.
+        let erik = app.resident("erik@example.se").await;
+        let (status, page) = page_as(&app, &app.resident_token(&erik), &join).await;
+        assert_eq!(status, 404, "{}", app.backend);
+        assert!(!page.contains(&marker));
+        let outsider = app
+            .staff_token("handlaggare.helsingborg@kontakt.demo")
+            .await;
+        let (status, page) = page_as(&app, &outsider, &join).await;
+        assert_eq!(status, 404, "{}", app.backend);
+        assert!(!page.contains(&marker));
+        let signed_out = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("a client")
+            .get(app.url(&join))
+            .send()
+            .await
+            .expect("sent");
+        assert!(signed_out.status().is_redirection(), "{}", app.backend);
+        let to = signed_out.headers()["location"].to_str().expect("ascii");
+        assert!(to.starts_with("/sign-in?next="), "{to}");
+
+        let audit = booking::audit::recent(&app.db, None, 200)
+            .await
+            .expect("audit");
+        let denied = |actor: &str| {
+            audit
+                .iter()
+                .filter(|r| {
+                    r.actor == actor && r.outcome == "denied" && r.subject.contains(&meeting.id)
+                })
+                .count()
+        };
+        assert!(denied(&format!("resident:{}", erik.id)) >= 1, "{audit:?}");
+        assert!(
+            audit.iter().any(|r| r.actor.starts_with("staff:")
+                && r.outcome == "denied"
+                && r.subject.contains(&meeting.id)),
+            "{audit:?}"
+        );
+
+        // A cancelled booking has no meeting to join.
+        let cancelled = app
+            .post(
+                &format!("/api/bookings/{}/cancel", meeting.id),
+                Some(&meeting.resident_token),
+                &json!({}),
+            )
+            .await;
+        assert!(cancelled.status().is_success(), "{}", app.backend);
+        let (status, page) = page_as(&app, &meeting.resident_token, &join).await;
+        assert_eq!(status, 200);
+        assert!(!page.contains(&marker), "no call for a cancelled booking");
+        assert!(page.contains("status-cancelled"));
+
+        let script = app.get("/assets/meeting.js", None).await;
+        assert_eq!(script.status(), 200);
+        assert!(script.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/javascript"));
+    }
+}

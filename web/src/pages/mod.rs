@@ -1,18 +1,21 @@
 //! The server-rendered pages of the `kontakt` binary: the resident's booking
 //! flow, sign-in, "My pages", managing a booking by its mail token, the
-//! public legal map, and the staff, scheduler and admin views.
+//! meeting page with the video call, the public legal map, and the staff,
+//! scheduler and admin views.
 //!
 //! Pages are plain HTML built here, with every string translated through
 //! rust-i18n (`page.` keys) and every dynamic value escaped. They work without
-//! JavaScript; the one small script only moves focus to a message after a
-//! form post. Cookie sessions are the same JWTs the API issues; because a
-//! plain HTML form cannot send the `x-csrf-token` header, page forms carry the
-//! session's CSRF value in a hidden `csrf` field that the handlers here
-//! compare with the claim.
+//! JavaScript, except the video meeting (`meeting.js`); the one small script
+//! on every page only moves focus to a message after a form post. Cookie
+//! sessions are the same JWTs the API issues; because a plain HTML form
+//! cannot send the `x-csrf-token` header, page forms carry the session's CSRF
+//! value in a hidden `csrf` field that the handlers here compare with the
+//! claim.
 
 mod chats;
 mod legal;
 mod manage;
+mod meeting;
 mod resident;
 mod staff;
 
@@ -43,6 +46,7 @@ pub fn router() -> Router<AppState> {
         .merge(resident::router())
         .merge(manage::router())
         .merge(chats::router())
+        .merge(meeting::router())
         .merge(legal::router())
         .merge(staff::router())
         .route("/lang", get(switch_language))

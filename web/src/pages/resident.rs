@@ -589,10 +589,20 @@ async fn my_pages(
         } else {
             ""
         };
+        let join = if b.status == BookingStatus::Booked && b.range.end() > now {
+            format!(
+                "<a class=\"button\" href=\"/join/{id}\">{label}<span class=\"visually-hidden\"> {what}</span></a>\n",
+                id = enc(&b.id),
+                label = t("page.meeting.join"),
+                what = service_name(&b.service),
+            )
+        } else {
+            String::new()
+        };
         let actions = if b.status == BookingStatus::Booked && b.range.start() > now {
             format!(
                 r#"<div class="actions">
-<form method="post" action="/my/bookings/{id}/cancel">{csrf}<button type="submit" class="secondary">{cancel}<span class="visually-hidden"> {what}</span></button></form>
+{join}<form method="post" action="/my/bookings/{id}/cancel">{csrf}<button type="submit" class="secondary">{cancel}<span class="visually-hidden"> {what}</span></button></form>
 <a class="button secondary" href="/my/bookings/{id}/reschedule">{reschedule}<span class="visually-hidden"> {what}</span></a>
 </div>"#,
                 id = enc(&b.id),
@@ -601,6 +611,8 @@ async fn my_pages(
                 reschedule = t("page.my.reschedule"),
                 what = service_name(&b.service),
             )
+        } else if !join.is_empty() {
+            format!("<div class=\"actions\">{join}</div>")
         } else {
             String::new()
         };

@@ -189,7 +189,7 @@ async fn day(
         body.push_str(&format!(
             r#"<div class="table-wrap" role="region" tabindex="0" aria-labelledby="meetings-caption"><table class="meetings">
 <caption id="meetings-caption">{caption}</caption>
-<thead><tr><th scope="col">{time}</th><th scope="col">{resident}</th><th scope="col">{service}</th><th scope="col">{for_}</th><th scope="col">{rule}</th><th scope="col">{status}</th></tr></thead><tbody>"#,
+<thead><tr><th scope="col">{time}</th><th scope="col">{resident}</th><th scope="col">{service}</th><th scope="col">{for_}</th><th scope="col">{rule}</th><th scope="col">{status}</th><th scope="col">{meeting}</th></tr></thead><tbody>"#,
             caption = tv("page.staff.caption", &[("count", &meetings.len().to_string())]),
             time = t("page.staff.time"),
             resident = t("page.staff.resident"),
@@ -197,14 +197,26 @@ async fn day(
             for_ = t("page.my.performed_for"),
             rule = t("page.my.rule"),
             status = t("page.my.status"),
+            meeting = t("page.meeting.title"),
         ));
         for (b, r) in &meetings {
+            let join = if b.status == booking::BookingStatus::Booked && b.range.end() > now {
+                format!(
+                    "<a href=\"/join/{id}\">{label}<span class=\"visually-hidden\"> {name} {from}</span></a>",
+                    id = super::enc(&b.id),
+                    label = t("page.meeting.join"),
+                    name = esc(&r.name),
+                    from = clock(b.range.start()),
+                )
+            } else {
+                String::new()
+            };
             let for_name = names
                 .get(b.performed_for.as_str())
                 .cloned()
                 .unwrap_or_else(|| b.performed_for.to_string());
             body.push_str(&format!(
-                "<tr><td><time datetime=\"{iso}\">{from}–{to}</time></td><th scope=\"row\">{name}</th><td>{service}</td><td>{for_name}</td><td>{rule}</td><td>{status}</td></tr>",
+                "<tr><td><time datetime=\"{iso}\">{from}–{to}</time></td><th scope=\"row\">{name}</th><td>{service}</td><td>{for_name}</td><td>{rule}</td><td>{status}</td><td>{join}</td></tr>",
                 iso = super::rfc3339(b.range.start()),
                 from = clock(b.range.start()),
                 to = clock(b.range.end()),
