@@ -49,7 +49,12 @@ pub struct RelayConfig {
     /// Default 1,250,000 (10 Mbit/s), several times what a video call needs.
     pub bandwidth_bytes_per_sec: u64,
     /// Peer ranges allowed even though the default policy refuses them, e.g. `127.0.0.0/8`
-    /// for loopback tests. Default empty.
+    /// for tests whose peers are plain sockets on loopback. Default empty.
+    ///
+    /// Peers on this same relay need none: the relayed address of an allocation of this relay
+    /// (`relay_ipv4` or `relay_ipv6` with that allocation's port) can always be reached, as two
+    /// relay-only WebRTC clients do, even when `relay_ipv4` is loopback or private. Other ports
+    /// of that address stay refused.
     pub allowed_peer_ranges: Vec<PeerRange>,
     /// Worker threads, each with its own sockets via SO_REUSEPORT. Default: one per core.
     pub workers: Option<usize>,

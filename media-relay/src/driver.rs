@@ -560,7 +560,12 @@ impl Worker {
                         AddressFamily::V6 => IpAddr::V6(self.relay_bind.1),
                     };
                     match self.add_relay(ip, port) {
-                        Ok(()) => self.send_to_client(client, &on_success),
+                        Ok(()) => {
+                            // Before the client learns its relayed address, so the other side
+                            // of a call, who learns it from the client, is never refused it.
+                            self.server.borrow_mut().handle_allocation_bound(port);
+                            self.send_to_client(client, &on_success);
+                        }
                         Err(error) => {
                             tracing::warn!(%error, port = port.value(), "cannot bind a relay port");
                             self.server

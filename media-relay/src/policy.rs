@@ -89,6 +89,9 @@ fn prefix_matches(net: &[u8], ip: &[u8], prefix: u8) -> bool {
 
 /// The peer address filter: allow-listed ranges first, then the default refusal of
 /// non-global addresses.
+///
+/// It judges addresses only. The server adds one exception it alone can judge: the relayed
+/// transport addresses of its own allocations, port by port (see `Server::check_peer`).
 #[derive(Debug, Clone, Default)]
 pub struct PeerPolicy {
     allowed: Vec<PeerRange>,

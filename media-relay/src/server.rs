@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -158,16 +159,26 @@ pub struct ServerConfig {
 }
 
 /// State shared by every worker of a relay: allocation counts per user and in total, the
-/// relayed ports in use, and port reservations made with EVEN-PORT.
+/// relayed ports in use, port reservations made with EVEN-PORT, and which ports hold the bound
+/// relay socket of an allocation.
 ///
-/// It is touched only when an allocation is created or freed, never on the data path. Ports
+/// Its lock is taken only when an allocation is created or freed, never on the data path. Ports
 /// live here rather than in each worker because a reservation made on one worker may be
-/// redeemed by a client whose datagrams the kernel hands to another.
+/// redeemed by a client whose datagrams the kernel hands to another, and because a client of
+/// one worker may talk to an allocation of another.
 #[derive(Debug)]
 pub struct AllocationLedger {
     max_per_user: u32,
     max_total: u32,
     state: Mutex<LedgerState>,
+    /// Ports where an IPv4 allocation's relay socket is bound. Unlike `LedgerState::ports`,
+    /// which also holds ports reserved with EVEN-PORT and ports whose bind is still to be
+    /// tried, these are ports where a datagram reaches one of our allocations. Read without the
+    /// lock, on the data path, for peers that only this tells apart from internal services.
+    bound_v4: PortBitmap,
+    /// The same for IPv6 allocations, whose sockets are IPv6-only: an IPv6 allocation on a
+    /// port says nothing of who holds that port for IPv4, and the other way round.
+    bound_v6: PortBitmap,
 }
 
 #[derive(Debug, Default)]
@@ -178,12 +189,52 @@ struct LedgerState {
     reservations: FxHashMap<[u8; 8], (u16, Instant)>,
 }
 
+/// One bit per UDP port, read and written without a lock.
+struct PortBitmap(Box<[AtomicU64; 1024]>);
+
+impl PortBitmap {
+    fn new() -> Self {
+        Self(Box::new([const { AtomicU64::new(0) }; 1024]))
+    }
+
+    fn word_and_bit(&self, port: u16) -> (&AtomicU64, u64) {
+        (&self.0[usize::from(port >> 6)], 1 << (port & 63))
+    }
+
+    // Each bit is a fact on its own, published with no other data, so the orderings need only
+    // keep it coherent. Allocations set their bit after their socket is bound and clear it
+    // before their socket is closed, so a reader that is a moment behind errs towards refusing.
+    fn insert(&self, port: u16) {
+        let (word, bit) = self.word_and_bit(port);
+        word.fetch_or(bit, Ordering::Release);
+    }
+
+    fn remove(&self, port: u16) {
+        let (word, bit) = self.word_and_bit(port);
+        word.fetch_and(!bit, Ordering::Release);
+    }
+
+    fn contains(&self, port: u16) -> bool {
+        let (word, bit) = self.word_and_bit(port);
+        word.load(Ordering::Acquire) & bit != 0
+    }
+}
+
+impl std::fmt::Debug for PortBitmap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ports = (0..=u16::MAX).filter(|port| self.contains(*port));
+        f.debug_set().entries(ports).finish()
+    }
+}
+
 impl AllocationLedger {
     pub fn new(max_per_user: u32, max_total: u32) -> Self {
         Self {
             max_per_user,
             max_total,
             state: Mutex::new(LedgerState::default()),
+            bound_v4: PortBitmap::new(),
+            bound_v6: PortBitmap::new(),
         }
     }
 
@@ -266,8 +317,32 @@ impl AllocationLedger {
         Some(port)
     }
 
+    /// Gives `port` back. An allocation there stops counting as bound before its socket
+    /// closes, which the driver does only after this returns.
     fn release_port(&self, port: u16) {
-        self.lock().ports.remove(&port);
+        let mut state = self.lock();
+        self.bound_v4.remove(port);
+        self.bound_v6.remove(port);
+        state.ports.remove(&port);
+    }
+
+    /// Records that the relay socket of an allocation on `port` is bound, so a datagram sent
+    /// to this relay's address of `family` on `port` reaches that allocation.
+    fn mark_bound(&self, port: u16, family: AddressFamily) {
+        self.bound(family).insert(port);
+    }
+
+    /// Whether an allocation's relay socket of `family` is bound on `port`, on any worker.
+    /// Lock-free, for the data path.
+    fn is_bound(&self, port: u16, family: AddressFamily) -> bool {
+        self.bound(family).contains(port)
+    }
+
+    fn bound(&self, family: AddressFamily) -> &PortBitmap {
+        match family {
+            AddressFamily::V4 => &self.bound_v4,
+            AddressFamily::V6 => &self.bound_v6,
+        }
     }
 
     fn expire_reservations(&self, now: Instant) {
@@ -295,8 +370,9 @@ impl AllocationLedger {
 pub enum Command {
     /// Send a STUN response to a client.
     SendToClient { to: ClientSocket, payload: Vec<u8> },
-    /// Bind a relay socket on `port`. If that works, send `on_success` to the client;
-    /// otherwise call [`Server::handle_allocation_failed`], which tries another port.
+    /// Bind a relay socket on `port`. If that works, call [`Server::handle_allocation_bound`]
+    /// and send `on_success` to the client; otherwise call
+    /// [`Server::handle_allocation_failed`], which tries another port.
     CreateAllocation {
         port: AllocationPort,
         family: AddressFamily,
@@ -322,16 +398,20 @@ pub enum DropReason {
     NoAllocation,
     NoPermission,
     NoChannel,
+    /// To or from an address the peer policy refuses, on a port that is not (or no longer) a
+    /// relayed port of this relay, though the permission or channel was granted for one.
+    Forbidden,
     Bandwidth,
     Unexpected,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::Malformed,
         DropReason::NoAllocation,
         DropReason::NoPermission,
         DropReason::NoChannel,
+        DropReason::Forbidden,
         DropReason::Bandwidth,
         DropReason::Unexpected,
     ];
@@ -342,6 +422,7 @@ impl DropReason {
             DropReason::NoAllocation => "no_allocation",
             DropReason::NoPermission => "no_permission",
             DropReason::NoChannel => "no_channel",
+            DropReason::Forbidden => "forbidden",
             DropReason::Bandwidth => "bandwidth",
             DropReason::Unexpected => "unexpected",
         }
@@ -356,7 +437,8 @@ pub struct Stats {
     pub client_to_peer_bytes: u64,
     pub peer_to_client_packets: u64,
     pub peer_to_client_bytes: u64,
-    pub drops: [u64; 6],
+    /// Indexed like [`DropReason::ALL`].
+    pub drops: [u64; DropReason::ALL.len()],
     pub auth_failures: u64,
     pub allocations_created: u64,
     pub allocations_freed: u64,
@@ -393,15 +475,38 @@ struct Allocation {
     bind_attempts: u8,
     reservation: Option<[u8; 8]>,
     expires_at: Instant,
-    permissions: Vec<(IpAddr, Instant)>,
+    permissions: Vec<Permission>,
     channels: Vec<Channel>,
     bucket: Option<TokenBucket>,
+}
+
+struct Permission {
+    ip: IpAddr,
+    expires_at: Instant,
+    /// Whether the peer policy refuses `ip`, which was allowed only as the address of this
+    /// relay's own allocations: then each datagram to or from it checks that its port is one.
+    own_allocations_only: bool,
 }
 
 struct Channel {
     number: u16,
     peer: PeerSocket,
     expires_at: Instant,
+    /// Whether `peer` was bound only as the relayed address of another allocation of this
+    /// relay: then each datagram checks that the allocation is still there, since its port may
+    /// since have been freed and taken by another program.
+    own_allocation: bool,
+}
+
+/// Why a peer may be reached, as [`Server::check_peer`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    /// The peer policy permits the address.
+    Policy,
+    /// The policy refuses the address, but the peer is the relayed transport address of an
+    /// allocation of this relay, such as the other side of a call between two relay-only
+    /// clients when `relay_ipv4` is loopback or private.
+    OwnAllocation,
 }
 
 /// Bandwidth limiter with a one-second burst.
@@ -448,21 +553,29 @@ impl Allocation {
             .unwrap_or_default()
     }
 
-    fn has_permission(&self, ip: IpAddr, now: Instant) -> bool {
+    /// The live permission for `ip`, if there is one.
+    fn permission(&self, ip: IpAddr, now: Instant) -> Option<&Permission> {
         self.permissions
             .iter()
-            .any(|&(p, expires)| p == ip && expires > now)
+            .find(|p| p.ip == ip && p.expires_at > now)
     }
 
-    fn add_permission(&mut self, ip: IpAddr, now: Instant) {
-        let expires = now + PERMISSION_LIFETIME;
-        match self.permissions.iter_mut().find(|(p, _)| *p == ip) {
-            Some(entry) => entry.1 = expires,
+    fn add_permission(&mut self, ip: IpAddr, admission: Admission, now: Instant) {
+        let expires_at = now + PERMISSION_LIFETIME;
+        // The policy does not change while the server runs, so an address is admitted the same
+        // way every time and a refreshed permission keeps its flag.
+        let own_allocations_only = admission == Admission::OwnAllocation;
+        match self.permissions.iter_mut().find(|p| p.ip == ip) {
+            Some(permission) => permission.expires_at = expires_at,
             None => {
                 // Most allocations talk to one or two peers; growing one entry at a time keeps
                 // a Vec from reserving room for four.
                 self.permissions.reserve_exact(1);
-                self.permissions.push((ip, expires));
+                self.permissions.push(Permission {
+                    ip,
+                    expires_at,
+                    own_allocations_only,
+                });
             }
         }
     }
@@ -559,9 +672,15 @@ impl Server {
             self.drop_packet(DropReason::NoAllocation);
             return None;
         }
-        if !allocation.has_permission(from.0.ip(), now) {
+        let Some(permission) = allocation.permission(from.0.ip(), now) else {
             // Data from peers without a permission is silently discarded (RFC 8656, section 11.5).
             self.drop_packet(DropReason::NoPermission);
+            return None;
+        };
+        // A permission covers every port of its address, but on an address the policy refuses
+        // only this relay's allocations may be heard.
+        if permission.own_allocations_only && !is_own_relayed(&self.config, &self.ledger, from.0) {
+            self.drop_packet(DropReason::Forbidden);
             return None;
         }
         if !allocation.allow_bytes(len, now) {
@@ -611,6 +730,17 @@ impl Server {
     pub fn handle_client_disconnected(&mut self, client: ClientSocket) {
         if let Some(port) = self.by_client.get(&client).copied() {
             self.free(port);
+        }
+    }
+
+    /// The driver bound the relay socket for `port`. From now on the allocation there may be
+    /// reached as a peer by the other allocations of this relay, even when the peer policy
+    /// refuses this relay's own address: a datagram sent to it lands in our socket, not in
+    /// another program's.
+    pub fn handle_allocation_bound(&mut self, port: AllocationPort) {
+        if let Some(allocation) = self.allocations.get(&port) {
+            self.ledger
+                .mark_bound(port.0, AddressFamily::of(allocation.relayed));
         }
     }
 
@@ -677,7 +807,7 @@ impl Server {
             self.free(port);
         }
         for allocation in self.allocations.values_mut() {
-            allocation.permissions.retain(|&(_, expires)| expires > now);
+            allocation.permissions.retain(|p| p.expires_at > now);
             allocation.channels.retain(|c| c.expires_at > now);
         }
     }
@@ -752,15 +882,21 @@ impl Server {
             self.drop_packet(DropReason::NoAllocation);
             return None;
         }
-        let Some(peer) = allocation
+        let Some((peer, own_allocation)) = allocation
             .channels
             .iter()
             .find(|c| c.number == data.channel && c.expires_at > now)
-            .map(|c| c.peer)
+            .map(|c| (c.peer, c.own_allocation))
         else {
             self.drop_packet(DropReason::NoChannel);
             return None;
         };
+        // Channels to ordinary peers pay one test of a flag they already share a cache line
+        // with; only channels to another allocation of this relay look it up again.
+        if own_allocation && !is_own_relayed(&self.config, &self.ledger, peer.0) {
+            self.drop_packet(DropReason::Forbidden);
+            return None;
+        }
         if !allocation.allow_bytes(data.payload.len(), now) {
             self.drop_packet(DropReason::Bandwidth);
             return None;
@@ -840,10 +976,16 @@ impl Server {
             self.drop_packet(DropReason::NoAllocation);
             return None;
         }
-        if !allocation.has_permission(peer.ip(), now) {
+        let Some(permission) = allocation.permission(peer.ip(), now) else {
             // Send indications without a permission are silently discarded
             // (RFC 8656, section 11.2).
             self.drop_packet(DropReason::NoPermission);
+            return None;
+        };
+        // A permission covers every port of its address (RFC 8656, section 9), but on an
+        // address the policy refuses only the ports of this relay's allocations may be reached.
+        if permission.own_allocations_only && !is_own_relayed(&self.config, &self.ledger, peer) {
+            self.drop_packet(DropReason::Forbidden);
             return None;
         }
         if !allocation.allow_bytes(payload.len(), now) {
@@ -1137,22 +1279,24 @@ impl Server {
         else {
             return;
         };
-        let mut peers: Vec<IpAddr> = Vec::new();
+        let mut peers: Vec<(IpAddr, Admission)> = Vec::new();
         for peer in message.xor_addresses(attr::XOR_PEER_ADDRESS) {
             let Some(peer) = peer else {
                 return self.respond_error(from, message, 400, "Bad Request", Some(key));
             };
-            if let Err((code, reason)) = self.check_peer(peer, family) {
-                return self.respond_error(from, message, code, reason, Some(key));
+            match self.check_peer(peer, family) {
+                Ok(admission) => peers.push((peer.ip(), admission)),
+                Err((code, reason)) => {
+                    return self.respond_error(from, message, code, reason, Some(key))
+                }
             }
-            peers.push(peer.ip());
         }
         if peers.is_empty() {
             return self.respond_error(from, message, 400, "Bad Request", Some(key));
         }
         if let Some(allocation) = self.allocations.get_mut(&port) {
-            for ip in peers {
-                allocation.add_permission(ip, now);
+            for (ip, admission) in peers {
+                allocation.add_permission(ip, admission, now);
             }
         }
         let builder = MessageBuilder::new(
@@ -1189,9 +1333,13 @@ impl Server {
         if !(CHANNEL_MIN..=CHANNEL_MAX).contains(&number) {
             return self.respond_error(from, message, 400, "Bad Request", Some(key));
         }
-        if let Err((code, reason)) = self.check_peer(peer, family) {
-            return self.respond_error(from, message, code, reason, Some(key));
-        }
+        let admission = match self.check_peer(peer, family) {
+            Ok(admission) => admission,
+            Err((code, reason)) => {
+                return self.respond_error(from, message, code, reason, Some(key))
+            }
+        };
+        let own_allocation = admission == Admission::OwnAllocation;
         let peer = PeerSocket(peer);
         let Some(allocation) = self.allocations.get_mut(&port) else {
             return;
@@ -1216,6 +1364,7 @@ impl Server {
             Some(channel) => {
                 channel.peer = peer;
                 channel.expires_at = now + CHANNEL_LIFETIME;
+                channel.own_allocation = own_allocation;
             }
             None => {
                 allocation.channels.reserve_exact(1);
@@ -1223,10 +1372,11 @@ impl Server {
                     number,
                     peer,
                     expires_at: now + CHANNEL_LIFETIME,
+                    own_allocation,
                 });
             }
         }
-        allocation.add_permission(peer.0.ip(), now);
+        allocation.add_permission(peer.0.ip(), admission, now);
         let builder = MessageBuilder::new(
             Method::ChannelBind,
             Class::Success,
@@ -1235,20 +1385,28 @@ impl Server {
         self.send(from, message, builder, Some(key));
     }
 
+    /// Whether a client whose allocation is of `family` may install a permission or a channel
+    /// for `peer`: when the policy permits its address, or when it is the relayed transport
+    /// address of an allocation of this relay. Only the port is judged for the latter, so the
+    /// data path checks it again for every datagram (see [`Permission::own_allocations_only`]).
     fn check_peer(
         &self,
         peer: SocketAddr,
         family: AddressFamily,
-    ) -> Result<(), (u16, &'static str)> {
+    ) -> Result<Admission, (u16, &'static str)> {
         // The policy goes first, so a refused address is refused the same way whatever the
         // allocation's family.
-        if !self.config.policy.permits(peer.ip()) {
+        let admission = if self.config.policy.permits(peer.ip()) {
+            Admission::Policy
+        } else if is_own_relayed(&self.config, &self.ledger, peer) {
+            Admission::OwnAllocation
+        } else {
             return Err((403, "Forbidden"));
-        }
+        };
         if AddressFamily::of(peer) != family {
             return Err((443, "Peer Address Family Mismatch"));
         }
-        Ok(())
+        Ok(admission)
     }
 
     fn pick_port(
@@ -1377,6 +1535,21 @@ impl Server {
     }
 }
 
+/// Whether `addr` is the relayed transport address of an allocation of this relay, on any
+/// worker, whose socket is bound: this relay's advertised address of that family, on a port
+/// where such an allocation lives now. Ports that are merely claimed (reserved with EVEN-PORT,
+/// or waiting for their bind) do not count, since another program may hold them.
+fn is_own_relayed(config: &ServerConfig, ledger: &AllocationLedger, addr: SocketAddr) -> bool {
+    match addr {
+        SocketAddr::V4(v4) => {
+            config.relay_ipv4 == Some(*v4.ip()) && ledger.is_bound(v4.port(), AddressFamily::V4)
+        }
+        SocketAddr::V6(v6) => {
+            config.relay_ipv6 == Some(*v6.ip()) && ledger.is_bound(v6.port(), AddressFamily::V6)
+        }
+    }
+}
+
 /// Adds MESSAGE-INTEGRITY when the request was authenticated, and FINGERPRINT when the request
 /// carried one, as clients that use FINGERPRINT expect it back.
 fn finish(builder: MessageBuilder, request: &Message<'_>, key: Option<[u8; 16]>) -> Vec<u8> {
@@ -1424,24 +1597,30 @@ mod tests {
         PeerSocket::new("198.51.100.7:6000".parse().unwrap())
     }
 
-    fn server(epoch: Instant, ledger: Arc<AllocationLedger>) -> Server {
-        Server::new(
-            ServerConfig {
-                realm: REALM.into(),
-                secret: SECRET.into(),
-                nonce_key: [9; 32],
-                nonce_lifetime: Duration::from_secs(600),
-                relay_ipv4: Some(Ipv4Addr::new(203, 0, 113, 1)),
-                relay_ipv6: None,
-                ports: 50000..=50099,
-                bandwidth_bytes_per_sec: None,
-                policy: PeerPolicy::default(),
-                rng_seed: 7,
-            },
-            ledger,
-            epoch,
-            EPOCH_UNIX,
-        )
+    /// A relay on a public address with an empty allow-list.
+    fn config() -> ServerConfig {
+        ServerConfig {
+            realm: REALM.into(),
+            secret: SECRET.into(),
+            nonce_key: [9; 32],
+            nonce_lifetime: Duration::from_secs(600),
+            relay_ipv4: Some(Ipv4Addr::new(203, 0, 113, 1)),
+            relay_ipv6: None,
+            ports: 50000..=50099,
+            bandwidth_bytes_per_sec: None,
+            policy: PeerPolicy::default(),
+            rng_seed: 7,
+        }
+    }
+
+    /// A relay whose relayed addresses are loopback, which the peer policy refuses, as in the
+    /// one-machine default; still with an empty allow-list.
+    fn loopback_config() -> ServerConfig {
+        ServerConfig {
+            relay_ipv4: Some(Ipv4Addr::LOCALHOST),
+            relay_ipv6: Some(Ipv6Addr::LOCALHOST),
+            ..config()
+        }
     }
 
     /// Drives one server through requests signed with valid credentials.
@@ -1455,17 +1634,25 @@ mod tests {
 
     impl Harness {
         fn new() -> Self {
-            Self::with_ledger(Arc::new(AllocationLedger::new(10, 100)), "alice")
+            Self::with_config(config())
+        }
+
+        fn with_config(config: ServerConfig) -> Self {
+            Self::with(config, Arc::new(AllocationLedger::new(10, 100)), "alice")
         }
 
         fn with_ledger(ledger: Arc<AllocationLedger>, subject: &str) -> Self {
+            Self::with(config(), ledger, subject)
+        }
+
+        fn with(config: ServerConfig, ledger: Arc<AllocationLedger>, subject: &str) -> Self {
             let now = Instant::now();
             let wall = std::time::UNIX_EPOCH + Duration::from_secs(EPOCH_UNIX);
             let (username, password) =
                 credentials::issue(SECRET, subject, Duration::from_secs(86_400), wall);
             let key = credentials::long_term_key(&username, REALM, &password);
             Self {
-                server: server(now, ledger),
+                server: Server::new(config, ledger, now, EPOCH_UNIX),
                 now,
                 username,
                 key,
@@ -1497,12 +1684,27 @@ mod tests {
             std::iter::from_fn(|| self.server.poll_command()).collect()
         }
 
+        /// Allocates, and binds the relay socket as the driver would.
         fn allocate(&mut self, from: ClientSocket, lifetime: Option<u32>) -> AllocationPort {
-            let request = self.request(from, Method::Allocate, |b| {
-                b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            let (port, _) = self.allocate_unbound(from, |b| {
                 if let Some(lifetime) = lifetime {
                     b.add_u32(attr::LIFETIME, lifetime);
                 }
+            });
+            self.server.handle_allocation_bound(port);
+            port
+        }
+
+        /// Allocates with extra attributes and returns the port and the success response,
+        /// leaving the driver's bind to the test.
+        fn allocate_unbound(
+            &mut self,
+            from: ClientSocket,
+            attrs: impl FnOnce(&mut MessageBuilder),
+        ) -> (AllocationPort, Vec<u8>) {
+            let request = self.request(from, Method::Allocate, |b| {
+                b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+                attrs(b);
             });
             match &self.call(from, &request)[..] {
                 [Command::CreateAllocation {
@@ -1515,10 +1717,51 @@ mod tests {
                     let response = Message::parse(on_success).unwrap();
                     assert_eq!(response.class(), Class::Success);
                     assert!(response.verify_integrity(&self.key));
-                    *port
+                    (*port, on_success.clone())
                 }
                 other => panic!("unexpected {other:?}"),
             }
+        }
+
+        fn send_indication(
+            &mut self,
+            from: ClientSocket,
+            peer: SocketAddr,
+            payload: &[u8],
+        ) -> Option<(AllocationPort, PeerSocket)> {
+            let mut send = MessageBuilder::new(Method::Send, Class::Indication, [3; 12]);
+            send.add_xor_address(attr::XOR_PEER_ADDRESS, peer)
+                .add(attr::DATA, payload);
+            let send = send.finish();
+            let forward = self.server.handle_client_input(from, &send, self.now);
+            if let Some(forward) = forward {
+                assert_eq!(forward.payload, payload);
+            }
+            forward.map(|f| (f.port, f.peer))
+        }
+
+        fn channel_data(
+            &mut self,
+            from: ClientSocket,
+            channel: u16,
+            payload: &[u8],
+        ) -> Option<(AllocationPort, PeerSocket)> {
+            let bytes = channel_data(channel, payload);
+            let forward = self.server.handle_client_input(from, &bytes, self.now);
+            if let Some(forward) = forward {
+                assert_eq!(forward.payload, payload);
+            }
+            forward.map(|f| (f.port, f.peer))
+        }
+
+        /// The drops counted since the last call, by reason.
+        fn take_drops(&mut self) -> Vec<(DropReason, u64)> {
+            let drops = self.server.take_stats().drops;
+            DropReason::ALL
+                .into_iter()
+                .zip(drops)
+                .filter(|(_, count)| *count > 0)
+                .collect()
         }
 
         fn create_permission(&mut self, from: ClientSocket, peer: SocketAddr) -> u16 {
@@ -1658,29 +1901,209 @@ mod tests {
 
     #[test]
     fn forbidden_peers_get_403() {
-        let mut h = Harness::new();
-        h.allocate(client(), None);
-        for peer in [
-            "127.0.0.1:1",
-            "0.0.0.0:1",
-            "10.0.0.1:1",
-            "169.254.1.1:1",
-            "[::ffff:127.0.0.1]:1",
-        ] {
+        // Also on a relay whose own address is loopback: port 1 is outside its port range, so
+        // no allocation of its own can make 127.0.0.1:1 reachable.
+        for config in [config(), loopback_config()] {
+            let mut h = Harness::with_config(config);
+            h.allocate(client(), None);
+            for peer in [
+                "127.0.0.1:1",
+                "0.0.0.0:1",
+                "10.0.0.1:1",
+                "169.254.1.1:1",
+                "[::ffff:127.0.0.1]:1",
+            ] {
+                assert_eq!(
+                    h.create_permission(client(), peer.parse().unwrap()),
+                    403,
+                    "{peer}"
+                );
+                assert_eq!(
+                    h.channel_bind(client(), 0x4000, peer.parse().unwrap()),
+                    403,
+                    "{peer}"
+                );
+            }
             assert_eq!(
-                h.create_permission(client(), peer.parse().unwrap()),
-                403,
-                "{peer}"
-            );
-            assert_eq!(
-                h.channel_bind(client(), 0x4000, peer.parse().unwrap()),
-                403,
-                "{peer}"
+                h.create_permission(client(), "[2001:db8::1]:1".parse().unwrap()),
+                443
             );
         }
+    }
+
+    fn other_client() -> ClientSocket {
+        ClientSocket::new(Transport::Udp, "192.0.2.20:5000".parse().unwrap())
+    }
+
+    fn loopback(port: AllocationPort) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port.value()))
+    }
+
+    /// Two relay-only WebRTC clients on one relay reach each other through their relayed
+    /// addresses, which on a loopback or private `relay_ipv4` the policy would refuse.
+    #[test]
+    fn clients_of_one_relay_reach_each_other_without_an_allow_list() {
+        let mut h = Harness::with_config(loopback_config());
+        let a = h.allocate(client(), None);
+        let b = h.allocate(other_client(), None);
+        let (a_relayed, b_relayed) = (loopback(a), loopback(b));
+
+        assert_eq!(h.create_permission(client(), b_relayed), 200);
+        assert_eq!(h.channel_bind(client(), 0x4000, b_relayed), 200);
+        assert_eq!(h.create_permission(other_client(), a_relayed), 200);
+        assert_eq!(h.channel_bind(other_client(), 0x4001, a_relayed), 200);
+
+        let to_b = Some((a, PeerSocket::new(b_relayed)));
+        assert_eq!(h.channel_data(client(), 0x4000, b"over the channel"), to_b);
+        assert_eq!(h.send_indication(client(), b_relayed, b"indicated"), to_b);
+        let to_a = Some((b, PeerSocket::new(a_relayed)));
+        assert_eq!(h.channel_data(other_client(), 0x4001, b"back"), to_a);
+
+        // What A's socket sends arrives at B's socket from A's relayed address, and the
+        // other way round.
+        let at_b = h.peer_data(b, PeerSocket::new(a_relayed), b"media");
+        assert_eq!(at_b, Some((other_client(), channel_data(0x4001, b"media"))));
+        let at_a = h.peer_data(a, PeerSocket::new(b_relayed), b"media");
+        assert_eq!(at_a, Some((client(), channel_data(0x4000, b"media"))));
+        assert_eq!(h.take_drops(), []);
+    }
+
+    #[test]
+    fn only_allocated_ports_of_the_relay_address_are_reachable() {
+        let mut h = Harness::with_config(loopback_config());
+        let a = h.allocate(client(), None);
+        let b = h.allocate(other_client(), None);
+        let free = (50000..=50099)
+            .find(|port| ![a.value(), b.value()].contains(port))
+            .unwrap();
+        for peer in [
+            SocketAddr::from((Ipv4Addr::LOCALHOST, free)),
+            // The relay's own listener, and a port outside the relay's range.
+            "127.0.0.1:3478".parse().unwrap(),
+            "127.0.0.1:9".parse().unwrap(),
+            // Another address of the same host, and B's address in other notations.
+            SocketAddr::from((Ipv4Addr::new(127, 0, 0, 2), b.value())),
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, b.value())),
+            SocketAddr::from((Ipv4Addr::LOCALHOST.to_ipv6_mapped(), b.value())),
+        ] {
+            assert_eq!(h.create_permission(client(), peer), 403, "{peer}");
+            assert_eq!(h.channel_bind(client(), 0x4000, peer), 403, "{peer}");
+        }
+
+        // A permission is per address, so with one for B, A could otherwise reach every port
+        // of 127.0.0.1; each Send indication is checked against the allocated ports.
+        assert_eq!(h.create_permission(client(), loopback(b)), 200);
+        let elsewhere = SocketAddr::from((Ipv4Addr::LOCALHOST, free));
+        assert_eq!(h.send_indication(client(), elsewhere, b"probe"), None);
         assert_eq!(
-            h.create_permission(client(), "[2001:db8::1]:1".parse().unwrap()),
-            443
+            h.send_indication(client(), "127.0.0.1:3478".parse().unwrap(), b"probe"),
+            None
+        );
+        assert_eq!(h.take_drops(), [(DropReason::Forbidden, 2)]);
+        // Nor is A's client told what other programs on that address send.
+        assert_eq!(h.peer_data(a, PeerSocket::new(elsewhere), b"hi"), None);
+        assert_eq!(h.take_drops(), [(DropReason::Forbidden, 1)]);
+        assert!(h.send_indication(client(), loopback(b), b"to b").is_some());
+    }
+
+    #[test]
+    fn a_freed_allocation_is_no_longer_reachable() {
+        let mut h = Harness::with_config(loopback_config());
+        let a = h.allocate(client(), None);
+        let b = h.allocate(other_client(), None);
+        assert_eq!(h.channel_bind(client(), 0x4000, loopback(b)), 200);
+        assert!(h.channel_data(client(), 0x4000, b"before").is_some());
+
+        let request = h.request(other_client(), Method::Refresh, |b| {
+            b.add_u32(attr::LIFETIME, 0);
+        });
+        let commands = h.call(other_client(), &request);
+        assert_eq!(commands[0], Command::FreeAllocation { port: b });
+
+        // The channel and the permission live on, but B's port may now be another program's.
+        assert_eq!(h.channel_data(client(), 0x4000, b"after"), None);
+        assert_eq!(h.send_indication(client(), loopback(b), b"after"), None);
+        assert_eq!(
+            h.peer_data(a, PeerSocket::new(loopback(b)), b"from b"),
+            None
+        );
+        assert_eq!(h.take_drops(), [(DropReason::Forbidden, 3)]);
+        assert_eq!(h.create_permission(client(), loopback(b)), 403);
+        assert_eq!(h.channel_bind(client(), 0x4001, loopback(b)), 403);
+    }
+
+    #[test]
+    fn ports_reserved_with_even_port_are_not_reachable_until_redeemed() {
+        let mut h = Harness::with_config(loopback_config());
+        h.allocate(client(), None);
+        let (even, response) = h.allocate_unbound(other_client(), |b| {
+            b.add(attr::EVEN_PORT, &[0x80]);
+        });
+        h.server.handle_allocation_bound(even);
+        let reserved = SocketAddr::from((Ipv4Addr::LOCALHOST, even.value() + 1));
+        assert_eq!(h.create_permission(client(), loopback(even)), 200);
+        assert_eq!(h.create_permission(client(), reserved), 403);
+        assert_eq!(h.send_indication(client(), reserved, b"x"), None);
+
+        let token = Message::parse(&response)
+            .unwrap()
+            .get(attr::RESERVATION_TOKEN)
+            .unwrap()
+            .to_vec();
+        let third = ClientSocket::new(Transport::Udp, "192.0.2.30:5000".parse().unwrap());
+        let (odd, _) = h.allocate_unbound(third, |b| {
+            b.add(attr::RESERVATION_TOKEN, &token);
+        });
+        assert_eq!(odd.value(), even.value() + 1);
+        h.server.handle_allocation_bound(odd);
+        assert_eq!(h.create_permission(client(), reserved), 200);
+    }
+
+    #[test]
+    fn allocations_count_only_once_their_socket_is_bound() {
+        let mut h = Harness::with_config(loopback_config());
+        h.allocate(client(), None);
+        let (port, _) = h.allocate_unbound(other_client(), |_| {});
+        // Until the driver has bound the port, another program may hold it.
+        assert_eq!(h.create_permission(client(), loopback(port)), 403);
+        h.server.handle_allocation_failed(port, h.now);
+        let moved = match &std::iter::from_fn(|| h.server.poll_command()).collect::<Vec<_>>()[..] {
+            [Command::CreateAllocation { port, .. }] => *port,
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(h.create_permission(client(), loopback(port)), 403);
+        assert_eq!(h.create_permission(client(), loopback(moved)), 403);
+        h.server.handle_allocation_bound(moved);
+        assert_eq!(h.create_permission(client(), loopback(moved)), 200);
+        assert_eq!(h.create_permission(client(), loopback(port)), 403);
+    }
+
+    /// IPv6 relay sockets are IPv6-only, so an IPv6 allocation on a port makes this relay's
+    /// IPv6 address reachable on it, never its IPv4 address.
+    #[test]
+    fn own_allocations_are_reachable_only_in_their_family() {
+        let mut h = Harness::with_config(loopback_config());
+        let v4 = h.allocate(client(), None);
+        let v6_client = ClientSocket::new(Transport::Udp, "192.0.2.40:5000".parse().unwrap());
+        let (v6, _) = h.allocate_unbound(v6_client, |b| {
+            b.add(attr::REQUESTED_ADDRESS_FAMILY, &[0x02, 0, 0, 0]);
+        });
+        h.server.handle_allocation_bound(v6);
+        let v6_relayed = SocketAddr::from((Ipv6Addr::LOCALHOST, v6.value()));
+        let second_v6 = ClientSocket::new(Transport::Udp, "192.0.2.41:5000".parse().unwrap());
+        h.allocate_unbound(second_v6, |b| {
+            b.add(attr::REQUESTED_ADDRESS_FAMILY, &[0x02, 0, 0, 0]);
+        });
+        assert_eq!(h.create_permission(second_v6, v6_relayed), 200);
+        assert_eq!(h.create_permission(client(), loopback(v6)), 403);
+        // The IPv6 address is this relay's, so the IPv4 allocation is told the family is wrong.
+        assert_eq!(h.create_permission(client(), v6_relayed), 443);
+        assert_eq!(
+            h.create_permission(
+                v6_client,
+                SocketAddr::from((Ipv6Addr::LOCALHOST, v4.value()))
+            ),
+            403
         );
     }
 
@@ -1810,7 +2233,149 @@ mod tests {
         assert_eq!(h.server.ledger.total(), 0);
     }
 
+    /// What the relay's clients do in [`own_allocation_exception_admits_exactly_bound_ports`].
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Allocate, with the R bit of EVEN-PORT when `reserve` is set, and with the driver's
+        /// bind reported when `bind` is set.
+        Allocate {
+            client: usize,
+            reserve: bool,
+            bind: bool,
+        },
+        /// The driver reports the pending bind of the client's allocation.
+        Bind { client: usize },
+        /// The driver reports that the bind failed, so the allocation moves or fails.
+        FailBind { client: usize },
+        /// Refresh with lifetime 0.
+        Free { client: usize },
+        /// CreatePermission, a Send indication and a datagram back, on 127.0.0.1:port.
+        Probe { client: usize, port: u16 },
+    }
+
+    const STEP_CLIENTS: usize = 4;
+
+    fn step() -> impl Strategy<Value = Step> {
+        let client = 0..STEP_CLIENTS;
+        prop_oneof![
+            (client.clone(), any::<bool>(), any::<bool>()).prop_map(|(client, reserve, bind)| {
+                Step::Allocate {
+                    client,
+                    reserve,
+                    bind,
+                }
+            }),
+            client.clone().prop_map(|client| Step::Bind { client }),
+            client.clone().prop_map(|client| Step::FailBind { client }),
+            client.clone().prop_map(|client| Step::Free { client }),
+            (client, 49_998u16..=50_009).prop_map(|(client, port)| Step::Probe { client, port }),
+        ]
+    }
+
+    /// The model's view of one client's allocation.
+    #[derive(Debug, Clone, Copy)]
+    struct Modelled {
+        port: AllocationPort,
+        bound: bool,
+        /// Whether a permission for 127.0.0.1 was granted.
+        permitted: bool,
+    }
+
+    fn step_client(index: usize) -> ClientSocket {
+        ClientSocket::new(
+            Transport::Udp,
+            SocketAddr::from(([192, 0, 2, 50 + index as u8], 5000)),
+        )
+    }
+
     proptest! {
+        /// On a loopback relay with an empty allow-list, whatever clients allocate, reserve,
+        /// bind, fail to bind and free, 127.0.0.1:port is reachable (CreatePermission, Send
+        /// indications, datagrams back) exactly while an allocation's socket is bound on that
+        /// port: never a port that is only reserved, waiting for its bind, freed, or outside
+        /// the range.
+        #[test]
+        fn own_allocation_exception_admits_exactly_bound_ports(
+            steps in proptest::collection::vec(step(), 1..40),
+        ) {
+            let mut h = Harness::with_config(ServerConfig {
+                ports: 50_000..=50_007,
+                ..loopback_config()
+            });
+            let mut model: [Option<Modelled>; STEP_CLIENTS] = [None; STEP_CLIENTS];
+            for step in steps {
+                match step {
+                    Step::Allocate { client, reserve, bind } => {
+                        if model[client].is_some() {
+                            continue;
+                        }
+                        let from = step_client(client);
+                        let request = h.request(from, Method::Allocate, |b| {
+                            b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+                            if reserve {
+                                b.add(attr::EVEN_PORT, &[0x80]);
+                            }
+                        });
+                        // With eight ports, some allocations fail with 508.
+                        if let [Command::CreateAllocation { port, .. }] = &h.call(from, &request)[..] {
+                            if bind {
+                                h.server.handle_allocation_bound(*port);
+                            }
+                            model[client] = Some(Modelled { port: *port, bound: bind, permitted: false });
+                        }
+                    }
+                    Step::Bind { client } => {
+                        if let Some(allocation) = &mut model[client] {
+                            h.server.handle_allocation_bound(allocation.port);
+                            allocation.bound = true;
+                        }
+                    }
+                    Step::FailBind { client } => {
+                        // A socket that is bound does not fail to bind afterwards.
+                        let Some(allocation) = model[client].filter(|a| !a.bound) else {
+                            continue;
+                        };
+                        h.server.handle_allocation_failed(allocation.port, h.now);
+                        let commands: Vec<Command> = std::iter::from_fn(|| h.server.poll_command()).collect();
+                        model[client] = match &commands[..] {
+                            [Command::CreateAllocation { port, .. }] => {
+                                Some(Modelled { port: *port, ..allocation })
+                            }
+                            _ => None,
+                        };
+                    }
+                    Step::Free { client } => {
+                        if model[client].take().is_some() {
+                            let from = step_client(client);
+                            let request = h.request(from, Method::Refresh, |b| {
+                                b.add_u32(attr::LIFETIME, 0);
+                            });
+                            h.call(from, &request);
+                        }
+                    }
+                    Step::Probe { client, port } => {
+                        let Some(allocation) = model[client] else {
+                            continue;
+                        };
+                        let from = step_client(client);
+                        let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+                        let reachable = model
+                            .iter()
+                            .flatten()
+                            .any(|a| a.bound && a.port.value() == port);
+                        let code = h.create_permission(from, peer);
+                        prop_assert_eq!(code, if reachable { 200 } else { 403 }, "{:?}", peer);
+                        let permitted = allocation.permitted || reachable;
+                        model[client] = Some(Modelled { permitted, ..allocation });
+                        let sent = h.send_indication(from, peer, b"probe");
+                        prop_assert_eq!(sent.is_some(), permitted && reachable, "{:?}", peer);
+                        let heard = h.peer_data(allocation.port, PeerSocket::new(peer), b"back");
+                        prop_assert_eq!(heard.is_some(), permitted && reachable, "{:?}", peer);
+                    }
+                }
+            }
+        }
+
         /// ChannelData from the client is forwarded byte for byte while the binding lives
         /// (ten minutes). The peer's answer comes back as ChannelData on the same channel only
         /// while the permission the binding installed lives (five minutes), because traffic from

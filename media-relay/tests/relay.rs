@@ -191,6 +191,8 @@ fn internal_peers_get_403_without_an_allow_list() {
         credentials_for("policy", 600),
     );
     assert_eq!(v4.allocate().code, 200);
+    // Port 9 is outside the relay's port range, so no allocation of the relay's own, which
+    // it would let clients reach on 127.0.0.1 and ::1, can be there.
     for peer in ["127.0.0.1:9", "0.0.0.0:9", "10.0.0.1:9", "169.254.1.1:9"] {
         let peer: SocketAddr = peer.parse().unwrap();
         assert_eq!(v4.create_permission(peer), 403, "{peer}");
@@ -214,6 +216,71 @@ fn internal_peers_get_403_without_an_allow_list() {
     ] {
         assert_eq!(v6.create_permission(peer.parse().unwrap()), 403, "{peer}");
     }
+    relay.shutdown();
+}
+
+/// Two clients of one relay whose relayed addresses are loopback reach each other through
+/// them with an empty allow-list, as two relay-only WebRTC clients do, whichever workers their
+/// allocations are on. Other loopback ports stay out of reach.
+#[test]
+fn clients_of_one_relay_reach_each_other_without_an_allow_list() {
+    let config = media_relay::RelayConfig {
+        allowed_peer_ranges: Vec::new(),
+        ..loopback_config()
+    };
+    let relay = start(config);
+    let server = relay.udp_addr().unwrap();
+    let mut a = TurnClient::new(Link::udp(server), credentials_for("caller", 600));
+    let mut b = TurnClient::new(Link::udp(server), credentials_for("callee", 600));
+    let a_relayed = TurnClient::relayed_address(&a.allocate());
+    let b_relayed = TurnClient::relayed_address(&b.allocate());
+    assert_eq!(a.create_permission(b_relayed), 200);
+    assert_eq!(b.create_permission(a_relayed), 200);
+
+    // A local program on loopback is no allocation of the relay.
+    let bystander = peer_socket();
+    let bystander_addr = bystander.local_addr().unwrap();
+    assert_eq!(a.create_permission(bystander_addr), 403);
+    assert_eq!(a.channel_bind(0x4000, bystander_addr), 403);
+
+    // A Send indication to B's relayed address arrives as a Data indication from A's. One to
+    // the bystander, sent first from the same relay socket, is dropped although A holds a
+    // permission for 127.0.0.1.
+    for (peer, data) in [
+        (bystander_addr, &b"probe"[..]),
+        (b_relayed, &b"hello b"[..]),
+    ] {
+        let mut send = MessageBuilder::new(Method::Send, Class::Indication, [7; 12]);
+        send.add_xor_address(attr::XOR_PEER_ADDRESS, peer)
+            .add(attr::DATA, data);
+        a.link.send(&send.finish());
+    }
+    let data = b.link.recv();
+    let message = Message::parse(&data).unwrap();
+    assert_eq!(message.method(), Method::Data);
+    assert_eq!(message.get(attr::DATA), Some(&b"hello b"[..]));
+    assert_eq!(
+        message.get_xor_address(attr::XOR_PEER_ADDRESS),
+        Some(a_relayed)
+    );
+    // Loopback delivers as it sends, so the probe would be waiting by now.
+    bystander.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 64];
+    assert!(bystander.recv_from(&mut buf).is_err());
+
+    // ChannelData from B reaches A.
+    assert_eq!(b.channel_bind(0x4001, a_relayed), 200);
+    let mut frame = vec![0u8; 4];
+    write_channel_data_header(&mut frame, 0x4001, 7);
+    frame.extend_from_slice(b"hello a\0");
+    b.link.send(&frame);
+    let data = a.link.recv();
+    let message = Message::parse(&data).unwrap();
+    assert_eq!(message.get(attr::DATA), Some(&b"hello a"[..]));
+    assert_eq!(
+        message.get_xor_address(attr::XOR_PEER_ADDRESS),
+        Some(b_relayed)
+    );
     relay.shutdown();
 }
 
