@@ -80,7 +80,7 @@ test("setup: a booked resident and a signed-in admin give every page something t
   residentState = await context.storageState();
   await context.close();
   pages.anonymous.push("/", search, "/sign-in", "/legal-map", "/staff/login", `/b/${token}`);
-  pages.resident.push(confirm, "/my", `/my?booked=${id}`, `/my/bookings/${id}/reschedule`, transcript);
+  pages.resident.push(confirm, "/my", `/my?booked=${id}`, `/my/bookings/${id}/reschedule`, transcript, `/join/${id}`);
 
   const admin = await browser.newContext({ locale: "sv-SE" });
   const adminPage = await admin.newPage();
@@ -113,7 +113,7 @@ for (const lang of ["sv", "ar"]) {
       }
       await context.close();
     }
-    assert.equal(checked, 14);
+    assert.equal(checked, 15);
   });
 }
 
