@@ -124,8 +124,12 @@
 
   // --- Peer connections -----------------------------------------------------
 
+  function tileId(party) {
+    return "tile-" + party.replace(/[^A-Za-z0-9_-]/g, "-");
+  }
+
   function tile(party) {
-    var id = "tile-" + party.replace(/[^A-Za-z0-9_-]/g, "-");
+    var id = tileId(party);
     var figure = document.getElementById(id);
     if (!figure) {
       figure = document.createElement("figure");
@@ -150,7 +154,7 @@
       delete peers[party];
       peer.pc.close();
     }
-    var figure = document.getElementById("tile-" + party.replace(/[^A-Za-z0-9_-]/g, "-"));
+    var figure = document.getElementById(tileId(party));
     if (figure) figure.remove();
   }
 

@@ -13,14 +13,13 @@
 //! booking reads it makes, and anyone else gets 404.
 
 use axum::extract::{Path, State};
-use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use booking::bookings;
 use booking::BookingStatus;
 
-use super::{esc, page, status_text, t, tr, when, Ctx, PageResult, Who};
+use super::{asset, esc, page, status_text, t, tr, when, Ctx, PageResult, Who};
 use crate::api::now;
 use crate::state::AppState;
 
@@ -167,14 +166,10 @@ fn script_text() -> String {
 }
 
 async fn script() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
-            (header::CACHE_CONTROL, "public, max-age=3600"),
-        ],
+    asset(
+        "text/javascript; charset=utf-8",
         include_str!("../../assets/meeting.js"),
     )
-        .into_response()
 }
 
 #[cfg(test)]

@@ -406,23 +406,27 @@ async fn switch_language(Query(q): Query<SwitchLanguage>) -> Response {
 }
 
 async fn stylesheet() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
-            (header::CACHE_CONTROL, "public, max-age=3600"),
-        ],
+    asset(
+        "text/css; charset=utf-8",
         include_str!("../../assets/kontakt.css"),
     )
-        .into_response()
 }
 
 async fn script() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/kontakt.js"),
+    )
+}
+
+/// A static asset built into the binary, cached by browsers for an hour.
+pub fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
         [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "public, max-age=3600"),
         ],
-        include_str!("../../assets/kontakt.js"),
+        body,
     )
         .into_response()
 }
