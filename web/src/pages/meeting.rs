@@ -69,21 +69,15 @@ async fn join(
     Path(booking_id): Path<String>,
 ) -> PageResult {
     let now = now();
-    let (booking, role) = match &ctx.who {
-        Who::Staff { staff, .. } => (
+    let booking = match &ctx.who {
+        Who::Staff { staff, .. } => {
             bookings::for_staff(&state.db, staff, &booking_id, now)
                 .await?
-                .0,
-            "staff",
-        ),
-        _ => {
-            let resident = ctx.resident()?;
-            (
-                bookings::for_resident_by_id(&state.db, resident, &booking_id, now).await?,
-                "resident",
-            )
+                .0
         }
+        _ => bookings::for_resident_by_id(&state.db, ctx.resident()?, &booking_id, now).await?,
     };
+    let is_staff = matches!(ctx.who, Who::Staff { .. });
     let mut body = format!(
         "<h1 id=\"page-title\">{title}</h1><p>{when}</p>",
         title = t("page.meeting.title"),
@@ -98,7 +92,7 @@ async fn join(
         ));
         return Ok(page(&ctx, &tr("page.meeting.title"), &body).into_response());
     }
-    let staff_only = |html: String| if role == "staff" { html } else { String::new() };
+    let staff_only = |html: String| if is_staff { html } else { String::new() };
     body.push_str(&format!(
         r#"<noscript><p class="error">{needs_script}</p></noscript>
 <div class="meeting" id="meeting" data-booking="{id}" data-csrf="{csrf}" data-role="{role}">
@@ -127,6 +121,7 @@ async fn join(
         needs_script = t("page.meeting.needs_script"),
         id = esc(&booking.id),
         csrf = esc(ctx.csrf()),
+        role = if is_staff { "staff" } else { "resident" },
         connecting = t("page.meeting.connecting"),
         you = t("page.meeting.you"),
         mute = t("page.meeting.mute"),

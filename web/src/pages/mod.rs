@@ -682,6 +682,12 @@ pub fn rule_text(rule: &str, agreement_id: Option<&str>) -> String {
 }
 
 /// A booking status in words.
+/// Whether a booking's meeting can still be joined: it is booked and has not
+/// ended.
+pub fn joinable(booking: &bookings::Booking, now: Timestamp) -> bool {
+    booking.status == booking::BookingStatus::Booked && booking.range.end() > now
+}
+
 pub fn status_text(status: booking::BookingStatus) -> String {
     t(&format!("page.status.{}", status.as_str()))
 }

@@ -589,7 +589,7 @@ async fn my_pages(
         } else {
             ""
         };
-        let join = if b.status == BookingStatus::Booked && b.range.end() > now {
+        let join = if super::joinable(b, now) {
             format!(
                 "<a class=\"button\" href=\"/join/{id}\">{label}<span class=\"visually-hidden\"> {what}</span></a>\n",
                 id = enc(&b.id),

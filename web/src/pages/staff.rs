@@ -200,7 +200,7 @@ async fn day(
             meeting = t("page.meeting.title"),
         ));
         for (b, r) in &meetings {
-            let join = if b.status == booking::BookingStatus::Booked && b.range.end() > now {
+            let join = if super::joinable(b, now) {
                 format!(
                     "<a href=\"/join/{id}\">{label}<span class=\"visually-hidden\"> {name} {from}</span></a>",
                     id = super::enc(&b.id),
