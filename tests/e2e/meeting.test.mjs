@@ -132,6 +132,27 @@ test("a resident and a social worker meet over video through the relay, chat, an
   );
   assert.equal(stored[0].n, 2, "the chat is stored with the booking");
 
+  // Anna's page reloads mid-meeting: she comes back without the waiting
+  // room, sees what was said, and the call is negotiated afresh.
+  await annaPage.reload();
+  await annaPage.locator("#chat-log li", { hasText: "Ja, jag hör dig bra." }).waitFor();
+  assert.deepEqual(
+    await annaPage.locator("#chat-log li").allInnerTexts(),
+    ["أنت: مرحبا، هل تسمعني؟", "أخصائي اجتماعي: Ja, jag hör dig bra."],
+    "what was said, once each and in order",
+  );
+  await remoteVideoPlays(annaPage);
+  await staffPage.waitForFunction(
+    () => {
+      const videos = document.querySelectorAll("#remote-videos video");
+      return videos.length === 1 && videos[0].videoWidth > 0 && !videos[0].paused;
+    },
+    null,
+    { timeout: 30_000 },
+  );
+  await staffPage.locator("#remote-videos figure[data-state='connected']").waitFor();
+  assert.equal(await staffPage.locator("#lobby-list li").count(), 0, "no knock: she was already admitted");
+
   // The social worker ends the meeting: both are told, the booking is completed.
   await staffPage.click("#end-meeting");
   await staffPage.locator("#meeting-status", { hasText: "Mötet är avslutat." }).waitFor();

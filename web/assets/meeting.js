@@ -36,7 +36,9 @@
   var admitted = false;
   var finished = false;
   var iceServers = null;
-  var lastSeq = 0;
+  var lastSeq = 0; // the highest seq shown, for resume after a reconnect
+  var seen = {}; // every seq shown: live events can overtake a resume's replay
+  var resumeFrom = 0; // lastSeq when this connection joined; later events are live
   var retryMs = 500;
   var local = null;
   var participants = {}; // party -> role, of those admitted besides me
@@ -365,18 +367,27 @@
 
   // --- Chat ---------------------------------------------------------------------
 
-  function showChat(entry) {
+  // Shows a chat message; one with a seq goes in seq order, since a replay
+  // can arrive after newer live messages.
+  function showChat(entry, seq) {
     var existing = entry.client_id && chatLog.querySelector('li[data-client-id="' + CSS.escape(entry.client_id) + '"]');
     var item = existing || document.createElement("li");
     item.textContent = "";
     if (entry.client_id) item.setAttribute("data-client-id", entry.client_id);
+    if (seq) item.setAttribute("data-seq", String(seq));
     if (entry.pending) item.setAttribute("data-pending", "true");
     else item.removeAttribute("data-pending");
     var who = document.createElement("strong");
     who.textContent = (entry.from === me ? text.you : roleName(entry.role)) + ": ";
     item.appendChild(who);
     item.appendChild(document.createTextNode(entry.text));
-    if (!existing) chatLog.appendChild(item);
+    if (existing) return;
+    var later = seq
+      ? Array.prototype.find.call(chatLog.children, function (other) {
+          return Number(other.getAttribute("data-seq")) > seq;
+        })
+      : null;
+    chatLog.insertBefore(item, later || null);
   }
 
   function setAdmitted(value) {
@@ -401,12 +412,13 @@
   // --- The protocol ---------------------------------------------------------------
 
   function onEvent(message) {
-    if (message.seq <= lastSeq) return;
-    lastSeq = message.seq;
+    if (seen[message.seq]) return;
+    seen[message.seq] = true;
+    lastSeq = Math.max(lastSeq, message.seq);
     var event = message.event;
     switch (event.kind) {
       case "chat":
-        showChat(event);
+        showChat(event, message.seq);
         send({ type: "ack", room: room, seq: message.seq });
         break;
       case "participant_joined":
@@ -444,7 +456,7 @@
       if (p.party !== me) participants[p.party] = p.role;
     });
     (message.lobby || []).forEach(addKnock);
-    send({ type: "resume", room: room, last_seq: lastSeq });
+    send({ type: "resume", room: room, last_seq: resumeFrom });
     var others = Object.keys(participants);
     say(others.length ? text.admitted : text.alone);
     others.forEach(function (party) {
@@ -474,6 +486,7 @@
     switch (message.type) {
       case "welcome":
         me = message.party;
+        resumeFrom = lastSeq;
         send({ type: "join", room: room });
         break;
       case "joined":
