@@ -18,7 +18,6 @@
   var text = JSON.parse(document.getElementById("meeting-text").textContent);
   var bookingId = root.getAttribute("data-booking");
   var csrf = root.getAttribute("data-csrf");
-  var isStaff = root.getAttribute("data-role") === "staff";
 
   var statusEl = document.getElementById("meeting-status");
   var selfVideo = document.getElementById("self-video");
