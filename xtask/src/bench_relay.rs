@@ -3,7 +3,9 @@
 //!
 //! For each server and load it prints relayed packets per second of server CPU time (from
 //! `/proc/<pid>/stat`), loss, average round trip, peak RSS, memory per allocation, and the
-//! ratio ours/coturn. The servers run one after the other with equivalent settings: the same
+//! ratio ours/coturn. Beside each ratio it prints a ceiling: the ratio ours would reach if our
+//! code took no time at all, from our system time alone, since on loopback both servers spend
+//! most of their CPU in the kernel. The servers run one after the other with equivalent settings: the same
 //! listener, relay port range, REST secret, realm, one worker per core and no quotas.
 //!
 //! Then it measures memory per allocation on its own: it opens `--allocations N` allocations
@@ -87,6 +89,17 @@ impl Outcome {
     fn packets_per_cpu_second(&self) -> f64 {
         if self.cpu_seconds > 0.0 {
             self.relayed() as f64 / self.cpu_seconds
+        } else {
+            0.0
+        }
+    }
+
+    /// Packets per second of the server's system time alone: what the server would reach if
+    /// its own code took no time, with the kernel's work per packet unchanged.
+    fn packets_per_kernel_cpu_second(&self) -> f64 {
+        let kernel = self.cpu_seconds - self.user_seconds;
+        if kernel > 0.0 {
+            self.relayed() as f64 / kernel
         } else {
             0.0
         }
@@ -267,8 +280,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         // Coturn's own figure moves by a third from one run to the next on this machine, so a
         // single ratio says little; rounds run the pair again, turn about, for a median.
         let mut ratios = Vec::new();
+        let mut ceilings = Vec::new();
         for _ in 0..rounds {
-            let mut rates = Vec::new();
+            let mut outcomes = Vec::new();
             for kind in [ServerKind::Coturn, ServerKind::Ours] {
                 match run_one(kind, *load, &setup) {
                     Ok(o) => {
@@ -286,7 +300,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                             o.bytes_per_allocation(),
                             o.allocations,
                         );
-                        rates.push(o.packets_per_cpu_second());
+                        outcomes.push(o);
                     }
                     Err(error) => {
                         // One failed run should not hide the others' figures.
@@ -295,13 +309,20 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                     }
                 }
             }
-            if let [coturn, ours] = rates[..] {
-                if coturn > 0.0 {
+            if let [coturn, ours] = &outcomes[..] {
+                let coturn_rate = coturn.packets_per_cpu_second();
+                if coturn_rate > 0.0 {
+                    let ratio = ours.packets_per_cpu_second() / coturn_rate;
+                    println!("{label:<20} ratio ours/coturn, packets per CPU-second: {ratio:.2}");
+                    ratios.push(ratio);
+                    // Both servers' CPU is mostly the kernel carrying datagrams through
+                    // sockets, which no code of ours can skip: this is the ratio our relay
+                    // would reach if its own code cost nothing.
+                    let ceiling = ours.packets_per_kernel_cpu_second() / coturn_rate;
                     println!(
-                        "{label:<20} ratio ours/coturn, packets per CPU-second: {:.2}",
-                        ours / coturn
+                        "{label:<20} ceiling: the ratio if ours spent no user time: {ceiling:.2}"
                     );
-                    ratios.push(ours / coturn);
+                    ceilings.push(ceiling);
                 }
             }
         }
@@ -313,6 +334,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 median(&ratios),
                 ratios[0],
                 ratios[ratios.len() - 1]
+            );
+            ceilings.sort_by(f64::total_cmp);
+            println!(
+                "{label:<20} median ceiling over {} rounds: {:.2} (lowest {:.2}, highest {:.2})",
+                ceilings.len(),
+                median(&ceilings),
+                ceilings[0],
+                ceilings[ceilings.len() - 1]
             );
         }
     }
