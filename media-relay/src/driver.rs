@@ -34,7 +34,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{ConfigError, RelayConfig};
-use crate::outbox::{Outbox, SEND_BATCH};
+use crate::outbox::{Outbox, Via, SEND_BATCH};
 use crate::policy::PeerPolicy;
 use crate::server::{
     AddressFamily, AllocationLedger, AllocationPort, ClientSocket, Command, DropReason, PeerSocket,
@@ -136,6 +136,7 @@ impl Relay {
                 tls: tls.clone(),
                 relay_bind: (config.relay_bind_ipv4, config.relay_bind_ipv6),
                 ledger: ledger.clone(),
+                connected_budget: connected_budget(workers),
             };
             let shutdown_rx = shutdown_rx.clone();
             let handle = std::thread::Builder::new()
@@ -201,6 +202,8 @@ struct WorkerSetup {
     tls: Option<tokio_rustls::TlsAcceptor>,
     relay_bind: (Ipv4Addr, Ipv6Addr),
     ledger: Arc<AllocationLedger>,
+    /// Connected relay sockets the worker may open ([`connected_budget`]).
+    connected_budget: usize,
 }
 
 /// Binds one socket per worker. The first binds the configured address; the others bind the
@@ -277,10 +280,90 @@ fn bind_relay(ip: IpAddr, port: u16) -> io::Result<(mio::net::UdpSocket, UdpSock
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
+    // Bound first without SO_REUSEPORT, so that the bind fails if any socket holds the port
+    // (another relay on the same range, say). Allowed from now on, so that the allocation's
+    // connected sockets can bind the same port: only sockets of this user that ask for it too.
+    socket.set_reuse_port(true)?;
     let socket: std::net::UdpSocket = socket.into();
     let state = UdpSocketState::new((&socket).into())?;
     without_ancillary_data(&socket, addr)?;
     Ok((mio::net::UdpSocket::from_std(socket), state))
+}
+
+/// Opens a socket on an allocation's relayed address `local` (whose socket [`bind_relay`] made)
+/// connected to `peer`. The kernel hands it the datagrams from `peer`, so the allocation reads
+/// it too, and sends through it skip the route lookup of an unconnected send: a tenth of the
+/// cost of each datagram sent on loopback (BENCHMARKS.md, media-relay).
+fn connect_relay(local: SocketAddr, peer: SocketAddr) -> io::Result<mio::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(local), Type::DGRAM, Some(Protocol::UDP))?;
+    if local.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&local.into())?;
+    socket.connect(&peer.into())?;
+    without_ancillary_data(&socket, local)?;
+    Ok(mio::net::UdpSocket::from_std(socket.into()))
+}
+
+/// Peers of one allocation that get a connected socket of their own; datagrams to and from
+/// any others use the allocation's bound socket. A call relayed both ways has one peer: the
+/// other side's relayed address.
+const CONNECTED_PER_ALLOCATION: usize = 2;
+
+/// The sockets of one allocation.
+struct RelaySockets {
+    /// Bound to the relayed transport address; it carries every peer without a socket below.
+    bound: mio::net::UdpSocket,
+    /// Bound to the same address and connected to one peer each, in the order they were made;
+    /// a socket's place is its slot, less one, until the allocation is freed.
+    connected: Vec<(SocketAddr, mio::net::UdpSocket)>,
+}
+
+impl RelaySockets {
+    /// The socket in `slot`: 0 is the bound one, then the connected ones.
+    fn get(&self, slot: u8) -> Option<Via<'_>> {
+        match slot {
+            0 => Some(Via::Addressed(self.bound.as_fd())),
+            n => self
+                .connected
+                .get(usize::from(n) - 1)
+                .map(|(_, socket)| Via::Connected(socket.as_fd())),
+        }
+    }
+}
+
+/// A socket of an allocation: its port and its slot in [`RelaySockets`]. Its `mio` token
+/// carries both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct RelaySocket {
+    port: AllocationPort,
+    slot: u8,
+}
+
+impl RelaySocket {
+    fn token(self) -> mio::Token {
+        mio::Token(usize::from(self.port.value()) | usize::from(self.slot) << 16)
+    }
+
+    fn from_token(token: mio::Token) -> Option<Self> {
+        let port = u16::try_from(token.0 & 0xffff).ok()?;
+        let slot = u8::try_from(token.0 >> 16).ok()?;
+        Some(Self {
+            port: AllocationPort::new(port),
+            slot,
+        })
+    }
+}
+
+/// Connected relay sockets a worker may hold in all, out of the process's descriptor limit:
+/// a quarter of it shared by the workers, so that allocations, whose bound sockets need one
+/// each, never run short because of them.
+fn connected_budget(workers: usize) -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    usize::try_from(soft / 4).unwrap_or(usize::MAX) / workers.max(1)
 }
 
 /// Turns off the per-datagram control messages that `UdpSocketState::new` asks for on a socket
@@ -357,8 +440,11 @@ fn run_worker(setup: WorkerSetup, shutdown: watch::Receiver<bool>) {
 struct Worker {
     server: RefCell<Server>,
     udp: Option<Rc<UdpSocket>>,
-    /// The relay socket of each allocation, registered with `relay_registry` under its port.
-    relays: RefCell<FxHashMap<AllocationPort, mio::net::UdpSocket>>,
+    /// The relay sockets of each allocation, registered with `relay_registry` under their
+    /// [`RelaySocket::token`].
+    relays: RefCell<FxHashMap<AllocationPort, RelaySockets>>,
+    /// Connected relay sockets this worker may still open.
+    connected_budget: std::cell::Cell<usize>,
     relay_registry: mio::Registry,
     /// The `quinn-udp` state used to read every relay socket; set when the first is bound.
     relay_state: std::cell::OnceCell<UdpSocketState>,
@@ -368,8 +454,8 @@ struct Worker {
     /// a socket become writable (a relay socket bound a moment ago has not), and UDP sends
     /// need no readiness tracking: a full buffer is a drop.
     to_clients: RefCell<Outbox<()>>,
-    /// Datagrams for peers, each sent from the relay socket of its allocation.
-    to_peers: RefCell<Outbox<AllocationPort>>,
+    /// Datagrams for peers, each sent from a relay socket of its allocation.
+    to_peers: RefCell<Outbox<RelaySocket>>,
     peer_buffer: RefCell<Vec<u8>>,
     relay_batch: RefCell<RelayBatch>,
     relay_bind: (Ipv4Addr, Ipv6Addr),
@@ -389,6 +475,7 @@ async fn worker_main(setup: WorkerSetup, mut shutdown: watch::Receiver<bool>) {
         tls,
         relay_bind,
         ledger,
+        connected_budget,
     } = setup;
     let udp = match sockets.udp.map(UdpSocket::from_std).transpose() {
         Ok(udp) => udp.map(Rc::new),
@@ -415,6 +502,7 @@ async fn worker_main(setup: WorkerSetup, mut shutdown: watch::Receiver<bool>) {
         server: RefCell::new(server),
         udp,
         relays: RefCell::new(FxHashMap::default()),
+        connected_budget: std::cell::Cell::new(connected_budget),
         relay_registry,
         relay_state: std::cell::OnceCell::new(),
         streams: RefCell::new(FxHashMap::default()),
@@ -472,9 +560,10 @@ impl Worker {
             .borrow_mut()
             .handle_client_input(client, bytes, now);
         if let Some(forward) = forward {
+            let socket = self.relay_socket_for(forward.port, forward.peer.addr());
             let queued = {
                 let mut to_peers = self.to_peers.borrow_mut();
-                to_peers.push(forward.port, forward.peer.addr(), forward.payload);
+                to_peers.push(socket, forward.peer.addr(), forward.payload);
                 to_peers.len()
             };
             if queued >= FLUSH_AT {
@@ -525,7 +614,11 @@ impl Worker {
             return;
         }
         let relays = self.relays.borrow();
-        let failed = to_peers.flush(|port| relays.get(&port).map(|socket| socket.as_fd()));
+        let failed = to_peers.flush(|socket| {
+            relays
+                .get(&socket.port)
+                .and_then(|sockets| sockets.get(socket.slot))
+        });
         self.send_failures.set(self.send_failures.get() + failed);
     }
 
@@ -535,7 +628,7 @@ impl Worker {
             return;
         }
         let failed = match &self.udp {
-            Some(udp) => to_clients.flush(|()| Some(udp.as_fd())),
+            Some(udp) => to_clients.flush(|()| Some(Via::Addressed(udp.as_fd()))),
             None => to_clients.flush(|()| None),
         };
         self.send_failures.set(self.send_failures.get() + failed);
@@ -577,8 +670,13 @@ impl Worker {
                 Command::FreeAllocation { port } => {
                     // What the allocation queued goes out before its socket closes.
                     self.flush_to_peers();
-                    if let Some(mut socket) = self.relays.borrow_mut().remove(&port) {
-                        let _ = self.relay_registry.deregister(&mut socket);
+                    if let Some(mut sockets) = self.relays.borrow_mut().remove(&port) {
+                        let _ = self.relay_registry.deregister(&mut sockets.bound);
+                        for (_, socket) in &mut sockets.connected {
+                            let _ = self.relay_registry.deregister(socket);
+                        }
+                        self.connected_budget
+                            .set(self.connected_budget.get() + sockets.connected.len());
                     }
                 }
             }
@@ -590,16 +688,65 @@ impl Worker {
         let (mut socket, state) = bind_relay(ip, port.value())?;
         self.relay_registry.register(
             &mut socket,
-            mio::Token(usize::from(port.value())),
+            RelaySocket { port, slot: 0 }.token(),
             mio::Interest::READABLE,
         )?;
         let _ = self.relay_state.set(state);
-        self.relays.borrow_mut().insert(port, socket);
+        self.relays.borrow_mut().insert(
+            port,
+            RelaySockets {
+                bound: socket,
+                connected: Vec::new(),
+            },
+        );
         Ok(())
     }
 
-    /// Reads the relay socket on `port` until its queue is empty, relaying each datagram.
-    fn drain_relay(&self, port: AllocationPort, now: Instant) {
+    /// The socket of allocation `port` to send to `peer` from: the one connected to `peer`,
+    /// opened now if the allocation and the worker have room for it, or else the bound one.
+    /// Which peers the allocation may reach is the server's decision, made before this.
+    fn relay_socket_for(&self, port: AllocationPort, peer: SocketAddr) -> RelaySocket {
+        let bound = RelaySocket { port, slot: 0 };
+        let mut relays = self.relays.borrow_mut();
+        let Some(sockets) = relays.get_mut(&port) else {
+            return bound;
+        };
+        let slot = |index: usize| RelaySocket {
+            port,
+            slot: u8::try_from(index + 1).unwrap_or(0),
+        };
+        if let Some(index) = sockets.connected.iter().position(|(to, _)| *to == peer) {
+            return slot(index);
+        }
+        if sockets.connected.len() >= CONNECTED_PER_ALLOCATION || self.connected_budget.get() == 0 {
+            return bound;
+        }
+        let socket = slot(sockets.connected.len());
+        let opened = sockets.bound.local_addr().and_then(|local| {
+            let mut connected = connect_relay(local, peer)?;
+            self.relay_registry.register(
+                &mut connected,
+                socket.token(),
+                mio::Interest::READABLE,
+            )?;
+            Ok(connected)
+        });
+        match opened {
+            Ok(connected) => {
+                sockets.connected.push((peer, connected));
+                self.connected_budget.set(self.connected_budget.get() - 1);
+                socket
+            }
+            Err(error) => {
+                tracing::debug!(%error, port = port.value(), %peer, "cannot connect a relay socket");
+                bound
+            }
+        }
+    }
+
+    /// Reads a relay socket until its queue is empty, relaying each datagram.
+    fn drain_relay(&self, relay: RelaySocket, now: Instant) {
+        let port = relay.port;
         let Some(state) = self.relay_state.get() else {
             return;
         };
@@ -612,8 +759,14 @@ impl Worker {
         loop {
             let relays = self.relays.borrow();
             // The allocation may have gone since the event was queued.
-            let Some(socket) = relays.get(&port) else {
+            let Some(socket) = relays
+                .get(&port)
+                .and_then(|sockets| sockets.get(relay.slot))
+            else {
                 return;
+            };
+            let socket = match socket {
+                Via::Addressed(fd) | Via::Connected(fd) => fd,
             };
             let mut batch = self.relay_batch.borrow_mut();
             let RelayBatch { storage, metas } = &mut *batch;
@@ -624,7 +777,7 @@ impl Worker {
                 let mut chunks = storage.chunks_mut(slot);
                 let mut buffers: [IoSliceMut<'_>; RELAY_BATCH] =
                     std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
-                state.recv(socket.into(), &mut buffers, metas)
+                state.recv((&socket).into(), &mut buffers, metas)
             };
             let count = match received {
                 Ok(count) => count,
@@ -772,8 +925,8 @@ async fn relay_loop(worker: Rc<Worker>, poll: mio::Poll) {
         }
         let now = Instant::now();
         for event in events.iter() {
-            if let Ok(port) = u16::try_from(event.token().0) {
-                worker.drain_relay(AllocationPort::new(port), now);
+            if let Some(socket) = RelaySocket::from_token(event.token()) {
+                worker.drain_relay(socket, now);
             }
         }
         worker.flush();
@@ -905,6 +1058,65 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    /// Receives one datagram on `socket`, waiting at most five seconds.
+    fn receive_one(socket: &std::net::UdpSocket) -> (Vec<u8>, SocketAddr) {
+        socket.set_nonblocking(false).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buffer = [0u8; 2048];
+        let (len, from) = socket.recv_from(&mut buffer).unwrap();
+        (buffer[..len].to_vec(), from)
+    }
+
+    /// The kernel hands an allocation's connected socket the datagrams of its peer and the
+    /// bound socket everyone else's; what the connected one sends leaves from the relayed
+    /// address. Another socket that does not share the port still cannot bind it.
+    #[test]
+    fn a_connected_relay_socket_takes_its_peers_datagrams_and_no_others() {
+        let (bound, _) = bind_relay(IpAddr::V4(Ipv4Addr::LOCALHOST), 0).unwrap();
+        let local = bound.local_addr().unwrap();
+        let peer = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let other = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let connected = connect_relay(local, peer.local_addr().unwrap()).unwrap();
+        let bound = std::net::UdpSocket::from(bound);
+        let connected = std::net::UdpSocket::from(connected);
+
+        other.send_to(b"from another peer", local).unwrap();
+        peer.send_to(b"from the peer", local).unwrap();
+        assert_eq!(
+            receive_one(&connected),
+            (b"from the peer".to_vec(), peer.local_addr().unwrap())
+        );
+        assert_eq!(
+            receive_one(&bound),
+            (b"from another peer".to_vec(), other.local_addr().unwrap())
+        );
+
+        connected.send(b"to the peer").unwrap();
+        assert_eq!(receive_one(&peer), (b"to the peer".to_vec(), local));
+
+        let taken = std::net::UdpSocket::bind(local).unwrap_err();
+        assert_eq!(taken.kind(), io::ErrorKind::AddrInUse);
+    }
+
+    #[test]
+    fn a_relay_socket_token_carries_its_port_and_slot() {
+        for (port, slot) in [
+            (0, 0),
+            (1, 2),
+            (u16::MAX, 0),
+            (49_152, 2),
+            (u16::MAX, u8::MAX),
+        ] {
+            let socket = RelaySocket {
+                port: AllocationPort::new(port),
+                slot,
+            };
+            assert_eq!(RelaySocket::from_token(socket.token()), Some(socket));
+        }
+    }
 
     /// A relay socket still receives, with each datagram's source, but without the control
     /// messages `quinn-udp` asked for (it reports the destination address only from them).

@@ -20,6 +20,16 @@ use rustix::net::{sendmmsg, MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrA
 /// Datagrams handed to one `sendmmsg` call at most; the same as a `recvmmsg` batch.
 pub(crate) const SEND_BATCH: usize = 32;
 
+/// The socket a run of queued datagrams leaves from.
+#[derive(Clone, Copy)]
+pub(crate) enum Via<'s> {
+    /// An unconnected socket: each datagram names its destination.
+    Addressed(BorrowedFd<'s>),
+    /// A socket connected to the destination of every datagram queued for it, which the
+    /// kernel then sends without a route lookup; datagrams go without an address.
+    Connected(BorrowedFd<'s>),
+}
+
 /// Datagrams to send, each from the socket its key names, in the order they were queued.
 pub(crate) struct Outbox<K> {
     /// Payloads back to back.
@@ -66,10 +76,7 @@ impl<K: Copy + Ord> Outbox<K> {
     /// or `None` if it has gone (its allocation was freed), in which case its datagrams are
     /// dropped without being counted, as before they were queued. Returns how many datagrams
     /// the kernel refused.
-    pub(crate) fn flush<'s>(
-        &mut self,
-        mut socket_of: impl FnMut(K) -> Option<BorrowedFd<'s>>,
-    ) -> u64 {
+    pub(crate) fn flush<'s>(&mut self, mut socket_of: impl FnMut(K) -> Option<Via<'s>>) -> u64 {
         // Datagrams for one socket go out together and in the order they came; a stable sort
         // keeps that order.
         if self
@@ -82,8 +89,8 @@ impl<K: Copy + Ord> Outbox<K> {
         let bytes = &self.bytes;
         let mut failed = 0;
         for run in self.datagrams.chunk_by(|a, b| a.socket == b.socket) {
-            if let Some(fd) = socket_of(run[0].socket) {
-                failed += send_all(run, |batch| send_batch(fd, bytes, batch));
+            if let Some(via) = socket_of(run[0].socket) {
+                failed += send_all(run, |batch| send_batch(via, bytes, batch));
             }
         }
         self.datagrams.clear();
@@ -123,16 +130,21 @@ fn send_all<K>(
 
 /// One `sendmmsg` of up to [`SEND_BATCH`] datagrams. The headers live on the stack, so that a
 /// batch costs no allocation.
-fn send_batch<K>(
-    fd: BorrowedFd<'_>,
-    bytes: &[u8],
-    batch: &[Queued<K>],
-) -> rustix::io::Result<usize> {
+fn send_batch<K>(via: Via<'_>, bytes: &[u8], batch: &[Queued<K>]) -> rustix::io::Result<usize> {
     debug_assert!(!batch.is_empty() && batch.len() <= SEND_BATCH);
+    let (fd, connected) = match via {
+        Via::Addressed(fd) => (fd, false),
+        Via::Connected(fd) => (fd, true),
+    };
     if let [one] = batch {
         // One datagram is cheaper to hand over without a message header array.
-        return rustix::net::sendto(fd, &bytes[one.start..one.end], SendFlags::empty(), &one.to)
-            .map(|_| 1);
+        let payload = &bytes[one.start..one.end];
+        let sent = if connected {
+            rustix::net::send(fd, payload, SendFlags::empty())
+        } else {
+            rustix::net::sendto(fd, payload, SendFlags::empty(), &one.to)
+        };
+        return sent.map(|_| 1);
     }
     // Slots past the batch's end repeat its last datagram; they are not passed to the kernel.
     let at = |i: usize| &batch[i.min(batch.len() - 1)];
@@ -143,7 +155,11 @@ fn send_batch<K>(
     let mut parts = slices.iter().zip(controls.iter_mut());
     let mut headers: [MMsgHdr<'_>; SEND_BATCH] = std::array::from_fn(|i| {
         let (slice, control) = parts.next().expect("one slice and control per slot");
-        MMsgHdr::new_with_addr(&at(i).to, slice, control)
+        if connected {
+            MMsgHdr::new(slice, control)
+        } else {
+            MMsgHdr::new_with_addr(&at(i).to, slice, control)
+        }
     });
     sendmmsg(fd, &mut headers[..batch.len()], SendFlags::empty())
 }
@@ -189,7 +205,11 @@ mod tests {
                 outbox.push(2u8, to_b, &[b'x'; 3]);
             }
         }
-        let failed = outbox.flush(|key| Some(if key == 1 { &from_1 } else { &from_2 }.as_fd()));
+        let failed = outbox.flush(|key| {
+            Some(Via::Addressed(
+                if key == 1 { &from_1 } else { &from_2 }.as_fd(),
+            ))
+        });
         assert_eq!(failed, 0);
         assert!(outbox.is_empty());
 
@@ -210,10 +230,30 @@ mod tests {
         // Larger than any UDP datagram can be: EMSGSIZE for this one only.
         outbox.push((), to, &vec![0u8; 70_000]);
         outbox.push((), to, b"third");
-        assert_eq!(outbox.flush(|()| Some(sender.as_fd())), 1);
+        assert_eq!(outbox.flush(|()| Some(Via::Addressed(sender.as_fd()))), 1);
         assert_eq!(
             receive(&receiver, 2),
             vec![b"first".to_vec(), b"third".to_vec()]
+        );
+    }
+
+    /// A connected socket sends batches and single datagrams without an address, to its peer.
+    #[test]
+    fn a_connected_socket_sends_without_addresses() {
+        let receiver = bound();
+        let to = receiver.local_addr().unwrap();
+        let sender = bound();
+        sender.connect(to).unwrap();
+        let mut outbox = Outbox::new();
+        for i in 0..3u8 {
+            outbox.push((), to, &[i]);
+        }
+        assert_eq!(outbox.flush(|()| Some(Via::Connected(sender.as_fd()))), 0);
+        outbox.push((), to, b"alone");
+        assert_eq!(outbox.flush(|()| Some(Via::Connected(sender.as_fd()))), 0);
+        assert_eq!(
+            receive(&receiver, 4),
+            vec![vec![0], vec![1], vec![2], b"alone".to_vec()]
         );
     }
 
@@ -271,7 +311,7 @@ mod tests {
         let mut outbox = Outbox::new();
         outbox.push(1u8, to, b"gone");
         outbox.push(2u8, to, b"kept");
-        let failed = outbox.flush(|key| (key == 2).then(|| sender.as_fd()));
+        let failed = outbox.flush(|key| (key == 2).then(|| Via::Addressed(sender.as_fd())));
         assert_eq!(failed, 0);
         assert_eq!(receive(&receiver, 1), vec![b"kept".to_vec()]);
     }
