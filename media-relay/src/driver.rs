@@ -293,7 +293,9 @@ fn bind_relay(ip: IpAddr, port: u16) -> io::Result<(mio::net::UdpSocket, UdpSock
 /// Opens a socket on an allocation's relayed address `local` (whose socket [`bind_relay`] made)
 /// connected to `peer`. The kernel hands it the datagrams from `peer`, so the allocation reads
 /// it too, and sends through it skip the route lookup of an unconnected send: a tenth of the
-/// cost of each datagram sent on loopback (BENCHMARKS.md, media-relay).
+/// cost of each datagram sent on loopback (BENCHMARKS.md, media-relay). Unlike the bound
+/// socket it also hears of ICMP errors from its peer: the kernel reports each once, to the next
+/// read (which the drain skips) or the next send (whose datagram is then counted as failed).
 fn connect_relay(local: SocketAddr, peer: SocketAddr) -> io::Result<mio::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(local), Type::DGRAM, Some(Protocol::UDP))?;
     if local.is_ipv6() {
