@@ -764,11 +764,9 @@ impl Worker {
             let Some(socket) = relays
                 .get(&port)
                 .and_then(|sockets| sockets.get(relay.slot))
+                .map(Via::fd)
             else {
                 return;
-            };
-            let socket = match socket {
-                Via::Addressed(fd) | Via::Connected(fd) => fd,
             };
             let mut batch = self.relay_batch.borrow_mut();
             let RelayBatch { storage, metas } = &mut *batch;

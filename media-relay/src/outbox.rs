@@ -30,6 +30,14 @@ pub(crate) enum Via<'s> {
     Connected(BorrowedFd<'s>),
 }
 
+impl<'s> Via<'s> {
+    pub(crate) fn fd(self) -> BorrowedFd<'s> {
+        match self {
+            Via::Addressed(fd) | Via::Connected(fd) => fd,
+        }
+    }
+}
+
 /// Datagrams to send, each from the socket its key names, in the order they were queued.
 pub(crate) struct Outbox<K> {
     /// Payloads back to back.
@@ -132,10 +140,7 @@ fn send_all<K>(
 /// batch costs no allocation.
 fn send_batch<K>(via: Via<'_>, bytes: &[u8], batch: &[Queued<K>]) -> rustix::io::Result<usize> {
     debug_assert!(!batch.is_empty() && batch.len() <= SEND_BATCH);
-    let (fd, connected) = match via {
-        Via::Addressed(fd) => (fd, false),
-        Via::Connected(fd) => (fd, true),
-    };
+    let (fd, connected) = (via.fd(), matches!(via, Via::Connected(_)));
     if let [one] = batch {
         // One datagram is cheaper to hand over without a message header array.
         let payload = &bytes[one.start..one.end];

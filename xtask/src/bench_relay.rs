@@ -86,23 +86,23 @@ impl Outcome {
         self.sent + self.received
     }
 
-    fn packets_per_cpu_second(&self) -> f64 {
-        if self.cpu_seconds > 0.0 {
-            self.relayed() as f64 / self.cpu_seconds
+    /// Relayed packets per second of `seconds`, or 0 when none were counted.
+    fn packets_per(&self, seconds: f64) -> f64 {
+        if seconds > 0.0 {
+            self.relayed() as f64 / seconds
         } else {
             0.0
         }
     }
 
+    fn packets_per_cpu_second(&self) -> f64 {
+        self.packets_per(self.cpu_seconds)
+    }
+
     /// Packets per second of the server's system time alone: what the server would reach if
     /// its own code took no time, with the kernel's work per packet unchanged.
     fn packets_per_kernel_cpu_second(&self) -> f64 {
-        let kernel = self.cpu_seconds - self.user_seconds;
-        if kernel > 0.0 {
-            self.relayed() as f64 / kernel
-        } else {
-            0.0
-        }
+        self.packets_per(self.cpu_seconds - self.user_seconds)
     }
 
     fn bytes_per_allocation(&self) -> f64 {
