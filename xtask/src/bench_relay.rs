@@ -5,8 +5,11 @@
 //! `/proc/<pid>/stat`), loss, average round trip, peak RSS, memory per allocation, and the
 //! ratio ours/coturn. Beside each ratio it prints a ceiling: the ratio ours would reach if our
 //! code took no time at all, from our system time alone, since on loopback both servers spend
-//! most of their CPU in the kernel. The servers run one after the other with equivalent settings: the same
-//! listener, relay port range, REST secret, realm, one worker per core and no quotas.
+//! most of their CPU in the kernel. After each load's rounds it prints a verdict on the issue's
+//! target (1.5× coturn at 0 % loss, a round trip no longer than coturn's), judged only on the
+//! rounds in which ours lost nothing. The servers run one after the other with equivalent
+//! settings: the same listener, relay port range, REST secret, realm, one worker per core and
+//! no quotas.
 //!
 //! Then it measures memory per allocation on its own: it opens `--allocations N` allocations
 //! (default 10,000) from as many UDP sockets, each with one channel bound to a peer, and divides
@@ -281,6 +284,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         // single ratio says little; rounds run the pair again, turn about, for a median.
         let mut ratios = Vec::new();
         let mut ceilings = Vec::new();
+        let mut pairs = Vec::new();
         for _ in 0..rounds {
             let mut outcomes = Vec::new();
             for kind in [ServerKind::Coturn, ServerKind::Ours] {
@@ -323,6 +327,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                         "{label:<20} ceiling: the ratio if ours spent no user time: {ceiling:.2}"
                     );
                     ceilings.push(ceiling);
+                    pairs.push((coturn.clone(), ours.clone()));
                 }
             }
         }
@@ -343,6 +348,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 ceilings[0],
                 ceilings[ceilings.len() - 1]
             );
+        }
+        if !pairs.is_empty() {
+            println!("{label:<20} {}", verdict(&pairs));
         }
     }
     if allocations > 0 {
@@ -503,6 +511,52 @@ impl Setup {
                 .context("starting turnserver")?,
         }))
     }
+}
+
+/// The issue's target: ours relays at least this many times coturn's packets per CPU-second,
+/// losing nothing, with a round trip no longer than coturn's.
+const TARGET_RATIO: f64 = 1.5;
+
+/// What the rounds of one load, each a (coturn, ours) pair, say of the target. Only rounds in
+/// which ours lost nothing can judge it. On loopback a loss by both servers means the load
+/// generator's core was full: the receivers' sockets overflowed, which neither server caused.
+fn verdict(pairs: &[(Outcome, Outcome)]) -> String {
+    let judged: Vec<&(Outcome, Outcome)> = pairs
+        .iter()
+        .filter(|(_, ours)| ours.loss_percent == 0.0)
+        .collect();
+    if judged.is_empty() {
+        let both = pairs
+            .iter()
+            .filter(|(coturn, _)| coturn.loss_percent > 0.0)
+            .count();
+        return format!(
+            "target ({TARGET_RATIO}× coturn at 0 % loss) not judged: ours lost packets in all \
+             {} rounds, coturn too in {both} of them (the load generator's core is full)",
+            pairs.len()
+        );
+    }
+    let sorted_median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        median(&values)
+    };
+    let ratio = sorted_median(
+        judged
+            .iter()
+            .map(|(coturn, ours)| ours.packets_per_cpu_second() / coturn.packets_per_cpu_second())
+            .collect(),
+    );
+    let our_rtt = sorted_median(judged.iter().map(|(_, ours)| ours.rtt_ms).collect());
+    let coturn_rtt = sorted_median(judged.iter().map(|(coturn, _)| coturn.rtt_ms).collect());
+    let met = ratio >= TARGET_RATIO && our_rtt <= coturn_rtt;
+    format!(
+        "target ({TARGET_RATIO}× coturn at 0 % loss, round trip no longer): {} over the {} of {} \
+         rounds in which ours lost nothing: median ratio {ratio:.2}, round trip {our_rtt:.3} ms \
+         against coturn's {coturn_rtt:.3} ms",
+        if met { "met" } else { "not met" },
+        judged.len(),
+        pairs.len()
+    )
 }
 
 /// The median of `sorted`, which is sorted and not empty.
@@ -868,5 +922,65 @@ impl MemoryClient<'_> {
             }
         }
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(packets: u64, cpu_seconds: f64, loss_percent: f64, rtt_ms: f64) -> Outcome {
+        Outcome {
+            sent: packets / 2,
+            received: packets / 2,
+            loss_percent,
+            rtt_ms,
+            cpu_seconds,
+            ..Outcome::default()
+        }
+    }
+
+    #[test]
+    fn the_verdict_is_judged_only_on_rounds_in_which_ours_lost_nothing() {
+        let pairs = [
+            // Lossless, 1.6 times coturn: this round alone is judged.
+            (
+                outcome(800_000, 4.0, 0.0, 0.5),
+                outcome(800_000, 2.5, 0.0, 0.1),
+            ),
+            // Ours lost packets: a ratio of 1.0 here must not pull the verdict down.
+            (
+                outcome(700_000, 4.0, 12.0, 50.0),
+                outcome(700_000, 4.0, 8.0, 40.0),
+            ),
+        ];
+        let line = verdict(&pairs);
+        assert!(line.contains(": met over the 1 of 2 rounds"), "{line}");
+        assert!(line.contains("median ratio 1.60"), "{line}");
+    }
+
+    #[test]
+    fn a_longer_round_trip_or_a_low_ratio_misses_the_target() {
+        let slow = [(
+            outcome(800_000, 4.0, 0.0, 0.1),
+            outcome(800_000, 2.0, 0.0, 0.2),
+        )];
+        assert!(verdict(&slow).contains("not met"), "{}", verdict(&slow));
+        let low = [(
+            outcome(800_000, 4.0, 0.0, 0.5),
+            outcome(800_000, 3.0, 0.0, 0.1),
+        )];
+        assert!(verdict(&low).contains("not met"), "{}", verdict(&low));
+    }
+
+    #[test]
+    fn rounds_in_which_ours_lost_packets_cannot_judge_the_target() {
+        let pairs = [(
+            outcome(700_000, 7.0, 18.0, 50.0),
+            outcome(760_000, 5.5, 9.0, 57.0),
+        )];
+        let line = verdict(&pairs);
+        assert!(line.contains("not judged"), "{line}");
+        assert!(line.contains("coturn too in 1 of them"), "{line}");
     }
 }
