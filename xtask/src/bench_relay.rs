@@ -102,6 +102,11 @@ impl Outcome {
         self.packets_per(self.cpu_seconds)
     }
 
+    /// This server's packets per CPU-second over `other`'s: the figure the target names.
+    fn ratio_to(&self, other: &Outcome) -> f64 {
+        self.packets_per_cpu_second() / other.packets_per_cpu_second()
+    }
+
     /// Packets per second of the server's system time alone: what the server would reach if
     /// its own code took no time, with the kernel's work per packet unchanged.
     fn packets_per_kernel_cpu_second(&self) -> f64 {
@@ -316,7 +321,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             if let [coturn, ours] = &outcomes[..] {
                 let coturn_rate = coturn.packets_per_cpu_second();
                 if coturn_rate > 0.0 {
-                    let ratio = ours.packets_per_cpu_second() / coturn_rate;
+                    let ratio = ours.ratio_to(coturn);
                     println!("{label:<20} ratio ours/coturn, packets per CPU-second: {ratio:.2}");
                     ratios.push(ratio);
                     // Both servers' CPU is mostly the kernel carrying datagrams through
@@ -543,7 +548,7 @@ fn verdict(pairs: &[(Outcome, Outcome)]) -> String {
     let ratio = sorted_median(
         judged
             .iter()
-            .map(|(coturn, ours)| ours.packets_per_cpu_second() / coturn.packets_per_cpu_second())
+            .map(|(coturn, ours)| ours.ratio_to(coturn))
             .collect(),
     );
     let our_rtt = sorted_median(judged.iter().map(|(_, ours)| ours.rtt_ms).collect());
