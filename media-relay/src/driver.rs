@@ -269,16 +269,23 @@ fn bind_tcp(addr: SocketAddr) -> io::Result<(std::net::TcpListener, SocketAddr)>
 /// of the batch, which bounds the queue when a wake-up drains many relay sockets.
 const FLUSH_AT: usize = 4 * SEND_BATCH;
 
-/// Binds a relay socket. Its `quinn-udp` state is returned too, having set the socket options
-/// that `recvmmsg` relies on; reading needs only one state per worker, so the caller keeps at
-/// most one.
-fn bind_relay(ip: IpAddr, port: u16) -> io::Result<(mio::net::UdpSocket, UdpSocketState)> {
-    let addr = SocketAddr::new(ip, port);
+/// A non-blocking UDP socket for a relayed address `addr`, not yet bound. An IPv6 one carries
+/// IPv6 only: a relayed address has one family.
+fn relay_udp_socket(addr: SocketAddr) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// Binds a relay socket. Its `quinn-udp` state is returned too, having set the socket options
+/// that `recvmmsg` relies on; reading needs only one state per worker, so the caller keeps at
+/// most one.
+fn bind_relay(ip: IpAddr, port: u16) -> io::Result<(mio::net::UdpSocket, UdpSocketState)> {
+    let addr = SocketAddr::new(ip, port);
+    let socket = relay_udp_socket(addr)?;
     socket.bind(&addr.into())?;
     // Bound first without SO_REUSEPORT, so that the bind fails if any socket holds the port
     // (another relay on the same range, say). Allowed from now on, so that the allocation's
@@ -297,11 +304,7 @@ fn bind_relay(ip: IpAddr, port: u16) -> io::Result<(mio::net::UdpSocket, UdpSock
 /// socket it also hears of ICMP errors from its peer: the kernel reports each once, to the next
 /// read (which the drain skips) or the next send (whose datagram is then counted as failed).
 fn connect_relay(local: SocketAddr, peer: SocketAddr) -> io::Result<mio::net::UdpSocket> {
-    let socket = Socket::new(Domain::for_address(local), Type::DGRAM, Some(Protocol::UDP))?;
-    if local.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_nonblocking(true)?;
+    let socket = relay_udp_socket(local)?;
     socket.set_reuse_port(true)?;
     socket.bind(&local.into())?;
     socket.connect(&peer.into())?;
