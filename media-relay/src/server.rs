@@ -1597,7 +1597,9 @@ mod tests {
         PeerSocket::new("198.51.100.7:6000".parse().unwrap())
     }
 
-    /// A relay on a public address with an empty allow-list.
+    /// A relay on a public address. Its tests use the documentation ranges (RFC 5737) for
+    /// addresses, which the peer policy refuses, so its allow-list opens TEST-NET-2 (the
+    /// peers) and TEST-NET-3 (the relay itself) as an operator would open a range.
     fn config() -> ServerConfig {
         ServerConfig {
             realm: REALM.into(),
@@ -1608,17 +1610,21 @@ mod tests {
             relay_ipv6: None,
             ports: 50000..=50099,
             bandwidth_bytes_per_sec: None,
-            policy: PeerPolicy::default(),
+            policy: PeerPolicy::new(vec![
+                "198.51.100.0/24".parse().unwrap(),
+                "203.0.113.0/24".parse().unwrap(),
+            ]),
             rng_seed: 7,
         }
     }
 
     /// A relay whose relayed addresses are loopback, which the peer policy refuses, as in the
-    /// one-machine default; still with an empty allow-list.
+    /// one-machine default, with an empty allow-list.
     fn loopback_config() -> ServerConfig {
         ServerConfig {
             relay_ipv4: Some(Ipv4Addr::LOCALHOST),
             relay_ipv6: Some(Ipv6Addr::LOCALHOST),
+            policy: PeerPolicy::default(),
             ..config()
         }
     }
@@ -1924,11 +1930,52 @@ mod tests {
                     "{peer}"
                 );
             }
+            // A globally reachable IPv6 peer is permitted, but not from an IPv4 allocation.
             assert_eq!(
-                h.create_permission(client(), "[2001:db8::1]:1".parse().unwrap()),
+                h.create_permission(client(), "[2a00:1450:4001:800::200e]:1".parse().unwrap()),
                 443
             );
         }
+    }
+
+    /// Special-purpose ranges that are not globally reachable, which the policy used to let
+    /// through, and IPv6 forms that carry them, are refused on every path into a permission;
+    /// a Send indication to them finds none. The allow-list opens them again.
+    #[test]
+    fn special_purpose_peers_get_403_unless_allow_listed() {
+        let refused = [
+            "198.18.0.1:9",
+            "198.19.255.254:9",
+            "192.0.0.170:9",
+            "192.0.2.1:9",
+            "240.0.0.1:9",
+            "[64:ff9b::c612:1]:9",
+            "[2001:db8::1]:9",
+            "[2002:c612:1::1]:9",
+        ];
+        let mut h = Harness::new();
+        h.allocate(client(), None);
+        for peer in refused {
+            let peer: SocketAddr = peer.parse().unwrap();
+            assert_eq!(h.create_permission(client(), peer), 403, "{peer}");
+            assert_eq!(h.channel_bind(client(), 0x4000, peer), 403, "{peer}");
+            assert_eq!(h.send_indication(client(), peer, b"probe"), None, "{peer}");
+        }
+        assert_eq!(
+            h.take_drops(),
+            [(DropReason::NoPermission, refused.len() as u64)]
+        );
+
+        let mut config = config();
+        config.policy = PeerPolicy::new(vec!["198.18.0.0/15".parse().unwrap()]);
+        let mut h = Harness::with_config(config);
+        let port = h.allocate(client(), None);
+        let benchmark: SocketAddr = "198.18.0.1:9".parse().unwrap();
+        assert_eq!(h.create_permission(client(), benchmark), 200);
+        assert_eq!(
+            h.send_indication(client(), benchmark, b"probe"),
+            Some((port, PeerSocket::new(benchmark)))
+        );
     }
 
     fn other_client() -> ClientSocket {

@@ -193,7 +193,17 @@ fn internal_peers_get_403_without_an_allow_list() {
     assert_eq!(v4.allocate().code, 200);
     // Port 9 is outside the relay's port range, so no allocation of the relay's own, which
     // it would let clients reach on 127.0.0.1 and ::1, can be there.
-    for peer in ["127.0.0.1:9", "0.0.0.0:9", "10.0.0.1:9", "169.254.1.1:9"] {
+    // The special-purpose ranges that are not globally reachable are refused as well, not
+    // only loopback, private and link-local (issue 24).
+    for peer in [
+        "127.0.0.1:9",
+        "0.0.0.0:9",
+        "10.0.0.1:9",
+        "169.254.1.1:9",
+        "198.18.0.1:9",
+        "192.0.0.170:9",
+        "203.0.113.1:9",
+    ] {
         let peer: SocketAddr = peer.parse().unwrap();
         assert_eq!(v4.create_permission(peer), 403, "{peer}");
         assert_eq!(v4.channel_bind(0x4000, peer), 403, "{peer}");
@@ -213,6 +223,8 @@ fn internal_peers_get_403_without_an_allow_list() {
         "[::1]:9",
         "[::]:9",
         "[::ffff:10.0.0.1]:9",
+        "[64:ff9b::c612:1]:9",
+        "[2001:db8::1]:9",
     ] {
         assert_eq!(v6.create_permission(peer.parse().unwrap()), 403, "{peer}");
     }

@@ -26,7 +26,12 @@ fuzz_target!(|data: &[u8]| {
             relay_ipv6: Some("2001:db8::1".parse().unwrap()),
             ports: 50000..=50010,
             bandwidth_bytes_per_sec: Some(10_000),
-            policy: PeerPolicy::default(),
+            // The peers below are in documentation ranges, which the policy refuses; opening
+            // them lets input reach the data path as a real peer's would.
+            policy: PeerPolicy::new(vec![
+                "198.51.100.0/24".parse().unwrap(),
+                "2001:db8::/32".parse().unwrap(),
+            ]),
             rng_seed: 1,
         },
         Arc::new(AllocationLedger::new(2, 4)),
