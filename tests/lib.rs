@@ -154,11 +154,60 @@ impl TestApp {
         }
     }
 
-    /// A session token for a resident, minted with the test secret.
-    pub fn resident_token(&self, resident: &Resident) -> String {
-        Keys::new(TEST_SECRET.as_bytes())
-            .issue(&resident.id, SubjectKind::Resident, 30, now())
-            .0
+    /// A session token for a resident, minted with the test secret for a
+    /// session recorded in the server's database, as signing in would.
+    pub async fn resident_token(&self, resident: &Resident) -> String {
+        self.resident_session(resident).await.0
+    }
+
+    /// As [`TestApp::resident_token`], with the token's claims (its CSRF
+    /// value, for cookie sessions).
+    pub async fn resident_session(&self, resident: &Resident) -> (String, web::auth::Claims) {
+        let now = now();
+        let sid = booking::sessions::create(
+            &self.db,
+            &booking::sessions::Subject::Resident(resident.id.clone()),
+            now,
+            now + 30 * 60,
+        )
+        .await
+        .expect("a session recorded");
+        Keys::new(TEST_SECRET.as_bytes()).issue(&resident.id, SubjectKind::Resident, &sid, 30, now)
+    }
+
+    /// The Bearer token and CSRF value of a staff sign-in through the API.
+    pub async fn staff_session(&self, email: &str) -> (String, String) {
+        let response = self
+            .post(
+                "/api/auth/staff/login",
+                None,
+                &serde_json::json!({"email": email, "password": booking::seed::DEMO_PASSWORD}),
+            )
+            .await;
+        assert_eq!(response.status(), 200, "staff sign-in for {email}");
+        let body: Value = response.json().await.expect("json");
+        (
+            body["token"].as_str().expect("a token").to_owned(),
+            body["csrf"].as_str().expect("a csrf value").to_owned(),
+        )
+    }
+
+    /// The link token of the sign-in mail to `email`, once the delivery
+    /// worker has answered the request (it is woken by the request, so this
+    /// waits on that, within `within`).
+    pub async fn sign_in_link(&self, email: &str, within: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(Message::SignInLink { token, .. }) =
+                self.last_message(email, "sign_in_link").await
+            {
+                return Some(token);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Signs a staff member in through the API and returns the Bearer token.

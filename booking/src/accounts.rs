@@ -11,9 +11,13 @@ use sha2::{Digest, Sha256};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
+use crate::audit::{self, Actor, Entry, Outcome};
 use crate::db::Db;
-use crate::domain::{EmailAddress, Language, MunicipalityCode, Password, Role, ServiceCode};
-use crate::outbox::{self, Message};
+use crate::domain::{
+    EmailAddress, Language, MunicipalityCode, NewPassword, Password, Role, ServiceCode,
+};
+use crate::outbox::{self, Message, Registration};
+use crate::sessions::{self, SessionId, Subject};
 use crate::Error;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -51,8 +55,10 @@ pub struct NewStaff {
 #[derive(Debug, Clone)]
 pub struct PasswordHashText(String);
 
-/// Hashes `password` with argon2id on a blocking thread.
-pub async fn hash_password(password: &Password) -> Result<PasswordHashText, Error> {
+/// Hashes `password` with argon2id on a blocking thread. Only a
+/// [`NewPassword`] can be hashed, so every account's password passed the
+/// length and common-password rules.
+pub async fn hash_password(password: &NewPassword) -> Result<PasswordHashText, Error> {
     let password = password.clone();
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut OsRng);
@@ -186,6 +192,15 @@ fn staff_from_row(r: &AnyRow) -> Result<Staff, Error> {
     })
 }
 
+/// The id of the staff account with address `email`, active or not.
+pub async fn staff_id_by_email(db: &Db, email: &EmailAddress) -> Result<Option<String>, Error> {
+    let row = sqlx::query("SELECT id FROM staff WHERE email = $1")
+        .bind(email.as_str())
+        .fetch_optional(db.pool())
+        .await?;
+    Ok(row.map(|r| r.try_get("id")).transpose()?)
+}
+
 /// Checks a staff member's password. An unknown email costs the same argon2
 /// work as a wrong password, so timing does not reveal which accounts exist.
 pub async fn verify_staff_password(
@@ -193,10 +208,13 @@ pub async fn verify_staff_password(
     email: &EmailAddress,
     password: &Password,
 ) -> Result<Option<Staff>, Error> {
-    let row = sqlx::query("SELECT id, password_hash FROM staff WHERE email = $1")
-        .bind(email.as_str())
-        .fetch_optional(db.pool())
-        .await?;
+    // A deactivated account is treated as unknown: the same work, no session.
+    let row = sqlx::query(
+        "SELECT id, password_hash FROM staff WHERE email = $1 AND deactivated_at IS NULL",
+    )
+    .bind(email.as_str())
+    .fetch_optional(db.pool())
+    .await?;
     let (id, hash) = match row {
         Some(r) => (
             Some(r.try_get::<String, _>("id")?),
@@ -220,6 +238,45 @@ pub async fn verify_staff_password(
         (Some(id), true) => staff_by_id(db, &id).await,
         _ => Ok(None),
     }
+}
+
+/// Deactivates a staff account: it can no longer sign in, and its sessions
+/// end, in one transaction with the audit entry naming `actor` (an admin,
+/// or the system for the command line). Returns the sessions it ended, so
+/// the caller can tell the caches of other nodes. An unknown or already
+/// deactivated account is `NotFound`.
+pub async fn deactivate_staff(
+    db: &Db,
+    actor: &Actor,
+    staff_id: &str,
+    now: i64,
+) -> Result<Vec<SessionId>, Error> {
+    let _turn = db.write_turn().await;
+    let mut tx = db.pool().begin().await?;
+    let done = sqlx::query(
+        "UPDATE staff SET deactivated_at = $1 WHERE id = $2 AND deactivated_at IS NULL",
+    )
+    .bind(now)
+    .bind(staff_id)
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(Error::NotFound);
+    }
+    let ended = sessions::revoke_all_on(&mut tx, &Subject::Staff(staff_id.to_owned()), now).await?;
+    let entry = Entry {
+        actor,
+        action: "staff.deactivate",
+        subject: format!("staff:{staff_id}"),
+        resident_id: None,
+        on_behalf_of: None,
+        rule: None,
+        agreement_id: None,
+        outcome: Outcome::Allowed,
+    };
+    audit::record(&mut tx, &entry, now).await?;
+    tx.commit().await?;
+    Ok(ended)
 }
 
 /// A valid argon2id hash of a random password nobody knows, verified against
@@ -318,6 +375,79 @@ pub async fn issue_sign_in_link(db: &Db, resident: &Resident, now: i64) -> Resul
     .await?;
     tx.commit().await?;
     Ok(token)
+}
+
+/// Puts a request for a sign-in link to `email` in the outbox, without
+/// looking the address up: the same one insert whoever asks, so that
+/// neither the answer nor its timing tells whether the address is known.
+/// The delivery worker answers it ([`answer_sign_in_request`]).
+pub async fn request_sign_in_link(
+    db: &Db,
+    email: &EmailAddress,
+    language: Language,
+    registration: Option<Registration>,
+    now: i64,
+) -> Result<(), Error> {
+    let message = Message::SignInRequest { registration };
+    let _turn = db.write_turn().await;
+    let mut conn = db.pool().acquire().await?;
+    outbox::enqueue(&mut conn, email, language, &message, now, now).await?;
+    Ok(())
+}
+
+/// Answers a [`Message::SignInRequest`] outbox row `outbox_id` for
+/// `email`, on behalf of the delivery worker: for a resident (registered
+/// now from `registration` when the address is new), a sign-in link is made
+/// and the row becomes its [`Message::SignInLink`], in one transaction, so
+/// a retried delivery sends the same link. Returns the message and the
+/// language to send it in, or `None` when nobody has the address and no
+/// registration came with it (the row is then left for the caller to drop).
+pub async fn answer_sign_in_request(
+    db: &Db,
+    outbox_id: &str,
+    email: &EmailAddress,
+    registration: Option<&Registration>,
+    now: i64,
+) -> Result<Option<(Message, Language)>, Error> {
+    let resident = match (resident_by_email(db, email).await?, registration) {
+        (Some(resident), _) => resident,
+        (None, Some(r)) => {
+            match create_resident(db, email, r.name.trim(), &r.home, r.language, now).await {
+                Ok(resident) => resident,
+                // Registered by another request since the look-up.
+                Err(Error::Conflict(_)) => resident_by_email(db, email)
+                    .await?
+                    .ok_or_else(|| Error::Corrupt("a resident vanished".into()))?,
+                Err(e) => return Err(e),
+            }
+        }
+        (None, None) => return Ok(None),
+    };
+    let token = random_token();
+    let expires_at = now + SIGN_IN_LINK_SECONDS;
+    let message = Message::SignInLink {
+        token: token.clone(),
+        expires_at,
+    };
+    let _turn = db.write_turn().await;
+    let mut tx = db.pool().begin().await?;
+    sqlx::query(
+        "INSERT INTO sign_in_links (token_hash, resident_id, expires_at) VALUES ($1, $2, $3)",
+    )
+    .bind(token_hash(&token))
+    .bind(&resident.id)
+    .bind(expires_at)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE outbox SET kind = $1, payload = $2, language = $3 WHERE id = $4")
+        .bind(message.kind())
+        .bind(serde_json::to_string(&message).expect("a Message always serialises"))
+        .bind(resident.language.code())
+        .bind(outbox_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Some((message, resident.language)))
 }
 
 /// Redeems a sign-in link once. An unknown, used or expired token yields `None`.

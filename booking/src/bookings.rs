@@ -23,7 +23,9 @@ use crate::audit::{self, Actor, Entry, Outcome};
 use crate::batch::Statement;
 use crate::catalog::{self, Service};
 use crate::db::{is_booking_conflict, Backend, Db, Hold};
-use crate::domain::{BookingStatus, Language, MunicipalityCode, ServiceCode, SlotRange, Step};
+use crate::domain::{
+    BookingStatus, EmailAddress, Language, MunicipalityCode, ServiceCode, SlotRange, Step,
+};
 use crate::load;
 use crate::outbox::{self, Message};
 use crate::policy::{self, Agreement, Decision};
@@ -188,17 +190,35 @@ async fn book_new(
     Err(Error::Conflict("that time is no longer available".into()))
 }
 
-/// A staff member books one of their own free times for a resident, which
-/// the policy must allow their municipality to do.
+/// A staff member books one of their own free times for the resident with
+/// address `email`, which the policy must allow their municipality to do.
+/// An unknown address and a resident the policy keeps from this staff
+/// member are one answer, `NotFound`, each with a denied audit entry: the
+/// answer must not tell staff who is registered.
 pub async fn book_as_staff(
     db: &Db,
     staff: &Staff,
-    resident: &Resident,
+    email: &EmailAddress,
     service: &ServiceCode,
     starts_at: Timestamp,
     now: Timestamp,
 ) -> Result<Ticket, Error> {
     let actor = Actor::Staff(staff.id.clone());
+    let Some(resident) = accounts::resident_by_email(db, email).await? else {
+        let entry = Entry {
+            actor: &actor,
+            action: "booking.create",
+            subject: "resident:unknown".to_owned(),
+            resident_id: None,
+            on_behalf_of: None,
+            rule: None,
+            agreement_id: None,
+            outcome: Outcome::Denied,
+        };
+        audit::record_now(db, &entry, now.as_second()).await?;
+        return Err(Error::NotFound);
+    };
+    let resident = &resident;
     let decision = decide_for(
         db,
         &staff.municipality,
@@ -220,9 +240,7 @@ pub async fn book_as_staff(
             outcome: Outcome::Denied,
         };
         audit::record_now(db, &entry, now.as_second()).await?;
-        return Err(Error::Forbidden(
-            "the policy does not let your municipality book this service for this resident".into(),
-        ));
+        return Err(Error::NotFound);
     }
     let wanted = Wanted {
         service,
@@ -1719,7 +1737,7 @@ mod tests {
             .unwrap();
             // Cached before the new staff member exists.
             let before = snapshot::current(db).await.unwrap();
-            let password = crate::domain::Password::parse("a night shift password").unwrap();
+            let password = crate::domain::NewPassword::parse("a night shift password").unwrap();
             let staff = crate::accounts::create_staff(
                 db,
                 &crate::accounts::NewStaff {

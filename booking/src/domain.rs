@@ -273,6 +273,45 @@ impl Password {
     }
 }
 
+/// A password someone chooses for a staff account: at least
+/// [`NewPassword::MIN_CHARS`] characters and not on the list of common
+/// passwords (compared without regard to case). Only a `NewPassword` can be
+/// hashed, so no path that sets a password can skip these checks; signing
+/// in still takes any [`Password`], so that accounts made before the rule
+/// are not locked out.
+#[derive(Clone)]
+pub struct NewPassword(Password);
+
+impl NewPassword {
+    pub const MIN_CHARS: usize = 12;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        if raw.chars().count() < Self::MIN_CHARS {
+            return Err(invalid(
+                "password",
+                format!("at least {} characters", Self::MIN_CHARS),
+            ));
+        }
+        if crate::passwords::is_common(raw) {
+            return Err(invalid(
+                "password",
+                "too common: it is on a list of passwords that attackers try first",
+            ));
+        }
+        Password::parse(raw).map(NewPassword)
+    }
+
+    pub fn expose(&self) -> &str {
+        self.0.expose()
+    }
+}
+
+impl fmt::Debug for NewPassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NewPassword(..)")
+    }
+}
+
 impl fmt::Debug for Password {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Password(..)")

@@ -15,16 +15,19 @@ pub mod domain;
 pub mod events;
 pub mod load;
 pub mod outbox;
+pub mod passwords;
 pub mod policy;
 pub mod seed;
+pub mod sessions;
 pub mod slots;
 pub mod snapshot;
 pub mod testing;
+pub mod throttle;
 
 pub use db::{Backend, Db, DbError};
 pub use domain::{
-    BookingStatus, EmailAddress, InvalidValue, Language, MunicipalityCode, Password, Role, Rule,
-    ServiceCode, SlotRange, Step,
+    BookingStatus, EmailAddress, InvalidValue, Language, MunicipalityCode, NewPassword, Password,
+    Role, Rule, ServiceCode, SlotRange, Step,
 };
 
 /// What can go wrong in the booking domain. The web layer maps each variant to

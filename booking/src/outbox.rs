@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
 
 use crate::batch::Statement;
-use crate::domain::{EmailAddress, Language};
+use crate::domain::{EmailAddress, Language, MunicipalityCode};
 
 /// One thing to tell one person. Links are built by `notify` from its public
 /// base URL and the tokens and ids here, using the paths documented on each
@@ -18,6 +18,17 @@ use crate::domain::{EmailAddress, Language};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Message {
+    /// Someone asked for a sign-in link for the recipient's address. The web
+    /// layer writes this for every well-formed request, known address or
+    /// not, so that its answer does the same work and takes the same time
+    /// either way; the delivery worker then asks
+    /// [`crate::accounts::answer_sign_in_request`], which turns the row into
+    /// a [`Message::SignInLink`] for a resident (registering a first-time
+    /// one) or lets it go unsent. Never rendered as it is.
+    SignInRequest {
+        /// Given on a first sign-in; ignored for a known address.
+        registration: Option<Registration>,
+    },
     /// A resident's one-time sign-in link: `/auth/resident/callback?token=`.
     SignInLink { token: String, expires_at: i64 },
     /// A new booking. Manage link: `/b/{manage_token}`; join: `/join/{booking_id}`.
@@ -66,6 +77,7 @@ impl Message {
     /// The stable name stored in the `kind` column.
     pub fn kind(&self) -> &'static str {
         match self {
+            Message::SignInRequest { .. } => "sign_in_request",
             Message::SignInLink { .. } => "sign_in_link",
             Message::BookingConfirmed { .. } => "booking_confirmed",
             Message::BookingRescheduled { .. } => "booking_rescheduled",
@@ -89,6 +101,14 @@ impl Message {
             _ => None,
         }
     }
+}
+
+/// What a first sign-in registers, checked before it was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    pub name: String,
+    pub home: MunicipalityCode,
+    pub language: Language,
 }
 
 /// A row as the delivery worker sees it.

@@ -11,7 +11,7 @@ use crate::bookings;
 use crate::catalog::{self, Municipality, Service};
 use crate::db::Db;
 use crate::domain::{
-    EmailAddress, Language, MunicipalityCode, Password, Role, Rule, ServiceCode, Step,
+    EmailAddress, Language, MunicipalityCode, NewPassword, Role, Rule, ServiceCode, Step,
 };
 use crate::policy::Agreement;
 use crate::slots::Template;
@@ -105,7 +105,7 @@ pub async fn demo(db: &Db, today: Date, now: i64) -> Result<Vec<DemoSignIn>, Err
         catalog::insert_agreement(db, &agreement).await?;
     }
 
-    let hash = accounts::hash_password(&Password::parse(DEMO_PASSWORD)?).await?;
+    let hash = accounts::hash_password(&NewPassword::parse(DEMO_PASSWORD)?).await?;
     let mut sign_ins = Vec::new();
     let until = today
         .checked_add(Span::new().days(13))

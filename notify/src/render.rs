@@ -87,6 +87,9 @@ pub(crate) fn render_stamped(
     };
     let mut invitation = None;
     let (subject, paragraphs, links) = match message {
+        // Never sent as it is: the worker first turns it into a sign-in
+        // link or drops it. Rendered without a link, should it ever be.
+        Message::SignInRequest { .. } => (tr("sign_in.subject", lang), Vec::new(), Vec::new()),
         Message::SignInLink { token, expires_at } => (
             tr("sign_in.subject", lang),
             vec![t!(

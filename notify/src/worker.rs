@@ -4,6 +4,7 @@
 //! the mail keeps its `Message-ID`, so the copy is recognisably the same mail.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use booking::outbox::Message;
@@ -12,6 +13,7 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use lettre::message::Mailbox;
 use rand::Rng;
+use tokio::sync::Notify;
 
 use crate::queue::{self, Claimed};
 use crate::render::render_stamped;
@@ -25,6 +27,7 @@ pub struct Worker {
     settings: Settings,
     transport: Transport,
     from: Mailbox,
+    waker: Arc<Notify>,
 }
 
 /// What one batch did.
@@ -58,7 +61,14 @@ impl Worker {
             settings,
             transport,
             from,
+            waker: Arc::new(Notify::new()),
         })
+    }
+
+    /// Wakes the worker between its polls, for a mail that should go out at
+    /// once: whoever asked for a sign-in link is waiting for it.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.waker.clone()
     }
 
     pub fn transport(&self) -> &Transport {
@@ -88,6 +98,7 @@ impl Worker {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
+                _ = self.waker.notified() => {}
                 _ = tokio::time::sleep(pause) => {}
             }
         }
@@ -145,6 +156,34 @@ impl Worker {
                 queue::park(&self.db, &row.id, &reason).await?;
                 return Ok(Outcome::Failed);
             }
+        };
+        let (message, language) = match message {
+            Message::SignInRequest { registration } => {
+                match booking::accounts::answer_sign_in_request(
+                    &self.db,
+                    &row.id,
+                    &recipient,
+                    registration.as_ref(),
+                    now,
+                )
+                .await
+                {
+                    Ok(Some(answer)) => answer,
+                    // Nobody has the address: nothing to send, and nothing
+                    // the asker could tell apart from a sent link.
+                    Ok(None) => {
+                        queue::supersede(&self.db, &row.id).await?;
+                        return Ok(Outcome::Superseded);
+                    }
+                    Err(booking::Error::Db(e)) => return Err(e),
+                    Err(e) => {
+                        let reason = format!("sign-in request: {e}");
+                        queue::park(&self.db, &row.id, &reason).await?;
+                        return Ok(Outcome::Failed);
+                    }
+                }
+            }
+            other => (other, language),
         };
         if let Message::Reminder { starts_at, .. } = &message {
             // A reminder that comes due only after the meeting began (the

@@ -215,6 +215,12 @@ impl Hub {
         }
     }
 
+    /// The bus this hub speaks over, for other node-to-node messages (ended
+    /// sessions) that should not open a second connection.
+    pub fn bus(&self) -> Arc<dyn Bus> {
+        self.shared.bus.clone()
+    }
+
     /// Whether this node owns the rooms and the queue now. Always true
     /// without a cluster.
     pub async fn is_owner(&self) -> bool {

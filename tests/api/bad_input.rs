@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 async fn malformed_unknown_and_oversized_bodies_get_clear_errors() {
     for app in spawn_apps().await {
         let anna = app.resident("anna@example.se").await;
-        let token = app.resident_token(&anna);
+        let token = app.resident_token(&anna).await;
         let send = |body: String, content_type: &'static str| {
             let req = app
                 .client

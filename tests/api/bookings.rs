@@ -25,7 +25,7 @@ async fn book_first(app: &TestApp, token: &str, service: &str, home: &str) -> Va
 async fn a_resident_books_reschedules_and_cancels() {
     for app in spawn_apps().await {
         let anna = app.resident("anna@example.se").await;
-        let token = app.resident_token(&anna);
+        let token = app.resident_token(&anna).await;
         let times = app.free_times("ekonomiskt-bistand", "2418", 14).await;
         assert!(times.len() > 2, "{}: the demo offers times", app.backend);
         let first = times[0]["starts_at"].as_str().unwrap();
@@ -107,7 +107,7 @@ async fn a_resident_books_reschedules_and_cancels() {
 async fn the_mailed_token_manages_the_booking_across_a_reschedule_and_is_spent_by_cancelling() {
     for app in spawn_apps().await {
         let erik = app.resident("erik@example.se").await;
-        let token = app.resident_token(&erik);
+        let token = app.resident_token(&erik).await;
         let times = app.free_times("stod-till-anhoriga", "1283", 14).await;
         let booked: Value = book(
             &app,
@@ -173,13 +173,13 @@ async fn another_residents_booking_is_not_found_and_the_attempt_is_audited() {
         let erik = app.resident("erik@example.se").await;
         let booked = book_first(
             &app,
-            &app.resident_token(&anna),
+            &app.resident_token(&anna).await,
             "stod-till-anhoriga",
             "2418",
         )
         .await;
         let id = booked["booking"]["id"].as_str().unwrap();
-        let erik_token = app.resident_token(&erik);
+        let erik_token = app.resident_token(&erik).await;
         let peek = app
             .get(&format!("/api/bookings/{id}"), Some(&erik_token))
             .await;
@@ -212,7 +212,7 @@ async fn another_residents_booking_is_not_found_and_the_attempt_is_audited() {
         let still: Value = app
             .get(
                 &format!("/api/bookings/{id}"),
-                Some(&app.resident_token(&anna)),
+                Some(&app.resident_token(&anna).await),
             )
             .await
             .json()
@@ -226,7 +226,7 @@ async fn another_residents_booking_is_not_found_and_the_attempt_is_audited() {
 async fn a_residents_own_reads_and_a_manage_token_read_are_audited() {
     for app in spawn_apps().await {
         let anna = app.resident("anna@example.se").await;
-        let token = app.resident_token(&anna);
+        let token = app.resident_token(&anna).await;
         let booked = book_first(&app, &token, "stod-till-anhoriga", "2418").await;
         let id = booked["booking"]["id"].as_str().unwrap();
         let manage = booked["manage_token"].as_str().unwrap();
@@ -300,12 +300,23 @@ async fn the_last_free_staff_member_at_a_time_goes_to_one_resident() {
         let first = app.new_resident("first@example.se", "1283").await;
         let second = app.new_resident("second@example.se", "1283").await;
         assert_eq!(
-            book(&app, &app.resident_token(&first), "barn-och-familj", at)
-                .await
-                .status(),
+            book(
+                &app,
+                &app.resident_token(&first).await,
+                "barn-och-familj",
+                at
+            )
+            .await
+            .status(),
             201
         );
-        let late = book(&app, &app.resident_token(&second), "barn-och-familj", at).await;
+        let late = book(
+            &app,
+            &app.resident_token(&second).await,
+            "barn-och-familj",
+            at,
+        )
+        .await;
         assert_eq!(late.status(), 409, "{}", app.backend);
         let body: Value = late.json().await.unwrap();
         assert_eq!(body["error"], "conflict");
@@ -331,17 +342,27 @@ async fn booking_picks_the_least_loaded_staff_member() {
         let at = slot["starts_at"].as_str().unwrap();
         let a = app.new_resident("a@example.se", "2422").await;
         let b = app.new_resident("b@example.se", "2422").await;
-        let first: Value = book(&app, &app.resident_token(&a), "ekonomiskt-bistand", at)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let first: Value = book(
+            &app,
+            &app.resident_token(&a).await,
+            "ekonomiskt-bistand",
+            at,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
         assert_eq!(first["booking"]["performed_by"], "2422", "ties go home");
-        let second: Value = book(&app, &app.resident_token(&b), "ekonomiskt-bistand", at)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let second: Value = book(
+            &app,
+            &app.resident_token(&b).await,
+            "ekonomiskt-bistand",
+            at,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
         assert_eq!(second["booking"]["performed_by"], "2421");
         assert_eq!(second["booking"]["agreement_id"], "avtal-storuman-sorsele");
     }
@@ -353,11 +374,16 @@ async fn staff_see_their_day_and_schedulers_see_load() {
         let leila = app.resident("leila@example.se").await;
         let times = app.free_times("barn-och-familj", "2481", 14).await;
         let at = times[0]["starts_at"].as_str().unwrap().to_owned();
-        let booked: Value = book(&app, &app.resident_token(&leila), "barn-och-familj", &at)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let booked: Value = book(
+            &app,
+            &app.resident_token(&leila).await,
+            "barn-och-familj",
+            &at,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
         let id = booked["booking"]["id"].as_str().unwrap().to_owned();
         let date = &at[..10];
         let mut found = false;

@@ -22,7 +22,7 @@ async fn two_hundred_requests_race_for_twenty_slots() {
             let resident = app
                 .new_resident(&format!("racer{i}@example.se"), "1283")
                 .await;
-            tokens.push(app.resident_token(&resident));
+            tokens.push(app.resident_token(&resident).await);
         }
         let requests = tokens.iter().enumerate().map(|(i, token)| {
             let body = json!({"service": "barn-och-familj", "starts_at": slots[i % 20]});

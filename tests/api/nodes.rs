@@ -16,13 +16,15 @@ use crate::ws::Client;
 
 /// Two nodes of one cluster. Node `a` starts first and owns the rooms and
 /// the queue; fields drop in order, so the database goes last.
-struct Cluster {
-    a: TestApp,
-    b: TestApp,
+pub(crate) struct Cluster {
+    pub(crate) a: TestApp,
+    pub(crate) b: TestApp,
     database: TestDb,
 }
 
-async fn cluster() -> Option<Cluster> {
+/// Two nodes over one PostgreSQL database and NATS, or `None` (with a
+/// notice) when either is not configured.
+pub(crate) async fn cluster() -> Option<Cluster> {
     let Ok(nats) = std::env::var("NATS_URL") else {
         eprintln!("notice: NATS_URL is not set; skipping this two-node test");
         return None;
@@ -57,7 +59,7 @@ struct Meeting {
 async fn book_meeting(cluster: &Cluster) -> Meeting {
     let (a, b) = (&cluster.a, &cluster.b);
     let anna = a.resident("anna@example.se").await;
-    let resident_token = a.resident_token(&anna);
+    let resident_token = a.resident_token(&anna).await;
     let times = a.free_times("ekonomiskt-bistand", "2418", 14).await;
     let starts_at = times[0]["starts_at"].as_str().expect("a time");
     let booked = a
@@ -165,7 +167,7 @@ async fn a_chat_opened_on_one_node_is_claimed_once_from_either_when_nats_url_is_
     let mut on_b = Client::open(b, &b.staff_token(lycksele[0].email.as_str()).await).await;
     let mut on_a = Client::open(a, &a.staff_token(lycksele[1].email.as_str()).await).await;
     let anna = a.resident("anna@example.se").await;
-    let mut resident = Client::open(a, &a.resident_token(&anna)).await;
+    let mut resident = Client::open(a, &a.resident_token(&anna).await).await;
 
     resident
         .send(json!({"type": "queue.open", "service": "ekonomiskt-bistand"}))

@@ -32,6 +32,46 @@ async fn staff_books(
     .as_u16()
 }
 
+/// A refusal by the policy must not tell staff that the address belongs to
+/// a registered resident: it answers exactly as an unknown address, and
+/// both are audited as denied.
+#[tokio::test]
+async fn a_refused_resident_answers_exactly_as_an_unknown_address() {
+    for app in spawn_apps().await {
+        let staff = "handlaggare.helsingborg@kontakt.demo";
+        let token = app.staff_token(staff).await;
+        let at = own_time(&app, "ekonomiskt-bistand", "1283").await;
+        let mut answers = Vec::new();
+        for resident in ["anna@example.se", "nobody-at-all@example.se"] {
+            let response = app
+                .post(
+                    "/api/staff/bookings",
+                    Some(&token),
+                    &json!({"resident_email": resident, "service": "ekonomiskt-bistand", "starts_at": at}),
+                )
+                .await;
+            let status = response.status().as_u16();
+            answers.push((status, response.text().await.unwrap()));
+        }
+        assert_eq!(answers[0].0, 404, "refused ({})", app.backend);
+        assert_eq!(
+            answers[0], answers[1],
+            "refused and unknown answer alike ({})",
+            app.backend
+        );
+        let audit = booking::audit::recent(&app.db, None, 100).await.unwrap();
+        let denied: Vec<_> = audit
+            .iter()
+            .filter(|r| r.action == "booking.create" && r.outcome == "denied")
+            .collect();
+        assert_eq!(denied.len(), 2, "both audited: {denied:?}");
+        let anna = app.resident("anna@example.se").await;
+        assert!(denied
+            .iter()
+            .any(|r| r.resident_id.as_deref() == Some(anna.id.as_str())));
+    }
+}
+
 #[tokio::test]
 async fn staff_booking_follows_each_rule_kind() {
     for app in spawn_apps().await {
@@ -56,21 +96,21 @@ async fn staff_booking_follows_each_rule_kind() {
                 "handlaggare.helsingborg@kontakt.demo",
                 "anna@example.se",
                 "ekonomiskt-bistand",
-                403,
+                404,
                 "agreement rule, no agreement",
             ),
             (
                 "handlaggare1.lycksele@kontakt.demo",
                 "norsjo@example.se",
                 "ekonomiskt-bistand",
-                403,
+                404,
                 "agreement Lycksele–Norsjö has expired",
             ),
             (
                 "handlaggare1.lycksele@kontakt.demo",
                 "anna@example.se",
                 "barn-och-familj",
-                403,
+                404,
                 "home_only, another municipality",
             ),
             (
@@ -118,7 +158,7 @@ async fn staff_read_a_booking_only_where_the_policy_lets_them() {
         let booked: Value = app
             .post(
                 "/api/bookings",
-                Some(&app.resident_token(&anna)),
+                Some(&app.resident_token(&anna).await),
                 &json!({"service": "ekonomiskt-bistand", "starts_at": times[0]["starts_at"]}),
             )
             .await

@@ -127,7 +127,7 @@ struct Meeting {
 
 async fn book_meeting(app: &TestApp) -> Meeting {
     let anna = app.resident("anna@example.se").await;
-    let resident_token = app.resident_token(&anna);
+    let resident_token = app.resident_token(&anna).await;
     let times = app.free_times("ekonomiskt-bistand", "2418", 14).await;
     let starts_at = times[0]["starts_at"].as_str().expect("a time");
     let booked = app
@@ -207,7 +207,7 @@ async fn the_socket_needs_a_valid_unspent_ticket() {
             app.backend
         );
         let anna = app.resident("anna@example.se").await;
-        let session = app.resident_token(&anna);
+        let session = app.resident_token(&anna).await;
         assert_eq!(
             refused_status(connect(&app, Some(&session)).await),
             401,
@@ -229,8 +229,7 @@ async fn the_socket_needs_a_valid_unspent_ticket() {
         assert_eq!(no_session.status(), 401);
 
         // A page's cookie session must echo its CSRF value to get a ticket.
-        let (cookie_token, claims) = web::auth::Keys::new(kontakt_tests::TEST_SECRET.as_bytes())
-            .issue(&anna.id, SubjectKind::Resident, 30, kontakt_tests::now());
+        let (cookie_token, claims) = app.resident_session(&anna).await;
         let cookie = format!("{}={cookie_token}", web::auth::SESSION_COOKIE);
         let without_csrf = reqwest::Client::new()
             .post(app.url("/api/ws/ticket"))
@@ -367,7 +366,7 @@ async fn a_chat_is_queued_for_the_municipalities_the_policy_allows() {
         // itself or, under their agreement, from Lycksele.
         let mut staff = lycksele_console(&app).await;
         let anna = app.resident("anna@example.se").await;
-        let mut resident = Client::open(&app, &app.resident_token(&anna)).await;
+        let mut resident = Client::open(&app, &app.resident_token(&anna).await).await;
 
         resident
             .send(json!({"type": "queue.open", "service": "ekonomiskt-bistand"}))
@@ -459,7 +458,7 @@ async fn a_reconnected_resident_resumes_what_was_said_meanwhile() {
 async fn a_malformed_frame_is_answered_and_a_binary_frame_closes_with_1003() {
     for app in spawn_apps().await {
         let anna = app.resident("anna@example.se").await;
-        let mut client = Client::open(&app, &app.resident_token(&anna)).await;
+        let mut client = Client::open(&app, &app.resident_token(&anna).await).await;
         client
             .socket
             .send(Message::text("{not json"))
@@ -517,7 +516,7 @@ async fn a_connection_that_never_answers_a_ping_is_closed_with_1001() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = impatient_app().await;
     let anna = app.resident("anna@example.se").await;
-    let ticket = ticket(&app, &app.resident_token(&anna)).await;
+    let ticket = ticket(&app, &app.resident_token(&anna).await).await;
     // A hand-made client: it upgrades, then only reads, so no pong is ever
     // sent, as from a peer whose network went away.
     let host = app.address.trim_start_matches("http://").to_owned();
@@ -557,7 +556,7 @@ async fn a_connection_that_never_answers_a_ping_is_closed_with_1001() {
 async fn a_connection_that_answers_pings_outlives_many_timeouts() {
     let app = impatient_app().await;
     let anna = app.resident("anna@example.se").await;
-    let mut client = Client::open(&app, &app.resident_token(&anna)).await;
+    let mut client = Client::open(&app, &app.resident_token(&anna).await).await;
     // The client library answers each ping as it reads it. Ten pings take a
     // second, more than twice the 400 ms the server waits for a pong.
     let mut pings = 0;
@@ -589,7 +588,7 @@ async fn a_signed_in_residents_closed_chat_stays_on_my_pages_for_them_alone() {
     for app in spawn_apps().await {
         let mut staff = lycksele_console(&app).await;
         let anna = app.resident("anna@example.se").await;
-        let anna_token = app.resident_token(&anna);
+        let anna_token = app.resident_token(&anna).await;
         let mut resident = Client::open(&app, &anna_token).await;
         resident
             .send(json!({"type": "queue.open", "service": "ekonomiskt-bistand"}))
@@ -632,7 +631,7 @@ async fn a_signed_in_residents_closed_chat_stays_on_my_pages_for_them_alone() {
 
         // Another resident, and someone signed out, get nothing.
         let erik = app.resident("erik@example.se").await;
-        let erik_token = app.resident_token(&erik);
+        let erik_token = app.resident_token(&erik).await;
         let (status, peek) = page_as(&app, &erik_token, &link).await;
         assert_eq!(status, 404, "{}", app.backend);
         assert!(!peek.contains("Berätta mer"));
@@ -730,7 +729,7 @@ async fn the_join_link_opens_the_meeting_page_for_the_resident_and_eligible_staf
         // Another resident, staff the policy keeps out, and nobody signed in
         // see nothing of it.
         let erik = app.resident("erik@example.se").await;
-        let (status, page) = page_as(&app, &app.resident_token(&erik), &join).await;
+        let (status, page) = page_as(&app, &app.resident_token(&erik).await, &join).await;
         assert_eq!(status, 404, "{}", app.backend);
         assert!(!page.contains(&marker));
         let outsider = app

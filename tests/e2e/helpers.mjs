@@ -170,6 +170,13 @@ export async function signInResident(page, server, email, { name, home } = {}) {
   if (home) await page.selectOption("#home", home);
   await Promise.all([page.waitForURL((u) => u.pathname === "/sign-in"), page.click("form[action='/sign-in'] button[type=submit]")]);
   await page.locator("p[role=status]").waitFor();
+  // The server answers every sign-in request alike and leaves the link to
+  // its mail worker, so the link appears in the outbox a moment later.
+  await waitFor(`a sign-in link for ${email}`, async () => {
+    const quoted = email.toLowerCase().replaceAll("'", "''");
+    const rows = await sql(server, `SELECT 1 FROM outbox WHERE kind = 'sign_in_link' AND lower(recipient) = '${quoted}'`);
+    return rows.length > 0;
+  });
   const { token } = await outboxPayload(server, "sign_in_link", email);
   await page.goto(`${server.url}/auth/resident/callback?token=${encodeURIComponent(token)}`);
 }

@@ -2,6 +2,12 @@
 //! are refused), carried as a Bearer token by API clients or an HttpOnly
 //! cookie by pages. Cookie sessions must echo their CSRF value in the
 //! `x-csrf-token` header on every request that changes something.
+//!
+//! Every token names a server-side session (`sid`), which must still be
+//! active ([`Sessions`]): signing out ends it before the token expires.
+//! Sign-in posts must come from this site's own pages ([`same_origin`]),
+//! so that another site cannot sign a browser in to an account of its
+//! choosing (login CSRF).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -16,9 +22,11 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use booking::accounts::{Resident, Staff};
+use booking::sessions::{SessionId, Subject};
 use booking::{Db, Role};
 
 use crate::error::AppError;
+pub use crate::sessions::Sessions;
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "kontakt_session";
@@ -44,6 +52,24 @@ pub struct Claims {
     pub exp: i64,
     /// Echoed in `x-csrf-token` by pages.
     pub csrf: String,
+    /// The server-side session this token belongs to.
+    pub sid: String,
+}
+
+impl Claims {
+    /// The session the token names; `None` for a malformed id, which no
+    /// session of ours has.
+    pub fn session(&self) -> Option<SessionId> {
+        SessionId::parse(&self.sid).ok()
+    }
+
+    /// Whose session it is.
+    pub fn subject(&self) -> Subject {
+        match self.kind {
+            SubjectKind::Resident => Subject::Resident(self.sub.clone()),
+            SubjectKind::Staff => Subject::Staff(self.sub.clone()),
+        }
+    }
 }
 
 /// Signing and verifying keys, made from one secret.
@@ -61,14 +87,23 @@ impl Keys {
         }
     }
 
-    /// A signed session for `sub`, valid for `minutes`.
-    pub fn issue(&self, sub: &str, kind: SubjectKind, minutes: i64, now: i64) -> (String, Claims) {
+    /// A signed token for session `sid` of `sub`, valid for `minutes`. The
+    /// session must be recorded first ([`sign_in`] does both).
+    pub fn issue(
+        &self,
+        sub: &str,
+        kind: SubjectKind,
+        sid: &SessionId,
+        minutes: i64,
+        now: i64,
+    ) -> (String, Claims) {
         let claims = Claims {
             sub: sub.to_owned(),
             kind,
             iat: now,
             exp: now + minutes * 60,
             csrf: random_csrf(),
+            sid: sid.as_str().to_owned(),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing cannot fail");
@@ -80,6 +115,8 @@ impl Keys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "sub"]);
+        // A token from before sessions were recorded has no `sid` and fails
+        // to decode, which refuses it.
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
             .ok()
             .map(|data| data.claims)
@@ -135,31 +172,66 @@ pub struct Session {
 impl<S> FromRequestParts<S> for Session
 where
     Keys: FromRef<S>,
+    Sessions: FromRef<S>,
     S: Send + Sync,
 {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let keys = Keys::from_ref(state);
-        if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
+        let claims = if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
             let value = value.to_str().map_err(|_| AppError::Unauthorized)?;
             let token = value
                 .strip_prefix("Bearer ")
                 .ok_or(AppError::Unauthorized)?;
-            let claims = keys.verify(token.trim()).ok_or(AppError::Unauthorized)?;
-            return Ok(Session { claims });
-        }
-        let token = cookie_value(parts, SESSION_COOKIE).ok_or(AppError::Unauthorized)?;
-        let claims = keys.verify(&token).ok_or(AppError::Unauthorized)?;
-        let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
-        if !safe {
-            let echoed = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
-            if echoed != Some(claims.csrf.as_str()) {
-                return Err(AppError::Forbidden("missing or wrong CSRF token".into()));
+            keys.verify(token.trim()).ok_or(AppError::Unauthorized)?
+        } else {
+            let token = cookie_value(parts, SESSION_COOKIE).ok_or(AppError::Unauthorized)?;
+            let claims = keys.verify(&token).ok_or(AppError::Unauthorized)?;
+            let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+            if !safe {
+                let echoed = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
+                if echoed != Some(claims.csrf.as_str()) {
+                    return Err(AppError::Forbidden("missing or wrong CSRF token".into()));
+                }
             }
+            claims
+        };
+        if !is_live(&Sessions::from_ref(state), &claims).await? {
+            return Err(AppError::Unauthorized);
         }
         Ok(Session { claims })
     }
+}
+
+/// Whether the session that verified `claims` name is still active: the one
+/// check every way of being signed in (API, pages, `/ws` tickets) goes
+/// through.
+pub async fn is_live(sessions: &Sessions, claims: &Claims) -> Result<bool, AppError> {
+    let Some(sid) = claims.session() else {
+        return Ok(false);
+    };
+    Ok(sessions
+        .is_active(&sid, jsonwebtoken::get_current_timestamp() as i64)
+        .await?)
+}
+
+/// Records a new session of `sub` and signs its token, valid for `minutes`:
+/// what every sign-in ends with.
+pub async fn sign_in(
+    keys: &Keys,
+    sessions: &Sessions,
+    sub: &str,
+    kind: SubjectKind,
+    minutes: i64,
+    now: i64,
+) -> Result<(String, Claims), AppError> {
+    let subject = match kind {
+        SubjectKind::Resident => Subject::Resident(sub.to_owned()),
+        SubjectKind::Staff => Subject::Staff(sub.to_owned()),
+    };
+    let sid = sessions.open(&subject, now, now + minutes * 60).await?;
+    Ok(keys.issue(sub, kind, &sid, minutes, now))
 }
 
 /// The value of cookie `name`, if the request carries it.
@@ -183,6 +255,7 @@ async fn subject_of<S>(
 ) -> Result<(Db, String), AppError>
 where
     Keys: FromRef<S>,
+    Sessions: FromRef<S>,
     Db: FromRef<S>,
     S: Send + Sync,
 {
@@ -200,6 +273,7 @@ pub struct CurrentResident(pub Resident);
 impl<S> FromRequestParts<S> for CurrentResident
 where
     Keys: FromRef<S>,
+    Sessions: FromRef<S>,
     Db: FromRef<S>,
     S: Send + Sync,
 {
@@ -239,6 +313,7 @@ impl CurrentStaff {
 impl<S> FromRequestParts<S> for CurrentStaff
 where
     Keys: FromRef<S>,
+    Sessions: FromRef<S>,
     Db: FromRef<S>,
     S: Send + Sync,
 {
@@ -253,11 +328,27 @@ where
     }
 }
 
-/// A fixed-window limit on sign-in attempts per client address.
+/// Fixed-window limits on failed sign-ins from one client address, kept by
+/// each node. Only failures count, and they count per pair of address and
+/// account: many people signing in from one office address (one NAT) do not
+/// use up each other's allowance, and one person's typos lock out only
+/// their own account from that address. A much higher cap per address
+/// stops one address from trying many accounts. The per-account limit that
+/// holds across addresses and nodes is `booking::throttle`.
 #[derive(Clone)]
 pub struct SignInLimiter {
     per_minute: u32,
-    windows: Arc<Mutex<HashMap<IpAddr, (Instant, u32)>>>,
+    windows: Arc<Mutex<HashMap<Window, (Instant, u32)>>>,
+}
+
+/// How many times an account's allowance one address may fail in a minute,
+/// over all accounts: room for an office of people who mistype.
+pub const ADDRESS_CAP_FACTOR: u32 = 20;
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Window {
+    Address(IpAddr),
+    Account(IpAddr, String),
 }
 
 impl SignInLimiter {
@@ -268,30 +359,93 @@ impl SignInLimiter {
         }
     }
 
-    /// Counts one attempt from `ip` at `now`; refuses once the minute's
-    /// allowance is used up.
-    pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), AppError> {
-        let minute = Duration::from_secs(60);
-        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        if windows.len() > 100_000 {
-            windows.retain(|_, (start, _)| now.duration_since(*start) < minute);
+    /// Refuses an attempt at `account` from `ip` once this minute's failures
+    /// of the pair, or of the address as a whole, reached their cap.
+    pub fn check(&self, ip: IpAddr, account: &str, now: Instant) -> Result<(), AppError> {
+        let windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let pair = Window::Account(ip, account.to_lowercase());
+        let caps = [
+            (pair, self.per_minute),
+            (
+                Window::Address(ip),
+                self.per_minute.saturating_mul(ADDRESS_CAP_FACTOR),
+            ),
+        ];
+        for (window, cap) in caps {
+            if let Some((start, failures)) = windows.get(&window) {
+                let elapsed = now.duration_since(*start);
+                if elapsed < MINUTE && *failures >= cap {
+                    return Err(AppError::RateLimited {
+                        retry_after_seconds: MINUTE.saturating_sub(elapsed).as_secs().max(1),
+                    });
+                }
+            }
         }
-        let entry = windows.entry(ip).or_insert((now, 0));
-        if now.duration_since(entry.0) >= minute {
-            *entry = (now, 0);
-        }
-        if entry.1 >= self.per_minute {
-            let retry = minute
-                .saturating_sub(now.duration_since(entry.0))
-                .as_secs()
-                .max(1);
-            return Err(AppError::RateLimited {
-                retry_after_seconds: retry,
-            });
-        }
-        entry.1 += 1;
         Ok(())
     }
+
+    /// Counts a failed attempt at `account` from `ip`.
+    pub fn failed(&self, ip: IpAddr, account: &str, now: Instant) {
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if windows.len() > 100_000 {
+            windows.retain(|_, (start, _)| now.duration_since(*start) < MINUTE);
+        }
+        for window in [
+            Window::Account(ip, account.to_lowercase()),
+            Window::Address(ip),
+        ] {
+            let entry = windows.entry(window).or_insert((now, 0));
+            if now.duration_since(entry.0) >= MINUTE {
+                *entry = (now, 0);
+            }
+            entry.1 = entry.1.saturating_add(1);
+        }
+    }
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// Refuses a sign-in post that a browser sent from another site: the
+/// `Origin` header (or, without it, `Sec-Fetch-Site`) must name this site:
+/// `public_url`, or the `Host` the request was sent to. Without this, another site could post its own account's
+/// credentials and sign the visitor in as that account (login CSRF).
+/// Clients that send neither header (scripts, tests) are not browsers
+/// acting for someone and are let through.
+pub fn same_origin(headers: &axum::http::HeaderMap, public_url: &str) -> Result<(), AppError> {
+    let refused = || AppError::Forbidden("this form must be posted from this site".into());
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().map_err(|_| refused())?;
+        let origin = origin_of(origin);
+        // The site is `public_url`, or whatever host the browser reached
+        // (a demo opened as `localhost` rather than `127.0.0.1`): a form on
+        // another site sends that site's origin, which matches neither.
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| h.to_ascii_lowercase());
+        let reached = host.is_some_and(|h| origin.split_once("://").map(|(_, a)| a) == Some(&h));
+        return if origin == origin_of(public_url) || reached {
+            Ok(())
+        } else {
+            Err(refused())
+        };
+    }
+    match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        None | Some("same-origin") | Some("none") => Ok(()),
+        Some(_) => Err(refused()),
+    }
+}
+
+/// `scheme://host[:port]` of a URL, lower case, without a default port.
+fn origin_of(url: &str) -> String {
+    let url = url.trim().to_ascii_lowercase();
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url.as_str()));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let authority = match (scheme, authority.rsplit_once(':')) {
+        ("http", Some((host, "80"))) | ("https", Some((host, "443"))) => host,
+        _ => authority,
+    };
+    format!("{scheme}://{authority}")
 }
 
 #[cfg(test)]
@@ -304,6 +458,7 @@ mod tests {
         let (token, claims) = keys.issue(
             "r1",
             SubjectKind::Resident,
+            &SessionId::random(),
             5,
             jsonwebtoken::get_current_timestamp() as i64,
         );
@@ -324,6 +479,7 @@ mod tests {
         let (expired, _) = keys.issue(
             "r1",
             SubjectKind::Resident,
+            &SessionId::random(),
             -1,
             jsonwebtoken::get_current_timestamp() as i64,
         );
@@ -338,18 +494,65 @@ mod tests {
     }
 
     #[test]
-    fn the_limiter_allows_a_minute_of_attempts_then_refuses() {
+    fn the_limiter_counts_failures_per_address_and_account() {
         let limiter = SignInLimiter::new(3);
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let office: IpAddr = "192.0.2.1".parse().unwrap();
         let t0 = Instant::now();
         for _ in 0..3 {
-            limiter.check(ip, t0).unwrap();
+            limiter.check(office, "a@x.se", t0).unwrap();
+            limiter.failed(office, "a@x.se", t0);
         }
-        assert!(limiter.check(ip, t0).is_err());
         assert!(
-            limiter.check("192.0.2.2".parse().unwrap(), t0).is_ok(),
-            "per address"
+            limiter.check(office, "A@x.se", t0).is_err(),
+            "a's allowance"
         );
-        limiter.check(ip, t0 + Duration::from_secs(61)).unwrap();
+        limiter
+            .check(office, "b@x.se", t0)
+            .expect("a colleague at the same address goes on");
+        limiter
+            .check("192.0.2.2".parse().unwrap(), "a@x.se", t0)
+            .expect("another address");
+        limiter
+            .check(office, "a@x.se", t0 + Duration::from_secs(61))
+            .expect("the next minute");
+    }
+
+    #[test]
+    fn one_address_may_not_fail_for_many_accounts_without_end() {
+        let limiter = SignInLimiter::new(3);
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let t0 = Instant::now();
+        for n in 0..3 * ADDRESS_CAP_FACTOR {
+            limiter.failed(ip, &format!("user{n}@x.se"), t0);
+        }
+        assert!(limiter.check(ip, "fresh@x.se", t0).is_err());
+    }
+
+    #[test]
+    fn only_this_sites_origin_may_post_sign_ins() {
+        use axum::http::{HeaderMap, HeaderValue};
+        let check = |name: &'static str, value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(name, HeaderValue::from_static(value));
+            same_origin(&headers, "https://kontakt.example.se/").is_ok()
+        };
+        assert!(check("origin", "https://kontakt.example.se"));
+        assert!(check("origin", "https://KONTAKT.example.se:443"));
+        assert!(!check("origin", "https://evil.example"));
+        assert!(!check("origin", "http://kontakt.example.se"));
+        assert!(!check("origin", "null"));
+        assert!(check("sec-fetch-site", "same-origin"));
+        assert!(!check("sec-fetch-site", "cross-site"));
+        assert!(!check("sec-fetch-site", "same-site"));
+        assert!(same_origin(&HeaderMap::new(), "https://kontakt.example.se").is_ok());
+        let mut reached = HeaderMap::new();
+        reached.insert("origin", HeaderValue::from_static("http://localhost:8080"));
+        reached.insert("host", HeaderValue::from_static("localhost:8080"));
+        assert!(
+            same_origin(&reached, "http://127.0.0.1:8080").is_ok(),
+            "the host reached"
+        );
+        reached.insert("origin", HeaderValue::from_static("http://evil.example"));
+        assert!(same_origin(&reached, "http://127.0.0.1:8080").is_err());
     }
 }

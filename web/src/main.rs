@@ -1,10 +1,11 @@
-//! `kontakt`: serve (the default), migrate, seed, create-staff.
+//! `kontakt`: serve (the default), migrate, seed, create-staff,
+//! deactivate-staff.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use booking::accounts::{self, NewStaff};
-use booking::{EmailAddress, Language, MunicipalityCode, Password, Role, ServiceCode};
+use booking::{EmailAddress, Language, MunicipalityCode, NewPassword, Role, ServiceCode};
 use clap::{Parser, Subcommand};
 use web::startup::{open_database, redact};
 use web::{Application, Settings};
@@ -55,9 +56,18 @@ enum Command {
         /// Languages spoken, comma separated (sv, en, fi, ar).
         #[arg(long, value_delimiter = ',', default_value = "sv")]
         languages: Vec<String>,
-        /// Read from the environment so it stays out of shell history.
+        /// Read from the environment so it stays out of shell history. At
+        /// least 12 characters, and not a common password.
         #[arg(long, env = "KONTAKT_NEW_STAFF_PASSWORD", hide_env_values = true)]
         password: String,
+    },
+    /// Deactivate a staff account: it can no longer sign in, and its
+    /// sessions end. With NATS configured, running nodes are told at once;
+    /// otherwise they stop accepting its sessions within their session
+    /// cache's lifetime (30 seconds).
+    DeactivateStaff {
+        #[arg(long)]
+        email: String,
     },
 }
 
@@ -109,11 +119,44 @@ async fn main() -> anyhow::Result<()> {
                     .iter()
                     .map(|l| Language::parse(l))
                     .collect::<Result<_, _>>()?,
-                password_hash: accounts::hash_password(&Password::parse(&password)?).await?,
+                password_hash: accounts::hash_password(&NewPassword::parse(&password)?).await?,
             };
             let staff =
                 accounts::create_staff(&db, &new, jiff::Timestamp::now().as_second()).await?;
             println!("created staff account {} ({})", staff.email, staff.id);
+            Ok(())
+        }
+        Command::DeactivateStaff { email } => {
+            let db = open_database(&settings).await?;
+            let email = EmailAddress::parse(&email)?;
+            let id = accounts::staff_id_by_email(&db, &email)
+                .await?
+                .with_context(|| format!("no staff account has the address {email}"))?;
+            let now = jiff::Timestamp::now().as_second();
+            let ended = accounts::deactivate_staff(&db, &booking::audit::Actor::System, &id, now)
+                .await
+                .with_context(|| format!("{email} is already deactivated"))?;
+            if let Some(url) = settings.nats_url.as_deref() {
+                use futures::StreamExt;
+                let bus: std::sync::Arc<dyn signaling::bus::Bus> = std::sync::Arc::new(
+                    signaling::bus::NatsBus::connect(url)
+                        .await
+                        .context("connecting to NATS")?,
+                );
+                // Our own announcement coming back proves the server has
+                // it, before this process exits and drops the connection.
+                let mut echo = bus.subscribe(web::sessions::REVOKED_SUBJECT).await?;
+                web::sessions::Sessions::new(db.clone(), bus)
+                    .announce(&ended)
+                    .await;
+                if !ended.is_empty() {
+                    tokio::time::timeout(std::time::Duration::from_secs(10), echo.next())
+                        .await
+                        .context("NATS did not confirm the announcement")?;
+                }
+            }
+            println!("deactivated {email}; {} session(s) ended", ended.len());
+            db.close().await;
             Ok(())
         }
     }

@@ -65,17 +65,27 @@ impl Application {
         )
         .await
         .context("starting the signaling hub")?;
+        let sessions = crate::sessions::Sessions::new(db.clone(), hub.bus());
+        let mut hub_tasks = hub_tasks;
+        hub_tasks.push(
+            sessions
+                .listen()
+                .await
+                .context("listening for ended sessions")?,
+        );
+        let mail = notify::Worker::new(db.clone(), settings.notify())
+            .context("setting up mail delivery")?;
         let state = AppState {
             db: db.clone(),
             keys: Keys::new(secret.as_bytes()),
             sign_in_limiter: SignInLimiter::new(settings.sign_in_per_minute),
+            sessions,
+            mail_waker: mail.waker(),
             settings: Arc::new(settings.clone()),
             hub: hub.clone(),
             tickets: crate::ws::Tickets::new(secret.as_bytes()),
             turn,
         };
-        let mail = notify::Worker::new(db.clone(), settings.notify())
-            .context("setting up mail delivery")?;
         let router = router(state, settings.max_body_bytes);
         let listener = TcpListener::bind(settings.listen)
             .await

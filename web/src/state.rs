@@ -8,6 +8,7 @@ use signaling::hub::Hub;
 
 use crate::auth::{Keys, SignInLimiter};
 use crate::config::Settings;
+use crate::sessions::Sessions;
 use crate::ws::{Tickets, TurnIssuer};
 
 #[derive(Clone)]
@@ -16,6 +17,12 @@ pub struct AppState {
     pub keys: Keys,
     pub settings: Arc<Settings>,
     pub sign_in_limiter: SignInLimiter,
+    /// Which sessions are still active, cached, and told of revocations on
+    /// other nodes over the hub's bus.
+    pub sessions: Sessions,
+    /// Wakes this node's mail delivery when something was put in the
+    /// outbox that should go out at once (a sign-in link).
+    pub mail_waker: Arc<tokio::sync::Notify>,
     /// The real-time hub behind `/ws`.
     pub hub: Hub,
     /// Single-use tickets for opening `/ws`.
@@ -40,5 +47,11 @@ impl FromRef<AppState> for Keys {
 impl FromRef<AppState> for Arc<Settings> {
     fn from_ref(state: &AppState) -> Arc<Settings> {
         state.settings.clone()
+    }
+}
+
+impl FromRef<AppState> for Sessions {
+    fn from_ref(state: &AppState) -> Sessions {
+        state.sessions.clone()
     }
 }

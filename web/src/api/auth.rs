@@ -4,17 +4,19 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
 use axum_extra::extract::CookieJar;
-use booking::{accounts, EmailAddress, Language, MunicipalityCode, Password};
+use booking::accounts::{Resident, Staff};
+use booking::outbox::Registration;
+use booking::{accounts, throttle, EmailAddress, Language, MunicipalityCode, Password};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{now, ApiJson};
-use crate::auth::{cleared_cookies, session_cookies, SubjectKind};
+use crate::auth::{cleared_cookies, same_origin, session_cookies, sign_in, Session, SubjectKind};
 use crate::error::{AppError, ErrorBody};
 use crate::state::AppState;
 
@@ -24,6 +26,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/auth/resident/link", post(resident_link))
         .route("/api/auth/resident/redeem", post(resident_redeem))
         .route("/api/auth/sign-out", post(sign_out))
+        .route("/api/auth/sign-out-everywhere", post(sign_out_everywhere))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -61,32 +64,36 @@ pub struct RedeemRequest {
     pub token: String,
 }
 
-/// Signs a staff member in. Also sets the page session cookies.
+/// Signs a staff member in. Also sets the page session cookies. Limited per
+/// client address and account ([`crate::auth::SignInLimiter`]) and per
+/// account across addresses and nodes (`booking::throttle`).
 #[utoipa::path(post, path = "/api/auth/staff/login", request_body = StaffLogin, responses(
     (status = 200, body = SessionDto),
     (status = 401, body = ErrorBody),
+    (status = 403, description = "Posted from another site", body = ErrorBody),
     (status = 429, body = ErrorBody),
 ))]
-#[tracing::instrument(skip(state, jar, body), fields(client = %client))]
+#[tracing::instrument(skip(state, jar, headers, body), fields(client = %client))]
 pub async fn staff_login(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     jar: CookieJar,
     ApiJson(body): ApiJson<StaffLogin>,
 ) -> Result<impl IntoResponse, AppError> {
-    state.sign_in_limiter.check(client.ip(), Instant::now())?;
-    let email = EmailAddress::parse(&body.email).map_err(|_| AppError::Unauthorized)?;
-    let password = Password::parse(&body.password).map_err(|_| AppError::Unauthorized)?;
-    let Some(staff) = accounts::verify_staff_password(&state.db, &email, &password).await? else {
-        metrics::counter!("kontakt_sign_in_failures_total", "kind" => "staff").increment(1);
-        return Err(AppError::Unauthorized);
-    };
-    let (token, claims) = state.keys.issue(
+    same_origin(&headers, &state.settings.public_url)?;
+    let staff = check_staff_password(&state, client.ip(), &body.email, &body.password)
+        .await?
+        .ok_or(AppError::Unauthorized)?;
+    let (token, claims) = sign_in(
+        &state.keys,
+        &state.sessions,
         &staff.id,
         SubjectKind::Staff,
         state.settings.staff_session_minutes,
         now().as_second(),
-    );
+    )
+    .await?;
     let [a, b] = session_cookies(token.clone(), &claims, state.settings.secure_cookies);
     let body = SessionDto {
         token,
@@ -96,40 +103,108 @@ pub async fn staff_login(
     Ok((jar.add(a).add(b), Json(body)))
 }
 
-/// Sends a one-time sign-in link by email. Answers 202 whether or not the
-/// address is known, so the answer reveals nobody's contact with the social
-/// services. A first sign-in registers the resident when name and home
-/// municipality are given.
+/// Checks a staff sign-in under both limits, shared by the API and the
+/// sign-in page: `Ok(None)` for a wrong address or password, and
+/// `RateLimited` while the address and account, or the account alone, must
+/// wait. The account is the address as typed, known or not, so that a wait
+/// does not tell which accounts exist.
+pub(crate) async fn check_staff_password(
+    state: &AppState,
+    client: IpAddr,
+    email: &str,
+    password: &str,
+) -> Result<Option<Staff>, AppError> {
+    let account = email.trim().to_lowercase();
+    let started = Instant::now();
+    state.sign_in_limiter.check(client, &account, started)?;
+    let now = now().as_second();
+    if let Some(until) = throttle::locked_until(&state.db, &account, now).await? {
+        return Err(AppError::RateLimited {
+            retry_after_seconds: (until - now).max(1) as u64,
+        });
+    }
+    let staff = match (EmailAddress::parse(&account), Password::parse(password)) {
+        (Ok(email), Ok(password)) => {
+            accounts::verify_staff_password(&state.db, &email, &password).await?
+        }
+        _ => None,
+    };
+    match staff {
+        Some(staff) => {
+            throttle::record_success(&state.db, &account).await?;
+            Ok(Some(staff))
+        }
+        None => {
+            metrics::counter!("kontakt_sign_in_failures_total", "kind" => "staff").increment(1);
+            state.sign_in_limiter.failed(client, &account, started);
+            throttle::record_failure(&state.db, &account, now).await?;
+            Ok(None)
+        }
+    }
+}
+
+/// Sends a one-time sign-in link by email. The whole request is checked
+/// first (422 for anything malformed, whether or not the address is
+/// known); then every request answers 202 with no body after the same one
+/// write, a request in the outbox, so that neither the answer nor its
+/// timing reveals anybody's contact with the social services. The delivery
+/// worker sends the link to a known address, registers a first-time
+/// resident when name and home municipality came with it, and sends
+/// nothing otherwise.
 #[utoipa::path(post, path = "/api/auth/resident/link", request_body = ResidentLinkRequest, responses(
     (status = 202, description = "A link is on its way if the address is known"),
+    (status = 403, description = "Posted from another site", body = ErrorBody),
     (status = 422, body = ErrorBody),
     (status = 429, body = ErrorBody),
 ))]
-#[tracing::instrument(skip(state, body), fields(client = %client))]
+#[tracing::instrument(skip(state, headers, body), fields(client = %client))]
 pub async fn resident_link(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<ResidentLinkRequest>,
 ) -> Result<StatusCode, AppError> {
+    same_origin(&headers, &state.settings.public_url)?;
     send_sign_in_link(&state, client.ip(), &body).await?;
     Ok(StatusCode::ACCEPTED)
 }
 
-/// What `POST /api/auth/resident/link` does, shared with the sign-in page:
-/// counts the attempt, registers a first-time resident when name and home
-/// municipality are given, and puts a link in the outbox for a known one.
-pub(crate) async fn send_sign_in_link(
-    state: &AppState,
-    client: IpAddr,
-    body: &ResidentLinkRequest,
-) -> Result<(), AppError> {
-    state.sign_in_limiter.check(client, Instant::now())?;
-    let email = EmailAddress::parse(&body.email)?;
-    let now = now().as_second();
-    let resident = match accounts::resident_by_email(&state.db, &email).await? {
-        Some(r) => Some(r),
-        None => match (&body.name, &body.home_municipality) {
-            (Some(name), Some(home)) if !name.trim().is_empty() => {
+/// A sign-in link request, checked in full.
+struct LinkRequest {
+    email: EmailAddress,
+    language: Language,
+    registration: Option<Registration>,
+}
+
+impl LinkRequest {
+    /// Checks every field, whoever the address belongs to. Name and home
+    /// municipality come together (a first sign-in) or not at all.
+    async fn parse(state: &AppState, body: &ResidentLinkRequest) -> Result<LinkRequest, AppError> {
+        let email = EmailAddress::parse(body.email.trim())?;
+        let language = body
+            .language
+            .as_deref()
+            .map(Language::parse)
+            .transpose()?
+            .unwrap_or_default();
+        let name = body
+            .name
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty());
+        let home = body
+            .home_municipality
+            .as_deref()
+            .map(str::trim)
+            .filter(|h| !h.is_empty());
+        let registration = match (name, home) {
+            (None, None) => None,
+            (Some(name), Some(home)) => {
+                if name.chars().count() > MAX_NAME_CHARS {
+                    return Err(AppError::Invalid(format!(
+                        "name: at most {MAX_NAME_CHARS} characters"
+                    )));
+                }
                 let home = MunicipalityCode::parse(home)?;
                 if booking::catalog::municipality(&state.db, &home)
                     .await?
@@ -139,24 +214,52 @@ pub(crate) async fn send_sign_in_link(
                         "home_municipality: not a participating municipality".into(),
                     ));
                 }
-                let language = body
-                    .language
-                    .as_deref()
-                    .map(Language::parse)
-                    .transpose()?
-                    .unwrap_or_default();
-                Some(
-                    accounts::create_resident(&state.db, &email, name.trim(), &home, language, now)
-                        .await?,
-                )
+                Some(Registration {
+                    name: name.to_owned(),
+                    home,
+                    language,
+                })
             }
-            _ => None,
-        },
-    };
-    if let Some(resident) = resident {
-        accounts::issue_sign_in_link(&state.db, &resident, now).await?;
-        tracing::info!(resident = %resident.id, "sign-in link written to the outbox");
+            _ => {
+                return Err(AppError::Invalid(
+                    "name and home_municipality: a first sign-in gives both".into(),
+                ))
+            }
+        };
+        Ok(LinkRequest {
+            email,
+            language,
+            registration,
+        })
     }
+}
+
+/// The longest name a first sign-in may register.
+const MAX_NAME_CHARS: usize = 200;
+
+/// What `POST /api/auth/resident/link` does, shared with the sign-in page:
+/// checks the limit and the whole request, then puts the request in the
+/// outbox and wakes the delivery worker.
+pub(crate) async fn send_sign_in_link(
+    state: &AppState,
+    client: IpAddr,
+    body: &ResidentLinkRequest,
+) -> Result<(), AppError> {
+    let account = body.email.trim().to_lowercase();
+    let started = Instant::now();
+    state.sign_in_limiter.check(client, &account, started)?;
+    // Every request counts: each one may send a mail.
+    state.sign_in_limiter.failed(client, &account, started);
+    let request = LinkRequest::parse(state, body).await?;
+    accounts::request_sign_in_link(
+        &state.db,
+        &request.email,
+        request.language,
+        request.registration,
+        now().as_second(),
+    )
+    .await?;
+    state.mail_waker.notify_one();
     Ok(())
 }
 
@@ -172,19 +275,18 @@ pub async fn resident_redeem(
     jar: CookieJar,
     ApiJson(body): ApiJson<RedeemRequest>,
 ) -> Result<impl IntoResponse, AppError> {
-    state.sign_in_limiter.check(client.ip(), Instant::now())?;
-    let now = now().as_second();
-    let Some(resident) = accounts::redeem_sign_in_link(&state.db, body.token.trim(), now).await?
-    else {
-        metrics::counter!("kontakt_sign_in_failures_total", "kind" => "resident").increment(1);
-        return Err(AppError::Unauthorized);
-    };
-    let (token, claims) = state.keys.issue(
+    let resident = redeem_link(&state, client.ip(), &body.token)
+        .await?
+        .ok_or(AppError::Unauthorized)?;
+    let (token, claims) = sign_in(
+        &state.keys,
+        &state.sessions,
         &resident.id,
         SubjectKind::Resident,
         state.settings.resident_session_minutes,
-        now,
-    );
+        now().as_second(),
+    )
+    .await?;
     let [a, b] = session_cookies(token.clone(), &claims, state.settings.secure_cookies);
     let body = SessionDto {
         token,
@@ -194,9 +296,76 @@ pub async fn resident_redeem(
     Ok((jar.add(a).add(b), Json(body)))
 }
 
-/// Ends the page session.
+/// The account name under which failed link redemptions from one address
+/// are counted: links are long random tokens, so there is no account to
+/// guess, only the address to slow down.
+const REDEEM_ACCOUNT: &str = "(sign-in link)";
+
+/// Redeems a sign-in link under the address limit, shared with the page
+/// the mailed link opens.
+pub(crate) async fn redeem_link(
+    state: &AppState,
+    client: IpAddr,
+    token: &str,
+) -> Result<Option<Resident>, AppError> {
+    let started = Instant::now();
+    state
+        .sign_in_limiter
+        .check(client, REDEEM_ACCOUNT, started)?;
+    let token = token.trim();
+    let resident = if token.is_empty() {
+        None
+    } else {
+        accounts::redeem_sign_in_link(&state.db, token, now().as_second()).await?
+    };
+    if resident.is_none() {
+        metrics::counter!("kontakt_sign_in_failures_total", "kind" => "resident").increment(1);
+        state
+            .sign_in_limiter
+            .failed(client, REDEEM_ACCOUNT, started);
+    }
+    Ok(resident)
+}
+
+/// Ends the session the request carries (Bearer token, or cookie with its
+/// CSRF header), so that its token stops working at once on every node, and
+/// clears the page cookies. A request without a valid session is answered
+/// the same, since there is nothing left to end.
 #[utoipa::path(post, path = "/api/auth/sign-out", responses((status = 204)))]
-pub async fn sign_out(jar: CookieJar) -> impl IntoResponse {
+pub async fn sign_out(
+    State(state): State<AppState>,
+    session: Result<Session, AppError>,
+    jar: CookieJar,
+) -> Result<impl IntoResponse, AppError> {
+    if let Some(sid) = session.ok().and_then(|s| s.claims.session()) {
+        state.sessions.end(&sid, now().as_second()).await?;
+    }
     let [a, b] = cleared_cookies();
-    (jar.add(a).add(b), StatusCode::NO_CONTENT)
+    Ok((jar.add(a).add(b), StatusCode::NO_CONTENT))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SignedOutDto {
+    /// How many sessions ended, this one included.
+    pub ended: usize,
+}
+
+/// Ends every session of the signed-in resident or staff member, on every
+/// device, and clears this browser's cookies.
+#[utoipa::path(post, path = "/api/auth/sign-out-everywhere", security(("bearer" = [])), responses(
+    (status = 200, body = SignedOutDto),
+    (status = 401, body = ErrorBody),
+))]
+#[tracing::instrument(skip_all, fields(sub = %session.claims.sub))]
+pub async fn sign_out_everywhere(
+    State(state): State<AppState>,
+    session: Session,
+    jar: CookieJar,
+) -> Result<impl IntoResponse, AppError> {
+    let ended = state
+        .sessions
+        .end_all(&session.claims.subject(), now().as_second())
+        .await?;
+    let [a, b] = cleared_cookies();
+    Ok((jar.add(a).add(b), Json(SignedOutDto { ended })))
 }

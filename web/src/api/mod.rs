@@ -37,6 +37,7 @@ pub fn router() -> Router<AppState> {
     paths(
         public::municipalities, public::services, public::policy, public::search,
         auth::staff_login, auth::resident_link, auth::resident_redeem, auth::sign_out,
+        auth::sign_out_everywhere, staff::deactivate_staff,
         bookings::book, bookings::mine, bookings::one, bookings::cancel, bookings::reschedule,
         bookings::by_token, bookings::cancel_by_token, bookings::reschedule_by_token,
         staff::me, staff::day, staff::booking, staff::book_for_resident,

@@ -38,6 +38,10 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/scheduler/load", get(load))
         .route("/api/admin/audit", get(audit))
+        .route(
+            "/api/admin/staff/{staff_id}/deactivate",
+            axum::routing::post(deactivate_staff),
+        )
 }
 
 #[derive(Serialize, ToSchema)]
@@ -210,11 +214,12 @@ pub async fn booking(
 }
 
 /// Books one of the staff member's own free times for a resident, if the
-/// policy lets their municipality perform the meeting for that resident.
+/// policy lets their municipality perform the meeting for that resident. A
+/// resident the policy keeps from this staff member answers exactly as an
+/// unknown address, so the answer does not reveal who is registered.
 #[utoipa::path(post, path = "/api/staff/bookings", request_body = StaffBookRequest, security(("bearer" = [])), responses(
     (status = 201, body = BookedDto),
-    (status = 403, description = "The policy does not allow it", body = ErrorBody),
-    (status = 404, body = ErrorBody),
+    (status = 404, description = "No such resident, or the policy does not allow it", body = ErrorBody),
     (status = 409, body = ErrorBody),
 ))]
 #[tracing::instrument(skip(db, staff, body), fields(staff = %staff.0.id))]
@@ -226,11 +231,7 @@ pub async fn book_for_resident(
     let email = EmailAddress::parse(&body.resident_email)?;
     let service = ServiceCode::parse(&body.service)?;
     let starts_at = parse_time("starts_at", &body.starts_at)?;
-    let resident = accounts::resident_by_email(&db, &email)
-        .await?
-        .ok_or(AppError::NotFound)?;
-    let ticket =
-        bookings::book_as_staff(&db, &staff.0, &resident, &service, starts_at, now()).await?;
+    let ticket = bookings::book_as_staff(&db, &staff.0, &email, &service, starts_at, now()).await?;
     Ok((
         StatusCode::CREATED,
         Json(BookedDto {
@@ -238,6 +239,27 @@ pub async fn book_for_resident(
             manage_token: ticket.manage_token,
         }),
     ))
+}
+
+/// Deactivates a staff account (admins only): it can no longer sign in, and
+/// every session it has ends at once on every node. Audit-logged.
+#[utoipa::path(post, path = "/api/admin/staff/{staff_id}/deactivate", security(("bearer" = [])), responses(
+    (status = 204),
+    (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody),
+    (status = 404, description = "No such active account", body = ErrorBody),
+))]
+#[tracing::instrument(skip(state, admin), fields(admin = %admin.0.id))]
+pub async fn deactivate_staff(
+    State(state): State<AppState>,
+    admin: CurrentStaff,
+    Path(staff_id): Path<String>,
+) -> Result<StatusCode, AppError> {
+    let admin = admin.require(&[Role::Admin])?;
+    let actor = audit::Actor::Staff(admin.id.clone());
+    let ended = accounts::deactivate_staff(&state.db, &actor, &staff_id, now().as_second()).await?;
+    state.sessions.announce(&ended).await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Whether `actor` may manage the templates of `staff_id`: their own (read

@@ -66,6 +66,8 @@ pub struct Ctx {
     /// The path and query of this request, for the language switcher.
     pub here: String,
     pub who: Who,
+    /// The active session behind `who`; `None` when anonymous.
+    pub session: Option<Claims>,
 }
 
 pub enum Who {
@@ -125,7 +127,15 @@ impl FromRequestParts<AppState> for Ctx {
             .path_and_query()
             .map(|p| p.as_str().to_owned())
             .unwrap_or_else(|| "/".to_owned());
-        let who = match session_claims(&parts.headers, &state.keys) {
+        // A token whose session ended (signed out, everywhere, or a
+        // deactivated account) counts as no session at all.
+        let mut session = session_claims(&parts.headers, &state.keys);
+        if let Some(claims) = &session {
+            if !crate::auth::is_live(&state.sessions, claims).await? {
+                session = None;
+            }
+        }
+        let who = match session.clone() {
             None => Who::Anonymous,
             Some(claims) => match claims.kind {
                 SubjectKind::Resident => {
@@ -148,10 +158,14 @@ impl FromRequestParts<AppState> for Ctx {
                 }
             },
         };
+        if matches!(who, Who::Anonymous) {
+            session = None;
+        }
         Ok(Ctx {
             locale: current_locale(),
             here,
             who,
+            session,
         })
     }
 }
@@ -214,6 +228,7 @@ impl IntoResponse for PageError {
             locale: current_locale(),
             here: "/".into(),
             who: Who::Anonymous,
+            session: None,
         };
         let body = format!(
             "<h1 id=\"page-title\">{title}</h1>\n<p role=\"alert\">{message}</p>\n<p><a href=\"/\">{home}</a></p>",
@@ -359,6 +374,17 @@ fn sign_out_form(name: &str, csrf: &str) -> String {
         signed_in = tv("page.nav.signed_in_as", &[("name", name)]),
         csrf = csrf_field(csrf),
         sign_out = t("page.nav.sign_out"),
+    )
+}
+
+/// The "sign out everywhere" button, for "My pages" and the staff page:
+/// ends every session of the signed-in person, on every device.
+pub fn sign_out_everywhere_form(csrf: &str) -> String {
+    format!(
+        "<form method=\"post\" action=\"/sign-out-everywhere\" class=\"sign-out-everywhere\">{csrf}<p>{hint}</p><button type=\"submit\">{button}</button></form>",
+        csrf = csrf_field(csrf),
+        hint = t("page.sessions.everywhere_hint"),
+        button = t("page.sessions.everywhere_button"),
     )
 }
 

@@ -3,10 +3,9 @@
 //! reschedule.
 
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::header;
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Redirect};
 use axum::routing::{get, post};
 use axum::Router;
@@ -18,12 +17,13 @@ use serde::Deserialize;
 
 use super::{
     chats, csrf_field, enc, esc, free_times_by_day, is_local_path, long_date, municipality_name,
-    non_empty, page, rule_text, service_name, status_text, t, time_picker, tr, tv, when, zone_note,
-    Ctx, PageError, PageForm, PageQuery, PageResult, NEXT_COOKIE,
+    non_empty, page, rule_text, service_name, sign_out_everywhere_form, status_text, t,
+    time_picker, tr, tv, when, zone_note, Ctx, PageError, PageForm, PageQuery, PageResult,
+    NEXT_COOKIE,
 };
-use crate::api::auth::{send_sign_in_link, ResidentLinkRequest};
+use crate::api::auth::{redeem_link, send_sign_in_link, ResidentLinkRequest};
 use crate::api::{now, parse_time};
-use crate::auth::{cleared_cookies, session_cookies, SubjectKind};
+use crate::auth::{self, cleared_cookies, same_origin, session_cookies, SubjectKind};
 use crate::error::AppError;
 use crate::state::AppState;
 
@@ -34,6 +34,7 @@ pub fn router() -> axum::Router<AppState> {
         .route("/sign-in", get(sign_in).post(send_link))
         .route("/auth/resident/callback", get(callback))
         .route("/sign-out", post(sign_out))
+        .route("/sign-out-everywhere", post(sign_out_everywhere))
         .route("/my", get(my_pages))
         .route("/my/bookings/{id}/cancel", post(cancel))
         .route(
@@ -402,15 +403,17 @@ struct SignInForm {
 
 /// Sends the sign-in link by the same logic as the API, and keeps the
 /// chosen time in a short-lived cookie so the link brings the resident back
-/// to it.
-#[tracing::instrument(skip(state, ctx, jar, form), fields(client = %client))]
+/// to it. The form must come from this site.
+#[tracing::instrument(skip(state, ctx, jar, headers, form), fields(client = %client))]
 async fn send_link(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     ctx: Ctx,
     jar: CookieJar,
+    headers: HeaderMap,
     PageForm(form): PageForm<SignInForm>,
 ) -> PageResult {
+    same_origin(&headers, &state.settings.public_url)?;
     let next = form
         .next
         .clone()
@@ -476,16 +479,9 @@ async fn callback(
     jar: CookieJar,
     PageQuery(q): PageQuery<CallbackQuery>,
 ) -> PageResult {
-    state.sign_in_limiter.check(client.ip(), Instant::now())?;
-    let now = now().as_second();
     let token = q.token.unwrap_or_default();
-    let resident = if token.trim().is_empty() {
-        None
-    } else {
-        booking::accounts::redeem_sign_in_link(&state.db, token.trim(), now).await?
-    };
+    let resident = redeem_link(&state, client.ip(), &token).await?;
     let Some(resident) = resident else {
-        metrics::counter!("kontakt_sign_in_failures_total", "kind" => "resident").increment(1);
         let body = format!(
             "<h1 id=\"page-title\">{}</h1><p role=\"alert\">{}</p><p><a href=\"/sign-in\">{}</a></p>",
             t("page.callback.failed_title"),
@@ -496,12 +492,15 @@ async fn callback(
         *response.status_mut() = axum::http::StatusCode::UNAUTHORIZED;
         return Ok(response);
     };
-    let (token, claims) = state.keys.issue(
+    let (token, claims) = auth::sign_in(
+        &state.keys,
+        &state.sessions,
         &resident.id,
         SubjectKind::Resident,
         state.settings.resident_session_minutes,
-        now,
-    );
+        now().as_second(),
+    )
+    .await?;
     let [a, b] = session_cookies(token, &claims, state.settings.secure_cookies);
     let next = jar
         .get(NEXT_COOKIE)
@@ -524,10 +523,39 @@ struct CsrfForm {
     csrf: String,
 }
 
-/// Ends the page session, for residents and staff alike.
+/// Ends the page session, for residents and staff alike: the session ends
+/// on the server too, so a copy of the cookie stops working.
 #[tracing::instrument(skip_all)]
-async fn sign_out(ctx: Ctx, jar: CookieJar, PageForm(form): PageForm<CsrfForm>) -> PageResult {
+async fn sign_out(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    jar: CookieJar,
+    PageForm(form): PageForm<CsrfForm>,
+) -> PageResult {
     ctx.check_csrf(&form.csrf)?;
+    if let Some(sid) = ctx.session.as_ref().and_then(|c| c.session()) {
+        state.sessions.end(&sid, now().as_second()).await?;
+    }
+    let [a, b] = cleared_cookies();
+    Ok((jar.add(a).add(b), Redirect::to("/")).into_response())
+}
+
+/// Ends every session of the signed-in resident or staff member, on every
+/// device: the button on "My pages" and on the staff page.
+#[tracing::instrument(skip_all)]
+async fn sign_out_everywhere(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    jar: CookieJar,
+    PageForm(form): PageForm<CsrfForm>,
+) -> PageResult {
+    ctx.check_csrf(&form.csrf)?;
+    if let Some(claims) = &ctx.session {
+        state
+            .sessions
+            .end_all(&claims.subject(), now().as_second())
+            .await?;
+    }
     let [a, b] = cleared_cookies();
     Ok((jar.add(a).add(b), Redirect::to("/")).into_response())
 }
@@ -645,6 +673,7 @@ async fn my_pages(
     }
     body.push_str("</ul>");
     body.push_str(&chats::section(&state, resident).await?);
+    body.push_str(&sign_out_everywhere_form(ctx.csrf()));
     Ok(page(&ctx, &tr("page.my.title"), &body).into_response())
 }
 

@@ -4,23 +4,25 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect};
 use axum::routing::get;
 use axum::Router;
 use axum_extra::extract::CookieJar;
-use booking::{accounts, audit, bookings, catalog, EmailAddress, Password, Role};
+use booking::{audit, bookings, catalog, Role};
 use jiff::Span;
 use serde::Deserialize;
 
 use super::{
     clock, esc, local, long_date, non_empty, page, parse_date, rule_text, service_name,
-    status_text, t, today, tr, tv, zone_note, Ctx, PageError, PageForm, PageQuery, PageResult,
+    sign_out_everywhere_form, status_text, t, today, tr, tv, zone_note, Ctx, PageError, PageForm,
+    PageQuery, PageResult,
 };
+use crate::api::auth::check_staff_password;
 use crate::api::now;
-use crate::auth::{session_cookies, SubjectKind};
+use crate::auth::{same_origin, session_cookies, sign_in, SubjectKind};
 use crate::error::AppError;
 use crate::state::AppState;
 
@@ -70,54 +72,50 @@ struct LoginForm {
     password: String,
 }
 
-/// Checks the password, rate limited per client address as in the API, and
-/// sets the session cookies.
-#[tracing::instrument(skip(state, ctx, jar, form), fields(client = %client))]
+/// Checks the password under the same limits as the API, and sets the
+/// session cookies. The form must come from this site (login CSRF).
+#[tracing::instrument(skip(state, ctx, jar, headers, form), fields(client = %client))]
 async fn login(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     ctx: Ctx,
     jar: CookieJar,
+    headers: HeaderMap,
     PageForm(form): PageForm<LoginForm>,
 ) -> PageResult {
+    same_origin(&headers, &state.settings.public_url)?;
     let refused = |key: &str, status: axum::http::StatusCode| {
         let body = login_body(Some(&t(key)), &form.email);
         let mut response = page(&ctx, &tr("page.staff_login.title"), &body).into_response();
         *response.status_mut() = status;
         response
     };
-    if state
-        .sign_in_limiter
-        .check(client.ip(), Instant::now())
-        .is_err()
-    {
-        return Ok(refused(
-            "error.rate_limited",
-            axum::http::StatusCode::TOO_MANY_REQUESTS,
-        ));
-    }
-    let staff = match (
-        EmailAddress::parse(form.email.trim()),
-        Password::parse(&form.password),
-    ) {
-        (Ok(email), Ok(password)) => {
-            accounts::verify_staff_password(&state.db, &email, &password).await?
-        }
-        _ => None,
-    };
+    let staff =
+        match check_staff_password(&state, client.ip(), form.email.trim(), &form.password).await {
+            Ok(staff) => staff,
+            Err(AppError::RateLimited { .. }) => {
+                return Ok(refused(
+                    "error.rate_limited",
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        };
     let Some(staff) = staff else {
-        metrics::counter!("kontakt_sign_in_failures_total", "kind" => "staff").increment(1);
         return Ok(refused(
             "page.staff_login.failed",
             axum::http::StatusCode::UNAUTHORIZED,
         ));
     };
-    let (token, claims) = state.keys.issue(
+    let (token, claims) = sign_in(
+        &state.keys,
+        &state.sessions,
         &staff.id,
         SubjectKind::Staff,
         state.settings.staff_session_minutes,
         now().as_second(),
-    );
+    )
+    .await?;
     let [a, b] = session_cookies(token, &claims, state.settings.secure_cookies);
     Ok((jar.add(a).add(b), Redirect::to("/staff")).into_response())
 }
@@ -233,6 +231,7 @@ async fn day(
         "<p class=\"note\">{}</p>",
         t("page.staff.audited")
     ));
+    body.push_str(&sign_out_everywhere_form(ctx.csrf()));
     Ok(page(&ctx, &tr("page.staff.title"), &body).into_response())
 }
 

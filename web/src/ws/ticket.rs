@@ -122,6 +122,7 @@ mod tests {
         let (session, _) = crate::auth::Keys::new(b"secret").issue(
             "r1",
             SubjectKind::Resident,
+            &booking::sessions::SessionId::random(),
             5,
             jsonwebtoken::get_current_timestamp() as i64,
         );
