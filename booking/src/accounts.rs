@@ -12,7 +12,9 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use crate::db::Db;
-use crate::domain::{EmailAddress, Language, MunicipalityCode, Password, Role, ServiceCode};
+use crate::domain::{
+    EmailAddress, Language, MunicipalityCode, Password, PersonName, Role, ServiceCode,
+};
 use crate::outbox::{self, Message};
 use crate::Error;
 
@@ -39,7 +41,7 @@ impl Staff {
 pub struct NewStaff {
     pub municipality: MunicipalityCode,
     pub email: EmailAddress,
-    pub name: String,
+    pub name: PersonName,
     pub role: Role,
     pub services: Vec<ServiceCode>,
     pub languages: Vec<Language>,
@@ -85,7 +87,7 @@ pub async fn create_staff(db: &Db, new: &NewStaff, now: i64) -> Result<Staff, Er
     .bind(&id)
     .bind(new.municipality.as_str())
     .bind(new.email.as_str())
-    .bind(&new.name)
+    .bind(new.name.as_str())
     .bind(new.role.as_str())
     .bind(&new.password_hash.0)
     .bind(now)
@@ -112,7 +114,7 @@ pub async fn create_staff(db: &Db, new: &NewStaff, now: i64) -> Result<Staff, Er
         id,
         municipality: new.municipality.clone(),
         email: new.email.clone(),
-        name: new.name.clone(),
+        name: new.name.to_string(),
         role: new.role,
         services: new.services.clone(),
         languages: new.languages.clone(),
@@ -229,7 +231,7 @@ const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$
 pub async fn create_resident(
     db: &Db,
     email: &EmailAddress,
-    name: &str,
+    name: &PersonName,
     home: &MunicipalityCode,
     language: Language,
     now: i64,
@@ -241,7 +243,7 @@ pub async fn create_resident(
     )
     .bind(&id)
     .bind(email.as_str())
-    .bind(name)
+    .bind(name.as_str())
     .bind(home.as_str())
     .bind(language.code())
     .bind(now)
@@ -251,7 +253,7 @@ pub async fn create_resident(
     Ok(Resident {
         id,
         email: email.clone(),
-        name: name.to_owned(),
+        name: name.to_string(),
         home: home.clone(),
         language,
     })

@@ -9,7 +9,7 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
 use axum_extra::extract::CookieJar;
-use booking::{accounts, EmailAddress, Language, MunicipalityCode, Password};
+use booking::{accounts, EmailAddress, Language, MunicipalityCode, Password, PersonName};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -130,6 +130,7 @@ pub(crate) async fn send_sign_in_link(
         Some(r) => Some(r),
         None => match (&body.name, &body.home_municipality) {
             (Some(name), Some(home)) if !name.trim().is_empty() => {
+                let name = PersonName::parse(name)?;
                 let home = MunicipalityCode::parse(home)?;
                 if booking::catalog::municipality(&state.db, &home)
                     .await?
@@ -146,7 +147,7 @@ pub(crate) async fn send_sign_in_link(
                     .transpose()?
                     .unwrap_or_default();
                 Some(
-                    accounts::create_resident(&state.db, &email, name.trim(), &home, language, now)
+                    accounts::create_resident(&state.db, &email, &name, &home, language, now)
                         .await?,
                 )
             }
