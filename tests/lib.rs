@@ -236,7 +236,7 @@ impl TestApp {
         accounts::create_resident(
             &self.db,
             &EmailAddress::parse(email).expect("an email"),
-            "Test Person",
+            &booking::PersonName::parse("Test Person").expect("a name"),
             &MunicipalityCode::parse(home).expect("a code"),
             Language::Sv,
             now(),

@@ -14,7 +14,7 @@ use sqlx::Row;
 use crate::audit::{self, Actor, Entry, Outcome};
 use crate::db::Db;
 use crate::domain::{
-    EmailAddress, Language, MunicipalityCode, NewPassword, Password, Role, ServiceCode,
+    EmailAddress, Language, MunicipalityCode, NewPassword, Password, PersonName, Role, ServiceCode,
 };
 use crate::outbox::{self, Message, Registration};
 use crate::sessions::{self, SessionId, Subject};
@@ -43,7 +43,7 @@ impl Staff {
 pub struct NewStaff {
     pub municipality: MunicipalityCode,
     pub email: EmailAddress,
-    pub name: String,
+    pub name: PersonName,
     pub role: Role,
     pub services: Vec<ServiceCode>,
     pub languages: Vec<Language>,
@@ -91,7 +91,7 @@ pub async fn create_staff(db: &Db, new: &NewStaff, now: i64) -> Result<Staff, Er
     .bind(&id)
     .bind(new.municipality.as_str())
     .bind(new.email.as_str())
-    .bind(&new.name)
+    .bind(new.name.as_str())
     .bind(new.role.as_str())
     .bind(&new.password_hash.0)
     .bind(now)
@@ -118,7 +118,7 @@ pub async fn create_staff(db: &Db, new: &NewStaff, now: i64) -> Result<Staff, Er
         id,
         municipality: new.municipality.clone(),
         email: new.email.clone(),
-        name: new.name.clone(),
+        name: new.name.to_string(),
         role: new.role,
         services: new.services.clone(),
         languages: new.languages.clone(),
@@ -286,7 +286,7 @@ const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$
 pub async fn create_resident(
     db: &Db,
     email: &EmailAddress,
-    name: &str,
+    name: &PersonName,
     home: &MunicipalityCode,
     language: Language,
     now: i64,
@@ -298,7 +298,7 @@ pub async fn create_resident(
     )
     .bind(&id)
     .bind(email.as_str())
-    .bind(name)
+    .bind(name.as_str())
     .bind(home.as_str())
     .bind(language.code())
     .bind(now)
@@ -308,7 +308,7 @@ pub async fn create_resident(
     Ok(Resident {
         id,
         email: email.clone(),
-        name: name.to_owned(),
+        name: name.to_string(),
         home: home.clone(),
         language,
     })
@@ -412,7 +412,7 @@ pub async fn answer_sign_in_request(
     let resident = match (resident_by_email(db, email).await?, registration) {
         (Some(resident), _) => resident,
         (None, Some(r)) => {
-            match create_resident(db, email, r.name.trim(), &r.home, r.language, now).await {
+            match create_resident(db, email, &r.name, &r.home, r.language, now).await {
                 Ok(resident) => resident,
                 // Registered by another request since the look-up.
                 Err(Error::Conflict(_)) => resident_by_email(db, email)

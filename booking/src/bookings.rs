@@ -265,7 +265,8 @@ pub enum Authority<'a> {
     Resident(&'a Resident),
 }
 
-/// Cancels a booking. A token is spent by cancelling.
+/// Cancels a booking. A token is spent by cancelling: afterwards it finds
+/// nothing.
 pub async fn cancel(
     db: &Db,
     authority: Authority<'_>,
@@ -411,9 +412,11 @@ pub async fn reschedule(
 }
 
 /// The booking a manage token belongs to, for the manage page. The read is
-/// audit-logged as the token holder's, who is anonymous to us.
+/// audit-logged as the token holder's, who is anonymous to us. A token that
+/// cancelled its booking, or whose meeting is over, is `NotFound`, exactly as
+/// one that never existed.
 pub async fn read_by_token(db: &Db, token: &str, now: Timestamp) -> Result<Booking, Error> {
-    let booking = by_token(db, token).await?;
+    let booking = by_token(db, token, now).await?;
     audit::record_now(
         db,
         &booking_entry(
@@ -430,11 +433,19 @@ pub async fn read_by_token(db: &Db, token: &str, now: Timestamp) -> Result<Booki
 
 /// The booking a manage token belongs to, unaudited: the callers audit what
 /// they do with it.
-async fn by_token(db: &Db, token: &str) -> Result<Booking, Error> {
+///
+/// A token works until it has cancelled its booking or the meeting has
+/// ended. The mail that carries it stays in an inbox for years, and whoever
+/// reads that inbox later should learn nothing from the link: after that, the
+/// token is as unknown as a made-up one. Moving the booking moves the end, so
+/// a moved booking's token lasts until the new end.
+async fn by_token(db: &Db, token: &str, now: Timestamp) -> Result<Booking, Error> {
     let row = sqlx::query(&format!(
-        "SELECT {BOOKING_COLUMNS} FROM bookings WHERE manage_token_hash = $1"
+        "SELECT {BOOKING_COLUMNS} FROM bookings \
+         WHERE manage_token_hash = $1 AND manage_token_spent = 0 AND ends_at > $2"
     ))
     .bind(token_hash(token))
+    .bind(now.as_second())
     .fetch_optional(db.pool())
     .await?;
     let booking = row
@@ -1399,9 +1410,8 @@ async fn find_managed(
     now: Timestamp,
 ) -> Result<Booking, Error> {
     match authority {
-        // A token is spent only by cancelling, so a spent token always finds
-        // a cancelled booking, which the callers refuse to change.
-        Authority::Token(token) => by_token(db, token).await,
+        // A spent or expired token finds nothing (`by_token` says why).
+        Authority::Token(token) => by_token(db, token, now).await,
         Authority::Resident(resident) => {
             let id = booking_id.ok_or(Error::NotFound)?;
             let row = sqlx::query(&format!(
@@ -1490,7 +1500,7 @@ mod tests {
             let resident = crate::accounts::create_resident(
                 db,
                 &crate::EmailAddress::parse(&format!("{name}@example.se")).unwrap(),
-                name,
+                &crate::PersonName::parse(name).unwrap(),
                 &MunicipalityCode::parse("1283").unwrap(),
                 Language::Sv,
                 now.as_second(),
@@ -1728,7 +1738,7 @@ mod tests {
             let resident = crate::accounts::create_resident(
                 db,
                 &crate::EmailAddress::parse("night@example.se").unwrap(),
-                "Night",
+                &crate::PersonName::parse("Night").unwrap(),
                 &helsingborg,
                 Language::Sv,
                 now.as_second(),
@@ -1743,7 +1753,7 @@ mod tests {
                 &crate::accounts::NewStaff {
                     municipality: helsingborg.clone(),
                     email: crate::EmailAddress::parse("night@kontakt.test").unwrap(),
-                    name: "Night Shift".into(),
+                    name: crate::PersonName::parse("Night Shift").unwrap(),
                     role: crate::domain::Role::Staff,
                     services: vec![service.clone()],
                     languages: vec![Language::Sv],

@@ -254,6 +254,60 @@ impl SlotRange {
     }
 }
 
+/// A person's name as they gave it: a resident's at first sign-in, a staff
+/// member's when their account is made. Trimmed, 1 to
+/// [`PersonName::MAX_CHARS`] characters, and free of control characters and
+/// of the invisible characters that steer text direction.
+///
+/// Direction controls are refused rather than stripped, so that nobody's name
+/// is silently changed: an override (U+202D, U+202E) in a name makes the text
+/// after it on a staff page read backwards, and nobody types one by accident.
+/// The refused characters are the embeddings and overrides U+202A..=U+202E,
+/// the isolates U+2066..=U+2069, and the marks U+200E, U+200F and U+061C.
+/// Right-to-left names need none of them: Arabic and Hebrew letters carry
+/// their direction themselves, and pages isolate names with `<bdi>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PersonName(String);
+
+impl PersonName {
+    /// The longest name accepted, in characters. Long enough for any real
+    /// name with all its given names, short enough to fit a staff table.
+    pub const MAX_CHARS: usize = 100;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let trimmed = raw.trim();
+        let chars = trimmed.chars().count();
+        if chars == 0 {
+            Err(invalid("name", "a name is needed"))
+        } else if chars > Self::MAX_CHARS {
+            Err(invalid(
+                "name",
+                format!("at most {} characters", Self::MAX_CHARS),
+            ))
+        } else if trimmed
+            .chars()
+            .any(|c| c.is_control() || is_direction_control(c))
+        {
+            Err(invalid(
+                "name",
+                "a name cannot hold control characters or text direction characters",
+            ))
+        } else {
+            Ok(PersonName(trimmed.to_owned()))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+string_newtype_serde!(PersonName);
+
+/// The invisible characters that change the direction of the text around
+/// them (Unicode's bidirectional formatting characters).
+fn is_direction_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
+}
+
 /// A password as typed, checked only for length: argon2 does the rest.
 #[derive(Clone)]
 pub struct Password(String);
@@ -350,6 +404,39 @@ mod tests {
         ] {
             assert!(EmailAddress::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn person_names() {
+        assert_eq!(
+            PersonName::parse("  Leila Haddad ").unwrap().as_str(),
+            "Leila Haddad"
+        );
+        for ok in [
+            "ليلى حداد",
+            "Aino Korhonen",
+            "Åsa Öhman-Ek",
+            &"a".repeat(100),
+        ] {
+            assert!(PersonName::parse(ok).is_ok(), "{ok}");
+        }
+        let too_long = "a".repeat(PersonName::MAX_CHARS + 1);
+        let with_override = "Anna\u{202E}gnitekram";
+        for bad in [
+            "",
+            "   ",
+            too_long.as_str(),
+            with_override,
+            "Anna\u{2066}X\u{2069}",
+            "Anna\u{200F}",
+            "Anna\nLindqvist",
+            "Anna\u{0}",
+        ] {
+            assert!(PersonName::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(
+            serde_json::from_str::<PersonName>(&format!("\"{}\"", "x".repeat(20_000))).is_err()
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub mod throttle;
 pub use db::{Backend, Db, DbError};
 pub use domain::{
     BookingStatus, EmailAddress, InvalidValue, Language, MunicipalityCode, NewPassword, Password,
-    Role, Rule, ServiceCode, SlotRange, Step,
+    PersonName, Role, Rule, ServiceCode, SlotRange, Step,
 };
 
 /// What can go wrong in the booking domain. The web layer maps each variant to

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
 
 use crate::batch::Statement;
-use crate::domain::{EmailAddress, Language, MunicipalityCode};
+use crate::domain::{EmailAddress, Language, MunicipalityCode, PersonName};
 
 /// One thing to tell one person. Links are built by `notify` from its public
 /// base URL and the tokens and ids here, using the paths documented on each
@@ -106,7 +106,7 @@ impl Message {
 /// What a first sign-in registers, checked before it was written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registration {
-    pub name: String,
+    pub name: PersonName,
     pub home: MunicipalityCode,
     pub language: Language,
 }

@@ -5,13 +5,15 @@
 
 use jiff::civil::{date, Date};
 use jiff::Span;
+use sqlx::Row;
 
 use crate::accounts::{self, NewStaff};
 use crate::bookings;
 use crate::catalog::{self, Municipality, Service};
 use crate::db::Db;
 use crate::domain::{
-    EmailAddress, Language, MunicipalityCode, NewPassword, Role, Rule, ServiceCode, Step,
+    EmailAddress, Language, MunicipalityCode, NewPassword, PersonName, Role, Rule, ServiceCode,
+    Step,
 };
 use crate::policy::Agreement;
 use crate::slots::Template;
@@ -20,6 +22,42 @@ use crate::Error;
 /// The password of every demo staff account. It is printed at start and must
 /// never be used outside demo mode.
 pub const DEMO_PASSWORD: &str = "kontakt-demo";
+
+/// The mail domain of every demo staff account. `.demo` is no real
+/// top-level domain, so no real account has an address there, and the demo's
+/// accounts can be told from real ones by their address alone.
+pub const DEMO_STAFF_DOMAIN: &str = "kontakt.demo";
+
+/// The demo residents: (email, name, home kommunkod, language).
+const DEMO_RESIDENTS: [(&str, &str, &str, Language); 4] = [
+    ("anna@example.se", "Anna Lindqvist", "2418", Language::Sv),
+    ("erik@example.se", "Erik Holm", "1283", Language::Sv),
+    ("leila@example.se", "Leila Haddad", "2481", Language::Ar),
+    ("aino@example.se", "Aino Korhonen", "2422", Language::Fi),
+];
+
+/// The addresses of the accounts the demo seeded that are still in the
+/// database, staff first. A production server refuses to start while there
+/// are any: the staff password is published, and anyone may sign in as them.
+pub async fn demo_accounts(db: &Db) -> Result<Vec<String>, Error> {
+    let mut found = Vec::new();
+    let staff = sqlx::query("SELECT email FROM staff WHERE email LIKE $1 ORDER BY email")
+        .bind(format!("%@{DEMO_STAFF_DOMAIN}"))
+        .fetch_all(db.pool())
+        .await?;
+    for row in &staff {
+        found.push(row.try_get::<String, _>("email")?);
+    }
+    for (email, ..) in DEMO_RESIDENTS {
+        if accounts::resident_by_email(db, &EmailAddress::parse(email)?)
+            .await?
+            .is_some()
+        {
+            found.push(email.to_owned());
+        }
+    }
+    Ok(found)
+}
 
 /// A sign-in to print for newcomers.
 #[derive(Debug, Clone)]
@@ -111,9 +149,18 @@ pub async fn demo(db: &Db, today: Date, now: i64) -> Result<Vec<DemoSignIn>, Err
         .checked_add(Span::new().days(13))
         .map_err(|e| Error::Corrupt(e.to_string()))?;
     for (i, (code, name, role, services, languages)) in staff_plan().into_iter().enumerate() {
-        let email = format!("{}.{}@kontakt.demo", role_word(role), ascii_slug(name));
+        let email = format!(
+            "{}.{}@{DEMO_STAFF_DOMAIN}",
+            role_word(role),
+            ascii_slug(name)
+        );
         let email = if i > 0 && sign_ins.iter().any(|s: &DemoSignIn| s.email == email) {
-            format!("{}{}.{}@kontakt.demo", role_word(role), i, ascii_slug(name))
+            format!(
+                "{}{}.{}@{DEMO_STAFF_DOMAIN}",
+                role_word(role),
+                i,
+                ascii_slug(name)
+            )
         } else {
             email
         };
@@ -122,7 +169,7 @@ pub async fn demo(db: &Db, today: Date, now: i64) -> Result<Vec<DemoSignIn>, Err
             &NewStaff {
                 municipality: MunicipalityCode::parse(code)?,
                 email: EmailAddress::parse(&email)?,
-                name: person_name(i).to_owned(),
+                name: PersonName::parse(person_name(i))?,
                 role,
                 services: services
                     .iter()
@@ -164,16 +211,11 @@ pub async fn demo(db: &Db, today: Date, now: i64) -> Result<Vec<DemoSignIn>, Err
             password: Some(DEMO_PASSWORD.to_owned()),
         });
     }
-    for (email, name, home, language) in [
-        ("anna@example.se", "Anna Lindqvist", "2418", Language::Sv),
-        ("erik@example.se", "Erik Holm", "1283", Language::Sv),
-        ("leila@example.se", "Leila Haddad", "2481", Language::Ar),
-        ("aino@example.se", "Aino Korhonen", "2422", Language::Fi),
-    ] {
+    for (email, name, home, language) in DEMO_RESIDENTS {
         accounts::create_resident(
             db,
             &EmailAddress::parse(email)?,
-            name,
+            &PersonName::parse(name)?,
             &MunicipalityCode::parse(home)?,
             language,
             now,

@@ -49,7 +49,7 @@ fn the_load_table_always_equals_the_bookings() {
                     accounts::create_resident(
                         db,
                         &EmailAddress::parse(&format!("load{i}@example.se")).unwrap(),
-                        "Load",
+                        &booking::PersonName::parse("Load").unwrap(),
                         &MunicipalityCode::parse("2481").unwrap(),
                         Language::Sv,
                         now.as_second(),

@@ -199,10 +199,14 @@ test("a booking is moved and cancelled from its mail link without signing in; st
   await Promise.all([manage.waitForURL((u) => u.searchParams.get("done") === "moved"), manage.click("form.picker button[type=submit]")]);
   const moved = await manage.locator("dd time").getAttribute("datetime");
   assert.notEqual(moved, before, "the booking moved");
+  // Cancelling answers with the cancelled booking and spends the link.
   await Promise.all([
-    manage.waitForURL((u) => u.searchParams.get("done") === "cancelled"),
+    manage.waitForURL((u) => u.pathname.endsWith("/cancel")),
     manage.click("form[action$='/cancel'] button"),
   ]);
   assert.equal(await manage.locator(".status").innerText(), "Avbokad");
+  const spent = await manage.goto(`${server.url}/b/${manageToken}`);
+  assert.equal(spent.status(), 404);
+  assert.match(await manage.locator("h1").innerText(), /Länken fungerar inte längre/);
   await anonymous.close();
 });

@@ -3,7 +3,7 @@
 //! NATS URLs also answer to their conventional names `DATABASE_URL`,
 //! `SMTP_URL` and `NATS_URL`. The README lists every key.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -23,7 +23,11 @@ pub struct Settings {
     pub database_max_connections: u32,
     /// Where SQLite, mail files and the generated secret live.
     pub data_dir: PathBuf,
-    /// Seed demo data into an empty database and enable `/dev/mail`.
+    /// Seed demo data into an empty database, and show the mail Kontakt
+    /// writes at `/dev/mail` when `listen` is a loopback address. On by
+    /// default, so that `cargo run --release` shows the whole product. Off is
+    /// production: `serve` then refuses to start while the demo's accounts,
+    /// whose password is published, are in the database.
     pub demo: bool,
     /// The HMAC secret for session tokens. Generated into `data_dir` when unset.
     pub jwt_secret: Option<String>,
@@ -49,6 +53,12 @@ pub struct Settings {
     pub mail_from: String,
     /// Run the TURN relay inside `kontakt serve`.
     pub relay_enabled: bool,
+    /// The interface the embedded relay listens on and opens relayed ports
+    /// on, wherever `[relay]` leaves them on the wildcard address (as its
+    /// defaults do). Unset means the IP of `listen`, so that a server that
+    /// answers HTTP only on loopback does not open TURN to the network;
+    /// `0.0.0.0` means every interface.
+    pub relay_listen_ip: Option<IpAddr>,
     /// The embedded relay's settings, the same keys as the standalone
     /// `media-relay` binary: `[relay]` in the file, `KONTAKT_RELAY__<KEY>` in
     /// the environment. An empty `secret` is generated into `data_dir`.
@@ -87,6 +97,7 @@ impl Default for Settings {
             cluster: "kontakt".into(),
             mail_from: "Kontakt <no-reply@kontakt.localhost>".into(),
             relay_enabled: true,
+            relay_listen_ip: None,
             relay: media_relay::RelayConfig::default(),
             turn_urls: Vec::new(),
             turn_ttl_secs: 4 * 3600,
@@ -131,6 +142,64 @@ impl Settings {
             self.secure_cookies = true;
         }
         self
+    }
+
+    /// Whether `/dev/mail` answers. It shows every mail, live sign-in links
+    /// included, to anyone who can reach it, so it needs the demo and an
+    /// HTTP listener that only this machine can reach.
+    pub fn serves_dev_mail(&self) -> bool {
+        self.demo && self.listen.ip().is_loopback()
+    }
+
+    /// The embedded relay's settings: `[relay]`, with its wildcard listeners
+    /// and relay socket bindings narrowed to `relay_listen_ip`, or to the IP
+    /// of `listen` when that is unset. Ports and explicit addresses are kept.
+    ///
+    /// An address narrows the wildcards of its own family; loopback narrows
+    /// both, so that `listen = "[::1]:8080"` keeps the relay on `127.0.0.1`
+    /// too, where the default `relay_ipv4` sends clients. Any other address
+    /// of the other family leaves a wildcard as it is, since no interface
+    /// address of that family is known.
+    pub fn relay_config(&self) -> media_relay::RelayConfig {
+        let ip = self.relay_listen_ip.unwrap_or(self.listen.ip());
+        let narrowed = |wildcard: IpAddr| -> Option<IpAddr> {
+            match (wildcard, ip) {
+                (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => Some(ip),
+                (IpAddr::V4(_), IpAddr::V6(v6)) if v6.is_loopback() => {
+                    Some(Ipv4Addr::LOCALHOST.into())
+                }
+                (IpAddr::V6(_), IpAddr::V4(v4)) if v4.is_loopback() => {
+                    Some(Ipv6Addr::LOCALHOST.into())
+                }
+                _ => None,
+            }
+        };
+        let mut relay = self.relay.clone();
+        for listener in [
+            &mut relay.listen_udp,
+            &mut relay.listen_tcp,
+            &mut relay.listen_tls,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if listener.ip().is_unspecified() {
+                if let Some(ip) = narrowed(listener.ip()) {
+                    listener.set_ip(ip);
+                }
+            }
+        }
+        if relay.relay_bind_ipv4.is_unspecified() {
+            if let Some(IpAddr::V4(v4)) = narrowed(Ipv4Addr::UNSPECIFIED.into()) {
+                relay.relay_bind_ipv4 = v4;
+            }
+        }
+        if relay.relay_bind_ipv6.is_unspecified() {
+            if let Some(IpAddr::V6(v6)) = narrowed(Ipv6Addr::UNSPECIFIED.into()) {
+                relay.relay_bind_ipv6 = v6;
+            }
+        }
+        relay
     }
 
     /// Where the file transport writes mail, and `/dev/mail` reads it.
@@ -200,6 +269,77 @@ mod tests {
         assert_eq!(set.database_url, "postgres://db/kontakt");
         assert_eq!(set.smtp_url.as_deref(), Some("smtp://mail:587"));
         assert_eq!(set.nats_url.as_deref(), Some("nats://bus:4222"));
+    }
+
+    #[test]
+    fn the_embedded_relay_listens_where_http_does_unless_told_otherwise() {
+        let local = Settings::default().relay_config();
+        assert_eq!(local.listen_udp, Some("127.0.0.1:3478".parse().unwrap()));
+        assert_eq!(local.listen_tcp, Some("127.0.0.1:3478".parse().unwrap()));
+        assert_eq!(local.relay_bind_ipv4, std::net::Ipv4Addr::LOCALHOST);
+
+        let everywhere = Settings {
+            listen: "0.0.0.0:8080".parse().unwrap(),
+            ..Settings::default()
+        }
+        .relay_config();
+        assert_eq!(everywhere.listen_udp, Some("0.0.0.0:3478".parse().unwrap()));
+        assert!(everywhere.relay_bind_ipv4.is_unspecified());
+
+        let told = Settings {
+            relay_listen_ip: Some("0.0.0.0".parse().unwrap()),
+            ..Settings::default()
+        }
+        .relay_config();
+        assert_eq!(told.listen_udp, Some("0.0.0.0:3478".parse().unwrap()));
+
+        let ipv6_loopback = Settings {
+            listen: "[::1]:8080".parse().unwrap(),
+            ..Settings::default()
+        }
+        .relay_config();
+        assert_eq!(
+            ipv6_loopback.listen_udp,
+            Some("127.0.0.1:3478".parse().unwrap())
+        );
+        assert_eq!(ipv6_loopback.relay_bind_ipv6, Ipv6Addr::LOCALHOST);
+
+        let ipv6_everywhere = Settings {
+            listen: "[::]:8080".parse().unwrap(),
+            ..Settings::default()
+        }
+        .relay_config();
+        assert_eq!(
+            ipv6_everywhere.listen_udp,
+            Some("0.0.0.0:3478".parse().unwrap())
+        );
+
+        let mut explicit = Settings::default();
+        explicit.relay.listen_udp = Some("10.1.2.3:3479".parse().unwrap());
+        explicit.relay.listen_tcp = None;
+        let explicit = explicit.relay_config();
+        assert_eq!(explicit.listen_udp, Some("10.1.2.3:3479".parse().unwrap()));
+        assert_eq!(explicit.listen_tcp, None);
+    }
+
+    #[test]
+    fn dev_mail_needs_the_demo_and_a_loopback_listener() {
+        assert!(Settings::default().serves_dev_mail());
+        let open = Settings {
+            listen: "0.0.0.0:8080".parse().unwrap(),
+            ..Settings::default()
+        };
+        assert!(!open.serves_dev_mail());
+        let ipv6_loopback = Settings {
+            listen: "[::1]:8080".parse().unwrap(),
+            ..Settings::default()
+        };
+        assert!(ipv6_loopback.serves_dev_mail());
+        let production = Settings {
+            demo: false,
+            ..Settings::default()
+        };
+        assert!(!production.serves_dev_mail());
     }
 
     #[test]

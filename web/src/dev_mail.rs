@@ -1,5 +1,7 @@
 //! `/dev/mail`: in demo mode, the mail the file transport wrote, so that a
 //! newcomer without a mail server can read it and click the sign-in link.
+//! It answers only when `Settings::serves_dev_mail` says so (the demo, on a
+//! loopback listener), and 404 otherwise.
 
 use std::sync::Arc;
 
@@ -22,7 +24,7 @@ pub fn router() -> Router<AppState> {
 
 #[tracing::instrument(skip(settings))]
 async fn list(State(settings): State<Arc<Settings>>) -> Result<Html<String>, AppError> {
-    if !settings.demo {
+    if !settings.serves_dev_mail() {
         return Err(AppError::NotFound);
     }
     let locale = current_locale();
@@ -58,7 +60,7 @@ async fn one(
     State(settings): State<Arc<Settings>>,
     Path(id): Path<String>,
 ) -> Result<Html<String>, AppError> {
-    if !settings.demo {
+    if !settings.serves_dev_mail() {
         return Err(AppError::NotFound);
     }
     let locale = current_locale();

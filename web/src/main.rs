@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use booking::accounts::{self, NewStaff};
-use booking::{EmailAddress, Language, MunicipalityCode, NewPassword, Role, ServiceCode};
+use booking::{
+    EmailAddress, Language, MunicipalityCode, NewPassword, PersonName, Role, ServiceCode,
+};
 use clap::{Parser, Subcommand};
 use web::startup::{open_database, redact};
 use web::{Application, Settings};
@@ -109,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
             let new = NewStaff {
                 municipality: MunicipalityCode::parse(&municipality)?,
                 email: EmailAddress::parse(&email)?,
-                name,
+                name: PersonName::parse(&name)?,
                 role: Role::parse(&role)?,
                 services: services
                     .iter()
@@ -164,6 +166,13 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let public_url = settings.public_url.clone();
+    if settings.demo && !settings.serves_dev_mail() {
+        tracing::warn!(
+            listen = %settings.listen,
+            "demo mode on an address other machines can reach: /dev/mail is off, since it \
+             shows live sign-in links to anyone"
+        );
+    }
     let app = Application::build(settings).await?;
     println!();
     println!(

@@ -40,10 +40,14 @@ pub struct Application {
 
 impl Application {
     /// Opens and migrates the database, seeds the demo into an empty one when
-    /// `settings.demo` is on, and binds the listener.
+    /// `settings.demo` is on, and binds the listener. With the demo off it
+    /// refuses to start while the demo's accounts exist.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         prometheus();
         let db = open_database(&settings).await?;
+        if !settings.demo {
+            refuse_demo_accounts(&db, &settings).await?;
+        }
         let demo_sign_ins = if settings.demo && booking::seed::is_empty(&db).await? {
             let tz = booking::bookings::zone(booking::bookings::DISPLAY_ZONE)?;
             let now = jiff::Timestamp::now();
@@ -172,6 +176,23 @@ pub async fn open_database(settings: &Settings) -> anyhow::Result<Db> {
     Ok(db)
 }
 
+/// Fails while the database holds accounts the demo seeded. Their password is
+/// published in the README and printed at every demo start, so a server
+/// that is not a demo must not let anyone sign in as them.
+async fn refuse_demo_accounts(db: &Db, settings: &Settings) -> anyhow::Result<()> {
+    let accounts = booking::seed::demo_accounts(db).await?;
+    anyhow::ensure!(
+        accounts.is_empty(),
+        "demo is off, but the database at {url} holds the demo's accounts, whose password is \
+         published: {list}. Demo data does not belong in production: point database_url \
+         (DATABASE_URL) at a new, empty database, which kontakt sets up on start, or set \
+         demo = true (KONTAKT_DEMO=true) to go on running the demo",
+        url = redact(&settings.database_url),
+        list = accounts.join(", "),
+    );
+    Ok(())
+}
+
 /// A URL with any password replaced, for logs.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.find('@')) {
@@ -197,7 +218,7 @@ fn start_relay(
     let secret = secret_file(settings, configured, "turn-secret")?;
     let mut urls = settings.turn_urls.clone();
     let relay = if settings.relay_enabled {
-        let mut config = settings.relay.clone();
+        let mut config = settings.relay_config();
         config.secret = secret.clone();
         let relay = media_relay::Relay::start(config).context("starting the TURN relay")?;
         if urls.is_empty() {

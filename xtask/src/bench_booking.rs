@@ -22,7 +22,7 @@ use booking::accounts::{self, NewStaff, Staff};
 use booking::bookings;
 use booking::slots::Template;
 use booking::testing::TestDb;
-use booking::{EmailAddress, Language, MunicipalityCode, Password, Role, ServiceCode};
+use booking::{EmailAddress, Language, MunicipalityCode, Password, PersonName, Role, ServiceCode};
 use jiff::{Span, Timestamp};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -199,7 +199,7 @@ async fn bench_one(name: &str, database: TestDb, seconds: u64) -> anyhow::Result
         let resident = accounts::create_resident(
             db,
             &EmailAddress::parse(&format!("bench-resident{i}@example.se"))?,
-            "Bench Resident",
+            &PersonName::parse("Bench Resident")?,
             &MunicipalityCode::parse("1283")?,
             Language::Sv,
             now.as_second(),
@@ -388,7 +388,7 @@ pub(crate) async fn add_staff(
             &NewStaff {
                 municipality: MunicipalityCode::parse("1283")?,
                 email: EmailAddress::parse(&format!("{prefix}{i}@kontakt.bench"))?,
-                name: format!("{prefix} {i}"),
+                name: PersonName::parse(&format!("{prefix} {i}"))?,
                 role: Role::Staff,
                 services: vec![service.clone()],
                 languages: vec![Language::Sv],
@@ -447,7 +447,7 @@ async fn contention(
         let r = accounts::create_resident(
             db,
             &EmailAddress::parse(&format!("racer{i}@example.se"))?,
-            "Racer",
+            &PersonName::parse("Racer")?,
             &MunicipalityCode::parse("1283")?,
             Language::Sv,
             Timestamp::now().as_second(),

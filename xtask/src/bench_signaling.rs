@@ -324,7 +324,7 @@ impl Fixture {
             let resident = accounts::create_resident(
                 db,
                 &EmailAddress::parse(&format!("signaling-resident{i}@example.se"))?,
-                "Bench Resident",
+                &booking::PersonName::parse("Bench Resident")?,
                 &municipality,
                 Language::Sv,
                 now.as_second(),

@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use axum_extra::extract::CookieJar;
 use booking::accounts::{Resident, Staff};
 use booking::outbox::Registration;
-use booking::{accounts, throttle, EmailAddress, Language, MunicipalityCode, Password};
+use booking::{accounts, throttle, EmailAddress, Language, MunicipalityCode, Password, PersonName};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -200,11 +200,7 @@ impl LinkRequest {
         let registration = match (name, home) {
             (None, None) => None,
             (Some(name), Some(home)) => {
-                if name.chars().count() > MAX_NAME_CHARS {
-                    return Err(AppError::Invalid(format!(
-                        "name: at most {MAX_NAME_CHARS} characters"
-                    )));
-                }
+                let name = PersonName::parse(name)?;
                 let home = MunicipalityCode::parse(home)?;
                 if booking::catalog::municipality(&state.db, &home)
                     .await?
@@ -215,7 +211,7 @@ impl LinkRequest {
                     ));
                 }
                 Some(Registration {
-                    name: name.to_owned(),
+                    name,
                     home,
                     language,
                 })
@@ -233,9 +229,6 @@ impl LinkRequest {
         })
     }
 }
-
-/// The longest name a first sign-in may register.
-const MAX_NAME_CHARS: usize = 200;
 
 /// What `POST /api/auth/resident/link` does, shared with the sign-in page:
 /// checks the limit and the whole request, then puts the request in the

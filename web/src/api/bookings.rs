@@ -62,6 +62,30 @@ pub struct BookingDto {
     pub agreement_id: Option<String>,
 }
 
+/// A booking as a bare manage token's holder sees it: a meeting with the
+/// social services, its time and its status. Unlike [`BookingDto`] it names
+/// no service and no municipality, since whoever holds the mailed link (a
+/// shared inbox, a forwarded mail) need not be the resident.
+#[derive(Serialize, ToSchema)]
+pub struct ManagedBookingDto {
+    pub id: String,
+    pub starts_at: String,
+    pub ends_at: String,
+    /// booked, cancelled, completed or no_show.
+    pub status: String,
+}
+
+impl From<Booking> for ManagedBookingDto {
+    fn from(b: Booking) -> Self {
+        ManagedBookingDto {
+            starts_at: show_time(b.range.start()),
+            ends_at: show_time(b.range.end()),
+            status: b.status.as_str().to_owned(),
+            id: b.id,
+        }
+    }
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct BookedDto {
     pub booking: BookingDto,
@@ -186,38 +210,40 @@ pub async fn reschedule(
     Ok(Json(booking_dto(&db, ticket.booking).await?))
 }
 
-/// The booking a manage token belongs to.
-#[utoipa::path(get, path = "/api/manage/{token}", responses((status = 200, body = BookingDto), (status = 404, body = ErrorBody)))]
+/// The booking a manage token belongs to. A token answers 404, exactly as an
+/// unknown one, once it has cancelled its booking or the meeting has ended.
+#[utoipa::path(get, path = "/api/manage/{token}", responses((status = 200, body = ManagedBookingDto), (status = 404, body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
 pub async fn by_token(
     State(db): State<Db>,
     Path(token): Path<String>,
-) -> Result<Json<BookingDto>, AppError> {
+) -> Result<Json<ManagedBookingDto>, AppError> {
     let b = bookings::read_by_token(&db, &token, now()).await?;
-    Ok(Json(booking_dto(&db, b).await?))
+    Ok(Json(b.into()))
 }
 
-/// Cancels by manage token. The token is spent.
-#[utoipa::path(post, path = "/api/manage/{token}/cancel", responses((status = 200, body = BookingDto), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+/// Cancels by manage token. The token is spent: afterwards it answers 404.
+#[utoipa::path(post, path = "/api/manage/{token}/cancel", responses((status = 200, body = ManagedBookingDto), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
 pub async fn cancel_by_token(
     State(db): State<Db>,
     Path(token): Path<String>,
-) -> Result<Json<BookingDto>, AppError> {
+) -> Result<Json<ManagedBookingDto>, AppError> {
     let b = bookings::cancel(&db, Authority::Token(&token), None, now()).await?;
-    Ok(Json(booking_dto(&db, b).await?))
+    Ok(Json(b.into()))
 }
 
-/// Moves a booking by manage token; the token keeps working afterwards.
-#[utoipa::path(post, path = "/api/manage/{token}/reschedule", request_body = RescheduleRequest, responses((status = 200, body = BookingDto), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+/// Moves a booking by manage token; the token keeps working afterwards,
+/// until the new meeting ends.
+#[utoipa::path(post, path = "/api/manage/{token}/reschedule", request_body = RescheduleRequest, responses((status = 200, body = ManagedBookingDto), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
 pub async fn reschedule_by_token(
     State(db): State<Db>,
     Path(token): Path<String>,
     ApiJson(body): ApiJson<RescheduleRequest>,
-) -> Result<Json<BookingDto>, AppError> {
+) -> Result<Json<ManagedBookingDto>, AppError> {
     let starts_at = parse_time("starts_at", &body.starts_at)?;
     let ticket =
         bookings::reschedule(&db, Authority::Token(&token), None, starts_at, now()).await?;
-    Ok(Json(booking_dto(&db, ticket.booking).await?))
+    Ok(Json(ticket.booking.into()))
 }

@@ -1,18 +1,21 @@
 //! Managing a booking by the token in its confirmation mail, without signing
 //! in: see it, cancel it, or move it to another free time. The token in the
-//! address is the authority, so these forms need no session.
+//! address is the authority, so these forms need no session. It works until
+//! it cancels its booking or the meeting ends (`booking::bookings::cancel`
+//! and `by_token` say why).
 
 use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Redirect};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use booking::bookings::{self, Authority};
+use booking::bookings::{self, Authority, Booking};
 use booking::BookingStatus;
 use serde::Deserialize;
 
 use super::{
-    enc, esc, free_times_by_day, municipality_name, page, rule_text, service_name, status_text, t,
-    time_picker, tr, when, zone_note, Ctx, PageForm, PageQuery, PageResult,
+    enc, esc, free_times_by_day, page, status_text, t, time_picker, tr, when, zone_note, Ctx,
+    PageForm, PageQuery, PageResult,
 };
 use crate::api::{now, parse_time};
 use crate::state::AppState;
@@ -30,6 +33,10 @@ struct Done {
 }
 
 /// The booking behind a manage token, with cancel and reschedule.
+///
+/// The page names no service and no municipality: whoever holds the link
+/// (someone who shares the inbox, or finds the mail years later) learns only
+/// that there is a meeting with the social services, and when.
 #[tracing::instrument(skip_all)]
 async fn show(
     State(state): State<AppState>,
@@ -38,41 +45,15 @@ async fn show(
     PageQuery(done): PageQuery<Done>,
 ) -> PageResult {
     let now = now();
-    let b = bookings::read_by_token(&state.db, &token, now).await?;
-    let by = municipality_name(&state.db, &b.performed_by).await?;
+    let b = match bookings::read_by_token(&state.db, &token, now).await {
+        Err(booking::Error::NotFound) => return Ok(gone(&ctx)),
+        found => found?,
+    };
     let message = match done.done.as_deref() {
-        Some("cancelled") => Some(t("page.my.cancelled")),
         Some("moved") => Some(t("page.my.moved")),
         _ => None,
     };
-    let mut body = format!("<h1 id=\"page-title\">{}</h1>", t("page.manage.title"));
-    if let Some(message) = message {
-        body.push_str(&format!(
-            "<div class=\"success\" role=\"status\" tabindex=\"-1\" data-focus><p>{message}</p></div>"
-        ));
-    }
-    body.push_str(&format!(
-        r#"<dl class="facts">
-<dt>{service_label}</dt><dd>{service}</dd>
-<dt>{status_label}</dt><dd class="status status-{status_code}">{status}</dd>
-<dt>{time_label}</dt><dd>{when}</dd>
-<dt>{by_label}</dt><dd>{by}</dd>
-<dt>{rule_label}</dt><dd>{rule}</dd>
-</dl>
-<p class="zone">{zone}</p>"#,
-        service_label = t("page.confirm.service"),
-        service = service_name(&b.service),
-        status_label = t("page.my.status"),
-        status_code = b.status.as_str(),
-        status = status_text(b.status),
-        time_label = t("page.confirm.time"),
-        when = when(&b.range),
-        by_label = t("page.my.performed_by"),
-        by = esc(&by),
-        rule_label = t("page.my.rule"),
-        rule = rule_text(&b.rule, b.agreement_id.as_deref()),
-        zone = zone_note(),
-    ));
+    let mut body = facts(message, &b);
     if b.status == BookingStatus::Booked && b.range.start() > now {
         let base = format!("/b/{}", enc(&token));
         let days = free_times_by_day(&state.db, &b.service, &b.performed_for, None, now).await?;
@@ -91,11 +72,17 @@ async fn show(
     Ok(page(&ctx, &tr("page.manage.title"), &body).into_response())
 }
 
-/// Cancels by manage token.
+/// Cancels by manage token, which spends it. The answer is the cancelled
+/// booking itself rather than a redirect to the manage page, which no longer
+/// opens for this token.
 #[tracing::instrument(skip_all)]
-async fn cancel(State(state): State<AppState>, Path(token): Path<String>) -> PageResult {
-    bookings::cancel(&state.db, Authority::Token(&token), None, now()).await?;
-    Ok(Redirect::to(&format!("/b/{}?done=cancelled", enc(&token))).into_response())
+async fn cancel(State(state): State<AppState>, ctx: Ctx, Path(token): Path<String>) -> PageResult {
+    let cancelled = match bookings::cancel(&state.db, Authority::Token(&token), None, now()).await {
+        Err(booking::Error::NotFound) => return Ok(gone(&ctx)),
+        done => done?,
+    };
+    let body = facts(Some(t("page.manage.cancelled")), &cancelled);
+    Ok(page(&ctx, &tr("page.manage.title"), &body).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,10 +94,60 @@ struct MoveForm {
 #[tracing::instrument(skip_all)]
 async fn reschedule(
     State(state): State<AppState>,
+    ctx: Ctx,
     Path(token): Path<String>,
     PageForm(form): PageForm<MoveForm>,
 ) -> PageResult {
     let starts_at = parse_time("starts_at", &form.starts_at)?;
-    bookings::reschedule(&state.db, Authority::Token(&token), None, starts_at, now()).await?;
+    match bookings::reschedule(&state.db, Authority::Token(&token), None, starts_at, now()).await {
+        Err(booking::Error::NotFound) => return Ok(gone(&ctx)),
+        done => done?,
+    };
     Ok(Redirect::to(&format!("/b/{}?done=moved", enc(&token))).into_response())
+}
+
+/// The title, an optional message, and what a token holder may know of the
+/// booking: that it is a meeting with the social services, its status and
+/// its time.
+fn facts(message: Option<String>, b: &Booking) -> String {
+    let mut body = format!("<h1 id=\"page-title\">{}</h1>", t("page.manage.title"));
+    if let Some(message) = message {
+        body.push_str(&format!(
+            "<div class=\"success\" role=\"status\" tabindex=\"-1\" data-focus><p>{message}</p></div>"
+        ));
+    }
+    body.push_str(&format!(
+        r#"<p>{meeting}</p>
+<dl class="facts">
+<dt>{status_label}</dt><dd class="status status-{status_code}">{status}</dd>
+<dt>{time_label}</dt><dd>{when}</dd>
+</dl>
+<p class="zone">{zone}</p>"#,
+        meeting = t("page.manage.meeting"),
+        status_label = t("page.my.status"),
+        status_code = b.status.as_str(),
+        status = status_text(b.status),
+        time_label = t("page.confirm.time"),
+        when = when(&b.range),
+        zone = zone_note(),
+    ));
+    body
+}
+
+/// The answer to a token that manages nothing: never issued, spent by a
+/// cancellation, or past its meeting. The three look the same, so the page
+/// tells nobody which, and points to "My pages", where a signed-in resident
+/// sees their bookings.
+fn gone(ctx: &Ctx) -> Response {
+    let body = format!(
+        "<h1 id=\"page-title\">{title}</h1>\n<p role=\"alert\">{text}</p>\n<p><a href=\"/my\">{my}</a></p>",
+        title = t("page.manage.gone_title"),
+        text = t("page.manage.gone"),
+        my = t("page.nav.my"),
+    );
+    (
+        StatusCode::NOT_FOUND,
+        page(ctx, &tr("page.manage.gone_title"), &body),
+    )
+        .into_response()
 }

@@ -523,6 +523,24 @@ pub fn esc(s: &str) -> String {
     out
 }
 
+/// A name someone typed, escaped and isolated in `<bdi>`, so that its
+/// direction (an Arabic name in a Swedish table, or a stored name with a
+/// direction override from before names were checked) cannot reorder the
+/// text around it.
+pub fn person(name: &str) -> String {
+    format!("<bdi>{}</bdi>", esc(name))
+}
+
+/// As [`tv`], for values that are names people typed: each is isolated with
+/// [`person`].
+pub fn tv_people(key: &str, names: &[(&str, &str)]) -> String {
+    let mut html = t(key);
+    for (placeholder, name) in names {
+        html = html.replace(&format!("%{{{placeholder}}}"), &person(name));
+    }
+    html
+}
+
 /// Percent-encodes a query parameter value.
 pub fn enc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

@@ -157,7 +157,7 @@ async fn day(
 <h2>{day}</h2>
 <p class="zone">{zone}</p>"#,
         title = t("page.staff.title"),
-        who = tv(
+        who = super::tv_people(
             "page.staff.who",
             &[
                 ("name", &staff.name),
@@ -203,7 +203,7 @@ async fn day(
                     "<a href=\"/join/{id}\">{label}<span class=\"visually-hidden\"> {name} {from}</span></a>",
                     id = super::enc(&b.id),
                     label = t("page.meeting.join"),
-                    name = esc(&r.name),
+                    name = super::person(&r.name),
                     from = clock(b.range.start()),
                 )
             } else {
@@ -218,7 +218,7 @@ async fn day(
                 iso = super::rfc3339(b.range.start()),
                 from = clock(b.range.start()),
                 to = clock(b.range.end()),
-                name = esc(&r.name),
+                name = super::person(&r.name),
                 service = service_name(&b.service),
                 for_name = esc(&for_name),
                 rule = rule_text(&b.rule, b.agreement_id.as_deref()),
