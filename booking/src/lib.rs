@@ -23,8 +23,8 @@ pub mod testing;
 
 pub use db::{Backend, Db, DbError};
 pub use domain::{
-    BookingStatus, EmailAddress, InvalidValue, Language, MunicipalityCode, Password, Role, Rule,
-    ServiceCode, SlotRange, Step,
+    BookingStatus, DateRange, EmailAddress, InvalidValue, Language, LocalDate, MunicipalityCode,
+    Password, Role, Rule, ServiceCode, SlotRange, Step,
 };
 
 /// What can go wrong in the booking domain. The web layer maps each variant to
