@@ -11,4 +11,5 @@ mod mail;
 mod nodes;
 mod policy;
 mod relay;
+mod security;
 mod ws;
