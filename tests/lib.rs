@@ -23,6 +23,8 @@ pub struct TestApp {
     pub client: Client,
     /// The embedded TURN relay's UDP address.
     pub relay_udp: Option<std::net::SocketAddr>,
+    /// Where `/metrics` is served, apart from `address`.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     /// `None` for a second node over another app's database.
     _database: Option<TestDb>,
@@ -80,6 +82,7 @@ async fn spawn(
     let address = format!("http://127.0.0.1:{}", app.port());
     let db = app.db().clone();
     let relay_udp = app.relay_udp_addr();
+    let metrics_addr = app.metrics_addr();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async move {
         let _ = rx.await;
@@ -93,6 +96,7 @@ async fn spawn(
             .build()
             .expect("a client"),
         relay_udp,
+        metrics_addr,
         shutdown: Some(tx),
         _database: database,
         _dir: dir,

@@ -24,7 +24,8 @@ use crate::batch::Statement;
 use crate::catalog::{self, Service};
 use crate::db::{is_booking_conflict, Backend, Db, Hold};
 use crate::domain::{
-    BookingStatus, EmailAddress, Language, MunicipalityCode, ServiceCode, SlotRange, Step,
+    BookingStatus, DateRange, EmailAddress, Language, LocalDate, MunicipalityCode, ServiceCode,
+    SlotRange, Step,
 };
 use crate::load;
 use crate::outbox::{self, Message};
@@ -74,8 +75,8 @@ pub struct Ticket {
 pub struct SearchQuery {
     pub service: ServiceCode,
     pub home: MunicipalityCode,
-    pub from: Date,
-    pub to: Date,
+    /// The local dates to search, at most [`MAX_SEARCH_DAYS`] apart.
+    pub dates: DateRange,
     pub language: Option<Language>,
 }
 
@@ -92,19 +93,13 @@ pub const MAX_SEARCH_DAYS: i64 = 62;
 
 /// Free times for a resident of `query.home` under the policy, from now on.
 pub async fn search(db: &Db, query: &SearchQuery, now: Timestamp) -> Result<Vec<FreeTime>, Error> {
-    let span_days = (query.to - query.from).get_days() as i64;
-    if query.to < query.from || span_days > MAX_SEARCH_DAYS {
-        return Err(Error::Invalid(crate::InvalidValue {
-            field: "range",
-            reason: format!("from must not be after to, and at most {MAX_SEARCH_DAYS} days apart"),
-        }));
-    }
+    let dates = query.dates.at_most(MAX_SEARCH_DAYS)?;
     let catalog = snapshot::current(db).await?;
     let tz = zone(DISPLAY_ZONE)?;
     let busy = busy_times(
         db,
-        day_bounds(query.from, &tz)?.0,
-        day_bounds(query.to, &tz)?.1,
+        day_bounds(dates.from(), &tz)?.0,
+        day_bounds(dates.to(), &tz)?.1,
         None,
     )
     .await?;
@@ -114,7 +109,15 @@ pub async fn search(db: &Db, query: &SearchQuery, now: Timestamp) -> Result<Vec<
         language: query.language,
         only_staff: None,
     };
-    let found = free_slots(&catalog, &wanted, query.from, query.to, now, None, &busy)?;
+    let found = free_slots(
+        &catalog,
+        &wanted,
+        dates.from(),
+        dates.to(),
+        now,
+        None,
+        &busy,
+    )?;
     Ok(found
         .into_iter()
         .map(|(range, candidates)| FreeTime {
@@ -516,11 +519,11 @@ pub async fn for_resident_by_id(
 pub async fn staff_day(
     db: &Db,
     staff: &Staff,
-    day: Date,
+    day: LocalDate,
     now: Timestamp,
 ) -> Result<Vec<(Booking, Resident)>, Error> {
     let tz = zone(DISPLAY_ZONE)?;
-    let (from, to) = day_bounds(day, &tz)?;
+    let (from, to) = day_bounds(day.date(), &tz)?;
     let rows = sqlx::query(&format!(
         "SELECT {BOOKING_COLUMNS} FROM bookings WHERE staff_id = $1 AND starts_at >= $2 AND starts_at < $3 ORDER BY starts_at"
     ))
@@ -642,8 +645,13 @@ const LOAD_SQL: &str = "SELECT performed_by, status, CAST(COUNT(*) AS BIGINT) AS
      CAST(SUM(CASE WHEN performed_by <> performed_for THEN 1 ELSE 0 END) AS BIGINT) AS for_others \
      FROM bookings WHERE starts_at >= $1 AND starts_at < $2 GROUP BY performed_by, status";
 
-/// Load per municipality over `from..=to` (local dates).
-pub async fn load(db: &Db, from: Date, to: Date) -> Result<Vec<Load>, Error> {
+/// The longest range one load report may cover.
+pub const MAX_LOAD_DAYS: i64 = 366;
+
+/// Load per municipality over `dates`, at most [`MAX_LOAD_DAYS`] apart.
+pub async fn load(db: &Db, dates: DateRange) -> Result<Vec<Load>, Error> {
+    let dates = dates.at_most(MAX_LOAD_DAYS)?;
+    let (from, to) = (dates.from(), dates.to());
     let tz = zone(DISPLAY_ZONE)?;
     let (start, _) = day_bounds(from, &tz)?;
     let (_, end) = day_bounds(to, &tz)?;
@@ -1471,12 +1479,16 @@ pub fn zone(name: &str) -> Result<TimeZone, Error> {
 
 /// The absolute start of `day` and of the day after, in `tz`.
 pub fn day_bounds(day: Date, tz: &TimeZone) -> Result<(Timestamp, Timestamp), Error> {
-    let start = day
-        .to_zoned(tz.clone())
-        .map_err(|e| Error::Corrupt(e.to_string()))?;
-    let end = start
-        .tomorrow()
-        .map_err(|e| Error::Corrupt(e.to_string()))?;
+    // Only a date at the very end of the calendar has no next day; it came
+    // from a caller, not from storage, so it is invalid input.
+    let beyond = |e: jiff::Error| {
+        Error::Invalid(crate::InvalidValue {
+            field: "date",
+            reason: e.to_string(),
+        })
+    };
+    let start = day.to_zoned(tz.clone()).map_err(beyond)?;
+    let end = start.tomorrow().map_err(beyond)?;
     Ok((start.timestamp(), end.timestamp()))
 }
 

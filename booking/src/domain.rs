@@ -308,6 +308,111 @@ fn is_direction_control(c: char) -> bool {
     matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
 }
 
+/// A local calendar date Kontakt plans with, between [`LocalDate::EARLIEST`]
+/// and [`LocalDate::LATEST`]. The bound keeps every date a client sends far
+/// from the ends of the calendar, where turning a day into its hours or
+/// stepping to the next day fails: such a date is refused where it comes in,
+/// instead of failing in the middle of a query as if stored data were broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LocalDate(jiff::civil::Date);
+
+impl LocalDate {
+    /// The first date Kontakt accepts.
+    pub const EARLIEST: jiff::civil::Date = jiff::civil::date(2000, 1, 1);
+    /// The last date Kontakt accepts.
+    pub const LATEST: jiff::civil::Date = jiff::civil::date(2199, 12, 31);
+
+    /// Parses `YYYY-MM-DD`; `field` names the value in the error.
+    pub fn parse(field: &'static str, raw: &str) -> Result<Self, InvalidValue> {
+        let date: jiff::civil::Date = raw
+            .trim()
+            .parse()
+            .map_err(|_| invalid(field, "expected a date as YYYY-MM-DD"))?;
+        LocalDate::new(field, date)
+    }
+
+    /// `date`, if it lies within the bounds.
+    pub fn new(field: &'static str, date: jiff::civil::Date) -> Result<Self, InvalidValue> {
+        if (Self::EARLIEST..=Self::LATEST).contains(&date) {
+            Ok(LocalDate(date))
+        } else {
+            Err(invalid(
+                field,
+                format!("a date from {} to {}", Self::EARLIEST, Self::LATEST),
+            ))
+        }
+    }
+
+    /// Whether `at` falls on a date within the bounds (in UTC; the bounds
+    /// are far enough from the calendar's ends that the zone does not
+    /// matter). For times a client sends, such as a booking's start.
+    pub fn holds(field: &'static str, at: jiff::Timestamp) -> Result<(), InvalidValue> {
+        LocalDate::new(field, at.to_zoned(jiff::tz::TimeZone::UTC).date()).map(|_| ())
+    }
+
+    pub fn date(self) -> jiff::civil::Date {
+        self.0
+    }
+}
+
+impl fmt::Display for LocalDate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The local dates `from..=to`, with `from` not after `to`, both within
+/// [`LocalDate`]'s bounds. How long a range may be depends on what it is
+/// for; the function that uses it says so with [`DateRange::at_most`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DateRange {
+    from: LocalDate,
+    to: LocalDate,
+}
+
+impl DateRange {
+    pub fn new(from: LocalDate, to: LocalDate) -> Result<Self, InvalidValue> {
+        if from <= to {
+            Ok(DateRange { from, to })
+        } else {
+            Err(invalid("range", "from must not be after to"))
+        }
+    }
+
+    /// `from` and the `days` days after it.
+    pub fn starting(from: jiff::civil::Date, days: i64) -> Result<Self, InvalidValue> {
+        let to = from
+            .checked_add(jiff::Span::new().days(days.max(0)))
+            .map_err(|_| invalid("to", "beyond the calendar"))?;
+        DateRange::new(LocalDate::new("from", from)?, LocalDate::new("to", to)?)
+    }
+
+    /// The range, if `to` is at most `days` days after `from`.
+    pub fn at_most(self, days: i64) -> Result<Self, InvalidValue> {
+        if self.days_apart() <= days {
+            Ok(self)
+        } else {
+            Err(invalid(
+                "range",
+                format!("from and to may be at most {days} days apart"),
+            ))
+        }
+    }
+
+    pub fn from(&self) -> jiff::civil::Date {
+        self.from.date()
+    }
+
+    pub fn to(&self) -> jiff::civil::Date {
+        self.to.date()
+    }
+
+    /// How many days `to` is after `from`: 0 for a single day.
+    pub fn days_apart(&self) -> i64 {
+        i64::from((self.to.date() - self.from.date()).get_days())
+    }
+}
+
 /// A password as typed, checked only for length: argon2 does the rest.
 #[derive(Clone)]
 pub struct Password(String);
@@ -450,6 +555,49 @@ mod tests {
             "half-open ranges that touch do not overlap"
         );
         assert!(a.overlaps(&SlotRange::from_unix(59, 61).unwrap()));
+    }
+
+    #[test]
+    fn local_dates_stay_within_the_bounds() {
+        assert_eq!(
+            LocalDate::parse("from", "2026-12-03").unwrap().to_string(),
+            "2026-12-03"
+        );
+        assert!(LocalDate::parse("from", "2000-01-01").is_ok());
+        assert!(LocalDate::parse("from", "2199-12-31").is_ok());
+        for bad in [
+            "9999-12-31",
+            "9999-12-01",
+            "2200-01-01",
+            "1999-12-31",
+            "-009999-01-01",
+            "2026-02-30",
+            "tomorrow",
+            "",
+        ] {
+            let err = LocalDate::parse("from", bad).unwrap_err();
+            assert_eq!(err.field, "from", "{bad}");
+        }
+        let far = "9999-12-30T12:00:00Z".parse().unwrap();
+        assert!(LocalDate::holds("starts_at", far).is_err());
+        let near = "2026-12-03T09:00:00Z".parse().unwrap();
+        assert!(LocalDate::holds("starts_at", near).is_ok());
+    }
+
+    #[test]
+    fn date_ranges_run_forwards_and_say_how_long_they_may_be() {
+        let d = |raw| LocalDate::parse("date", raw).unwrap();
+        let range = DateRange::new(d("2026-12-01"), d("2026-12-31")).unwrap();
+        assert_eq!(range.days_apart(), 30);
+        assert!(range.at_most(30).is_ok());
+        assert!(range.at_most(29).is_err());
+        assert_eq!(
+            DateRange::new(d("2026-12-03"), d("2026-12-03"))
+                .unwrap()
+                .days_apart(),
+            0
+        );
+        assert!(DateRange::new(d("2026-12-04"), d("2026-12-03")).is_err());
     }
 
     #[test]

@@ -26,8 +26,8 @@ pub mod throttle;
 
 pub use db::{Backend, Db, DbError};
 pub use domain::{
-    BookingStatus, EmailAddress, InvalidValue, Language, MunicipalityCode, NewPassword, Password,
-    PersonName, Role, Rule, ServiceCode, SlotRange, Step,
+    BookingStatus, DateRange, EmailAddress, InvalidValue, Language, LocalDate, MunicipalityCode,
+    NewPassword, Password, PersonName, Role, Rule, ServiceCode, SlotRange, Step,
 };
 
 /// What can go wrong in the booking domain. The web layer maps each variant to

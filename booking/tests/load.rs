@@ -5,8 +5,8 @@
 use booking::accounts::{self, Resident};
 use booking::bookings::{self, Authority, SearchQuery, Ticket};
 use booking::testing::databases;
-use booking::{load, seed, EmailAddress, Language, MunicipalityCode, ServiceCode};
-use jiff::{Span, Timestamp};
+use booking::{load, seed, DateRange, EmailAddress, Language, MunicipalityCode, ServiceCode};
+use jiff::Timestamp;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
@@ -62,8 +62,7 @@ fn the_load_table_always_equals_the_bookings() {
             let query = SearchQuery {
                 service: service.clone(),
                 home: residents[0].home.clone(),
-                from: today,
-                to: today.checked_add(Span::new().days(13)).unwrap(),
+                dates: DateRange::starting(today, 13).unwrap(),
                 language: None,
             };
             let times: Vec<Timestamp> = bookings::search(db, &query, now)
@@ -157,8 +156,7 @@ async fn migrating_a_database_with_bookings_rebuilds_the_load_table() {
         let query = SearchQuery {
             service: service.clone(),
             home: anna.home.clone(),
-            from: today,
-            to: today.checked_add(Span::new().days(13)).unwrap(),
+            dates: DateRange::starting(today, 13).unwrap(),
             language: None,
         };
         let free = bookings::search(db, &query, now).await.unwrap();

@@ -4,8 +4,8 @@
 use booking::accounts;
 use booking::bookings::{self, Authority, SearchQuery};
 use booking::testing::databases;
-use booking::{seed, EmailAddress, Error, MunicipalityCode, ServiceCode};
-use jiff::{Span, Timestamp};
+use booking::{seed, DateRange, EmailAddress, Error, MunicipalityCode, ServiceCode};
+use jiff::Timestamp;
 
 fn today() -> jiff::civil::Date {
     Timestamp::now()
@@ -28,8 +28,7 @@ async fn seed_search_book_cancel_reschedule() {
         let query = SearchQuery {
             service: service.clone(),
             home: anna.home.clone(),
-            from: today(),
-            to: today().checked_add(Span::new().days(20)).unwrap(),
+            dates: DateRange::starting(today(), 20).unwrap(),
             language: None,
         };
         let free = bookings::search(db, &query, now).await.unwrap();

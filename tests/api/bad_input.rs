@@ -73,3 +73,85 @@ async fn malformed_unknown_and_oversized_bodies_get_clear_errors() {
         assert!(mine.is_empty(), "nothing half-made was stored");
     }
 }
+
+#[tokio::test]
+async fn far_off_dates_are_refused_as_invalid_not_failed_on() {
+    for app in spawn_apps().await {
+        let admin = app.staff_token("admin.lycksele@kontakt.demo").await;
+        let search = "/api/search?service=ekonomiskt-bistand&home=2418";
+        for (path, token) in [
+            (format!("{search}&from=9999-12-01&to=9999-12-31"), None),
+            (format!("{search}&from=9999-12-31&to=9999-12-31"), None),
+            (format!("{search}&from=1999-12-31&to=2000-01-02"), None),
+            ("/api/staff/day?date=9999-12-31".to_owned(), Some(&admin)),
+            (
+                "/api/scheduler/load?from=9999-12-01&to=9999-12-31".to_owned(),
+                Some(&admin),
+            ),
+        ] {
+            let response = app.get(&path, token.map(String::as_str)).await;
+            assert_eq!(response.status(), 422, "{}: {path}", app.backend);
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["error"], "invalid", "{body}");
+            assert!(
+                body["detail"].as_str().unwrap().contains("2199-12-31"),
+                "the answer says which dates are accepted: {body}"
+            );
+        }
+        for path in [
+            "/staff?date=9999-12-31",
+            "/scheduler?from=9999-12-01&to=9999-12-31",
+        ] {
+            let response = reqwest::Client::new()
+                .get(app.url(path))
+                .header("cookie", format!("{}={admin}", web::auth::SESSION_COOKIE))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 422, "{}: {path}", app.backend);
+        }
+        // A booking for a time at the end of the calendar, too.
+        let anna = app.resident("anna@example.se").await;
+        let far = app
+            .post(
+                "/api/bookings",
+                Some(&app.resident_token(&anna).await),
+                &json!({"service": "ekonomiskt-bistand", "starts_at": "9999-12-31T10:00:00+01:00"}),
+            )
+            .await;
+        assert_eq!(far.status(), 422, "{}", app.backend);
+    }
+}
+
+#[tokio::test]
+async fn a_field_far_too_long_is_refused_whatever_the_field() {
+    for app in spawn_apps().await {
+        let long = "x".repeat(web::api::MAX_FIELD_BYTES + 1);
+        let search = app
+            .get(
+                &format!("/api/search?service=ekonomiskt-bistand&home=2418&from=2030-01-01&to=2030-01-02&lang={long}"),
+                None,
+            )
+            .await;
+        assert_eq!(search.status(), 422, "{}", app.backend);
+        let body: Value = search.json().await.unwrap();
+        assert!(
+            body["detail"].as_str().unwrap().starts_with("lang:"),
+            "{body}"
+        );
+        let link = app
+            .post(
+                "/api/auth/resident/link",
+                None,
+                &json!({"email": "new@example.se", "name": long, "home_municipality": "2418"}),
+            )
+            .await;
+        assert_eq!(link.status(), 422, "{}", app.backend);
+        assert!(
+            app.last_message("new@example.se", "sign_in_link")
+                .await
+                .is_none(),
+            "nothing was sent"
+        );
+    }
+}

@@ -1,4 +1,6 @@
-use kontakt_tests::spawn_apps;
+use booking::testing::TestDb;
+use kontakt_tests::{spawn_app_with, spawn_apps};
+use web::config::MetricsListen;
 
 #[tokio::test]
 async fn health_metrics_and_openapi_are_served() {
@@ -11,7 +13,16 @@ async fn health_metrics_and_openapi_are_served() {
         );
         let services = app.get("/api/services", None).await;
         assert_eq!(services.status(), 200);
-        let metrics = app.get("/metrics", None).await.text().await.unwrap();
+        let metrics_addr = app.metrics_addr.expect("metrics are served");
+        assert!(metrics_addr.ip().is_loopback(), "{metrics_addr}");
+        let metrics = app
+            .client
+            .get(format!("http://{metrics_addr}/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(metrics.status(), 200);
+        let metrics = metrics.text().await.unwrap();
         assert!(metrics.contains("kontakt_http_requests_total"), "{metrics}");
         let spec: serde_json::Value = app
             .get("/api/openapi.json", None)
@@ -72,4 +83,25 @@ async fn services_and_errors_speak_the_callers_language() {
             "{missing}"
         );
     }
+}
+
+#[tokio::test]
+async fn metrics_are_not_served_on_the_public_port() {
+    for app in spawn_apps().await {
+        let public = app.get("/metrics", None).await;
+        assert_eq!(public.status(), 404, "{}", app.backend);
+        let body = public.text().await.unwrap();
+        assert!(!body.contains("kontakt_http_requests_total"), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn metrics_can_be_turned_off() {
+    let app = spawn_app_with(TestDb::sqlite().await, "sqlite", |s| {
+        s.metrics_listen = MetricsListen::Off;
+    })
+    .await;
+    assert_eq!(app.metrics_addr, None);
+    assert_eq!(app.get("/healthz", None).await.status(), 200);
+    assert_eq!(app.get("/metrics", None).await.status(), 404);
 }

@@ -14,5 +14,6 @@ mod names;
 mod nodes;
 mod policy;
 mod relay;
+mod security;
 mod sessions;
 mod ws;

@@ -485,6 +485,69 @@ async fn a_malformed_frame_is_answered_and_a_binary_frame_closes_with_1003() {
     }
 }
 
+/// The close code the server ends with after `frame`, which it must send as
+/// a Close frame, not by dropping the connection.
+async fn close_code_after(app: &TestApp, frame: Message) -> u16 {
+    let anna = app.resident("anna@example.se").await;
+    let mut client = Client::open(app, &app.resident_token(&anna).await).await;
+    client.socket.send(frame).await.expect("sent");
+    loop {
+        let message = tokio::time::timeout(FRAME_WITHIN, client.socket.next())
+            .await
+            .expect("a frame in time");
+        match message {
+            Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
+            Some(Ok(Message::Close(None))) => panic!("{}: a close without a code", app.backend),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("{}: no close frame, the socket failed: {e}", app.backend),
+            None => panic!("{}: no close frame, the socket just ended", app.backend),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_frame_closes_with_1009_and_invalid_utf8_with_1007() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let max = signaling::protocol::MAX_FRAME_BYTES;
+    for app in spawn_apps().await {
+        // Over the protocol's limit, under the socket's: the protocol's own
+        // check closes.
+        let over_protocol = Message::text("x".repeat(max + 1024));
+        assert_eq!(close_code_after(&app, over_protocol).await, 1009);
+        // Over the socket's limit, twice the protocol's: the library refuses
+        // the frame before the protocol sees it.
+        let over_socket = Message::text("x".repeat(max * 2 + 1024));
+        assert_eq!(close_code_after(&app, over_socket).await, 1009);
+        // The same size sent in fragments.
+        let first = Frame::message("x".repeat(max), OpCode::Data(Data::Text), false);
+        let anna = app.resident("anna@example.se").await;
+        let mut client = Client::open(&app, &app.resident_token(&anna).await).await;
+        for frame in [
+            first,
+            Frame::message("x".repeat(max), OpCode::Data(Data::Continue), false),
+            Frame::message("x".repeat(1024), OpCode::Data(Data::Continue), true),
+        ] {
+            client
+                .socket
+                .send(Message::Frame(frame))
+                .await
+                .expect("sent");
+        }
+        let code = loop {
+            match client.next_message().await {
+                Message::Close(Some(frame)) => break u16::from(frame.code),
+                Message::Close(None) => panic!("{}: a close without a code", app.backend),
+                _ => continue,
+            }
+        };
+        assert_eq!(code, 1009, "{}: fragments", app.backend);
+        // A text frame that is not UTF-8.
+        let not_utf8 = Frame::message(vec![b'"', 0xff, 0xfe, b'"'], OpCode::Data(Data::Text), true);
+        assert_eq!(close_code_after(&app, Message::Frame(not_utf8)).await, 1007);
+    }
+}
+
 /// A server that pings every 100 ms and gives a connection up after 400 ms
 /// without a pong.
 async fn impatient_app() -> TestApp {

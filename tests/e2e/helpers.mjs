@@ -8,7 +8,7 @@
 // mail worker and no native npm module.
 
 import { spawn, execFile } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -74,6 +74,7 @@ export async function waitFor(what, check, ms = 20_000) {
  */
 export async function startServer() {
   const port = await freePort();
+  const metricsPort = await freePort();
   const dataDir = await mkdtemp(path.join(tmpdir(), "kontakt-e2e-"));
   const url = `http://127.0.0.1:${port}`;
   const bin =
@@ -90,6 +91,8 @@ export async function startServer() {
     // Every test signs in several times from 127.0.0.1; the limit itself is
     // covered by the API tests.
     KONTAKT_SIGN_IN_PER_MINUTE: "1000",
+    // Metrics are served apart from the public port.
+    KONTAKT_METRICS_LISTEN: `127.0.0.1:${metricsPort}`,
     // The embedded TURN relay on ports the kernel picks, so that a server
     // left over on 3478 cannot make this one fail to start.
     KONTAKT_RELAY__LISTEN_UDP: "127.0.0.1:0",
@@ -114,6 +117,7 @@ export async function startServer() {
   });
   return {
     url,
+    metricsUrl: `http://127.0.0.1:${metricsPort}/metrics`,
     dataDir,
     db: path.join(dataDir, "kontakt.db"),
     output: () => output,
@@ -191,7 +195,9 @@ export async function signInStaff(page, server, email) {
 
 /** Runs axe-core on the page and fails with a readable list of violations. */
 export async function assertAccessible(page, label) {
-  await page.addScriptTag({ path: require.resolve("axe-core/axe.min.js") });
+  // Evaluated rather than added as a <script> tag: the pages' policy
+  // refuses inline scripts, and rightly so.
+  await page.evaluate(await readFile(require.resolve("axe-core/axe.min.js"), "utf8"));
   const violations = await page.evaluate(async () => {
     const result = await globalThis.axe.run(document, { resultTypes: ["violations"] });
     return result.violations.map((v) => ({

@@ -37,9 +37,9 @@ after(async () => {
   await server?.stop();
 });
 
-/** The relay's packet counter for one direction, from kontakt's /metrics. */
+/** The relay's packet counter for one direction, from kontakt's metrics. */
 async function relayedPackets(direction) {
-  const text = await (await fetch(`${server.url}/metrics`)).text();
+  const text = await (await fetch(server.metricsUrl)).text();
   const line = text.split("\n").find((l) => l.startsWith(`relay_packets_total{direction="${direction}"}`));
   return line ? Number(line.split(" ").pop()) : 0;
 }

@@ -75,6 +75,43 @@ pub struct Settings {
     /// A `/ws` connection that answers no ping for this long, in
     /// milliseconds, is closed with 1001.
     pub ws_pong_timeout_ms: u64,
+    /// Where Prometheus metrics are served: an address of their own, never
+    /// the public port; loopback by default.
+    pub metrics_listen: MetricsListen,
+}
+
+/// Where `/metrics` listens: an address, or nowhere. Written as an address
+/// such as `127.0.0.1:9464`, or as `off` or an empty value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum MetricsListen {
+    Off,
+    At(SocketAddr),
+}
+
+impl TryFrom<String> for MetricsListen {
+    type Error = String;
+
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        let raw = raw.trim();
+        if raw.is_empty() || raw.eq_ignore_ascii_case("off") {
+            return Ok(MetricsListen::Off);
+        }
+        raw.parse().map(MetricsListen::At).map_err(|_| {
+            format!(
+                "metrics_listen: expected an address such as 127.0.0.1:9464, or off; got {raw:?}"
+            )
+        })
+    }
+}
+
+impl From<MetricsListen> for String {
+    fn from(listen: MetricsListen) -> String {
+        match listen {
+            MetricsListen::Off => "off".to_owned(),
+            MetricsListen::At(addr) => addr.to_string(),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -104,6 +141,7 @@ impl Default for Settings {
             log_format: "text".into(),
             ws_ping_ms: 20_000,
             ws_pong_timeout_ms: 40_000,
+            metrics_listen: MetricsListen::At("127.0.0.1:9464".parse().expect("a valid address")),
         }
     }
 }
@@ -224,6 +262,7 @@ impl Settings {
             data_dir,
             jwt_secret: Some("test-secret-that-is-long-enough-for-hs256".into()),
             relay: test_relay(),
+            metrics_listen: MetricsListen::At("127.0.0.1:0".parse().expect("a valid address")),
             ..Settings::default()
         }
     }
@@ -340,6 +379,48 @@ mod tests {
             ..Settings::default()
         };
         assert!(!production.serves_dev_mail());
+    }
+
+    #[test]
+    fn metrics_listen_is_an_address_or_off() {
+        let parse = |raw: &str| MetricsListen::try_from(raw.to_owned());
+        assert_eq!(
+            parse("127.0.0.1:9464"),
+            Ok(MetricsListen::At("127.0.0.1:9464".parse().unwrap()))
+        );
+        assert_eq!(
+            parse("[::1]:9000"),
+            Ok(MetricsListen::At("[::1]:9000".parse().unwrap()))
+        );
+        for off in ["", " ", "off", "OFF"] {
+            assert_eq!(parse(off), Ok(MetricsListen::Off), "{off:?}");
+        }
+        for bad in ["9464", "localhost", "127.0.0.1"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        let round_trip = String::from(Settings::default().metrics_listen);
+        assert_eq!(round_trip, "127.0.0.1:9464");
+    }
+
+    #[test]
+    fn metrics_listen_reads_from_the_settings_file() {
+        let read = |toml: &str| -> Result<Settings, Box<figment::Error>> {
+            Figment::from(Serialized::defaults(Settings::default()))
+                .merge(Toml::string(toml))
+                .extract()
+                .map_err(Box::new)
+        };
+        assert_eq!(
+            read("metrics_listen = \"off\"").unwrap().metrics_listen,
+            MetricsListen::Off
+        );
+        assert_eq!(
+            read("metrics_listen = \"127.0.0.1:9999\"")
+                .unwrap()
+                .metrics_listen,
+            MetricsListen::At("127.0.0.1:9999".parse().unwrap())
+        );
+        assert!(read("metrics_listen = \"everywhere\"").is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod dev_mail;
 pub mod error;
 pub mod i18n;
 pub mod pages;
+pub mod security_headers;
 pub mod sessions;
 pub mod startup;
 pub mod state;

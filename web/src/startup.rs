@@ -20,7 +20,8 @@ use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::{Keys, SignInLimiter};
-use crate::config::Settings;
+use crate::config::{MetricsListen, Settings};
+use crate::security_headers::SecurityHeaders;
 use crate::state::AppState;
 use crate::ws::TurnIssuer;
 
@@ -28,6 +29,8 @@ use crate::ws::TurnIssuer;
 pub struct Application {
     listener: TcpListener,
     port: u16,
+    /// The listener of `/metrics`, apart from the public one.
+    metrics: Option<TcpListener>,
     router: Router,
     db: Db,
     demo_sign_ins: Vec<DemoSignIn>,
@@ -95,9 +98,11 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
         let port = listener.local_addr()?.port();
+        let metrics = bind_metrics(settings.metrics_listen).await?;
         Ok(Application {
             listener,
             port,
+            metrics,
             router,
             db,
             demo_sign_ins,
@@ -110,6 +115,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Where `/metrics` is served, when it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn db(&self) -> &Db {
@@ -141,6 +151,9 @@ impl Application {
             })
             .await;
         });
+        let metrics_task = self
+            .metrics
+            .map(|listener| serve_metrics(listener, stopped.clone()));
         let service = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
@@ -153,6 +166,9 @@ impl Application {
             .context("serving HTTP");
         drop(stopped);
         let _ = mail_task.await;
+        if let Some(task) = metrics_task {
+            let _ = task.await;
+        }
         // The hub's timers would otherwise go on writing to a closed pool.
         for task in self.hub_tasks {
             task.abort();
@@ -287,12 +303,17 @@ fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(crate::pages::router())
         .merge(crate::dev_mail::router())
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_text))
         .fallback(|| async { crate::error::AppError::NotFound })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn(crate::i18n::negotiate))
         .layer(middleware::from_fn(record_metrics))
         .layer(TraceLayer::new_for_http())
+        // Outermost, so that every response gets the headers, whichever
+        // layer or handler made it.
+        .layer(middleware::from_fn_with_state(
+            SecurityHeaders::for_public_url(&state.settings.public_url),
+            crate::security_headers::set,
+        ))
         .with_state(state)
 }
 
@@ -321,6 +342,40 @@ async fn metrics_text() -> impl IntoResponse {
         [("content-type", "text/plain; version=0.0.4")],
         prometheus().render(),
     )
+}
+
+/// Binds the listener of `/metrics`. The figures tell how the service is
+/// used (requests per route, sign-in failures), so they are served on an
+/// address of their own, loopback by default, where only the operator's
+/// scraper reaches them, and never on the public port.
+async fn bind_metrics(listen: MetricsListen) -> anyhow::Result<Option<TcpListener>> {
+    let MetricsListen::At(addr) = listen else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding metrics_listen {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics");
+    Ok(Some(listener))
+}
+
+/// Serves `/metrics` and nothing else on `listener` until `stopped` turns
+/// true.
+fn serve_metrics(
+    listener: TcpListener,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let router = Router::new().route("/metrics", get(metrics_text));
+    tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "serving /metrics failed");
+        }
+    })
 }
 
 async fn record_metrics(request: Request, next: Next) -> Response {

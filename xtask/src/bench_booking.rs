@@ -152,6 +152,8 @@ pub(crate) async fn start_server(
         .env("KONTAKT_DATA_DIR", &dir)
         .env("KONTAKT_JWT_SECRET", SECRET)
         .env("KONTAKT_DATABASE_MAX_CONNECTIONS", "32")
+        // Several servers run at once, and none is scraped.
+        .env("KONTAKT_METRICS_LISTEN", "off")
         .env("RUST_LOG", "warn")
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())

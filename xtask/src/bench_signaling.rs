@@ -31,7 +31,7 @@ use booking::testing::TestDb;
 use booking::{EmailAddress, Language, MunicipalityCode, ServiceCode};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use jiff::{Span, Timestamp};
+use jiff::Timestamp;
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
@@ -305,8 +305,7 @@ impl Fixture {
             &SearchQuery {
                 service: service.clone(),
                 home: municipality.clone(),
-                from,
-                to: from.checked_add(Span::new().days(20))?,
+                dates: booking::DateRange::starting(from, 20)?,
                 language: None,
             },
             now,

@@ -76,10 +76,66 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        let Json(value) = Json::<serde_json::Value>::from_request(req, state)
+            .await
+            .map_err(json_rejection)?;
+        if let Some(field) = oversized_json_field(&value, "") {
+            return Err(too_long(&field));
         }
+        serde_json::from_value(value)
+            .map(ApiJson)
+            .map_err(|e| AppError::Invalid(e.to_string()))
+    }
+}
+
+/// The longest text one field of a request may hold, in bytes. Every field
+/// Kontakt takes is shorter (an email at most 254 bytes, a password 1024),
+/// so a longer one is refused where it comes in, whatever the field, and no
+/// handler stores it, looks it up or writes it to a log. Domain values keep
+/// their own, tighter limits.
+pub const MAX_FIELD_BYTES: usize = 1024;
+
+/// The name of the first query or form field over [`MAX_FIELD_BYTES`].
+pub fn oversized_pair(pairs: &[(String, String)]) -> Option<String> {
+    pairs
+        .iter()
+        .find(|(name, value)| name.len() > MAX_FIELD_BYTES || value.len() > MAX_FIELD_BYTES)
+        .map(|(name, _)| name.chars().take(64).collect())
+}
+
+/// The refusal of a field over [`MAX_FIELD_BYTES`].
+pub fn too_long(field: &str) -> AppError {
+    AppError::Invalid(format!("{field}: at most {MAX_FIELD_BYTES} bytes"))
+}
+
+/// The path of the first string (or key) in `value` over
+/// [`MAX_FIELD_BYTES`], such as `name` or `items[2].text`.
+fn oversized_json_field(value: &serde_json::Value, at: &str) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.len() > MAX_FIELD_BYTES => Some(if at.is_empty() {
+            "body".to_owned()
+        } else {
+            at.to_owned()
+        }),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| oversized_json_field(v, &format!("{at}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let key: String = k.chars().take(64).collect();
+            let path = if at.is_empty() {
+                key
+            } else {
+                format!("{at}.{key}")
+            };
+            if k.len() > MAX_FIELD_BYTES {
+                Some(path)
+            } else {
+                oversized_json_field(v, &path)
+            }
+        }),
+        _ => None,
     }
 }
 
@@ -103,6 +159,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let pairs = axum::extract::Query::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e: QueryRejection| AppError::Invalid(e.body_text()))?;
+        if let Some(field) = oversized_pair(&pairs) {
+            return Err(too_long(&field));
+        }
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| ApiQuery(q.0))
@@ -110,10 +172,14 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// Parses an RFC 3339 time such as `2026-12-03T10:00:00+01:00`.
+/// Parses an RFC 3339 time such as `2026-12-03T10:00:00+01:00`, on a date
+/// within [`booking::LocalDate`]'s bounds.
 pub fn parse_time(field: &'static str, raw: &str) -> Result<Timestamp, AppError> {
-    raw.parse::<Timestamp>()
-        .map_err(|e| AppError::Invalid(format!("{field}: expected an RFC 3339 time: {e}")))
+    let at = raw
+        .parse::<Timestamp>()
+        .map_err(|e| AppError::Invalid(format!("{field}: expected an RFC 3339 time: {e}")))?;
+    booking::LocalDate::holds(field, at)?;
+    Ok(at)
 }
 
 /// A time as RFC 3339 in Europe/Stockholm, the way the API shows times.

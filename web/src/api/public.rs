@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use booking::bookings::SearchQuery;
-use booking::{catalog, Db, Language, MunicipalityCode, ServiceCode};
+use booking::{catalog, DateRange, Db, Language, LocalDate, MunicipalityCode, ServiceCode};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -55,7 +55,7 @@ pub struct SearchParams {
     pub service: String,
     /// The resident's home municipality (kommunkod).
     pub home: String,
-    /// First local date, `YYYY-MM-DD`.
+    /// First local date, `YYYY-MM-DD`, from 2000-01-01 to 2199-12-31.
     pub from: String,
     /// Last local date, `YYYY-MM-DD`, at most 62 days after `from`.
     pub to: String,
@@ -149,8 +149,10 @@ pub async fn search(
     let query = SearchQuery {
         service: ServiceCode::parse(&params.service)?,
         home: MunicipalityCode::parse(&params.home)?,
-        from: parse_date("from", &params.from)?,
-        to: parse_date("to", &params.to)?,
+        dates: DateRange::new(
+            LocalDate::parse("from", &params.from)?,
+            LocalDate::parse("to", &params.to)?,
+        )?,
         language: params
             .language
             .as_deref()
@@ -168,9 +170,4 @@ pub async fn search(
             })
             .collect(),
     ))
-}
-
-pub fn parse_date(field: &'static str, raw: &str) -> Result<jiff::civil::Date, AppError> {
-    raw.parse()
-        .map_err(|e| AppError::Invalid(format!("{field}: expected YYYY-MM-DD: {e}")))
 }

@@ -8,12 +8,11 @@ use axum::{Json, Router};
 use booking::accounts::{self, Staff};
 use booking::bookings;
 use booking::slots::Template;
-use booking::{audit, Db, EmailAddress, Role, ServiceCode};
+use booking::{audit, DateRange, Db, EmailAddress, LocalDate, Role, ServiceCode};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::bookings::{booking_dto, BookedDto, BookingDto};
-use super::public::parse_date;
 use super::{now, parse_time, ApiJson, ApiQuery};
 use crate::auth::CurrentStaff;
 use crate::error::{AppError, ErrorBody};
@@ -119,7 +118,9 @@ pub struct TemplateDto {
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct RangeParams {
+    /// First local date, `YYYY-MM-DD`, from 2000-01-01 to 2199-12-31.
     pub from: String,
+    /// Last local date, `YYYY-MM-DD`, at most 366 days after `from`.
     pub to: String,
 }
 
@@ -174,8 +175,8 @@ pub async fn day(
 ) -> Result<Json<Vec<StaffBookingDto>>, AppError> {
     let tz = bookings::zone(bookings::DISPLAY_ZONE)?;
     let date = match params.date {
-        Some(d) => parse_date("date", &d)?,
-        None => now().to_zoned(tz).date(),
+        Some(d) => LocalDate::parse("date", &d)?,
+        None => LocalDate::new("date", now().to_zoned(tz).date())?,
     };
     let mut out = Vec::new();
     for (b, r) in bookings::staff_day(&db, &staff.0, date, now()).await? {
@@ -336,8 +337,8 @@ pub async fn add_template(
         weekday: body.weekday,
         start_minute: minutes("start", &body.start)?,
         end_minute: minutes("end", &body.end)?,
-        valid_from: parse_date("valid_from", &body.valid_from)?,
-        valid_to: parse_date("valid_to", &body.valid_to)?,
+        valid_from: LocalDate::parse("valid_from", &body.valid_from)?.date(),
+        valid_to: LocalDate::parse("valid_to", &body.valid_to)?.date(),
     };
     let stored = bookings::add_template(&db, &template).await?;
     Ok((StatusCode::CREATED, Json(template_dto(stored))))
@@ -365,14 +366,11 @@ pub async fn load(
     ApiQuery(params): ApiQuery<RangeParams>,
 ) -> Result<Json<Vec<LoadDto>>, AppError> {
     staff.require(&[Role::Scheduler, Role::Admin])?;
-    let from = parse_date("from", &params.from)?;
-    let to = parse_date("to", &params.to)?;
-    if to < from || (to - from).get_days() > 366 {
-        return Err(AppError::Invalid(
-            "from must not be after to, and at most a year apart".into(),
-        ));
-    }
-    let figures = bookings::load(&db, from, to).await?;
+    let dates = DateRange::new(
+        LocalDate::parse("from", &params.from)?,
+        LocalDate::parse("to", &params.to)?,
+    )?;
+    let figures = bookings::load(&db, dates).await?;
     Ok(Json(
         figures
             .into_iter()

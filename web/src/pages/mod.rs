@@ -29,9 +29,9 @@ use axum::routing::get;
 use axum::Router;
 use booking::accounts::{Resident, Staff};
 use booking::bookings::{self, FreeTime, SearchQuery};
-use booking::{Db, Language, MunicipalityCode, ServiceCode, SlotRange};
+use booking::{DateRange, Db, Language, MunicipalityCode, ServiceCode, SlotRange};
 use jiff::civil::Date;
-use jiff::{Span, Timestamp, Zoned};
+use jiff::{Timestamp, Zoned};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
@@ -261,10 +261,19 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for PageQuery<T> {
     type Rejection = PageError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let invalid = |e: axum::extract::rejection::QueryRejection| {
+            PageError::App(AppError::Invalid(e.body_text()))
+        };
+        let pairs = Query::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map_err(invalid)?;
+        if let Some(field) = crate::api::oversized_pair(&pairs) {
+            return Err(PageError::App(crate::api::too_long(&field)));
+        }
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| PageQuery(q.0))
-            .map_err(|e| PageError::App(AppError::Invalid(e.body_text())))
+            .map_err(invalid)
     }
 }
 
@@ -641,15 +650,10 @@ pub async fn free_times_by_day(
     language: Option<Language>,
     now: Timestamp,
 ) -> Result<BTreeMap<Date, Vec<FreeTime>>, PageError> {
-    let from = today(now);
-    let to = from
-        .checked_add(Span::new().days(SEARCH_DAYS))
-        .map_err(|e| AppError::Internal(e.into()))?;
     let query = SearchQuery {
         service: service.clone(),
         home: home.clone(),
-        from,
-        to,
+        dates: DateRange::starting(today(now), SEARCH_DAYS)?,
         language,
     };
     let mut days: BTreeMap<Date, Vec<FreeTime>> = BTreeMap::new();
@@ -734,12 +738,6 @@ pub fn joinable(booking: &bookings::Booking, now: Timestamp) -> bool {
 
 pub fn status_text(status: booking::BookingStatus) -> String {
     t(&format!("page.status.{}", status.as_str()))
-}
-
-/// Parses a local date such as `2026-12-03`.
-pub fn parse_date(field: &'static str, raw: &str) -> Result<Date, AppError> {
-    raw.parse()
-        .map_err(|e| AppError::Invalid(format!("{field}: expected YYYY-MM-DD: {e}")))
 }
 
 /// `None` for an empty form or query value.

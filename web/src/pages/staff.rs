@@ -11,12 +11,12 @@ use axum::response::{IntoResponse, Redirect};
 use axum::routing::get;
 use axum::Router;
 use axum_extra::extract::CookieJar;
-use booking::{audit, bookings, catalog, Role};
+use booking::{audit, bookings, catalog, DateRange, LocalDate, Role};
 use jiff::Span;
 use serde::Deserialize;
 
 use super::{
-    clock, esc, local, long_date, non_empty, page, parse_date, rule_text, service_name,
+    clock, esc, local, long_date, non_empty, page, rule_text, service_name,
     sign_out_everywhere_form, status_text, t, today, tr, tv, zone_note, Ctx, PageError, PageForm,
     PageQuery, PageResult,
 };
@@ -134,12 +134,13 @@ async fn day(
 ) -> PageResult {
     let staff = ctx.staff()?;
     let now = now();
-    let date = match non_empty(&q.date) {
-        Some(d) => parse_date("date", d)?,
-        None => today(now),
+    let day = match non_empty(&q.date) {
+        Some(d) => LocalDate::parse("date", d)?,
+        None => LocalDate::new("date", today(now))?,
     };
+    let date = day.date();
     let names = municipality_names(&state).await?;
-    let meetings = bookings::staff_day(&state.db, staff, date, now).await?;
+    let meetings = bookings::staff_day(&state.db, staff, day, now).await?;
     let step = |days: i64| {
         date.checked_add(Span::new().days(days))
             .map(|d| d.to_string())
@@ -261,24 +262,16 @@ async fn scheduler(
     if !matches!(staff.role, Role::Scheduler | Role::Admin) {
         return Err(AppError::Forbidden("this needs the role scheduler or admin".into()).into());
     }
-    let today = today(now());
     let from = match non_empty(&q.from) {
-        Some(d) => parse_date("from", d)?,
-        None => today,
+        Some(d) => LocalDate::parse("from", d)?,
+        None => LocalDate::new("from", today(now()))?,
     };
-    let to = match non_empty(&q.to) {
-        Some(d) => parse_date("to", d)?,
-        None => from
-            .checked_add(Span::new().days(super::SEARCH_DAYS))
-            .map_err(|e| AppError::Internal(e.into()))?,
+    let dates = match non_empty(&q.to) {
+        Some(d) => DateRange::new(from, LocalDate::parse("to", d)?)?,
+        None => DateRange::starting(from.date(), super::SEARCH_DAYS)?,
     };
-    if to < from || (to - from).get_days() > 366 {
-        return Err(AppError::Invalid(
-            "from must not be after to, and at most a year apart".into(),
-        )
-        .into());
-    }
-    let figures = bookings::load(&state.db, from, to).await?;
+    let figures = bookings::load(&state.db, dates).await?;
+    let (from, to) = (dates.from(), dates.to());
     let mut body = format!(
         r#"<h1 id="page-title">{title}</h1>
 <form method="get" action="/scheduler" class="inline-form">

@@ -69,7 +69,21 @@ pub async fn run(socket: WebSocket, hub: Hub, db: Db, identity: Identity, livene
             }
             Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
             frame = stream.next(), if in_flight.len() < IN_FLIGHT => {
-                let Some(Ok(frame)) = frame else { break };
+                let frame = match frame {
+                    Some(Ok(frame)) => frame,
+                    Some(Err(e)) => {
+                        // A frame the socket refused to read is answered
+                        // with the close code the protocol promises for it;
+                        // any other read error means the peer is gone.
+                        if let Some(refused) = refused_frame(&e) {
+                            if let Some(code) = refused.close_code() {
+                                close(&mut sink, code, &refused.to_string()).await;
+                            }
+                        }
+                        break;
+                    }
+                    None => break,
+                };
                 // Any frame shows the peer is alive, not only a pong.
                 pong_deadline.as_mut().reset(tokio::time::Instant::now() + liveness.pong_within);
                 let reply = match frame {
@@ -246,6 +260,23 @@ where
     sink.flush().await
 }
 
+/// The protocol's name for a frame that the WebSocket library refused to
+/// read: one over its size limit (the endpoint sets it at twice
+/// [`signaling::protocol::MAX_FRAME_BYTES`]) or a text frame that is not
+/// UTF-8. The library checks both before the loop sees the frame, so the
+/// loop learns of them only as a read error.
+fn refused_frame(error: &axum::Error) -> Option<ProtocolError> {
+    use tungstenite::error::{CapacityError, Error};
+    let source = std::error::Error::source(error)?;
+    match source.downcast_ref::<Error>()? {
+        Error::Capacity(CapacityError::MessageTooLong { size, .. }) => {
+            Some(ProtocolError::TooLarge(*size))
+        }
+        Error::Utf8(_) => Some(ProtocolError::InvalidUtf8),
+        _ => None,
+    }
+}
+
 /// A message from the hub or the endpoint as a text frame.
 fn text(message: &ServerMessage) -> Message {
     Message::Text(message.to_frame().into())
@@ -307,6 +338,29 @@ mod tests {
 
     fn numbered(n: usize) -> ServerMessage {
         ServerMessage::error(ErrorCode::NotFound, format!("message {n}"), None)
+    }
+
+    /// The library's refusals map to the protocol's errors, and so to the
+    /// close codes `docs/protocol.md` promises; other read errors close
+    /// nothing, because the peer is gone.
+    #[test]
+    fn refused_frames_map_to_their_close_codes() {
+        use tungstenite::error::{CapacityError, Error};
+        let refused = |e: Error| refused_frame(&axum::Error::new(e));
+        let too_long = refused(Error::Capacity(CapacityError::MessageTooLong {
+            size: 200_000,
+            max_size: 131_072,
+        }))
+        .unwrap();
+        assert_eq!(too_long, ProtocolError::TooLarge(200_000));
+        assert_eq!(too_long.close_code(), Some(1009));
+        let not_utf8 = refused(Error::Utf8("invalid".into())).unwrap();
+        assert_eq!(not_utf8.close_code(), Some(1007));
+        assert_eq!(refused(Error::ConnectionClosed), None);
+        assert_eq!(
+            refused_frame(&axum::Error::new(std::io::Error::other("reset"))),
+            None
+        );
     }
 
     /// What waits goes out in order with one flush, at most a batch at a
