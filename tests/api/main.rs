@@ -8,6 +8,7 @@ mod bookings;
 mod concurrency;
 mod health;
 mod mail;
+mod meeting_access;
 mod nodes;
 mod policy;
 mod relay;
