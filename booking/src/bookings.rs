@@ -551,10 +551,9 @@ pub async fn staff_day(
     Ok(out)
 }
 
-/// A booking with its resident, for a staff member the policy lets handle it:
-/// the assigned staff member, or staff of a municipality that may perform the
-/// booking's step for the resident on its date. Anyone else gets `NotFound`,
-/// and the attempt is audit-logged either way.
+/// A booking with its resident, for a staff member who may handle it
+/// ([`Staff::may_handle_booking`]). Anyone else gets `NotFound`, and the
+/// attempt is audit-logged either way.
 pub async fn for_staff(
     db: &Db,
     staff: &Staff,
@@ -562,29 +561,11 @@ pub async fn for_staff(
     now: Timestamp,
 ) -> Result<(Booking, Resident), Error> {
     let actor = Actor::Staff(staff.id.clone());
-    let row = sqlx::query(&format!(
-        "SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(db.pool())
-    .await?;
-    let Some(booking) = row.as_ref().map(booking_from_row).transpose()? else {
+    let Some(booking) = by_id(db, id).await? else {
         return Err(Error::NotFound);
     };
-    let allowed = if booking.staff_id == staff.id {
-        true
-    } else {
-        let decision = decide_for(
-            db,
-            &staff.municipality,
-            &booking.performed_for,
-            &booking.service,
-            booking.step,
-            booking.range.start(),
-        )
-        .await?;
-        decision.allowed() && staff.handles(&booking.service)
-    };
+    let catalog = snapshot::current(db).await?;
+    let allowed = staff.may_handle_booking(&booking, &catalog)?.allowed();
     let outcome = if allowed {
         Outcome::Allowed
     } else {
@@ -603,6 +584,118 @@ pub async fn for_staff(
         .await?
         .ok_or(Error::NotFound)?;
     Ok((booking, resident))
+}
+
+/// Whether a staff member may handle a booking, and what that relied on:
+/// the answer of [`Staff::may_handle_booking`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BookingAccess {
+    /// The staff member the booking is with.
+    BookedStaff,
+    /// Staff who handle the booking's service, of a municipality the policy
+    /// lets perform the booking's step for the resident on its date.
+    Policy(Decision),
+    /// The policy lets the staff member's municipality act, but they do not
+    /// handle the service (schedulers and admins handle none).
+    NotTheirService,
+    /// The policy does not let the staff member's municipality act.
+    RefusedByPolicy(Decision),
+}
+
+impl BookingAccess {
+    pub fn allowed(&self) -> bool {
+        matches!(self, BookingAccess::BookedStaff | BookingAccess::Policy(_))
+    }
+}
+
+impl Staff {
+    /// The one rule for who may handle a booking: read it, open its meeting
+    /// page, enter its meeting room, hear its knocks, and admit, decline,
+    /// send back or end there. The API, the pages and the meeting rooms all
+    /// ask this (the rooms through [`staff_who_may_handle`]), so that they
+    /// cannot disagree about who sees a resident's meeting.
+    pub fn may_handle_booking(
+        &self,
+        booking: &Booking,
+        catalog: &Snapshot,
+    ) -> Result<BookingAccess, Error> {
+        if booking.staff_id == self.id {
+            return Ok(BookingAccess::BookedStaff);
+        }
+        let decision = decide_in(
+            catalog,
+            &self.municipality,
+            &booking.performed_for,
+            &booking.service,
+            booking.step,
+            booking.range.start(),
+        )?;
+        Ok(if !decision.allowed() {
+            BookingAccess::RefusedByPolicy(decision)
+        } else if !self.handles(&booking.service) {
+            BookingAccess::NotTheirService
+        } else {
+            BookingAccess::Policy(decision)
+        })
+    }
+}
+
+/// The ids of every staff member who may handle `booking`, by
+/// [`Staff::may_handle_booking`]: who may enter its meeting room and hear
+/// its knocks. The caller passes them to the signaling hub, which knows no
+/// policy of its own.
+pub async fn staff_who_may_handle(db: &Db, booking: &Booking) -> Result<Vec<String>, Error> {
+    let catalog = snapshot::current(db).await?;
+    let mut out = Vec::new();
+    for staff in &catalog.staff {
+        if staff.may_handle_booking(booking, &catalog)?.allowed() {
+            out.push(staff.id.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Records a staff member's access to a booking's meeting room (entering
+/// it, or being refused) in the audit log, with the booking's rule and
+/// agreement, as [`for_staff`] records a read through the API. A booking
+/// that no longer exists is recorded without them.
+pub async fn audit_meeting_access(
+    db: &Db,
+    staff_id: &str,
+    booking_id: &str,
+    action: &str,
+    outcome: Outcome,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let actor = Actor::Staff(staff_id.to_owned());
+    let booking = by_id(db, booking_id).await?;
+    let entry = match &booking {
+        Some(booking) => booking_entry(&actor, action, booking, outcome),
+        None => Entry {
+            actor: &actor,
+            action,
+            subject: format!("booking:{booking_id}"),
+            resident_id: None,
+            on_behalf_of: None,
+            rule: None,
+            agreement_id: None,
+            outcome,
+        },
+    };
+    audit::record_now(db, &entry, now.as_second()).await?;
+    Ok(())
+}
+
+/// One booking by id, unchecked: for the functions here that decide who
+/// may see it.
+async fn by_id(db: &Db, id: &str) -> Result<Option<Booking>, Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(db.pool())
+    .await?;
+    row.as_ref().map(booking_from_row).transpose()
 }
 
 /// Every active booking's staff member and time: the double-booking check of
@@ -862,6 +955,18 @@ pub async fn decide_for(
     at: Timestamp,
 ) -> Result<Decision, Error> {
     let catalog = snapshot::current(db).await?;
+    decide_in(&catalog, host, home, service, step, at)
+}
+
+/// [`decide_for`] over a catalog the caller already holds.
+fn decide_in(
+    catalog: &Snapshot,
+    host: &MunicipalityCode,
+    home: &MunicipalityCode,
+    service: &ServiceCode,
+    step: Step,
+    at: Timestamp,
+) -> Result<Decision, Error> {
     let rule = catalog.rule(service, step);
     let agreements = catalog.agreements_for(home);
     let date = at.to_zoned(zone(DISPLAY_ZONE)?).date();

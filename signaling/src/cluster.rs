@@ -19,7 +19,7 @@ use crate::bus::BusError;
 use crate::hub::{ConversationRequest, Identity};
 use crate::ids::{BookingId, ConnectionId, MunicipalityCode, PartyId, RoomId, StaffId};
 use crate::protocol::{ClientMessage, ServerMessage};
-use crate::room::{ClockAnchor, MeetingSetup};
+use crate::room::{ClockAnchor, MeetingSetup, StaffAccess};
 
 /// How long a lease lasts without renewal. A dead owner's rooms move to
 /// another node at most this long (plus one renewal period) after it died.
@@ -127,6 +127,7 @@ pub(crate) struct MeetingSpec {
     room: RoomId,
     booking: Option<BookingId>,
     performing_municipality: MunicipalityCode,
+    staff_access: StaffAccess,
     staff: Option<StaffId>,
     resident: PartyId,
     home_municipality: Option<MunicipalityCode>,
@@ -141,6 +142,7 @@ impl MeetingSpec {
             room: setup.room.clone(),
             booking: setup.booking.clone(),
             performing_municipality: setup.performing_municipality.clone(),
+            staff_access: setup.staff_access.clone(),
             staff: setup.staff.clone(),
             resident: setup.resident.clone(),
             home_municipality: setup.home_municipality.clone(),
@@ -159,6 +161,7 @@ impl MeetingSpec {
             room: self.room.clone(),
             booking: self.booking.clone(),
             performing_municipality: self.performing_municipality.clone(),
+            staff_access: self.staff_access.clone(),
             staff: self.staff.clone(),
             resident: self.resident.clone(),
             home_municipality: self.home_municipality.clone(),

@@ -35,7 +35,7 @@ use crate::protocol::{
     ServerMessage, TurnCredentials,
 };
 use crate::queue::{NewConversation, Queue, QueueInput, QueueSettings, StaffProfile};
-use crate::room::{ClockAnchor, Joiner, MeetingSetup, Room, RoomInput, Signal};
+use crate::room::{ClockAnchor, Joiner, MeetingSetup, Room, RoomInput, Signal, StaffAccess};
 use crate::store::{Appended, EventRow, QueueEntryRow, Store, StoreError};
 
 /// Who is behind a connection, as the endpoint learnt it from the ticket.
@@ -256,7 +256,7 @@ impl Hub {
     }
 
     /// Opens (or restores from the store) the meeting room of a booking, or
-    /// does nothing if it is open. Call it when a booking's join link is
+    /// only takes its `staff_access` anew if it is open. Call it when a booking's join link is
     /// used, or for all of today's bookings at start-up.
     pub async fn open_meeting(&self, setup: MeetingSetup) -> Result<(), HubError> {
         let spec = MeetingSpec::from_setup(&setup);
@@ -273,7 +273,10 @@ impl Hub {
     }
 
     async fn open_room(&self, state: &mut HubState, setup: MeetingSetup) -> Result<(), HubError> {
-        if state.rooms.contains_key(&setup.room) {
+        if let Some(room) = state.rooms.get_mut(&setup.room) {
+            // Who may enter is decided anew each time the room is opened,
+            // so that a change of policy or staff reaches an open room.
+            room.set_staff_access(setup.staff_access);
             return Ok(());
         }
         let events = self.load_events(&setup.room).await?;
@@ -417,9 +420,10 @@ fn attach(
             municipality: municipality.clone(),
             services: may_handle.clone(),
         };
-        // Knocks that came before this console connected are still news.
+        // Knocks that came before this console connected are still news,
+        // in the rooms this staff member may enter.
         for room in state.rooms.values() {
-            if room.setup().performing_municipality == *municipality {
+            if room.admits_staff(id) {
                 for participant in room.waiting() {
                     out.push(Outbound::Send {
                         to: conn,
@@ -1185,11 +1189,12 @@ impl Hub {
                     room,
                     municipality,
                     staff,
+                    staff_access,
                     participant,
                 } => {
                     let knock = Knock {
                         node: self.shared.node.clone(),
-                        municipality: municipality.clone(),
+                        staff_access,
                         room: room.clone(),
                         participant: participant.clone(),
                     };
@@ -1284,22 +1289,23 @@ struct Shared {
 /// The bus subject on which nodes tell each other about knocks.
 const KNOCK_SUBJECT: &str = "kontakt.knocks";
 
-/// A knock as it crosses the bus between nodes.
+/// A knock as it crosses the bus between nodes. It carries who may hear
+/// it, because only the receiving node knows whose consoles it holds.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Knock {
     node: String,
-    municipality: MunicipalityCode,
+    staff_access: StaffAccess,
     room: RoomId,
     participant: Participant,
 }
 
-/// Sends a knock to this node's consoles of the knock's municipality.
+/// Sends a knock to this node's consoles of the staff the room admits.
 fn deliver_knock(state: &HubState, knock: &Knock, dropped: &mut Vec<ConnectionId>) {
     let consoles: Vec<ConnectionId> = state
         .connections
         .iter()
         .filter(|(_, c)| {
-            matches!(&c.identity, Identity::Staff { municipality, .. } if *municipality == knock.municipality)
+            matches!(&c.identity, Identity::Staff { id, .. } if knock.staff_access.admits(id))
         })
         .map(|(conn, _)| *conn)
         .collect();
@@ -1513,19 +1519,18 @@ fn route(
         }
     }
     if let Some(meeting) = state.rooms.get_mut(&room) {
+        if let Identity::Staff { id, .. } = identity {
+            // Whatever staff the room does not admit ask of it, the answer
+            // is the same as for a room that does not exist.
+            if !meeting.admits_staff(id) {
+                return meeting.refuse_staff(conn, id);
+            }
+        }
         let input = match message {
             M::Join { invitation, .. } => RoomInput::Join {
                 conn,
                 joiner: match (identity, invitation) {
-                    (
-                        Identity::Staff {
-                            id, municipality, ..
-                        },
-                        _,
-                    ) => Joiner::Staff {
-                        id: id.clone(),
-                        municipality: municipality.clone(),
-                    },
+                    (Identity::Staff { id, .. }, _) => Joiner::Staff { id: id.clone() },
                     (Identity::Guest { invitation, .. }, _) => Joiner::Guest {
                         invitation: invitation.clone(),
                     },
@@ -1695,6 +1700,9 @@ fn ad_hoc_setup(meeting: AdHocMeeting, clock: ClockAnchor) -> MeetingSetup {
         room: meeting.room,
         booking: None,
         performing_municipality: meeting.performing_municipality,
+        // Only the staff member who escalated the chat, who already reads
+        // it, may enter the meeting it became.
+        staff_access: StaffAccess::only([meeting.staff.clone()]),
         staff: Some(meeting.staff),
         resident: meeting.resident.clone(),
         home_municipality: Some(meeting.home_municipality),

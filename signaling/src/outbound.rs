@@ -5,6 +5,7 @@ use crate::history::StoredEvent;
 use crate::ids::{BookingId, ConnectionId, MunicipalityCode, PartyId, RoomId, StaffId};
 use crate::protocol::{BookingOutcome, Participant, ServerMessage};
 use crate::queue::QueueEntryRecord;
+use crate::room::StaffAccess;
 
 /// One thing to do. Within one batch the order matters: a `Persist` must
 /// succeed before any `Send` after it, so that nothing is shown (or
@@ -32,12 +33,14 @@ pub enum Outbound {
         booking: BookingId,
         outcome: BookingOutcome,
     },
-    /// Someone knocked and no staff member is in the room: tell the staff of
-    /// the performing municipality (the booked one first) on their consoles.
+    /// Someone knocked and no staff member is in the room: tell the staff
+    /// the room admits (the booked one first) on their consoles.
     NotifyStaff {
         room: RoomId,
         municipality: MunicipalityCode,
         staff: Option<StaffId>,
+        /// Only these staff members' consoles hear the knock.
+        staff_access: StaffAccess,
         participant: Participant,
     },
     /// Open an ad-hoc meeting room for a chat that was escalated to video.
@@ -72,6 +75,9 @@ pub enum AuditAction {
     ReadConversation,
     /// Staff entered a meeting room or re-read its history.
     ReadMeeting,
+    /// Staff the room does not admit asked to enter it or act in it, and
+    /// were answered as if it did not exist.
+    MeetingRefused,
 }
 
 impl AuditAction {
@@ -80,7 +86,13 @@ impl AuditAction {
             AuditAction::OpenConversation => "conversation.open",
             AuditAction::ReadConversation => "conversation.read",
             AuditAction::ReadMeeting => "meeting.read",
+            AuditAction::MeetingRefused => "meeting.enter",
         }
+    }
+
+    /// Whether the entry records a refusal rather than a read.
+    pub fn refused(self) -> bool {
+        matches!(self, AuditAction::MeetingRefused)
     }
 }
 

@@ -36,8 +36,13 @@ pub struct MeetingSetup {
     pub room: RoomId,
     /// `None` for an ad-hoc room opened from a chat.
     pub booking: Option<BookingId>,
-    /// Staff of this municipality enter directly and may admit others.
+    /// The municipality whose staff performs the meeting, told to the
+    /// caller's other channels when nobody answers a knock.
     pub performing_municipality: MunicipalityCode,
+    /// The staff who may enter, hear knocks, admit, decline, send back and
+    /// end: decided by the caller's policy, so the room holds no rule of its
+    /// own about who that is.
+    pub staff_access: StaffAccess,
     /// The staff member the booking is with, notified first on a knock.
     pub staff: Option<StaffId>,
     /// The only resident who may knock.
@@ -51,6 +56,28 @@ pub struct MeetingSetup {
     pub pre_admitted: Vec<PartyId>,
     /// Ties `Instant`s to wall-clock time for the timestamps of events.
     pub clock: ClockAnchor,
+}
+
+/// The staff members who may enter a room and run it, as the caller's
+/// policy decided (for a booking, everyone the `booking` crate lets handle
+/// it). Anyone else is answered as if the room did not exist.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StaffAccess(BTreeSet<StaffId>);
+
+impl StaffAccess {
+    /// Access for exactly these staff members.
+    pub fn only(staff: impl IntoIterator<Item = StaffId>) -> Self {
+        StaffAccess(staff.into_iter().collect())
+    }
+
+    pub fn admits(&self, staff: &StaffId) -> bool {
+        self.0.contains(staff)
+    }
+
+    /// Whether `party` is a staff member this access admits.
+    fn admits_party(&self, party: &PartyId) -> bool {
+        self.0.iter().any(|staff| PartyId::staff(staff) == *party)
+    }
 }
 
 /// One instant and the Unix time (seconds, UTC) at that instant. State
@@ -82,7 +109,6 @@ impl ClockAnchor {
 pub enum Joiner {
     Staff {
         id: StaffId,
-        municipality: MunicipalityCode,
     },
     /// A signed-in or anonymous resident.
     Resident {
@@ -239,6 +265,33 @@ impl Room {
         &self.setup
     }
 
+    /// Whether `staff` may enter this room, hear its knocks and run it.
+    pub fn admits_staff(&self, staff: &StaffId) -> bool {
+        self.setup.staff_access.admits(staff)
+    }
+
+    /// The answer to a staff member who may not be here, whatever they
+    /// asked: exactly what a room that does not exist answers, and an audit
+    /// entry of the refusal.
+    pub fn refuse_staff(&self, conn: ConnectionId, staff: &StaffId) -> Vec<Outbound> {
+        vec![
+            self.error(conn, ErrorCode::NotFound, "no such room"),
+            Outbound::Audit(AuditEntry {
+                actor: PartyId::staff(staff),
+                action: AuditAction::MeetingRefused,
+                room: self.id().clone(),
+                subject: self.setup.resident.clone(),
+                on_behalf_of: self.setup.home_municipality.clone(),
+            }),
+        ]
+    }
+
+    /// Takes who may enter anew, when the caller opens a room that is open
+    /// already: the policy or the staff may have changed since.
+    pub fn set_staff_access(&mut self, access: StaffAccess) {
+        self.setup.staff_access = access;
+    }
+
     pub fn is_closed(&self) -> bool {
         self.closed
     }
@@ -360,9 +413,9 @@ impl Room {
 
     fn join(&mut self, conn: ConnectionId, joiner: Joiner, at: i64, out: &mut Vec<Outbound>) {
         let (party, role, staff) = match &joiner {
-            Joiner::Staff { id, municipality } => {
-                if *municipality != self.setup.performing_municipality {
-                    out.push(self.error(conn, ErrorCode::NotFound, "no such room"));
+            Joiner::Staff { id } => {
+                if !self.admits_staff(id) {
+                    out.extend(self.refuse_staff(conn, id));
                     return;
                 }
                 (PartyId::staff(id), Role::SocialWorker, true)
@@ -469,6 +522,7 @@ impl Room {
                             room: self.id().clone(),
                             municipality: self.setup.performing_municipality.clone(),
                             staff: self.setup.staff.clone(),
+                            staff_access: self.setup.staff_access.clone(),
                             participant,
                         });
                     }
@@ -907,11 +961,11 @@ impl Room {
         }
     }
 
-    /// The party of a connection that belongs to staff of the performing
-    /// municipality, who alone run the meeting.
+    /// The party of a connection that belongs to staff the room's access
+    /// admits, who alone run the meeting.
     fn host_party(&self, conn: ConnectionId, out: &mut Vec<Outbound>) -> Option<PartyId> {
         let party = self.admitted_party(conn, out)?;
-        if self.members[&party].staff {
+        if self.members[&party].staff && self.setup.staff_access.admits_party(&party) {
             Some(party)
         } else {
             out.push(self.error(conn, ErrorCode::Forbidden, "only staff may do this"));
@@ -1048,6 +1102,9 @@ pub(crate) mod tests {
             room: RoomId::parse("booking:b1").unwrap(),
             booking: Some(BookingId::parse("b1").unwrap()),
             performing_municipality: MunicipalityCode::parse("0180").unwrap(),
+            // The staff the caller's policy lets handle the booking; s9 is
+            // not among them.
+            staff_access: StaffAccess::only(["s1", "s2", "s3"].map(|s| StaffId::parse(s).unwrap())),
             staff: Some(StaffId::parse("s1").unwrap()),
             resident: PartyId::parse("resident:r1").unwrap(),
             home_municipality: Some(MunicipalityCode::parse("0181").unwrap()),
@@ -1061,12 +1118,11 @@ pub(crate) mod tests {
         }
     }
 
-    fn staff_joins(conn: u64, id: &str, municipality: &str) -> RoomInput {
+    fn staff_joins(conn: u64, id: &str) -> RoomInput {
         RoomInput::Join {
             conn: ConnectionId(conn),
             joiner: Joiner::Staff {
                 id: StaffId::parse(id).unwrap(),
-                municipality: MunicipalityCode::parse(municipality).unwrap(),
             },
         }
     }
@@ -1176,7 +1232,7 @@ pub(crate) mod tests {
             ),
             (
                 2,
-                staff_joins(STAFF, "s1", "0180"),
+                staff_joins(STAFF, "s1"),
                 r#"
                 persist 2 participant_joined
                 c1 event {"event":{"kind":"participant_joined","participant":{"party":"staff:s1","role":"social_worker"}},"seq":2}
@@ -1267,8 +1323,8 @@ pub(crate) mod tests {
         check(&[
             (
                 0,
-                staff_joins(OUTSIDER, "s9", "0999"),
-                r#"c4 error {"code":"not_found","message":"no such room"}"#,
+                staff_joins(OUTSIDER, "s9"),
+                "c4 error {\"code\":\"not_found\",\"message\":\"no such room\"}\naudit staff:s9 meeting.enter",
             ),
             (
                 0,
@@ -1296,7 +1352,7 @@ pub(crate) mod tests {
             signal: Signal::Offer("v=0".into()),
         };
         check(&[
-            (0, staff_joins(STAFF, "s1", "0180"), "persist 1 participant_joined\nc1 event {\"event\":{\"kind\":\"participant_joined\",\"participant\":{\"party\":\"staff:s1\",\"role\":\"social_worker\"}},\"seq\":1}\nc1 joined {\"last_seq\":1,\"participants\":[{\"party\":\"staff:s1\",\"role\":\"social_worker\"}],\"state\":\"admitted\"}\naudit staff:s1 meeting.read\nturn c1 staff:s1"),
+            (0, staff_joins(STAFF, "s1"), "persist 1 participant_joined\nc1 event {\"event\":{\"kind\":\"participant_joined\",\"participant\":{\"party\":\"staff:s1\",\"role\":\"social_worker\"}},\"seq\":1}\nc1 joined {\"last_seq\":1,\"participants\":[{\"party\":\"staff:s1\",\"role\":\"social_worker\"}],\"state\":\"admitted\"}\naudit staff:s1 meeting.read\nturn c1 staff:s1"),
             (
                 1,
                 resident_joins(RESIDENT, "resident:r1"),
@@ -1381,10 +1437,47 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn staff_run_the_room_only_while_its_access_admits_them() {
+        let t0 = Instant::now();
+        let mut room = Room::new(setup(t0));
+        room.handle(staff_joins(STAFF, "s1"), t0);
+        room.handle(resident_joins(RESIDENT, "resident:r1"), t0);
+        // The caller's policy no longer lets s1 handle the booking.
+        room.set_staff_access(StaffAccess::only([id("s2")]));
+        assert!(!room.admits_staff(&id("s1")));
+        let admit = RoomInput::Admit {
+            conn: ConnectionId(STAFF),
+            party: party("resident:r1"),
+        };
+        let out = room.handle(admit.clone(), t0);
+        assert_eq!(
+            render(&out),
+            r#"c1 error {"code":"forbidden","message":"only staff may do this"}"#
+        );
+        assert!(!room.is_admitted(&party("resident:r1")));
+        // Another staff member whom it admits runs the meeting.
+        room.handle(staff_joins(10, "s2"), t0);
+        room.handle(
+            RoomInput::Admit {
+                conn: ConnectionId(10),
+                party: party("resident:r1"),
+            },
+            t0,
+        );
+        assert!(room.is_admitted(&party("resident:r1")));
+        // And the refusal of one it does not admit is the missing room's
+        // answer, with an audit entry.
+        assert_eq!(
+            render(&room.refuse_staff(ConnectionId(OUTSIDER), &id("s1"))),
+            "c4 error {\"code\":\"not_found\",\"message\":\"no such room\"}\naudit staff:s1 meeting.enter"
+        );
+    }
+
+    #[test]
     fn guest_links_work_once_and_admission_is_still_needed() {
         let t0 = Instant::now();
         let mut room = Room::new(setup(t0));
-        room.handle(staff_joins(STAFF, "s1", "0180"), t0);
+        room.handle(staff_joins(STAFF, "s1"), t0);
         let out = room.handle(
             RoomInput::Invite {
                 conn: ConnectionId(STAFF),
@@ -1430,8 +1523,8 @@ pub(crate) mod tests {
     fn at_most_four_participants() {
         let t0 = Instant::now();
         let mut room = Room::new(setup(t0));
-        room.handle(staff_joins(STAFF, "s1", "0180"), t0);
-        room.handle(staff_joins(10, "s2", "0180"), t0);
+        room.handle(staff_joins(STAFF, "s1"), t0);
+        room.handle(staff_joins(10, "s2"), t0);
         room.handle(resident_joins(RESIDENT, "resident:r1"), t0);
         room.handle(
             RoomInput::Admit {
@@ -1471,7 +1564,7 @@ pub(crate) mod tests {
             r#"c1 error {"code":"room_full","message":"the meeting is full"}"#
         );
         // A fifth staff member of the municipality is refused too.
-        let out = room.handle(staff_joins(30, "s3", "0180"), t0);
+        let out = room.handle(staff_joins(30, "s3"), t0);
         assert!(render(&out).contains("room_full"));
     }
 
@@ -1479,7 +1572,7 @@ pub(crate) mod tests {
     fn resume_replays_missed_events_in_order_without_earlier_ones() {
         let t0 = Instant::now();
         let mut room = Room::new(setup(t0));
-        room.handle(staff_joins(STAFF, "s1", "0180"), t0);
+        room.handle(staff_joins(STAFF, "s1"), t0);
         room.handle(resident_joins(RESIDENT, "resident:r1"), t0);
         room.handle(
             RoomInput::Admit {
@@ -1536,7 +1629,7 @@ pub(crate) mod tests {
     #[test]
     fn a_resident_who_never_comes_is_a_no_show_after_the_grace_period() {
         check(&[
-            (0, staff_joins(STAFF, "s1", "0180"), "persist 1 participant_joined\nc1 event {\"event\":{\"kind\":\"participant_joined\",\"participant\":{\"party\":\"staff:s1\",\"role\":\"social_worker\"}},\"seq\":1}\nc1 joined {\"last_seq\":1,\"participants\":[{\"party\":\"staff:s1\",\"role\":\"social_worker\"}],\"state\":\"admitted\"}\naudit staff:s1 meeting.read\nturn c1 staff:s1"),
+            (0, staff_joins(STAFF, "s1"), "persist 1 participant_joined\nc1 event {\"event\":{\"kind\":\"participant_joined\",\"participant\":{\"party\":\"staff:s1\",\"role\":\"social_worker\"}},\"seq\":1}\nc1 joined {\"last_seq\":1,\"participants\":[{\"party\":\"staff:s1\",\"role\":\"social_worker\"}],\"state\":\"admitted\"}\naudit staff:s1 meeting.read\nturn c1 staff:s1"),
             // Starts at 600 s, grace 900 s: nothing happens before 1500 s.
             (1499, RoomInput::Tick, ""),
             (
@@ -1555,7 +1648,7 @@ pub(crate) mod tests {
     fn someone_admitted_later_does_not_see_what_was_said_before() {
         let t0 = Instant::now();
         let mut room = Room::new(setup(t0));
-        room.handle(staff_joins(STAFF, "s1", "0180"), t0);
+        room.handle(staff_joins(STAFF, "s1"), t0);
         room.handle(
             RoomInput::Chat {
                 conn: ConnectionId(STAFF),

@@ -15,7 +15,7 @@ use signaling::protocol::{
     BookingOutcome, ClientMessage, ErrorCode, Participant, ServerMessage, TurnCredentials,
 };
 use signaling::queue::{QueueMode, QueueSettings};
-use signaling::room::MeetingSetup;
+use signaling::room::{MeetingSetup, StaffAccess};
 use signaling::store::{MemoryStore, Store};
 use tokio::sync::mpsc::Receiver;
 
@@ -109,6 +109,9 @@ fn meeting(hub: &Hub) -> MeetingSetup {
         room: id("booking:b1"),
         booking: Some(id("b1")),
         performing_municipality: id("0180"),
+        // As the caller's policy decided: s1 and s2 may handle the booking;
+        // s3, of the same municipality, may not.
+        staff_access: StaffAccess::only([id("s1"), id("s2")]),
         staff: Some(id("s1")),
         resident: id("resident:r1"),
         home_municipality: Some(id("0181")),
@@ -607,6 +610,18 @@ async fn escalating_a_chat_opens_a_room_the_resident_enters_directly() {
         matches!(m, ServerMessage::SignalOffer { .. })
     })
     .await;
+    // Another staff member of the municipality, who did not take the chat,
+    // does not enter the meeting it became.
+    let (b, mut brx) = hub.connect(staff("b", "0180")).await;
+    hub.handle(b, join(meeting_room.as_str())).await;
+    let (answer, _) = expect(&mut brx, "an error", |m| {
+        matches!(m, ServerMessage::Error { .. })
+    })
+    .await;
+    assert_eq!(
+        answer,
+        ServerMessage::error(ErrorCode::NotFound, "no such room", Some(meeting_room))
+    );
 }
 
 #[tokio::test]
@@ -705,15 +720,95 @@ async fn a_console_that_connects_later_still_sees_the_knock_and_others_do_not() 
             },
         }
     );
-    let (x, mut xrx) = hub.connect(staff("x", "0999")).await;
+    // Neither staff of another municipality nor staff of the performing
+    // one whom the room does not admit hear of it.
+    for outsider in [staff("x", "0999"), staff("s3", "0180")] {
+        let (x, mut xrx) = hub.connect(outsider).await;
+        hub.handle(x, ClientMessage::Ping).await;
+        let (_, before) = expect(&mut xrx, "pong", |m| matches!(m, ServerMessage::Pong)).await;
+        assert!(
+            before
+                .iter()
+                .all(|m| matches!(m, ServerMessage::Welcome { .. })),
+            "{before:#?}"
+        );
+    }
+}
+
+/// Staff the room does not admit, even of the performing municipality, are
+/// answered exactly as for a room that does not exist, whatever they ask,
+/// and each refusal is audited; once the caller lets them in (the room is
+/// opened again with new access), they enter.
+#[tokio::test]
+async fn staff_the_room_does_not_admit_get_no_such_room_and_an_audit_entry() {
+    let (hub, recorded) = hub_with(Arc::new(MemoryStore::new()));
+    let (_s, _srx, _r, mut rrx) = admitted_meeting(&hub).await;
+    let (x, mut xrx) = hub.connect(staff("s3", "0180")).await;
+    let missing =
+        |room: &str| ServerMessage::error(ErrorCode::NotFound, "no such room", Some(id(room)));
+    let asks = [
+        join("booking:b1"),
+        ClientMessage::LobbyAdmit {
+            room: id("booking:b1"),
+            party: id("resident:r1"),
+        },
+        ClientMessage::LobbyDecline {
+            room: id("booking:b1"),
+            party: id("resident:r1"),
+        },
+        ClientMessage::LobbySendBack {
+            room: id("booking:b1"),
+            party: id("resident:r1"),
+        },
+        ClientMessage::MeetingEnd {
+            room: id("booking:b1"),
+        },
+        chat("booking:b1", "x1", "hello"),
+    ];
+    let asked = asks.len();
+    for ask in asks {
+        hub.handle(x, ask).await;
+        let (answer, _) = expect(&mut xrx, "an error", |m| {
+            matches!(m, ServerMessage::Error { .. })
+        })
+        .await;
+        assert_eq!(answer, missing("booking:b1"));
+    }
+    // The same as a room that does not exist.
+    hub.handle(x, join("booking:nothing")).await;
+    let (answer, _) = expect(&mut xrx, "an error", |m| {
+        matches!(m, ServerMessage::Error { .. })
+    })
+    .await;
+    assert_eq!(answer, missing("booking:nothing"));
+    let refusals: Vec<AuditEntry> = recorded
+        .audits
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|a| a.action.refused())
+        .cloned()
+        .collect();
+    assert_eq!(refusals.len(), asked, "{refusals:#?}");
+    assert!(refusals.iter().all(|a| a.actor == id::<PartyId>("staff:s3")
+        && a.room == id::<RoomId>("booking:b1")
+        && a.subject == id::<PartyId>("resident:r1")
+        && a.on_behalf_of == Some(id("0181"))));
+    // The resident heard nothing of it: the meeting goes on undisturbed.
     hub.handle(x, ClientMessage::Ping).await;
-    let (_, before) = expect(&mut xrx, "pong", |m| matches!(m, ServerMessage::Pong)).await;
-    assert!(
-        before
-            .iter()
-            .all(|m| matches!(m, ServerMessage::Welcome { .. })),
-        "{before:#?}"
-    );
+    expect(&mut xrx, "pong", |m| matches!(m, ServerMessage::Pong)).await;
+    assert!(drain(&mut rrx)
+        .iter()
+        .all(|m| !format!("{m:?}").contains("s3")));
+    // The caller's policy changes and the room is opened again: s3 enters.
+    let mut setup = meeting(&hub);
+    setup.staff_access = StaffAccess::only([id("s1"), id("s3")]);
+    hub.open_meeting(setup).await.unwrap();
+    hub.handle(x, join("booking:b1")).await;
+    expect(&mut xrx, "turn credentials", |m| {
+        matches!(m, ServerMessage::TurnCredentials { .. })
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -787,6 +882,9 @@ async fn check_knock_crosses_nodes(
     hub1.open_meeting(setup).await.unwrap();
     let (_s, mut srx) = hub2.connect(staff("s1", "0180")).await;
     let (x, mut xrx) = hub2.connect(staff("x", "0999")).await;
+    // Of the performing municipality, but the room does not admit them: the
+    // receiving node must filter by the knock's access, not by municipality.
+    let (y, mut yrx) = hub2.connect(staff("s3", "0180")).await;
     let (r, _rrx) = hub1.connect(resident("r1")).await;
     hub1.handle(r, join(room.as_str())).await;
     let (knock, _) = expect(&mut srx, "knock from the other node", |m| {
@@ -794,14 +892,16 @@ async fn check_knock_crosses_nodes(
     })
     .await;
     assert!(matches!(knock, ServerMessage::LobbyKnock { room: r, .. } if r == room));
-    hub2.handle(x, ClientMessage::Ping).await;
-    let (_, before) = expect(&mut xrx, "pong", |m| matches!(m, ServerMessage::Pong)).await;
-    assert!(
-        before
-            .iter()
-            .all(|m| matches!(m, ServerMessage::Welcome { .. })),
-        "{before:#?}"
-    );
+    for (conn, rx) in [(x, &mut xrx), (y, &mut yrx)] {
+        hub2.handle(conn, ClientMessage::Ping).await;
+        let (_, before) = expect(rx, "pong", |m| matches!(m, ServerMessage::Pong)).await;
+        assert!(
+            before
+                .iter()
+                .all(|m| matches!(m, ServerMessage::Welcome { .. })),
+            "{before:#?}"
+        );
+    }
 }
 
 #[tokio::test]

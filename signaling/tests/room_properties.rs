@@ -11,24 +11,23 @@ use signaling::ids::{
 };
 use signaling::outbound::Outbound;
 use signaling::protocol::{GuestRole, ServerMessage};
-use signaling::room::{ClockAnchor, Joiner, MeetingSetup, Room, RoomInput, Signal};
+use signaling::room::{ClockAnchor, Joiner, MeetingSetup, Room, RoomInput, Signal, StaffAccess};
 
 /// Connections 0..6 and who is behind each.
 fn joiner(conn: u8) -> Joiner {
-    let staff = |id: &str, m: &str| Joiner::Staff {
+    let staff = |id: &str| Joiner::Staff {
         id: StaffId::parse(id).unwrap(),
-        municipality: MunicipalityCode::parse(m).unwrap(),
     };
     match conn {
-        0 => staff("s1", "0180"),
-        1 => staff("s2", "0180"),
+        0 => staff("s1"),
+        1 => staff("s2"),
         2 | 3 => Joiner::Resident {
             party: PartyId::parse("resident:r1").unwrap(),
         },
         4 => Joiner::Guest {
             invitation: InvitationToken::parse("tok1").unwrap(),
         },
-        _ => staff("s9", "0999"),
+        _ => staff("s9"),
     }
 }
 
@@ -145,6 +144,7 @@ fn setup(t0: Instant) -> MeetingSetup {
         room: RoomId::parse("booking:b1").unwrap(),
         booking: Some(BookingId::parse("b1").unwrap()),
         performing_municipality: MunicipalityCode::parse("0180").unwrap(),
+        staff_access: StaffAccess::only(["s1", "s2"].map(|s| StaffId::parse(s).unwrap())),
         staff: Some(StaffId::parse("s1").unwrap()),
         resident: PartyId::parse("resident:r1").unwrap(),
         home_municipality: None,

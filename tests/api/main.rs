@@ -10,6 +10,7 @@ mod defaults;
 mod health;
 mod mail;
 mod manage;
+mod meeting_access;
 mod names;
 mod nodes;
 mod policy;

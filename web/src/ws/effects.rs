@@ -68,18 +68,43 @@ impl AppEffects {
 impl Effects for AppEffects {
     async fn audit(&self, entry: AuditEntry) {
         let actor = actor_of(&entry.actor);
-        let resident_id = entry.subject.as_str().strip_prefix("resident:");
-        let record = Entry {
-            actor: &actor,
-            action: entry.action.as_str(),
-            subject: entry.room.as_str().to_owned(),
-            resident_id,
-            on_behalf_of: entry.on_behalf_of.as_ref().map(|m| m.as_str()),
-            rule: None,
-            agreement_id: None,
-            outcome: Outcome::Allowed,
+        let outcome = if entry.action.refused() {
+            Outcome::Denied
+        } else {
+            Outcome::Allowed
         };
-        if let Err(e) = audit::record_now(&self.db, &record, now()).await {
+        let written = match (&actor, entry.room.as_str().strip_prefix("booking:")) {
+            // A booking's meeting is recorded as the API records a read of
+            // the booking: with its rule and agreement.
+            (Actor::Staff(staff), Some(booking)) => {
+                booking::bookings::audit_meeting_access(
+                    &self.db,
+                    staff,
+                    booking,
+                    entry.action.as_str(),
+                    outcome,
+                    jiff::Timestamp::now(),
+                )
+                .await
+            }
+            _ => {
+                let resident_id = entry.subject.as_str().strip_prefix("resident:");
+                let record = Entry {
+                    actor: &actor,
+                    action: entry.action.as_str(),
+                    subject: entry.room.as_str().to_owned(),
+                    resident_id,
+                    on_behalf_of: entry.on_behalf_of.as_ref().map(|m| m.as_str()),
+                    rule: None,
+                    agreement_id: None,
+                    outcome,
+                };
+                audit::record_now(&self.db, &record, now())
+                    .await
+                    .map_err(booking::Error::from)
+            }
+        };
+        if let Err(e) = written {
             // The hub has no way to take back a read it already allowed, so
             // a lost audit entry is an error for operators to see.
             tracing::error!(error = %e, room = %entry.room, action = entry.action.as_str(), "writing an audit entry failed");

@@ -30,7 +30,7 @@ use signaling::ids::{
     BookingId, MunicipalityCode, PartyId, ResidentId, RoomId, ServiceId, StaffId,
 };
 use signaling::queue::{QueueMode, QueueSettings};
-use signaling::room::MeetingSetup;
+use signaling::room::{MeetingSetup, StaffAccess};
 use utoipa::ToSchema;
 
 pub use effects::{AppEffects, TurnIssuer};
@@ -182,7 +182,7 @@ pub async fn open_meeting(
             booking.status.as_str()
         )));
     }
-    let setup = meeting_setup(&state.hub, &booking)?;
+    let setup = meeting_setup(&state.db, &state.hub, &booking).await?;
     let room = setup.room.to_string();
     state
         .hub
@@ -274,14 +274,26 @@ async fn identity(db: &Db, id: &str, kind: SubjectKind) -> Result<Identity, AppE
     }
 }
 
-fn meeting_setup(hub: &Hub, booking: &Booking) -> Result<MeetingSetup, AppError> {
+/// The hub's setup of a booking's meeting room. Who may enter it comes
+/// from `booking`'s one rule for who may handle the booking, so the room
+/// lets in exactly the staff that may read the booking through the API.
+async fn meeting_setup(db: &Db, hub: &Hub, booking: &Booking) -> Result<MeetingSetup, AppError> {
     let bad = |what: &str| AppError::Internal(anyhow::anyhow!("{what} is not a valid hub id"));
     let clock = hub.clock();
+    let may_handle = bookings::staff_who_may_handle(db, booking).await?;
+    let staff_access = StaffAccess::only(
+        may_handle
+            .into_iter()
+            .map(StaffId::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| bad("a staff id"))?,
+    );
     Ok(MeetingSetup {
         room: RoomId::parse(format!("booking:{}", booking.id)).map_err(|_| bad("a booking id"))?,
         booking: Some(BookingId::parse(&booking.id).map_err(|_| bad("a booking id"))?),
         performing_municipality: MunicipalityCode::parse(booking.performed_by.as_str())
             .map_err(|_| bad("a municipality code"))?,
+        staff_access,
         staff: Some(StaffId::parse(&booking.staff_id).map_err(|_| bad("a staff id"))?),
         resident: PartyId::resident(
             &ResidentId::parse(&booking.resident_id).map_err(|_| bad("a resident id"))?,
