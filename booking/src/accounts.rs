@@ -78,6 +78,9 @@ pub struct Resident {
     pub name: String,
     pub home: MunicipalityCode,
     pub language: Language,
+    /// Whether every mail about the resident's bookings goes out discreet,
+    /// under a neutral title, whatever the service.
+    pub discreet_mail: bool,
 }
 
 pub async fn create_staff(db: &Db, new: &NewStaff, now: i64) -> Result<Staff, Error> {
@@ -311,21 +314,23 @@ pub async fn create_resident(
         name: name.to_string(),
         home: home.clone(),
         language,
+        discreet_mail: false,
     })
 }
 
 pub async fn resident_by_id(db: &Db, id: &str) -> Result<Option<Resident>, Error> {
-    let row =
-        sqlx::query("SELECT id, email, name, home_code, language FROM residents WHERE id = $1")
-            .bind(id)
-            .fetch_optional(db.pool())
-            .await?;
+    let row = sqlx::query(
+        "SELECT id, email, name, home_code, language, discreet_mail FROM residents WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db.pool())
+    .await?;
     row.as_ref().map(resident_from_row).transpose()
 }
 
 pub async fn resident_by_email(db: &Db, email: &EmailAddress) -> Result<Option<Resident>, Error> {
     let row =
-        sqlx::query("SELECT id, email, name, home_code, language FROM residents WHERE email = $1")
+        sqlx::query("SELECT id, email, name, home_code, language, discreet_mail FROM residents WHERE email = $1")
             .bind(email.as_str())
             .fetch_optional(db.pool())
             .await?;
@@ -339,7 +344,36 @@ fn resident_from_row(r: &AnyRow) -> Result<Resident, Error> {
         name: r.try_get("name")?,
         home: MunicipalityCode::parse(&r.try_get::<String, _>("home_code")?)?,
         language: Language::parse(&r.try_get::<String, _>("language")?)?,
+        discreet_mail: r.try_get::<i64, _>("discreet_mail")? != 0,
     })
+}
+
+/// Turns the resident's "discreet mail for all my bookings" on or off.
+/// Turning it on also makes the mails already queued about their bookings
+/// (reminders, mostly) discreet, each under its booking's neutral title, so
+/// that no mail written before the choice still names the social services.
+/// Turning it off leaves queued mails discreet: a discreet mail too many is
+/// harmless, one too few is not.
+pub async fn set_discreet_mail(db: &Db, resident: &Resident, on: bool) -> Result<(), Error> {
+    let _turn = db.write_turn().await;
+    let mut tx = db.pool().begin().await?;
+    sqlx::query("UPDATE residents SET discreet_mail = $1 WHERE id = $2")
+        .bind(i64::from(on))
+        .bind(&resident.id)
+        .execute(&mut *tx)
+        .await?;
+    if on {
+        sqlx::query(
+            "UPDATE outbox SET discreet = COALESCE(\
+                 (SELECT neutral_title FROM bookings WHERE bookings.id = outbox.booking_id), 'meeting') \
+             WHERE recipient = $1 AND status = 'pending' AND booking_id IS NOT NULL AND discreet IS NULL",
+        )
+        .bind(resident.email.as_str())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// How long a sign-in link works.
@@ -369,6 +403,7 @@ pub async fn issue_sign_in_link(db: &Db, resident: &Resident, now: i64) -> Resul
         &resident.email,
         resident.language,
         &message,
+        None,
         now,
         now,
     )
@@ -391,7 +426,7 @@ pub async fn request_sign_in_link(
     let message = Message::SignInRequest { registration };
     let _turn = db.write_turn().await;
     let mut conn = db.pool().acquire().await?;
-    outbox::enqueue(&mut conn, email, language, &message, now, now).await?;
+    outbox::enqueue(&mut conn, email, language, &message, None, now, now).await?;
     Ok(())
 }
 

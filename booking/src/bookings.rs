@@ -28,7 +28,7 @@ use crate::domain::{
     SlotRange, Step,
 };
 use crate::load;
-use crate::outbox::{self, Message};
+use crate::outbox::{self, Message, NeutralTitle};
 use crate::policy::{self, Agreement, Decision};
 use crate::slots::{self, SlotShape, Template};
 use crate::snapshot::{self, Snapshot};
@@ -61,6 +61,9 @@ pub struct Booking {
     pub rule: String,
     /// Bumped on every change, for calendar invitations.
     pub sequence: i64,
+    /// The neutral title the resident chose at booking for discreet mail;
+    /// `None` means the default, [`NeutralTitle::Meeting`].
+    pub neutral_title: Option<NeutralTitle>,
 }
 
 /// A booking made or moved, with the token that manages it. The token is
@@ -137,6 +140,20 @@ pub async fn book(
     language: Option<Language>,
     now: Timestamp,
 ) -> Result<Ticket, Error> {
+    book_titled(db, resident, service, starts_at, language, None, now).await
+}
+
+/// [`book`], with the neutral title the resident chose for the booking's
+/// mail and calendar entry should they be discreet (see [`discretion`]).
+pub async fn book_titled(
+    db: &Db,
+    resident: &Resident,
+    service: &ServiceCode,
+    starts_at: Timestamp,
+    language: Option<Language>,
+    neutral_title: Option<NeutralTitle>,
+    now: Timestamp,
+) -> Result<Ticket, Error> {
     let actor = Actor::Resident(resident.id.clone());
     let wanted = Wanted {
         service,
@@ -144,7 +161,7 @@ pub async fn book(
         language,
         only_staff: None,
     };
-    book_new(db, &actor, resident, &wanted, starts_at, now).await
+    book_new(db, &actor, resident, &wanted, starts_at, neutral_title, now).await
 }
 
 /// Picks the staff member for a new booking, holds them and writes the
@@ -156,13 +173,16 @@ async fn book_new(
     resident: &Resident,
     wanted: &Wanted<'_>,
     starts_at: Timestamp,
+    neutral_title: Option<NeutralTitle>,
     now: Timestamp,
 ) -> Result<Ticket, Error> {
     let tz = zone(DISPLAY_ZONE)?;
     let token = random_token();
+    let discreet_service = service_is_discreet(db, wanted.service).await?;
     for _ in 0..PLACE_ATTEMPTS {
         let (candidate, _hold) = best_free(db, wanted, starts_at, now, None).await?;
-        let booking = new_booking(resident, wanted.service, &candidate);
+        let booking = new_booking(resident, wanted.service, &candidate, neutral_title);
+        let discreet = discretion(discreet_service, resident, &booking);
         let statements = [
             insert_statement(&booking, &token, now),
             load::adjust(&booking.staff_id, &booking.range, 1, &tz),
@@ -171,6 +191,7 @@ async fn book_new(
                 confirmation(&booking, &token),
                 &booking,
                 &token,
+                discreet,
                 now,
             ),
             audit::statement(
@@ -251,7 +272,7 @@ pub async fn book_as_staff(
         language: None,
         only_staff: Some(&staff.id),
     };
-    book_new(db, &actor, resident, &wanted, starts_at, now)
+    book_new(db, &actor, resident, &wanted, starts_at, None, now)
         .await
         .map_err(|e| match e {
             Error::Conflict(_) => Error::Conflict("you have no free time then".into()),
@@ -277,6 +298,11 @@ pub async fn cancel(
     now: Timestamp,
 ) -> Result<Booking, Error> {
     let (booking, resident) = find_active(db, authority, booking_id, now, "cancelled").await?;
+    let discreet = discretion(
+        service_is_discreet(db, &booking.service).await?,
+        &resident,
+        &booking,
+    );
     let _turn = db.write_turn().await;
     let mut tx = db.pool().begin().await?;
     let row = sqlx::query(&format!(
@@ -311,6 +337,7 @@ pub async fn cancel(
         &resident.email,
         resident.language,
         &message,
+        discreet,
         now.as_second(),
         now.as_second(),
     )
@@ -336,6 +363,11 @@ pub async fn reschedule(
     now: Timestamp,
 ) -> Result<Ticket, Error> {
     let (booking, resident) = find_active(db, authority, booking_id, now, "rescheduled").await?;
+    let discreet = discretion(
+        service_is_discreet(db, &booking.service).await?,
+        &resident,
+        &booking,
+    );
     let wanted = Wanted {
         service: &booking.service,
         home: &resident.home,
@@ -396,7 +428,7 @@ pub async fn reschedule(
             sequence: moved.sequence,
             manage_token: token.clone(),
         };
-        announce(&resident, message, &moved, &token, now)
+        announce(&resident, message, &moved, &token, discreet, now)
             .execute(&mut tx)
             .await?;
         audit::record(
@@ -985,7 +1017,7 @@ fn decide_in(
 
 const BOOKING_COLUMNS: &str =
     "id, resident_id, staff_id, service_code, step, starts_at, ends_at, status, \
-    performed_by, performed_for, agreement_id, rule, sequence";
+    performed_by, performed_for, agreement_id, rule, sequence, neutral_title";
 
 fn booking_from_row(r: &AnyRow) -> Result<Booking, Error> {
     Ok(Booking {
@@ -1001,6 +1033,11 @@ fn booking_from_row(r: &AnyRow) -> Result<Booking, Error> {
         agreement_id: r.try_get("agreement_id")?,
         rule: r.try_get("rule")?,
         sequence: r.try_get("sequence")?,
+        neutral_title: r
+            .try_get::<Option<String>, _>("neutral_title")?
+            .as_deref()
+            .map(NeutralTitle::parse)
+            .transpose()?,
     })
 }
 
@@ -1410,7 +1447,34 @@ fn conflicts(range: &SlotRange, taken: &[SlotRange], service: &Service) -> bool 
     })
 }
 
-fn new_booking(resident: &Resident, service: &ServiceCode, candidate: &Candidate) -> Booking {
+/// The neutral title a mail about `booking` goes out under, or `None` for an
+/// ordinary mail: the one place that decides whether a booking's mail is
+/// discreet. It is when its service is, or when the resident asked for
+/// discreet mail for all their bookings.
+pub fn discretion(
+    discreet_service: bool,
+    resident: &Resident,
+    booking: &Booking,
+) -> Option<NeutralTitle> {
+    (discreet_service || resident.discreet_mail).then(|| booking.neutral_title.unwrap_or_default())
+}
+
+/// Whether `service`'s mail must be discreet. An unknown service counts as
+/// discreet: the safe side when the catalog and a booking disagree.
+async fn service_is_discreet(db: &Db, service: &ServiceCode) -> Result<bool, Error> {
+    Ok(snapshot::current(db)
+        .await?
+        .services
+        .get(service)
+        .is_none_or(|s| s.discreet))
+}
+
+fn new_booking(
+    resident: &Resident,
+    service: &ServiceCode,
+    candidate: &Candidate,
+    neutral_title: Option<NeutralTitle>,
+) -> Booking {
     Booking {
         id: uuid::Uuid::now_v7().to_string(),
         resident_id: resident.id.clone(),
@@ -1424,14 +1488,15 @@ fn new_booking(resident: &Resident, service: &ServiceCode, candidate: &Candidate
         agreement_id: candidate.decision.agreement_id().map(str::to_owned),
         rule: candidate.decision.rule_label().to_owned(),
         sequence: 0,
+        neutral_title,
     }
 }
 
 fn insert_statement(booking: &Booking, token: &str, now: Timestamp) -> Statement {
     Statement::new(
         "INSERT INTO bookings (id, resident_id, staff_id, service_code, step, starts_at, ends_at, status, performed_by, \
-         performed_for, agreement_id, rule, manage_token_hash, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'booked', $8, $9, $10, $11, $12, $13, $13)",
+         performed_for, agreement_id, rule, manage_token_hash, created_at, updated_at, neutral_title) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'booked', $8, $9, $10, $11, $12, $13, $13, $14)",
     )
     .bind(booking.id.as_str())
     .bind(booking.resident_id.as_str())
@@ -1446,6 +1511,7 @@ fn insert_statement(booking: &Booking, token: &str, now: Timestamp) -> Statement
     .bind(booking.rule.as_str())
     .bind(token_hash(token))
     .bind(now.as_second())
+    .bind(booking.neutral_title.map(NeutralTitle::as_str))
 }
 
 /// The confirmation of a new booking.
@@ -1466,6 +1532,7 @@ fn announce(
     first: Message,
     booking: &Booking,
     token: &str,
+    discreet: Option<NeutralTitle>,
     now: Timestamp,
 ) -> Statement {
     let mut messages = vec![(first, now.as_second())];
@@ -1487,6 +1554,7 @@ fn announce(
         &resident.email,
         resident.language,
         &messages,
+        discreet,
         now.as_second(),
     )
 }
@@ -1660,6 +1728,7 @@ mod tests {
                 agreement_id: None,
                 rule: "home".into(),
                 sequence: 0,
+                neutral_title: None,
             }
         }
     }

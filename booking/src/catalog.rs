@@ -26,6 +26,10 @@ pub struct Service {
     pub anonymous_chat: bool,
     pub slot_minutes: i64,
     pub buffer_minutes: i64,
+    /// Whether its mail and calendar entries must not name the social
+    /// services (violence in close relationships, substance abuse): they go
+    /// out under a neutral title the resident picks at booking.
+    pub discreet: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -61,7 +65,7 @@ fn municipality_from_row(r: &AnyRow) -> Result<Municipality, Error> {
 
 pub async fn services(db: &Db) -> Result<Vec<Service>, Error> {
     let rows = sqlx::query(
-        "SELECT code, name_key, anonymous_chat, slot_minutes, buffer_minutes FROM services ORDER BY code",
+        "SELECT code, name_key, anonymous_chat, slot_minutes, buffer_minutes, discreet FROM services ORDER BY code",
     )
     .fetch_all(db.pool())
     .await?;
@@ -70,7 +74,7 @@ pub async fn services(db: &Db) -> Result<Vec<Service>, Error> {
 
 pub async fn service(db: &Db, code: &ServiceCode) -> Result<Option<Service>, Error> {
     let row = sqlx::query(
-        "SELECT code, name_key, anonymous_chat, slot_minutes, buffer_minutes FROM services WHERE code = $1",
+        "SELECT code, name_key, anonymous_chat, slot_minutes, buffer_minutes, discreet FROM services WHERE code = $1",
     )
     .bind(code.as_str())
     .fetch_optional(db.pool())
@@ -85,6 +89,7 @@ fn service_from_row(r: &AnyRow) -> Result<Service, Error> {
         anonymous_chat: r.try_get::<i64, _>("anonymous_chat")? != 0,
         slot_minutes: r.try_get("slot_minutes")?,
         buffer_minutes: r.try_get("buffer_minutes")?,
+        discreet: r.try_get::<i64, _>("discreet")? != 0,
     })
 }
 
@@ -185,13 +190,14 @@ pub async fn insert_service(
     let _turn = db.write_turn().await;
     let mut tx = db.pool().begin().await?;
     sqlx::query(
-        "INSERT INTO services (code, name_key, anonymous_chat, slot_minutes, buffer_minutes) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO services (code, name_key, anonymous_chat, slot_minutes, buffer_minutes, discreet) VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(s.code.as_str())
     .bind(&s.name_key)
     .bind(i64::from(s.anonymous_chat))
     .bind(s.slot_minutes)
     .bind(s.buffer_minutes)
+    .bind(i64::from(s.discreet))
     .execute(&mut *tx)
     .await?;
     for (step, rule, basis) in rules {

@@ -10,7 +10,52 @@ use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
 
 use crate::batch::Statement;
-use crate::domain::{EmailAddress, Language, MunicipalityCode, PersonName};
+use crate::domain::{EmailAddress, InvalidValue, Language, MunicipalityCode, PersonName};
+
+/// The neutral word a discreet mail and its calendar entry use instead of
+/// "social services": a mail's subject shows on a lock screen and an entry's
+/// title in a shared family calendar, where naming the social services can
+/// put a resident who seeks help against violence at risk. The resident
+/// picks one at booking from this fixed set; there is no free text, so that
+/// nothing they type can leak into a subject.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NeutralTitle {
+    /// "Meeting": the default.
+    #[default]
+    Meeting,
+    /// "Appointment".
+    Appointment,
+    /// "Call".
+    Call,
+}
+
+impl NeutralTitle {
+    pub const ALL: [NeutralTitle; 3] = [
+        NeutralTitle::Meeting,
+        NeutralTitle::Appointment,
+        NeutralTitle::Call,
+    ];
+
+    /// The stored and submitted form, also the last part of its locale keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NeutralTitle::Meeting => "meeting",
+            NeutralTitle::Appointment => "appointment",
+            NeutralTitle::Call => "call",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Result<NeutralTitle, InvalidValue> {
+        NeutralTitle::ALL
+            .into_iter()
+            .find(|t| t.as_str() == raw.trim())
+            .ok_or_else(|| InvalidValue {
+                field: "neutral_title",
+                reason: "expected meeting, appointment or call".into(),
+            })
+    }
+}
 
 /// One thing to tell one person. Links are built by `notify` from its public
 /// base URL and the tokens and ids here, using the paths documented on each
@@ -118,25 +163,30 @@ pub struct OutboxRow {
     pub recipient: EmailAddress,
     pub language: Language,
     pub message: Message,
+    /// The neutral title of a discreet mail, `None` for an ordinary one.
+    pub discreet: Option<NeutralTitle>,
     pub attempts: i64,
 }
 
 /// Writes `message` for `recipient`, due at `due_at` (unix seconds), on the
 /// caller's connection, which should be inside the transaction that makes the
-/// change the message reports.
+/// change the message reports. A `discreet` message is rendered with that
+/// neutral title and never names the social services.
+#[allow(clippy::too_many_arguments)]
 pub async fn enqueue(
     conn: &mut AnyConnection,
     recipient: &EmailAddress,
     language: Language,
     message: &Message,
+    discreet: Option<NeutralTitle>,
     due_at: i64,
     now: i64,
 ) -> Result<String, sqlx::Error> {
     let id = uuid::Uuid::now_v7().to_string();
     let payload = serde_json::to_string(message).expect("a Message always serialises");
     sqlx::query(
-        "INSERT INTO outbox (id, kind, recipient, language, payload, status, attempts, due_at, created_at, booking_id) \
-         VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $7, $8)",
+        "INSERT INTO outbox (id, kind, recipient, language, payload, status, attempts, due_at, created_at, booking_id, discreet) \
+         VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $7, $8, $9)",
     )
     .bind(&id)
     .bind(message.kind())
@@ -146,6 +196,7 @@ pub async fn enqueue(
     .bind(due_at)
     .bind(now)
     .bind(message.booking_id())
+    .bind(discreet.map(NeutralTitle::as_str))
     .execute(conn)
     .await?;
     Ok(id)
@@ -153,23 +204,25 @@ pub async fn enqueue(
 
 /// One insert of several messages for one recipient, each with its due
 /// time: a confirmation and its reminders, say. Run it in the transaction
-/// that makes the change the messages report.
+/// that makes the change the messages report. `discreet` applies to all of
+/// them, as to [`enqueue`].
 pub fn enqueue_all(
     recipient: &EmailAddress,
     language: Language,
     messages: &[(Message, i64)],
+    discreet: Option<NeutralTitle>,
     now: i64,
 ) -> Statement {
     let mut sql = String::from(
-        "INSERT INTO outbox (id, kind, recipient, language, payload, status, attempts, due_at, created_at, booking_id) VALUES ",
+        "INSERT INTO outbox (id, kind, recipient, language, payload, status, attempts, due_at, created_at, booking_id, discreet) VALUES ",
     );
     for i in 0..messages.len() {
-        let p = i * 8;
+        let p = i * 9;
         if i > 0 {
             sql.push_str(", ");
         }
         sql.push_str(&format!(
-            "(${}, ${}, ${}, ${}, ${}, 'pending', 0, ${}, ${}, ${})",
+            "(${}, ${}, ${}, ${}, ${}, 'pending', 0, ${}, ${}, ${}, ${})",
             p + 1,
             p + 2,
             p + 3,
@@ -177,7 +230,8 @@ pub fn enqueue_all(
             p + 5,
             p + 6,
             p + 7,
-            p + 8
+            p + 8,
+            p + 9
         ));
     }
     let mut statement = Statement::new(sql);
@@ -190,7 +244,8 @@ pub fn enqueue_all(
             .bind(serde_json::to_string(message).expect("a Message always serialises"))
             .bind(*due_at)
             .bind(now)
-            .bind(message.booking_id());
+            .bind(message.booking_id())
+            .bind(discreet.map(NeutralTitle::as_str));
     }
     statement
 }
@@ -219,6 +274,29 @@ pub async fn latest_for(
         }
         None => Ok(None),
     }
+}
+
+/// The neutral titles of the pending messages of `kind` for `recipient`,
+/// `None` for each ordinary one: for tests.
+pub async fn pending_discretion(
+    db: &crate::Db,
+    recipient: &EmailAddress,
+    kind: &str,
+) -> Result<Vec<Option<NeutralTitle>>, crate::Error> {
+    use sqlx::Row;
+    let rows = sqlx::query(
+        "SELECT discreet FROM outbox WHERE recipient = $1 AND kind = $2 AND status = 'pending'",
+    )
+    .bind(recipient.as_str())
+    .bind(kind)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let stored: Option<String> = r.try_get("discreet")?;
+            Ok(stored.as_deref().map(NeutralTitle::parse).transpose()?)
+        })
+        .collect()
 }
 
 /// Marks the pending reminders of a booking as superseded, because it moved or
@@ -285,6 +363,7 @@ pub async fn knock(db: &crate::Db, booking_id: &str, now: i64) -> Result<bool, c
         &staff.email,
         Language::default(),
         &message,
+        None,
         now,
         now,
     )

@@ -99,6 +99,11 @@ const SERVICES: [(&str, i64, i64, bool, [Rule; 6]); 5] = {
     ]
 };
 
+/// The services whose mail must not name the social services: someone
+/// seeking help against violence or with substance abuse may share a phone
+/// or a calendar with the very person the help is about.
+const DISCREET: [&str; 2] = ["vald-i-nara-relationer", "missbruk-beroende"];
+
 /// Whether the database already holds data; the demo is seeded only once.
 pub async fn is_empty(db: &Db) -> Result<bool, Error> {
     Ok(catalog::municipalities(db).await?.is_empty())
@@ -136,6 +141,7 @@ pub async fn demo(db: &Db, today: Date, now: i64) -> Result<Vec<DemoSignIn>, Err
             anonymous_chat: anonymous,
             slot_minutes: slot,
             buffer_minutes: buffer,
+            discreet: DISCREET.contains(&code),
         };
         catalog::insert_service(db, &service, &steps).await?;
     }

@@ -4,14 +4,15 @@
 //!
 //! Every invitation for one booking has the same `UID`, derived from the
 //! booking id; the booking's `sequence` orders the versions. Like the mail
-//! around it, an invitation says only "meeting with the social services".
+//! around it, an invitation says only "meeting with the social services",
+//! and a discreet one not even that: its title is the neutral one the
+//! resident chose, and its organizer carries a neutral name.
 
 use chrono::{DateTime, Utc};
-use icalendar::{Calendar, Component, Event, EventLike, EventStatus};
+use icalendar::{Calendar, Component, Event, EventLike, EventStatus, Property};
 use jiff::Timestamp;
-use rust_i18n::t;
 
-use crate::render::Link;
+use crate::render::{Link, Words};
 use crate::Settings;
 
 /// The iTIP method of an invitation (RFC 5546 §1.4).
@@ -48,7 +49,7 @@ pub(crate) fn request(
     ends_at: i64,
     sequence: i64,
     links: &[Link],
-    lang: &str,
+    words: &Words<'_>,
     settings: &Settings,
     stamp: Timestamp,
 ) -> Invitation {
@@ -59,7 +60,7 @@ pub(crate) fn request(
         ends_at,
         sequence,
         links,
-        lang,
+        words,
         settings,
         stamp,
     )
@@ -72,7 +73,7 @@ pub(crate) fn cancel(
     ends_at: i64,
     sequence: i64,
     links: &[Link],
-    lang: &str,
+    words: &Words<'_>,
     settings: &Settings,
     stamp: Timestamp,
 ) -> Invitation {
@@ -83,7 +84,7 @@ pub(crate) fn cancel(
         ends_at,
         sequence,
         links,
-        lang,
+        words,
         settings,
         stamp,
     )
@@ -105,12 +106,12 @@ fn build(
     ends_at: i64,
     sequence: i64,
     links: &[Link],
-    lang: &str,
+    words: &Words<'_>,
     settings: &Settings,
     stamp: Timestamp,
 ) -> Invitation {
     let uid = event_uid(booking_id, settings);
-    let mut description = t!("calendar.description", locale = lang).into_owned();
+    let mut description = words.description();
     for link in links {
         description.push_str(&format!("\n{}: {}", link.label, link.url));
     }
@@ -121,12 +122,16 @@ fn build(
         .starts(utc(starts_at))
         .ends(utc(ends_at))
         .sequence(u32::try_from(sequence).unwrap_or(0))
-        .summary(&t!("calendar.summary", locale = lang))
-        .description(&description)
-        .add_property(
-            "ORGANIZER",
-            format!("mailto:{}", crate::mail_address(&settings.from)),
-        );
+        .summary(&words.summary())
+        .description(&description);
+    let mut organizer = Property::new(
+        "ORGANIZER",
+        format!("mailto:{}", crate::mail_address(&settings.from)),
+    );
+    if let Some(name) = words.organizer_name() {
+        organizer.add_parameter("CN", &name);
+    }
+    event.append_property(organizer);
     match method {
         CalendarMethod::Request => {
             event.status(EventStatus::Confirmed);

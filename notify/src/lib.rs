@@ -19,7 +19,7 @@ pub mod transport;
 pub mod worker;
 
 pub use calendar::{CalendarMethod, Invitation};
-pub use render::{render, Link, RenderedMail};
+pub use render::{render, render_discreet, Link, RenderedMail};
 pub use settings::Settings;
 pub use worker::{DeliveryReport, Worker};
 

@@ -72,6 +72,8 @@ pub(crate) struct Claimed {
     pub recipient: String,
     pub language: String,
     pub payload: String,
+    /// The neutral title of a discreet mail, as stored.
+    pub discreet: Option<String>,
     /// Tries including this one.
     pub attempts: i64,
     pub created_at: i64,
@@ -115,6 +117,7 @@ pub(crate) async fn claim(
                 recipient: row.try_get("recipient")?,
                 language: row.try_get("language")?,
                 payload: row.try_get("payload")?,
+                discreet: row.try_get("discreet")?,
                 attempts: row.try_get("attempts")?,
                 created_at: row.try_get("created_at")?,
             })
@@ -139,7 +142,7 @@ fn claim_sql(backend: Backend) -> &'static str {
                                 AND (lease_until IS NULL OR lease_until <= $2) \
                               ORDER BY due_at, id LIMIT $3",
                 $lock,
-                ") RETURNING id, recipient, language, payload, attempts, created_at"
+                ") RETURNING id, recipient, language, payload, discreet, attempts, created_at"
             )
         };
     }

@@ -7,10 +7,16 @@
 //! and for which municipality stay on "My pages", behind a sign-in. The
 //! [`Message`] variants carry nothing else, and every word comes from
 //! `locales/*.yml`.
+//!
+//! A discreet mail (see `booking::bookings::discretion`) goes further: it
+//! does not name the social services at all, in the subject, the sender's
+//! name, the body or the calendar entry. It speaks of the neutral title the
+//! resident chose ("Meeting", "Appointment", "Call") and its words come from
+//! the `discreet.` keys.
 
 use std::borrow::Cow;
 
-use booking::outbox::Message;
+use booking::outbox::{Message, NeutralTitle};
 use booking::Language;
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
@@ -36,6 +42,10 @@ pub struct RenderedMail {
     pub links: Vec<Link>,
     /// A calendar invitation for booking changes.
     pub invitation: Option<Invitation>,
+    /// The sender's display name to use instead of the configured one: a
+    /// neutral name for a discreet mail, since the configured name may well
+    /// be "Socialtjänsten".
+    pub sender_name: Option<String>,
 }
 
 /// A labelled link of a mail.
@@ -48,7 +58,18 @@ pub struct Link {
 /// Renders `message` in `language`, stamping a calendar invitation with the
 /// current time.
 pub fn render(message: &Message, language: Language, settings: &Settings) -> RenderedMail {
-    render_stamped(message, language, settings, Timestamp::now())
+    render_stamped(message, language, None, settings, Timestamp::now())
+}
+
+/// Renders `message` as a discreet mail under the neutral `title`: nothing
+/// in it names the social services.
+pub fn render_discreet(
+    message: &Message,
+    language: Language,
+    title: NeutralTitle,
+    settings: &Settings,
+) -> RenderedMail {
+    render_stamped(message, language, Some(title), settings, Timestamp::now())
 }
 
 /// Renders `message`, using `stamp` as the invitation's `DTSTAMP`. The worker
@@ -57,10 +78,13 @@ pub fn render(message: &Message, language: Language, settings: &Settings) -> Ren
 pub(crate) fn render_stamped(
     message: &Message,
     language: Language,
+    discreet: Option<NeutralTitle>,
     settings: &Settings,
     stamp: Timestamp,
 ) -> RenderedMail {
     let lang = language.code();
+    // The words of a mail: the ordinary key, or its discreet counterpart.
+    let words = Words { lang, discreet };
     let base = settings.base_url();
     let my_pages = Link {
         label: tr("link.my_pages", lang),
@@ -112,17 +136,14 @@ pub(crate) fn render_stamped(
         } => {
             let links = with_manage([join(booking_id), my_pages], manage_token);
             invitation = Some(calendar::request(
-                booking_id, *starts_at, *ends_at, *sequence, &links, lang, settings, stamp,
+                booking_id, *starts_at, *ends_at, *sequence, &links, &words, settings, stamp,
             ));
             (
-                tr("booked.subject", lang),
+                words.subject("booked"),
                 vec![
-                    t!(
-                        "booked.body",
-                        locale = lang,
-                        time = range_time(*starts_at, *ends_at, lang)
-                    )
-                    .into_owned(),
+                    words
+                        .body("booked.body")
+                        .replace("%{time}", &range_time(*starts_at, *ends_at, lang)),
                     tr("booked.join_hint", lang),
                     tr("mail.more", lang),
                 ],
@@ -139,18 +160,15 @@ pub(crate) fn render_stamped(
         } => {
             let links = with_manage([join(booking_id), my_pages], manage_token);
             invitation = Some(calendar::request(
-                booking_id, *starts_at, *ends_at, *sequence, &links, lang, settings, stamp,
+                booking_id, *starts_at, *ends_at, *sequence, &links, &words, settings, stamp,
             ));
             (
-                tr("moved.subject", lang),
+                words.subject("moved"),
                 vec![
-                    t!(
-                        "moved.body",
-                        locale = lang,
-                        previous = point_time(*previous_starts_at, lang),
-                        time = range_time(*starts_at, *ends_at, lang)
-                    )
-                    .into_owned(),
+                    words
+                        .body("moved.body")
+                        .replace("%{previous}", &point_time(*previous_starts_at, lang))
+                        .replace("%{time}", &range_time(*starts_at, *ends_at, lang)),
                     tr("booked.join_hint", lang),
                     tr("mail.more", lang),
                 ],
@@ -165,17 +183,14 @@ pub(crate) fn render_stamped(
         } => {
             let links = vec![my_pages];
             invitation = Some(calendar::cancel(
-                booking_id, *starts_at, *ends_at, *sequence, &links, lang, settings, stamp,
+                booking_id, *starts_at, *ends_at, *sequence, &links, &words, settings, stamp,
             ));
             (
-                tr("cancelled.subject", lang),
+                words.subject("cancelled"),
                 vec![
-                    t!(
-                        "cancelled.body",
-                        locale = lang,
-                        time = range_time(*starts_at, *ends_at, lang)
-                    )
-                    .into_owned(),
+                    words
+                        .body("cancelled.body")
+                        .replace("%{time}", &range_time(*starts_at, *ends_at, lang)),
                     tr("cancelled.rebook", lang),
                 ],
                 links,
@@ -188,14 +203,11 @@ pub(crate) fn render_stamped(
             minutes_before: _,
             manage_token,
         } => (
-            tr("reminder.subject", lang),
+            words.subject("reminder"),
             vec![
-                t!(
-                    "reminder.body",
-                    locale = lang,
-                    time = range_time(*starts_at, *ends_at, lang)
-                )
-                .into_owned(),
+                words
+                    .body("reminder.body")
+                    .replace("%{time}", &range_time(*starts_at, *ends_at, lang)),
                 tr("reminder.prepare", lang),
                 tr("mail.more", lang),
             ],
@@ -203,12 +215,12 @@ pub(crate) fn render_stamped(
         ),
         Message::ChatPickedUp { conversation_id: _ } => (
             tr("chat.subject", lang),
-            vec![tr("chat.body", lang)],
+            vec![words.body("chat.body")],
             vec![my_pages],
         ),
         Message::NoteShared => (
             tr("note.subject", lang),
-            vec![tr("note.body", lang)],
+            vec![words.body("note.body")],
             vec![my_pages],
         ),
         Message::Knock {
@@ -236,6 +248,54 @@ pub(crate) fn render_stamped(
         subject,
         links,
         invitation,
+        sender_name: discreet.map(|_| tr("discreet.sender", lang)),
+    }
+}
+
+/// Picks a mail's words: a discreet mail takes the `discreet.` counterpart
+/// of each key that would name the social services.
+pub(crate) struct Words<'a> {
+    pub(crate) lang: &'a str,
+    pub(crate) discreet: Option<NeutralTitle>,
+}
+
+impl Words<'_> {
+    /// The subject of a booking mail of `kind` (`booked`, `moved`,
+    /// `cancelled`, `reminder`); a discreet one names only the title.
+    fn subject(&self, kind: &str) -> String {
+        match self.discreet {
+            Some(title) => tr(
+                &format!("discreet.subject.{kind}.{}", title.as_str()),
+                self.lang,
+            ),
+            None => tr(&format!("{kind}.subject"), self.lang),
+        }
+    }
+
+    /// The text of `key`, placeholders left for the caller to fill.
+    fn body(&self, key: &str) -> String {
+        match self.discreet {
+            Some(_) => tr(&format!("discreet.{key}"), self.lang),
+            None => tr(key, self.lang),
+        }
+    }
+
+    /// The calendar entry's title.
+    pub(crate) fn summary(&self) -> String {
+        match self.discreet {
+            Some(title) => tr(&format!("discreet.title.{}", title.as_str()), self.lang),
+            None => tr("calendar.summary", self.lang),
+        }
+    }
+
+    /// The calendar entry's description, before its links.
+    pub(crate) fn description(&self) -> String {
+        self.body("calendar.description")
+    }
+
+    /// The organizer's common name in a calendar entry, if any.
+    pub(crate) fn organizer_name(&self) -> Option<String> {
+        self.discreet.map(|_| tr("discreet.sender", self.lang))
     }
 }
 
@@ -259,7 +319,9 @@ pub fn escape_html(raw: &str) -> Cow<'_, str> {
 }
 
 /// A meeting's span, e.g. "tisdag 3 december 2024 kl. 10:00–10:45 (svensk
-/// tid, Europe/Stockholm)".
+/// tid)". The zone is named in plain words, not by its technical id; Arabic
+/// writes the span in words ("من الساعة … إلى الساعة …"), since a dash
+/// between two numbers is reordered in right-to-left text.
 pub(crate) fn range_time(starts_at: i64, ends_at: i64, lang: &str) -> String {
     let start = local(starts_at);
     let end = local(ends_at);
@@ -274,14 +336,12 @@ pub(crate) fn range_time(starts_at: i64, ends_at: i64, lang: &str) -> String {
         month = tr(&format!("month.{}", start.month()), lang),
         year = start.year(),
         start = clock(&start, lang),
-        end = clock(&end, lang),
-        zone = DISPLAY_ZONE
+        end = clock(&end, lang)
     )
     .into_owned()
 }
 
-/// One moment, e.g. "tisdag 3 december 2024 kl. 10:00 (svensk tid,
-/// Europe/Stockholm)".
+/// One moment, e.g. "tisdag 3 december 2024 kl. 10:00 (svensk tid)".
 pub(crate) fn point_time(at: i64, lang: &str) -> String {
     let time = local(at);
     t!(
@@ -294,8 +354,7 @@ pub(crate) fn point_time(at: i64, lang: &str) -> String {
         day = time.day(),
         month = tr(&format!("month.{}", time.month()), lang),
         year = time.year(),
-        time = clock(&time, lang),
-        zone = DISPLAY_ZONE
+        time = clock(&time, lang)
     )
     .into_owned()
 }
@@ -416,16 +475,28 @@ mod tests {
     fn times_are_shown_in_stockholm_with_the_zone_named() {
         assert_eq!(
             range_time(WINTER, WINTER + 2700, "sv"),
-            "tisdag 3 december 2024 kl. 10:00–10:45 (svensk tid, Europe/Stockholm)"
+            "tisdag 3 december 2024 kl. 10:00–10:45 (svensk tid)"
         );
         assert_eq!(
             point_time(WINTER, "en"),
-            "Tuesday 3 December 2024 at 10:00 (Swedish time, Europe/Stockholm)"
+            "Tuesday 3 December 2024 at 10:00 (Swedish time)"
         );
         assert_eq!(
             point_time(WINTER, "fi"),
-            "tiistai 3. joulukuuta 2024 klo 10.00 (Ruotsin aikaa, Europe/Stockholm)"
+            "tiistai 3. joulukuuta 2024 klo 10.00 (Ruotsin aikaa)"
         );
+        // A dash between two numbers reorders in right-to-left text, so
+        // Arabic says "from ... to ...".
+        assert_eq!(
+            range_time(WINTER, WINTER + 2700, "ar"),
+            "الثلاثاء 3 ديسمبر 2024، من الساعة 10:00 إلى الساعة 10:45 (بتوقيت السويد)"
+        );
+        for lang in ["sv", "en", "fi", "ar"] {
+            assert!(
+                !range_time(WINTER, WINTER + 2700, lang).contains("Europe/"),
+                "{lang} names the zone by its technical id"
+            );
+        }
         // 2024-06-26 09:00 UTC is 11:00 in Stockholm summer time (UTC+2).
         assert!(point_time(SUMMER, "sv").contains("kl. 11:00"));
     }
@@ -508,6 +579,51 @@ mod tests {
         let sv = render(&booked(), Language::Sv, &settings());
         assert!(sv.html.contains("<html lang=\"sv\" dir=\"ltr\">"));
         assert_ne!(ar.subject, sv.subject);
+    }
+
+    #[test]
+    fn a_discreet_mail_names_only_its_neutral_title() {
+        let social_services = [
+            "socialtjänst",
+            "social services",
+            "sosiaalipalvel",
+            "الخدمات الاجتماعية",
+        ];
+        let cancelled = Message::BookingCancelled {
+            booking_id: "b-1".into(),
+            starts_at: WINTER,
+            ends_at: WINTER + 2700,
+            sequence: 1,
+        };
+        for message in [booked(), cancelled] {
+            for language in Language::ALL {
+                let ordinary = render(&message, language, &settings());
+                assert_eq!(ordinary.sender_name, None);
+                for title in NeutralTitle::ALL {
+                    let mail = render_discreet(&message, language, title, &settings());
+                    let ics = mail.invitation.as_ref().unwrap().ics.replace("\r\n ", "");
+                    let all = format!("{}\n{}\n{}\n{ics}", mail.subject, mail.text, mail.html)
+                        .to_lowercase();
+                    for words in social_services {
+                        assert!(!all.contains(words), "{language:?} {title:?}: {all}");
+                    }
+                    let summary = tr(
+                        &format!("discreet.title.{}", title.as_str()),
+                        language.code(),
+                    );
+                    assert!(
+                        ics.lines().any(|l| l == format!("SUMMARY:{summary}")),
+                        "{ics}"
+                    );
+                    let sender = mail.sender_name.expect("a neutral sender name");
+                    assert!(
+                        ics.contains(&format!("ORGANIZER;CN={sender}:mailto:")),
+                        "{ics}"
+                    );
+                    assert_ne!(mail.subject, ordinary.subject);
+                }
+            }
+        }
     }
 
     #[test]

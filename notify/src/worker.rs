@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use booking::outbox::Message;
+use booking::outbox::{Message, NeutralTitle};
 use booking::{Db, EmailAddress, Language};
 use futures::StreamExt;
 use jiff::Timestamp;
@@ -149,7 +149,7 @@ impl Worker {
     }
 
     async fn deliver(&self, row: Claimed, now: i64) -> Result<Outcome, sqlx::Error> {
-        let (message, recipient, language) = match decode(&row) {
+        let (message, recipient, language, discreet) = match decode(&row) {
             Ok(decoded) => decoded,
             Err(reason) => {
                 tracing::error!(id = %row.id, %reason, "undecodable outbox row parked");
@@ -199,10 +199,16 @@ impl Worker {
             }
         }
         let created = Timestamp::from_second(row.created_at).unwrap_or(Timestamp::UNIX_EPOCH);
-        let mail = render_stamped(&message, language, &self.settings, created);
+        let mail = render_stamped(&message, language, discreet, &self.settings, created);
         let date = SystemTime::UNIX_EPOCH + Duration::from_secs(now.max(0) as u64);
         let id = message_id(&row.id, &self.settings);
-        let email = match build_email(&mail, &self.from, &recipient, &id, date) {
+        // A discreet mail keeps the configured address but not its name,
+        // which may say "Socialtjänsten".
+        let from = match &mail.sender_name {
+            Some(name) => Mailbox::new(Some(name.clone()), self.from.email.clone()),
+            None => self.from.clone(),
+        };
+        let email = match build_email(&mail, &from, &recipient, &id, date) {
             Ok(email) => email,
             Err(reason) => {
                 queue::park(&self.db, &row.id, &reason).await?;
@@ -249,12 +255,20 @@ enum Outcome {
     Superseded,
 }
 
-fn decode(row: &Claimed) -> Result<(Message, EmailAddress, Language), String> {
+type Decoded = (Message, EmailAddress, Language, Option<NeutralTitle>);
+
+fn decode(row: &Claimed) -> Result<Decoded, String> {
     let message: Message =
         serde_json::from_str(&row.payload).map_err(|err| format!("payload: {err}"))?;
     let recipient = EmailAddress::parse(&row.recipient).map_err(|err| err.to_string())?;
     let language = Language::parse(&row.language).map_err(|err| err.to_string())?;
-    Ok((message, recipient, language))
+    let discreet = row
+        .discreet
+        .as_deref()
+        .map(NeutralTitle::parse)
+        .transpose()
+        .map_err(|err| err.to_string())?;
+    Ok((message, recipient, language, discreet))
 }
 
 /// Seconds to wait after the `attempts`-th failed try: `base` doubled for

@@ -1,13 +1,16 @@
 //! No mail may reveal what a contact is about or who handles it: every
 //! template, in every language, with its calendar invitation and headers, is
-//! checked against the sensitive fields of a seeded booking.
+//! checked against the sensitive fields of a seeded booking. In discreet
+//! mode (a discreet service, or a resident who asked for discreet mail) the
+//! mail must not even name the social services, in any language.
 
 use std::time::SystemTime;
 
-use booking::outbox::Message;
+use booking::outbox::{Message, NeutralTitle};
 use booking::{EmailAddress, Language};
+use lettre::message::Mailbox;
 use notify::transport::{build_email, message_id};
-use notify::{render, Settings};
+use notify::{render, render_discreet, RenderedMail, Settings};
 
 /// What the demo seed holds that a mail must never show: service names,
 /// municipalities that perform meetings, staff names, chat text and notes.
@@ -97,52 +100,125 @@ fn every_message() -> Vec<Message> {
     ]
 }
 
+/// The words for the social services in each language, which a discreet
+/// mail must not contain (lower case, and short enough to catch inflected
+/// forms).
+const SOCIAL_SERVICES: &[&str] = &[
+    "socialtjänst",
+    "socialsekreterare",
+    "social services",
+    "social worker",
+    "sosiaalipalvel",
+    "sosiaalitoim",
+    "sosiaalityöntekijä",
+    "الخدمات الاجتماعية",
+    "الأخصائي الاجتماعي",
+];
+
+/// Every readable text of a rendered mail: subject, both parts, the
+/// invitation, and the whole MIME message with every header as sent.
+fn texts(mail: &RenderedMail, settings: &Settings) -> Vec<(&'static str, String)> {
+    let configured: Mailbox = settings.from.parse().unwrap();
+    let from = match &mail.sender_name {
+        Some(name) => Mailbox::new(Some(name.clone()), configured.email),
+        None => configured,
+    };
+    let to = EmailAddress::parse("resident@example.se").unwrap();
+    let email = build_email(
+        mail,
+        &from,
+        &to,
+        &message_id("row", settings),
+        SystemTime::now(),
+    )
+    .unwrap();
+    let mut texts = vec![
+        ("subject", mail.subject.clone()),
+        ("text", mail.text.clone()),
+        ("html", mail.html.clone()),
+        ("from", from.to_string()),
+        (
+            "formatted",
+            String::from_utf8_lossy(&email.formatted()).into_owned(),
+        ),
+    ];
+    if let Some(invitation) = &mail.invitation {
+        texts.push(("ics", invitation.ics.replace("\r\n ", "")));
+    }
+    texts
+}
+
+/// Asserts that no text of `mail` contains any of `words`.
+fn check_absent(mail: &RenderedMail, settings: &Settings, words: &[&str], what: &str) {
+    for (part, text) in texts(mail, settings) {
+        let lower = text.to_lowercase();
+        for word in words {
+            assert!(
+                !lower.contains(&word.to_lowercase()),
+                "{what}: the {part} contains {word:?}:\n{text}"
+            );
+        }
+    }
+}
+
 #[test]
 fn no_mail_in_any_language_names_a_service_municipality_staff_member_chat_or_note() {
     let settings = Settings::new("https://kontakt.example.se");
-    let from = settings.from.parse().unwrap();
-    let to = EmailAddress::parse("resident@example.se").unwrap();
     let mut checked = 0;
     for message in every_message() {
         for language in Language::ALL {
             let mail = render(&message, language, &settings);
-            let email = build_email(
-                &mail,
-                &from,
-                &to,
-                &message_id("row", &settings),
-                SystemTime::now(),
-            )
-            .unwrap();
-            let mut texts = vec![
-                ("subject", mail.subject.clone()),
-                ("text", mail.text.clone()),
-                ("html", mail.html.clone()),
-                (
-                    "formatted",
-                    String::from_utf8_lossy(&email.formatted()).into_owned(),
-                ),
-            ];
-            if let Some(invitation) = &mail.invitation {
-                texts.push(("ics", invitation.ics.replace("\r\n ", "")));
-            }
-            for (part, text) in &texts {
-                let lower = text.to_lowercase();
-                for word in SENSITIVE {
-                    assert!(
-                        !lower.contains(&word.to_lowercase()),
-                        "{} in {}: the {part} contains {word:?}:\n{text}",
-                        message.kind(),
-                        language.code()
-                    );
-                }
-            }
+            let what = format!("{} in {}", message.kind(), language.code());
+            check_absent(&mail, &settings, SENSITIVE, &what);
             // What a mail does say: the social services and My pages.
             assert!(!mail.subject.is_empty() && !mail.text.is_empty());
             checked += 1;
         }
     }
     assert_eq!(checked, 9 * 4);
+}
+
+/// Discreet mode: under every neutral title, in every language, no mail
+/// names the social services, the service, a municipality or a staff member,
+/// even when the configured sender's name does.
+#[test]
+fn no_discreet_mail_in_any_language_names_the_social_services() {
+    let mut settings = Settings::new("https://kontakt.example.se");
+    settings.from = "Socialtjänsten Dorotea <no-reply@kontakt.localhost>".into();
+    let forbidden: Vec<&str> = SENSITIVE.iter().chain(SOCIAL_SERVICES).copied().collect();
+    let mut checked = 0;
+    for message in every_message() {
+        if matches!(message, Message::Knock { .. }) {
+            // Knocks go to staff, never discreet.
+            continue;
+        }
+        for language in Language::ALL {
+            for title in NeutralTitle::ALL {
+                let mail = render_discreet(&message, language, title, &settings);
+                let what = format!("{} in {} as {title:?}", message.kind(), language.code());
+                check_absent(&mail, &settings, &forbidden, &what);
+                assert!(!mail.subject.is_empty() && !mail.text.is_empty());
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 8 * 4 * 3);
+}
+
+/// The discreet check is only worth something if an ordinary mail, which
+/// does name the social services, fails it in every language.
+#[test]
+fn the_discreet_check_notices_the_social_services() {
+    let settings = Settings::new("https://kontakt.example.se");
+    let message = &every_message()[1];
+    for language in Language::ALL {
+        let mail = render(message, language, &settings);
+        let named = texts(&mail, &settings).iter().any(|(_, text)| {
+            let lower = text.to_lowercase();
+            SOCIAL_SERVICES.iter().any(|w| lower.contains(w))
+        });
+        assert!(named, "{}: {}", language.code(), mail.text);
+    }
 }
 
 /// The check above is only worth something if it would notice a leak.

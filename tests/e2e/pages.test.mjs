@@ -1,5 +1,5 @@
-// Every page in Swedish and Arabic through axe-core, right-to-left Arabic,
-// the language switcher, a phone-sized viewport, keyboard-only booking, and
+// Every page in all four languages through axe-core, right-to-left Arabic
+// with Latin names kept in their logical order, the language switcher, a phone-sized viewport, keyboard-only booking, and
 // the public legal map.
 
 import { test, before, after } from "node:test";
@@ -90,7 +90,7 @@ test("setup: a booked resident and a signed-in admin give every page something t
   pages.admin.push("/staff", "/scheduler", "/admin/audit");
 });
 
-for (const lang of ["sv", "ar"]) {
+for (const lang of ["sv", "en", "fi", "ar"]) {
   test(`axe-core finds no violations on any page in ${lang}`, async () => {
     const groups = [
       [pages.anonymous, undefined],
@@ -117,10 +117,68 @@ for (const lang of ["sv", "ar"]) {
   });
 }
 
+// Names of people and municipalities are Latin script inside Arabic text.
+// Each is isolated in a <bdi>, so that "name، municipality" is not reordered
+// into one left-to-right run: in a right-to-left line, what comes first in
+// the text must stand to the right of what follows it.
+test("in Arabic, Latin names and municipalities read in their logical order", async () => {
+  for (const [address, storageState, names] of [
+    ["/staff", adminState, ["Lycksele"]],
+    ["/my", residentState, ["Aino Korhonen"]],
+  ]) {
+    const context = await browser.newContext({ storageState, locale: "ar" });
+    const page = await context.newPage();
+    const response = await page.goto(`${server.url}${address}?lang=ar`);
+    assert.equal(response.status(), 200);
+    const lines = await page.evaluate(() => {
+      const blocks = new Set([...document.querySelectorAll("bdi")].map((b) => b.parentElement));
+      const out = [];
+      for (const block of blocks) {
+        // Visually hidden text has no layout to compare.
+        if (block.closest(".visually-hidden")) continue;
+        const pieces = [];
+        for (const node of block.childNodes) {
+          const text = node.textContent.trim();
+          // Separators alone ("، ", ": ") take the direction around them.
+          if (!text || /^[\s،,:;.()–-]+$/.test(text)) continue;
+          const range = document.createRange();
+          range.selectNodeContents(node);
+          const rect = range.getBoundingClientRect();
+          pieces.push({ text, left: rect.left, right: rect.right, bdi: node.nodeName === "BDI" });
+        }
+        out.push({ block: block.outerHTML.slice(0, 300), pieces });
+      }
+      return out;
+    });
+    const isolated = lines.flatMap((l) => l.pieces.filter((p) => p.bdi).map((p) => p.text));
+    for (const name of names) {
+      assert.ok(
+        isolated.some((t) => t.includes(name)),
+        `${address}: ${name} is isolated in a <bdi>; isolated: ${JSON.stringify(isolated)}`,
+      );
+    }
+    for (const { block, pieces } of lines) {
+      for (let i = 1; i < pieces.length; i += 1) {
+        assert.ok(
+          pieces[i].right <= pieces[i - 1].left + 1,
+          `${address}: "${pieces[i].text}" should stand left of "${pieces[i - 1].text}" in ${block}`,
+        );
+      }
+    }
+    // The staff member's own line holds two isolated names, in order.
+    if (address === "/staff") {
+      const who = lines.find((l) => l.pieces.filter((p) => p.bdi).length === 2);
+      assert.ok(who, `the staff line "name، municipality" has two isolates: ${JSON.stringify(lines)}`);
+      assert.ok(who.pieces[1].text.includes("Lycksele"), JSON.stringify(who));
+    }
+    await context.close();
+  }
+});
+
 test("the sign-in sent page and an error page pass axe-core too", async () => {
   const context = await browser.newContext({ locale: "sv-SE" });
   const page = await context.newPage();
-  for (const lang of ["sv", "ar"]) {
+  for (const lang of ["sv", "en", "fi", "ar"]) {
     await page.goto(`${server.url}/sign-in?lang=${lang}`);
     await page.fill("#email", "nobody@example.se");
     await page.click("form[action='/sign-in'] button[type=submit]");

@@ -58,6 +58,19 @@
     return text["role_" + role] || role;
   }
 
+  // A role inside a sentence ("You have video with the social worker"):
+  // its lower-case form, not the label's capitalised one.
+  function roleInSentence(role) {
+    return text["in_sentence_" + role] || roleName(role);
+  }
+
+  // Fills a sentence and capitalises its first letter, for the sentences
+  // that begin with a role ("The interpreter joined the meeting").
+  function sentence(template, values) {
+    var filled = fill(template, values);
+    return filled.charAt(0).toLocaleUpperCase(document.documentElement.lang) + filled.slice(1);
+  }
+
   function send(message) {
     message.v = 1;
     if (ws && ws.readyState === WebSocket.OPEN) {
@@ -204,7 +217,7 @@
       var state = pc.connectionState;
       tile(party).setAttribute("data-state", state);
       if (state === "connected") {
-        say(fill(text.connected_to, { who: roleName(participants[party] || "") }));
+        say(sentence(text.connected_to, { who: roleInSentence(participants[party] || "") }));
       } else if (state === "failed" && peer.offerer) {
         // A network change: the same connection gathers new relay candidates.
         offer(party, peer, true);
@@ -354,7 +367,7 @@
     });
     lobbyList.appendChild(item);
     updateLobbyEmpty();
-    say(fill(text.knock, { who: roleName(participant.role) }));
+    say(sentence(text.knock, { who: roleInSentence(participant.role) }));
     beep();
   }
 
@@ -424,12 +437,12 @@
         if (event.participant.party !== me) {
           participants[event.participant.party] = event.participant.role;
           removeKnock(event.participant.party);
-          say(fill(text.joined, { who: roleName(event.participant.role) }));
+          say(sentence(text.joined, { who: roleInSentence(event.participant.role) }));
         }
         break;
       case "participant_left":
         if (event.party !== me) {
-          say(fill(text.participant_left, { who: roleName(participants[event.party] || "") }));
+          say(sentence(text.participant_left, { who: roleInSentence(participants[event.party] || "") }));
           delete participants[event.party];
           closePeer(event.party);
         }

@@ -116,7 +116,7 @@ async fn delivery(
             manage_token: format!("token-{i}"),
         };
         let to = EmailAddress::parse(&format!("resident{i}@example.se"))?;
-        enqueue(&mut conn, &to, Language::Sv, &message, now, now).await?;
+        enqueue(&mut conn, &to, Language::Sv, &message, None, now, now).await?;
     }
     drop(conn);
     let worker = notify::Worker::new(db.clone(), settings)?;
@@ -180,7 +180,7 @@ async fn overhead(name: &str, db: &Db, bookings: usize) -> Result<()> {
                 sequence: 0,
                 manage_token: "token".into(),
             };
-            enqueue(&mut tx, &to, Language::Sv, &confirmed, base, base).await?;
+            enqueue(&mut tx, &to, Language::Sv, &confirmed, None, base, base).await?;
             for minutes_before in [1440, 60] {
                 let reminder = Message::Reminder {
                     booking_id: id.clone(),
@@ -194,6 +194,7 @@ async fn overhead(name: &str, db: &Db, bookings: usize) -> Result<()> {
                     &to,
                     Language::Sv,
                     &reminder,
+                    None,
                     starts_at - minutes_before * 60,
                     base,
                 )

@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use booking::outbox::{enqueue, Message};
+use booking::outbox::{enqueue, Message, NeutralTitle};
 use booking::{Db, EmailAddress, Language};
 use jiff::Timestamp;
 use sqlx::{Executor, Row};
@@ -88,12 +88,25 @@ impl Drop for PostgresDatabase {
 
 /// Enqueues `message` for `to` as `booking` would, due at `due_at`.
 pub async fn put(db: &Db, to: &str, language: Language, message: &Message, due_at: i64) -> String {
+    put_discreet(db, to, language, message, None, due_at).await
+}
+
+/// [`put`], as a discreet mail under `discreet` when it is given.
+pub async fn put_discreet(
+    db: &Db,
+    to: &str,
+    language: Language,
+    message: &Message,
+    discreet: Option<NeutralTitle>,
+    due_at: i64,
+) -> String {
     let mut conn = db.pool().acquire().await.unwrap();
     enqueue(
         &mut conn,
         &EmailAddress::parse(to).unwrap(),
         language,
         message,
+        discreet,
         due_at,
         due_at,
     )

@@ -57,6 +57,15 @@ const SCRIPT_TEXT: &[(&str, &str)] = &[
     ("role_resident", "page.meeting.role_resident"),
     ("role_social_worker", "page.chats.social_worker"),
     ("role_interpreter", "page.chats.interpreter"),
+    ("in_sentence_resident", "page.role.in_sentence.resident"),
+    (
+        "in_sentence_social_worker",
+        "page.role.in_sentence.social_worker",
+    ),
+    (
+        "in_sentence_interpreter",
+        "page.role.in_sentence.interpreter",
+    ),
     ("chat_not_sent", "page.meeting.chat_not_sent"),
 ];
 

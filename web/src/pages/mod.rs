@@ -380,7 +380,7 @@ fn nav_link(ctx: &Ctx, href: &str, key: &str) -> String {
 fn sign_out_form(name: &str, csrf: &str) -> String {
     format!(
         "<span class=\"who\">{signed_in}</span> <form method=\"post\" action=\"/sign-out\" class=\"inline\">{csrf}<button type=\"submit\" class=\"link\">{sign_out}</button></form>",
-        signed_in = tv("page.nav.signed_in_as", &[("name", name)]),
+        signed_in = tv_html("page.nav.signed_in_as", &[("name", &bdi(name))]),
         csrf = csrf_field(csrf),
         sign_out = t("page.nav.sign_out"),
     )
@@ -532,24 +532,6 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-/// A name someone typed, escaped and isolated in `<bdi>`, so that its
-/// direction (an Arabic name in a Swedish table, or a stored name with a
-/// direction override from before names were checked) cannot reorder the
-/// text around it.
-pub fn person(name: &str) -> String {
-    format!("<bdi>{}</bdi>", esc(name))
-}
-
-/// As [`tv`], for values that are names people typed: each is isolated with
-/// [`person`].
-pub fn tv_people(key: &str, names: &[(&str, &str)]) -> String {
-    let mut html = t(key);
-    for (placeholder, name) in names {
-        html = html.replace(&format!("%{{{placeholder}}}"), &person(name));
-    }
-    html
-}
-
 /// Percent-encodes a query parameter value.
 pub fn enc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -580,6 +562,32 @@ pub fn tv(key: &str, values: &[(&str, &str)]) -> String {
         text = text.replace(&format!("%{{{name}}}"), value);
     }
     esc(&text)
+}
+
+/// The translation of `key`, escaped, with `%{name}` placeholders filled in
+/// by `values` that are already HTML (from [`bdi`], say).
+pub fn tv_html(key: &str, values: &[(&str, &str)]) -> String {
+    let mut text = t(key);
+    for (name, value) in values {
+        text = text.replace(&format!("%{{{name}}}"), value);
+    }
+    text
+}
+
+/// A name of a person or a municipality, escaped and isolated in `<bdi>`:
+/// a Latin name inside Arabic text (or an Arabic name inside Swedish) then
+/// keeps its own direction, and "name، municipality" is not reordered. A
+/// stored name with a direction override from before names were checked
+/// cannot reorder the text around it either.
+pub fn bdi(name: &str) -> String {
+    format!("<bdi>{}</bdi>", esc(name))
+}
+
+/// A name isolated with U+2068 FIRST STRONG ISOLATE and U+2069 POP
+/// DIRECTIONAL ISOLATE, for the places `<bdi>` cannot go: attribute values
+/// and `<option>` text.
+pub fn isolate(name: &str) -> String {
+    format!("\u{2068}{name}\u{2069}")
 }
 
 /// The name of a service in the request's language, escaped.
@@ -616,24 +624,53 @@ pub fn long_date(date: Date) -> String {
     )
 }
 
-/// The clock time of `at` in the display zone, `HH:MM`.
+/// The clock time of `at` in the display zone, written the request's
+/// language's way: `10:00` in Swedish, `10.00` in Finnish.
 pub fn clock(at: Timestamp) -> String {
-    local(at).strftime("%H:%M").to_string()
+    let time = local(at);
+    tv(
+        "page.time.clock",
+        &[
+            ("hour", &format!("{:02}", time.hour())),
+            ("minute", &format!("{:02}", time.minute())),
+        ],
+    )
 }
 
-/// A meeting's date and time with the zone named, e.g.
-/// "tisdag 3 december 2026, 10:00–10:45 (CET, Europe/Stockholm)", as a
-/// `<time>` element.
+/// The clock times of a range, e.g. "10:00–10:45". Arabic writes it in
+/// words ("من 10:00 إلى 10:45"), since a dash between two numbers is
+/// reordered in right-to-left text.
+pub fn clock_range(range: &SlotRange) -> String {
+    tv(
+        "page.time.range",
+        &[("from", &clock(range.start())), ("to", &clock(range.end()))],
+    )
+}
+
+/// A meeting's date and time with the zone named in plain words, e.g.
+/// "tisdag 3 december 2026 kl. 10:00–10:45 (svensk tid)", as a `<time>`
+/// element.
 pub fn when(range: &SlotRange) -> String {
     let start = local(range.start());
+    let weekday = tr(&format!(
+        "page.weekday.{}",
+        start.weekday().to_monday_one_offset()
+    ));
+    let month = tr(&format!("page.month.{}", start.month()));
+    let text = tv(
+        "page.time.when",
+        &[
+            ("weekday", &weekday),
+            ("day", &start.day().to_string()),
+            ("month", &month),
+            ("year", &start.year().to_string()),
+            ("from", &clock(range.start())),
+            ("to", &clock(range.end())),
+        ],
+    );
     format!(
-        "<time datetime=\"{iso}\">{date}, {from}–{to} ({abbr}, {zone})</time>",
+        "<time datetime=\"{iso}\">{text}</time>",
         iso = start.strftime("%Y-%m-%dT%H:%M:%S%:z"),
-        date = long_date(start.date()),
-        from = clock(range.start()),
-        to = clock(range.end()),
-        abbr = esc(&start.strftime("%Z").to_string()),
-        zone = bookings::DISPLAY_ZONE,
     )
 }
 
@@ -688,10 +725,9 @@ pub fn time_picker(
         for (j, free) in times.iter().enumerate() {
             let id = format!("t-{i}-{j}");
             out.push_str(&format!(
-                "<div class=\"choice\"><input type=\"radio\" name=\"starts_at\" id=\"{id}\" value=\"{value}\" required><label for=\"{id}\">{from}–{to}</label></div>",
+                "<div class=\"choice\"><input type=\"radio\" name=\"starts_at\" id=\"{id}\" value=\"{value}\" required><label for=\"{id}\">{range}</label></div>",
                 value = esc(&rfc3339(free.range.start())),
-                from = clock(free.range.start()),
-                to = clock(free.range.end()),
+                range = clock_range(&free.range),
             ));
         }
         out.push_str("</div></fieldset>");
@@ -704,9 +740,9 @@ pub fn time_picker(
     out
 }
 
-/// The sentence that names the zone times are shown in.
+/// The sentence that names the zone times are shown in, in plain words.
 pub fn zone_note() -> String {
-    tv("page.times.zone", &[("zone", bookings::DISPLAY_ZONE)])
+    t("page.times.zone")
 }
 
 /// The municipality's name for `code`, or the code if it is unknown.

@@ -12,14 +12,15 @@ use axum::Router;
 use axum_extra::extract::cookie::{Cookie, SameSite};
 use axum_extra::extract::CookieJar;
 use booking::bookings::{self, Authority};
+use booking::outbox::NeutralTitle;
 use booking::{catalog, BookingStatus, Language, MunicipalityCode, ServiceCode};
 use serde::Deserialize;
 
 use super::{
-    chats, csrf_field, enc, esc, free_times_by_day, is_local_path, long_date, municipality_name,
-    non_empty, page, rule_text, service_name, sign_out_everywhere_form, status_text, t,
-    time_picker, tr, tv, when, zone_note, Ctx, PageError, PageForm, PageQuery, PageResult,
-    NEXT_COOKIE,
+    bdi, chats, csrf_field, enc, esc, free_times_by_day, is_local_path, long_date,
+    municipality_name, non_empty, page, rule_text, service_name, sign_out_everywhere_form,
+    status_text, t, time_picker, tr, tv, tv_html, when, zone_note, Ctx, PageError, PageForm,
+    PageQuery, PageResult, NEXT_COOKIE,
 };
 use crate::api::auth::{redeem_link, send_sign_in_link, ResidentLinkRequest};
 use crate::api::{now, parse_time};
@@ -36,6 +37,7 @@ pub fn router() -> axum::Router<AppState> {
         .route("/sign-out", post(sign_out))
         .route("/sign-out-everywhere", post(sign_out_everywhere))
         .route("/my", get(my_pages))
+        .route("/my/discreet-mail", post(discreet_mail))
         .route("/my/bookings/{id}/cancel", post(cancel))
         .route(
             "/my/bookings/{id}/reschedule",
@@ -197,6 +199,7 @@ async fn confirm(
         .map_err(|e| AppError::Internal(e.into()))?;
     let range = booking::SlotRange::new(starts_at, ends_at)?;
     let home_name = municipality_name(&state.db, &resident.home).await?;
+    let discreet = service_row.discreet || resident.discreet_mail;
     let mut body = confirm_body(
         &ctx,
         &service,
@@ -204,6 +207,7 @@ async fn confirm(
         language,
         &home_name,
         &starts_raw,
+        discreet,
         None,
     );
     // The times were searched for the home chosen on the start page, but a
@@ -211,12 +215,15 @@ async fn confirm(
     if non_empty(&choice.home).is_some_and(|h| h != resident.home.as_str()) {
         body.push_str(&format!(
             "<p class=\"note\">{}</p>",
-            tv("page.confirm.other_home", &[("home", &home_name)])
+            tv_html("page.confirm.other_home", &[("home", &bdi(&home_name))])
         ));
     }
     Ok(page(&ctx, &tr("page.confirm.title"), &body).into_response())
 }
 
+// The confirmation page shows each of these; a struct for one caller's
+// arguments would only rename them.
+#[allow(clippy::too_many_arguments)]
 fn confirm_body(
     ctx: &Ctx,
     service: &ServiceCode,
@@ -224,6 +231,7 @@ fn confirm_body(
     language: Option<Language>,
     home_name: &str,
     starts_raw: &str,
+    discreet: bool,
     problem: Option<&str>,
 ) -> String {
     let problem = problem
@@ -249,6 +257,7 @@ fn confirm_body(
 <input type="hidden" name="service" value="{service}">
 <input type="hidden" name="starts_at" value="{starts}">
 <input type="hidden" name="language" value="{language}">
+{neutral}
 <button type="submit" id="confirm-booking">{button}</button>
 </form>
 <p><a href="/?service={service}">{back}</a></p>
@@ -259,8 +268,13 @@ fn confirm_body(
         time_label = t("page.confirm.time"),
         when = when(range),
         home_label = t("page.confirm.home"),
-        home_name = esc(home_name),
+        home_name = bdi(home_name),
         explain = t("page.confirm.explain"),
+        neutral = if discreet {
+            neutral_title_choice()
+        } else {
+            String::new()
+        },
         csrf = csrf_field(ctx.csrf()),
         service = esc(service.as_str()),
         starts = esc(starts_raw),
@@ -270,12 +284,38 @@ fn confirm_body(
     )
 }
 
+/// The choice of neutral title for a discreet booking's mail and calendar
+/// entry: a fixed set, never free text, so nothing typed can reach a
+/// subject line.
+fn neutral_title_choice() -> String {
+    let mut out = format!(
+        "<fieldset class=\"neutral-title\"><legend>{}</legend><p class=\"hint\" id=\"neutral-title-hint\">{}</p><div class=\"choices\">",
+        t("page.discreet.choose"),
+        t("page.discreet.choose_hint"),
+    );
+    for title in NeutralTitle::ALL {
+        let checked = if title == NeutralTitle::default() {
+            " checked"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "<div class=\"choice\"><input type=\"radio\" name=\"neutral_title\" id=\"neutral-{code}\" value=\"{code}\" aria-describedby=\"neutral-title-hint\"{checked}><label for=\"neutral-{code}\">{label}</label></div>",
+            code = title.as_str(),
+            label = t(&format!("page.discreet.title.{}", title.as_str())),
+        ));
+    }
+    out.push_str("</div></fieldset>");
+    out
+}
+
 #[derive(Debug, Deserialize)]
 struct BookForm {
     csrf: String,
     service: String,
     starts_at: String,
     language: Option<String>,
+    neutral_title: Option<String>,
 }
 
 /// Books the confirmed time and shows it on "My pages".
@@ -290,7 +330,20 @@ async fn book(
     let service = ServiceCode::parse(&form.service)?;
     let starts_at = parse_time("starts_at", &form.starts_at)?;
     let language = non_empty(&form.language).map(Language::parse).transpose()?;
-    match bookings::book(&state.db, &resident, &service, starts_at, language, now()).await {
+    let neutral_title = non_empty(&form.neutral_title)
+        .map(NeutralTitle::parse)
+        .transpose()?;
+    let booked = bookings::book_titled(
+        &state.db,
+        &resident,
+        &service,
+        starts_at,
+        language,
+        neutral_title,
+        now(),
+    )
+    .await;
+    match booked {
         Ok(ticket) => {
             metrics::counter!("kontakt_bookings_total").increment(1);
             Ok(Redirect::to(&format!("/my?booked={}", enc(&ticket.booking.id))).into_response())
@@ -311,6 +364,7 @@ async fn book(
                 language,
                 &home_name,
                 &form.starts_at,
+                service_row.discreet || resident.discreet_mail,
                 Some(&t("page.confirm.taken")),
             );
             let mut response = page(&ctx, &tr("page.confirm.title"), &body).into_response();
@@ -565,6 +619,7 @@ struct MyQuery {
     booked: Option<String>,
     cancelled: Option<String>,
     moved: Option<String>,
+    discreet: Option<String>,
 }
 
 /// "My pages": the resident's bookings, newest first, with who performs
@@ -585,11 +640,17 @@ async fn my_pages(
     } else if q.moved.is_some() {
         Some(t("page.my.moved"))
     } else {
-        None
+        q.discreet.as_deref().map(|discreet| {
+            t(if discreet == "on" {
+                "page.discreet.saved_on"
+            } else {
+                "page.discreet.saved_off"
+            })
+        })
     };
     let mut body = format!(
         "<h1 id=\"page-title\">{}</h1>",
-        tv("page.my.title_for", &[("name", &resident.name)])
+        tv_html("page.my.title_for", &[("name", &bdi(&resident.name))])
     );
     if let Some(message) = message {
         body.push_str(&format!(
@@ -664,17 +725,65 @@ async fn my_pages(
             time_label = t("page.confirm.time"),
             when = when(&b.range),
             by_label = t("page.my.performed_by"),
-            by = esc(&by),
+            by = bdi(&by),
             for_label = t("page.my.performed_for"),
-            for_ = esc(&for_),
+            for_ = bdi(&for_),
             rule_label = t("page.my.rule"),
             rule = rule_text(&b.rule, b.agreement_id.as_deref()),
         ));
     }
     body.push_str("</ul>");
+    body.push_str(&discreet_mail_form(&ctx, resident.discreet_mail));
     body.push_str(&chats::section(&state, resident).await?);
     body.push_str(&sign_out_everywhere_form(ctx.csrf()));
     Ok(page(&ctx, &tr("page.my.title"), &body).into_response())
+}
+
+/// The form for "discreet mail for all my bookings".
+fn discreet_mail_form(ctx: &Ctx, on: bool) -> String {
+    format!(
+        r#"<section aria-labelledby="discreet-title" class="discreet">
+<h2 id="discreet-title">{title}</h2>
+<p id="discreet-intro">{intro}</p>
+<form method="post" action="/my/discreet-mail">
+{csrf}
+<div class="choice"><input type="checkbox" id="discreet" name="discreet" value="on" aria-describedby="discreet-intro"{checked}><label for="discreet">{label}</label></div>
+<button type="submit">{save}</button>
+</form>
+</section>"#,
+        title = t("page.discreet.title"),
+        intro = t("page.discreet.intro"),
+        csrf = csrf_field(ctx.csrf()),
+        checked = if on { " checked" } else { "" },
+        label = t("page.discreet.all"),
+        save = t("page.discreet.save"),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct DiscreetForm {
+    csrf: String,
+    /// `on` when the box is ticked; a form leaves an unticked box out.
+    discreet: Option<String>,
+}
+
+/// Turns discreet mail for all the resident's bookings on or off.
+#[tracing::instrument(skip(state, ctx, form))]
+async fn discreet_mail(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    PageForm(form): PageForm<DiscreetForm>,
+) -> PageResult {
+    let resident = ctx.resident()?;
+    ctx.check_csrf(&form.csrf)?;
+    let on = match form.discreet.as_deref() {
+        None => false,
+        Some("on") => true,
+        Some(_) => return Err(AppError::Invalid("discreet: expected on".into()).into()),
+    };
+    booking::accounts::set_discreet_mail(&state.db, resident, on).await?;
+    let state = if on { "on" } else { "off" };
+    Ok(Redirect::to(&format!("/my?discreet={state}")).into_response())
 }
 
 /// Cancels one of the resident's bookings.

@@ -16,9 +16,9 @@ use jiff::Span;
 use serde::Deserialize;
 
 use super::{
-    clock, esc, local, long_date, non_empty, page, rule_text, service_name,
-    sign_out_everywhere_form, status_text, t, today, tr, tv, zone_note, Ctx, PageError, PageForm,
-    PageQuery, PageResult,
+    bdi, clock, clock_range, esc, local, long_date, non_empty, page, rule_text, service_name,
+    sign_out_everywhere_form, status_text, t, today, tr, tv, tv_html, zone_note, Ctx, PageError,
+    PageForm, PageQuery, PageResult,
 };
 use crate::api::auth::check_staff_password;
 use crate::api::now;
@@ -158,16 +158,16 @@ async fn day(
 <h2>{day}</h2>
 <p class="zone">{zone}</p>"#,
         title = t("page.staff.title"),
-        who = super::tv_people(
+        who = tv_html(
             "page.staff.who",
             &[
-                ("name", &staff.name),
+                ("name", &bdi(&staff.name)),
                 (
                     "municipality",
-                    names
+                    &bdi(names
                         .get(staff.municipality.as_str())
                         .map(String::as_str)
-                        .unwrap_or(staff.municipality.as_str())
+                        .unwrap_or(staff.municipality.as_str()))
                 ),
             ]
         ),
@@ -204,7 +204,7 @@ async fn day(
                     "<a href=\"/join/{id}\">{label}<span class=\"visually-hidden\"> {name} {from}</span></a>",
                     id = super::enc(&b.id),
                     label = t("page.meeting.join"),
-                    name = super::person(&r.name),
+                    name = bdi(&r.name),
                     from = clock(b.range.start()),
                 )
             } else {
@@ -215,13 +215,12 @@ async fn day(
                 .cloned()
                 .unwrap_or_else(|| b.performed_for.to_string());
             body.push_str(&format!(
-                "<tr><td><time datetime=\"{iso}\">{from}–{to}</time></td><th scope=\"row\">{name}</th><td>{service}</td><td>{for_name}</td><td>{rule}</td><td>{status}</td><td>{join}</td></tr>",
+                "<tr><td><time datetime=\"{iso}\">{range}</time></td><th scope=\"row\">{name}</th><td>{service}</td><td>{for_name}</td><td>{rule}</td><td>{status}</td><td>{join}</td></tr>",
                 iso = super::rfc3339(b.range.start()),
-                from = clock(b.range.start()),
-                to = clock(b.range.end()),
-                name = super::person(&r.name),
+                range = clock_range(&b.range),
+                name = bdi(&r.name),
                 service = service_name(&b.service),
-                for_name = esc(&for_name),
+                for_name = bdi(&for_name),
                 rule = rule_text(&b.rule, b.agreement_id.as_deref()),
                 status = status_text(b.status),
             ));
@@ -297,7 +296,7 @@ async fn scheduler(
         let percent = (l.utilisation * 100.0).clamp(0.0, 100.0);
         body.push_str(&format!(
             r#"<li><span class="bar-label">{name}</span><span class="bar-track"><span class="bar-fill" style="width: {width:.1}%"></span></span><span class="bar-value">{value}</span></li>"#,
-            name = esc(&l.name),
+            name = bdi(&l.name),
             width = percent,
             value = tv(
                 "page.scheduler.bar_value",
@@ -328,7 +327,7 @@ async fn scheduler(
     for l in &figures {
         body.push_str(&format!(
             "<tr><th scope=\"row\">{}</th><td>{}</td><td>{}</td><td>{:.0} %</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&l.name),
+            bdi(&l.name),
             l.published_minutes,
             l.booked_minutes,
             l.utilisation * 100.0,
