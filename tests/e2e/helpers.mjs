@@ -99,6 +99,9 @@ export async function startServer() {
     KONTAKT_RELAY__LISTEN_TCP: "127.0.0.1:0",
     RUST_LOG: process.env.RUST_LOG ?? "warn",
   };
+  // KONTAKT_BIN names the binary for this script; kontakt would read it as
+  // a setting called `bin` and refuse to start on an unknown key.
+  delete env.KONTAKT_BIN;
   const child = spawn(bin, ["serve"], { cwd: dataDir, env, stdio: ["ignore", "pipe", "pipe"] });
   let output = "";
   child.stdout.on("data", (d) => (output += d));
