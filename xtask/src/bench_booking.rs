@@ -22,7 +22,9 @@ use booking::accounts::{self, NewStaff, Staff};
 use booking::bookings;
 use booking::slots::Template;
 use booking::testing::TestDb;
-use booking::{EmailAddress, Language, MunicipalityCode, Password, PersonName, Role, ServiceCode};
+use booking::{
+    EmailAddress, Language, MunicipalityCode, NewPassword, PersonName, Role, ServiceCode,
+};
 use jiff::{Span, Timestamp};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -208,8 +210,15 @@ async fn bench_one(name: &str, database: TestDb, seconds: u64) -> anyhow::Result
         )
         .await?;
         tokens.push(
-            keys.issue(&resident.id, SubjectKind::Resident, 120, now.as_second())
-                .0,
+            session_token(
+                db,
+                &keys,
+                &resident.id,
+                SubjectKind::Resident,
+                120,
+                now.as_second(),
+            )
+            .await?,
         );
     }
 
@@ -370,6 +379,24 @@ fn postgres_ticks() -> u64 {
         .sum()
 }
 
+/// A signed session token for `subject`, recorded in the sessions table as
+/// a sign-in would record it, so that the server accepts it.
+pub(crate) async fn session_token(
+    db: &booking::Db,
+    keys: &Keys,
+    subject: &str,
+    kind: SubjectKind,
+    minutes: i64,
+    now: i64,
+) -> anyhow::Result<String> {
+    let recorded = match kind {
+        SubjectKind::Resident => booking::sessions::Subject::Resident(subject.to_owned()),
+        SubjectKind::Staff => booking::sessions::Subject::Staff(subject.to_owned()),
+    };
+    let sid = booking::sessions::create(db, &recorded, now, now + minutes * 60).await?;
+    Ok(keys.issue(subject, kind, &sid, minutes, now).0)
+}
+
 /// Adds `count` Helsingborg staff members (`<prefix><i>@kontakt.bench`) for
 /// the open service `stod-till-anhoriga`, available around the clock from
 /// today for `days` days.
@@ -381,7 +408,7 @@ pub(crate) async fn add_staff(
 ) -> anyhow::Result<Vec<Staff>> {
     let now = Timestamp::now();
     let today = now.to_zoned(bookings::zone(bookings::DISPLAY_ZONE)?).date();
-    let hash = accounts::hash_password(&Password::parse("bench-password")?).await?;
+    let hash = accounts::hash_password(&NewPassword::parse("bench-password-long")?).await?;
     let service = ServiceCode::parse("stod-till-anhoriga")?;
     let mut added = Vec::with_capacity(count);
     for i in 0..count {
@@ -456,13 +483,15 @@ async fn contention(
         )
         .await?;
         tokens.push(
-            keys.issue(
+            session_token(
+                db,
+                keys,
                 &r.id,
                 SubjectKind::Resident,
                 30,
                 Timestamp::now().as_second(),
             )
-            .0,
+            .await?,
         );
     }
     let t0 = Instant::now();

@@ -40,7 +40,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use web::auth::{Keys, SubjectKind};
 
-use crate::bench_booking::{add_staff, flag, ms, percentile, start_server, Server, SECRET};
+use crate::bench_booking::{
+    add_staff, flag, ms, percentile, session_token, start_server, Server, SECRET,
+};
 use crate::bench_relay::{clock_ticks_per_second, cpu_ticks, status_kib};
 use crate::process::run as run_command;
 
@@ -296,8 +298,16 @@ impl Fixture {
         let keys = Keys::new(SECRET.as_bytes());
         let mut staff_tokens = HashMap::new();
         for staff in add_staff(db, "signaling", BENCH_STAFF, 30).await? {
-            let token = keys.issue(&staff.id, SubjectKind::Staff, 240, now.as_second());
-            staff_tokens.insert(staff.id, token.0);
+            let token = session_token(
+                db,
+                &keys,
+                &staff.id,
+                SubjectKind::Staff,
+                240,
+                now.as_second(),
+            )
+            .await?;
+            staff_tokens.insert(staff.id, token);
         }
         let from = today.tomorrow()?;
         let times = bookings::search(
@@ -329,19 +339,34 @@ impl Fixture {
                 now.as_second(),
             )
             .await?;
-            let token = keys
-                .issue(&resident.id, SubjectKind::Resident, 240, now.as_second())
-                .0;
+            let token = session_token(
+                db,
+                &keys,
+                &resident.id,
+                SubjectKind::Resident,
+                240,
+                now.as_second(),
+            )
+            .await?;
             let ticket = bookings::book(db, &resident, &service, starts_at, None, now).await?;
             let booking = ticket.booking;
             // Booking by load may pick a demo staff member as well.
-            let staff_token = staff_tokens
-                .entry(booking.staff_id.clone())
-                .or_insert_with(|| {
-                    keys.issue(&booking.staff_id, SubjectKind::Staff, 240, now.as_second())
-                        .0
-                })
-                .clone();
+            let staff_token = match staff_tokens.get(&booking.staff_id) {
+                Some(token) => token.clone(),
+                None => {
+                    let token = session_token(
+                        db,
+                        &keys,
+                        &booking.staff_id,
+                        SubjectKind::Staff,
+                        240,
+                        now.as_second(),
+                    )
+                    .await?;
+                    staff_tokens.insert(booking.staff_id.clone(), token.clone());
+                    token
+                }
+            };
             fixture.rooms.push(Seats {
                 room: format!("booking:{}", booking.id),
                 booking: booking.id,
