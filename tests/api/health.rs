@@ -67,7 +67,7 @@ async fn services_and_errors_speak_the_callers_language() {
         assert!(names("sv").await.contains(&"Stöd till anhöriga".to_owned()));
         assert!(names("en")
             .await
-            .contains(&"Support for family carers".to_owned()));
+            .contains(&"Support for relatives".to_owned()));
         assert!(names("ar")
             .await
             .contains(&"دعم الأقارب ومقدّمي الرعاية".to_owned()));

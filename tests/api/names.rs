@@ -17,6 +17,14 @@ async fn register(app: &TestApp, email: &str, name: &str) -> reqwest::Response {
     .await
 }
 
+/// Waits until the delivery worker has answered a first sign-in request,
+/// which is when the resident is registered.
+async fn registered(app: &TestApp, email: &str) {
+    app.sign_in_link(email, std::time::Duration::from_secs(10))
+        .await
+        .expect("the sign-in mail that registers the resident");
+}
+
 async fn exists(app: &TestApp, email: &str) -> bool {
     booking::accounts::resident_by_email(&app.db, &EmailAddress::parse(email).unwrap())
         .await
@@ -54,6 +62,7 @@ async fn a_name_too_long_or_with_direction_controls_is_refused_and_nothing_is_ma
         ] {
             let answer = register(&app, email, name).await;
             assert_eq!(answer.status(), 202, "{email} on {}", app.backend);
+            registered(&app, email).await;
             let resident = app.resident(email).await;
             assert_eq!(resident.name, name);
         }
@@ -65,6 +74,7 @@ async fn staff_pages_isolate_resident_names() {
     for app in spawn_apps().await {
         let answer = register(&app, "rtl@example.se", "ليلى حداد").await;
         assert_eq!(answer.status(), 202);
+        registered(&app, "rtl@example.se").await;
         let resident = app.resident("rtl@example.se").await;
         // Barn och familj meetings are home_only: Helsingborg's one staff
         // member for it serves this Helsingborg resident.
