@@ -216,16 +216,27 @@ impl TestApp {
 
     /// Signs a staff member in through the API and returns the Bearer token.
     pub async fn staff_token(&self, email: &str) -> String {
-        let response = self
-            .post(
-                "/api/auth/staff/login",
-                None,
-                &serde_json::json!({"email": email, "password": booking::seed::DEMO_PASSWORD}),
-            )
-            .await;
-        assert_eq!(response.status(), 200, "staff sign-in for {email}");
-        let body: Value = response.json().await.expect("json");
-        body["token"].as_str().expect("a token").to_owned()
+        self.staff_session(email).await.0
+    }
+
+    /// The first mail `/dev/mail` lists (headers, parts and the calendar
+    /// invitation), once the delivery worker has written one to `email`,
+    /// within `within`. Tests that use it send one mail.
+    pub async fn dev_mail_to(&self, email: &str, within: Duration) -> String {
+        let list = self
+            .wait_for_page("/dev/mail", within, |html| html.contains(email))
+            .await
+            .unwrap_or_else(|| panic!("no mail to {email} reached /dev/mail on {}", self.backend));
+        let id = list
+            .split("href=\"/dev/mail/")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("a link to the mail");
+        self.get(&format!("/dev/mail/{id}"), None)
+            .await
+            .text()
+            .await
+            .expect("the mail page")
     }
 
     pub async fn resident(&self, email: &str) -> Resident {

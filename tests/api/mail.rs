@@ -18,23 +18,9 @@ async fn a_sign_in_link_arrives_as_mail_and_shows_on_the_dev_page() {
             .await;
         assert_eq!(sent.status(), 202);
         // The worker polls the outbox; wait until the page lists the mail.
-        let page = app
-            .wait_for_page("/dev/mail", Duration::from_secs(20), |html| {
-                html.contains("anna@example.se")
-            })
-            .await
-            .unwrap_or_else(|| panic!("no mail reached /dev/mail on {}", app.backend));
-        let id = page
-            .split("href=\"/dev/mail/")
-            .nth(1)
-            .and_then(|rest| rest.split('"').next())
-            .expect("a link to the mail");
         let mail = app
-            .get(&format!("/dev/mail/{id}"), None)
-            .await
-            .text()
-            .await
-            .unwrap();
+            .dev_mail_to("anna@example.se", Duration::from_secs(20))
+            .await;
         assert!(
             mail.contains("/auth/resident/callback?token="),
             "the mail carries the sign-in link"

@@ -75,23 +75,9 @@ async fn the_mail_its_manage_link_and_the_manage_api_name_no_service() {
         let token = booked["manage_token"].as_str().expect("a token");
 
         // The confirmation mail, its calendar invitation and its links.
-        let list = app
-            .wait_for_page("/dev/mail", Duration::from_secs(20), |html| {
-                html.contains("erik@example.se")
-            })
-            .await
-            .unwrap_or_else(|| panic!("no mail reached /dev/mail on {}", app.backend));
-        let id = list
-            .split("href=\"/dev/mail/")
-            .nth(1)
-            .and_then(|rest| rest.split('"').next())
-            .expect("a link to the mail");
         let mail = app
-            .get(&format!("/dev/mail/{id}"), None)
-            .await
-            .text()
-            .await
-            .unwrap();
+            .dev_mail_to("erik@example.se", Duration::from_secs(20))
+            .await;
         assert!(
             mail.contains("BEGIN:VCALENDAR"),
             "the mail has its invitation"
