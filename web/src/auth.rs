@@ -411,9 +411,22 @@ const MINUTE: Duration = Duration::from_secs(60);
 /// credentials and sign the visitor in as that account (login CSRF).
 /// Clients that send neither header (scripts, tests) are not browsers
 /// acting for someone and are let through.
+///
+/// Every page is sent with `Referrer-Policy: no-referrer`, under which a
+/// browser posts a form with `Origin: null`. That opaque origin says
+/// nothing, so the decision then rests on `Sec-Fetch-Site`, which pages
+/// cannot set and which must say `same-origin`.
 pub fn same_origin(headers: &axum::http::HeaderMap, public_url: &str) -> Result<(), AppError> {
     let refused = || AppError::Forbidden("this form must be posted from this site".into());
-    if let Some(origin) = headers.get(header::ORIGIN) {
+    let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    let origin = headers.get(header::ORIGIN);
+    if origin.is_some_and(|o| o.as_bytes() == b"null") {
+        return match fetch_site {
+            Some("same-origin") => Ok(()),
+            _ => Err(refused()),
+        };
+    }
+    if let Some(origin) = origin {
         let origin = origin.to_str().map_err(|_| refused())?;
         let origin = origin_of(origin);
         // The site is `public_url`, or whatever host the browser reached
@@ -430,7 +443,7 @@ pub fn same_origin(headers: &axum::http::HeaderMap, public_url: &str) -> Result<
             Err(refused())
         };
     }
-    match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+    match fetch_site {
         None | Some("same-origin") | Some("none") => Ok(()),
         Some(_) => Err(refused()),
     }
@@ -554,5 +567,21 @@ mod tests {
         );
         reached.insert("origin", HeaderValue::from_static("http://evil.example"));
         assert!(same_origin(&reached, "http://127.0.0.1:8080").is_err());
+
+        // Under `Referrer-Policy: no-referrer` a browser posts a form with
+        // `Origin: null`; `Sec-Fetch-Site` then decides.
+        let opaque = |site: Option<&'static str>| {
+            let mut headers = HeaderMap::new();
+            headers.insert("origin", HeaderValue::from_static("null"));
+            if let Some(site) = site {
+                headers.insert("sec-fetch-site", HeaderValue::from_static(site));
+            }
+            same_origin(&headers, "https://kontakt.example.se/").is_ok()
+        };
+        assert!(opaque(Some("same-origin")));
+        assert!(!opaque(Some("cross-site")));
+        assert!(!opaque(Some("same-site")));
+        assert!(!opaque(Some("none")));
+        assert!(!opaque(None));
     }
 }
