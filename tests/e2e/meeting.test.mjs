@@ -138,7 +138,7 @@ test("a resident and a social worker meet over video through the relay, chat, an
   await annaPage.locator("#chat-log li", { hasText: "Ja, jag hör dig bra." }).waitFor();
   assert.deepEqual(
     await annaPage.locator("#chat-log li").allInnerTexts(),
-    ["أنت: مرحبا، هل تسمعني؟", "أخصائي اجتماعي: Ja, jag hör dig bra."],
+    ["أنت: مرحبا، هل تسمعني؟", "الأخصائي الاجتماعي: Ja, jag hör dig bra."],
     "what was said, once each and in order",
   );
   await remoteVideoPlays(annaPage);
