@@ -379,39 +379,6 @@ pub async fn set_discreet_mail(db: &Db, resident: &Resident, on: bool) -> Result
 /// How long a sign-in link works.
 pub const SIGN_IN_LINK_SECONDS: i64 = 15 * 60;
 
-/// Creates a one-time sign-in link for `resident` and puts it in the outbox,
-/// in one transaction. Returns the token, which only the mail carries.
-pub async fn issue_sign_in_link(db: &Db, resident: &Resident, now: i64) -> Result<String, Error> {
-    let token = random_token();
-    let expires_at = now + SIGN_IN_LINK_SECONDS;
-    let _turn = db.write_turn().await;
-    let mut tx = db.pool().begin().await?;
-    sqlx::query(
-        "INSERT INTO sign_in_links (token_hash, resident_id, expires_at) VALUES ($1, $2, $3)",
-    )
-    .bind(token_hash(&token))
-    .bind(&resident.id)
-    .bind(expires_at)
-    .execute(&mut *tx)
-    .await?;
-    let message = Message::SignInLink {
-        token: token.clone(),
-        expires_at,
-    };
-    outbox::enqueue(
-        &mut tx,
-        &resident.email,
-        resident.language,
-        &message,
-        None,
-        now,
-        now,
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(token)
-}
-
 /// Puts a request for a sign-in link to `email` in the outbox, without
 /// looking the address up: the same one insert whoever asks, so that
 /// neither the answer nor its timing tells whether the address is known.
