@@ -145,17 +145,11 @@ impl TestApp {
         within: Duration,
         ready: impl Fn(&str) -> bool,
     ) -> Option<String> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
+        eventually(within, || async {
             let body = self.get(path, None).await.text().await.expect("a body");
-            if ready(&body) {
-                return Some(body);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            ready(&body).then_some(body)
+        })
+        .await
     }
 
     /// A session token for a resident, minted with the test secret for a
@@ -200,18 +194,13 @@ impl TestApp {
     /// worker has answered the request (it is woken by the request, so this
     /// waits on that, within `within`).
     pub async fn sign_in_link(&self, email: &str, within: Duration) -> Option<String> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            if let Some(Message::SignInLink { token, .. }) =
-                self.last_message(email, "sign_in_link").await
-            {
-                return Some(token);
+        eventually(within, || async {
+            match self.last_message(email, "sign_in_link").await {
+                Some(Message::SignInLink { token, .. }) => Some(token),
+                _ => None,
             }
-            if tokio::time::Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 
     /// Signs a staff member in through the API and returns the Bearer token.
@@ -321,5 +310,25 @@ impl Default for TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Asks `check` until it answers `Some` or `within` passes, for work the
+/// server does in the background (mail delivery, the outbox worker) that
+/// tells no one when it is done. One place for the tests' deadline loop.
+pub async fn eventually<T, F, Fut>(within: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(found) = check().await {
+            return Some(found);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

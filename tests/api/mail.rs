@@ -72,8 +72,7 @@ async fn post_form(app: &kontakt_tests::TestApp, cookie: &str, path: &str, form:
 /// once at least `n` have arrived.
 async fn mails_for(app: &kontakt_tests::TestApp, recipient: &str, n: usize) -> Vec<Vec<u8>> {
     let dir = app.data_dir().join("outbox");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    kontakt_tests::eventually(Duration::from_secs(20), || async {
         let raws: Vec<Vec<u8>> = std::fs::read_dir(&dir)
             .map(|entries| {
                 entries
@@ -84,18 +83,15 @@ async fn mails_for(app: &kontakt_tests::TestApp, recipient: &str, n: usize) -> V
                     .collect()
             })
             .unwrap_or_default();
-        if raws.len() >= n {
-            return raws;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
+        (raws.len() >= n).then_some(raws)
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
             "{n} mails for {recipient} did not arrive on {}",
             app.backend
-        );
-        // The worker writes each file as it sends; look again shortly, as
-        // `wait_for_page` does, until the deadline.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        )
+    })
 }
 
 /// Words a discreet mail must not contain, lower case: the social services
