@@ -9,6 +9,7 @@ use axum::extract::{Path, State};
 use axum::response::Html;
 use axum::routing::get;
 use axum::Router;
+use maud::{html, Markup, PreEscaped, DOCTYPE};
 use rust_i18n::t;
 
 use crate::config::Settings;
@@ -31,28 +32,32 @@ async fn list(State(settings): State<Arc<Settings>>) -> Result<Html<String>, App
     let lang = locale.code();
     let mails =
         notify::mailbox::list(&settings.outbox_dir()).map_err(|e| AppError::Internal(e.into()))?;
-    let mut rows = String::new();
-    for m in &mails {
-        let date = m.date.map(crate::api::show_time).unwrap_or_default();
-        rows.push_str(&format!(
-            "<tr><td><a href=\"/dev/mail/{id}\">{subject}</a></td><td>{to}</td><td><time>{date}</time></td></tr>",
-            id = escape(&m.id),
-            subject = escape(&m.subject),
-            to = escape(&m.to),
-        ));
-    }
-    let body = if mails.is_empty() {
-        format!("<p>{}</p>", t!("devmail.empty", locale = lang))
-    } else {
-        format!(
-            "<table><caption>{caption}</caption><thead><tr><th scope=\"col\">{subject}</th><th scope=\"col\">{to}</th><th scope=\"col\">{date}</th></tr></thead><tbody>{rows}</tbody></table>",
-            caption = t!("devmail.caption", locale = lang),
-            subject = t!("devmail.subject", locale = lang),
-            to = t!("devmail.to", locale = lang),
-            date = t!("devmail.date", locale = lang),
-        )
+    let body = html! {
+        @if mails.is_empty() {
+            p { (t!("devmail.empty", locale = lang)) }
+        } @else {
+            table {
+                caption { (t!("devmail.caption", locale = lang)) }
+                thead {
+                    tr {
+                        th scope="col" { (t!("devmail.subject", locale = lang)) }
+                        th scope="col" { (t!("devmail.to", locale = lang)) }
+                        th scope="col" { (t!("devmail.date", locale = lang)) }
+                    }
+                }
+                tbody {
+                    @for m in &mails {
+                        tr {
+                            td { a href={ "/dev/mail/" (m.id) } { (m.subject) } }
+                            td { (m.to) }
+                            td { time { (m.date.map(crate::api::show_time).unwrap_or_default()) } }
+                        }
+                    }
+                }
+            }
+        }
     };
-    Ok(Html(page(lang, &t!("devmail.title", locale = lang), &body)))
+    Ok(Html(page(lang, &t!("devmail.title", locale = lang), body)))
 }
 
 #[tracing::instrument(skip(settings))]
@@ -68,63 +73,61 @@ async fn one(
     let mail = notify::mailbox::read(&settings.outbox_dir(), &id)
         .map_err(|e| AppError::Internal(e.into()))?
         .ok_or(AppError::NotFound)?;
-    let links: String = mail
-        .links
-        .iter()
-        .map(|l| format!("<li><a href=\"{0}\">{0}</a></li>", escape(l)))
-        .collect();
-    let calendar = match &mail.calendar {
-        Some(c) => format!(
-            "<h2>{}</h2><p>METHOD: {}</p><pre>{}</pre>",
-            t!("devmail.calendar", locale = lang),
-            escape(c.method.as_deref().unwrap_or("-")),
-            escape(&c.ics)
-        ),
-        None => String::new(),
+    let html_title = t!("devmail.html", locale = lang);
+    let body = html! {
+        p { a href="/dev/mail" { (t!("devmail.back", locale = lang)) } }
+        dl {
+            dt { (t!("devmail.to", locale = lang)) }
+            dd { (mail.to) }
+            dt { (t!("devmail.subject", locale = lang)) }
+            dd { (mail.subject) }
+        }
+        h2 { (t!("devmail.links", locale = lang)) }
+        ul {
+            @for l in &mail.links {
+                li { a href=(l) { (l) } }
+            }
+        }
+        h2 { (t!("devmail.text", locale = lang)) }
+        pre { (mail.text) }
+        h2 { (html_title) }
+        iframe title=(html_title) sandbox srcdoc=(mail.html)
+            style="width:100%;min-height:20rem;border:1px solid #888" {}
+        @if let Some(c) = &mail.calendar {
+            h2 { (t!("devmail.calendar", locale = lang)) }
+            p { "METHOD: " (c.method.as_deref().unwrap_or("-")) }
+            pre { (c.ics) }
+        }
     };
-    let body = format!(
-        "<p><a href=\"/dev/mail\">{back}</a></p><dl><dt>{to}</dt><dd>{to_v}</dd><dt>{subject}</dt><dd>{subject_v}</dd></dl>\
-         <h2>{links_h}</h2><ul>{links}</ul><h2>{text_h}</h2><pre>{text}</pre>\
-         <h2>{html_h}</h2><iframe title=\"{html_h}\" sandbox srcdoc=\"{html}\" style=\"width:100%;min-height:20rem;border:1px solid #888\"></iframe>{calendar}",
-        back = t!("devmail.back", locale = lang),
-        to = t!("devmail.to", locale = lang),
-        to_v = escape(&mail.to),
-        subject = t!("devmail.subject", locale = lang),
-        subject_v = escape(&mail.subject),
-        links_h = t!("devmail.links", locale = lang),
-        text_h = t!("devmail.text", locale = lang),
-        text = escape(&mail.text),
-        html_h = t!("devmail.html", locale = lang),
-        html = escape(&mail.html),
-    );
-    Ok(Html(page(lang, &mail.subject, &body)))
+    Ok(Html(page(lang, &mail.subject, body)))
 }
 
-fn page(lang: &str, title: &str, body: &str) -> String {
+/// The mailbox's own small style sheet: a fixed text, not from any mail.
+const STYLE: &str =
+    "body{font-family:system-ui,sans-serif;max-width:60rem;margin:auto;padding:1rem}\
+table{border-collapse:collapse;width:100%}\
+td,th{border-bottom:1px solid #ccc;padding:.4rem;text-align:start}\
+pre{white-space:pre-wrap}a:focus{outline:3px solid #1a5fb4}";
+
+fn page(lang: &str, title: &str, body: Markup) -> String {
     let dir = if lang == "ar" { "rtl" } else { "ltr" };
-    format!(
-        "<!doctype html><html lang=\"{lang}\" dir=\"{dir}\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{title}</title>\
-         <style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:auto;padding:1rem}}table{{border-collapse:collapse;width:100%}}\
-         td,th{{border-bottom:1px solid #ccc;padding:.4rem;text-align:start}}pre{{white-space:pre-wrap}}a:focus{{outline:3px solid #1a5fb4}}</style></head>\
-         <body><main><h1>{title}</h1><p>{note}</p>{body}</main></body></html>",
-        title = escape(title),
-        note = t!("devmail.note", locale = lang),
-    )
-}
-
-/// Escapes text for HTML content and attribute values.
-pub fn escape(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    for c in raw.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
+    html! {
+        (DOCTYPE)
+        html lang=(lang) dir=(dir) {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                main {
+                    h1 { (title) }
+                    p { (t!("devmail.note", locale = lang)) }
+                    (body)
+                }
+            }
         }
     }
-    out
+    .into_string()
 }
