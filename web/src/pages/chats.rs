@@ -14,9 +14,9 @@ use booking::ServiceCode;
 use jiff::Timestamp;
 use serde_json::Value;
 
-use super::{
-    clock, enc, esc, local, long_date, page, rfc3339, service_name, t, tr, Ctx, PageResult,
-};
+use maud::{html, Markup};
+
+use super::{clock, enc, local, long_date, page, rfc3339, service_name, tr, Ctx, PageResult};
 use crate::api::now;
 use crate::error::AppError;
 use crate::state::AppState;
@@ -32,7 +32,7 @@ fn party(resident: &Resident) -> String {
 
 /// The "Your chats" section of "My pages": each conversation the resident
 /// opened while signed in, newest first, linking to its transcript.
-pub async fn section(state: &AppState, resident: &Resident) -> Result<String, AppError> {
+pub async fn section(state: &AppState, resident: &Resident) -> Result<Markup, AppError> {
     let conversations = events::resident_conversations(&state.db, &party(resident)).await?;
     record(
         state,
@@ -44,32 +44,29 @@ pub async fn section(state: &AppState, resident: &Resident) -> Result<String, Ap
         Outcome::Allowed,
     )
     .await?;
-    let mut out = format!("<h2>{}</h2>", t("page.chats.title"));
-    if conversations.is_empty() {
-        out.push_str(&format!("<p>{}</p>", t("page.chats.none")));
-        return Ok(out);
-    }
-    out.push_str("<ul class=\"bookings\" role=\"list\">");
-    for c in &conversations {
-        out.push_str(&format!(
-            r#"<li class="booking"><article aria-labelledby="c-{anchor}">
-<h3 id="c-{anchor}"><a href="/my/chats/{room}">{service}</a></h3>
-<dl class="facts">
-<dt>{started_label}</dt><dd>{started}</dd>
-<dt>{state_label}</dt><dd>{state}</dd>
-</dl>
-</article></li>"#,
-            anchor = esc(&c.room.replace(':', "-")),
-            room = enc(&c.room),
-            service = service_of(c),
-            started_label = t("page.chats.started"),
-            started = moment(c.enqueued_at),
-            state_label = t("page.my.status"),
-            state = state_text(&c.state),
-        ));
-    }
-    out.push_str("</ul>");
-    Ok(out)
+    Ok(html! {
+        h2 { (tr("page.chats.title")) }
+        @if conversations.is_empty() {
+            p { (tr("page.chats.none")) }
+        } @else {
+            ul class="bookings" role="list" {
+                @for c in &conversations {
+                    @let anchor = format!("c-{}", c.room.replace(':', "-"));
+                    li class="booking" {
+                        article aria-labelledby=(anchor) {
+                            h3 id=(anchor) { a href={ "/my/chats/" (enc(&c.room)) } { (service_of(c)) } }
+                            dl class="facts" {
+                                dt { (tr("page.chats.started")) }
+                                dd { (moment(c.enqueued_at)) }
+                                dt { (tr("page.my.status")) }
+                                dd { (state_text(&c.state)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    })
 }
 
 /// One conversation's transcript: what was said, by role, and when it was
@@ -113,33 +110,27 @@ async fn transcript(
     )
     .await?;
 
-    let mut body = format!(
-        "<h1 id=\"page-title\">{service}</h1><p>{started_label}: {started}. {state_label}: {state}.</p>",
-        service = service_of(&entry),
-        started_label = t("page.chats.started"),
-        started = moment(entry.enqueued_at),
-        state_label = t("page.my.status"),
-        state = state_text(&entry.state),
-    );
-    let lines: Vec<String> = rows
+    let lines: Vec<Markup> = rows
         .iter()
         .filter(|row| seen_by(row, &mine))
         .filter_map(line)
         .collect();
-    if lines.is_empty() {
-        body.push_str(&format!("<p>{}</p>", t("page.chats.empty")));
-    } else {
-        body.push_str(&format!(
-            "<ol class=\"transcript\" aria-label=\"{}\">{}</ol>",
-            t("page.chats.transcript"),
-            lines.concat()
-        ));
-    }
-    body.push_str(&format!(
-        "<p><a href=\"/my\">{}</a></p>",
-        t("page.reschedule.back")
-    ));
-    Ok(page(&ctx, &tr("page.chats.transcript"), &body).into_response())
+    let body = html! {
+        h1 id="page-title" { (service_of(&entry)) }
+        p {
+            (tr("page.chats.started")) ": " (moment(entry.enqueued_at)) ". "
+            (tr("page.my.status")) ": " (state_text(&entry.state)) "."
+        }
+        @if lines.is_empty() {
+            p { (tr("page.chats.empty")) }
+        } @else {
+            ol class="transcript" aria-label=(tr("page.chats.transcript")) {
+                @for line in &lines { (line) }
+            }
+        }
+        p { a href="/my" { (tr("page.reschedule.back")) } }
+    };
+    Ok(page(&ctx, &tr("page.chats.transcript"), body).into_response())
 }
 
 /// Whether the resident was in an event's audience: chat conversations show
@@ -156,67 +147,63 @@ fn seen_by(row: &EventRow, party: &str) -> bool {
 
 /// One transcript line, or `None` for events a resident has no use for
 /// (joins, knocks).
-fn line(row: &EventRow) -> Option<String> {
+fn line(row: &EventRow) -> Option<Markup> {
     let event: Value = serde_json::from_str(&row.body).ok()?;
     let (who, text) = match row.kind.as_str() {
         "chat" => {
             let role = event["role"].as_str().unwrap_or_default();
             let who = match role {
-                "resident" => t("page.chats.you"),
-                "interpreter" => t("page.chats.interpreter"),
-                _ => t("page.chats.social_worker"),
+                "resident" => tr("page.chats.you"),
+                "interpreter" => tr("page.chats.interpreter"),
+                _ => tr("page.chats.social_worker"),
             };
-            (Some(who), esc(event["text"].as_str().unwrap_or_default()))
+            (
+                Some(who),
+                event["text"].as_str().unwrap_or_default().to_owned(),
+            )
         }
         "times_offered" => (
-            Some(t("page.chats.social_worker")),
-            t("page.chats.times_offered"),
+            Some(tr("page.chats.social_worker")),
+            tr("page.chats.times_offered"),
         ),
-        "assigned" => (None, t("page.chats.assigned")),
-        "video_opened" => (None, t("page.chats.video_opened")),
-        "ended" => (None, t("page.chats.ended")),
+        "assigned" => (None, tr("page.chats.assigned")),
+        "video_opened" => (None, tr("page.chats.video_opened")),
+        "ended" => (None, tr("page.chats.ended")),
         _ => return None,
     };
     let at = event["sent_at"].as_i64().unwrap_or(row.at);
     let time = Timestamp::from_second(at).ok()?;
-    let stamp = format!(
-        "<time datetime=\"{}\">{}</time>",
-        rfc3339(time),
-        clock(time)
-    );
+    let stamp = html! { time datetime=(rfc3339(time)) { (clock(time)) } };
     Some(match who {
-        Some(who) => {
-            format!("<li class=\"said\"><p class=\"who\">{who} {stamp}</p><p>{text}</p></li>")
-        }
-        None => format!("<li class=\"note\"><p>{stamp} {text}</p></li>"),
+        Some(who) => html! {
+            li class="said" { p class="who" { (who) " " (stamp) } p { (text) } }
+        },
+        None => html! { li class="note" { p { (stamp) " " (text) } } },
     })
 }
 
 fn service_of(entry: &QueueEntryRow) -> String {
     ServiceCode::parse(&entry.service)
         .map(|s| service_name(&s))
-        .unwrap_or_else(|_| esc(&entry.service))
+        .unwrap_or_else(|_| entry.service.clone())
 }
 
 fn state_text(state: &str) -> String {
     match state {
-        "waiting" => t("page.chats.state.waiting"),
-        "assigned" => t("page.chats.state.assigned"),
-        _ => t("page.chats.state.closed"),
+        "waiting" => tr("page.chats.state.waiting"),
+        "assigned" => tr("page.chats.state.assigned"),
+        _ => tr("page.chats.state.closed"),
     }
 }
 
 /// A point in time as a `<time>` element: its date and clock time.
-fn moment(at: i64) -> String {
+fn moment(at: i64) -> Markup {
     let Ok(time) = Timestamp::from_second(at) else {
-        return String::new();
+        return Markup::default();
     };
-    format!(
-        "<time datetime=\"{}\">{} {}</time>",
-        rfc3339(time),
-        long_date(local(time).date()),
-        clock(time)
-    )
+    html! {
+        time datetime=(rfc3339(time)) { (long_date(local(time).date())) " " (clock(time)) }
+    }
 }
 
 /// Audits a resident's read, now: `owner` is the resident whose conversation

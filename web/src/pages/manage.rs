@@ -13,9 +13,11 @@ use booking::bookings::{self, Authority, Booking};
 use booking::BookingStatus;
 use serde::Deserialize;
 
+use maud::{html, Markup};
+
 use super::{
-    enc, esc, free_times_by_day, page, status_text, t, time_picker, tr, when, zone_note, Ctx,
-    PageForm, PageQuery, PageResult,
+    enc, free_times_by_day, page, status_text, time_picker, tr, when, zone_note, Ctx, PageForm,
+    PageQuery, PageResult,
 };
 use crate::api::{now, parse_time};
 use crate::state::AppState;
@@ -50,26 +52,28 @@ async fn show(
         found => found?,
     };
     let message = match done.done.as_deref() {
-        Some("moved") => Some(t("page.my.moved")),
+        Some("moved") => Some(tr("page.my.moved")),
         _ => None,
     };
-    let mut body = facts(message, &b);
-    if b.status == BookingStatus::Booked && b.range.start() > now {
+    let actions = if b.status == BookingStatus::Booked && b.range.start() > now {
         let base = format!("/b/{}", enc(&token));
         let days = free_times_by_day(&state.db, &b.service, &b.performed_for, None, now).await?;
-        body.push_str(&format!(
-            r#"<h2>{cancel_title}</h2>
-<form method="post" action="{base}/cancel"><button type="submit" class="secondary">{cancel}</button></form>
-<h2>{move_title}</h2>
-{picker}"#,
-            cancel_title = t("page.manage.cancel_title"),
-            base = esc(&base),
-            cancel = t("page.my.cancel"),
-            move_title = t("page.reschedule.pick"),
-            picker = time_picker(&format!("{base}/reschedule"), None, &days),
-        ));
-    }
-    Ok(page(&ctx, &tr("page.manage.title"), &body).into_response())
+        Some(html! {
+            h2 { (tr("page.manage.cancel_title")) }
+            form method="post" action={ (base) "/cancel" } {
+                button type="submit" class="secondary" { (tr("page.my.cancel")) }
+            }
+            h2 { (tr("page.reschedule.pick")) }
+            (time_picker(&format!("{base}/reschedule"), None, &days))
+        })
+    } else {
+        None
+    };
+    let body = html! {
+        (facts(message, &b))
+        @if let Some(actions) = actions { (actions) }
+    };
+    Ok(page(&ctx, &tr("page.manage.title"), body).into_response())
 }
 
 /// Cancels by manage token, which spends it. The answer is the cancelled
@@ -81,8 +85,8 @@ async fn cancel(State(state): State<AppState>, ctx: Ctx, Path(token): Path<Strin
         Err(booking::Error::NotFound) => return Ok(gone(&ctx)),
         done => done?,
     };
-    let body = facts(Some(t("page.manage.cancelled")), &cancelled);
-    Ok(page(&ctx, &tr("page.manage.title"), &body).into_response())
+    let body = facts(Some(tr("page.manage.cancelled")), &cancelled);
+    Ok(page(&ctx, &tr("page.manage.title"), body).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,29 +113,21 @@ async fn reschedule(
 /// The title, an optional message, and what a token holder may know of the
 /// booking: that it is a meeting with the social services, its status and
 /// its time.
-fn facts(message: Option<String>, b: &Booking) -> String {
-    let mut body = format!("<h1 id=\"page-title\">{}</h1>", t("page.manage.title"));
-    if let Some(message) = message {
-        body.push_str(&format!(
-            "<div class=\"success\" role=\"status\" tabindex=\"-1\" data-focus><p>{message}</p></div>"
-        ));
+fn facts(message: Option<String>, b: &Booking) -> Markup {
+    html! {
+        h1 id="page-title" { (tr("page.manage.title")) }
+        @if let Some(message) = message {
+            div class="success" role="status" tabindex="-1" data-focus { p { (message) } }
+        }
+        p { (tr("page.manage.meeting")) }
+        dl class="facts" {
+            dt { (tr("page.my.status")) }
+            dd class={ "status status-" (b.status.as_str()) } { (status_text(b.status)) }
+            dt { (tr("page.confirm.time")) }
+            dd { (when(&b.range)) }
+        }
+        p class="zone" { (zone_note()) }
     }
-    body.push_str(&format!(
-        r#"<p>{meeting}</p>
-<dl class="facts">
-<dt>{status_label}</dt><dd class="status status-{status_code}">{status}</dd>
-<dt>{time_label}</dt><dd>{when}</dd>
-</dl>
-<p class="zone">{zone}</p>"#,
-        meeting = t("page.manage.meeting"),
-        status_label = t("page.my.status"),
-        status_code = b.status.as_str(),
-        status = status_text(b.status),
-        time_label = t("page.confirm.time"),
-        when = when(&b.range),
-        zone = zone_note(),
-    ));
-    body
 }
 
 /// The answer to a token that manages nothing: never issued, spent by a
@@ -139,15 +135,14 @@ fn facts(message: Option<String>, b: &Booking) -> String {
 /// tells nobody which, and points to "My pages", where a signed-in resident
 /// sees their bookings.
 fn gone(ctx: &Ctx) -> Response {
-    let body = format!(
-        "<h1 id=\"page-title\">{title}</h1>\n<p role=\"alert\">{text}</p>\n<p><a href=\"/my\">{my}</a></p>",
-        title = t("page.manage.gone_title"),
-        text = t("page.manage.gone"),
-        my = t("page.nav.my"),
-    );
+    let body = html! {
+        h1 id="page-title" { (tr("page.manage.gone_title")) }
+        p role="alert" { (tr("page.manage.gone")) }
+        p { a href="/my" { (tr("page.nav.my")) } }
+    };
     (
         StatusCode::NOT_FOUND,
-        page(ctx, &tr("page.manage.gone_title"), &body),
+        page(ctx, &tr("page.manage.gone_title"), body),
     )
         .into_response()
 }

@@ -19,7 +19,9 @@ use axum::Router;
 use booking::bookings;
 use booking::BookingStatus;
 
-use super::{asset, esc, page, status_text, t, tr, when, Ctx, PageResult, Who};
+use maud::{html, PreEscaped};
+
+use super::{asset, page, status_text, tr, when, Ctx, PageResult, Who};
 use crate::api::now;
 use crate::state::AppState;
 
@@ -87,78 +89,72 @@ async fn join(
         _ => bookings::for_resident_by_id(&state.db, ctx.resident()?, &booking_id, now).await?,
     };
     let is_staff = matches!(ctx.who, Who::Staff { .. });
-    let mut body = format!(
-        "<h1 id=\"page-title\">{title}</h1><p>{when}</p>",
-        title = t("page.meeting.title"),
-        when = when(&booking.range),
-    );
+    let heading = html! {
+        h1 id="page-title" { (tr("page.meeting.title")) }
+        p { (when(&booking.range)) }
+    };
     if booking.status != BookingStatus::Booked {
-        body.push_str(&format!(
-            "<p class=\"status status-{code}\">{status}</p><p>{none}</p>",
-            code = booking.status.as_str(),
-            status = status_text(booking.status),
-            none = t("page.meeting.no_meeting"),
-        ));
-        return Ok(page(&ctx, &tr("page.meeting.title"), &body).into_response());
+        let body = html! {
+            (heading)
+            p class={ "status status-" (booking.status.as_str()) } { (status_text(booking.status)) }
+            p { (tr("page.meeting.no_meeting")) }
+        };
+        return Ok(page(&ctx, &tr("page.meeting.title"), body).into_response());
     }
-    let staff_only = |html: String| if is_staff { html } else { String::new() };
-    body.push_str(&format!(
-        r#"<noscript><p class="error">{needs_script}</p></noscript>
-<div class="meeting" id="meeting" data-booking="{id}" data-csrf="{csrf}" data-role="{role}">
-<p id="meeting-status" class="meeting-status" role="status" aria-live="polite">{connecting}</p>
-<div class="videos">
-<figure class="tile self"><video id="self-video" autoplay muted playsinline></video><figcaption>{you}</figcaption></figure>
-<div id="remote-videos" class="remote"></div>
-</div>
-<div class="controls">
-<button type="button" id="toggle-mic" aria-pressed="false">{mute}</button>
-<button type="button" id="toggle-camera" aria-pressed="false">{camera_off}</button>
-{end}<button type="button" id="leave-meeting" class="secondary">{leave}</button>
-</div>
-{lobby}<section class="chat" aria-labelledby="chat-title">
-<h2 id="chat-title">{chat}</h2>
-<ol id="chat-log" class="transcript" aria-live="polite" aria-label="{chat}"></ol>
-<form id="chat-form" class="chat-form">
-<div class="field"><label for="chat-text">{message}</label>
-<textarea id="chat-text" name="text" rows="2" maxlength="4000" disabled></textarea></div>
-<button type="submit" id="chat-send" disabled>{send}</button>
-</form>
-</section>
-</div>
-<script type="application/json" id="meeting-text">{text}</script>
-<script src="/assets/meeting.js" defer></script>"#,
-        needs_script = t("page.meeting.needs_script"),
-        id = esc(&booking.id),
-        csrf = esc(ctx.csrf()),
-        role = if is_staff { "staff" } else { "resident" },
-        connecting = t("page.meeting.connecting"),
-        you = t("page.meeting.you"),
-        mute = t("page.meeting.mute"),
-        camera_off = t("page.meeting.camera_off"),
-        end = staff_only(format!(
-            "<button type=\"button\" id=\"end-meeting\" class=\"danger\">{}</button>\n",
-            t("page.meeting.end")
-        )),
-        leave = t("page.meeting.leave"),
-        lobby = staff_only(format!(
-            r#"<section class="lobby" aria-labelledby="lobby-title">
-<h2 id="lobby-title">{waiting}</h2>
-<p id="lobby-empty">{nobody}</p>
-<ul id="lobby-list" role="list"></ul>
-</section>
-"#,
-            waiting = t("page.meeting.lobby_title"),
-            nobody = t("page.meeting.lobby_empty"),
-        )),
-        chat = t("page.meeting.chat"),
-        message = t("page.meeting.message"),
-        send = t("page.meeting.send"),
-        text = script_text(),
-    ));
-    Ok(page(&ctx, &tr("page.meeting.title"), &body).into_response())
+    let chat = tr("page.meeting.chat");
+    let body = html! {
+        (heading)
+        noscript { p class="error" { (tr("page.meeting.needs_script")) } }
+        div class="meeting" id="meeting" data-booking=(booking.id) data-csrf=(ctx.csrf())
+            data-role=(if is_staff { "staff" } else { "resident" }) {
+            p id="meeting-status" class="meeting-status" role="status" aria-live="polite" {
+                (tr("page.meeting.connecting"))
+            }
+            div class="videos" {
+                figure class="tile self" {
+                    video id="self-video" autoplay muted playsinline {}
+                    figcaption { (tr("page.meeting.you")) }
+                }
+                div id="remote-videos" class="remote" {}
+            }
+            div class="controls" {
+                button type="button" id="toggle-mic" aria-pressed="false" { (tr("page.meeting.mute")) }
+                button type="button" id="toggle-camera" aria-pressed="false" { (tr("page.meeting.camera_off")) }
+                @if is_staff {
+                    button type="button" id="end-meeting" class="danger" { (tr("page.meeting.end")) }
+                }
+                button type="button" id="leave-meeting" class="secondary" { (tr("page.meeting.leave")) }
+            }
+            @if is_staff {
+                section class="lobby" aria-labelledby="lobby-title" {
+                    h2 id="lobby-title" { (tr("page.meeting.lobby_title")) }
+                    p id="lobby-empty" { (tr("page.meeting.lobby_empty")) }
+                    ul id="lobby-list" role="list" {}
+                }
+            }
+            section class="chat" aria-labelledby="chat-title" {
+                h2 id="chat-title" { (chat) }
+                ol id="chat-log" class="transcript" aria-live="polite" aria-label=(chat) {}
+                form id="chat-form" class="chat-form" {
+                    div class="field" {
+                        label for="chat-text" { (tr("page.meeting.message")) }
+                        textarea id="chat-text" name="text" rows="2" maxlength="4000" disabled {}
+                    }
+                    button type="submit" id="chat-send" disabled { (tr("page.meeting.send")) }
+                }
+            }
+        }
+        // JSON in a script element is not HTML: `script_text` makes it
+        // safe there, and HTML escaping would corrupt it.
+        script type="application/json" id="meeting-text" { (PreEscaped(script_text())) }
+        script src="/assets/meeting.js" defer {}
+    };
+    Ok(page(&ctx, &tr("page.meeting.title"), body).into_response())
 }
 
-/// The script's strings as JSON that is safe inside a `<script>` element.
+/// The script's strings as JSON that is safe inside a `<script>` element:
+/// every `<` is written `\u003c`, so no text can close the element or open
+/// a comment in it.
 fn script_text() -> String {
     let map: serde_json::Map<String, serde_json::Value> = SCRIPT_TEXT
         .iter()
@@ -166,7 +162,7 @@ fn script_text() -> String {
         .collect();
     serde_json::Value::Object(map)
         .to_string()
-        .replace("</", "<\\/")
+        .replace('<', "\\u003c")
 }
 
 async fn script() -> Response {
@@ -193,7 +189,7 @@ mod tests {
     #[test]
     fn script_text_cannot_end_its_script_element() {
         let text = script_text();
-        assert!(!text.contains("</"), "{text}");
+        assert!(!text.contains('<'), "{text}");
         let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(parsed.as_object().unwrap().len(), SCRIPT_TEXT.len());
     }

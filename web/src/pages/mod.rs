@@ -3,10 +3,17 @@
 //! meeting page with the video call, the public legal map, and the staff,
 //! scheduler and admin views.
 //!
-//! Pages are plain HTML built here, with every string translated through
-//! rust-i18n (`page.` keys) and every dynamic value escaped. They work without
-//! JavaScript, except the video meeting (`meeting.js`); the one small script
-//! on every page only moves focus to a message after a form post. Cookie
+//! Pages are HTML built with maud's `html!` templates: one layout ([`page`]),
+//! shared pieces as functions that return `Markup` (the navigation, the
+//! language switcher, the sign-out forms, [`csrf_field`], [`time_picker`],
+//! [`when`], [`bdi`]), and one escaper, maud's. Every string is translated
+//! through rust-i18n (`page.` keys) as plain text that maud escapes where it
+//! goes in; a translated sentence whose placeholders hold markup (a name in
+//! `<bdi>`) is filled by [`tr_markup`], which escapes the text around them.
+//! Nothing translated or typed goes in unescaped; the meeting page's strings
+//! for its script are JSON escaped for the `<script>` they sit in. Pages work
+//! without JavaScript, except the video meeting (`meeting.js`); the one small
+//! script on every page only moves focus to a message after a form post. Cookie
 //! sessions are the same JWTs the API issues; because a plain HTML form
 //! cannot send the `x-csrf-token` header, page forms carry the session's CSRF
 //! value in a hidden `csrf` field that the handlers here compare with the
@@ -32,6 +39,7 @@ use booking::bookings::{self, FreeTime, SearchQuery};
 use booking::{DateRange, Db, Language, MunicipalityCode, ServiceCode, SlotRange};
 use jiff::civil::Date;
 use jiff::{Timestamp, Zoned};
+use maud::{html, Markup, DOCTYPE};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
@@ -230,13 +238,12 @@ impl IntoResponse for PageError {
             who: Who::Anonymous,
             session: None,
         };
-        let body = format!(
-            "<h1 id=\"page-title\">{title}</h1>\n<p role=\"alert\">{message}</p>\n<p><a href=\"/\">{home}</a></p>",
-            title = t("page.error.title"),
-            message = esc(&tr(&format!("error.{code}"))),
-            home = t("page.error.home"),
-        );
-        (status, page(&ctx, &tr("page.error.title"), &body)).into_response()
+        let body = html! {
+            h1 id="page-title" { (tr("page.error.title")) }
+            p role="alert" { (tr(&format!("error.{code}"))) }
+            p { a href="/" { (tr("page.error.home")) } }
+        };
+        (status, page(&ctx, &tr("page.error.title"), body)).into_response()
     }
 }
 
@@ -282,127 +289,124 @@ pub type PageResult = Result<Response, PageError>;
 
 /// Renders a whole page: the head, the header with navigation, language
 /// switcher and sign-out button, `body` as the main content, and the footer.
-pub fn page(ctx: &Ctx, title: &str, body: &str) -> Html<String> {
+pub fn page(ctx: &Ctx, title: &str, body: Markup) -> Html<String> {
     let locale = ctx.locale;
     let dir = if locale.is_rtl() { "rtl" } else { "ltr" };
-    let mut nav = Vec::new();
-    nav.push(nav_link(ctx, "/", "page.nav.book"));
-    match &ctx.who {
-        Who::Staff { staff, .. } => {
-            nav.push(nav_link(ctx, "/staff", "page.nav.staff"));
-            if matches!(staff.role, booking::Role::Scheduler | booking::Role::Admin) {
-                nav.push(nav_link(ctx, "/scheduler", "page.nav.scheduler"));
+    let html = html! {
+        (DOCTYPE)
+        html lang=(locale.code()) dir=(dir) {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " – Kontakt" }
+                link rel="stylesheet" href="/assets/kontakt.css";
+                script src="/assets/kontakt.js" defer {}
             }
-            if staff.role == booking::Role::Admin {
-                nav.push(nav_link(ctx, "/admin/audit", "page.nav.audit"));
+            body {
+                a class="skip" href="#main" { (tr("page.skip")) }
+                header class="site" {
+                    div class="bar" {
+                        a class="brand" href="/" { "Kontakt" }
+                        nav aria-label=(tr("page.nav.label")) { ul { (nav(ctx)) } }
+                        div class="account" { (account(ctx)) }
+                    }
+                    (language_switcher(ctx))
+                }
+                main id="main" tabindex="-1" { (body) }
+                footer class="site" {
+                    p { (tr("page.footer")) " " a href="/legal-map" { (tr("page.nav.legal_map")) } }
+                }
             }
         }
-        _ => nav.push(nav_link(ctx, "/my", "page.nav.my")),
+    };
+    Html(html.into_string())
+}
+
+/// The site's navigation: booking, "My pages" or the staff pages the
+/// signed-in role may open, and the legal map.
+fn nav(ctx: &Ctx) -> Markup {
+    html! {
+        (nav_link(ctx, "/", "page.nav.book"))
+        @match &ctx.who {
+            Who::Staff { staff, .. } => {
+                (nav_link(ctx, "/staff", "page.nav.staff"))
+                @if matches!(staff.role, booking::Role::Scheduler | booking::Role::Admin) {
+                    (nav_link(ctx, "/scheduler", "page.nav.scheduler"))
+                }
+                @if staff.role == booking::Role::Admin {
+                    (nav_link(ctx, "/admin/audit", "page.nav.audit"))
+                }
+            }
+            _ => (nav_link(ctx, "/my", "page.nav.my")),
+        }
+        (nav_link(ctx, "/legal-map", "page.nav.legal_map"))
     }
-    nav.push(nav_link(ctx, "/legal-map", "page.nav.legal_map"));
-    let account = match &ctx.who {
-        Who::Anonymous => format!(
-            "<a href=\"/sign-in\">{}</a> <a href=\"/staff/login\">{}</a>",
-            t("page.nav.sign_in"),
-            t("page.nav.staff_sign_in")
-        ),
+}
+
+fn nav_link(ctx: &Ctx, href: &str, key: &str) -> Markup {
+    let path = ctx.here.split('?').next().unwrap_or("/");
+    html! {
+        li { a href=(href) aria-current=[(path == href).then_some("page")] { (tr(key)) } }
+    }
+}
+
+/// Sign-in links for a visitor, or who is signed in and the sign-out button.
+fn account(ctx: &Ctx) -> Markup {
+    match &ctx.who {
+        Who::Anonymous => html! {
+            a href="/sign-in" { (tr("page.nav.sign_in")) }
+            " "
+            a href="/staff/login" { (tr("page.nav.staff_sign_in")) }
+        },
         Who::Resident { resident, csrf } => sign_out_form(&resident.name, csrf),
         Who::Staff { staff, csrf } => sign_out_form(&staff.name, csrf),
-    };
-    let back = without_lang(&ctx.here);
-    let languages: String = Language::ALL
-        .iter()
-        .map(|l| {
-            let current = if *l == locale {
-                " aria-current=\"true\""
-            } else {
-                ""
-            };
-            format!(
-                "<li><a href=\"/lang?to={code}&amp;back={back}\" lang=\"{code}\" hreflang=\"{code}\"{current}>{name}</a></li>",
-                code = l.code(),
-                back = esc(&enc(&back)),
-                name = language_name(*l),
-            )
-        })
-        .collect();
-    let html = format!(
-        r##"<!doctype html>
-<html lang="{lang}" dir="{dir}">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title} – Kontakt</title>
-<link rel="stylesheet" href="/assets/kontakt.css">
-<script src="/assets/kontakt.js" defer></script>
-</head>
-<body>
-<a class="skip" href="#main">{skip}</a>
-<header class="site">
-<div class="bar">
-<a class="brand" href="/">Kontakt</a>
-<nav aria-label="{nav_label}"><ul>{nav}</ul></nav>
-<div class="account">{account}</div>
-</div>
-<nav class="languages" aria-label="{lang_label}"><ul>{languages}</ul></nav>
-</header>
-<main id="main" tabindex="-1">
-{body}
-</main>
-<footer class="site">
-<p>{footer} <a href="/legal-map">{legal_map}</a></p>
-</footer>
-</body>
-</html>
-"##,
-        lang = locale.code(),
-        title = esc(title),
-        skip = t("page.skip"),
-        nav_label = t("page.nav.label"),
-        nav = nav.concat(),
-        lang_label = t("page.nav.languages"),
-        footer = t("page.footer"),
-        legal_map = t("page.nav.legal_map"),
-    );
-    Html(html)
+    }
 }
 
-fn nav_link(ctx: &Ctx, href: &str, key: &str) -> String {
-    let path = ctx.here.split('?').next().unwrap_or("/");
-    let current = if path == href {
-        " aria-current=\"page\""
-    } else {
-        ""
-    };
-    format!("<li><a href=\"{href}\"{current}>{}</a></li>", t(key))
+/// Links to this page in each language, the current one marked.
+fn language_switcher(ctx: &Ctx) -> Markup {
+    let back = enc(&without_lang(&ctx.here));
+    html! {
+        nav class="languages" aria-label=(tr("page.nav.languages")) {
+            ul {
+                @for l in Language::ALL {
+                    li {
+                        a href={ "/lang?to=" (l.code()) "&back=" (back) }
+                            lang=(l.code()) hreflang=(l.code())
+                            aria-current=[(l == ctx.locale).then_some("true")] { (language_name(l)) }
+                    }
+                }
+            }
+        }
+    }
 }
 
-fn sign_out_form(name: &str, csrf: &str) -> String {
-    format!(
-        "<span class=\"who\">{signed_in}</span> <form method=\"post\" action=\"/sign-out\" class=\"inline\">{csrf}<button type=\"submit\" class=\"link\">{sign_out}</button></form>",
-        signed_in = tv_html("page.nav.signed_in_as", &[("name", &bdi(name))]),
-        csrf = csrf_field(csrf),
-        sign_out = t("page.nav.sign_out"),
-    )
+fn sign_out_form(name: &str, csrf: &str) -> Markup {
+    html! {
+        span class="who" { (tr_markup("page.nav.signed_in_as", &[("name", bdi(name))])) }
+        " "
+        form method="post" action="/sign-out" class="inline" {
+            (csrf_field(csrf))
+            button type="submit" class="link" { (tr("page.nav.sign_out")) }
+        }
+    }
 }
 
 /// The "sign out everywhere" button, for "My pages" and the staff page:
 /// ends every session of the signed-in person, on every device.
-pub fn sign_out_everywhere_form(csrf: &str) -> String {
-    format!(
-        "<form method=\"post\" action=\"/sign-out-everywhere\" class=\"sign-out-everywhere\">{csrf}<p>{hint}</p><button type=\"submit\">{button}</button></form>",
-        csrf = csrf_field(csrf),
-        hint = t("page.sessions.everywhere_hint"),
-        button = t("page.sessions.everywhere_button"),
-    )
+pub fn sign_out_everywhere_form(csrf: &str) -> Markup {
+    html! {
+        form method="post" action="/sign-out-everywhere" class="sign-out-everywhere" {
+            (csrf_field(csrf))
+            p { (tr("page.sessions.everywhere_hint")) }
+            button type="submit" { (tr("page.sessions.everywhere_button")) }
+        }
+    }
 }
 
 /// A hidden form field carrying the session's CSRF value.
-pub fn csrf_field(csrf: &str) -> String {
-    format!(
-        "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
-        esc(csrf)
-    )
+pub fn csrf_field(csrf: &str) -> Markup {
+    html! { input type="hidden" name="csrf" value=(csrf); }
 }
 
 /// Each language named in itself, so that a reader finds their own.
@@ -516,22 +520,6 @@ fn without_lang(here: &str) -> String {
     }
 }
 
-/// Escapes text for HTML element content and quoted attribute values.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// Percent-encodes a query parameter value.
 pub fn enc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -545,42 +533,82 @@ pub fn enc(s: &str) -> String {
     out
 }
 
-/// The translation of `key` in the request's language, unescaped.
+/// The translation of `key` in the request's language, as plain text for
+/// maud to escape.
 pub fn tr(key: &str) -> String {
     rust_i18n::t!(key, locale = current_locale().code()).into_owned()
 }
 
-/// The translation of `key`, escaped for HTML.
-pub fn t(key: &str) -> String {
-    esc(&tr(key))
+/// The translation of `key` with its `%{name}` placeholders filled in by
+/// `values`, as plain text.
+pub fn tr_with(key: &str, values: &[(&str, &str)]) -> String {
+    pieces(&tr(key), values)
+        .into_iter()
+        .map(|piece| match piece {
+            Piece::Text(text) => text,
+            Piece::Value(value) => *value,
+        })
+        .collect()
 }
 
-/// The translation of `key` with `%{name}` placeholders filled in, escaped.
-pub fn tv(key: &str, values: &[(&str, &str)]) -> String {
-    let mut text = tr(key);
-    for (name, value) in values {
-        text = text.replace(&format!("%{{{name}}}"), value);
+/// The translation of `key` with its `%{name}` placeholders filled in by
+/// markup, such as a name in [`bdi`]: the translated text around them is
+/// escaped as text, and each value goes in as the markup it is.
+pub fn tr_markup(key: &str, values: &[(&str, Markup)]) -> Markup {
+    fill(&tr(key), values)
+}
+
+/// `text` split at its `%{name}` placeholders, with the text between them
+/// escaped and each placeholder replaced by its value in `values`.
+fn fill(text: &str, values: &[(&str, Markup)]) -> Markup {
+    html! {
+        @for piece in pieces(text, values) {
+            @match piece {
+                Piece::Text(text) => (text),
+                Piece::Value(value) => (value),
+            }
+        }
     }
-    esc(&text)
 }
 
-/// The translation of `key`, escaped, with `%{name}` placeholders filled in
-/// by `values` that are already HTML (from [`bdi`], say).
-pub fn tv_html(key: &str, values: &[(&str, &str)]) -> String {
-    let mut text = t(key);
-    for (name, value) in values {
-        text = text.replace(&format!("%{{{name}}}"), value);
+/// A part of a translated text: text as written, or a placeholder's value.
+enum Piece<'a, V> {
+    Text(&'a str),
+    Value(&'a V),
+}
+
+/// Splits `text` at the `%{name}` placeholders that `values` names. A
+/// placeholder without a value stays as it was written, and a value is
+/// never searched for placeholders itself.
+fn pieces<'a, V>(text: &'a str, values: &'a [(&str, V)]) -> Vec<Piece<'a, V>> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find("%{") {
+        let after = &rest[open + 2..];
+        let Some(close) = after.find('}') else {
+            break;
+        };
+        let name = &after[..close];
+        match values.iter().find(|(n, _)| *n == name) {
+            Some((_, value)) => {
+                out.push(Piece::Text(&rest[..open]));
+                out.push(Piece::Value(value));
+            }
+            None => out.push(Piece::Text(&rest[..open + 2 + close + 1])),
+        }
+        rest = &after[close + 1..];
     }
-    text
+    out.push(Piece::Text(rest));
+    out
 }
 
-/// A name of a person or a municipality, escaped and isolated in `<bdi>`:
-/// a Latin name inside Arabic text (or an Arabic name inside Swedish) then
-/// keeps its own direction, and "name، municipality" is not reordered. A
-/// stored name with a direction override from before names were checked
-/// cannot reorder the text around it either.
-pub fn bdi(name: &str) -> String {
-    format!("<bdi>{}</bdi>", esc(name))
+/// A name of a person or a municipality, isolated in `<bdi>`: a Latin name
+/// inside Arabic text (or an Arabic name inside Swedish) then keeps its own
+/// direction, and "name، municipality" is not reordered. A stored name with
+/// a direction override from before names were checked cannot reorder the
+/// text around it either.
+pub fn bdi(name: &str) -> Markup {
+    html! { bdi { (name) } }
 }
 
 /// A name isolated with U+2068 FIRST STRONG ISOLATE and U+2069 POP
@@ -590,9 +618,9 @@ pub fn isolate(name: &str) -> String {
     format!("\u{2068}{name}\u{2069}")
 }
 
-/// The name of a service in the request's language, escaped.
+/// The name of a service in the request's language.
 pub fn service_name(service: &ServiceCode) -> String {
-    t(&format!("service.{service}"))
+    tr(&format!("service.{service}"))
 }
 
 /// A time in the display zone.
@@ -613,7 +641,7 @@ pub fn long_date(date: Date) -> String {
         date.weekday().to_monday_one_offset()
     ));
     let month = tr(&format!("page.month.{}", date.month()));
-    tv(
+    tr_with(
         "page.date.long",
         &[
             ("weekday", &weekday),
@@ -628,7 +656,7 @@ pub fn long_date(date: Date) -> String {
 /// language's way: `10:00` in Swedish, `10.00` in Finnish.
 pub fn clock(at: Timestamp) -> String {
     let time = local(at);
-    tv(
+    tr_with(
         "page.time.clock",
         &[
             ("hour", &format!("{:02}", time.hour())),
@@ -641,7 +669,7 @@ pub fn clock(at: Timestamp) -> String {
 /// words ("من 10:00 إلى 10:45"), since a dash between two numbers is
 /// reordered in right-to-left text.
 pub fn clock_range(range: &SlotRange) -> String {
-    tv(
+    tr_with(
         "page.time.range",
         &[("from", &clock(range.start())), ("to", &clock(range.end()))],
     )
@@ -650,14 +678,14 @@ pub fn clock_range(range: &SlotRange) -> String {
 /// A meeting's date and time with the zone named in plain words, e.g.
 /// "tisdag 3 december 2026 kl. 10:00–10:45 (svensk tid)", as a `<time>`
 /// element.
-pub fn when(range: &SlotRange) -> String {
+pub fn when(range: &SlotRange) -> Markup {
     let start = local(range.start());
     let weekday = tr(&format!(
         "page.weekday.{}",
         start.weekday().to_monday_one_offset()
     ));
     let month = tr(&format!("page.month.{}", start.month()));
-    let text = tv(
+    let text = tr_with(
         "page.time.when",
         &[
             ("weekday", &weekday),
@@ -668,10 +696,7 @@ pub fn when(range: &SlotRange) -> String {
             ("to", &clock(range.end())),
         ],
     );
-    format!(
-        "<time datetime=\"{iso}\">{text}</time>",
-        iso = start.strftime("%Y-%m-%dT%H:%M:%S%:z"),
-    )
+    html! { time datetime=(rfc3339(range.start())) { (text) } }
 }
 
 /// A time as RFC 3339 in the display zone, the value forms carry.
@@ -708,41 +733,37 @@ pub fn time_picker(
     action: &str,
     csrf: Option<&str>,
     days: &BTreeMap<Date, Vec<FreeTime>>,
-) -> String {
+) -> Markup {
     if days.is_empty() {
-        return format!("<p>{}</p>", t("page.times.none"));
+        return html! { p { (tr("page.times.none")) } };
     }
-    let mut out = format!(
-        "<form method=\"post\" action=\"{}\" class=\"picker\">{}",
-        esc(action),
-        csrf.map(csrf_field).unwrap_or_default()
-    );
-    for (i, (date, times)) in days.iter().enumerate() {
-        out.push_str(&format!(
-            "<fieldset><legend>{}</legend><div class=\"choices\">",
-            long_date(*date)
-        ));
-        for (j, free) in times.iter().enumerate() {
-            let id = format!("t-{i}-{j}");
-            out.push_str(&format!(
-                "<div class=\"choice\"><input type=\"radio\" name=\"starts_at\" id=\"{id}\" value=\"{value}\" required><label for=\"{id}\">{range}</label></div>",
-                value = esc(&rfc3339(free.range.start())),
-                range = clock_range(&free.range),
-            ));
+    html! {
+        form method="post" action=(action) class="picker" {
+            @if let Some(csrf) = csrf { (csrf_field(csrf)) }
+            @for (i, (date, times)) in days.iter().enumerate() {
+                fieldset {
+                    legend { (long_date(*date)) }
+                    div class="choices" {
+                        @for (j, free) in times.iter().enumerate() {
+                            @let id = format!("t-{i}-{j}");
+                            div class="choice" {
+                                input type="radio" name="starts_at" id=(id)
+                                    value=(rfc3339(free.range.start())) required;
+                                label for=(id) { (clock_range(&free.range)) }
+                            }
+                        }
+                    }
+                }
+            }
+            p class="zone" { (zone_note()) }
+            button type="submit" { (tr("page.times.move")) }
         }
-        out.push_str("</div></fieldset>");
     }
-    out.push_str(&format!(
-        "<p class=\"zone\">{}</p><button type=\"submit\">{}</button></form>",
-        zone_note(),
-        t("page.times.move")
-    ));
-    out
 }
 
 /// The sentence that names the zone times are shown in, in plain words.
 pub fn zone_note() -> String {
-    t("page.times.zone")
+    tr("page.times.zone")
 }
 
 /// The municipality's name for `code`, or the code if it is unknown.
@@ -756,24 +777,24 @@ pub async fn municipality_name(db: &Db, code: &MunicipalityCode) -> Result<Strin
 /// Which rule a booking relies on, in words, with the agreement it cites.
 pub fn rule_text(rule: &str, agreement_id: Option<&str>) -> String {
     match (rule, agreement_id) {
-        ("agreement", Some(id)) => tv("page.rule.agreement_with_id", &[("id", id)]),
-        ("home", _) => t("page.rule.home"),
-        ("open", _) => t("page.rule.open"),
-        ("agreement", None) => t("page.rule.agreement"),
-        ("home_only", _) => t("page.rule.home_only"),
-        (other, _) => esc(other),
+        ("agreement", Some(id)) => tr_with("page.rule.agreement_with_id", &[("id", id)]),
+        ("home", _) => tr("page.rule.home"),
+        ("open", _) => tr("page.rule.open"),
+        ("agreement", None) => tr("page.rule.agreement"),
+        ("home_only", _) => tr("page.rule.home_only"),
+        (other, _) => other.to_owned(),
     }
 }
 
-/// A booking status in words.
 /// Whether a booking's meeting can still be joined: it is booked and has not
 /// ended.
 pub fn joinable(booking: &bookings::Booking, now: Timestamp) -> bool {
     booking.status == booking::BookingStatus::Booked && booking.range.end() > now
 }
 
+/// A booking status in words.
 pub fn status_text(status: booking::BookingStatus) -> String {
-    t(&format!("page.status.{}", status.as_str()))
+    tr(&format!("page.status.{}", status.as_str()))
 }
 
 /// `None` for an empty form or query value.
@@ -809,11 +830,40 @@ mod tests {
     }
 
     #[test]
-    fn escaping_covers_markup_and_quotes() {
+    fn names_are_escaped_inside_bdi() {
         assert_eq!(
-            esc(r#"<a href="x">'&'</a>"#),
-            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+            bdi(r#"<a href="x">&</a>"#).into_string(),
+            "<bdi>&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;</bdi>"
         );
+    }
+
+    #[test]
+    fn placeholders_take_markup_and_the_text_around_them_is_escaped() {
+        let filled = fill(
+            "<b>%{name}</b> & %{missing} %{home}%{name}",
+            &[("name", bdi("Ann")), ("home", html! { "1 < 2" })],
+        );
+        assert_eq!(
+            filled.into_string(),
+            "&lt;b&gt;<bdi>Ann</bdi>&lt;/b&gt; &amp; %{missing} 1 &lt; 2<bdi>Ann</bdi>"
+        );
+    }
+
+    #[test]
+    fn a_value_is_not_searched_for_placeholders() {
+        let text: String = pieces("%{a}%{b}", &[("a", "%{b}"), ("b", "x")])
+            .into_iter()
+            .map(|p| match p {
+                Piece::Text(t) => t,
+                Piece::Value(v) => *v,
+            })
+            .collect();
+        assert_eq!(text, "%{b}x");
+    }
+
+    #[test]
+    fn an_unclosed_placeholder_stays_text() {
+        assert_eq!(fill("50%{ off", &[]).into_string(), "50%{ off");
     }
 
     #[test]

@@ -16,11 +16,13 @@ use booking::outbox::NeutralTitle;
 use booking::{catalog, BookingStatus, Language, MunicipalityCode, ServiceCode};
 use serde::Deserialize;
 
+use maud::{html, Markup};
+
 use super::{
-    bdi, chats, csrf_field, enc, esc, free_times_by_day, is_local_path, long_date,
-    municipality_name, non_empty, page, rule_text, service_name, sign_out_everywhere_form,
-    status_text, t, time_picker, tr, tv, tv_html, when, zone_note, Ctx, PageError, PageForm,
-    PageQuery, PageResult, NEXT_COOKIE,
+    bdi, chats, csrf_field, enc, free_times_by_day, is_local_path, long_date, municipality_name,
+    non_empty, page, rule_text, service_name, sign_out_everywhere_form, status_text, time_picker,
+    tr, tr_markup, tr_with, when, zone_note, Ctx, PageError, PageForm, PageQuery, PageResult,
+    NEXT_COOKIE,
 };
 use crate::api::auth::{redeem_link, send_sign_in_link, ResidentLinkRequest};
 use crate::api::{now, parse_time};
@@ -71,109 +73,97 @@ async fn start(
     let chosen_home = non_empty(&choice.home).map(str::to_owned).or(home_default);
     let chosen_language = non_empty(&choice.language).map(str::to_owned);
 
-    let service_options: String = services
-        .iter()
-        .map(|s| {
-            option(
-                s.code.as_str(),
-                &service_name(&s.code),
-                chosen_service.as_deref(),
-            )
-        })
-        .collect();
-    let home_options: String = municipalities
-        .iter()
-        .map(|m| option(m.code.as_str(), &esc(&m.name), chosen_home.as_deref()))
-        .collect();
-    let mut language_options = option("", &t("page.start.any_language"), None);
-    for l in Language::ALL {
-        language_options.push_str(&option(
-            l.code(),
-            &t(&format!("page.language.{}", l.code())),
-            chosen_language.as_deref(),
-        ));
-    }
-    let mut body = format!(
-        r#"<h1 id="page-title">{title}</h1>
-<p>{intro}</p>
-<form method="get" action="/" class="search">
-<div class="field"><label for="service">{service_label}</label>
-<select id="service" name="service" required><option value="">{choose}</option>{service_options}</select></div>
-<div class="field"><label for="home">{home_label}</label>
-<select id="home" name="home" required aria-describedby="home-hint"><option value="">{choose}</option>{home_options}</select>
-<p class="hint" id="home-hint">{home_hint}</p></div>
-<div class="field"><label for="language">{language_label}</label>
-<select id="language" name="language">{language_options}</select></div>
-<button type="submit">{search}</button>
-</form>
-<p><a href="/legal-map">{legal_link}</a></p>
-"#,
-        title = t("page.start.title"),
-        intro = t("page.start.intro"),
-        service_label = t("page.start.service"),
-        choose = t("page.start.choose"),
-        home_label = t("page.start.home"),
-        home_hint = t("page.start.home_hint"),
-        language_label = t("page.start.language"),
-        search = t("page.start.search"),
-        legal_link = t("page.start.legal_link"),
-    );
-
-    if let (Some(service), Some(home)) = (&chosen_service, &chosen_home) {
-        let parsed = (
-            ServiceCode::parse(service),
-            MunicipalityCode::parse(home),
-            chosen_language.as_deref().map(Language::parse).transpose(),
-        );
-        let (Ok(service), Ok(home), Ok(language)) = parsed else {
-            return Err(AppError::Invalid("service, home or language".into()).into());
-        };
-        let days = free_times_by_day(&state.db, &service, &home, language, now()).await?;
-        body.push_str(&format!(
-            "<section aria-labelledby=\"times-title\" class=\"times\"><h2 id=\"times-title\" tabindex=\"-1\" data-focus>{}</h2><p class=\"zone\">{}</p>",
-            tv("page.start.times_for", &[("service", &tr(&format!("service.{service}")))]),
-            zone_note(),
-        ));
-        if days.is_empty() {
-            body.push_str(&format!("<p>{}</p>", t("page.times.none")));
+    let times = match (&chosen_service, &chosen_home) {
+        (Some(service), Some(home)) => {
+            let parsed = (
+                ServiceCode::parse(service),
+                MunicipalityCode::parse(home),
+                chosen_language.as_deref().map(Language::parse).transpose(),
+            );
+            let (Ok(service), Ok(home), Ok(language)) = parsed else {
+                return Err(AppError::Invalid("service, home or language".into()).into());
+            };
+            let days = free_times_by_day(&state.db, &service, &home, language, now()).await?;
+            Some(html! {
+                section aria-labelledby="times-title" class="times" {
+                    h2 id="times-title" tabindex="-1" data-focus {
+                        (tr_with("page.start.times_for", &[("service", &service_name(&service))]))
+                    }
+                    p class="zone" { (zone_note()) }
+                    @if days.is_empty() {
+                        p { (tr("page.times.none")) }
+                    }
+                    @for (date, times) in &days {
+                        @let day = long_date(*date);
+                        h3 { (day) }
+                        ul class="slots" role="list" {
+                            @for free in times {
+                                @let href = format!(
+                                    "/book?service={}&home={}&starts_at={}{}",
+                                    enc(service.as_str()),
+                                    enc(home.as_str()),
+                                    enc(&super::rfc3339(free.range.start())),
+                                    language
+                                        .map(|l| format!("&language={}", l.code()))
+                                        .unwrap_or_default()
+                                );
+                                li {
+                                    a class="slot" href=(href) {
+                                        (super::clock(free.range.start()))
+                                        span class="visually-hidden" { ", " (day) ". " (tr("page.start.book_this")) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            })
         }
-        for (date, times) in &days {
-            let day = long_date(*date);
-            body.push_str(&format!("<h3>{day}</h3><ul class=\"slots\" role=\"list\">"));
-            for free in times {
-                let href = format!(
-                    "/book?service={}&home={}&starts_at={}{}",
-                    enc(service.as_str()),
-                    enc(home.as_str()),
-                    enc(&super::rfc3339(free.range.start())),
-                    language
-                        .map(|l| format!("&language={}", l.code()))
-                        .unwrap_or_default()
-                );
-                body.push_str(&format!(
-                    "<li><a class=\"slot\" href=\"{href}\">{time}<span class=\"visually-hidden\">, {day}. {book}</span></a></li>",
-                    href = esc(&href),
-                    time = super::clock(free.range.start()),
-                    book = t("page.start.book_this"),
-                ));
+        _ => None,
+    };
+    let choose = tr("page.start.choose");
+    let body = html! {
+        h1 id="page-title" { (tr("page.start.title")) }
+        p { (tr("page.start.intro")) }
+        form method="get" action="/" class="search" {
+            div class="field" {
+                label for="service" { (tr("page.start.service")) }
+                select id="service" name="service" required {
+                    option value="" { (choose) }
+                    @for s in &services {
+                        (option(s.code.as_str(), &service_name(&s.code), chosen_service.as_deref()))
+                    }
+                }
             }
-            body.push_str("</ul>");
+            div class="field" {
+                label for="home" { (tr("page.start.home")) }
+                select id="home" name="home" required aria-describedby="home-hint" {
+                    option value="" { (choose) }
+                    @for m in &municipalities {
+                        (option(m.code.as_str(), &m.name, chosen_home.as_deref()))
+                    }
+                }
+                p class="hint" id="home-hint" { (tr("page.start.home_hint")) }
+            }
+            div class="field" {
+                label for="language" { (tr("page.start.language")) }
+                select id="language" name="language" {
+                    (option("", &tr("page.start.any_language"), None))
+                    @for l in Language::ALL {
+                        (option(l.code(), &tr(&format!("page.language.{}", l.code())), chosen_language.as_deref()))
+                    }
+                }
+            }
+            button type="submit" { (tr("page.start.search")) }
         }
-        body.push_str("</section>");
-    }
-    Ok(page(&ctx, &tr("page.start.title"), &body).into_response())
+        p { a href="/legal-map" { (tr("page.start.legal_link")) } }
+        @if let Some(times) = times { (times) }
+    };
+    Ok(page(&ctx, &tr("page.start.title"), body).into_response())
 }
 
-fn option(value: &str, label: &str, chosen: Option<&str>) -> String {
-    let selected = if chosen == Some(value) {
-        " selected"
-    } else {
-        ""
-    };
-    format!(
-        "<option value=\"{}\"{selected}>{label}</option>",
-        esc(value)
-    )
+fn option(value: &str, label: &str, chosen: Option<&str>) -> Markup {
+    html! { option value=(value) selected[chosen == Some(value)] { (label) } }
 }
 
 /// The confirmation step. A visitor who is not signed in goes to sign-in
@@ -200,7 +190,7 @@ async fn confirm(
     let range = booking::SlotRange::new(starts_at, ends_at)?;
     let home_name = municipality_name(&state.db, &resident.home).await?;
     let discreet = service_row.discreet || resident.discreet_mail;
-    let mut body = confirm_body(
+    let body = confirm_body(
         &ctx,
         &service,
         &range,
@@ -212,13 +202,14 @@ async fn confirm(
     );
     // The times were searched for the home chosen on the start page, but a
     // booking is always made for the account's home municipality.
-    if non_empty(&choice.home).is_some_and(|h| h != resident.home.as_str()) {
-        body.push_str(&format!(
-            "<p class=\"note\">{}</p>",
-            tv_html("page.confirm.other_home", &[("home", &bdi(&home_name))])
-        ));
-    }
-    Ok(page(&ctx, &tr("page.confirm.title"), &body).into_response())
+    let other_home = non_empty(&choice.home).is_some_and(|h| h != resident.home.as_str());
+    let body = html! {
+        (body)
+        @if other_home {
+            p class="note" { (tr_markup("page.confirm.other_home", &[("home", bdi(&home_name))])) }
+        }
+    };
+    Ok(page(&ctx, &tr("page.confirm.title"), body).into_response())
 }
 
 // The confirmation page shows each of these; a struct for one caller's
@@ -233,80 +224,57 @@ fn confirm_body(
     starts_raw: &str,
     discreet: bool,
     problem: Option<&str>,
-) -> String {
-    let problem = problem
-        .map(|p| {
-            format!(
-                "<div class=\"problem\" role=\"alert\" tabindex=\"-1\" data-focus><p>{p}</p><p><a href=\"/?service={}\">{}</a></p></div>",
-                enc(service.as_str()),
-                t("page.confirm.other_time")
-            )
-        })
-        .unwrap_or_default();
-    format!(
-        r#"<h1 id="page-title">{title}</h1>
-{problem}
-<dl class="facts">
-<dt>{service_label}</dt><dd>{service_name}</dd>
-<dt>{time_label}</dt><dd>{when}</dd>
-<dt>{home_label}</dt><dd>{home_name}</dd>
-</dl>
-<p>{explain}</p>
-<form method="post" action="/book">
-{csrf}
-<input type="hidden" name="service" value="{service}">
-<input type="hidden" name="starts_at" value="{starts}">
-<input type="hidden" name="language" value="{language}">
-{neutral}
-<button type="submit" id="confirm-booking">{button}</button>
-</form>
-<p><a href="/?service={service}">{back}</a></p>
-"#,
-        title = t("page.confirm.title"),
-        service_label = t("page.confirm.service"),
-        service_name = service_name(service),
-        time_label = t("page.confirm.time"),
-        when = when(range),
-        home_label = t("page.confirm.home"),
-        home_name = bdi(home_name),
-        explain = t("page.confirm.explain"),
-        neutral = if discreet {
-            neutral_title_choice()
-        } else {
-            String::new()
-        },
-        csrf = csrf_field(ctx.csrf()),
-        service = esc(service.as_str()),
-        starts = esc(starts_raw),
-        language = language.map(|l| l.code()).unwrap_or_default(),
-        button = t("page.confirm.button"),
-        back = t("page.confirm.other_time"),
-    )
+) -> Markup {
+    let other_time = format!("/?service={}", enc(service.as_str()));
+    html! {
+        h1 id="page-title" { (tr("page.confirm.title")) }
+        @if let Some(problem) = problem {
+            div class="problem" role="alert" tabindex="-1" data-focus {
+                p { (problem) }
+                p { a href=(other_time) { (tr("page.confirm.other_time")) } }
+            }
+        }
+        dl class="facts" {
+            dt { (tr("page.confirm.service")) }
+            dd { (service_name(service)) }
+            dt { (tr("page.confirm.time")) }
+            dd { (when(range)) }
+            dt { (tr("page.confirm.home")) }
+            dd { (bdi(home_name)) }
+        }
+        p { (tr("page.confirm.explain")) }
+        form method="post" action="/book" {
+            (csrf_field(ctx.csrf()))
+            input type="hidden" name="service" value=(service.as_str());
+            input type="hidden" name="starts_at" value=(starts_raw);
+            input type="hidden" name="language" value=(language.map(|l| l.code()).unwrap_or_default());
+            @if discreet { (neutral_title_choice()) }
+            button type="submit" id="confirm-booking" { (tr("page.confirm.button")) }
+        }
+        p { a href=(other_time) { (tr("page.confirm.other_time")) } }
+    }
 }
 
 /// The choice of neutral title for a discreet booking's mail and calendar
 /// entry: a fixed set, never free text, so nothing typed can reach a
 /// subject line.
-fn neutral_title_choice() -> String {
-    let mut out = format!(
-        "<fieldset class=\"neutral-title\"><legend>{}</legend><p class=\"hint\" id=\"neutral-title-hint\">{}</p><div class=\"choices\">",
-        t("page.discreet.choose"),
-        t("page.discreet.choose_hint"),
-    );
-    for title in NeutralTitle::ALL {
-        let checked = if title == NeutralTitle::default() {
-            " checked"
-        } else {
-            ""
-        };
-        out.push_str(&format!(
-            "<div class=\"choice\"><input type=\"radio\" name=\"neutral_title\" id=\"neutral-{code}\" value=\"{code}\" aria-describedby=\"neutral-title-hint\"{checked}><label for=\"neutral-{code}\">{label}</label></div>",
-            code = title.as_str(),
-            label = t(&format!("page.discreet.title.{}", title.as_str())),
-        ));
+fn neutral_title_choice() -> Markup {
+    html! {
+        fieldset class="neutral-title" {
+            legend { (tr("page.discreet.choose")) }
+            p class="hint" id="neutral-title-hint" { (tr("page.discreet.choose_hint")) }
+            div class="choices" {
+                @for title in NeutralTitle::ALL {
+                    @let id = format!("neutral-{}", title.as_str());
+                    div class="choice" {
+                        input type="radio" name="neutral_title" id=(id) value=(title.as_str())
+                            aria-describedby="neutral-title-hint" checked[title == NeutralTitle::default()];
+                        label for=(id) { (tr(&format!("page.discreet.title.{}", title.as_str()))) }
+                    }
+                }
+            }
+        }
     }
-    out.push_str("</div></fieldset>");
-    out
 }
 
 #[derive(Debug, Deserialize)]
@@ -365,9 +333,9 @@ async fn book(
                 &home_name,
                 &form.starts_at,
                 service_row.discreet || resident.discreet_mail,
-                Some(&t("page.confirm.taken")),
+                Some(&tr("page.confirm.taken")),
             );
-            let mut response = page(&ctx, &tr("page.confirm.title"), &body).into_response();
+            let mut response = page(&ctx, &tr("page.confirm.title"), body).into_response();
             *response.status_mut() = axum::http::StatusCode::CONFLICT;
             Ok(response)
         }
@@ -390,61 +358,50 @@ async fn sign_in(
 ) -> PageResult {
     let next = q.next.filter(|n| is_local_path(n)).unwrap_or_default();
     let body = sign_in_body(&state, &next, None).await?;
-    Ok(page(&ctx, &tr("page.sign_in.title"), &body).into_response())
+    Ok(page(&ctx, &tr("page.sign_in.title"), body).into_response())
 }
 
 async fn sign_in_body(
     state: &AppState,
     next: &str,
     problem: Option<&str>,
-) -> Result<String, PageError> {
+) -> Result<Markup, PageError> {
     let municipalities = catalog::municipalities(&state.db).await?;
-    let home_options: String = municipalities
-        .iter()
-        .map(|m| option(m.code.as_str(), &esc(&m.name), None))
-        .collect();
-    let problem = problem
-        .map(|p| {
-            format!(
-                "<div class=\"problem\" role=\"alert\" tabindex=\"-1\" data-focus><p>{p}</p></div>"
-            )
-        })
-        .unwrap_or_default();
-    let kept = if next.is_empty() {
-        String::new()
-    } else {
-        format!("<p class=\"note\">{}</p>", t("page.sign_in.choice_kept"))
-    };
-    Ok(format!(
-        r#"<h1 id="page-title">{title}</h1>
-{problem}
-<p>{intro}</p>
-{kept}
-<form method="post" action="/sign-in">
-<input type="hidden" name="next" value="{next}">
-<div class="field"><label for="email">{email_label}</label>
-<input type="email" id="email" name="email" autocomplete="email" required></div>
-<fieldset><legend>{first_legend}</legend>
-<p class="hint">{first_hint}</p>
-<div class="field"><label for="name">{name_label}</label>
-<input type="text" id="name" name="name" autocomplete="name"></div>
-<div class="field"><label for="home">{home_label}</label>
-<select id="home" name="home_municipality"><option value="">{choose}</option>{home_options}</select></div>
-</fieldset>
-<button type="submit">{button}</button>
-</form>
-"#,
-        title = t("page.sign_in.title"),
-        intro = t("page.sign_in.intro"),
-        next = esc(next),
-        email_label = t("page.sign_in.email"),
-        first_legend = t("page.sign_in.first_time"),
-        first_hint = t("page.sign_in.first_time_hint"),
-        name_label = t("page.sign_in.name"),
-        home_label = t("page.start.home"),
-        choose = t("page.start.choose"),
-        button = t("page.sign_in.button"),
-    ))
+    Ok(html! {
+        h1 id="page-title" { (tr("page.sign_in.title")) }
+        @if let Some(problem) = problem {
+            div class="problem" role="alert" tabindex="-1" data-focus { p { (problem) } }
+        }
+        p { (tr("page.sign_in.intro")) }
+        @if !next.is_empty() {
+            p class="note" { (tr("page.sign_in.choice_kept")) }
+        }
+        form method="post" action="/sign-in" {
+            input type="hidden" name="next" value=(next);
+            div class="field" {
+                label for="email" { (tr("page.sign_in.email")) }
+                input type="email" id="email" name="email" autocomplete="email" required;
+            }
+            fieldset {
+                legend { (tr("page.sign_in.first_time")) }
+                p class="hint" { (tr("page.sign_in.first_time_hint")) }
+                div class="field" {
+                    label for="name" { (tr("page.sign_in.name")) }
+                    input type="text" id="name" name="name" autocomplete="name";
+                }
+                div class="field" {
+                    label for="home" { (tr("page.start.home")) }
+                    select id="home" name="home_municipality" {
+                        option value="" { (tr("page.start.choose")) }
+                        @for m in &municipalities {
+                            (option(m.code.as_str(), &m.name, None))
+                        }
+                    }
+                }
+            }
+            button type="submit" { (tr("page.sign_in.button")) }
+        }
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -482,27 +439,21 @@ async fn send_link(
     match send_sign_in_link(&state, client.ip(), &request).await {
         Ok(()) => {}
         Err(AppError::Invalid(_)) => {
-            let body = sign_in_body(&state, &next, Some(&t("page.sign_in.invalid"))).await?;
-            let mut response = page(&ctx, &tr("page.sign_in.title"), &body).into_response();
+            let body = sign_in_body(&state, &next, Some(&tr("page.sign_in.invalid"))).await?;
+            let mut response = page(&ctx, &tr("page.sign_in.title"), body).into_response();
             *response.status_mut() = axum::http::StatusCode::UNPROCESSABLE_ENTITY;
             return Ok(response);
         }
         Err(other) => return Err(other.into()),
     }
-    let demo = if state.settings.demo {
-        format!(
-            "<p class=\"note\">{} <a href=\"/dev/mail\">/dev/mail</a></p>",
-            t("page.sign_in.demo_mail")
-        )
-    } else {
-        String::new()
+    let body = html! {
+        h1 id="page-title" tabindex="-1" data-focus { (tr("page.sign_in.check_title")) }
+        p role="status" { (tr("page.sign_in.check_text")) }
+        p { (tr("page.sign_in.check_expiry")) }
+        @if state.settings.demo {
+            p class="note" { (tr("page.sign_in.demo_mail")) " " a href="/dev/mail" { "/dev/mail" } }
+        }
     };
-    let body = format!(
-        "<h1 id=\"page-title\" tabindex=\"-1\" data-focus>{title}</h1><p role=\"status\">{sent}</p><p>{expiry}</p>{demo}",
-        title = t("page.sign_in.check_title"),
-        sent = t("page.sign_in.check_text"),
-        expiry = t("page.sign_in.check_expiry"),
-    );
     let mut jar = jar;
     if !next.is_empty() {
         let mut cookie = Cookie::new(NEXT_COOKIE, next);
@@ -515,7 +466,7 @@ async fn send_link(
         ));
         jar = jar.add(cookie);
     }
-    Ok((jar, page(&ctx, &tr("page.sign_in.check_title"), &body)).into_response())
+    Ok((jar, page(&ctx, &tr("page.sign_in.check_title"), body)).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -536,13 +487,12 @@ async fn callback(
     let token = q.token.unwrap_or_default();
     let resident = redeem_link(&state, client.ip(), &token).await?;
     let Some(resident) = resident else {
-        let body = format!(
-            "<h1 id=\"page-title\">{}</h1><p role=\"alert\">{}</p><p><a href=\"/sign-in\">{}</a></p>",
-            t("page.callback.failed_title"),
-            t("page.callback.failed_text"),
-            t("page.callback.again"),
-        );
-        let mut response = page(&ctx, &tr("page.callback.failed_title"), &body).into_response();
+        let body = html! {
+            h1 id="page-title" { (tr("page.callback.failed_title")) }
+            p role="alert" { (tr("page.callback.failed_text")) }
+            p { a href="/sign-in" { (tr("page.callback.again")) } }
+        };
+        let mut response = page(&ctx, &tr("page.callback.failed_title"), body).into_response();
         *response.status_mut() = axum::http::StatusCode::UNAUTHORIZED;
         return Ok(response);
     };
@@ -634,130 +584,124 @@ async fn my_pages(
     let now = now();
     let list = bookings::for_resident(&state.db, resident, now).await?;
     let message = if q.booked.is_some() {
-        Some(t("page.my.booked"))
+        Some(tr("page.my.booked"))
     } else if q.cancelled.is_some() {
-        Some(t("page.my.cancelled"))
+        Some(tr("page.my.cancelled"))
     } else if q.moved.is_some() {
-        Some(t("page.my.moved"))
+        Some(tr("page.my.moved"))
     } else {
         q.discreet.as_deref().map(|discreet| {
-            t(if discreet == "on" {
+            tr(if discreet == "on" {
                 "page.discreet.saved_on"
             } else {
                 "page.discreet.saved_off"
             })
         })
     };
-    let mut body = format!(
-        "<h1 id=\"page-title\">{}</h1>",
-        tv_html("page.my.title_for", &[("name", &bdi(&resident.name))])
-    );
-    if let Some(message) = message {
-        body.push_str(&format!(
-            "<div class=\"success\" role=\"status\" tabindex=\"-1\" data-focus><p>{message}</p></div>"
-        ));
-    }
-    body.push_str(&format!(
-        "<h2>{}</h2><p class=\"zone\">{}</p>",
-        t("page.my.bookings"),
-        zone_note()
-    ));
-    if list.is_empty() {
-        body.push_str(&format!(
-            "<p>{} <a href=\"/\">{}</a></p>",
-            t("page.my.none"),
-            t("page.nav.book")
-        ));
-    }
-    body.push_str("<ul class=\"bookings\" role=\"list\">");
+    let mut items = Vec::with_capacity(list.len());
     for b in &list {
         let by = municipality_name(&state.db, &b.performed_by).await?;
         let for_ = municipality_name(&state.db, &b.performed_for).await?;
-        let highlighted = if q.booked.as_deref() == Some(b.id.as_str()) {
-            " highlighted"
-        } else {
-            ""
-        };
-        let join = if super::joinable(b, now) {
-            format!(
-                "<a class=\"button\" href=\"/join/{id}\">{label}<span class=\"visually-hidden\"> {what}</span></a>\n",
-                id = enc(&b.id),
-                label = t("page.meeting.join"),
-                what = service_name(&b.service),
-            )
-        } else {
-            String::new()
-        };
-        let actions = if b.status == BookingStatus::Booked && b.range.start() > now {
-            format!(
-                r#"<div class="actions">
-{join}<form method="post" action="/my/bookings/{id}/cancel">{csrf}<button type="submit" class="secondary">{cancel}<span class="visually-hidden"> {what}</span></button></form>
-<a class="button secondary" href="/my/bookings/{id}/reschedule">{reschedule}<span class="visually-hidden"> {what}</span></a>
-</div>"#,
-                id = enc(&b.id),
-                csrf = csrf_field(ctx.csrf()),
-                cancel = t("page.my.cancel"),
-                reschedule = t("page.my.reschedule"),
-                what = service_name(&b.service),
-            )
-        } else if !join.is_empty() {
-            format!("<div class=\"actions\">{join}</div>")
-        } else {
-            String::new()
-        };
-        body.push_str(&format!(
-            r#"<li class="booking{highlighted}" data-booking="{id}"><article aria-labelledby="b-{id}">
-<h3 id="b-{id}">{service}</h3>
-<dl class="facts">
-<dt>{status_label}</dt><dd class="status status-{status_code}">{status}</dd>
-<dt>{time_label}</dt><dd>{when}</dd>
-<dt>{by_label}</dt><dd>{by}</dd>
-<dt>{for_label}</dt><dd>{for_}</dd>
-<dt>{rule_label}</dt><dd>{rule}</dd>
-</dl>
-{actions}
-</article></li>"#,
-            id = esc(&b.id),
-            service = service_name(&b.service),
-            status_label = t("page.my.status"),
-            status_code = b.status.as_str(),
-            status = status_text(b.status),
-            time_label = t("page.confirm.time"),
-            when = when(&b.range),
-            by_label = t("page.my.performed_by"),
-            by = bdi(&by),
-            for_label = t("page.my.performed_for"),
-            for_ = bdi(&for_),
-            rule_label = t("page.my.rule"),
-            rule = rule_text(&b.rule, b.agreement_id.as_deref()),
-        ));
+        items.push(booking_item(&ctx, b, &by, &for_, q.booked.as_deref(), now));
     }
-    body.push_str("</ul>");
-    body.push_str(&discreet_mail_form(&ctx, resident.discreet_mail));
-    body.push_str(&chats::section(&state, resident).await?);
-    body.push_str(&sign_out_everywhere_form(ctx.csrf()));
-    Ok(page(&ctx, &tr("page.my.title"), &body).into_response())
+    let chats = chats::section(&state, resident).await?;
+    let body = html! {
+        h1 id="page-title" { (tr_markup("page.my.title_for", &[("name", bdi(&resident.name))])) }
+        @if let Some(message) = message {
+            div class="success" role="status" tabindex="-1" data-focus { p { (message) } }
+        }
+        h2 { (tr("page.my.bookings")) }
+        p class="zone" { (zone_note()) }
+        @if list.is_empty() {
+            p { (tr("page.my.none")) " " a href="/" { (tr("page.nav.book")) } }
+        }
+        ul class="bookings" role="list" {
+            @for item in &items { (item) }
+        }
+        (discreet_mail_form(&ctx, resident.discreet_mail))
+        (chats)
+        (sign_out_everywhere_form(ctx.csrf()))
+    };
+    Ok(page(&ctx, &tr("page.my.title"), body).into_response())
+}
+
+/// One booking on "My pages": what, when, who performs it under which rule,
+/// and what the resident can still do with it.
+fn booking_item(
+    ctx: &Ctx,
+    b: &bookings::Booking,
+    by: &str,
+    for_: &str,
+    booked: Option<&str>,
+    now: jiff::Timestamp,
+) -> Markup {
+    let what = service_name(&b.service);
+    let join = super::joinable(b, now).then(|| {
+        html! {
+            a class="button" href={ "/join/" (enc(&b.id)) } {
+                (tr("page.meeting.join"))
+                span class="visually-hidden" { " " (what) }
+            }
+        }
+    });
+    let changeable = b.status == BookingStatus::Booked && b.range.start() > now;
+    let title_id = format!("b-{}", b.id);
+    html! {
+        li.booking.highlighted[booked == Some(b.id.as_str())] data-booking=(b.id) {
+            article aria-labelledby=(title_id) {
+                h3 id=(title_id) { (what) }
+                dl class="facts" {
+                    dt { (tr("page.my.status")) }
+                    dd class={ "status status-" (b.status.as_str()) } { (status_text(b.status)) }
+                    dt { (tr("page.confirm.time")) }
+                    dd { (when(&b.range)) }
+                    dt { (tr("page.my.performed_by")) }
+                    dd { (bdi(by)) }
+                    dt { (tr("page.my.performed_for")) }
+                    dd { (bdi(for_)) }
+                    dt { (tr("page.my.rule")) }
+                    dd { (rule_text(&b.rule, b.agreement_id.as_deref())) }
+                }
+                @if changeable {
+                    div class="actions" {
+                        @if let Some(join) = &join { (join) }
+                        form method="post" action={ "/my/bookings/" (enc(&b.id)) "/cancel" } {
+                            (csrf_field(ctx.csrf()))
+                            button type="submit" class="secondary" {
+                                (tr("page.my.cancel"))
+                                span class="visually-hidden" { " " (what) }
+                            }
+                        }
+                        a class="button secondary" href={ "/my/bookings/" (enc(&b.id)) "/reschedule" } {
+                            (tr("page.my.reschedule"))
+                            span class="visually-hidden" { " " (what) }
+                        }
+                    }
+                } @else if let Some(join) = &join {
+                    div class="actions" { (join) }
+                }
+            }
+        }
+    }
 }
 
 /// The form for "discreet mail for all my bookings".
-fn discreet_mail_form(ctx: &Ctx, on: bool) -> String {
-    format!(
-        r#"<section aria-labelledby="discreet-title" class="discreet">
-<h2 id="discreet-title">{title}</h2>
-<p id="discreet-intro">{intro}</p>
-<form method="post" action="/my/discreet-mail">
-{csrf}
-<div class="choice"><input type="checkbox" id="discreet" name="discreet" value="on" aria-describedby="discreet-intro"{checked}><label for="discreet">{label}</label></div>
-<button type="submit">{save}</button>
-</form>
-</section>"#,
-        title = t("page.discreet.title"),
-        intro = t("page.discreet.intro"),
-        csrf = csrf_field(ctx.csrf()),
-        checked = if on { " checked" } else { "" },
-        label = t("page.discreet.all"),
-        save = t("page.discreet.save"),
-    )
+fn discreet_mail_form(ctx: &Ctx, on: bool) -> Markup {
+    html! {
+        section aria-labelledby="discreet-title" class="discreet" {
+            h2 id="discreet-title" { (tr("page.discreet.title")) }
+            p id="discreet-intro" { (tr("page.discreet.intro")) }
+            form method="post" action="/my/discreet-mail" {
+                (csrf_field(ctx.csrf()))
+                div class="choice" {
+                    input type="checkbox" id="discreet" name="discreet" value="on"
+                        aria-describedby="discreet-intro" checked[on];
+                    label for="discreet" { (tr("page.discreet.all")) }
+                }
+                button type="submit" { (tr("page.discreet.save")) }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -811,23 +755,20 @@ async fn reschedule_form(
     let now = now();
     let b = bookings::for_resident_by_id(&state.db, resident, &id, now).await?;
     let days = free_times_by_day(&state.db, &b.service, &resident.home, None, now).await?;
-    let body = format!(
-        "<h1 id=\"page-title\">{title}</h1><p>{current}: {when}</p><h2>{pick}</h2>{picker}<p><a href=\"/my\">{back}</a></p>",
-        title = tv(
-            "page.reschedule.title_for",
-            &[("service", &tr(&format!("service.{}", b.service)))]
-        ),
-        current = t("page.reschedule.current"),
-        when = when(&b.range),
-        pick = t("page.reschedule.pick"),
-        picker = time_picker(
+    let body = html! {
+        h1 id="page-title" {
+            (tr_with("page.reschedule.title_for", &[("service", &service_name(&b.service))]))
+        }
+        p { (tr("page.reschedule.current")) ": " (when(&b.range)) }
+        h2 { (tr("page.reschedule.pick")) }
+        (time_picker(
             &format!("/my/bookings/{}/reschedule", enc(&b.id)),
             Some(ctx.csrf()),
             &days
-        ),
-        back = t("page.reschedule.back"),
-    );
-    Ok(page(&ctx, &tr("page.reschedule.title"), &body).into_response())
+        ))
+        p { a href="/my" { (tr("page.reschedule.back")) } }
+    };
+    Ok(page(&ctx, &tr("page.reschedule.title"), body).into_response())
 }
 
 #[derive(Debug, Deserialize)]
