@@ -48,6 +48,8 @@ const OTHER_ROUTES: &[(&str, &str, bool)] = &[
     ("GET", "/staff/login", true),
     ("POST", "/staff/login", true),
     ("GET", "/staff", false),
+    ("GET", "/staff/console", false),
+    ("GET", "/assets/console.js", true),
     ("GET", "/scheduler", false),
     ("GET", "/admin/audit", false),
     ("GET", "/dev/mail", true),

@@ -13,6 +13,7 @@
 //! claim.
 
 mod chats;
+mod console;
 mod legal;
 mod manage;
 mod meeting;
@@ -47,6 +48,7 @@ pub fn router() -> Router<AppState> {
         .merge(manage::router())
         .merge(chats::router())
         .merge(meeting::router())
+        .merge(console::router())
         .merge(legal::router())
         .merge(staff::router())
         .route("/lang", get(switch_language))
@@ -290,6 +292,7 @@ pub fn page(ctx: &Ctx, title: &str, body: &str) -> Html<String> {
     match &ctx.who {
         Who::Staff { staff, .. } => {
             nav.push(nav_link(ctx, "/staff", "page.nav.staff"));
+            nav.push(nav_link(ctx, "/staff/console", "page.nav.console"));
             if matches!(staff.role, booking::Role::Scheduler | booking::Role::Admin) {
                 nav.push(nav_link(ctx, "/scheduler", "page.nav.scheduler"));
             }
