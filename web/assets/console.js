@@ -7,6 +7,9 @@
 // Every string comes from the page (#console-data, #chat-template); the
 // script holds none of its own.
 
+import { Connection, sessionTicket, newId } from "./protocol.js";
+import { createChat } from "./chat.js";
+
 const root = document.getElementById("console");
 const data = JSON.parse(document.getElementById("console-data").textContent);
 const text = data.text;
@@ -42,11 +45,6 @@ function serviceName(code) {
 
 function municipalityName(code) {
   return data.municipalities[code] || code;
-}
-
-function newId() {
-  if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
-  return Date.now().toString(36) + "-" + Math.random().toString(36).slice(2);
 }
 
 function element(tag, className, content) {
@@ -139,10 +137,6 @@ function moment(value) {
   return longDate(parts) + " " + clock(parts);
 }
 
-function roleName(role) {
-  return text["role_" + role] || role;
-}
-
 // --- Sound and the visible alert -------------------------------------------
 
 let audio = null;
@@ -192,68 +186,30 @@ function say(message) {
   statusEl.textContent = message;
 }
 
-// --- The socket ---------------------------------------------------------------
+// --- The connection -------------------------------------------------------------
 
-let ws = null;
-let retryMs = 500;
-let connected = false;
+const connection = new Connection({
+  ticket: sessionTicket(csrf),
+  onState: (state) => {
+    if (state === "open") return; // the welcome says more
+    setConnected(false);
+    say(state === "reconnecting" ? text.reconnecting : text.connecting);
+  },
+});
 
 function send(message) {
-  message.v = 1;
-  if (ws && ws.readyState === WebSocket.OPEN) {
-    ws.send(JSON.stringify(message));
-    return true;
-  }
-  return false;
+  return connection.send(message);
 }
 
-function connect() {
-  api("POST", "/api/ws/ticket")
-    .then((ticket) => {
-      const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-      const socket = new WebSocket(scheme + "//" + location.host + "/ws?ticket=" + encodeURIComponent(ticket.ticket));
-      ws = socket;
-      socket.onopen = () => {
-        retryMs = 500;
-      };
-      socket.onmessage = (event) => {
-        let message;
-        try {
-          message = JSON.parse(event.data);
-        } catch (e) {
-          return;
-        }
-        onMessage(message);
-      };
-      socket.onclose = () => {
-        if (ws !== socket) return;
-        ws = null;
-        setConnected(false);
-        reconnect();
-      };
-    })
-    .catch(() => reconnect());
-}
-
-function reconnect() {
-  say(text.reconnecting);
-  setTimeout(connect, retryMs);
-  retryMs = Math.min(retryMs * 2, 10000);
-}
-
-window.addEventListener("pagehide", () => {
-  if (ws) ws.close(1000);
-});
+let connected = false;
 
 function setConnected(value) {
   connected = value;
   takingEl.disabled = !value;
   maxEl.disabled = !value;
   root.dataset.connected = value ? "true" : "false";
-  document.querySelectorAll(".chat-panel").forEach((panel) => {
-    const chat = chats.get(panel.dataset.room);
-    if (chat) setChatEnabled(chat);
-  });
+  if (!value) root.dataset.settled = "false";
+  chats.forEach(setChatEnabled);
 }
 
 // --- Availability -------------------------------------------------------------
@@ -326,11 +282,8 @@ function renderEntry(entry) {
   const claim = button(text.claim, "claim", () => {
     claim.disabled = true;
     claiming.add(entry.room);
-    if (!send({ type: "queue.claim", room: entry.room })) {
-      claim.disabled = false;
-      claiming.delete(entry.room);
-      alertUser(text.failed, { sound: false });
-    }
+    // Sent now, or as soon as the connection is back.
+    send({ type: "queue.claim", room: entry.room });
   });
   claim.dataset.action = "queue.claim";
   item.appendChild(claim);
@@ -432,42 +385,75 @@ queueEmpty.tabIndex = -1;
 document.getElementById("queue-title").tabIndex = -1;
 
 // --- Chats ------------------------------------------------------------------------
+//
+// Every chat of this staff member is on screen at once, each in its own
+// panel. A message counts as unread until the staff member is in that
+// panel (focus inside it, page visible); the resident's read receipts come
+// from chat.js, which acks what the visible page shows.
 
 const chats = new Map(); // room -> chat
 const canned = new Map(); // service -> responses
 let panelCount = 0;
-let active = null;
+
+const chatText = {
+  you: text.you,
+  role_resident: text.role_resident,
+  role_social_worker: text.role_social_worker,
+  role_interpreter: text.role_interpreter,
+  in_sentence_resident: text.in_sentence_resident,
+  in_sentence_social_worker: text.in_sentence_social_worker,
+  typing: text.typing,
+  sent: text.sent,
+  read: text.read,
+};
 
 function chatLabel(chat) {
   return serviceName(chat.service) + " · " + municipalityName(chat.home);
 }
 
-function createChat(entry) {
+function isAttended(chat) {
+  return document.visibilityState === "visible" && chat.panel.contains(document.activeElement);
+}
+
+function updateBadge(chat) {
+  chat.badge.textContent = chat.unread ? fill(text.unread, { count: chat.unread }) : "";
+  chat.switcher.dataset.unread = String(chat.unread);
+}
+
+function attend(chat) {
+  if (!chat.unread) return;
+  chat.unread = 0;
+  updateBadge(chat);
+}
+
+document.addEventListener("visibilitychange", () => {
+  chats.forEach((chat) => {
+    if (isAttended(chat)) attend(chat);
+  });
+});
+
+function createChatPanel(entry) {
   panelCount += 1;
   const n = panelCount;
   const panel = template.content.firstElementChild.cloneNode(true);
   panel.dataset.room = entry.room;
   panel.id = "chat-panel-" + n;
+  panel.hidden = false;
   panel.querySelectorAll("[data-id]").forEach((node) => (node.id = "chat-" + n + "-" + node.dataset.id));
   panel.querySelectorAll("[data-for]").forEach((node) => (node.htmlFor = "chat-" + n + "-" + node.dataset.for));
   const chat = {
-    room: entry.room,
+    id: entry.room,
+    room: connection.room(entry.room),
     service: entry.service,
     home: entry.home_municipality,
     anonymous: entry.anonymous,
     panel,
-    lastSeq: 0,
     historyUntil: 0,
-    seen: new Set(),
-    acked: 0,
     unread: 0,
-    readSeq: 0,
     closed: false,
-    mine: true,
     videoRequested: false,
-    typingTimer: null,
-    typingSent: false,
-    confirmed: true,
+    pending: null,
+    times: [],
   };
   chats.set(entry.room, chat);
 
@@ -476,76 +462,66 @@ function createChat(entry) {
   panel.setAttribute("aria-labelledby", title.id);
   panel.querySelector(".transcript").setAttribute("aria-labelledby", title.id);
 
+  // The list of chats: a link to each panel, with its unread count.
   const item = element("li");
-  const switcher = element("button", "switch");
-  switcher.type = "button";
-  switcher.setAttribute("aria-controls", panel.id);
-  switcher.setAttribute("aria-current", "false");
-  switcher.appendChild(element("span", "name", chatLabel(chat)));
-  const badge = element("span", "badge");
-  badge.hidden = true;
-  switcher.appendChild(document.createTextNode(" "));
-  switcher.appendChild(badge);
-  switcher.addEventListener("click", () => activate(chat, true));
-  item.appendChild(switcher);
   item.dataset.room = entry.room;
+  const switcher = element("a", "switch");
+  switcher.href = "#" + title.id;
+  switcher.appendChild(element("span", "name", chatLabel(chat)));
+  switcher.appendChild(document.createTextNode(" "));
+  const badge = element("span", "badge");
+  switcher.appendChild(badge);
+  switcher.addEventListener("click", (event) => {
+    event.preventDefault();
+    title.focus();
+    title.scrollIntoView({ block: "start" });
+  });
+  item.appendChild(switcher);
   switchList.appendChild(item);
   chat.switcher = switcher;
   chat.badge = badge;
+  panel.addEventListener("focusin", () => attend(chat));
 
-  wireChat(chat);
+  const form = panel.querySelector(".chat-form");
+  chat.view = createChat(chat.room, {
+    log: panel.querySelector(".transcript"),
+    form,
+    input: form.querySelector("textarea"),
+    send: form.querySelector("button[type=submit]"),
+    typing: panel.querySelector(".typing"),
+    receipts: true,
+    enterSends: true,
+    text: chatText,
+    me: () => connection.party,
+    canSend: () => connected && !chat.closed,
+    onMessage: (event, seq, mine) => {
+      if (mine) return;
+      if (!isAttended(chat)) {
+        chat.unread += 1;
+        updateBadge(chat);
+      }
+      if (seq > chat.historyUntil) alertUser(fill(text.new_message, { service: serviceName(chat.service) }));
+    },
+  });
+  chat.room.on("joined", (message) => {
+    chat.historyUntil = Math.max(chat.historyUntil, message.last_seq);
+  });
+  chat.room.onEvent("*", (event, seq) => onRoomEvent(chat, event, seq));
+
+  wireTools(chat);
   panels.appendChild(panel);
   mineEmpty.hidden = true;
   setChatEnabled(chat);
-  if (!canned.has(chat.service)) {
-    send({ type: "canned.list", service: chat.service, language });
-  } else {
-    fillCanned(chat);
-  }
+  if (canned.has(chat.service)) fillCanned(chat);
+  else send({ type: "canned.list", service: chat.service, language });
   loadColleagues(chat);
   return chat;
 }
 
-function activate(chat, focus) {
-  active = chat;
-  chats.forEach((other) => {
-    other.panel.hidden = other !== chat;
-    other.switcher.setAttribute("aria-current", other === chat ? "true" : "false");
-  });
-  chat.unread = 0;
-  updateBadge(chat);
-  ackShown(chat);
-  if (focus) chat.panel.querySelector(".chat-title").focus();
-}
-
-function updateBadge(chat) {
-  chat.badge.hidden = chat.unread === 0;
-  chat.badge.textContent = chat.unread ? fill(text.unread, { count: chat.unread }) : "";
-  chat.switcher.dataset.unread = String(chat.unread);
-}
-
-function isShown(chat) {
-  return active === chat && document.visibilityState === "visible";
-}
-
-// Tells the resident what was shown: an `ack` only for what is on screen.
-function ackShown(chat) {
-  if (!isShown(chat) || chat.acked >= chat.lastSeq) return;
-  if (send({ type: "ack", room: chat.room, seq: chat.lastSeq })) chat.acked = chat.lastSeq;
-}
-
-document.addEventListener("visibilitychange", () => {
-  if (active) {
-    active.unread = 0;
-    updateBadge(active);
-    ackShown(active);
-  }
-});
-
 function setChatEnabled(chat) {
-  const usable = connected && chat.mine && !chat.closed;
-  chat.panel.querySelectorAll("textarea, select, input, button").forEach((node) => {
-    if (node.classList.contains("dismiss-chat")) return;
+  const usable = connected && !chat.closed;
+  chat.view.setEnabled(usable);
+  chat.panel.querySelectorAll(".chat-tools select, .chat-tools input, .chat-tools button").forEach((node) => {
     node.disabled = !usable;
   });
 }
@@ -555,97 +531,40 @@ function chatState(chat, message) {
 }
 
 function removeChat(chat) {
-  chats.delete(chat.room);
+  chats.delete(chat.id);
+  chat.view.destroy();
   chat.panel.remove();
   chat.switcher.parentElement.remove();
-  if (active === chat) {
-    active = null;
-    const next = chats.values().next().value;
-    if (next) activate(next, false);
-  }
   mineEmpty.hidden = chats.size > 0;
   document.getElementById("mine-title").focus();
 }
 document.getElementById("mine-title").tabIndex = -1;
 
-// The chat ended for this staff member: keep the transcript readable until
-// they dismiss it.
+// The chat is no longer this staff member's: the transcript stays readable
+// until they dismiss it.
 function endChat(chat, message) {
-  if (chat.closed) {
-    if (message) chatState(chat, message);
-    return;
-  }
+  if (message) chatState(chat, message);
+  if (chat.closed) return;
   chat.closed = true;
   chat.panel.dataset.closed = "true";
-  if (message) chatState(chat, message);
+  chat.room.untrack();
   setChatEnabled(chat);
   chat.panel.querySelector(".typing").textContent = "";
   const dismiss = button(text.dismiss, "secondary dismiss-chat", () => removeChat(chat));
   chat.panel.querySelector(".chat-state").after(dismiss);
 }
 
-function transcriptItem(chat, clientId) {
-  return chat.panel.querySelector('.transcript li[data-client-id="' + CSS.escape(clientId) + '"]');
-}
-
-function insertInOrder(chat, item, seq) {
-  const log = chat.panel.querySelector(".transcript");
-  const later = seq
-    ? Array.prototype.find.call(log.children, (other) => Number(other.dataset.seq) > seq)
-    : null;
-  log.insertBefore(item, later || null);
-}
-
-function showMessage(chat, entry, seq) {
-  const existing = entry.client_id && transcriptItem(chat, entry.client_id);
-  const item = existing || element("li");
-  item.textContent = "";
-  if (entry.client_id) item.dataset.clientId = entry.client_id;
-  if (seq) item.dataset.seq = String(seq);
-  const mine = entry.from === me;
-  item.dataset.mine = mine ? "true" : "false";
-  if (entry.pending) item.dataset.pending = "true";
-  else delete item.dataset.pending;
-  const who = element("strong", "", (mine ? text.you : roleName(entry.role)) + ": ");
-  item.appendChild(who);
-  item.appendChild(document.createTextNode(entry.text));
-  if (mine && seq && seq <= chat.readSeq) markRead(item);
-  if (!existing) insertInOrder(chat, item, seq);
-}
-
-function showNote(chat, seq, build) {
+function note(chat, seq, build) {
   const item = element("li", "note");
-  item.dataset.seq = String(seq);
   build(item);
-  insertInOrder(chat, item, seq);
+  chat.view.place(item, seq);
 }
 
-function markRead(item) {
-  if (item.querySelector(".receipt")) return;
-  item.appendChild(document.createTextNode(" "));
-  item.appendChild(element("span", "receipt", text.read));
-}
-
-function onEvent(chat, message) {
-  if (chat.seen.has(message.seq)) return;
-  chat.seen.add(message.seq);
-  chat.lastSeq = Math.max(chat.lastSeq, message.seq);
-  const event = message.event;
-  const live = message.seq > chat.historyUntil;
+function onRoomEvent(chat, event, seq) {
+  const live = seq > chat.historyUntil;
   switch (event.kind) {
-    case "chat":
-      showMessage(chat, event, message.seq);
-      if (event.from !== me) {
-        chat.panel.querySelector(".typing").textContent = "";
-        if (!isShown(chat)) {
-          chat.unread += 1;
-          updateBadge(chat);
-        }
-        if (live) alertUser(fill(text.new_message, { service: serviceName(chat.service) }));
-      }
-      break;
     case "times_offered":
-      showNote(chat, message.seq, (item) => {
+      note(chat, seq, (item) => {
         item.appendChild(element("p", "", text.times_offered));
         const list = element("ul");
         event.times.forEach((time) => list.appendChild(element("li", "", when(time.starts_at, time.ends_at))));
@@ -653,86 +572,47 @@ function onEvent(chat, message) {
       });
       break;
     case "assigned":
-      showNote(chat, message.seq, (item) => {
-        item.appendChild(element("p", "", event.staff === me ? text.assigned_you : text.colleague_took));
+      note(chat, seq, (item) => {
+        item.appendChild(element("p", "", event.staff === connection.party ? text.assigned_you : text.colleague_took));
       });
       break;
     case "video_opened": {
       const href = "/meeting/adhoc/" + encodeURIComponent(event.meeting_room.replace(/^adhoc:/, ""));
-      showNote(chat, message.seq, (item) => {
-        item.appendChild(element("p", "", text.video_opened + " "));
-        const link = element("a", "video-room", text.open_video);
-        link.href = href;
-        link.target = "_blank";
-        link.rel = "noopener";
-        item.firstChild.appendChild(link);
+      const link = (className) => {
+        const a = element("a", className, text.open_video);
+        a.href = href;
+        a.target = "_blank";
+        a.rel = "noopener";
+        return a;
+      };
+      note(chat, seq, (item) => {
+        const line = element("p", "", text.video_opened + " ");
+        line.appendChild(link("video-room"));
+        item.appendChild(line);
       });
       const place = chat.panel.querySelector(".video-link");
       place.textContent = "";
-      const link = element("a", "button", text.open_video);
-      link.href = href;
-      link.target = "_blank";
-      link.rel = "noopener";
-      place.appendChild(link);
+      const main = link("button");
+      place.appendChild(main);
       if (chat.videoRequested && live) {
         chat.videoRequested = false;
+        // Within the click's user activation, so no popup blocker objects.
         window.open(href, "_blank", "noopener");
-        link.focus();
+        main.focus();
       }
       break;
     }
     case "ended":
-      showNote(chat, message.seq, (item) => {
-        item.appendChild(element("p", "", event.by === me ? text.ended : text.ended_by_resident));
+      note(chat, seq, (item) => {
+        item.appendChild(element("p", "", event.by === connection.party ? text.ended : text.ended_by_resident));
       });
       break;
   }
-  ackShown(chat);
 }
 
-function onChatRead(chat, message) {
-  if (message.party === me) return;
-  chat.readSeq = Math.max(chat.readSeq, message.seq);
-  chat.panel.querySelectorAll('.transcript li[data-mine="true"][data-seq]').forEach((item) => {
-    if (Number(item.dataset.seq) <= chat.readSeq) markRead(item);
-  });
-}
-
-function sendTyping(chat, typing) {
-  if (chat.typingSent === typing) return;
-  if (send({ type: "chat.typing", room: chat.room, typing })) chat.typingSent = typing;
-}
-
-function wireChat(chat) {
+function wireTools(chat) {
   const panel = chat.panel;
-  const form = panel.querySelector(".chat-form");
-  const textarea = form.querySelector("textarea");
-  textarea.addEventListener("input", () => {
-    sendTyping(chat, textarea.value.trim() !== "");
-    clearTimeout(chat.typingTimer);
-    chat.typingTimer = setTimeout(() => sendTyping(chat, false), 4000);
-  });
-  textarea.addEventListener("keydown", (event) => {
-    // Enter sends, Shift+Enter makes a new line.
-    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-      event.preventDefault();
-      form.requestSubmit();
-    }
-  });
-  form.addEventListener("submit", (event) => {
-    event.preventDefault();
-    const message = textarea.value.trim();
-    if (!message || chat.closed) return;
-    const clientId = newId();
-    if (!send({ type: "chat.send", room: chat.room, client_id: clientId, text: message })) {
-      chatState(chat, text.not_sent);
-      return;
-    }
-    clearTimeout(chat.typingTimer);
-    chat.typingSent = false; // sending ends typing on the other side
-    showMessage(chat, { from: me, client_id: clientId, text: message, pending: true });
-    textarea.value = "";
-  });
+  const textarea = panel.querySelector(".chat-form textarea");
 
   // Canned replies go into the message box, to be read and sent.
   panel.querySelector(".insert-canned").addEventListener("click", () => {
@@ -767,13 +647,13 @@ function wireChat(chat) {
       return;
     }
     chat.pending = "transfer";
-    if (!send({ type: "queue.transfer", room: chat.room, to: select.value })) chatState(chat, text.failed);
+    chat.room.send({ type: "queue.transfer", to: select.value });
   });
 
   panel.querySelector(".start-video").addEventListener("click", () => {
     chat.videoRequested = true;
     chat.pending = "video";
-    if (!send({ type: "chat.escalate_video", room: chat.room })) chatState(chat, text.failed);
+    chat.room.send({ type: "chat.escalate_video" });
   });
 
   panel.querySelector(".close-chat").addEventListener("click", () => {
@@ -786,7 +666,7 @@ function wireChat(chat) {
     }
     select.removeAttribute("aria-invalid");
     chat.pending = "close";
-    if (!send({ type: "chat.close", room: chat.room, outcome: select.value })) chatState(chat, text.failed);
+    chat.room.send({ type: "chat.close", outcome: select.value });
   });
 }
 
@@ -803,7 +683,7 @@ function fillCanned(chat) {
 function loadColleagues(chat) {
   const select = chat.panel.querySelector(".transfer select");
   const note = chat.panel.querySelector(".colleagues-note");
-  return api("GET", "/api/staff/chats/" + encodeURIComponent(chat.room) + "/colleagues")
+  return api("GET", "/api/staff/chats/" + encodeURIComponent(chat.id) + "/colleagues")
     .then((colleagues) => {
       select.textContent = "";
       colleagues.forEach((colleague) => {
@@ -829,7 +709,7 @@ function loadTimes(chat) {
   const box = panel.querySelector(".times");
   const from = panel.querySelector(".offer input[type=date]").value || root.dataset.today;
   const path =
-    "/api/staff/chats/" + encodeURIComponent(chat.room) + "/free-times?from=" + encodeURIComponent(from) + "&days=7";
+    "/api/staff/chats/" + encodeURIComponent(chat.id) + "/free-times?from=" + encodeURIComponent(from) + "&days=7";
   return api("GET", path)
     .then((times) => {
       box.textContent = "";
@@ -841,8 +721,7 @@ function loadTimes(chat) {
       }
       const days = new Map();
       times.forEach((time, i) => {
-        const parts = localParts(new Date(time.starts_at));
-        const day = longDate(parts);
+        const day = longDate(localParts(new Date(time.starts_at)));
         if (!days.has(day)) days.set(day, []);
         days.get(day).push([time, i]);
       });
@@ -892,186 +771,122 @@ function offerTimes(chat) {
     return;
   }
   const times = chosen.map((time) => ({ slot_id: time.starts_at, starts_at: time.starts_at, ends_at: time.ends_at }));
-  if (send({ type: "chat.offer_times", room: chat.room, client_id: newId(), times })) {
-    box.textContent = "";
-    chat.panel.querySelector(".send-times").hidden = true;
-    chat.panel.querySelector(".chat-form textarea").focus();
-  } else {
-    chatState(chat, text.not_sent);
-  }
-}
-
-function onAssigned(entry) {
-  removeEntry(entry.room);
-  let chat = chats.get(entry.room);
-  const claimed = claiming.delete(entry.room);
-  if (!chat || chat.closed) {
-    if (chat) removeChat(chat);
-    chat = createChat(entry);
-    alertUser(fill(text.assigned, { service: serviceName(entry.service) }));
-  }
-  chat.confirmed = true;
-  chat.mine = true;
-  setChatEnabled(chat);
-  // Join for the history up to now, then resume from what was shown.
-  send({ type: "join", room: entry.room });
-  if (!active || claimed) activate(chat, claimed);
-}
-
-function onJoined(chat, message) {
-  chat.historyUntil = Math.max(chat.historyUntil, message.last_seq);
-  send({ type: "resume", room: chat.room, last_seq: chat.lastSeq });
-}
-
-function onUnassigned(message) {
-  const chat = chats.get(message.room);
-  if (!chat) return;
-  chat.mine = false;
-  const reason = text["unassigned_" + message.reason] || text.ended;
-  endChat(chat, reason);
-  chatState(chat, reason);
-  alertUser(reason);
+  chat.room.send({ type: "chat.offer_times", client_id: newId(), times });
+  box.textContent = "";
+  chat.panel.querySelector(".send-times").hidden = true;
+  chatState(chat, "");
+  chat.panel.querySelector(".chat-form textarea").focus();
 }
 
 // --- Messages from the hub ------------------------------------------------------
 
-function onError(message) {
+
+connection.on("queue.assigned", ({ entry }) => {
+  removeEntry(entry.room);
+  const claimed = claiming.delete(entry.room);
+  let chat = chats.get(entry.room);
+  if (chat && chat.closed) {
+    removeChat(chat);
+    chat = null;
+  }
+  if (!chat) {
+    chat = createChatPanel(entry);
+    // Joining gives the history up to now; protocol.js joins again and
+    // resumes after every reconnect.
+    chat.room.join();
+    alertUser(fill(text.assigned, { service: serviceName(entry.service) }));
+    if (claimed) chat.panel.querySelector(".chat-title").focus();
+  }
+});
+
+connection.on("queue.unassigned", (message) => {
+  const chat = chats.get(message.room);
+  if (!chat) return;
+  const reason = text["unassigned_" + message.reason] || text.ended;
+  endChat(chat, reason);
+  alertUser(reason);
+});
+
+connection.on("room.closed", (message) => {
+  const chat = chats.get(message.room);
+  if (chat) endChat(chat, text.ended);
+});
+
+connection.on("canned.responses", (message) => {
+  canned.set(message.service, message.responses || []);
+  chats.forEach((chat) => {
+    if (chat.service === message.service) fillCanned(chat);
+  });
+});
+
+connection.on("lobby.knock", (message) => addKnock(message.room, message.participant));
+connection.on("queue.entry", (message) => addEntry(message.entry, !settling));
+connection.on("queue.entry_removed", (message) => removeEntry(message.room));
+
+connection.on("error", (message) => {
   const room = message.room;
   const chat = room && chats.get(room);
   let shown;
   if (room && claiming.has(room)) {
     claiming.delete(room);
-    shown =
-      message.code === "already_taken"
-        ? text.already_taken
-        : message.code === "forbidden"
-          ? text.at_limit
-          : message.code === "not_found"
-            ? text.gone
-            : text.failed;
-    if (message.code !== "forbidden") removeEntry(room);
-    else {
+    shown = {
+      already_taken: text.already_taken,
+      forbidden: text.at_limit,
+      not_found: text.gone,
+    }[message.code] || text.failed;
+    if (message.code === "forbidden") {
       const item = queueItem(room);
       if (item) item.querySelector("button").disabled = false;
+    } else {
+      removeEntry(room);
     }
   } else if (message.code === "already_taken") {
     shown = text.already_taken;
-  } else if (chat) {
+  } else if (chat && !chat.closed) {
     const pending = chat.pending;
     chat.pending = null;
-    shown =
-      message.code === "not_eligible"
-        ? text.not_eligible
-        : pending === "close" && (message.code === "invalid" || message.code === "malformed")
-          ? text.outcome_missing
-          : message.code === "not_found"
-            ? text.gone
-            : text.failed;
-    if (pending === "transfer") loadColleagues(chat);
-    chatState(chat, shown);
-  } else if (message.code === "rate_limited") {
-    shown = text.failed;
+    if (message.code === "not_found" && !pending) {
+      // A join after a reconnect: the chat went back to the queue meanwhile.
+      endChat(chat, text.unassigned_offline);
+      shown = text.unassigned_offline;
+    } else {
+      shown =
+        message.code === "not_eligible"
+          ? text.not_eligible
+          : pending === "close" && ["invalid", "invalid_state", "malformed"].includes(message.code)
+            ? text.outcome_missing
+            : message.code === "not_found"
+              ? text.gone
+              : text.failed;
+      if (pending === "transfer") loadColleagues(chat);
+      chatState(chat, shown);
+    }
   }
-  if (shown) {
-    alertEl.setAttribute("role", "alert");
-    alertUser(shown, { sound: false });
-  }
-}
+  if (shown) alertUser(shown, { sound: false });
+});
 
-// After a reconnect the hub sends again what is still true: the waiting
-// chats, this staff member's chats and the knocks. What this console showed
-// and does not hear of again by the answer to a `ping` is gone.
+// After a (re)connect the hub tells again what is still true: the waiting
+// chats, this staff member's chats and the knocks. The answer to a `ping`
+// comes after all of it.
 let settling = false;
 
-function onWelcome() {
+connection.on("welcome", () => {
   setConnected(true);
   say(text.connected);
   entries.clear();
   queueList.textContent = "";
   updateQueueEmpty();
-  chats.forEach((chat) => (chat.confirmed = false));
   settling = true;
+  root.dataset.settled = "false";
   sendAvailability();
-  send({ type: "ping" });
-}
+  connection.sendNow({ type: "ping" });
+});
 
-function onSettled() {
+connection.on("pong", () => {
   if (!settling) return;
   settling = false;
-  chats.forEach((chat) => {
-    if (!chat.confirmed && !chat.closed) {
-      chat.mine = false;
-      endChat(chat, text.unassigned_offline);
-    }
-  });
-}
-
-function onMessage(message) {
-  const chat = message.room ? chats.get(message.room) : null;
-  switch (message.type) {
-    case "welcome":
-      onWelcome();
-      break;
-    case "pong":
-      onSettled();
-      break;
-    case "queue.entry":
-      addEntry(message.entry, !settling);
-      break;
-    case "queue.entry_removed":
-      removeEntry(message.room);
-      break;
-    case "queue.assigned":
-      onAssigned(message.entry);
-      break;
-    case "queue.unassigned":
-      onUnassigned(message);
-      break;
-    case "joined":
-      if (chat) onJoined(chat, message);
-      break;
-    case "event":
-      if (chat) onEvent(chat, message);
-      break;
-    case "chat.stored":
-      if (chat) {
-        const item = transcriptItem(chat, message.client_id);
-        if (item) {
-          delete item.dataset.pending;
-          item.dataset.seq = String(message.seq);
-          if (message.seq <= chat.readSeq) markRead(item);
-        }
-        chat.pending = null;
-      }
-      break;
-    case "chat.typing":
-      if (chat && message.party !== me) {
-        chat.panel.querySelector(".typing").textContent = message.typing ? text.typing : "";
-      }
-      break;
-    case "chat.read":
-      if (chat) onChatRead(chat, message);
-      break;
-    case "canned.responses":
-      canned.set(message.service, message.responses || []);
-      chats.forEach((c) => {
-        if (c.service === message.service) fillCanned(c);
-      });
-      break;
-    case "room.closed":
-      if (chat) {
-        chat.mine = false;
-        endChat(chat, text.ended);
-      }
-      break;
-    case "lobby.knock":
-      addKnock(message.room, message.participant);
-      break;
-    case "error":
-      onError(message);
-      break;
-  }
-}
+  root.dataset.settled = "true";
+});
 
 // --- Messages left while nobody was online --------------------------------------
 
@@ -1141,5 +956,5 @@ document.getElementById("offline-refresh").addEventListener("click", loadOffline
 updateQueueEmpty();
 updateKnocksEmpty();
 say(text.connecting);
-connect();
+connection.start();
 loadOffline();

@@ -68,9 +68,17 @@ const SCRIPT_TEXT: &[(&str, &str)] = &[
     ("role_interpreter", "page.chats.interpreter"),
     ("assigned_you", "page.console.assigned_you"),
     ("colleague_took", "page.console.colleague_took"),
+    (
+        "in_sentence_resident",
+        "page.role.in_sentence.resident",
+    ),
+    (
+        "in_sentence_social_worker",
+        "page.role.in_sentence.social_worker",
+    ),
     ("typing", "page.console.typing"),
+    ("sent", "page.console.sent"),
     ("read", "page.console.read"),
-    ("not_sent", "page.meeting.chat_not_sent"),
     ("times_offered", "page.console.times_offered"),
     ("video_opened", "page.console.video_opened"),
     ("open_video", "page.console.open_video"),
@@ -202,7 +210,7 @@ fn body(ctx: &Ctx, staff_id: &str, today: &str, data: &Value) -> Markup {
 fn chat_template() -> Markup {
     html! {
         template #chat-template {
-            section .chat-panel hidden {
+            section .chat-panel {
                 h3 .chat-title data-id="title" tabindex="-1" {}
                 p .chat-state role="status" {}
                 ol .transcript role="log" {}

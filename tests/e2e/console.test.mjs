@@ -1,0 +1,261 @@
+// The staff console (/staff/console) in a real browser, with the resident
+// on the other side at the same time.
+//
+// The demo's policy decides who sees what: Anna lives in Malå (2418), and
+// the pre-assessment of financial assistance (ekonomiskt-bistand) may be
+// done by Malå itself and by Lycksele (2481) under their agreement, but not
+// by Helsingborg (1283). Lycksele has two social workers
+// (handlaggare.lycksele, handlaggare1.lycksele), Malå one.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import {
+  startServer,
+  launchBrowser,
+  signInResident,
+  signInStaff,
+  sql,
+  waitFor,
+  assertAccessible,
+  assertTranslated,
+} from "./helpers.mjs";
+
+const LYCKSELE_1 = "handlaggare.lycksele@kontakt.demo";
+const LYCKSELE_2 = "handlaggare1.lycksele@kontakt.demo";
+const MALA = "handlaggare.mala@kontakt.demo";
+const HELSINGBORG = "handlaggare.helsingborg@kontakt.demo";
+const SERVICE = "ekonomiskt-bistand";
+
+let server;
+let browser;
+/** What one test leaves for the next: the open chat and its people. */
+let shared;
+
+before(async () => {
+  server = await startServer();
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+/** A signed-in staff member's console, connected and settled. */
+async function openConsole(email, { locale = "sv-SE", viewport, available = true, max = 2 } = {}) {
+  const context = await browser.newContext({ locale, viewport });
+  await context.grantPermissions(["camera", "microphone"], { origin: server.url });
+  const page = await context.newPage();
+  await signInStaff(page, server, email);
+  await page.goto(`${server.url}/staff/console`);
+  await consoleReady(page);
+  if (available) await setAvailable(page, max);
+  return { context, page };
+}
+
+/** Waits until the console has connected and heard all the hub had to say. */
+async function consoleReady(page) {
+  await page.locator("#console[data-connected='true'][data-settled='true']").waitFor();
+}
+
+async function setAvailable(page, max) {
+  await page.fill("#max-chats", String(max));
+  await page.locator("#max-chats").dispatchEvent("change");
+  if (!(await page.isChecked("#taking-chats"))) await page.check("#taking-chats");
+}
+
+/** The queue entries a console lists, by room. */
+async function queueRooms(page) {
+  return await page.locator("#queue-list li[data-room]").evaluateAll((items) => items.map((i) => i.dataset.room));
+}
+
+/**
+ * A signed-in resident's chat, driven over the real socket from the
+ * resident's own page. (Temporary until the resident chat page lands.)
+ */
+async function openResidentChat(email, { locale = "sv-SE", service = SERVICE, name, home } = {}) {
+  const context = await browser.newContext({ locale });
+  await context.grantPermissions(["camera", "microphone"], { origin: server.url });
+  const page = await context.newPage();
+  await signInResident(page, server, email, { name, home });
+  await page.waitForURL((u) => u.pathname === "/my");
+  const room = await page.evaluate(async (service) => {
+    const csrf = document.querySelector("input[name=csrf]").value;
+    const answer = await fetch("/api/ws/ticket", { method: "POST", headers: { "x-csrf-token": csrf } });
+    const { ticket } = await answer.json();
+    const socket = new WebSocket(`${location.origin.replace(/^http/, "ws")}/ws?ticket=${ticket}`);
+    const chat = { socket, frames: [], room: null };
+    window.__chat = chat;
+    chat.send = (frame) => socket.send(JSON.stringify({ v: 1, ...frame }));
+    return await new Promise((resolve, reject) => {
+      socket.onerror = () => reject(new Error("the socket failed"));
+      socket.onmessage = ({ data }) => {
+        const frame = JSON.parse(data);
+        chat.frames.push(frame);
+        if (frame.type === "welcome") {
+          chat.me = frame.party;
+          chat.send({ type: "queue.open", service });
+        }
+        else if (frame.type === "joined" && !chat.room) {
+          chat.room = frame.room;
+          resolve(frame.room);
+        } else if (frame.type === "event" && frame.event.kind === "chat" && frame.event.from !== chat.me) {
+          chat.send({ type: "ack", room: chat.room, seq: frame.seq });
+        }
+      };
+    });
+  }, service);
+  return { context, page, room };
+}
+
+async function residentFrames(resident) {
+  return await resident.page.evaluate(() => window.__chat.frames);
+}
+
+async function residentSays(resident, text) {
+  await resident.page.evaluate((text) => {
+    window.__chat.send({ type: "chat.send", room: window.__chat.room, client_id: `r-${Date.now()}`, text });
+  }, text);
+}
+
+async function residentTypes(resident, typing) {
+  await resident.page.evaluate((typing) => {
+    window.__chat.send({ type: "chat.typing", room: window.__chat.room, typing });
+  }, typing);
+}
+
+test("only eligible social workers see the chat, and of two who claim at once exactly one gets it", async () => {
+  const maria = await openConsole(LYCKSELE_1);
+  const johan = await openConsole(LYCKSELE_2);
+  const fatima = await openConsole(HELSINGBORG);
+  const anna = await openResidentChat("anna@example.se");
+
+  for (const staff of [maria, johan]) {
+    await staff.page.locator(`#queue-list li[data-room="${anna.room}"]`).waitFor();
+  }
+  const entry = await maria.page.locator(`#queue-list li[data-room="${anna.room}"]`).innerText();
+  assert.match(entry, /Ekonomiskt bistånd/);
+  assert.match(entry, /hemkommun Malå/);
+  assert.doesNotMatch(entry, /Anna|Lindqvist|anna@/, "nothing about who the resident is");
+  assert.match(await maria.page.locator("#console-alert").innerText(), /Ny chatt i kön/);
+  assert.ok(Number(await maria.page.getAttribute("#console", "data-beeps")) >= 1, "a sound was played");
+
+  // Helsingborg may not do this pre-assessment: a fresh console hears every
+  // waiting chat it may see, and this one sees none.
+  await fatima.page.reload();
+  await consoleReady(fatima.page);
+  assert.deepEqual(await queueRooms(fatima.page), []);
+  assert.ok(await fatima.page.locator("#queue-empty").isVisible());
+
+  // Both click at the same moment.
+  const at = Date.now() + 300;
+  const click = (page) =>
+    page.evaluate(
+      ([room, at]) =>
+        new Promise((resolve) =>
+          setTimeout(() => {
+            document.querySelector(`#queue-list li[data-room="${room}"] button`).click();
+            resolve();
+          }, at - Date.now()),
+        ),
+      [anna.room, at],
+    );
+  await Promise.all([click(maria.page), click(johan.page)]);
+  const outcome = async (page) => {
+    let result = null;
+    await waitFor("the claim's outcome", async () => {
+      if (await page.locator(`.chat-panel[data-room="${anna.room}"]`).count()) result = "won";
+      else if (/redan tagen/.test(await page.locator("#console-alert").innerText())) result = "taken";
+      return result !== null;
+    });
+    return result;
+  };
+  const results = [await outcome(maria.page), await outcome(johan.page)];
+  assert.deepEqual([...results].sort(), ["taken", "won"], `one wins, one is told: ${results}`);
+  const [winner, loser] = results[0] === "won" ? [maria, johan] : [johan, maria];
+  assert.equal(await loser.page.locator(`#queue-list li[data-room="${anna.room}"]`).count(), 0);
+  assert.equal(await winner.page.locator(`#queue-list li[data-room="${anna.room}"]`).count(), 0);
+
+  const [row] = await sql(server, `SELECT state, staff FROM signaling_queue_entries WHERE room = '${anna.room}'`);
+  assert.equal(row.state, "assigned");
+  await fatima.context.close();
+  shared = { anna, winner, loser };
+});
+
+test("messages both ways, with the typing indicator, read receipts and unread counts", async () => {
+  const { anna, winner } = shared;
+  const panel = winner.page.locator(`.chat-panel[data-room="${anna.room}"]`);
+  const box = panel.locator("textarea");
+
+  // The social worker types: the resident is told, then gets the message.
+  await box.fill("Hej! Jag heter Maria. Vad kan jag hjälpa dig med?");
+  await waitFor("the resident hears the typing", async () =>
+    (await residentFrames(anna)).some((f) => f.type === "chat.typing" && f.typing === true),
+  );
+  await box.press("Enter");
+  await waitFor("the resident gets the message", async () =>
+    (await residentFrames(anna)).some((f) => f.type === "event" && f.event.kind === "chat" && /Vad kan jag hjälpa/.test(f.event.text)),
+  );
+  // The resident's page acked it: the console shows it as read.
+  await panel.locator('.transcript li[data-mine="true"][data-receipt="read"]', { hasText: "Vad kan jag hjälpa" }).waitFor();
+
+  // The resident types and writes while the social worker is elsewhere on
+  // the page: the chat counts it as unread, with a sound and an alert.
+  await winner.page.locator("#offline-refresh").focus();
+  const beepsBefore = Number(await winner.page.getAttribute("#console", "data-beeps"));
+  await residentTypes(anna, true);
+  await panel.locator(".typing", { hasText: "Invånaren skriver" }).waitFor();
+  await residentSays(anna, "Jag undrar hur jag ansöker om ekonomiskt bistånd.");
+  await panel.locator('.transcript li[data-mine="false"]', { hasText: "Jag undrar hur" }).waitFor();
+  assert.equal(await panel.locator(".typing").innerText(), "", "a message ends the typing indicator");
+  const switcher = winner.page.locator(`#chat-switch li[data-room="${anna.room}"] a`);
+  assert.match(await switcher.innerText(), /1 oläst/);
+  assert.match(await winner.page.locator("#console-alert").innerText(), /Nytt meddelande i chatten om Ekonomiskt bistånd/);
+  assert.ok(Number(await winner.page.getAttribute("#console", "data-beeps")) > beepsBefore, "a sound for the message");
+  // The page is visible, so the resident learns the message was shown.
+  await waitFor("a read receipt for the resident", async () =>
+    (await residentFrames(anna)).some((f) => f.type === "chat.read" && f.party.startsWith("staff:")),
+  );
+  // Going to the chat clears its count.
+  await switcher.click();
+  assert.equal(await winner.page.evaluate(() => document.activeElement.classList.contains("chat-title")), true);
+  await winner.page.locator(`#chat-switch li[data-room="${anna.room}"] a[data-unread="0"]`).waitFor();
+});
+
+test("when a social worker's tab closes, the chat returns to its place in the queue and a colleague picks it up", async () => {
+  const { winner, loser } = shared;
+  // Two residents of Lycksele wait; the first one's chat is taken.
+  const first = await openResidentChat("ny.invanare@example.se", { name: "Nora Nyberg", home: "2481" });
+  const second = await openResidentChat("leila@example.se");
+  await winner.page.locator(`#queue-list li[data-room="${second.room}"]`).waitFor();
+  assert.deepEqual(await queueRooms(winner.page), [first.room, second.room], "oldest first");
+  await loser.page.locator(`#queue-list li[data-room="${first.room}"] button`).click();
+  const panel = loser.page.locator(`.chat-panel[data-room="${first.room}"]`);
+  await panel.waitFor();
+  await panel.locator("textarea").fill("Hej, jag tittar på din fråga.");
+  await panel.locator("textarea").press("Enter");
+  await panel.locator('.transcript li[data-mine="true"]:not([data-pending])').waitFor();
+  await waitFor("the queue without the taken chat", async () => (await queueRooms(winner.page)).length === 1);
+
+  // The tab closes: the chat goes back, ahead of the one that came later.
+  await loser.context.close();
+  await waitFor("the chat back in the queue, in its place", async () => {
+    const rooms = await queueRooms(winner.page);
+    return rooms.length === 2 && rooms[0] === first.room && rooms[1] === second.room;
+  });
+  await waitFor("the resident back at position 1", async () => {
+    const statuses = (await residentFrames(first)).filter((f) => f.type === "queue.status");
+    return statuses.length > 0 && statuses.at(-1).position === 1;
+  });
+
+  // A colleague picks it up and sees what was said.
+  await winner.page.locator(`#queue-list li[data-room="${first.room}"] button`).click();
+  const taken = winner.page.locator(`.chat-panel[data-room="${first.room}"]`);
+  await taken.locator(".transcript li", { hasText: "jag tittar på din fråga" }).waitFor();
+  await taken.locator("textarea").fill("Jag tar över. Vad gäller det?");
+  await taken.locator("textarea").press("Enter");
+  await waitFor("the resident hears from the colleague", async () =>
+    (await residentFrames(first)).some((f) => f.type === "event" && f.event.kind === "chat" && /Jag tar över/.test(f.event.text)),
+  );
+  for (const c of [first, second]) await c.context.close();
+});
