@@ -259,3 +259,53 @@ test("when a social worker's tab closes, the chat returns to its place in the qu
   );
   for (const c of [first, second]) await c.context.close();
 });
+
+test("the console by keyboard alone, right to left in Arabic on a 375 px phone, and axe-clean in sv and ar", async () => {
+  const { winner } = shared;
+  await assertTranslated(winner.page, "the console in sv");
+  await assertAccessible(winner.page, "the console with chats (sv)");
+
+  const phone = { width: 375, height: 740 };
+  const mala = await openConsole(MALA, { locale: "ar", viewport: phone });
+  assert.equal(await mala.page.getAttribute("html", "dir"), "rtl");
+  const resident = await openResidentChat("ny.mala@example.se", { name: "Malin Mark", home: "2418" });
+  const entry = mala.page.locator(`#queue-list li[data-room="${resident.room}"]`);
+  await entry.waitFor();
+  assert.match(await entry.innerText(), /بلدية السكن Malå/);
+  await assertTranslated(mala.page, "the console in ar");
+  await assertAccessible(mala.page, "the console with a waiting chat (ar, 375 px)");
+
+  // Tab to the claim button and take the chat with Enter; focus lands on
+  // the chat, and the message box is a Tab or a few away.
+  const focused = () => mala.page.evaluate(() => document.activeElement?.outerHTML.slice(0, 80));
+  async function tabTo(predicate, what, arg, limit = 80) {
+    for (let i = 0; i < limit; i += 1) {
+      await mala.page.keyboard.press("Tab");
+      if (await mala.page.evaluate(predicate, arg)) return;
+    }
+    throw new Error(`Tab never reached ${what}; focus is on ${await focused()}`);
+  }
+  await mala.page.locator("#page-title").focus();
+  await tabTo((room) => document.activeElement?.closest(`#queue-list li[data-room="${room}"]`) !== null, "the claim button", resident.room);
+  await mala.page.keyboard.press("Enter");
+  const panel = mala.page.locator(`.chat-panel[data-room="${resident.room}"]`);
+  await panel.waitFor();
+  await waitFor("focus on the taken chat", async () =>
+    mala.page.evaluate(() => document.activeElement?.classList.contains("chat-title")),
+  );
+  await tabTo(() => document.activeElement?.tagName === "TEXTAREA", "the message box");
+  await mala.page.keyboard.type("مرحبا، كيف يمكنني مساعدتك؟");
+  await mala.page.keyboard.press("Enter");
+  await waitFor("the resident gets the message typed by keyboard", async () =>
+    (await residentFrames(resident)).some((f) => f.type === "event" && f.event.kind === "chat" && /مرحبا/.test(f.event.text)),
+  );
+
+  const { scroll, width } = await mala.page.evaluate(() => ({
+    scroll: document.documentElement.scrollWidth,
+    width: document.documentElement.clientWidth,
+  }));
+  assert.ok(scroll <= width, `the console is ${scroll}px wide in a ${width}px viewport`);
+  await assertAccessible(mala.page, "the console with a chat (ar, 375 px)");
+  shared.mala = mala;
+  shared.malaResident = resident;
+});

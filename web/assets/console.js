@@ -460,7 +460,7 @@ function createChatPanel(entry) {
   const title = panel.querySelector(".chat-title");
   title.textContent = chatLabel(chat);
   panel.setAttribute("aria-labelledby", title.id);
-  panel.querySelector(".transcript").setAttribute("aria-labelledby", title.id);
+  panel.querySelector(".log").setAttribute("aria-labelledby", title.id);
 
   // The list of chats: a link to each panel, with its unread count.
   const item = element("li");

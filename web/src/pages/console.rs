@@ -213,7 +213,9 @@ fn chat_template() -> Markup {
             section .chat-panel {
                 h3 .chat-title data-id="title" tabindex="-1" {}
                 p .chat-state role="status" {}
-                ol .transcript role="log" {}
+                div .log role="log" tabindex="0" {
+                    ol .transcript {}
+                }
                 p .typing aria-live="polite" {}
                 form .chat-form {
                     div .field {
