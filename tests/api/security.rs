@@ -43,6 +43,8 @@ const OTHER_ROUTES: &[(&str, &str, bool)] = &[
     ("POST", "/b/{token}/cancel", true),
     ("POST", "/b/{token}/reschedule", true),
     ("GET", "/join/{booking_id}", false),
+    ("GET", "/chat/{service}", true),
+    ("GET", "/meeting/adhoc/{id}", true),
     ("GET", "/legal-map", true),
     ("GET", "/lang?to=en&back=/legal-map", true),
     ("GET", "/staff/login", true),

@@ -158,7 +158,7 @@ async fn join(
 }
 
 /// The script's strings as JSON that is safe inside a `<script>` element.
-fn script_text() -> String {
+pub(super) fn script_text() -> String {
     let map: serde_json::Map<String, serde_json::Value> = SCRIPT_TEXT
         .iter()
         .map(|(name, key)| ((*name).to_owned(), serde_json::Value::String(tr(key))))

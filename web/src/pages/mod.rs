@@ -12,6 +12,7 @@
 //! value in a hidden `csrf` field that the handlers here compare with the
 //! claim.
 
+mod chat;
 mod chats;
 mod legal;
 mod manage;
@@ -46,6 +47,7 @@ pub fn router() -> Router<AppState> {
         .merge(resident::router())
         .merge(manage::router())
         .merge(chats::router())
+        .merge(chat::router())
         .merge(meeting::router())
         .merge(legal::router())
         .merge(staff::router())
