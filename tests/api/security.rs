@@ -43,6 +43,8 @@ const OTHER_ROUTES: &[(&str, &str, bool)] = &[
     ("POST", "/b/{token}/cancel", true),
     ("POST", "/b/{token}/reschedule", true),
     ("GET", "/join/{booking_id}", false),
+    ("GET", "/chat/{service}", true),
+    ("GET", "/meeting/adhoc/{id}", true),
     ("GET", "/legal-map", true),
     ("GET", "/lang?to=en&back=/legal-map", true),
     ("GET", "/staff/login", true),
@@ -54,9 +56,9 @@ const OTHER_ROUTES: &[(&str, &str, bool)] = &[
     ("GET", "/admin/audit", false),
     ("GET", "/dev/mail", true),
     ("GET", "/dev/mail/{id}", true),
-    ("GET", "/assets/kontakt.css", true),
-    ("GET", "/assets/kontakt.js", true),
-    ("GET", "/assets/meeting.js", true),
+    // Each asset's address (`/assets/{stem}.{hash}.{ext}`) is checked by
+    // `assets.rs`; a stale one answers 404 with the same headers.
+    ("GET", "/assets/kontakt.0000000000.css", true),
     ("GET", "/ws", false),
     ("GET", "/healthz", true),
     ("GET", "/no-such-page", true),

@@ -13,20 +13,18 @@
 //! booking reads it makes, and anyone else gets 404.
 
 use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use booking::bookings;
 use booking::BookingStatus;
 
-use super::{asset, esc, page, status_text, t, tr, when, Ctx, PageResult, Who};
+use super::{esc, page, status_text, t, tr, when, Ctx, PageResult, Who};
 use crate::api::now;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/join/{booking_id}", get(join))
-        .route("/assets/meeting.js", get(script))
+    Router::new().route("/join/{booking_id}", get(join))
 }
 
 /// The strings the script shows, by the name it uses.
@@ -126,7 +124,7 @@ async fn join(
 </section>
 </div>
 <script type="application/json" id="meeting-text">{text}</script>
-<script src="/assets/meeting.js" defer></script>"#,
+<script type="module" src="{script}"></script>"#,
         needs_script = t("page.meeting.needs_script"),
         id = esc(&booking.id),
         csrf = esc(ctx.csrf()),
@@ -154,12 +152,13 @@ async fn join(
         message = t("page.meeting.message"),
         send = t("page.meeting.send"),
         text = script_text(),
+        script = crate::assets::url("meeting.js"),
     ));
     Ok(page(&ctx, &tr("page.meeting.title"), &body).into_response())
 }
 
 /// The script's strings as JSON that is safe inside a `<script>` element.
-fn script_text() -> String {
+pub(super) fn script_text() -> String {
     let map: serde_json::Map<String, serde_json::Value> = SCRIPT_TEXT
         .iter()
         .map(|(name, key)| ((*name).to_owned(), serde_json::Value::String(tr(key))))
@@ -167,13 +166,6 @@ fn script_text() -> String {
     serde_json::Value::Object(map)
         .to_string()
         .replace("</", "<\\/")
-}
-
-async fn script() -> Response {
-    asset(
-        "text/javascript; charset=utf-8",
-        include_str!("../../assets/meeting.js"),
-    )
 }
 
 #[cfg(test)]

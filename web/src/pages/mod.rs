@@ -12,6 +12,7 @@
 //! value in a hidden `csrf` field that the handlers here compare with the
 //! claim.
 
+mod chat;
 mod chats;
 mod console;
 mod legal;
@@ -47,13 +48,12 @@ pub fn router() -> Router<AppState> {
         .merge(resident::router())
         .merge(manage::router())
         .merge(chats::router())
+        .merge(chat::router())
         .merge(meeting::router())
         .merge(console::router())
         .merge(legal::router())
         .merge(staff::router())
         .route("/lang", get(switch_language))
-        .route("/assets/kontakt.css", get(stylesheet))
-        .route("/assets/kontakt.js", get(script))
 }
 
 /// How many days ahead the pages offer free times.
@@ -336,8 +336,8 @@ pub fn page(ctx: &Ctx, title: &str, body: &str) -> Html<String> {
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title} – Kontakt</title>
-<link rel="stylesheet" href="/assets/kontakt.css">
-<script src="/assets/kontakt.js" defer></script>
+<link rel="stylesheet" href="{css}">
+<script src="{js}" defer></script>
 </head>
 <body>
 <a class="skip" href="#main">{skip}</a>
@@ -359,6 +359,8 @@ pub fn page(ctx: &Ctx, title: &str, body: &str) -> Html<String> {
 </html>
 "##,
         lang = locale.code(),
+        css = crate::assets::url("kontakt.css"),
+        js = crate::assets::url("kontakt.js"),
         title = esc(title),
         skip = t("page.skip"),
         nav_label = t("page.nav.label"),
@@ -441,32 +443,6 @@ async fn switch_language(Query(q): Query<SwitchLanguage>) -> Response {
         lang.code()
     );
     ([(header::SET_COOKIE, cookie)], Redirect::to(&back)).into_response()
-}
-
-async fn stylesheet() -> Response {
-    asset(
-        "text/css; charset=utf-8",
-        include_str!("../../assets/kontakt.css"),
-    )
-}
-
-async fn script() -> Response {
-    asset(
-        "text/javascript; charset=utf-8",
-        include_str!("../../assets/kontakt.js"),
-    )
-}
-
-/// A static asset built into the binary, cached by browsers for an hour.
-pub fn asset(content_type: &'static str, body: &'static str) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, content_type),
-            (header::CACHE_CONTROL, "public, max-age=3600"),
-        ],
-        body,
-    )
-        .into_response()
 }
 
 /// The verified claims of the page session cookie, if any.

@@ -118,6 +118,7 @@ async fn start(
         search = t("page.start.search"),
         legal_link = t("page.start.legal_link"),
     );
+    body.push_str(&super::chat::start_points(&state, chosen_home.as_deref()).await?);
 
     if let (Some(service), Some(home)) = (&chosen_service, &chosen_home) {
         let parsed = (
@@ -734,6 +735,7 @@ async fn my_pages(
     }
     body.push_str("</ul>");
     body.push_str(&discreet_mail_form(&ctx, resident.discreet_mail));
+    body.push_str(&super::chat::start_points(&state, Some(resident.home.as_str())).await?);
     body.push_str(&chats::section(&state, resident).await?);
     body.push_str(&sign_out_everywhere_form(ctx.csrf()));
     Ok(page(&ctx, &tr("page.my.title"), &body).into_response())
