@@ -51,7 +51,6 @@ const OTHER_ROUTES: &[(&str, &str, bool)] = &[
     ("POST", "/staff/login", true),
     ("GET", "/staff", false),
     ("GET", "/staff/console", false),
-    ("GET", "/assets/console.js", true),
     ("GET", "/scheduler", false),
     ("GET", "/admin/audit", false),
     ("GET", "/dev/mail", true),

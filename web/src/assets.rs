@@ -36,6 +36,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("call.js", include_str!("../assets/call.js")),
     ("meeting.js", include_str!("../assets/meeting.js")),
     ("chat-page.js", include_str!("../assets/chat-page.js")),
+    ("console.js", include_str!("../assets/console.js")),
 ];
 
 /// What browsers are told about caching a hashed asset.

@@ -19,21 +19,19 @@
 //! block and a `<template>`; the script holds none of its own.
 
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use booking::catalog;
 use maud::{html, Markup, PreEscaped};
 use serde_json::{Map, Value};
 
-use super::{asset, page, today, tr, Ctx, PageResult};
+use super::{page, today, tr, Ctx, PageResult};
 use crate::api::now;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/staff/console", get(console))
-        .route("/assets/console.js", get(script))
+    Router::new().route("/staff/console", get(console))
 }
 
 /// The outcomes a staff member closes a chat with (contract 6).
@@ -201,7 +199,7 @@ fn body(ctx: &Ctx, staff_id: &str, today: &str, data: &Value) -> Markup {
         }
         (chat_template())
         script type="application/json" #console-data { (PreEscaped(data)) }
-        script type="module" src="/assets/console.js" {}
+        script type="module" src=(crate::assets::url("console.js")) {}
     }
 }
 
@@ -288,12 +286,6 @@ fn script_text() -> Value {
     )
 }
 
-async fn script() -> Response {
-    asset(
-        "text/javascript; charset=utf-8",
-        include_str!("../../assets/console.js"),
-    )
-}
 
 #[cfg(test)]
 mod tests {
