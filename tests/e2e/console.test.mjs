@@ -194,6 +194,65 @@ test("messages both ways, with the typing indicator, read receipts and unread co
   await winner.page.locator(`#chat-switch li[data-room="${anna.room}"] a[data-unread="0"]`).waitFor();
 });
 
+/** The relay's packet counter for one direction, from kontakt's metrics. */
+async function relayedPackets(direction) {
+  const text = await (await fetch(server.metricsUrl)).text();
+  const line = text.split("\n").find((l) => l.startsWith(`relay_packets_total{direction="${direction}"}`));
+  return line ? Number(line.split(" ").pop()) : 0;
+}
+
+/** Waits until the page's first remote video is playing frames. */
+async function remoteVideoPlays(page) {
+  await page.waitForFunction(
+    () => {
+      const video = document.querySelector("#remote-videos video");
+      return video && video.videoWidth > 0 && video.currentTime > 0.5;
+    },
+    null,
+    { timeout: 30_000 },
+  );
+}
+
+test("staff start video from the chat: both are in the ad-hoc room, with frames through the relay", async () => {
+  const { loser: staff } = shared;
+  const resident = await openResidentChat("video.invanare@example.se", { name: "Vera Video", home: "2481" });
+  await staff.page.locator(`#queue-list li[data-room="${resident.room}"] button`).click();
+  const panel = staff.page.locator(`.chat-panel[data-room="${resident.room}"]`);
+  await panel.waitFor();
+  await resident.page.locator("#chat-state", { hasText: "Du chattar med en socialsekreterare." }).waitFor();
+
+  const before = await relayedPackets("client_to_peer");
+  // The room opens in a new tab for the staff member; the resident's chat
+  // page goes straight into it, without the waiting room.
+  const [room] = await Promise.all([
+    staff.context.waitForEvent("page"),
+    resident.page.waitForURL((u) => u.pathname.startsWith("/meeting/adhoc/")),
+    panel.locator("button.start-video").click(),
+  ]);
+  await room.waitForURL((u) => u.pathname.startsWith("/meeting/adhoc/"));
+  assert.equal(new URL(room.url()).pathname, new URL(resident.page.url()).pathname, "the same room");
+  await panel.locator(".transcript li.note a.video-room").waitFor();
+  await remoteVideoPlays(room);
+  await remoteVideoPlays(resident.page);
+  await waitFor("media packets counted by the relay", async () => (await relayedPackets("client_to_peer")) - before > 50);
+
+  // The staff member ends the meeting; the chat stays in the console until
+  // it is closed, which takes an outcome.
+  await room.click("#end-meeting");
+  await room.close();
+  await panel.locator("button.close-chat").click();
+  await panel.locator(".chat-state", { hasText: "Välj ett utfall innan du avslutar chatten." }).waitFor();
+  assert.equal(await panel.locator(".close select").getAttribute("aria-invalid"), "true");
+  await panel.locator(".close select").selectOption("resolved");
+  await panel.locator("button.close-chat").click();
+  await staff.page.locator(`.chat-panel[data-room="${resident.room}"][data-closed="true"]`).waitFor();
+  await resident.page.goto(`${server.url}/chat/${SERVICE}`);
+  await resident.page.locator("#chat-ended").waitFor();
+  await panel.locator("button.dismiss-chat").click();
+  await panel.waitFor({ state: "detached" });
+  await resident.context.close();
+});
+
 test("when a social worker's tab closes, the chat returns to its place in the queue and a colleague picks it up", async () => {
   const { winner, loser } = shared;
   // Two residents of Lycksele wait; the first one's chat is taken.
