@@ -194,6 +194,86 @@ test("messages both ways, with the typing indicator, read receipts and unread co
   await winner.page.locator(`#chat-switch li[data-room="${anna.room}"] a[data-unread="0"]`).waitFor();
 });
 
+test("a canned reply of the chat's service goes into the message box and is sent", async () => {
+  const { anna, winner } = shared;
+  const panel = winner.page.locator(`.chat-panel[data-room="${anna.room}"]`);
+  const select = panel.locator(".canned select");
+  await waitFor("the canned replies of the service", async () => (await select.locator("option").count()) > 1);
+  const [value, title] = await select.locator("option").nth(1).evaluate((o) => [o.value, o.textContent]);
+  assert.ok(title.trim(), "a reply has a title");
+  await select.selectOption(value);
+  await panel.locator("button.insert-canned").click();
+  const box = panel.locator("textarea");
+  assert.equal(await winner.page.evaluate(() => document.activeElement.tagName), "TEXTAREA", "focus in the box");
+  const reply = await box.inputValue();
+  assert.ok(reply.length > 10, `the reply's text is in the box: ${reply}`);
+  await box.press("Enter");
+  await residentSees(anna, reply.split("\n")[0].slice(0, 40));
+});
+
+test("the chat is transferred to a colleague who is online, who continues it", async () => {
+  const { anna, winner, loser } = shared;
+  const panel = winner.page.locator(`.chat-panel[data-room="${anna.room}"]`);
+  await panel.locator("button.refresh-colleagues").click();
+  const colleague = await loser.page.evaluate(() => document.querySelector(".account .who bdi")?.textContent);
+  const option = panel.locator(".transfer select option", { hasText: colleague });
+  await option.waitFor({ state: "attached" });
+  assert.match(await option.innerText(), /Lycksele/);
+  await panel.locator(".transfer select").selectOption(await option.getAttribute("value"));
+  await panel.locator("button.do-transfer").click();
+  await panel.locator(".chat-state", { hasText: "Chatten är överförd till din kollega." }).waitFor();
+  assert.ok(await panel.locator("textarea").isDisabled(), "no more writing in a chat handed on");
+
+  // The colleague has the whole conversation and continues it.
+  const taken = loser.page.locator(`.chat-panel[data-room="${anna.room}"]`);
+  await taken.locator(".transcript li", { hasText: "Jag undrar hur jag ansöker" }).waitFor();
+  assert.match(await loser.page.locator("#console-alert").innerText(), /Chatten om Ekonomiskt bistånd är din/);
+  await taken.locator("textarea").fill("Hej Anna, jag tar över från min kollega.");
+  await taken.locator("textarea").press("Enter");
+  await residentSees(anna, "jag tar över från min kollega");
+  const [row] = await sql(server, `SELECT staff FROM signaling_queue_entries WHERE room = '${anna.room}'`);
+  assert.notEqual(row.staff, null);
+});
+
+test("staff offer times from the picker; the resident books one from the chat and finds it on My pages", async () => {
+  const { anna, loser: staff } = shared;
+  const panel = staff.page.locator(`.chat-panel[data-room="${anna.room}"]`);
+  await panel.locator("button.show-times").click();
+  const choices = panel.locator(".times input[type=checkbox]");
+  await choices.first().waitFor();
+  assert.ok((await choices.count()) >= 2, "free times to offer");
+  await choices.nth(0).check();
+  await choices.nth(1).check();
+  await panel.locator("button.send-times").click();
+  await panel.locator(".transcript li.note", { hasText: "Erbjudna tider:" }).waitFor();
+
+  const offer = anna.page.locator("#chat-log li.offer");
+  await offer.locator("button").first().waitFor();
+  assert.equal(await offer.locator("button").count(), 2);
+  await offer.locator("button").first().click();
+  await offer.locator(".offer-result.success", { hasText: "Bokat:" }).waitFor();
+  const bookingId = await offer.locator("ul[data-booked]").getAttribute("data-booked");
+  assert.ok(bookingId, "booked");
+
+  // The staff member closes the chat with its outcome: a time was booked.
+  await panel.locator(".close select").selectOption("booked");
+  await panel.locator("button.close-chat").click();
+  await staff.page.locator(`.chat-panel[data-room="${anna.room}"][data-closed="true"]`).waitFor();
+  await anna.page.locator("#chat-ended").waitFor();
+  const ended = await sql(
+    server,
+    `SELECT payload FROM signaling_events WHERE room = '${anna.room}' AND kind = 'ended'`,
+  );
+  assert.equal(ended.length, 1);
+  assert.match(ended[0].payload, /booked/, "the outcome is stored with the end of the chat");
+
+  await anna.page.goto(`${server.url}/my`);
+  await anna.page.locator(`li[data-booking="${bookingId}"]`).waitFor();
+  await anna.page.locator(`a[href="/my/chats/${encodeURIComponent(anna.room)}"]`).waitFor();
+  await staff.page.locator(`.chat-panel[data-room="${anna.room}"] button.dismiss-chat`).click();
+  await anna.context.close();
+});
+
 /** The relay's packet counter for one direction, from kontakt's metrics. */
 async function relayedPackets(direction) {
   const text = await (await fetch(server.metricsUrl)).text();
@@ -332,4 +412,38 @@ test("the console by keyboard alone, right to left in Arabic on a 375 px phone, 
   await assertAccessible(mala.page, "the console with a chat (ar, 375 px)");
   shared.mala = mala;
   shared.malaResident = resident;
+});
+
+test("a message left with the offline form is in the console of those who may handle it, until marked handled", async () => {
+  // Nobody who may answer Aino (Sorsele; Storuman by agreement) is online,
+  // so her chat page offers the form.
+  const aino = await openResidentChat("aino@example.se");
+  await aino.page.locator("#chat-offline").waitFor();
+  await aino.page.fill("#offline-message", "Jag behöver prata med någon om min ekonomi.");
+  await aino.page.fill("#offline-phone", "070-765 43 21");
+  await aino.page.click("#offline-send");
+  await aino.page.locator("#offline-done").waitFor();
+  await aino.context.close();
+
+  const storuman = await openConsole("handlaggare.storuman@kontakt.demo", { available: false });
+  const item = storuman.page.locator("#offline-list li", { hasText: "Jag behöver prata med någon om min ekonomi." });
+  await item.waitFor();
+  const shown = await item.innerText();
+  assert.match(shown, /Ekonomiskt bistånd/);
+  assert.match(shown, /070-765 43 21/);
+  assert.match(shown, /Sorsele/);
+  await assertAccessible(storuman.page, "the console with a message left (sv)");
+  await item.locator("button").click();
+  await storuman.page.locator("#offline-list li[data-handled='true']", { hasText: "min ekonomi" }).waitFor();
+  // Reading it was audit-logged, and it stays handled.
+  const [audit] = await sql(server, "SELECT count(*) AS n FROM audit_log WHERE action LIKE '%offline%'");
+  assert.ok(audit.n >= 1, "the read is in the audit log");
+  await storuman.page.reload();
+  await storuman.page.locator("#offline-list li[data-handled='true']", { hasText: "min ekonomi" }).waitFor();
+
+  // Helsingborg may not handle it and does not see it.
+  const helsingborg = await openConsole(HELSINGBORG, { available: false });
+  await helsingborg.page.locator("#console[data-offline-loaded='true']").waitFor();
+  assert.equal(await helsingborg.page.locator("#offline-list li", { hasText: "min ekonomi" }).count(), 0);
+  for (const c of [storuman, helsingborg]) await c.context.close();
 });
