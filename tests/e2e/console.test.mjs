@@ -10,6 +10,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import {
+  searchTimes,
   startServer,
   launchBrowser,
   signInResident,
@@ -446,4 +447,28 @@ test("a message left with the offline form is in the console of those who may ha
   await helsingborg.page.locator("#console[data-offline-loaded='true']").waitFor();
   assert.equal(await helsingborg.page.locator("#offline-list li", { hasText: "min ekonomi" }).count(), 0);
   for (const c of [storuman, helsingborg]) await c.context.close();
+});
+
+test("a knock in the waiting room of the staff member's meeting shows in the console, with a link to the meeting", async () => {
+  const context = await browser.newContext({ locale: "sv-SE" });
+  await context.grantPermissions(["camera", "microphone"], { origin: server.url });
+  const page = await context.newPage();
+  const hrefs = await searchTimes(page, server, { service: "stod-till-anhoriga", home: "2481" });
+  await signInResident(page, server, "leila@example.se");
+  await page.waitForURL((u) => u.pathname === "/my");
+  await page.goto(new URL(hrefs[0], server.url).href);
+  await Promise.all([page.waitForURL((u) => u.pathname === "/my"), page.click("#confirm-booking")]);
+  const bookingId = new URL(page.url()).searchParams.get("booked");
+  const [{ email }] = await sql(
+    server,
+    `SELECT s.email FROM bookings b JOIN staff s ON s.id = b.staff_id WHERE b.id = '${bookingId}'`,
+  );
+  const staff = await openConsole(email, { available: false });
+  await page.goto(`${server.url}/join/${bookingId}`);
+  const knock = staff.page.locator("#knock-list li", { has: staff.page.locator(`a[href="/join/${bookingId}"]`) });
+  await knock.waitFor();
+  assert.match(await staff.page.locator("#console-alert").innerText(), /väntar i väntrummet/);
+  await knock.locator("button").click();
+  await knock.waitFor({ state: "detached" });
+  for (const c of [staff.context, context]) await c.close();
 });
