@@ -5,6 +5,7 @@
 mod auth;
 mod bad_input;
 mod bookings;
+mod chat;
 mod concurrency;
 mod defaults;
 mod health;
