@@ -2,9 +2,11 @@
 //! server on port 0 with a fresh database, on SQLite and, when `DATABASE_URL`
 //! is set, on PostgreSQL.
 
+mod assets;
 mod auth;
 mod bad_input;
 mod bookings;
+mod chat;
 mod concurrency;
 mod defaults;
 mod health;

@@ -80,6 +80,15 @@ impl Client {
             .expect("a valid frame")
     }
 
+    /// The next text frame.
+    pub(crate) async fn next_frame(&mut self) -> Value {
+        loop {
+            if let Message::Text(text) = self.next_message().await {
+                return serde_json::from_str(text.as_str()).expect("JSON");
+            }
+        }
+    }
+
     /// Reads text frames until one of type `kind` comes, and returns it.
     pub(crate) async fn until(&mut self, kind: &str) -> Value {
         loop {
@@ -773,7 +782,7 @@ async fn the_join_link_opens_the_meeting_page_for_the_resident_and_eligible_staf
         assert_eq!(status, 200, "{}", app.backend);
         assert!(page.contains(&marker), "{}: {page}", app.backend);
         assert!(page.contains("data-role=\"resident\""));
-        assert!(page.contains("/assets/meeting.js"));
+        assert!(page.contains(web::assets::url("meeting.js")));
         assert!(
             !page.contains("id=\"lobby-list\"") && !page.contains("id=\"end-meeting\""),
             "a resident neither admits nor ends"
@@ -846,7 +855,7 @@ async fn the_join_link_opens_the_meeting_page_for_the_resident_and_eligible_staf
         assert!(!page.contains(&marker), "no call for a cancelled booking");
         assert!(page.contains("status-cancelled"));
 
-        let script = app.get("/assets/meeting.js", None).await;
+        let script = app.get(web::assets::url("meeting.js"), None).await;
         assert_eq!(script.status(), 200);
         assert!(script.headers()["content-type"]
             .to_str()

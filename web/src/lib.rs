@@ -4,6 +4,7 @@
 //! through `booking`.
 
 pub mod api;
+pub mod assets;
 pub mod auth;
 pub mod config;
 pub mod dev_mail;

@@ -301,6 +301,7 @@ fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .merge(crate::api::router())
         .merge(crate::pages::router())
+        .merge(crate::assets::router())
         .merge(crate::dev_mail::router())
         .route("/healthz", get(healthz))
         .fallback(|| async { crate::error::AppError::NotFound })

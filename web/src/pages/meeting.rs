@@ -13,22 +13,20 @@
 //! booking reads it makes, and anyone else gets 404.
 
 use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use booking::bookings;
 use booking::BookingStatus;
 
-use maud::{html, PreEscaped};
+use maud::html;
 
-use super::{asset, page, status_text, tr, when, Ctx, PageResult, Who};
+use super::{page, script_json, script_strings, status_text, tr, when, Ctx, PageResult, Who};
 use crate::api::now;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/join/{booking_id}", get(join))
-        .route("/assets/meeting.js", get(script))
+    Router::new().route("/join/{booking_id}", get(join))
 }
 
 /// The strings the script shows, by the name it uses.
@@ -144,32 +142,15 @@ async fn join(
                 }
             }
         }
-        // JSON in a script element is not HTML: `script_text` makes it
-        // safe there, and HTML escaping would corrupt it.
-        script type="application/json" id="meeting-text" { (PreEscaped(script_text())) }
-        script src="/assets/meeting.js" defer {}
+        (script_json("meeting-text", &script_text()))
+        script type="module" src=(crate::assets::url("meeting.js")) {}
     };
     Ok(page(&ctx, &tr("page.meeting.title"), body).into_response())
 }
 
-/// The script's strings as JSON that is safe inside a `<script>` element:
-/// every `<` is written `\u003c`, so no text can close the element or open
-/// a comment in it.
-fn script_text() -> String {
-    let map: serde_json::Map<String, serde_json::Value> = SCRIPT_TEXT
-        .iter()
-        .map(|(name, key)| ((*name).to_owned(), serde_json::Value::String(tr(key))))
-        .collect();
-    serde_json::Value::Object(map)
-        .to_string()
-        .replace('<', "\\u003c")
-}
-
-async fn script() -> Response {
-    asset(
-        "text/javascript; charset=utf-8",
-        include_str!("../../assets/meeting.js"),
-    )
+/// The call script's strings.
+pub(super) fn script_text() -> serde_json::Value {
+    script_strings(SCRIPT_TEXT)
 }
 
 #[cfg(test)]
@@ -184,13 +165,5 @@ mod tests {
                 assert_ne!(text, *key, "{name} ({key}) in {}", language.code());
             }
         }
-    }
-
-    #[test]
-    fn script_text_cannot_end_its_script_element() {
-        let text = script_text();
-        assert!(!text.contains('<'), "{text}");
-        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(parsed.as_object().unwrap().len(), SCRIPT_TEXT.len());
     }
 }

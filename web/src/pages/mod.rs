@@ -19,7 +19,9 @@
 //! value in a hidden `csrf` field that the handlers here compare with the
 //! claim.
 
+mod chat;
 mod chats;
+mod console;
 mod legal;
 mod manage;
 mod meeting;
@@ -54,12 +56,12 @@ pub fn router() -> Router<AppState> {
         .merge(resident::router())
         .merge(manage::router())
         .merge(chats::router())
+        .merge(chat::router())
         .merge(meeting::router())
+        .merge(console::router())
         .merge(legal::router())
         .merge(staff::router())
         .route("/lang", get(switch_language))
-        .route("/assets/kontakt.css", get(stylesheet))
-        .route("/assets/kontakt.js", get(script))
 }
 
 /// How many days ahead the pages offer free times.
@@ -299,8 +301,8 @@ pub fn page(ctx: &Ctx, title: &str, body: Markup) -> Html<String> {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " – Kontakt" }
-                link rel="stylesheet" href="/assets/kontakt.css";
-                script src="/assets/kontakt.js" defer {}
+                link rel="stylesheet" href=(crate::assets::url("kontakt.css"));
+                script src=(crate::assets::url("kontakt.js")) defer {}
             }
             body {
                 a class="skip" href="#main" { (tr("page.skip")) }
@@ -330,6 +332,7 @@ fn nav(ctx: &Ctx) -> Markup {
         @match &ctx.who {
             Who::Staff { staff, .. } => {
                 (nav_link(ctx, "/staff", "page.nav.staff"))
+                (nav_link(ctx, "/staff/console", "page.nav.console"))
                 @if matches!(staff.role, booking::Role::Scheduler | booking::Role::Admin) {
                     (nav_link(ctx, "/scheduler", "page.nav.scheduler"))
                 }
@@ -444,32 +447,6 @@ async fn switch_language(Query(q): Query<SwitchLanguage>) -> Response {
     ([(header::SET_COOKIE, cookie)], Redirect::to(&back)).into_response()
 }
 
-async fn stylesheet() -> Response {
-    asset(
-        "text/css; charset=utf-8",
-        include_str!("../../assets/kontakt.css"),
-    )
-}
-
-async fn script() -> Response {
-    asset(
-        "text/javascript; charset=utf-8",
-        include_str!("../../assets/kontakt.js"),
-    )
-}
-
-/// A static asset built into the binary, cached by browsers for an hour.
-pub fn asset(content_type: &'static str, body: &'static str) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, content_type),
-            (header::CACHE_CONTROL, "public, max-age=3600"),
-        ],
-        body,
-    )
-        .into_response()
-}
-
 /// The verified claims of the page session cookie, if any.
 pub fn session_claims(headers: &HeaderMap, keys: &Keys) -> Option<Claims> {
     let token = cookie(headers, SESSION_COOKIE)?;
@@ -531,6 +508,25 @@ pub fn enc(s: &str) -> String {
         }
     }
     out
+}
+
+/// Translated strings by the names a script uses, from `(name, key)` pairs.
+pub fn script_strings(strings: &[(&str, &str)]) -> serde_json::Value {
+    serde_json::Value::Object(
+        strings
+            .iter()
+            .map(|(name, key)| ((*name).to_owned(), serde_json::Value::String(tr(key))))
+            .collect(),
+    )
+}
+
+/// A `<script type="application/json">` element holding `value` for a page
+/// script. JSON in a script element is not HTML, so maud's escaping would
+/// corrupt it; instead every `<` is written `\u003c`, so that no text can
+/// close the element or open a comment in it.
+pub fn script_json(id: &str, value: &serde_json::Value) -> Markup {
+    let text = value.to_string().replace('<', "\\u003c");
+    html! { script type="application/json" id=(id) { (maud::PreEscaped(text)) } }
 }
 
 /// The translation of `key` in the request's language, as plain text for
@@ -864,6 +860,19 @@ mod tests {
     #[test]
     fn an_unclosed_placeholder_stays_text() {
         assert_eq!(fill("50%{ off", &[]).into_string(), "50%{ off");
+    }
+
+    #[test]
+    fn script_json_cannot_end_its_script_element() {
+        let value = serde_json::json!({ "text": "</script><!-- <script>alert(1)</script>" });
+        let html = script_json("data", &value).into_string();
+        let inner = html
+            .strip_prefix(r#"<script type="application/json" id="data">"#)
+            .and_then(|rest| rest.strip_suffix("</script>"))
+            .expect("one script element");
+        assert!(!inner.contains('<'), "{html}");
+        let parsed: serde_json::Value = serde_json::from_str(inner).unwrap();
+        assert_eq!(parsed, value);
     }
 
     #[test]

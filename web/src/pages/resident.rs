@@ -121,6 +121,7 @@ async fn start(
         }
         _ => None,
     };
+    let chat_start = super::chat::start_points(&state, chosen_home.as_deref()).await?;
     let choose = tr("page.start.choose");
     let body = html! {
         h1 id="page-title" { (tr("page.start.title")) }
@@ -157,6 +158,7 @@ async fn start(
             button type="submit" { (tr("page.start.search")) }
         }
         p { a href="/legal-map" { (tr("page.start.legal_link")) } }
+        (chat_start)
         @if let Some(times) = times { (times) }
     };
     Ok(page(&ctx, &tr("page.start.title"), body).into_response())
@@ -604,6 +606,7 @@ async fn my_pages(
         let for_ = municipality_name(&state.db, &b.performed_for).await?;
         items.push(booking_item(&ctx, b, &by, &for_, q.booked.as_deref(), now));
     }
+    let chat_start = super::chat::start_points(&state, Some(resident.home.as_str())).await?;
     let chats = chats::section(&state, resident).await?;
     let body = html! {
         h1 id="page-title" { (tr_markup("page.my.title_for", &[("name", bdi(&resident.name))])) }
@@ -619,6 +622,7 @@ async fn my_pages(
             @for item in &items { (item) }
         }
         (discreet_mail_form(&ctx, resident.discreet_mail))
+        (chat_start)
         (chats)
         (sign_out_everywhere_form(ctx.csrf()))
     };

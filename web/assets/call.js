@@ -1,0 +1,277 @@
+// call.js: the video call of one meeting room (booked or ad hoc) on a
+// protocol.js Room: the local camera, one RTCPeerConnection per other
+// admitted participant, and the offer/answer/ICE relay through the server.
+//
+// - Media only ever goes through the TURN relay (iceTransportPolicy
+//   "relay") with the credentials the room hands to admitted participants
+//   (`turn.credentials`), so neither party learns the other's address.
+// - Whoever is admitted offers to everyone already in the room (connectTo);
+//   the others answer. An offer from a participant replaces an older
+//   connection with them, so a participant who reconnects renegotiates from
+//   scratch; when two offers cross, the party whose id sorts first gives
+//   way. A failed connection restarts ICE on the same connection.
+//
+// Exported API
+//
+//   startCamera(video?, onFailed?) -> Promise<MediaStream|null>
+//       Camera and microphone (the microphone only, or nothing, when
+//       refused), shown in `video` (a muted <video>): the camera test before
+//       the meeting. onFailed() when there is neither.
+//   bindToggle(button, "audio"|"video", () => stream)
+//       A mute button (aria-pressed) for the stream's tracks of that kind.
+//   stopStream(stream)    stops the own tracks.
+//
+//   createCall(room, options) -> Call
+//     room: a protocol.js Room. The call listens to its "turn.credentials",
+//       "signal.offer", "signal.answer" and "signal.ice".
+//     options:
+//       local        the MediaStream to send (from startCamera); without
+//                    it the call only receives.
+//       remote       the element the other parties' tiles (<figure
+//                    data-party data-state> with a <video> and a
+//                    <figcaption>) go into.
+//       me()         this side's party (connection.party).
+//       label(party) the caption of a party's tile (their role).
+//       onConnected(party)   a peer connection is up.
+//       onFailed()           negotiating failed.
+//   Call:
+//     .connectTo(party)     offer to a party (waits for TURN credentials).
+//     .hasCredentials()     whether TURN credentials came.
+//     .isConnected(party)
+//     .close(party)         hang up on one party and drop their tile.
+//     .closeAll()           hang up on everyone.
+//     .destroy()            closeAll and stop listening.
+
+export function startCamera(video, onFailed) {
+  const cameraFailed = () => {
+    if (onFailed) onFailed();
+    return null;
+  };
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    return Promise.resolve(cameraFailed());
+  }
+  return navigator.mediaDevices
+    .getUserMedia({ audio: true, video: true })
+    .catch(() => navigator.mediaDevices.getUserMedia({ audio: true }))
+    .then((stream) => {
+      if (video) video.srcObject = stream;
+      return stream;
+    })
+    .catch(cameraFailed);
+}
+
+export function bindToggle(button, kind, stream) {
+  button.addEventListener("click", () => {
+    const off = button.getAttribute("aria-pressed") !== "true";
+    button.setAttribute("aria-pressed", off ? "true" : "false");
+    const local = stream();
+    if (!local) return;
+    local.getTracks().forEach((track) => {
+      if (track.kind === kind) track.enabled = !off;
+    });
+  });
+}
+
+export function stopStream(stream) {
+  if (stream) stream.getTracks().forEach((track) => track.stop());
+}
+
+export function createCall(room, options) {
+  const { remote } = options;
+  const local = options.local || null;
+  const me = options.me || (() => "");
+  const label = options.label || (() => "");
+  const failed = () => options.onFailed && options.onFailed();
+  let iceServers = null;
+  const peers = new Map(); // party -> { pc, offerer, pendingIce }
+  let waiting = []; // parties to offer to once TURN credentials arrive
+  const offs = [];
+
+  function tileId(party) {
+    return "tile-" + party.replace(/[^A-Za-z0-9_-]/g, "-");
+  }
+
+  function tile(party) {
+    const id = tileId(party);
+    let figure = document.getElementById(id);
+    if (!figure) {
+      figure = document.createElement("figure");
+      figure.className = "tile";
+      figure.id = id;
+      figure.setAttribute("data-party", party);
+      const video = document.createElement("video");
+      video.autoplay = true;
+      video.setAttribute("playsinline", "");
+      const caption = document.createElement("figcaption");
+      caption.textContent = label(party);
+      figure.appendChild(video);
+      figure.appendChild(caption);
+      remote.appendChild(figure);
+    }
+    return figure;
+  }
+
+  function close(party) {
+    const peer = peers.get(party);
+    if (peer) {
+      peers.delete(party);
+      peer.pc.close();
+    }
+    const figure = document.getElementById(tileId(party));
+    if (figure) figure.remove();
+  }
+
+  function closeAll() {
+    Array.from(peers.keys()).forEach(close);
+    waiting = [];
+  }
+
+  function makePeer(party, offerer) {
+    close(party);
+    const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy: "relay" });
+    const peer = { pc, offerer, pendingIce: [] };
+    peers.set(party, peer);
+    if (local) {
+      local.getTracks().forEach((track) => pc.addTrack(track, local));
+    } else {
+      pc.addTransceiver("audio", { direction: "recvonly" });
+      pc.addTransceiver("video", { direction: "recvonly" });
+    }
+    pc.onicecandidate = (event) => {
+      if (!event.candidate || peers.get(party) !== peer) return;
+      room.send({
+        type: "signal.ice",
+        to: party,
+        candidate: {
+          candidate: event.candidate.candidate,
+          sdp_mid: event.candidate.sdpMid,
+          sdp_m_line_index: event.candidate.sdpMLineIndex,
+        },
+      });
+    };
+    pc.ontrack = (event) => {
+      const video = tile(party).querySelector("video");
+      const stream = event.streams[0] || new MediaStream([event.track]);
+      if (video.srcObject !== stream) {
+        video.srcObject = stream;
+        const playing = video.play();
+        if (playing && playing.catch) playing.catch(() => {});
+      }
+    };
+    pc.onconnectionstatechange = () => {
+      if (peers.get(party) !== peer) return;
+      const state = pc.connectionState;
+      tile(party).setAttribute("data-state", state);
+      if (state === "connected") {
+        if (options.onConnected) options.onConnected(party);
+      } else if (state === "failed" && peer.offerer) {
+        // A network change: the same connection gathers new relay candidates.
+        offer(party, peer, true);
+      }
+    };
+    if (offerer) offer(party, peer, false);
+    return peer;
+  }
+
+  function offer(party, peer, restart) {
+    peer.pc
+      .createOffer(restart ? { iceRestart: true } : undefined)
+      .then((description) => peer.pc.setLocalDescription(description))
+      .then(() => {
+        room.send({ type: "signal.offer", to: party, sdp: peer.pc.localDescription.sdp });
+      })
+      .catch(failed);
+  }
+
+  function connectTo(party) {
+    if (!iceServers) {
+      if (waiting.indexOf(party) < 0) waiting.push(party);
+      return;
+    }
+    makePeer(party, true);
+  }
+
+  function flushIce(peer) {
+    const pending = peer.pendingIce;
+    peer.pendingIce = [];
+    pending.forEach((candidate) => peer.pc.addIceCandidate(candidate).catch(() => {}));
+  }
+
+  function onOffer(from, sdp) {
+    if (!iceServers) return; // Only admitted participants get offers, after credentials.
+    const peer = peers.get(from);
+    if (peer && peer.pc.signalingState === "have-local-offer") {
+      // Both offered at once: the party whose id sorts first gives way.
+      if (me() > from) return;
+    }
+    const answer = (target) =>
+      target.pc
+        .setRemoteDescription({ type: "offer", sdp })
+        .then(() => {
+          flushIce(target);
+          return target.pc.createAnswer();
+        })
+        .then((description) => target.pc.setLocalDescription(description))
+        .then(() => {
+          room.send({ type: "signal.answer", to: from, sdp: target.pc.localDescription.sdp });
+        });
+    const fresh = () => answer(makePeer(from, false));
+    const attempt = peer && peer.pc.signalingState === "stable" ? answer(peer).catch(fresh) : fresh();
+    attempt.catch(failed);
+  }
+
+  function onAnswer(from, sdp) {
+    const peer = peers.get(from);
+    if (!peer || peer.pc.signalingState !== "have-local-offer") return;
+    peer.pc
+      .setRemoteDescription({ type: "answer", sdp })
+      .then(() => flushIce(peer))
+      .catch(failed);
+  }
+
+  function onIce(from, candidate) {
+    const peer = peers.get(from);
+    if (!peer) return;
+    const init = {
+      candidate: candidate.candidate,
+      sdpMid: candidate.sdp_mid === undefined ? null : candidate.sdp_mid,
+      sdpMLineIndex: candidate.sdp_m_line_index === undefined ? null : candidate.sdp_m_line_index,
+    };
+    if (!peer.pc.remoteDescription) {
+      peer.pendingIce.push(init);
+    } else {
+      peer.pc.addIceCandidate(init).catch(() => {});
+    }
+  }
+
+  offs.push(
+    room.on("turn.credentials", (message) => {
+      iceServers = [
+        {
+          urls: message.credentials.urls,
+          username: message.credentials.username,
+          credential: message.credentials.password,
+        },
+      ];
+      waiting.splice(0).forEach(connectTo);
+    }),
+    room.on("signal.offer", (message) => onOffer(message.from, message.sdp)),
+    room.on("signal.answer", (message) => onAnswer(message.from, message.sdp)),
+    room.on("signal.ice", (message) => onIce(message.from, message.candidate)),
+  );
+
+  return {
+    connectTo,
+    hasCredentials: () => !!iceServers,
+    isConnected: (party) => {
+      const peer = peers.get(party);
+      return !!peer && peer.pc.connectionState === "connected";
+    },
+    close,
+    closeAll,
+    destroy() {
+      offs.forEach((off) => off());
+      closeAll();
+    },
+  };
+}
