@@ -66,10 +66,7 @@ const SCRIPT_TEXT: &[(&str, &str)] = &[
     ("role_interpreter", "page.chats.interpreter"),
     ("assigned_you", "page.console.assigned_you"),
     ("colleague_took", "page.console.colleague_took"),
-    (
-        "in_sentence_resident",
-        "page.role.in_sentence.resident",
-    ),
+    ("in_sentence_resident", "page.role.in_sentence.resident"),
     (
         "in_sentence_social_worker",
         "page.role.in_sentence.social_worker",
@@ -84,7 +81,10 @@ const SCRIPT_TEXT: &[(&str, &str)] = &[
     ("ended", "page.console.ended"),
     ("unassigned_no_answer", "page.console.unassigned.no_answer"),
     ("unassigned_offline", "page.console.unassigned.offline"),
-    ("unassigned_transferred", "page.console.unassigned.transferred"),
+    (
+        "unassigned_transferred",
+        "page.console.unassigned.transferred",
+    ),
     ("not_eligible", "page.console.not_eligible"),
     ("no_colleagues", "page.console.no_colleagues"),
     ("colleague", "page.console.colleague_option"),
@@ -285,7 +285,6 @@ fn script_text() -> Value {
             .collect(),
     )
 }
-
 
 #[cfg(test)]
 mod tests {
