@@ -36,6 +36,27 @@ impl Staff {
     pub fn handles(&self, service: &ServiceCode) -> bool {
         self.services.contains(service)
     }
+
+    /// The services whose chats this staff member may take: those they
+    /// handle and, for a social worker (role `staff`), the "I don't know"
+    /// chat [`crate::catalog::GENERAL`], which any of them may answer.
+    pub fn chat_services(&self) -> Vec<ServiceCode> {
+        let mut services = self.services.clone();
+        if self.role == Role::Staff {
+            if let Ok(general) = ServiceCode::parse(crate::catalog::GENERAL) {
+                if !services.contains(&general) {
+                    services.push(general);
+                }
+            }
+        }
+        services
+    }
+
+    /// Whether this staff member may take chats of `service`.
+    pub fn takes_chats_of(&self, service: &ServiceCode) -> bool {
+        self.handles(service)
+            || (self.role == Role::Staff && service.as_str() == crate::catalog::GENERAL)
+    }
 }
 
 /// What is needed to create a staff account.

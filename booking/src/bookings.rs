@@ -991,7 +991,7 @@ pub async fn decide_for(
 }
 
 /// [`decide_for`] over a catalog the caller already holds.
-fn decide_in(
+pub(crate) fn decide_in(
     catalog: &Snapshot,
     host: &MunicipalityCode,
     home: &MunicipalityCode,

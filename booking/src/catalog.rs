@@ -30,7 +30,28 @@ pub struct Service {
     /// services (violence in close relationships, substance abuse): they go
     /// out under a neutral title the resident picks at booking.
     pub discreet: bool,
+    /// Whether its pre-assessment may be done by chat ("Chat with us now").
+    pub chat: bool,
+    /// Whether it has times to book. [`GENERAL`] has none.
+    pub bookable: bool,
 }
+
+/// The code of "I don't know": the chat a resident opens who cannot tell
+/// which service fits. It is a service without times to book, whose
+/// pre-assessment only the home municipality performs, and which every
+/// social worker there may take, whatever services they handle
+/// ([`crate::accounts::Staff::chat_services`]).
+pub const GENERAL: &str = "general";
+
+impl Service {
+    /// Whether this is [`GENERAL`].
+    pub fn is_general(&self) -> bool {
+        self.code.as_str() == GENERAL
+    }
+}
+
+const SERVICE_COLUMNS: &str =
+    "code, name_key, anonymous_chat, slot_minutes, buffer_minutes, discreet, chat, bookable";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PolicyRule {
@@ -63,19 +84,25 @@ fn municipality_from_row(r: &AnyRow) -> Result<Municipality, Error> {
     })
 }
 
+/// The services with times to book, as the booking pages and
+/// `/api/services` list them.
 pub async fn services(db: &Db) -> Result<Vec<Service>, Error> {
-    let rows = sqlx::query(
-        "SELECT code, name_key, anonymous_chat, slot_minutes, buffer_minutes, discreet FROM services ORDER BY code",
-    )
-    .fetch_all(db.pool())
-    .await?;
+    let sql = format!("SELECT {SERVICE_COLUMNS} FROM services WHERE bookable = 1 ORDER BY code");
+    let rows = sqlx::query(&sql).fetch_all(db.pool()).await?;
     rows.iter().map(service_from_row).collect()
 }
 
+/// Every service, [`GENERAL`] included.
+pub async fn all_services(db: &Db) -> Result<Vec<Service>, Error> {
+    let sql = format!("SELECT {SERVICE_COLUMNS} FROM services ORDER BY code");
+    let rows = sqlx::query(&sql).fetch_all(db.pool()).await?;
+    rows.iter().map(service_from_row).collect()
+}
+
+/// One service, bookable or not.
 pub async fn service(db: &Db, code: &ServiceCode) -> Result<Option<Service>, Error> {
-    let row = sqlx::query(
-        "SELECT code, name_key, anonymous_chat, slot_minutes, buffer_minutes, discreet FROM services WHERE code = $1",
-    )
+    let sql = format!("SELECT {SERVICE_COLUMNS} FROM services WHERE code = $1");
+    let row = sqlx::query(&sql)
     .bind(code.as_str())
     .fetch_optional(db.pool())
     .await?;
@@ -90,6 +117,8 @@ fn service_from_row(r: &AnyRow) -> Result<Service, Error> {
         slot_minutes: r.try_get("slot_minutes")?,
         buffer_minutes: r.try_get("buffer_minutes")?,
         discreet: r.try_get::<i64, _>("discreet")? != 0,
+        chat: r.try_get::<i64, _>("chat")? != 0,
+        bookable: r.try_get::<i64, _>("bookable")? != 0,
     })
 }
 
@@ -190,7 +219,8 @@ pub async fn insert_service(
     let _turn = db.write_turn().await;
     let mut tx = db.pool().begin().await?;
     sqlx::query(
-        "INSERT INTO services (code, name_key, anonymous_chat, slot_minutes, buffer_minutes, discreet) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO services (code, name_key, anonymous_chat, slot_minutes, buffer_minutes, discreet, chat, bookable) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(s.code.as_str())
     .bind(&s.name_key)
@@ -198,6 +228,8 @@ pub async fn insert_service(
     .bind(s.slot_minutes)
     .bind(s.buffer_minutes)
     .bind(i64::from(s.discreet))
+    .bind(i64::from(s.chat))
+    .bind(i64::from(s.bookable))
     .execute(&mut *tx)
     .await?;
     for (step, rule, basis) in rules {

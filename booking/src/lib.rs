@@ -10,6 +10,7 @@ pub mod audit;
 pub mod batch;
 pub mod bookings;
 pub mod catalog;
+pub mod chats;
 pub mod db;
 pub mod domain;
 pub mod events;

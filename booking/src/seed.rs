@@ -104,6 +104,10 @@ const SERVICES: [(&str, i64, i64, bool, [Rule; 6]); 5] = {
 /// or a calendar with the very person the help is about.
 const DISCREET: [&str; 2] = ["vald-i-nara-relationer", "missbruk-beroende"];
 
+/// The services whose pre-assessment starts in a meeting rather than a
+/// chat. The migration that brought chat sets the same.
+const NO_CHAT: [&str; 1] = ["barn-och-familj"];
+
 /// Whether the database already holds data; the demo is seeded only once.
 pub async fn is_empty(db: &Db) -> Result<bool, Error> {
     Ok(catalog::municipalities(db).await?.is_empty())
@@ -142,6 +146,8 @@ pub async fn demo(db: &Db, today: Date, now: i64) -> Result<Vec<DemoSignIn>, Err
             slot_minutes: slot,
             buffer_minutes: buffer,
             discreet: DISCREET.contains(&code),
+            chat: !NO_CHAT.contains(&code),
+            bookable: true,
         };
         catalog::insert_service(db, &service, &steps).await?;
     }

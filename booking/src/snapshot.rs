@@ -158,7 +158,7 @@ async fn load(db: &Db, version: i64) -> Result<Snapshot, Error> {
     Ok(Snapshot {
         version,
         municipalities: catalog::municipalities(db).await?,
-        services: catalog::services(db)
+        services: catalog::all_services(db)
             .await?
             .into_iter()
             .map(|s| (s.code.clone(), s))

@@ -6,6 +6,7 @@ mod assets;
 mod auth;
 mod bad_input;
 mod bookings;
+mod chat;
 mod concurrency;
 mod defaults;
 mod health;

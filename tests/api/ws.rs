@@ -80,6 +80,15 @@ impl Client {
             .expect("a valid frame")
     }
 
+    /// The next text frame.
+    pub(crate) async fn next_frame(&mut self) -> Value {
+        loop {
+            if let Message::Text(text) = self.next_message().await {
+                return serde_json::from_str(text.as_str()).expect("JSON");
+            }
+        }
+    }
+
     /// Reads text frames until one of type `kind` comes, and returns it.
     pub(crate) async fn until(&mut self, kind: &str) -> Value {
         loop {

@@ -2,6 +2,7 @@
 
 pub(crate) mod auth;
 mod bookings;
+mod chats;
 mod public;
 mod staff;
 
@@ -23,6 +24,7 @@ pub fn router() -> Router<AppState> {
         .merge(public::router())
         .merge(auth::router())
         .merge(bookings::router())
+        .merge(chats::router())
         .merge(staff::router())
         .merge(crate::ws::router())
         .route(
@@ -36,6 +38,7 @@ pub fn router() -> Router<AppState> {
     info(title = "Kontakt", description = "Booking, video and chat contact with the social services of participating municipalities."),
     paths(
         public::municipalities, public::services, public::policy, public::search,
+        chats::chat_services,
         auth::staff_login, auth::resident_link, auth::resident_redeem, auth::sign_out,
         auth::sign_out_everywhere, staff::deactivate_staff,
         bookings::book, bookings::mine, bookings::one, bookings::cancel, bookings::reschedule,

@@ -33,6 +33,10 @@ pub struct ServiceDto {
     pub code: String,
     /// The name in the caller's language.
     pub name: String,
+    /// Whether its pre-assessment may be done by chat. A resident is
+    /// offered "Chat with us now" for it where the policy lets some
+    /// municipality pre-assess for their home (`/api/chats/services`).
+    pub chat: bool,
     pub anonymous_chat: bool,
     pub slot_minutes: i64,
 }
@@ -91,7 +95,9 @@ pub async fn municipalities(State(db): State<Db>) -> Result<Json<Vec<Municipalit
     ))
 }
 
-/// The services, named in the caller's language.
+/// The services with times to book, named in the caller's language. The
+/// "I don't know" chat, `general`, is not among them: it books nothing
+/// (see `/api/chats/services`).
 #[utoipa::path(get, path = "/api/services", responses((status = 200, body = [ServiceDto])))]
 #[tracing::instrument(skip(db))]
 pub async fn services(State(db): State<Db>) -> Result<Json<Vec<ServiceDto>>, AppError> {
@@ -102,6 +108,7 @@ pub async fn services(State(db): State<Db>) -> Result<Json<Vec<ServiceDto>>, App
             .map(|s| ServiceDto {
                 name: rust_i18n::t!(&s.name_key, locale = locale.code()).into_owned(),
                 code: s.code.to_string(),
+                chat: s.chat,
                 anonymous_chat: s.anonymous_chat,
                 slot_minutes: s.slot_minutes,
             })

@@ -258,8 +258,9 @@ async fn identity(db: &Db, id: &str, kind: SubjectKind) -> Result<Identity, AppE
             let staff = booking::accounts::staff_by_id(db, id)
                 .await?
                 .ok_or(AppError::Unauthorized)?;
+            // The services whose chats they may take, "I don't know" too.
             let may_handle = staff
-                .services
+                .chat_services()
                 .iter()
                 .map(|s| ServiceId::parse(s.as_str()))
                 .collect::<Result<BTreeSet<_>, _>>()

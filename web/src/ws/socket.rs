@@ -6,8 +6,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use booking::bookings::decide_for;
-use booking::{Db, ServiceCode, Step};
+use booking::{chats, Db, ServiceCode};
 use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
 use signaling::hub::{ConversationRequest, Hub, Identity, Settled};
@@ -165,15 +164,9 @@ async fn apply(
             None,
         ));
     };
-    let eligible = match eligible_municipalities(db, home_municipality, &service).await {
-        Ok(Some(eligible)) => eligible,
-        Ok(None) => {
-            return Some(ServerMessage::error(
-                ErrorCode::NotFound,
-                "no such service",
-                None,
-            ))
-        }
+    let eligible = match chat_eligibility(db, home_municipality, &service).await {
+        Ok(Ok(eligible)) => eligible,
+        Ok(Err(refusal)) => return Some(refusal),
         Err(e) => {
             tracing::error!(error = ?e, %service, "computing chat eligibility failed");
             return Some(ServerMessage::error(
@@ -202,39 +195,36 @@ async fn apply(
 }
 
 /// The municipalities whose staff may do the pre-assessment of `service`
-/// for a resident of `home`, today, under the policy; `None` if there is no
-/// such service.
-async fn eligible_municipalities(
+/// for a resident of `home`, now, under the policy; or the error to answer
+/// `queue.open` with when there is no such service or it offers no chat.
+async fn chat_eligibility(
     db: &Db,
     home: &MunicipalityCode,
     service: &ServiceId,
-) -> Result<Option<BTreeSet<MunicipalityCode>>, booking::Error> {
-    let Ok(service) = ServiceCode::parse(service.as_str()) else {
-        return Ok(None);
+) -> Result<Result<BTreeSet<MunicipalityCode>, ServerMessage>, booking::Error> {
+    let no_service = || ServerMessage::error(ErrorCode::NotFound, "no such service", None);
+    let Ok(code) = ServiceCode::parse(service.as_str()) else {
+        return Ok(Err(no_service()));
     };
-    if booking::catalog::service(db, &service).await?.is_none() {
-        return Ok(None);
+    let Some(found) = booking::catalog::service(db, &code).await? else {
+        return Ok(Err(no_service()));
+    };
+    if !found.chat {
+        return Ok(Err(ServerMessage::error(
+            ErrorCode::NotEligible,
+            "this service offers no chat; book a meeting instead",
+            None,
+        )));
     }
     let home = booking::MunicipalityCode::parse(home.as_str())?;
-    let now = jiff::Timestamp::now();
-    let mut eligible = BTreeSet::new();
-    for municipality in booking::catalog::municipalities(db).await? {
-        let decision = decide_for(
-            db,
-            &municipality.code,
-            &home,
-            &service,
-            Step::PreAssessment,
-            now,
-        )
-        .await?;
-        if decision.allowed() {
-            if let Ok(code) = MunicipalityCode::parse(municipality.code.as_str()) {
-                eligible.insert(code);
-            }
-        }
-    }
-    Ok(Some(eligible))
+    let Some(eligible) = chats::pre_assessors(db, &code, &home, jiff::Timestamp::now()).await?
+    else {
+        return Ok(Err(no_service()));
+    };
+    Ok(Ok(eligible
+        .iter()
+        .filter_map(|m| MunicipalityCode::parse(m.as_str()).ok())
+        .collect()))
 }
 
 /// Sends `first` and what else the hub has queued for this connection

@@ -1,0 +1,180 @@
+//! Chat pre-assessment over the real server, from both sides: which
+//! services offer chat, the "I don't know" chat, anonymous chat, the
+//! offline form, canned replies, closing with an outcome, transfer, offered
+//! times, escalation to video and the queue's rules per municipality, each
+//! with the bad input it must refuse without losing anything.
+
+use kontakt_tests::{spawn_apps, TestApp};
+use serde_json::{json, Value};
+
+use crate::ws::Client;
+
+/// The social workers (role `staff`) of `municipality`, in id order.
+async fn social_workers(app: &TestApp, municipality: &str) -> Vec<booking::accounts::Staff> {
+    let mut staff: Vec<_> = booking::accounts::all_staff(&app.db)
+        .await
+        .expect("staff")
+        .into_iter()
+        .filter(|s| s.municipality.as_str() == municipality && s.role == booking::Role::Staff)
+        .collect();
+    staff.sort_by(|a, b| a.id.cmp(&b.id));
+    assert!(!staff.is_empty(), "the demo has staff in {municipality}");
+    staff
+}
+
+/// A console of `staff` that takes up to `max_chats` chats.
+async fn console_of(app: &TestApp, staff: &booking::accounts::Staff, max_chats: u32) -> Client {
+    let mut client = Client::open(app, &app.staff_token(staff.email.as_str()).await).await;
+    client
+        .send(json!({"type": "staff.availability", "available": true, "max_chats": max_chats}))
+        .await;
+    client
+}
+
+/// A console of the first social worker of `municipality`.
+async fn console(app: &TestApp, municipality: &str) -> Client {
+    let staff = social_workers(app, municipality).await.remove(0);
+    console_of(app, &staff, 2).await
+}
+
+/// A signed-in resident's socket.
+async fn resident(app: &TestApp, email: &str) -> Client {
+    let resident = app.resident(email).await;
+    Client::open(app, &app.resident_token(&resident).await).await
+}
+
+/// Opens a chat for `service` and returns its room.
+async fn open_chat(client: &mut Client, service: &str) -> String {
+    client
+        .send(json!({"type": "queue.open", "service": service}))
+        .await;
+    client.until("joined").await["room"]
+        .as_str()
+        .expect("a room")
+        .to_owned()
+}
+
+/// Every frame before the answer to a `ping` sent now: what the server had
+/// sent this client until then.
+async fn frames_until_pong(client: &mut Client) -> Vec<Value> {
+    client.send(json!({"type": "ping"})).await;
+    let mut frames = Vec::new();
+    loop {
+        let frame = client.next_frame().await;
+        if frame["type"] == "pong" {
+            return frames;
+        }
+        frames.push(frame);
+    }
+}
+
+fn codes(list: &[Value]) -> Vec<&str> {
+    list.iter()
+        .map(|s| s["code"].as_str().expect("a code"))
+        .collect()
+}
+
+#[tokio::test]
+async fn chat_is_offered_where_the_service_and_the_policy_allow_it() {
+    for app in spawn_apps().await {
+        let services: Vec<Value> = app.get("/api/services", None).await.json().await.unwrap();
+        assert_eq!(services.len(), 5, "{}: bookable services only", app.backend);
+        let chat = |code: &str| {
+            services.iter().find(|s| s["code"] == code).expect("listed")["chat"]
+                .as_bool()
+                .expect("a chat flag")
+        };
+        assert!(chat("ekonomiskt-bistand"));
+        assert!(!chat("barn-och-familj"), "its pre-assessment is a meeting");
+        assert!(!codes(&services).contains(&"general"), "general books nothing");
+
+        let offered = app.get("/api/chats/services?home=2418&lang=en", None).await;
+        assert_eq!(offered.status(), 200, "{}", app.backend);
+        let offered: Vec<Value> = offered.json().await.unwrap();
+        assert_eq!(
+            codes(&offered),
+            [
+                "ekonomiskt-bistand",
+                "missbruk-beroende",
+                "stod-till-anhoriga",
+                "vald-i-nara-relationer",
+                "general"
+            ],
+            "{}",
+            app.backend
+        );
+        let general = offered.last().unwrap();
+        assert_eq!(general["name"], "I don't know which help I need");
+        assert_eq!(general["anonymous_chat"], false);
+        assert_eq!(offered[1]["anonymous_chat"], true);
+
+        let unknown = app.get("/api/chats/services?home=9999", None).await;
+        assert_eq!(unknown.status(), 404, "{}", app.backend);
+        let malformed = app.get("/api/chats/services?home=malå", None).await;
+        assert_eq!(malformed.status(), 422, "{}", app.backend);
+    }
+}
+
+#[tokio::test]
+async fn the_i_dont_know_chat_reaches_every_social_worker_of_the_home_municipality_only() {
+    for app in spawn_apps().await {
+        // Helsingborg's second social worker handles two services only, and
+        // still takes "I don't know" chats of Helsingborg's residents.
+        let helsingborg = social_workers(&app, "1283").await;
+        let narrow = helsingborg
+            .iter()
+            .find(|s| s.services.len() == 2)
+            .expect("a social worker of two services");
+        let mut own = console_of(&app, narrow, 2).await;
+        let mut elsewhere = console(&app, "2481").await;
+        let mut erik = resident(&app, "erik@example.se").await;
+
+        let room = open_chat(&mut erik, "general").await;
+        let entry = own.until("queue.entry").await;
+        assert_eq!(entry["entry"]["room"], room.as_str(), "{}", app.backend);
+        assert_eq!(entry["entry"]["service"], "general");
+        let seen = frames_until_pong(&mut elsewhere).await;
+        assert!(
+            !seen.iter().any(|f| f["type"] == "queue.entry"),
+            "{}: Lycksele may not pre-assess for Helsingborg: {seen:?}",
+            app.backend
+        );
+        let stored = booking::events::queue_entry(&app.db, &room)
+            .await
+            .expect("query")
+            .expect("stored");
+        assert_eq!(stored.eligible_municipalities, "1283", "{}", app.backend);
+
+        own.send(json!({"type": "queue.claim", "room": room})).await;
+        own.until("queue.assigned").await;
+        erik.until_event(&room, "assigned").await;
+    }
+}
+
+#[tokio::test]
+async fn a_chat_for_a_service_without_chat_is_refused_and_nothing_is_queued() {
+    for app in spawn_apps().await {
+        let mut staff = console(&app, "2418").await;
+        let mut anna = resident(&app, "anna@example.se").await;
+        anna.send(json!({"type": "queue.open", "service": "barn-och-familj"}))
+            .await;
+        let error = anna.until("error").await;
+        assert_eq!(error["code"], "not_eligible", "{}: {error}", app.backend);
+        anna.send(json!({"type": "queue.open", "service": "no-such-service"}))
+            .await;
+        let error = anna.until("error").await;
+        assert_eq!(error["code"], "not_found", "{}: {error}", app.backend);
+        let seen = frames_until_pong(&mut staff).await;
+        assert!(
+            !seen.iter().any(|f| f["type"] == "queue.entry"),
+            "{}: {seen:?}",
+            app.backend
+        );
+        let open = booking::events::open_queue_entries(&app.db)
+            .await
+            .expect("query");
+        assert!(open.is_empty(), "{}: {open:?}", app.backend);
+        // The refusals cost the socket nothing: a real chat opens on it.
+        open_chat(&mut anna, "ekonomiskt-bistand").await;
+    }
+}
