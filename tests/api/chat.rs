@@ -86,7 +86,10 @@ async fn chat_is_offered_where_the_service_and_the_policy_allow_it() {
         };
         assert!(chat("ekonomiskt-bistand"));
         assert!(!chat("barn-och-familj"), "its pre-assessment is a meeting");
-        assert!(!codes(&services).contains(&"general"), "general books nothing");
+        assert!(
+            !codes(&services).contains(&"general"),
+            "general books nothing"
+        );
 
         let offered = app.get("/api/chats/services?home=2418&lang=en", None).await;
         assert_eq!(offered.status(), 200, "{}", app.backend);

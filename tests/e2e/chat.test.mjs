@@ -186,7 +186,7 @@ test("(1) a resident opens a chat from the start page, sees position 1 and the w
   await signInResident(page, server, "anna@example.se");
   await page.goto(`${server.url}/`);
   // "Chat with us now" for the services that offer it, and "I don't know".
-  //TEMP  assert.ok(await page.locator(".chat-start a[href='/chat/general']").count(), "I don't know");
+  assert.ok(await page.locator(".chat-start a[href='/chat/general']").count(), "I don't know");
   await page.locator(".chat-start a[href='/chat/ekonomiskt-bistand']").click();
   await page.waitForURL((u) => u.pathname === "/chat/ekonomiskt-bistand");
   await page.click("#chat-open");
