@@ -264,7 +264,9 @@ async fn an_anonymous_chat_is_one_chat_for_one_service_that_allows_it() {
             assert_eq!(error["code"], "not_found", "{}: {error}", app.backend);
         }
 
-        staff.send(json!({"type": "queue.claim", "room": room})).await;
+        staff
+            .send(json!({"type": "queue.claim", "room": room}))
+            .await;
         staff.until("queue.assigned").await;
         anonymous
             .send(json!({"type": "chat.send", "room": room, "client_id": "a1", "text": "Min mamma behöver hjälp"}))

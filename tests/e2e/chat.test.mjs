@@ -308,6 +308,8 @@ test("(10) an anonymous chat: no sign-in, a municipality chosen, the transcript 
   // No municipality: nothing starts.
   await page.click("#chat-open");
   assert.equal(await page.locator("#chat-home").getAttribute("aria-invalid"), "true");
+  await page.locator("#chat-start-error", { hasText: "Välj din hemkommun." }).waitFor();
+  assert.ok(await page.locator("#chat-live").isHidden(), "nothing started");
   await page.selectOption("#chat-home", "2418");
   await page.click("#chat-open");
   await page.locator("#queue-position", { hasText: "Du är nummer 1 i kön." }).waitFor();

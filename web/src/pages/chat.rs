@@ -55,6 +55,7 @@ const SCRIPT_TEXT: &[(&str, &str)] = &[
     ("left", "page.chat.left"),
     ("gone", "page.chat.gone"),
     ("start_failed", "page.chat.start_failed"),
+    ("home_missing", "page.chat.home_missing"),
     ("typing", "page.chat.typing"),
     ("sent", "page.chat.sent"),
     ("read", "page.chat.read"),
@@ -166,7 +167,7 @@ async fn chat_page(
             data-csrf=(ctx.csrf()) {
             section #chat-start aria-labelledby="chat-start-title" {
                 h2 #chat-start-title .visually-hidden { (tr("page.chat.start")) }
-                form #chat-start-form {
+                form #chat-start-form novalidate {
                     @if anonymous {
                         p { (tr("page.chat.intro_anonymous")) }
                         div.field {
