@@ -272,7 +272,7 @@ test("(1) a resident opens a chat from the start page, sees position 1 and the w
   ]);
   const opened = await staff.until({ type: "event", room, "event.kind": "video_opened" });
   assert.equal(new URL(page.url()).pathname, `/meeting/adhoc/${opened.event.meeting_room.replace(/^adhoc:/, "")}`);
-  await page.locator("#meeting-status", { hasText: /mötesrummet|insläppt|video/ }).waitFor();
+  await page.locator("#meeting-status", { hasText: /mötesrummet|insläppt/ }).waitFor();
   await assertAccessible(page, "the ad-hoc meeting page (sv)");
 
   // Back in the chat, it is all there once, and the old video event does
@@ -329,6 +329,18 @@ test("(10) an anonymous chat: no sign-in, a municipality chosen, the transcript 
   await page.keyboard.press("Tab");
   await page.keyboard.press("Enter");
   await staff.until({ type: "event", room, "event.kind": "chat", "event.text": "Min mamma behöver mer stöd hemma." });
+
+  // Video: the anonymous resident enters the ad-hoc room with the chat's
+  // token, and comes back to the same chat.
+  await Promise.all([
+    page.waitForURL((u) => u.pathname.startsWith("/meeting/adhoc/")),
+    staff.send({ type: "chat.escalate_video", room }),
+  ]);
+  await page.locator("#meeting-status", { hasText: /mötesrummet|insläppt/ }).waitFor();
+  await page.click("a[href='/chat/stod-till-anhoriga']");
+  await page.waitForURL((u) => u.pathname === "/chat/stod-till-anhoriga");
+  await page.locator("#chat-log li", { hasText: "Min mamma behöver mer stöd hemma." }).waitFor();
+  await page.locator("#chat-state", { hasText: "Du chattar med en socialsekreterare." }).waitFor();
 
   // Offered times cannot be booked anonymously: the page says to sign in.
   await staff.send({
