@@ -312,3 +312,55 @@ async fn an_anonymous_chat_is_one_chat_for_one_service_that_allows_it() {
         assert_eq!(stored.resident, anonymous.party);
     }
 }
+
+#[tokio::test]
+async fn staff_escalate_a_chat_and_both_enter_the_ad_hoc_room_with_turn_credentials() {
+    for app in spawn_apps().await {
+        let lycksele = social_workers(&app, "2481").await;
+        let mut staff = console_of(&app, &lycksele[0], 2).await;
+        let mut colleague = console_of(&app, &lycksele[1], 2).await;
+        let mut anna = resident(&app, "anna@example.se").await;
+        let room = open_chat(&mut anna, "ekonomiskt-bistand").await;
+        staff.send(json!({"type": "queue.claim", "room": room})).await;
+        staff.until("queue.assigned").await;
+        staff
+            .send(json!({"type": "chat.escalate_video", "room": room}))
+            .await;
+        let opened = anna.until_event(&room, "video_opened").await;
+        let meeting = opened["event"]["meeting_room"]
+            .as_str()
+            .expect("a room")
+            .to_owned();
+        assert!(meeting.starts_with("adhoc:"), "{opened}");
+        let seen = staff.until_event(&room, "video_opened").await;
+        assert_eq!(seen["event"]["meeting_room"], meeting.as_str());
+
+        for client in [&mut anna, &mut staff] {
+            client.send(json!({"type": "join", "room": meeting})).await;
+            let joined = client.until("joined").await;
+            assert_eq!(
+                joined["state"], "admitted",
+                "{}: no waiting room: {joined}",
+                app.backend
+            );
+            let turn = client.until("turn.credentials").await;
+            assert!(
+                !turn["credentials"]["urls"]
+                    .as_array()
+                    .expect("urls")
+                    .is_empty(),
+                "{turn}"
+            );
+        }
+        // A colleague who did not take the chat does not enter its meeting.
+        let error = refused(&mut colleague, json!({"type": "join", "room": meeting})).await;
+        assert_eq!(error["code"], "not_found", "{}: {error}", app.backend);
+        // And a room that does not exist is answered the same.
+        let error = refused(
+            &mut anna,
+            json!({"type": "join", "room": "adhoc:no-such-room"}),
+        )
+        .await;
+        assert_eq!(error["code"], "not_found", "{}: {error}", app.backend);
+    }
+}
