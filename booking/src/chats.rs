@@ -7,8 +7,8 @@ use jiff::Timestamp;
 use crate::bookings::decide_in;
 use crate::catalog::{self, Service};
 use crate::db::Db;
-use crate::snapshot;
 use crate::domain::{MunicipalityCode, ServiceCode, Step};
+use crate::snapshot;
 use crate::Error;
 
 /// The municipalities whose staff may perform the pre-assessment of
@@ -48,7 +48,11 @@ pub async fn pre_assessors(
 /// those whose pre-assessment may be done by chat and that the policy lets
 /// some municipality pre-assess for `home`, bookable services first in
 /// code order and [`catalog::GENERAL`] last. Empty for an unknown `home`.
-pub async fn offered(db: &Db, home: &MunicipalityCode, at: Timestamp) -> Result<Vec<Service>, Error> {
+pub async fn offered(
+    db: &Db,
+    home: &MunicipalityCode,
+    at: Timestamp,
+) -> Result<Vec<Service>, Error> {
     let mut offered = Vec::new();
     for service in catalog::all_services(db).await? {
         if !service.chat {

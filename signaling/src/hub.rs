@@ -1518,6 +1518,19 @@ fn route(
             return not_found(&room);
         }
     }
+    if let Identity::Anonymous { conversation } = identity {
+        // A token for one chat opens that chat and the meeting rooms it
+        // was escalated to, whose resident is this chat's, and nothing else.
+        let party = identity.party();
+        let own = *conversation == room
+            || state
+                .rooms
+                .get(&room)
+                .is_some_and(|meeting| meeting.setup().resident == party);
+        if !own {
+            return not_found(&room);
+        }
+    }
     if let Some(meeting) = state.rooms.get_mut(&room) {
         if let Identity::Staff { id, .. } = identity {
             // Whatever staff the room does not admit ask of it, the answer

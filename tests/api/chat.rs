@@ -86,7 +86,10 @@ async fn chat_is_offered_where_the_service_and_the_policy_allow_it() {
         };
         assert!(chat("ekonomiskt-bistand"));
         assert!(!chat("barn-och-familj"), "its pre-assessment is a meeting");
-        assert!(!codes(&services).contains(&"general"), "general books nothing");
+        assert!(
+            !codes(&services).contains(&"general"),
+            "general books nothing"
+        );
 
         let offered = app.get("/api/chats/services?home=2418&lang=en", None).await;
         assert_eq!(offered.status(), 200, "{}", app.backend);
@@ -176,5 +179,188 @@ async fn a_chat_for_a_service_without_chat_is_refused_and_nothing_is_queued() {
         assert!(open.is_empty(), "{}: {open:?}", app.backend);
         // The refusals cost the socket nothing: a real chat opens on it.
         open_chat(&mut anna, "ekonomiskt-bistand").await;
+    }
+}
+
+/// `POST /api/chats/anonymous` for `service` and `municipality`.
+async fn anonymous_token(app: &TestApp, service: &str, municipality: &str) -> reqwest::Response {
+    app.post(
+        "/api/chats/anonymous",
+        None,
+        &json!({"service": service, "municipality": municipality}),
+    )
+    .await
+}
+
+/// Sends `frame` and returns the `error` it is answered with.
+async fn refused(client: &mut Client, frame: Value) -> Value {
+    client.send(frame).await;
+    client.until("error").await
+}
+
+#[tokio::test]
+async fn an_anonymous_chat_is_one_chat_for_one_service_that_allows_it() {
+    for app in spawn_apps().await {
+        for (service, municipality, status) in [
+            ("ekonomiskt-bistand", "2418", 404),
+            ("barn-och-familj", "2418", 404),
+            ("general", "2418", 404),
+            ("no-such-service", "2418", 404),
+            ("stod-till-anhoriga", "9999", 404),
+            ("stod-till-anhoriga", "Malå", 422),
+        ] {
+            let answer = anonymous_token(&app, service, municipality).await;
+            assert_eq!(
+                answer.status(),
+                status,
+                "{}: {service} in {municipality}",
+                app.backend
+            );
+        }
+        let issued = anonymous_token(&app, "stod-till-anhoriga", "2418").await;
+        assert_eq!(issued.status(), 201, "{}", app.backend);
+        let issued: Value = issued.json().await.unwrap();
+        let token = issued["token"].as_str().expect("a token").to_owned();
+        assert!(issued["expires_at"].as_str().is_some(), "{issued}");
+        // The token is no sign-in.
+        let mine = app.get("/api/bookings", Some(&token)).await;
+        assert_eq!(mine.status(), 401, "{}", app.backend);
+
+        // Supporting relatives may be pre-assessed by any municipality.
+        let mut staff = console(&app, "2481").await;
+        let mut anonymous = Client::open(&app, &token).await;
+        assert!(
+            anonymous.party.starts_with("anonymous:chat:"),
+            "{}",
+            anonymous.party
+        );
+        let error = refused(
+            &mut anonymous,
+            json!({"type": "queue.open", "service": "missbruk-beroende"}),
+        )
+        .await;
+        assert_eq!(error["code"], "forbidden", "{}: {error}", app.backend);
+        let room = open_chat(&mut anonymous, "stod-till-anhoriga").await;
+        assert_eq!(anonymous.party, format!("anonymous:{room}"));
+        let entry = staff.until("queue.entry").await;
+        assert_eq!(entry["entry"]["room"], room.as_str(), "{}", app.backend);
+        assert_eq!(entry["entry"]["anonymous"], true);
+        assert_eq!(entry["entry"]["home_municipality"], "2418");
+        let error = refused(
+            &mut anonymous,
+            json!({"type": "queue.open", "service": "stod-till-anhoriga"}),
+        )
+        .await;
+        assert_eq!(error["code"], "invalid_state", "{}: {error}", app.backend);
+
+        // Someone else's chat is not this token's to see.
+        let mut anna = resident(&app, "anna@example.se").await;
+        let annas = open_chat(&mut anna, "ekonomiskt-bistand").await;
+        for frame in [
+            json!({"type": "join", "room": annas}),
+            json!({"type": "resume", "room": annas, "last_seq": 0}),
+        ] {
+            let error = refused(&mut anonymous, frame).await;
+            assert_eq!(error["code"], "not_found", "{}: {error}", app.backend);
+        }
+
+        staff
+            .send(json!({"type": "queue.claim", "room": room}))
+            .await;
+        staff.until("queue.assigned").await;
+        anonymous
+            .send(json!({"type": "chat.send", "room": room, "client_id": "a1", "text": "Min mamma behöver hjälp"}))
+            .await;
+        anonymous.until("chat.stored").await;
+        staff.until_event(&room, "chat").await;
+
+        // Video: the anonymous resident enters the ad-hoc room directly.
+        staff
+            .send(json!({"type": "chat.escalate_video", "room": room}))
+            .await;
+        let opened = anonymous.until_event(&room, "video_opened").await;
+        let meeting = opened["event"]["meeting_room"]
+            .as_str()
+            .expect("a room")
+            .to_owned();
+        anonymous
+            .send(json!({"type": "join", "room": meeting}))
+            .await;
+        let joined = anonymous.until("joined").await;
+        assert_eq!(joined["state"], "admitted", "{}: {joined}", app.backend);
+        let turn = anonymous.until("turn.credentials").await;
+        assert_eq!(turn["room"], meeting.as_str());
+
+        anonymous
+            .send(json!({"type": "chat.close", "room": room}))
+            .await;
+        anonymous.until_event(&room, "ended").await;
+        // The token still gets tickets, but its one chat does not open again.
+        let mut again = Client::open(&app, &token).await;
+        let error = refused(
+            &mut again,
+            json!({"type": "queue.open", "service": "stod-till-anhoriga"}),
+        )
+        .await;
+        assert_eq!(error["code"], "invalid_state", "{}: {error}", app.backend);
+        let stored = booking::events::queue_entry(&app.db, &room)
+            .await
+            .expect("query")
+            .expect("stored");
+        assert!(stored.anonymous);
+        assert_eq!(stored.state, "closed");
+        assert_eq!(stored.resident, anonymous.party);
+    }
+}
+
+#[tokio::test]
+async fn staff_escalate_a_chat_and_both_enter_the_ad_hoc_room_with_turn_credentials() {
+    for app in spawn_apps().await {
+        let lycksele = social_workers(&app, "2481").await;
+        let mut staff = console_of(&app, &lycksele[0], 2).await;
+        let mut colleague = console_of(&app, &lycksele[1], 2).await;
+        let mut anna = resident(&app, "anna@example.se").await;
+        let room = open_chat(&mut anna, "ekonomiskt-bistand").await;
+        staff.send(json!({"type": "queue.claim", "room": room})).await;
+        staff.until("queue.assigned").await;
+        staff
+            .send(json!({"type": "chat.escalate_video", "room": room}))
+            .await;
+        let opened = anna.until_event(&room, "video_opened").await;
+        let meeting = opened["event"]["meeting_room"]
+            .as_str()
+            .expect("a room")
+            .to_owned();
+        assert!(meeting.starts_with("adhoc:"), "{opened}");
+        let seen = staff.until_event(&room, "video_opened").await;
+        assert_eq!(seen["event"]["meeting_room"], meeting.as_str());
+
+        for client in [&mut anna, &mut staff] {
+            client.send(json!({"type": "join", "room": meeting})).await;
+            let joined = client.until("joined").await;
+            assert_eq!(
+                joined["state"], "admitted",
+                "{}: no waiting room: {joined}",
+                app.backend
+            );
+            let turn = client.until("turn.credentials").await;
+            assert!(
+                !turn["credentials"]["urls"]
+                    .as_array()
+                    .expect("urls")
+                    .is_empty(),
+                "{turn}"
+            );
+        }
+        // A colleague who did not take the chat does not enter its meeting.
+        let error = refused(&mut colleague, json!({"type": "join", "room": meeting})).await;
+        assert_eq!(error["code"], "not_found", "{}: {error}", app.backend);
+        // And a room that does not exist is answered the same.
+        let error = refused(
+            &mut anna,
+            json!({"type": "join", "room": "adhoc:no-such-room"}),
+        )
+        .await;
+        assert_eq!(error["code"], "not_found", "{}: {error}", app.backend);
     }
 }

@@ -424,6 +424,8 @@ function start(root) {
       if (!home.value) {
         button.disabled = false;
         home.setAttribute("aria-invalid", "true");
+        startError.textContent = text.home_missing;
+        show(startError, true);
         home.focus();
         return;
       }

@@ -1,20 +1,24 @@
-//! Chat pre-assessment over HTTP: which services offer chat. The chat itself
-//! runs over `/ws`.
+//! Chat pre-assessment over HTTP: which services offer chat, and tokens for
+//! anonymous chats. The chat itself runs over `/ws`.
 
 use axum::extract::State;
-use axum::routing::get;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use booking::{chats, Db, MunicipalityCode};
+use booking::{catalog, chats, Db, MunicipalityCode, ServiceCode};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{now, ApiQuery};
+use super::{now, show_time, ApiJson, ApiQuery};
 use crate::error::{AppError, ErrorBody};
 use crate::i18n::current_locale;
 use crate::state::AppState;
+use crate::ws::AnonymousChat;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/api/chats/services", get(chat_services))
+    Router::new()
+        .route("/api/chats/services", get(chat_services))
+        .route("/api/chats/anonymous", post(anonymous_chat))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -65,5 +69,63 @@ pub async fn chat_services(
                 anonymous_chat: s.anonymous_chat,
             })
             .collect(),
+    ))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnonymousChatRequest {
+    /// A service that allows anonymous chat.
+    pub service: String,
+    /// The resident's home municipality, as they chose it on the page.
+    pub municipality: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AnonymousChatDto {
+    /// A token for this one chat: send it as `Authorization: Bearer` to
+    /// `POST /api/ws/ticket`, and `queue.open` the service on the socket.
+    /// It is no sign-in: nothing else accepts it.
+    pub token: String,
+    /// RFC 3339; until then the token gets tickets to reconnect.
+    pub expires_at: String,
+}
+
+/// A token for one anonymous chat, where the service allows it. Nothing
+/// about the chat is kept for the holder afterwards: the transcript is
+/// theirs to save before they close it.
+#[utoipa::path(post, path = "/api/chats/anonymous", request_body = AnonymousChatRequest, responses(
+    (status = 201, body = AnonymousChatDto),
+    (status = 404, description = "No such service or municipality, or the service allows no anonymous chat", body = ErrorBody),
+    (status = 422, body = ErrorBody),
+))]
+#[tracing::instrument(skip_all)]
+pub async fn anonymous_chat(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<AnonymousChatRequest>,
+) -> Result<(StatusCode, Json<AnonymousChatDto>), AppError> {
+    let service = ServiceCode::parse(&body.service)?;
+    let home = MunicipalityCode::parse(&body.municipality)?;
+    let allowed = catalog::service(&state.db, &service)
+        .await?
+        .is_some_and(|s| s.chat && s.anonymous_chat);
+    if !allowed || catalog::municipality(&state.db, &home).await?.is_none() {
+        return Err(AppError::NotFound);
+    }
+    let chat = AnonymousChat {
+        room: format!("chat:{}", uuid::Uuid::new_v4().simple()),
+        service: service.to_string(),
+        home: home.to_string(),
+    };
+    let now = now();
+    let (token, expires) = state.tickets.issue_chat_token(&chat, now.as_second());
+    let expires_at =
+        jiff::Timestamp::from_second(expires).map_err(|e| AppError::Internal(e.into()))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(AnonymousChatDto {
+            token,
+            expires_at: show_time(expires_at),
+        }),
     ))
 }

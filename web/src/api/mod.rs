@@ -38,7 +38,7 @@ pub fn router() -> Router<AppState> {
     info(title = "Kontakt", description = "Booking, video and chat contact with the social services of participating municipalities."),
     paths(
         public::municipalities, public::services, public::policy, public::search,
-        chats::chat_services,
+        chats::chat_services, chats::anonymous_chat,
         auth::staff_login, auth::resident_link, auth::resident_redeem, auth::sign_out,
         auth::sign_out_everywhere, staff::deactivate_staff,
         bookings::book, bookings::mine, bookings::one, bookings::cancel, bookings::reschedule,

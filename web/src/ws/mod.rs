@@ -19,6 +19,7 @@ use anyhow::Context;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -35,7 +36,7 @@ use utoipa::ToSchema;
 
 pub use effects::{AppEffects, TurnIssuer};
 pub use store::{DbLease, DbStore};
-pub use ticket::{TicketSubject, Tickets, TICKET_SECONDS};
+pub use ticket::{AnonymousChat, TicketSubject, Tickets, CHAT_TOKEN_SECONDS, TICKET_SECONDS};
 
 use crate::auth::{Session, SubjectKind};
 use crate::error::{AppError, ErrorBody};
@@ -124,24 +125,46 @@ pub struct TicketDto {
     pub expires_in: i64,
 }
 
-/// A single-use ticket for opening the WebSocket at `/ws`.
+/// A single-use ticket for opening the WebSocket at `/ws`: for a session,
+/// or for the holder of a token for one anonymous chat
+/// (`POST /api/chats/anonymous`), whose socket may act in that chat only.
 #[utoipa::path(post, path = "/api/ws/ticket", security(("bearer" = [])), responses((status = 200, body = TicketDto), (status = 401, body = ErrorBody), (status = 403, description = "A cookie session without its CSRF header", body = ErrorBody)))]
-#[tracing::instrument(skip(state, session), fields(sub = %session.claims.sub))]
+#[tracing::instrument(skip_all)]
 pub async fn issue_ticket(
     State(state): State<AppState>,
-    session: Session,
+    session: Result<Session, AppError>,
+    headers: HeaderMap,
 ) -> Result<Json<TicketDto>, AppError> {
-    // A session of an account deleted since sign-in gets no ticket.
-    identity(&state.db, &session.claims.sub, session.claims.kind).await?;
-    let ticket = state.tickets.issue(
-        &session.claims.sub,
-        session.claims.kind,
-        crate::api::now().as_second(),
-    );
+    let now = crate::api::now().as_second();
+    let ticket = match session {
+        Ok(session) => {
+            // A session of an account deleted since sign-in gets no ticket.
+            identity(&state.db, &session.claims.sub, session.claims.kind).await?;
+            state
+                .tickets
+                .issue(&session.claims.sub, session.claims.kind, now)
+        }
+        Err(refusal) => {
+            let chat = bearer(&headers)
+                .and_then(|token| state.tickets.verify_chat_token(token, now))
+                .ok_or(refusal)?;
+            state.tickets.issue_anonymous(&chat, now)
+        }
+    };
     Ok(Json(TicketDto {
         ticket,
         expires_in: TICKET_SECONDS,
     }))
+}
+
+/// The Bearer token of a request, if it has one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
 }
 
 #[derive(Serialize, ToSchema)]
@@ -215,9 +238,15 @@ pub async fn upgrade(
     else {
         return AppError::Unauthorized.into_response();
     };
-    let identity = match identity(&state.db, &subject.id, subject.kind).await {
-        Ok(identity) => identity,
-        Err(e) => return e.into_response(),
+    let (identity, chat) = match subject {
+        TicketSubject::Account { id, kind } => match identity(&state.db, &id, kind).await {
+            Ok(identity) => (identity, None),
+            Err(e) => return e.into_response(),
+        },
+        TicketSubject::Anonymous(chat) => match RoomId::parse(&chat.room) {
+            Ok(conversation) => (Identity::Anonymous { conversation }, Some(chat)),
+            Err(_) => return AppError::Unauthorized.into_response(),
+        },
     };
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
@@ -237,7 +266,7 @@ pub async fn upgrade(
         // default: most of an idle connection's memory. Frames here are
         // small, and a larger one is read in several turns.
         .read_buffer_size(READ_BUFFER_BYTES)
-        .on_upgrade(move |socket| socket::run(socket, hub, db, identity, liveness))
+        .on_upgrade(move |socket| socket::run(socket, hub, db, identity, chat, liveness))
 }
 
 /// The hub identity of a ticket's or session's subject, from the database.
