@@ -318,3 +318,83 @@ fn offline_from_row(row: &AnyRow) -> Result<OfflineMessage, Error> {
         handled_at: row.try_get("handled_at")?,
     })
 }
+
+/// A reply staff pick from in a chat, stored per service and language.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CannedResponse {
+    pub service: ServiceCode,
+    pub language: Language,
+    pub id: String,
+    pub title: String,
+    pub text: String,
+}
+
+/// Every canned response, by service, language and their order.
+pub async fn canned_responses(db: &Db) -> Result<Vec<CannedResponse>, Error> {
+    let rows = sqlx::query(
+        "SELECT service_code, language, id, title, body FROM canned_responses \
+         ORDER BY service_code, language, position, id",
+    )
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(CannedResponse {
+                service: ServiceCode::parse(&r.try_get::<String, _>("service_code")?)?,
+                language: Language::parse(&r.try_get::<String, _>("language")?)?,
+                id: r.try_get("id")?,
+                title: r.try_get("title")?,
+                text: r.try_get("body")?,
+            })
+        })
+        .collect()
+}
+
+/// Stores `responses` for their service and language, in the order given,
+/// except for a service and language that has responses already; returns
+/// how many were stored. Two nodes starting at once store them once.
+pub async fn add_canned_responses(
+    db: &Db,
+    responses: &[CannedResponse],
+) -> Result<usize, Error> {
+    let _turn = db.write_turn().await;
+    let mut tx = db.pool().begin().await?;
+    let mut stored = 0;
+    let mut decided: Vec<((ServiceCode, Language), bool)> = Vec::new();
+    for (position, response) in responses.iter().enumerate() {
+        let key = (response.service.clone(), response.language);
+        let wanted = match decided.iter().find(|(k, _)| *k == key) {
+            Some((_, wanted)) => *wanted,
+            None => {
+                let existing: i64 = sqlx::query(
+                    "SELECT COUNT(*) AS n FROM canned_responses WHERE service_code = $1 AND language = $2",
+                )
+                .bind(response.service.as_str())
+                .bind(response.language.code())
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("n")?;
+                decided.push((key, existing == 0));
+                existing == 0
+            }
+        };
+        if !wanted {
+            continue;
+        }
+        let done = sqlx::query(
+            "INSERT INTO canned_responses (service_code, language, id, position, title, body) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(response.service.as_str())
+        .bind(response.language.code())
+        .bind(&response.id)
+        .bind(i64::try_from(position).unwrap_or(i64::MAX))
+        .bind(&response.title)
+        .bind(&response.text)
+        .execute(&mut *tx)
+        .await?;
+        stored += usize::try_from(done.rows_affected()).unwrap_or(0);
+    }
+    tx.commit().await?;
+    Ok(stored)
+}

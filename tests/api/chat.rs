@@ -572,3 +572,76 @@ async fn the_offline_form_refuses_bad_input_and_keeps_nothing_of_it() {
         assert_eq!(without_csrf.status(), 403, "{}", app.backend);
     }
 }
+
+#[tokio::test]
+async fn canned_replies_come_from_the_database_per_service_and_language() {
+    for app in spawn_apps().await {
+        let stored = booking::chats::canned_responses(&app.db)
+            .await
+            .expect("query");
+        assert_eq!(
+            stored.len(),
+            6 * 4 * 3,
+            "{}: three per service and language, general too",
+            app.backend
+        );
+        let mut staff = console(&app, "2481").await;
+        staff
+            .send(json!({"type": "canned.list", "service": "ekonomiskt-bistand"}))
+            .await;
+        let swedish = staff.until("canned.responses").await;
+        assert_eq!(swedish["language"], "sv", "{}: {swedish}", app.backend);
+        let ids: Vec<&str> = swedish["responses"]
+            .as_array()
+            .expect("responses")
+            .iter()
+            .map(|r| r["id"].as_str().expect("an id"))
+            .collect();
+        assert_eq!(ids, ["welcome", "household", "closing"]);
+        assert!(swedish["responses"][1]["text"]
+            .as_str()
+            .unwrap()
+            .contains("ekonomiskt bistånd"));
+
+        staff
+            .send(json!({"type": "canned.list", "service": "general", "language": "ar"}))
+            .await;
+        let arabic = staff.until("canned.responses").await;
+        assert_eq!(arabic["language"], "ar", "{}: {arabic}", app.backend);
+        assert_eq!(arabic["responses"][1]["id"], "right-help");
+        assert_eq!(arabic["responses"][1]["title"], "المساعدة المناسبة");
+
+        // Only staff who take the service's chats get its replies.
+        let helsingborg = social_workers(&app, "1283").await;
+        let narrow = helsingborg
+            .iter()
+            .find(|s| s.services.len() == 2)
+            .expect("a social worker of two services");
+        let mut narrow = console_of(&app, narrow, 1).await;
+        let error = refused(
+            &mut narrow,
+            json!({"type": "canned.list", "service": "ekonomiskt-bistand"}),
+        )
+        .await;
+        assert_eq!(error["code"], "forbidden", "{}: {error}", app.backend);
+        let mut anna = resident(&app, "anna@example.se").await;
+        let error = refused(
+            &mut anna,
+            json!({"type": "canned.list", "service": "ekonomiskt-bistand"}),
+        )
+        .await;
+        assert_eq!(error["code"], "forbidden", "{}: {error}", app.backend);
+        let error = refused(
+            &mut staff,
+            json!({"type": "canned.list", "service": "general", "language": "de"}),
+        )
+        .await;
+        assert_eq!(error["code"], "malformed", "{}: {error}", app.backend);
+
+        // A second start stores nothing twice.
+        let again = booking::seed::canned_responses(&app.db)
+            .await
+            .expect("seeded");
+        assert_eq!(again, 0, "{}", app.backend);
+    }
+}
