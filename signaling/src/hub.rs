@@ -31,7 +31,7 @@ use crate::ids::{
 };
 use crate::outbound::{AdHocMeeting, AuditEntry, Outbound};
 use crate::protocol::{
-    BookingOutcome, CannedResponse, ClientMessage, CloseReason, ErrorCode, Participant,
+    BookingOutcome, CannedResponse, ClientMessage, CloseReason, ErrorCode, Language, Participant,
     ServerMessage, TurnCredentials,
 };
 use crate::queue::{NewConversation, Queue, QueueInput, QueueSettings, StaffProfile};
@@ -939,14 +939,21 @@ impl Hub {
         }
     }
 
-    /// Sets the canned responses staff can pick from for a service.
-    pub async fn set_canned_responses(&self, service: ServiceId, responses: Vec<CannedResponse>) {
+    /// Sets the canned responses staff can pick from for a service in a
+    /// language. Every node of a cluster keeps its own copy, as any of them
+    /// may come to own the queue.
+    pub async fn set_canned_responses(
+        &self,
+        service: ServiceId,
+        language: Language,
+        responses: Vec<CannedResponse>,
+    ) {
         self.shared
             .state
             .lock()
             .await
             .canned
-            .insert(service, responses);
+            .insert((service, language), responses);
     }
 
     /// Events of a room as they happen, as JSON frames, from any node. The
@@ -1324,7 +1331,7 @@ struct HubState {
     connections: HashMap<ConnectionId, Connection>,
     rooms: HashMap<RoomId, Room>,
     queue: Queue,
-    canned: BTreeMap<ServiceId, Vec<CannedResponse>>,
+    canned: BTreeMap<(ServiceId, Language), Vec<CannedResponse>>,
     role: Role,
     /// Meeting rooms opened through this node, told again to a new owner.
     specs: HashMap<RoomId, MeetingSpec>,
@@ -1491,7 +1498,7 @@ fn route(
                 now,
             )
         }
-        M::CannedList { service } => {
+        M::CannedList { service, language } => {
             let allowed = matches!(identity, Identity::Staff { may_handle, .. } if may_handle.contains(service));
             if !allowed {
                 return reply(ServerMessage::error(
@@ -1500,9 +1507,25 @@ fn route(
                     None,
                 ));
             }
-            let responses = state.canned.get(service).cloned().unwrap_or_default();
+            let asked = language.unwrap_or_default();
+            // A language without responses of its own gets the Swedish ones.
+            let language = if state
+                .canned
+                .get(&(service.clone(), asked))
+                .is_some_and(|r| !r.is_empty())
+            {
+                asked
+            } else {
+                Language::Sv
+            };
+            let responses = state
+                .canned
+                .get(&(service.clone(), language))
+                .cloned()
+                .unwrap_or_default();
             return reply(ServerMessage::CannedResponses {
                 service: service.clone(),
+                language,
                 responses,
             });
         }

@@ -123,9 +123,14 @@ pub enum ClientMessage {
     /// Either side closes the chat.
     #[serde(rename = "chat.close")]
     ChatClose { room: RoomId },
-    /// Staff ask for the canned responses of a service.
+    /// Staff ask for the canned responses of a service, in a language
+    /// (Swedish when none is given).
     #[serde(rename = "canned.list")]
-    CannedList { service: ServiceId },
+    CannedList {
+        service: ServiceId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        language: Option<Language>,
+    },
     #[serde(rename = "ping")]
     Ping,
 }
@@ -292,9 +297,13 @@ pub enum ServerMessage {
         room: RoomId,
         reason: UnassignReason,
     },
+    /// The canned responses of a service in a language: those of that
+    /// language, or the Swedish ones when it has none.
     #[serde(rename = "canned.responses")]
     CannedResponses {
         service: ServiceId,
+        #[serde(default)]
+        language: Language,
         responses: Vec<CannedResponse>,
     },
     #[serde(rename = "pong")]
@@ -421,6 +430,37 @@ pub struct QueueEntryView {
     pub anonymous: bool,
     /// Unix seconds, UTC.
     pub enqueued_at: i64,
+}
+
+/// The languages Kontakt speaks, for canned responses. Swedish is the
+/// default.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Language {
+    #[default]
+    Sv,
+    En,
+    Fi,
+    Ar,
+}
+
+impl Language {
+    pub const ALL: [Language; 4] = [Language::Sv, Language::En, Language::Fi, Language::Ar];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Language::Sv => "sv",
+            Language::En => "en",
+            Language::Fi => "fi",
+            Language::Ar => "ar",
+        }
+    }
+
+    pub fn parse(code: &str) -> Option<Language> {
+        Language::ALL.into_iter().find(|l| l.code() == code)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

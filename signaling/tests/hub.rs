@@ -737,6 +737,49 @@ async fn an_anonymous_resident_acts_in_their_one_chat_and_the_video_it_became_on
 }
 
 #[tokio::test]
+async fn canned_responses_are_per_service_and_language_with_swedish_to_fall_back_on() {
+    use signaling::protocol::{CannedResponse, Language};
+    let (hub, _) = hub_with(Arc::new(MemoryStore::new()));
+    let reply = |title: &str| CannedResponse {
+        id: "welcome".into(),
+        title: title.into(),
+        text: "...".into(),
+    };
+    hub.set_canned_responses(id("stod"), Language::Sv, vec![reply("Hälsning")])
+        .await;
+    hub.set_canned_responses(id("stod"), Language::Fi, vec![reply("Tervehdys")])
+        .await;
+    let (a, mut arx) = hub.connect(staff("a", "0180")).await;
+    for (asked, got, title) in [
+        (None, Language::Sv, "Hälsning"),
+        (Some(Language::Fi), Language::Fi, "Tervehdys"),
+        (Some(Language::Ar), Language::Sv, "Hälsning"),
+    ] {
+        hub.handle(
+            a,
+            ClientMessage::CannedList {
+                service: id("stod"),
+                language: asked,
+            },
+        )
+        .await;
+        let (answer, _) = expect(&mut arx, "canned responses", |m| {
+            matches!(m, ServerMessage::CannedResponses { .. })
+        })
+        .await;
+        assert_eq!(
+            answer,
+            ServerMessage::CannedResponses {
+                service: id("stod"),
+                language: got,
+                responses: vec![reply(title)],
+            },
+            "asked for {asked:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn room_events_reach_bus_subscribers() {
     let (hub, _) = hub_with(Arc::new(MemoryStore::new()));
     let mut events = hub.subscribe_room(&id("booking:b1")).await.unwrap();

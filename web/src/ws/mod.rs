@@ -11,7 +11,7 @@ mod socket;
 mod store;
 mod ticket;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ use signaling::hub::{Hub, HubSettings, Identity};
 use signaling::ids::{
     BookingId, MunicipalityCode, PartyId, ResidentId, RoomId, ServiceId, StaffId,
 };
+use signaling::protocol::{CannedResponse, Language};
 use signaling::queue::{QueueMode, QueueSettings};
 use signaling::room::{MeetingSetup, StaffAccess};
 use utoipa::ToSchema;
@@ -76,6 +77,7 @@ pub async fn start_hub(
             .await
             .context("connecting to the bus")?;
         let hub = Hub::new(HUB_SETTINGS, store, bus, effects);
+        load_canned_responses(db, &hub).await?;
         let restored = hub.restore().await.context("restoring open chats")?;
         tracing::info!(restored, "signaling hub started");
         let timer = hub.spawn_timer();
@@ -97,6 +99,7 @@ pub async fn start_hub(
         cluster,
         Arc::new(lease),
     );
+    load_canned_responses(db, &hub).await?;
     // The owner restores the open chats when it takes the lease.
     let mut tasks = hub
         .spawn_cluster()
@@ -109,6 +112,32 @@ pub async fn start_hub(
     );
     tasks.push(hub.spawn_timer());
     Ok((hub, tasks))
+}
+
+/// Gives the hub the canned responses from the database.
+async fn load_canned_responses(db: &Db, hub: &Hub) -> anyhow::Result<()> {
+    let mut grouped: BTreeMap<(ServiceId, Language), Vec<CannedResponse>> = BTreeMap::new();
+    for r in booking::chats::canned_responses(db)
+        .await
+        .context("reading canned responses")?
+    {
+        let service = ServiceId::parse(r.service.as_str())
+            .map_err(|_| anyhow::anyhow!("{} is not a valid hub id", r.service))?;
+        let language = Language::parse(r.language.code())
+            .ok_or_else(|| anyhow::anyhow!("{} is not a hub language", r.language.code()))?;
+        grouped
+            .entry((service, language))
+            .or_default()
+            .push(CannedResponse {
+                id: r.id,
+                title: r.title,
+                text: r.text,
+            });
+    }
+    for ((service, language), responses) in grouped {
+        hub.set_canned_responses(service, language, responses).await;
+    }
+    Ok(())
 }
 
 pub fn router() -> Router<AppState> {
