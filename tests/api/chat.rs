@@ -364,3 +364,216 @@ async fn staff_escalate_a_chat_and_both_enter_the_ad_hoc_room_with_turn_credenti
         assert_eq!(error["code"], "not_found", "{}: {error}", app.backend);
     }
 }
+
+/// Posts `body` to `path` from a client with no cookies: someone who never
+/// signed in (the app's own client keeps the staff sign-ins' cookies).
+async fn post_signed_out(app: &TestApp, path: &str, body: &Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(app.url(path))
+        .json(body)
+        .send()
+        .await
+        .expect("sent")
+}
+
+/// `GET /api/staff/offline-messages` as `staff`.
+async fn offline_list(app: &TestApp, staff: &booking::accounts::Staff) -> Vec<Value> {
+    let token = app.staff_token(staff.email.as_str()).await;
+    let response = app.get("/api/staff/offline-messages", Some(&token)).await;
+    assert_eq!(response.status(), 200, "{}", app.backend);
+    response.json().await.expect("json")
+}
+
+/// `POST /api/staff/offline-messages/{id}/handled` as `staff`.
+async fn mark_handled(app: &TestApp, staff: &booking::accounts::Staff, id: &str) -> u16 {
+    let token = app.staff_token(staff.email.as_str()).await;
+    app.post(
+        &format!("/api/staff/offline-messages/{id}/handled"),
+        Some(&token),
+        &json!({}),
+    )
+    .await
+    .status()
+    .as_u16()
+}
+
+#[tokio::test]
+async fn the_offline_form_reaches_the_eligible_staff_and_confirms_without_naming_anything() {
+    for app in spawn_apps().await {
+        let sent = post_signed_out(
+                &app,
+                "/api/chats/offline",
+                &json!({
+                    "service": "ekonomiskt-bistand",
+                    "municipality": "2418",
+                    "message": "Jag behöver hjälp med hyran <snart>",
+                    "name": "Sam Sändare",
+                    "contact_email": "sam@example.se",
+                    "contact_phone": ""
+                }),
+            )
+            .await;
+        assert_eq!(sent.status(), 202, "{}", app.backend);
+        let id = sent.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .expect("an id")
+            .to_owned();
+
+        // Malå's residents are pre-assessed by Malå and, under their
+        // agreement, Lycksele; Helsingborg sees nothing.
+        let lycksele = social_workers(&app, "2481").await.remove(0);
+        let listed = offline_list(&app, &lycksele).await;
+        assert_eq!(listed.len(), 1, "{}: {listed:?}", app.backend);
+        let message = &listed[0];
+        assert_eq!(message["id"], id.as_str());
+        assert_eq!(message["service"], "ekonomiskt-bistand");
+        assert_eq!(message["municipality"], "2418");
+        assert_eq!(message["message"], "Jag behöver hjälp med hyran <snart>");
+        assert_eq!(message["name"], "Sam Sändare");
+        assert_eq!(message["contact_email"], "sam@example.se");
+        assert_eq!(message["contact_phone"], Value::Null);
+        assert_eq!(message["handled_at"], Value::Null);
+        let mala = social_workers(&app, "2418").await.remove(0);
+        assert_eq!(offline_list(&app, &mala).await.len(), 1);
+        let helsingborg = social_workers(&app, "1283").await.remove(0);
+        assert!(offline_list(&app, &helsingborg).await.is_empty());
+
+        // Handled by someone who may see it; anyone else is told it is not there.
+        assert_eq!(mark_handled(&app, &helsingborg, &id).await, 404);
+        assert_eq!(mark_handled(&app, &lycksele, "no-such-message").await, 404);
+        assert_eq!(mark_handled(&app, &lycksele, &id).await, 204);
+        let listed = offline_list(&app, &mala).await;
+        assert!(listed[0]["handled_at"].is_string(), "{listed:?}");
+
+        let audit = booking::audit::recent(&app.db, None, 200)
+            .await
+            .expect("audit");
+        let count = |actor: &str, action: &str, outcome: &str| {
+            audit
+                .iter()
+                .filter(|r| r.actor == actor && r.action == action && r.outcome == outcome)
+                .count()
+        };
+        let lycksele_actor = format!("staff:{}", lycksele.id);
+        assert_eq!(count(&lycksele_actor, "offline_message.read", "allowed"), 1);
+        assert_eq!(count(&lycksele_actor, "offline_message.handle", "allowed"), 1);
+        let helsingborg_actor = format!("staff:{}", helsingborg.id);
+        assert_eq!(count(&helsingborg_actor, "offline_message.read", "allowed"), 0);
+        assert_eq!(count(&helsingborg_actor, "offline_message.handle", "denied"), 1);
+
+        // The confirmation names neither the service nor the message.
+        let mail = app
+            .dev_mail_to("sam@example.se", std::time::Duration::from_secs(10))
+            .await;
+        for secret in ["hyran", "bistånd", "Ekonomiskt", "ekonomiskt-bistand", "Malå", "Lycksele"] {
+            assert!(!mail.contains(secret), "{}: {secret} in\n{mail}", app.backend);
+        }
+
+        // A signed-in resident needs no municipality, and gets the mail at
+        // their own address when they leave only a telephone number.
+        let anna = app.resident("anna@example.se").await;
+        let token = app.resident_token(&anna).await;
+        let sent = app
+            .post(
+                "/api/chats/offline",
+                Some(&token),
+                &json!({
+                    "service": "general",
+                    "message": "Ring mig gärna.",
+                    "contact_phone": "070-123 45 67"
+                }),
+            )
+            .await;
+        assert_eq!(sent.status(), 202, "{}", app.backend);
+        assert!(
+            app.last_message("anna@example.se", "offline_message_received")
+                .await
+                .is_some(),
+            "{}",
+            app.backend
+        );
+        // "I don't know" stays with the home municipality.
+        let general: Vec<Value> = offline_list(&app, &mala)
+            .await
+            .into_iter()
+            .filter(|m| m["service"] == "general")
+            .collect();
+        assert_eq!(general.len(), 1, "{}", app.backend);
+        assert_eq!(general[0]["contact_phone"], "070-123 45 67");
+        assert!(offline_list(&app, &lycksele)
+            .await
+            .iter()
+            .all(|m| m["service"] != "general"));
+    }
+}
+
+#[tokio::test]
+async fn the_offline_form_refuses_bad_input_and_keeps_nothing_of_it() {
+    for app in spawn_apps().await {
+        let form = |changes: Value| {
+            let mut body = json!({
+                "service": "stod-till-anhoriga",
+                "municipality": "2418",
+                "message": "Hej",
+                "contact_email": "sam@example.se"
+            });
+            for (key, value) in changes.as_object().unwrap() {
+                if value.is_null() {
+                    body.as_object_mut().unwrap().remove(key);
+                } else {
+                    body[key] = value.clone();
+                }
+            }
+            body
+        };
+        let longest = "ä".repeat(2000);
+        for (changes, status) in [
+            (json!({"contact_email": null}), 422),
+            (json!({"contact_email": "  "}), 422),
+            (json!({"contact_email": "not an address"}), 422),
+            (json!({"contact_email": null, "contact_phone": "call me"}), 422),
+            (json!({"message": ""}), 422),
+            (json!({"message": " \n "}), 422),
+            (json!({"message": format!("{longest}a")}), 422),
+            (json!({"message": "x".repeat(9000)}), 422),
+            (json!({"municipality": null}), 422),
+            (json!({"municipality": "9999"}), 404),
+            (json!({"service": "no-such-service"}), 404),
+            (json!({"service": "barn-och-familj"}), 404),
+            (json!({"name": "x".repeat(101)}), 422),
+            (json!({"colour": "blue"}), 422),
+        ] {
+            let answer = post_signed_out(&app, "/api/chats/offline", &form(changes.clone())).await;
+            assert_eq!(
+                answer.status(),
+                status,
+                "{}: {changes}",
+                app.backend
+            );
+        }
+        let mala = social_workers(&app, "2418").await.remove(0);
+        assert!(
+            offline_list(&app, &mala).await.is_empty(),
+            "{}: nothing refused was kept",
+            app.backend
+        );
+        // The longest message there may be is taken whole.
+        let answer =
+            post_signed_out(&app, "/api/chats/offline", &form(json!({"message": longest}))).await;
+        assert_eq!(answer.status(), 202, "{}", app.backend);
+        let listed = offline_list(&app, &mala).await;
+        assert_eq!(listed[0]["message"].as_str().map(|m| m.chars().count()), Some(2000));
+
+        // A page's cookie session must echo its CSRF value here too.
+        let anna = app.resident("anna@example.se").await;
+        let (cookie_token, _) = app.resident_session(&anna).await;
+        let without_csrf = reqwest::Client::new()
+            .post(app.url("/api/chats/offline"))
+            .header("cookie", format!("{}={cookie_token}", web::auth::SESSION_COOKIE))
+            .json(&form(json!({})))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(without_csrf.status(), 403, "{}", app.backend);
+    }
+}

@@ -1,15 +1,20 @@
-//! Chat pre-assessment over HTTP: which services offer chat, and tokens for
-//! anonymous chats. The chat itself runs over `/ws`.
+//! Chat pre-assessment over HTTP: which services offer chat, tokens for
+//! anonymous chats, the offline form and its messages in the console. The
+//! chat itself runs over `/ws`.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use booking::{catalog, chats, Db, MunicipalityCode, ServiceCode};
+use booking::chats::{self, NewOfflineMessage, OfflineMessage};
+use booking::{
+    catalog, Db, EmailAddress, MessageText, MunicipalityCode, PersonName, PhoneNumber, ServiceCode,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{now, show_time, ApiJson, ApiQuery};
+use super::{now, show_time, ApiJson, ApiJsonLong, ApiQuery, LongFields};
+use crate::auth::{CurrentResident, CurrentStaff};
 use crate::error::{AppError, ErrorBody};
 use crate::i18n::current_locale;
 use crate::state::AppState;
@@ -19,6 +24,12 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/chats/services", get(chat_services))
         .route("/api/chats/anonymous", post(anonymous_chat))
+        .route("/api/chats/offline", post(offline_message))
+        .route("/api/staff/offline-messages", get(offline_messages))
+        .route(
+            "/api/staff/offline-messages/{id}/handled",
+            post(offline_message_handled),
+        )
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -128,4 +139,161 @@ pub async fn anonymous_chat(
             expires_at: show_time(expires_at),
         }),
     ))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OfflineRequest {
+    /// The service the resident wanted to chat about; `general` too.
+    pub service: String,
+    /// The home municipality: required without a sign-in; a signed-in
+    /// resident's own is used whatever this says.
+    pub municipality: Option<String>,
+    /// 1 to 2000 characters.
+    pub message: String,
+    pub name: Option<String>,
+    /// At least one of `contact_email` and `contact_phone`.
+    pub contact_email: Option<String>,
+    pub contact_phone: Option<String>,
+}
+
+impl LongFields for OfflineRequest {
+    // 2000 characters of up to four bytes each.
+    const LONG_FIELDS: &'static [(&'static str, usize)] = &[("message", 4 * MessageText::MAX_CHARS)];
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OfflineReceivedDto {
+    pub id: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OfflineMessageDto {
+    pub id: String,
+    pub service: String,
+    /// The sender's home municipality.
+    pub municipality: String,
+    pub message: String,
+    pub name: Option<String>,
+    pub contact_email: Option<String>,
+    pub contact_phone: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339, once a staff member marked it handled.
+    pub handled_at: Option<String>,
+}
+
+/// A field's value, or `None` when it is missing or blank, as an empty
+/// form field is.
+fn given(field: &Option<String>) -> Option<&str> {
+    field.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// Leaves a message for the social services while nobody who could take
+/// the chat is online. It goes to the staff the policy lets pre-assess the
+/// service for the sender's home, as a chat would, and a confirmation
+/// that names neither the service nor the message goes to `contact_email`
+/// (or a signed-in resident's own address).
+#[utoipa::path(post, path = "/api/chats/offline", request_body = OfflineRequest, responses(
+    (status = 202, body = OfflineReceivedDto),
+    (status = 403, description = "A cookie session without its CSRF header", body = ErrorBody),
+    (status = 404, description = "No such service offering chat, or no such municipality", body = ErrorBody),
+    (status = 422, description = "No way to be contacted, no municipality, or a message that is empty or over 2000 characters", body = ErrorBody),
+))]
+#[tracing::instrument(skip_all)]
+pub async fn offline_message(
+    State(db): State<Db>,
+    resident: Result<CurrentResident, AppError>,
+    ApiJsonLong(body): ApiJsonLong<OfflineRequest>,
+) -> Result<(StatusCode, Json<OfflineReceivedDto>), AppError> {
+    let resident = match resident {
+        Ok(CurrentResident(resident)) => Some(resident),
+        // Not signed in (or signed in as staff): an anonymous sender.
+        Err(AppError::Unauthorized) => None,
+        Err(refusal) => return Err(refusal),
+    };
+    let home = match (&resident, given(&body.municipality)) {
+        (Some(resident), _) => resident.home.clone(),
+        (None, Some(code)) => MunicipalityCode::parse(code)?,
+        (None, None) => {
+            return Err(AppError::Invalid(
+                "municipality: required without a sign-in".into(),
+            ))
+        }
+    };
+    let new = NewOfflineMessage {
+        service: ServiceCode::parse(&body.service)?,
+        home,
+        message: MessageText::parse(&body.message)?,
+        name: given(&body.name).map(PersonName::parse).transpose()?,
+        contact_email: given(&body.contact_email)
+            .map(EmailAddress::parse)
+            .transpose()?,
+        contact_phone: given(&body.contact_phone)
+            .map(PhoneNumber::parse)
+            .transpose()?,
+        language: current_locale(),
+        resident,
+    };
+    let id = chats::leave_offline_message(&db, &new, now()).await?;
+    Ok((StatusCode::ACCEPTED, Json(OfflineReceivedDto { id })))
+}
+
+fn offline_dto(m: OfflineMessage) -> Result<OfflineMessageDto, AppError> {
+    let time = |at: i64| {
+        jiff::Timestamp::from_second(at)
+            .map(show_time)
+            .map_err(|e| AppError::Internal(e.into()))
+    };
+    Ok(OfflineMessageDto {
+        created_at: time(m.created_at)?,
+        handled_at: m.handled_at.map(time).transpose()?,
+        id: m.id,
+        service: m.service.to_string(),
+        municipality: m.home.to_string(),
+        message: m.message,
+        name: m.name,
+        contact_email: m.contact_email,
+        contact_phone: m.contact_phone,
+    })
+}
+
+/// The offline messages this staff member may handle, newest first: those
+/// for their municipality under the policy, for services whose chats they
+/// take. Each one shown is an audited read.
+#[utoipa::path(get, path = "/api/staff/offline-messages", security(("bearer" = [])), responses(
+    (status = 200, body = [OfflineMessageDto]),
+    (status = 401, body = ErrorBody),
+))]
+#[tracing::instrument(skip_all, fields(staff = %staff.0.id))]
+pub async fn offline_messages(
+    State(db): State<Db>,
+    staff: CurrentStaff,
+) -> Result<Json<Vec<OfflineMessageDto>>, AppError> {
+    let list = chats::offline_messages_for(&db, &staff.0, now()).await?;
+    Ok(Json(
+        list.into_iter()
+            .map(offline_dto)
+            .collect::<Result<_, _>>()?,
+    ))
+}
+
+/// Marks an offline message handled. One this staff member may not handle
+/// answers 404, as a missing one; both are audit-logged.
+#[utoipa::path(post, path = "/api/staff/offline-messages/{id}/handled", security(("bearer" = [])), responses(
+    (status = 204),
+    (status = 401, body = ErrorBody),
+    (status = 404, body = ErrorBody),
+))]
+#[tracing::instrument(skip_all, fields(staff = %staff.0.id))]
+pub async fn offline_message_handled(
+    State(db): State<Db>,
+    staff: CurrentStaff,
+    Path(id): Path<String>,
+) -> Result<StatusCode, AppError> {
+    if id.len() > 64 {
+        return Err(AppError::NotFound);
+    }
+    chats::mark_offline_message_handled(&db, &staff.0, &id, now()).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
