@@ -344,7 +344,7 @@ function start(root) {
     if (anonymous) body.municipality = remembered().municipality || $("chat-home").value;
     const button = $("offline-send");
     button.disabled = true;
-    postJson("/api/chats/offline", body, anonymous ? {} : { csrf })
+    postJson("/api/chats/offline", body, { csrf })
       .then(() => {
         show(offlineForm, false);
         show($("offline-done"), true);
@@ -431,7 +431,7 @@ function start(root) {
       }
       home.removeAttribute("aria-invalid");
       remember({ municipality: home.value });
-      ready = postJson("/api/chats/anonymous", { service, municipality: home.value }).then((answer) => {
+      ready = postJson("/api/chats/anonymous", { service, municipality: home.value }, { csrf }).then((answer) => {
         sessionStorage.setItem(tokenKey, answer.token);
       });
     }

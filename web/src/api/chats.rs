@@ -130,8 +130,8 @@ pub async fn anonymous_chat(
     };
     let now = now();
     let (token, expires) = state.tickets.issue_chat_token(&chat, now.as_second());
-    let expires_at =
-        jiff::Timestamp::from_second(expires).map_err(|e| AppError::Internal(e.into()))?;
+    let expires_at = jiff::Timestamp::from_second(expires)
+        .map_err(|e| AppError::Internal(e.into()))?;
     Ok((
         StatusCode::CREATED,
         Json(AnonymousChatDto {
