@@ -1665,7 +1665,11 @@ fn route(
             room,
             meeting_room: new_room_id("adhoc"),
         },
-        M::ChatClose { .. } => QueueInput::Close { conn, room },
+        M::ChatClose { outcome, .. } => QueueInput::Close {
+            conn,
+            room,
+            outcome,
+        },
         _ => {
             return reply(ServerMessage::error(
                 ErrorCode::InvalidState,

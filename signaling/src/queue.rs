@@ -17,7 +17,7 @@ use crate::ids::{
 };
 use crate::outbound::{send, AdHocMeeting, AuditAction, AuditEntry, Outbound};
 use crate::protocol::{
-    CloseReason, ErrorCode, OfferedTime, Participant, PresenceState, QueueEntryView, Role,
+    ChatOutcome, CloseReason, ErrorCode, OfferedTime, Participant, PresenceState, QueueEntryView, Role,
     RoomEvent, ServerMessage, UnassignReason,
 };
 use crate::room::ClockAnchor;
@@ -147,9 +147,11 @@ pub enum QueueInput {
         room: RoomId,
         meeting_room: RoomId,
     },
+    /// Staff must say how the chat ended; a resident's outcome is ignored.
     Close {
         conn: ConnectionId,
         room: RoomId,
+        outcome: Option<ChatOutcome>,
     },
     /// Time passed: answer timeouts and abandoned chats.
     Tick,
@@ -408,7 +410,11 @@ impl Queue {
                     self.append(&room, RoomEvent::VideoOpened { meeting_room }, at, &mut out);
                 }
             }
-            QueueInput::Close { conn, room } => self.close(conn, room, at, now, &mut out),
+            QueueInput::Close {
+                conn,
+                room,
+                outcome,
+            } => self.close(conn, room, outcome, at, now, &mut out),
             QueueInput::Tick => self.tick(now, &mut out),
         }
         out
@@ -786,6 +792,7 @@ impl Queue {
         &mut self,
         conn: ConnectionId,
         room: RoomId,
+        outcome: Option<ChatOutcome>,
         at: i64,
         now: Instant,
         out: &mut Vec<Outbound>,
@@ -797,7 +804,18 @@ impl Queue {
             self.leave(conn, room, out);
             return;
         }
-        self.append(&room, RoomEvent::Ended { by: party }, at, out);
+        let by_resident = party == self.conversations[&room].record.resident;
+        if !by_resident && outcome.is_none() {
+            out.push(error(
+                conn,
+                ErrorCode::Invalid,
+                "say how the chat ended: resolved, booked, referred or no_contact",
+                Some(room),
+            ));
+            return;
+        }
+        let outcome = if by_resident { None } else { outcome };
+        self.append(&room, RoomEvent::Ended { by: party, outcome }, at, out);
         let conversation = self.conversations.remove(&room).expect("checked");
         let mut record = conversation.record.clone();
         record.state = EntryState::Closed;
@@ -1486,6 +1504,7 @@ mod tests {
             QueueInput::Close {
                 conn: c(A),
                 room: room(1),
+                outcome: Some(ChatOutcome::Resolved),
             },
         );
         assert!(out.contains("closed chat:1"), "{out}");
@@ -1686,6 +1705,45 @@ mod tests {
                 r#"c1 event {"event":{"client_id":"m1","from":"resident:r1","kind":"chat","role":"resident","sent_at":2,"text":"Hej"},"seq":2}"#,
             ]
             .join("\n")
+        );
+    }
+
+    #[test]
+    fn staff_close_with_an_outcome_and_residents_without() {
+        let mut h = Harness::new(QueueMode::Manual, 2);
+        h.open(0, 1);
+        h.open(0, 2);
+        for n in [1, 2] {
+            h.at(
+                1,
+                QueueInput::Claim {
+                    conn: c(A),
+                    room: room(n),
+                },
+            );
+        }
+        let close = |conn: u64, n: u64, outcome: Option<ChatOutcome>| QueueInput::Close {
+            conn: c(conn),
+            room: room(n),
+            outcome,
+        };
+        // Without an outcome nothing happens but the answer.
+        assert_eq!(
+            h.at(2, close(A, 1, None)),
+            r#"c1 error {"code":"invalid","message":"say how the chat ended: resolved, booked, referred or no_contact"}"#
+        );
+        assert_eq!(h.state(1), staff("a"));
+        let out = h.at(3, close(A, 1, Some(ChatOutcome::NoContact)));
+        assert!(
+            out.contains(r#"c11 event {"event":{"by":"staff:a","kind":"ended","outcome":"no_contact"},"seq":2}"#),
+            "{out}"
+        );
+        assert!(out.contains("closed chat:1"), "{out}");
+        // A resident's outcome is not theirs to give.
+        let out = h.at(4, close(R2, 2, Some(ChatOutcome::Resolved)));
+        assert!(
+            out.contains(r#"c12 event {"event":{"by":"resident:r2","kind":"ended"},"seq":2}"#),
+            "{out}"
         );
     }
 

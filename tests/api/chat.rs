@@ -645,3 +645,61 @@ async fn canned_replies_come_from_the_database_per_service_and_language() {
         assert_eq!(again, 0, "{}", app.backend);
     }
 }
+
+#[tokio::test]
+async fn staff_close_with_an_outcome_and_refused_messages_lose_nothing() {
+    for app in spawn_apps().await {
+        let mut staff = console(&app, "2481").await;
+        let mut anna = resident(&app, "anna@example.se").await;
+        let room = open_chat(&mut anna, "ekonomiskt-bistand").await;
+
+        // A claim of a room that does not exist changes nothing.
+        let error = refused(&mut staff, json!({"type": "queue.claim", "room": "chat:no-such-room"})).await;
+        assert_eq!(error["code"], "not_found", "{}: {error}", app.backend);
+        staff.send(json!({"type": "queue.claim", "room": room})).await;
+        staff.until("queue.assigned").await;
+
+        // Too long: refused under its own client id, and nothing stored.
+        let long = "å".repeat(4001);
+        let error = refused(
+            &mut anna,
+            json!({"type": "chat.send", "room": room, "client_id": "long", "text": long}),
+        )
+        .await;
+        assert_eq!(error["code"], "invalid", "{}: {error}", app.backend);
+        assert_eq!(error["room"], room.as_str());
+        assert_eq!(error["client_id"], "long");
+        anna.send(json!({"type": "chat.send", "room": room, "client_id": "short", "text": "Kortare då"}))
+            .await;
+        anna.until("chat.stored").await;
+        let said = staff.until_event(&room, "chat").await;
+        assert_eq!(said["event"]["text"], "Kortare då", "{}", app.backend);
+
+        // Staff must say how the chat ended.
+        let error = refused(&mut staff, json!({"type": "chat.close", "room": room})).await;
+        assert_eq!(error["code"], "invalid", "{}: {error}", app.backend);
+        let error = refused(
+            &mut staff,
+            json!({"type": "chat.close", "room": room, "outcome": "happy"}),
+        )
+        .await;
+        assert_eq!(error["code"], "malformed", "{}: {error}", app.backend);
+        staff
+            .send(json!({"type": "chat.send", "room": room, "client_id": "s1", "text": "Jag skickar dig vidare."}))
+            .await;
+        staff.until("chat.stored").await;
+        staff
+            .send(json!({"type": "chat.close", "room": room, "outcome": "referred"}))
+            .await;
+        let ended = anna.until_event(&room, "ended").await;
+        assert_eq!(ended["event"]["outcome"], "referred", "{}: {ended}", app.backend);
+
+        let events = booking::events::events_after(&app.db, &room, 0)
+            .await
+            .expect("query");
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["assigned", "chat", "chat", "ended"], "{}", app.backend);
+        assert!(!events.iter().any(|e| e.body.contains("ååå")));
+        assert!(events[3].body.contains(r#""outcome":"referred""#), "{:?}", events[3]);
+    }
+}
