@@ -267,6 +267,28 @@ impl Queue {
         self.conversations.get(room).map(|c| c.history.last_seq())
     }
 
+    /// The colleagues `staff` may hand `room` to now: online, available,
+    /// eligible for it and under their limit, by id. `None` unless `room`
+    /// is open and assigned to `staff`: nobody else may ask.
+    pub fn transfer_candidates(&self, room: &RoomId, staff: &StaffId) -> Option<Vec<StaffId>> {
+        let conversation = self.conversations.get(room)?;
+        if conversation.record.state != EntryState::Assigned(staff.clone()) {
+            return None;
+        }
+        Some(
+            self.staff
+                .values()
+                .filter(|s| {
+                    s.profile.id != *staff
+                        && s.is_online()
+                        && is_eligible(s, &conversation.record)
+                        && s.load(&self.conversations) < s.max_chats as usize
+                })
+                .map(|s| s.profile.id.clone())
+                .collect(),
+        )
+    }
+
     /// When [`QueueInput::Tick`] next has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.conversations
@@ -682,13 +704,9 @@ impl Queue {
         let Some(from) = self.assigned_staff_conn(conn, &room, out) else {
             return;
         };
-        let record = &self.conversations[&room].record;
-        let target_ok = self.staff.get(&to).is_some_and(|s| {
-            to != from
-                && is_eligible(s, record)
-                && s.is_online()
-                && s.load(&self.conversations) < s.max_chats as usize
-        });
+        let target_ok = self
+            .transfer_candidates(&room, &from)
+            .is_some_and(|candidates| candidates.contains(&to));
         if !target_ok {
             out.push(error(
                 conn,
@@ -1620,6 +1638,40 @@ mod tests {
             },
         );
         assert!(out.contains("not_found"), "{out}");
+    }
+
+    #[test]
+    fn transfer_candidates_are_online_eligible_colleagues_under_their_limit() {
+        let mut h = Harness::new(QueueMode::Manual, 1);
+        h.open(0, 1);
+        h.open(0, 2);
+        let candidates = |h: &Harness, who: &str| {
+            h.queue
+                .transfer_candidates(&room(1), &StaffId::parse(who).unwrap())
+                .map(|list| list.iter().map(|s| s.as_str().to_owned()).collect::<Vec<_>>())
+        };
+        // Nobody may ask about a chat that is not theirs.
+        assert_eq!(candidates(&h, "a"), None);
+        h.at(1, QueueInput::Claim { conn: c(A), room: room(1) });
+        assert_eq!(candidates(&h, "a"), Some(vec!["b".to_owned()]), "x is excluded");
+        assert_eq!(candidates(&h, "b"), None);
+        // A colleague at their limit is no candidate, nor one gone offline.
+        h.at(2, QueueInput::Claim { conn: c(B), room: room(2) });
+        assert_eq!(candidates(&h, "a"), Some(Vec::new()));
+        h.at(3, QueueInput::Availability { conn: c(B), available: true, max_chats: 2 });
+        assert_eq!(candidates(&h, "a"), Some(vec!["b".to_owned()]));
+        h.at(4, QueueInput::Availability { conn: c(B), available: false, max_chats: 2 });
+        assert_eq!(candidates(&h, "a"), Some(Vec::new()));
+        let out = h.at(
+            5,
+            QueueInput::Transfer {
+                conn: c(A),
+                room: room(1),
+                to: StaffId::parse("b").unwrap(),
+            },
+        );
+        assert!(out.contains("not_eligible"), "{out}");
+        assert_eq!(h.state(1), staff("a"));
     }
 
     #[test]
