@@ -22,8 +22,8 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::bus::{room_subject, Bus, BusError, Subscription};
 use crate::cluster::{
-    input_subject, node_subject, Delivery, Envelope, Input, Lease, MeetingSpec, LEASE_EVERY,
-    LEASE_TTL,
+    input_subject, node_subject, reply_subject, Delivery, Envelope, Input, Lease, MeetingSpec,
+    LEASE_EVERY, LEASE_TTL,
 };
 use crate::ids::{
     BookingId, ConnectionId, InvitationToken, MunicipalityCode, PartyId, ResidentId, RoomId,
@@ -132,6 +132,8 @@ pub enum HubError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Bus(#[from] BusError),
+    #[error("the node that owns the queue did not answer")]
+    NoAnswer,
 }
 
 /// The real-time hub. Cloning it is cheap and shares the same state.
@@ -915,6 +917,14 @@ impl Hub {
                     tracing::warn!(%room, error = %e, "opening a forwarded meeting room failed");
                 }
             }
+            Input::TransferCandidates { room, staff, reply } => {
+                let answer = state.queue.transfer_candidates(&room, &staff);
+                drop(state);
+                let payload = serde_json::to_vec(&answer).expect("ids always serialise");
+                if let Err(e) = self.shared.bus.publish(&reply, payload).await {
+                    tracing::warn!(%room, error = %e, "answering a follower failed");
+                }
+            }
             Input::CancelMeeting { room } => {
                 let Some(meeting) = state.rooms.get_mut(&room) else {
                     return;
@@ -937,6 +947,36 @@ impl Hub {
                 tracing::warn!(%conn, error = %e, "forwarding a disconnect failed");
             }
         }
+    }
+
+    /// The colleagues `staff` may hand `room` to now (see
+    /// [`Queue::transfer_candidates`]); `None` unless the chat is open and
+    /// theirs. A follower asks the owner over the bus.
+    pub async fn transfer_candidates(
+        &self,
+        room: &RoomId,
+        staff: &StaffId,
+    ) -> Result<Option<Vec<StaffId>>, HubError> {
+        let state = self.shared.state.lock().await;
+        if matches!(state.role, Role::Owner) {
+            return Ok(state.queue.transfer_candidates(room, staff));
+        }
+        drop(state);
+        let cluster = self.shared.cluster.as_ref().expect("only a cluster has followers");
+        let reply = reply_subject(&cluster.name, &self.shared.node);
+        let mut answers = self.shared.bus.subscribe(&reply).await?;
+        self.forward(Input::TransferCandidates {
+            room: room.clone(),
+            staff: staff.clone(),
+            reply,
+        })
+        .await?;
+        let answer = tokio::time::timeout(REPLY_WITHIN, futures::StreamExt::next(&mut answers))
+            .await
+            .ok()
+            .flatten()
+            .ok_or(HubError::NoAnswer)?;
+        serde_json::from_slice(&answer).map_err(|_| HubError::NoAnswer)
     }
 
     /// Sets the canned responses staff can pick from for a service in a
@@ -1292,6 +1332,9 @@ struct Shared {
     /// This node's id, so that it ignores its own knocks on the bus.
     node: String,
 }
+
+/// How long a follower waits for the owner to answer a question.
+const REPLY_WITHIN: Duration = Duration::from_secs(2);
 
 /// The bus subject on which nodes tell each other about knocks.
 const KNOCK_SUBJECT: &str = "kontakt.knocks";
@@ -1665,7 +1708,11 @@ fn route(
             room,
             meeting_room: new_room_id("adhoc"),
         },
-        M::ChatClose { .. } => QueueInput::Close { conn, room },
+        M::ChatClose { outcome, .. } => QueueInput::Close {
+            conn,
+            room,
+            outcome,
+        },
         _ => {
             return reply(ServerMessage::error(
                 ErrorCode::InvalidState,

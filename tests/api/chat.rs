@@ -650,3 +650,154 @@ async fn canned_replies_come_from_the_database_per_service_and_language() {
         assert_eq!(again, 0, "{}", app.backend);
     }
 }
+
+#[tokio::test]
+async fn staff_close_with_an_outcome_and_refused_messages_lose_nothing() {
+    for app in spawn_apps().await {
+        let mut staff = console(&app, "2481").await;
+        let mut anna = resident(&app, "anna@example.se").await;
+        let room = open_chat(&mut anna, "ekonomiskt-bistand").await;
+
+        // A claim of a room that does not exist changes nothing.
+        let error = refused(&mut staff, json!({"type": "queue.claim", "room": "chat:no-such-room"})).await;
+        assert_eq!(error["code"], "not_found", "{}: {error}", app.backend);
+        staff.send(json!({"type": "queue.claim", "room": room})).await;
+        staff.until("queue.assigned").await;
+
+        // Too long: refused under its own client id, and nothing stored.
+        let long = "å".repeat(4001);
+        let error = refused(
+            &mut anna,
+            json!({"type": "chat.send", "room": room, "client_id": "long", "text": long}),
+        )
+        .await;
+        assert_eq!(error["code"], "invalid", "{}: {error}", app.backend);
+        assert_eq!(error["room"], room.as_str());
+        assert_eq!(error["client_id"], "long");
+        anna.send(json!({"type": "chat.send", "room": room, "client_id": "short", "text": "Kortare då"}))
+            .await;
+        anna.until("chat.stored").await;
+        let said = staff.until_event(&room, "chat").await;
+        assert_eq!(said["event"]["text"], "Kortare då", "{}", app.backend);
+
+        // Staff must say how the chat ended.
+        let error = refused(&mut staff, json!({"type": "chat.close", "room": room})).await;
+        assert_eq!(error["code"], "invalid", "{}: {error}", app.backend);
+        let error = refused(
+            &mut staff,
+            json!({"type": "chat.close", "room": room, "outcome": "happy"}),
+        )
+        .await;
+        assert_eq!(error["code"], "malformed", "{}: {error}", app.backend);
+        staff
+            .send(json!({"type": "chat.send", "room": room, "client_id": "s1", "text": "Jag skickar dig vidare."}))
+            .await;
+        staff.until("chat.stored").await;
+        staff
+            .send(json!({"type": "chat.close", "room": room, "outcome": "referred"}))
+            .await;
+        let ended = anna.until_event(&room, "ended").await;
+        assert_eq!(ended["event"]["outcome"], "referred", "{}: {ended}", app.backend);
+
+        let events = booking::events::events_after(&app.db, &room, 0)
+            .await
+            .expect("query");
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["assigned", "chat", "chat", "ended"], "{}", app.backend);
+        assert!(!events.iter().any(|e| e.body.contains("ååå")));
+        assert!(events[3].body.contains(r#""outcome":"referred""#), "{:?}", events[3]);
+    }
+}
+
+/// `GET /api/staff/chats/{room}/colleagues` as `staff`: the status, and the
+/// ids listed.
+async fn colleagues(
+    app: &TestApp,
+    staff: &booking::accounts::Staff,
+    room: &str,
+) -> (u16, Vec<String>) {
+    let token = app.staff_token(staff.email.as_str()).await;
+    let response = app
+        .get(&format!("/api/staff/chats/{room}/colleagues"), Some(&token))
+        .await;
+    let status = response.status().as_u16();
+    if status != 200 {
+        return (status, Vec::new());
+    }
+    let list: Vec<Value> = response.json().await.expect("json");
+    for c in &list {
+        assert!(c["name"].as_str().is_some_and(|n| !n.is_empty()), "{c}");
+        assert!(c["municipality"].as_str().is_some(), "{c}");
+    }
+    let ids = list
+        .iter()
+        .map(|c| c["id"].as_str().expect("an id").to_owned())
+        .collect();
+    (status, ids)
+}
+
+#[tokio::test]
+async fn a_chat_is_transferred_only_to_an_online_eligible_colleague_under_their_limit() {
+    for app in spawn_apps().await {
+        let lycksele = social_workers(&app, "2481").await;
+        let (first, second) = (&lycksele[0], &lycksele[1]);
+        let mala = social_workers(&app, "2418").await.remove(0);
+        let helsingborg = social_workers(&app, "1283").await.remove(0);
+        let mut holder = console_of(&app, first, 2).await;
+        let mut taker = console_of(&app, second, 1).await;
+        let mut home = console_of(&app, &mala, 1).await;
+        let mut stranger = console_of(&app, &helsingborg, 3).await;
+        let mut anna = resident(&app, "anna@example.se").await;
+        let room = open_chat(&mut anna, "ekonomiskt-bistand").await;
+        holder.send(json!({"type": "queue.claim", "room": room})).await;
+        holder.until("queue.assigned").await;
+
+        let mut expected = vec![second.id.clone(), mala.id.clone()];
+        expected.sort();
+        let (status, ids) = colleagues(&app, first, &room).await;
+        assert_eq!(status, 200, "{}", app.backend);
+        assert_eq!(ids, expected, "{}: Helsingborg may not", app.backend);
+        assert_eq!(colleagues(&app, second, &room).await.0, 404, "not theirs");
+        assert_eq!(colleagues(&app, first, "chat:no-such-room").await.0, 404);
+
+        // Refused transfers leave the chat where it was.
+        for to in [helsingborg.id.as_str(), "no-such-staff"] {
+            let error = refused(
+                &mut holder,
+                json!({"type": "queue.transfer", "room": room, "to": to}),
+            )
+            .await;
+            assert_eq!(error["code"], "not_eligible", "{}: {error}", app.backend);
+        }
+        home.send(json!({"type": "staff.availability", "available": false, "max_chats": 1}))
+            .await;
+        frames_until_pong(&mut home).await;
+        assert_eq!(colleagues(&app, first, &room).await.1, [second.id.clone()]);
+        let error = refused(
+            &mut holder,
+            json!({"type": "queue.transfer", "room": room, "to": mala.id}),
+        )
+        .await;
+        assert_eq!(error["code"], "not_eligible", "{}: offline: {error}", app.backend);
+        let seen = frames_until_pong(&mut stranger).await;
+        assert!(
+            !seen.iter().any(|f| f["type"] == "queue.assigned"),
+            "{}: {seen:?}",
+            app.backend
+        );
+
+        holder
+            .send(json!({"type": "queue.transfer", "room": room, "to": second.id}))
+            .await;
+        let unassigned = holder.until("queue.unassigned").await;
+        assert_eq!(unassigned["reason"], "transferred");
+        taker.until("queue.assigned").await;
+        taker
+            .send(json!({"type": "chat.send", "room": room, "client_id": "t1", "text": "Jag tar över"}))
+            .await;
+        taker.until("chat.stored").await;
+        let said = anna.until_event(&room, "chat").await;
+        assert_eq!(said["event"]["text"], "Jag tar över", "{}", app.backend);
+        assert_eq!(colleagues(&app, first, &room).await.0, 404, "no longer theirs");
+    }
+}

@@ -19,6 +19,7 @@ use crate::error::{AppError, ErrorBody};
 use crate::i18n::current_locale;
 use crate::state::AppState;
 use crate::ws::AnonymousChat;
+use signaling::ids::{RoomId, StaffId};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -30,6 +31,7 @@ pub fn router() -> Router<AppState> {
             "/api/staff/offline-messages/{id}/handled",
             post(offline_message_handled),
         )
+        .route("/api/staff/chats/{room}/colleagues", get(colleagues))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -296,4 +298,50 @@ pub async fn offline_message_handled(
     }
     chats::mark_offline_message_handled(&db, &staff.0, &id, now()).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ColleagueDto {
+    /// The staff id `queue.transfer` takes as `to`.
+    pub id: String,
+    pub name: String,
+    /// Their municipality (kommunkod).
+    pub municipality: String,
+}
+
+/// The colleagues this staff member may hand one of their chats to now:
+/// online, taking chats, eligible for it and under their limit. 404 for a
+/// chat that is not this staff member's.
+#[utoipa::path(get, path = "/api/staff/chats/{room}/colleagues", security(("bearer" = [])), responses(
+    (status = 200, body = [ColleagueDto]),
+    (status = 401, body = ErrorBody),
+    (status = 404, description = "No such chat, or not this staff member's", body = ErrorBody),
+))]
+#[tracing::instrument(skip(state, staff), fields(staff = %staff.0.id))]
+pub async fn colleagues(
+    State(state): State<AppState>,
+    staff: CurrentStaff,
+    Path(room): Path<String>,
+) -> Result<Json<Vec<ColleagueDto>>, AppError> {
+    let (Ok(room), Ok(me)) = (RoomId::parse(&room), StaffId::parse(&staff.0.id)) else {
+        return Err(AppError::NotFound);
+    };
+    let candidates = state
+        .hub
+        .transfer_candidates(&room, &me)
+        .await
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("asking the hub: {e}")))?
+        .ok_or(AppError::NotFound)?;
+    let mut out = Vec::with_capacity(candidates.len());
+    for id in candidates {
+        // Someone deleted since they connected is no candidate.
+        if let Some(colleague) = booking::accounts::staff_by_id(&state.db, id.as_str()).await? {
+            out.push(ColleagueDto {
+                id: colleague.id,
+                name: colleague.name,
+                municipality: colleague.municipality.to_string(),
+            });
+        }
+    }
+    Ok(Json(out))
 }
