@@ -10,13 +10,14 @@ use sqlx::Row;
 
 use crate::accounts::{Resident, Staff};
 use crate::audit::{self, Actor, Entry, Outcome};
-use crate::bookings::decide_in;
+use crate::bookings::{decide_in, search_with_municipalities, FreeTimeAt, SearchQuery};
 use crate::catalog::{self, Service};
 use crate::db::Db;
 use crate::domain::{
-    EmailAddress, InvalidValue, Language, MessageText, MunicipalityCode, PersonName, PhoneNumber,
-    ServiceCode, Step,
+    DateRange, EmailAddress, InvalidValue, Language, MessageText, MunicipalityCode, PersonName,
+    PhoneNumber, ServiceCode, Step,
 };
+use crate::events;
 use crate::outbox::{self, Message, NeutralTitle};
 use crate::snapshot;
 use crate::Error;
@@ -397,4 +398,68 @@ pub async fn add_canned_responses(
     }
     tx.commit().await?;
     Ok(stored)
+}
+
+/// The most days of free times one chat's offer may look through.
+pub const MAX_OFFER_DAYS: i64 = 14;
+
+/// The free times staff may offer in the chat `room`: times of its service
+/// (or of `service`, another one they handle) for its resident's home
+/// municipality under the policy, within `dates`, each with the
+/// municipalities that could perform it. Only the staff member the chat is
+/// assigned to may ask; for anyone else, and for a chat that does not
+/// exist, it is `NotFound`. Either way it is audit-logged, since it tells
+/// staff where the resident lives.
+pub async fn free_times_for_chat(
+    db: &Db,
+    staff: &Staff,
+    room: &str,
+    service: Option<&ServiceCode>,
+    dates: DateRange,
+    now: Timestamp,
+) -> Result<Vec<FreeTimeAt>, Error> {
+    let dates = dates.at_most(MAX_OFFER_DAYS)?;
+    let entry = events::queue_entry(db, room).await?;
+    let holds = entry
+        .as_ref()
+        .is_some_and(|e| e.state == "assigned" && e.staff.as_deref() == Some(staff.id.as_str()));
+    let service = match (holds, service, &entry) {
+        (true, None, Some(e)) => Some(ServiceCode::parse(&e.service)?),
+        (true, Some(other), _) if staff.handles(other) => Some(other.clone()),
+        _ => None,
+    };
+    let resident_id = entry
+        .as_ref()
+        .filter(|_| service.is_some())
+        .and_then(|e| e.resident.strip_prefix("resident:"));
+    let home = entry
+        .as_ref()
+        .filter(|_| service.is_some())
+        .map(|e| e.home_municipality.as_str());
+    let actor = Actor::Staff(staff.id.clone());
+    let record = Entry {
+        actor: &actor,
+        action: "chat.free_times",
+        subject: room.chars().take(140).collect(),
+        resident_id,
+        on_behalf_of: home,
+        rule: None,
+        agreement_id: None,
+        outcome: if service.is_some() {
+            Outcome::Allowed
+        } else {
+            Outcome::Denied
+        },
+    };
+    audit::record_now(db, &record, now.as_second()).await?;
+    let (Some(service), Some(home)) = (service, home) else {
+        return Err(Error::NotFound);
+    };
+    let query = SearchQuery {
+        service,
+        home: MunicipalityCode::parse(home)?,
+        dates,
+        language: None,
+    };
+    search_with_municipalities(db, &query, now).await
 }

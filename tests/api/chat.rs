@@ -801,3 +801,114 @@ async fn a_chat_is_transferred_only_to_an_online_eligible_colleague_under_their_
         assert_eq!(colleagues(&app, first, &room).await.0, 404, "no longer theirs");
     }
 }
+
+#[tokio::test]
+async fn staff_offer_free_times_for_the_residents_home_and_the_resident_books_one() {
+    for app in spawn_apps().await {
+        let lycksele = social_workers(&app, "2481").await;
+        let mut staff = console_of(&app, &lycksele[0], 2).await;
+        let anna = app.resident("anna@example.se").await;
+        let anna_token = app.resident_token(&anna).await;
+        let mut resident = Client::open(&app, &anna_token).await;
+        let room = open_chat(&mut resident, "ekonomiskt-bistand").await;
+        staff.send(json!({"type": "queue.claim", "room": room})).await;
+        staff.until("queue.assigned").await;
+
+        let tz = booking::bookings::zone(booking::bookings::DISPLAY_ZONE).unwrap();
+        let tomorrow = jiff::Timestamp::now().to_zoned(tz).date().tomorrow().unwrap();
+        let path = |query: &str| format!("/api/staff/chats/{room}/free-times?{query}");
+        let token = app.staff_token(lycksele[0].email.as_str()).await;
+        let answer = app
+            .get(&path(&format!("from={tomorrow}&days=14")), Some(&token))
+            .await;
+        assert_eq!(answer.status(), 200, "{}", app.backend);
+        let offered: Vec<Value> = answer.json().await.unwrap();
+        assert!(!offered.is_empty(), "{}: the demo has free times", app.backend);
+        for time in &offered {
+            let by = time["municipality"].as_str().unwrap();
+            assert!(["2418", "2481"].contains(&by), "{}: {time}", app.backend);
+            assert!(time["municipality_name"].as_str().is_some_and(|n| !n.is_empty()));
+        }
+        // The same times the resident would find, no more and no fewer.
+        let public: Vec<String> = app
+            .free_times("ekonomiskt-bistand", "2418", 13)
+            .await
+            .iter()
+            .map(|t| t["starts_at"].as_str().unwrap().to_owned())
+            .collect();
+        let starts: Vec<String> = offered
+            .iter()
+            .map(|t| t["starts_at"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(starts, public, "{}", app.backend);
+
+        // Another service they handle may be offered instead; general has no times.
+        let other = app
+            .get(&path("days=3&service=stod-till-anhoriga"), Some(&token))
+            .await;
+        assert_eq!(other.status(), 200, "{}", app.backend);
+        for (query, status) in [
+            ("days=15", 422),
+            ("days=0", 422),
+            ("from=tomorrow", 422),
+            ("from=2199-12-31&days=2", 422),
+            ("days=3&service=general", 404),
+            ("days=3&colour=blue", 422),
+        ] {
+            let answer = app.get(&path(query), Some(&token)).await;
+            assert_eq!(answer.status(), status, "{}: {query}", app.backend);
+        }
+        // Not theirs: a colleague, or a chat that does not exist.
+        let colleague = app.staff_token(lycksele[1].email.as_str()).await;
+        let answer = app.get(&path("days=3"), Some(&colleague)).await;
+        assert_eq!(answer.status(), 404, "{}", app.backend);
+        let answer = app
+            .get("/api/staff/chats/chat:no-such/free-times", Some(&token))
+            .await;
+        assert_eq!(answer.status(), 404, "{}", app.backend);
+        let audit = booking::audit::recent(&app.db, None, 200).await.unwrap();
+        let reads: Vec<_> = audit
+            .iter()
+            .filter(|r| r.action == "chat.free_times")
+            .collect();
+        assert!(reads.iter().any(|r| r.actor == format!("staff:{}", lycksele[0].id)
+            && r.outcome == "allowed"
+            && r.resident_id.as_deref() == Some(anna.id.as_str())
+            && r.on_behalf_of.as_deref() == Some("2418")));
+        assert!(reads.iter().any(|r| r.actor == format!("staff:{}", lycksele[1].id)
+            && r.outcome == "denied"
+            && r.resident_id.is_none()));
+
+        // Offered in the chat, booked by the resident through the booking API.
+        let first = &offered[0];
+        staff
+            .send(json!({
+                "type": "chat.offer_times",
+                "room": room,
+                "client_id": "offer-1",
+                "times": [{
+                    "slot_id": first["starts_at"],
+                    "starts_at": first["starts_at"],
+                    "ends_at": first["ends_at"]
+                }]
+            }))
+            .await;
+        let seen = resident.until_event(&room, "times_offered").await;
+        let starts_at = seen["event"]["times"][0]["starts_at"].as_str().unwrap();
+        let booked = app
+            .post(
+                "/api/bookings",
+                Some(&anna_token),
+                &json!({"service": "ekonomiskt-bistand", "starts_at": starts_at}),
+            )
+            .await;
+        assert_eq!(booked.status(), 201, "{}", app.backend);
+        let mine: Vec<Value> = app
+            .get("/api/bookings", Some(&anna_token))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert!(mine.iter().any(|b| b["starts_at"] == starts_at));
+    }
+}

@@ -8,7 +8,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use booking::chats::{self, NewOfflineMessage, OfflineMessage};
 use booking::{
-    catalog, Db, EmailAddress, MessageText, MunicipalityCode, PersonName, PhoneNumber, ServiceCode,
+    catalog, DateRange, Db, EmailAddress, LocalDate, MessageText, MunicipalityCode, PersonName,
+    PhoneNumber, ServiceCode,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -32,6 +33,7 @@ pub fn router() -> Router<AppState> {
             post(offline_message_handled),
         )
         .route("/api/staff/chats/{room}/colleagues", get(colleagues))
+        .route("/api/staff/chats/{room}/free-times", get(free_times))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -342,6 +344,99 @@ pub async fn colleagues(
                 municipality: colleague.municipality.to_string(),
             });
         }
+    }
+    Ok(Json(out))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct FreeTimesParams {
+    /// First local date, `YYYY-MM-DD`; today when absent.
+    pub from: Option<String>,
+    /// How many days from `from`, 1 to 14; 7 when absent.
+    pub days: Option<i64>,
+    /// Another service the staff member handles, to offer its times
+    /// instead of the chat's own (an "I don't know" chat has none).
+    pub service: Option<String>,
+    /// The page language, read by the locale middleware.
+    #[allow(dead_code)]
+    pub lang: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OfferableTimeDto {
+    /// RFC 3339 in Europe/Stockholm; book it with `POST /api/bookings`.
+    pub starts_at: String,
+    pub ends_at: String,
+    /// The municipality likeliest to perform it: the resident's home when
+    /// its staff are free then, else the first other that may. Booking picks
+    /// the staff member by load among all that may.
+    pub municipality: String,
+    pub municipality_name: String,
+}
+
+/// The free times staff may offer in one of their chats: times of the
+/// chat's service for its resident's home municipality under the policy.
+/// Audit-logged; 404 for a chat that is not the caller's.
+#[utoipa::path(get, path = "/api/staff/chats/{room}/free-times", params(FreeTimesParams), security(("bearer" = [])), responses(
+    (status = 200, body = [OfferableTimeDto]),
+    (status = 401, body = ErrorBody),
+    (status = 404, description = "No such chat, not this staff member's, or a service they do not handle", body = ErrorBody),
+    (status = 422, body = ErrorBody),
+))]
+#[tracing::instrument(skip(db, staff), fields(staff = %staff.0.id))]
+pub async fn free_times(
+    State(db): State<Db>,
+    staff: CurrentStaff,
+    Path(room): Path<String>,
+    ApiQuery(params): ApiQuery<FreeTimesParams>,
+) -> Result<Json<Vec<OfferableTimeDto>>, AppError> {
+    let now = now();
+    let days = params.days.unwrap_or(7);
+    if !(1..=chats::MAX_OFFER_DAYS).contains(&days) {
+        return Err(AppError::Invalid(format!(
+            "days: 1 to {}",
+            chats::MAX_OFFER_DAYS
+        )));
+    }
+    let from = match &params.from {
+        Some(raw) => LocalDate::parse("from", raw)?,
+        None => {
+            let tz = booking::bookings::zone(booking::bookings::DISPLAY_ZONE)?;
+            LocalDate::new("from", now.to_zoned(tz).date())?
+        }
+    };
+    let dates = DateRange::starting(from.date(), days - 1)?;
+    let service = params
+        .service
+        .as_deref()
+        .map(ServiceCode::parse)
+        .transpose()?;
+    let found =
+        chats::free_times_for_chat(&db, &staff.0, &room, service.as_ref(), dates, now).await?;
+    let names = catalog::municipalities(&db).await?;
+    let entry = booking::events::queue_entry(&db, &room).await?;
+    let home = entry.map(|e| e.home_municipality);
+    let mut out = Vec::with_capacity(found.len());
+    for time in found {
+        let Some(chosen) = time
+            .municipalities
+            .iter()
+            .find(|m| Some(m.as_str()) == home.as_deref())
+            .or_else(|| time.municipalities.first())
+        else {
+            continue;
+        };
+        out.push(OfferableTimeDto {
+            starts_at: show_time(time.range.start()),
+            ends_at: show_time(time.range.end()),
+            municipality: chosen.to_string(),
+            municipality_name: names
+                .iter()
+                .find(|m| &m.code == chosen)
+                .map(|m| m.name.clone())
+                .unwrap_or_default(),
+        });
     }
     Ok(Json(out))
 }

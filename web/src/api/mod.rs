@@ -40,6 +40,7 @@ pub fn router() -> Router<AppState> {
         public::municipalities, public::services, public::policy, public::search,
         chats::chat_services, chats::anonymous_chat, chats::offline_message,
         chats::offline_messages, chats::offline_message_handled, chats::colleagues,
+        chats::free_times,
         auth::staff_login, auth::resident_link, auth::resident_redeem, auth::sign_out,
         auth::sign_out_everywhere, staff::deactivate_staff,
         bookings::book, bookings::mine, bookings::one, bookings::cancel, bookings::reschedule,
