@@ -96,6 +96,22 @@ pub const MAX_SEARCH_DAYS: i64 = 62;
 
 /// Free times for a resident of `query.home` under the policy, from now on.
 pub async fn search(db: &Db, query: &SearchQuery, now: Timestamp) -> Result<Vec<FreeTime>, Error> {
+    let found = free_candidates(db, query, now).await?;
+    Ok(found
+        .into_iter()
+        .map(|(range, candidates)| FreeTime {
+            range,
+            free_staff: candidates.len(),
+        })
+        .collect())
+}
+
+/// The staff free at each time of `query`, under the policy.
+async fn free_candidates(
+    db: &Db,
+    query: &SearchQuery,
+    now: Timestamp,
+) -> Result<BTreeMap<SlotRange, Vec<Candidate>>, Error> {
     let dates = query.dates.at_most(MAX_SEARCH_DAYS)?;
     let catalog = snapshot::current(db).await?;
     let tz = zone(DISPLAY_ZONE)?;
@@ -112,7 +128,7 @@ pub async fn search(db: &Db, query: &SearchQuery, now: Timestamp) -> Result<Vec<
         language: query.language,
         only_staff: None,
     };
-    let found = free_slots(
+    free_slots(
         &catalog,
         &wanted,
         dates.from(),
@@ -120,12 +136,37 @@ pub async fn search(db: &Db, query: &SearchQuery, now: Timestamp) -> Result<Vec<
         now,
         None,
         &busy,
-    )?;
+    )
+}
+
+/// A free time with the municipalities whose staff are free then, for
+/// staff who offer times: each may perform the meeting for the resident's
+/// home under the policy. Still no person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FreeTimeAt {
+    pub range: SlotRange,
+    /// In code order, each once.
+    pub municipalities: Vec<MunicipalityCode>,
+}
+
+/// [`search`], saying for each time which municipalities could perform it.
+pub async fn search_with_municipalities(
+    db: &Db,
+    query: &SearchQuery,
+    now: Timestamp,
+) -> Result<Vec<FreeTimeAt>, Error> {
+    let found = free_candidates(db, query, now).await?;
     Ok(found
         .into_iter()
-        .map(|(range, candidates)| FreeTime {
-            range,
-            free_staff: candidates.len(),
+        .map(|(range, candidates)| {
+            let mut municipalities: Vec<MunicipalityCode> =
+                candidates.into_iter().map(|c| c.municipality).collect();
+            municipalities.sort();
+            municipalities.dedup();
+            FreeTimeAt {
+                range,
+                municipalities,
+            }
         })
         .collect())
 }

@@ -1,13 +1,24 @@
-//! Chat pre-assessment: which services a resident may chat about, and who
-//! may answer. The queue itself lives in `signaling`; this module gives it
-//! the policy's answers.
+//! Chat pre-assessment: which services a resident may chat about, who may
+//! answer, and the offline form's messages, routed as a chat would be. The
+//! queue itself lives in `signaling`; this module gives it the policy's
+//! answers.
 
 use jiff::Timestamp;
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::Row;
 
-use crate::bookings::decide_in;
+use crate::accounts::{Resident, Staff};
+use crate::audit::{self, Actor, Entry, Outcome};
+use crate::bookings::{decide_in, search_with_municipalities, FreeTimeAt, SearchQuery};
 use crate::catalog::{self, Service};
 use crate::db::Db;
-use crate::domain::{MunicipalityCode, ServiceCode, Step};
+use crate::domain::{
+    DateRange, EmailAddress, InvalidValue, Language, MessageText, MunicipalityCode, PersonName,
+    PhoneNumber, ServiceCode, Step,
+};
+use crate::events;
+use crate::outbox::{self, Message, NeutralTitle};
 use crate::snapshot;
 use crate::Error;
 
@@ -65,4 +76,394 @@ pub async fn offered(
     }
     offered.sort_by_key(|s| (s.is_general(), s.code.clone()));
     Ok(offered)
+}
+
+/// A message left through the offline form, as the web layer checked it.
+#[derive(Debug, Clone)]
+pub struct NewOfflineMessage {
+    pub service: ServiceCode,
+    /// The sender's home municipality: a signed-in resident's own, or the
+    /// one an anonymous sender chose.
+    pub home: MunicipalityCode,
+    /// The signed-in resident who sent it, if any.
+    pub resident: Option<Resident>,
+    pub message: MessageText,
+    pub name: Option<PersonName>,
+    pub contact_email: Option<EmailAddress>,
+    pub contact_phone: Option<PhoneNumber>,
+    /// The language of the confirmation mail.
+    pub language: Language,
+}
+
+/// A stored offline message, as staff read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OfflineMessage {
+    pub id: String,
+    pub service: ServiceCode,
+    pub home: MunicipalityCode,
+    pub message: String,
+    pub name: Option<String>,
+    pub contact_email: Option<String>,
+    pub contact_phone: Option<String>,
+    /// Unix seconds, UTC.
+    pub created_at: i64,
+    pub handled_at: Option<i64>,
+}
+
+/// The most offline messages one staff member's list holds, newest first.
+pub const OFFLINE_LIST_LIMIT: i64 = 200;
+
+/// Stores an offline message for the staff the policy lets pre-assess its
+/// service for its home, as the queue would route a chat, and, in the same
+/// transaction, a confirmation to the sender's address (the one given, or
+/// a signed-in resident's own) that names neither the service nor the
+/// message. Returns its id. `NotFound` for a service that offers no chat
+/// or an unknown municipality; `Invalid` without a way to be contacted.
+pub async fn leave_offline_message(
+    db: &Db,
+    new: &NewOfflineMessage,
+    now: Timestamp,
+) -> Result<String, Error> {
+    if new.contact_email.is_none() && new.contact_phone.is_none() {
+        return Err(Error::Invalid(InvalidValue {
+            field: "contact_email",
+            reason: "give an email address or a telephone number to be contacted at".into(),
+        }));
+    }
+    let service = catalog::service(db, &new.service)
+        .await?
+        .filter(|s| s.chat)
+        .ok_or(Error::NotFound)?;
+    let eligible = pre_assessors(db, &new.service, &new.home, now)
+        .await?
+        .ok_or(Error::NotFound)?;
+    let id = uuid::Uuid::now_v7().to_string();
+    let at = now.as_second();
+    let confirm_to = new
+        .contact_email
+        .clone()
+        .or_else(|| new.resident.as_ref().map(|r| r.email.clone()));
+    let discreet = service.discreet || new.resident.as_ref().is_some_and(|r| r.discreet_mail);
+    let _turn = db.write_turn().await;
+    let mut tx = db.pool().begin().await?;
+    sqlx::query(
+        "INSERT INTO offline_messages (id, service_code, home_code, resident_id, message, name, contact_email, contact_phone, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&id)
+    .bind(new.service.as_str())
+    .bind(new.home.as_str())
+    .bind(new.resident.as_ref().map(|r| r.id.as_str()))
+    .bind(new.message.as_str())
+    .bind(new.name.as_ref().map(PersonName::as_str))
+    .bind(new.contact_email.as_ref().map(EmailAddress::as_str))
+    .bind(new.contact_phone.as_ref().map(PhoneNumber::as_str))
+    .bind(at)
+    .execute(&mut *tx)
+    .await?;
+    for municipality in &eligible {
+        sqlx::query(
+            "INSERT INTO offline_message_municipalities (message_id, municipality_code) VALUES ($1, $2)",
+        )
+        .bind(&id)
+        .bind(municipality.as_str())
+        .execute(&mut *tx)
+        .await?;
+    }
+    if let Some(recipient) = confirm_to {
+        // Someone who shares the inbox must not learn what the message was
+        // about: a discreet one does not even name the social services.
+        outbox::enqueue(
+            &mut tx,
+            &recipient,
+            new.language,
+            &Message::OfflineMessageReceived,
+            discreet.then_some(NeutralTitle::default()),
+            at,
+            at,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// The offline messages `staff` may handle, newest first: those routed to
+/// their municipality for a service whose chats they take. Each one is a
+/// read of a resident's data, audit-logged in the same transaction.
+pub async fn offline_messages_for(
+    db: &Db,
+    staff: &Staff,
+    now: Timestamp,
+) -> Result<Vec<OfflineMessage>, Error> {
+    let services = staff.chat_services();
+    if services.is_empty() {
+        return Ok(Vec::new());
+    }
+    let placeholders: Vec<String> = (0..services.len()).map(|i| format!("${}", i + 3)).collect();
+    let sql = format!(
+        "SELECT m.id, m.service_code, m.home_code, m.resident_id, m.message, m.name, m.contact_email, \
+         m.contact_phone, m.created_at, m.handled_at \
+         FROM offline_messages m JOIN offline_message_municipalities e ON e.message_id = m.id \
+         WHERE e.municipality_code = $1 AND m.service_code IN ({}) \
+         ORDER BY m.created_at DESC, m.id DESC LIMIT $2",
+        placeholders.join(", ")
+    );
+    let _turn = db.write_turn().await;
+    let mut tx = db.pool().begin().await?;
+    let mut query = sqlx::query(&sql)
+        .bind(staff.municipality.as_str())
+        .bind(OFFLINE_LIST_LIMIT);
+    for service in &services {
+        query = query.bind(service.as_str());
+    }
+    let rows = query.fetch_all(&mut *tx).await?;
+    let actor = Actor::Staff(staff.id.clone());
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let message = offline_from_row(row)?;
+        let resident_id: Option<String> = row.try_get("resident_id")?;
+        let entry = Entry {
+            actor: &actor,
+            action: "offline_message.read",
+            subject: format!("offline_message:{}", message.id),
+            resident_id: resident_id.as_deref(),
+            on_behalf_of: Some(message.home.as_str()),
+            rule: None,
+            agreement_id: None,
+            outcome: Outcome::Allowed,
+        };
+        audit::record(&mut tx, &entry, now.as_second()).await?;
+        out.push(message);
+    }
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// Marks an offline message handled by `staff`, with an audit entry, if it
+/// is one they may handle; otherwise `NotFound`, as for a missing one, and
+/// the refusal is audit-logged too. Marking it again keeps the first time.
+pub async fn mark_offline_message_handled(
+    db: &Db,
+    staff: &Staff,
+    id: &str,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let at = now.as_second();
+    let actor = Actor::Staff(staff.id.clone());
+    let _turn = db.write_turn().await;
+    let mut tx = db.pool().begin().await?;
+    let row = sqlx::query(
+        "SELECT m.service_code, m.home_code, m.resident_id FROM offline_messages m \
+         JOIN offline_message_municipalities e ON e.message_id = m.id \
+         WHERE m.id = $1 AND e.municipality_code = $2",
+    )
+    .bind(id)
+    .bind(staff.municipality.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let visible = match &row {
+        Some(row) => {
+            let service: String = row.try_get("service_code")?;
+            staff.takes_chats_of(&ServiceCode::parse(&service)?)
+        }
+        None => false,
+    };
+    let resident_id: Option<String> = match &row {
+        Some(row) if visible => row.try_get("resident_id")?,
+        _ => None,
+    };
+    let home: Option<String> = match &row {
+        Some(row) if visible => Some(row.try_get("home_code")?),
+        _ => None,
+    };
+    let entry = Entry {
+        actor: &actor,
+        action: "offline_message.handle",
+        subject: format!("offline_message:{id}"),
+        resident_id: resident_id.as_deref(),
+        on_behalf_of: home.as_deref(),
+        rule: None,
+        agreement_id: None,
+        outcome: if visible {
+            Outcome::Allowed
+        } else {
+            Outcome::Denied
+        },
+    };
+    audit::record(&mut tx, &entry, at).await?;
+    if visible {
+        sqlx::query(
+            "UPDATE offline_messages SET handled_at = $1, handled_by = $2 WHERE id = $3 AND handled_at IS NULL",
+        )
+        .bind(at)
+        .bind(&staff.id)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    if visible {
+        Ok(())
+    } else {
+        Err(Error::NotFound)
+    }
+}
+
+fn offline_from_row(row: &AnyRow) -> Result<OfflineMessage, Error> {
+    Ok(OfflineMessage {
+        id: row.try_get("id")?,
+        service: ServiceCode::parse(&row.try_get::<String, _>("service_code")?)?,
+        home: MunicipalityCode::parse(&row.try_get::<String, _>("home_code")?)?,
+        message: row.try_get("message")?,
+        name: row.try_get("name")?,
+        contact_email: row.try_get("contact_email")?,
+        contact_phone: row.try_get("contact_phone")?,
+        created_at: row.try_get("created_at")?,
+        handled_at: row.try_get("handled_at")?,
+    })
+}
+
+/// A reply staff pick from in a chat, stored per service and language.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CannedResponse {
+    pub service: ServiceCode,
+    pub language: Language,
+    pub id: String,
+    pub title: String,
+    pub text: String,
+}
+
+/// Every canned response, by service, language and their order.
+pub async fn canned_responses(db: &Db) -> Result<Vec<CannedResponse>, Error> {
+    let rows = sqlx::query(
+        "SELECT service_code, language, id, title, body FROM canned_responses \
+         ORDER BY service_code, language, position, id",
+    )
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(CannedResponse {
+                service: ServiceCode::parse(&r.try_get::<String, _>("service_code")?)?,
+                language: Language::parse(&r.try_get::<String, _>("language")?)?,
+                id: r.try_get("id")?,
+                title: r.try_get("title")?,
+                text: r.try_get("body")?,
+            })
+        })
+        .collect()
+}
+
+/// Stores `responses` for their service and language, in the order given,
+/// except for a service and language that has responses already; returns
+/// how many were stored. Two nodes starting at once store them once.
+pub async fn add_canned_responses(
+    db: &Db,
+    responses: &[CannedResponse],
+) -> Result<usize, Error> {
+    let _turn = db.write_turn().await;
+    let mut tx = db.pool().begin().await?;
+    let mut stored = 0;
+    let mut decided: Vec<((ServiceCode, Language), bool)> = Vec::new();
+    for (position, response) in responses.iter().enumerate() {
+        let key = (response.service.clone(), response.language);
+        let wanted = match decided.iter().find(|(k, _)| *k == key) {
+            Some((_, wanted)) => *wanted,
+            None => {
+                let existing: i64 = sqlx::query(
+                    "SELECT COUNT(*) AS n FROM canned_responses WHERE service_code = $1 AND language = $2",
+                )
+                .bind(response.service.as_str())
+                .bind(response.language.code())
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("n")?;
+                decided.push((key, existing == 0));
+                existing == 0
+            }
+        };
+        if !wanted {
+            continue;
+        }
+        let done = sqlx::query(
+            "INSERT INTO canned_responses (service_code, language, id, position, title, body) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(response.service.as_str())
+        .bind(response.language.code())
+        .bind(&response.id)
+        .bind(i64::try_from(position).unwrap_or(i64::MAX))
+        .bind(&response.title)
+        .bind(&response.text)
+        .execute(&mut *tx)
+        .await?;
+        stored += usize::try_from(done.rows_affected()).unwrap_or(0);
+    }
+    tx.commit().await?;
+    Ok(stored)
+}
+
+/// The most days of free times one chat's offer may look through.
+pub const MAX_OFFER_DAYS: i64 = 14;
+
+/// The free times staff may offer in the chat `room`: times of its service
+/// (or of `service`, another one they handle) for its resident's home
+/// municipality under the policy, within `dates`, each with the
+/// municipalities that could perform it. Only the staff member the chat is
+/// assigned to may ask; for anyone else, and for a chat that does not
+/// exist, it is `NotFound`. Either way it is audit-logged, since it tells
+/// staff where the resident lives.
+pub async fn free_times_for_chat(
+    db: &Db,
+    staff: &Staff,
+    room: &str,
+    service: Option<&ServiceCode>,
+    dates: DateRange,
+    now: Timestamp,
+) -> Result<Vec<FreeTimeAt>, Error> {
+    let dates = dates.at_most(MAX_OFFER_DAYS)?;
+    let entry = events::queue_entry(db, room).await?;
+    let holds = entry
+        .as_ref()
+        .is_some_and(|e| e.state == "assigned" && e.staff.as_deref() == Some(staff.id.as_str()));
+    let service = match (holds, service, &entry) {
+        (true, None, Some(e)) => Some(ServiceCode::parse(&e.service)?),
+        (true, Some(other), _) if staff.handles(other) => Some(other.clone()),
+        _ => None,
+    };
+    let resident_id = entry
+        .as_ref()
+        .filter(|_| service.is_some())
+        .and_then(|e| e.resident.strip_prefix("resident:"));
+    let home = entry
+        .as_ref()
+        .filter(|_| service.is_some())
+        .map(|e| e.home_municipality.as_str());
+    let actor = Actor::Staff(staff.id.clone());
+    let record = Entry {
+        actor: &actor,
+        action: "chat.free_times",
+        subject: room.chars().take(140).collect(),
+        resident_id,
+        on_behalf_of: home,
+        rule: None,
+        agreement_id: None,
+        outcome: if service.is_some() {
+            Outcome::Allowed
+        } else {
+            Outcome::Denied
+        },
+    };
+    audit::record_now(db, &record, now.as_second()).await?;
+    let (Some(service), Some(home)) = (service, home) else {
+        return Err(Error::NotFound);
+    };
+    let query = SearchQuery {
+        service,
+        home: MunicipalityCode::parse(home)?,
+        dates,
+        language: None,
+    };
+    search_with_municipalities(db, &query, now).await
 }

@@ -302,6 +302,69 @@ impl PersonName {
 }
 string_newtype_serde!(PersonName);
 
+/// A telephone number as a resident writes it, for being called back:
+/// digits with spaces, dashes, parentheses and a leading `+`, 6 to 15
+/// digits (E.164's most), at most 32 characters in all. Kept as written.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PhoneNumber(String);
+
+impl PhoneNumber {
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let trimmed = raw.trim();
+        let digits = trimmed.chars().filter(char::is_ascii_digit).count();
+        let shaped = trimmed.chars().enumerate().all(|(i, c)| {
+            c.is_ascii_digit() || matches!(c, ' ' | '-' | '(' | ')') || (c == '+' && i == 0)
+        });
+        if shaped && (6..=15).contains(&digits) && trimmed.len() <= 32 {
+            Ok(PhoneNumber(trimmed.to_owned()))
+        } else {
+            Err(invalid(
+                "contact_phone",
+                "a telephone number is 6 to 15 digits, with spaces, dashes, parentheses and a leading +",
+            ))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+string_newtype_serde!(PhoneNumber);
+
+/// What a resident writes to the social services outside a chat (the
+/// offline form): trimmed, 1 to [`MessageText::MAX_CHARS`] characters, with
+/// no control characters but line breaks and tabs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MessageText(String);
+
+impl MessageText {
+    /// The longest message, in characters.
+    pub const MAX_CHARS: usize = 2000;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let trimmed = raw.trim();
+        let chars = trimmed.chars().count();
+        if chars == 0 {
+            Err(invalid("message", "a message is needed"))
+        } else if chars > Self::MAX_CHARS {
+            Err(invalid(
+                "message",
+                format!("at most {} characters", Self::MAX_CHARS),
+            ))
+        } else if trimmed
+            .chars()
+            .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+        {
+            Err(invalid("message", "a message cannot hold control characters"))
+        } else {
+            Ok(MessageText(trimmed.to_owned()))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+string_newtype_serde!(MessageText);
+
 /// The invisible characters that change the direction of the text around
 /// them (Unicode's bidirectional formatting characters).
 fn is_direction_control(c: char) -> bool {
@@ -509,6 +572,26 @@ mod tests {
         ] {
             assert!(EmailAddress::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn phone_numbers() {
+        for ok in ["070-123 45 67", "+46 (0)70 123 45 67", "0951 14000", "123456"] {
+            assert_eq!(PhoneNumber::parse(ok).unwrap().as_str(), ok.trim(), "{ok}");
+        }
+        for bad in ["", "12345", "070 123 45 67 89 01 23", "46+70123456", "070-CALL-ME", "0701234567; DROP"] {
+            assert!(PhoneNumber::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn message_texts() {
+        assert_eq!(MessageText::parse("  Hej!\nRing mig.  ").unwrap().as_str(), "Hej!\nRing mig.");
+        assert!(MessageText::parse(" \n ").is_err());
+        let longest = "ä".repeat(MessageText::MAX_CHARS);
+        assert!(MessageText::parse(&longest).is_ok(), "counted in characters");
+        assert!(MessageText::parse(&format!("{longest}a")).is_err());
+        assert!(MessageText::parse("a\u{7}b").is_err());
     }
 
     #[test]

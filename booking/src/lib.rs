@@ -27,8 +27,9 @@ pub mod throttle;
 
 pub use db::{Backend, Db, DbError};
 pub use domain::{
-    BookingStatus, DateRange, EmailAddress, InvalidValue, Language, LocalDate, MunicipalityCode,
-    NewPassword, Password, PersonName, Role, Rule, ServiceCode, SlotRange, Step,
+    BookingStatus, DateRange, EmailAddress, InvalidValue, Language, LocalDate, MessageText,
+    MunicipalityCode, NewPassword, Password, PersonName, PhoneNumber, Role, Rule, ServiceCode,
+    SlotRange, Step,
 };
 
 /// What can go wrong in the booking domain. The web layer maps each variant to

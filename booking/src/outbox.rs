@@ -116,6 +116,10 @@ pub enum Message {
     /// A resident knocks in a waiting room of a staff member who is not in
     /// the console. Link: `/staff`.
     Knock { booking_id: String, starts_at: i64 },
+    /// The sender's message from the offline form has arrived; someone
+    /// will be in touch as they asked. Names neither the service nor the
+    /// message.
+    OfflineMessageReceived,
 }
 
 impl Message {
@@ -131,6 +135,7 @@ impl Message {
             Message::ChatPickedUp { .. } => "chat_picked_up",
             Message::NoteShared => "note_shared",
             Message::Knock { .. } => "knock",
+            Message::OfflineMessageReceived => "offline_message_received",
         }
     }
 

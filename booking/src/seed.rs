@@ -10,6 +10,7 @@ use sqlx::Row;
 use crate::accounts::{self, NewStaff};
 use crate::bookings;
 use crate::catalog::{self, Municipality, Service};
+use crate::chats::CannedResponse;
 use crate::db::Db;
 use crate::domain::{
     EmailAddress, Language, MunicipalityCode, NewPassword, PersonName, Role, Rule, ServiceCode,
@@ -408,3 +409,96 @@ fn ascii_slug(name: &str) -> String {
         })
         .collect()
 }
+
+/// The canned responses every database gets for the services it has, where
+/// a service has none in a language: a greeting, one reply about the
+/// service itself and a closing, in each of Kontakt's languages. Run at
+/// every start; returns how many were stored.
+pub async fn canned_responses(db: &Db) -> Result<usize, Error> {
+    let existing: Vec<ServiceCode> = catalog::all_services(db)
+        .await?
+        .into_iter()
+        .map(|s| s.code)
+        .collect();
+    let mut responses = Vec::new();
+    for (service, topic) in CANNED_TOPICS {
+        let code = ServiceCode::parse(service)?;
+        if !existing.contains(&code) {
+            continue;
+        }
+        for (i, language) in Language::ALL.into_iter().enumerate() {
+            for (id, (title, text)) in [
+                ("welcome", CANNED_WELCOME[i]),
+                (topic.0, topic.1[i]),
+                ("closing", CANNED_CLOSING[i]),
+            ] {
+                responses.push(CannedResponse {
+                    service: code.clone(),
+                    language,
+                    id: id.to_owned(),
+                    title: title.to_owned(),
+                    text: text.to_owned(),
+                });
+            }
+        }
+    }
+    crate::chats::add_canned_responses(db, &responses).await
+}
+
+/// A canned response's title and text in sv, en, fi and ar, the order of
+/// [`Language::ALL`].
+type Canned = [(&'static str, &'static str); 4];
+
+const CANNED_WELCOME: Canned = [
+    ("Hälsning", "Hej! Jag är socialsekreterare och har tagit emot din chatt. Berätta gärna med egna ord vad du behöver hjälp med."),
+    ("Greeting", "Hello! I am a social worker and have picked up your chat. Please tell me in your own words what you need help with."),
+    ("Tervehdys", "Hei! Olen sosiaalityöntekijä ja otin chattisi vastaan. Kerro omin sanoin, missä tarvitset apua."),
+    ("تحية", "مرحبًا! أنا الأخصائي الاجتماعي وقد استلمت الدردشة. يُرجى أن تخبرنا بكلماتك ما الذي تحتاج المساعدة فيه."),
+];
+
+const CANNED_CLOSING: Canned = [
+    ("Avslut", "Tack för att du hörde av dig. Om du vill kan vi boka ett möte, eller så hör du av dig i chatten igen när du vill."),
+    ("Closing", "Thank you for getting in touch. If you like, we can book a meeting, or you can chat with us again whenever you want."),
+    ("Lopetus", "Kiitos yhteydenotostasi. Voimme halutessasi varata tapaamisen, tai voit ottaa yhteyttä chatissa uudelleen milloin tahansa."),
+    ("الختام", "شكرًا على التواصل. يمكننا حجز اجتماع إذا رغبت، أو يمكنك التواصل معنا عبر الدردشة مرة أخرى متى شئت."),
+];
+
+/// Each service's own reply: its id, and its title and text per language.
+const CANNED_TOPICS: [(&str, (&str, Canned)); 6] = [
+    ("ekonomiskt-bistand", ("household", [
+        ("Hushållet", "För att bedöma din rätt till ekonomiskt bistånd behöver vi veta hur många ni är i hushållet och vilka inkomster och utgifter ni har. Du behöver inte skicka några papper i chatten."),
+        ("Household", "To assess your right to financial assistance we need to know how many people live in your household and what your income and costs are. You do not need to send any documents in the chat."),
+        ("Kotitalous", "Arvioidaksemme oikeutesi toimeentulotukeen meidän on tiedettävä, kuinka monta henkeä taloudessasi on ja mitkä ovat tulosi ja menosi. Sinun ei tarvitse lähettää asiakirjoja chatissa."),
+        ("الأسرة", "لتقييم حقك في المساعدة المالية نحتاج إلى معرفة عدد أفراد الأسرة والدخل والمصاريف. لا حاجة إلى إرسال أي مستندات في الدردشة."),
+    ])),
+    ("stod-till-anhoriga", ("support", [
+        ("Stöd till anhöriga", "Som anhörig kan du få samtalsstöd, träffa andra i samma situation eller få avlösning. Vad skulle hjälpa dig mest just nu?"),
+        ("Support for relatives", "Relatives of someone who needs care can get someone to talk to, meet others in the same situation or get respite. What would help you most right now?"),
+        ("Tukea omaisille", "Omaisena voit saada keskusteluapua, tavata muita samassa tilanteessa olevia tai saada vapaata hoivasta. Mikä auttaisi sinua eniten juuri nyt?"),
+        ("دعم الأقارب", "يمكن للأقارب الحصول على دعم بالحديث، أو لقاء آخرين في الوضع نفسه، أو الحصول على استراحة. ما الذي يساعدك أكثر الآن؟"),
+    ])),
+    ("missbruk-beroende", ("no-pressure", [
+        ("Inga krav", "Du behöver inte ha bestämt dig för något för att prata med oss. Vi kan berätta vilket stöd som finns, och du kan vara anonym i chatten."),
+        ("No pressure", "You do not need to have decided anything to talk to us. We can tell you what support there is, and you can stay anonymous in the chat."),
+        ("Ei vaatimuksia", "Sinun ei tarvitse olla päättänyt mitään puhuaksesi kanssamme. Voimme kertoa, mitä tukea on tarjolla, ja voit pysyä chatissa nimettömänä."),
+        ("بلا ضغط", "لا يلزم أن تكون قد اتخذت أي قرار للتحدث معنا. يمكننا أن نخبرك بأنواع الدعم المتاحة، ويمكنك أن تبقى مجهول الهوية في الدردشة."),
+    ])),
+    ("vald-i-nara-relationer", ("safety", [
+        ("Säkerhet", "Är du i säkerhet just nu? Om du är i akut fara, ring 112. Du kan stänga chatten när du vill, och vi kan prata om hur du kontaktar oss på ett säkert sätt."),
+        ("Safety", "Are you safe right now? If you are in immediate danger, call 112. You can close the chat whenever you want, and we can talk about how to contact us safely."),
+        ("Turvallisuus", "Oletko nyt turvassa? Jos olet välittömässä vaarassa, soita 112. Voit sulkea chatin milloin tahansa, ja voimme keskustella siitä, miten otat meihin yhteyttä turvallisesti."),
+        ("الأمان", "هل أنت في أمان الآن؟ إذا كنت في خطر داهم، اتصل بالرقم 112. يمكنك إغلاق الدردشة متى شئت، ويمكننا التحدث عن طريقة آمنة للتواصل معنا."),
+    ])),
+    ("barn-och-familj", ("family", [
+        ("Familjestöd", "Vi kan erbjuda samtal för föräldrar och barn, föräldrastöd i grupp och stöd i vardagen. Vill du berätta lite om er familj?"),
+        ("Family support", "We can offer conversations for parents and children, parenting support in groups and support in everyday life. Would you like to tell me a little about your family?"),
+        ("Perheen tuki", "Voimme tarjota keskusteluja vanhemmille ja lapsille, vanhemmuuden tukea ryhmässä ja tukea arkeen. Haluatko kertoa hieman perheestänne?"),
+        ("دعم الأسرة", "يمكننا تقديم محادثات للوالدين والأطفال، ودعم الوالدين في مجموعات، ودعم في الحياة اليومية. هل تود أن تخبرنا قليلًا عن عائلتك؟"),
+    ])),
+    (catalog::GENERAL, ("right-help", [
+        ("Rätt hjälp", "Berätta kort vad det gäller, så ser vi till att du får rätt hjälp. Du kan också boka ett möte med en socialsekreterare."),
+        ("The right help", "Tell me briefly what it is about, and we will make sure you get the right help. You can also book a meeting with a social worker."),
+        ("Oikea apu", "Kerro lyhyesti, mistä on kyse, niin varmistamme, että saat oikeanlaista apua. Voit myös varata tapaamisen sosiaalityöntekijän kanssa."),
+        ("المساعدة المناسبة", "أخبرنا باختصار بما يتعلق الأمر، وسنتأكد من حصولك على المساعدة المناسبة. يمكنك أيضًا حجز اجتماع مع الأخصائي الاجتماعي."),
+    ])),
+];

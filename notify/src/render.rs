@@ -223,6 +223,12 @@ pub(crate) fn render_stamped(
             vec![words.body("note.body")],
             vec![my_pages],
         ),
+        // The sender may have no account: no link to "My pages".
+        Message::OfflineMessageReceived => (
+            tr("offline.subject", lang),
+            vec![words.body("offline.body")],
+            Vec::new(),
+        ),
         Message::Knock {
             booking_id: _,
             starts_at,

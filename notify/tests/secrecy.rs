@@ -97,6 +97,7 @@ fn every_message() -> Vec<Message> {
             booking_id: "0b7c".into(),
             starts_at: start,
         },
+        Message::OfflineMessageReceived,
     ]
 }
 
@@ -175,7 +176,7 @@ fn no_mail_in_any_language_names_a_service_municipality_staff_member_chat_or_not
             checked += 1;
         }
     }
-    assert_eq!(checked, 9 * 4);
+    assert_eq!(checked, 10 * 4);
 }
 
 /// Discreet mode: under every neutral title, in every language, no mail
@@ -202,7 +203,7 @@ fn no_discreet_mail_in_any_language_names_the_social_services() {
             }
         }
     }
-    assert_eq!(checked, 8 * 4 * 3);
+    assert_eq!(checked, 9 * 4 * 3);
 }
 
 /// The discreet check is only worth something if an ordinary mail, which

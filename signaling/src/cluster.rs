@@ -110,6 +110,21 @@ pub(crate) enum Input {
     CancelMeeting {
         room: RoomId,
     },
+    /// A question for the owner's queue, answered as JSON on `reply`.
+    TransferCandidates {
+        room: RoomId,
+        staff: StaffId,
+        reply: String,
+    },
+}
+
+/// The subject on which a follower waits for the owner's answer to one
+/// question.
+pub(crate) fn reply_subject(cluster: &str, node: &str) -> String {
+    format!(
+        "kontakt.{cluster}.reply.{node}.{}",
+        uuid::Uuid::new_v4().simple()
+    )
 }
 
 /// A message for one connection, as it crosses from the owner to the node

@@ -22,8 +22,8 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::bus::{room_subject, Bus, BusError, Subscription};
 use crate::cluster::{
-    input_subject, node_subject, Delivery, Envelope, Input, Lease, MeetingSpec, LEASE_EVERY,
-    LEASE_TTL,
+    input_subject, node_subject, reply_subject, Delivery, Envelope, Input, Lease, MeetingSpec,
+    LEASE_EVERY, LEASE_TTL,
 };
 use crate::ids::{
     BookingId, ConnectionId, InvitationToken, MunicipalityCode, PartyId, ResidentId, RoomId,
@@ -31,7 +31,7 @@ use crate::ids::{
 };
 use crate::outbound::{AdHocMeeting, AuditEntry, Outbound};
 use crate::protocol::{
-    BookingOutcome, CannedResponse, ClientMessage, CloseReason, ErrorCode, Participant,
+    BookingOutcome, CannedResponse, ClientMessage, CloseReason, ErrorCode, Language, Participant,
     ServerMessage, TurnCredentials,
 };
 use crate::queue::{NewConversation, Queue, QueueInput, QueueSettings, StaffProfile};
@@ -132,6 +132,8 @@ pub enum HubError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Bus(#[from] BusError),
+    #[error("the node that owns the queue did not answer")]
+    NoAnswer,
 }
 
 /// The real-time hub. Cloning it is cheap and shares the same state.
@@ -915,6 +917,14 @@ impl Hub {
                     tracing::warn!(%room, error = %e, "opening a forwarded meeting room failed");
                 }
             }
+            Input::TransferCandidates { room, staff, reply } => {
+                let answer = state.queue.transfer_candidates(&room, &staff);
+                drop(state);
+                let payload = serde_json::to_vec(&answer).expect("ids always serialise");
+                if let Err(e) = self.shared.bus.publish(&reply, payload).await {
+                    tracing::warn!(%room, error = %e, "answering a follower failed");
+                }
+            }
             Input::CancelMeeting { room } => {
                 let Some(meeting) = state.rooms.get_mut(&room) else {
                     return;
@@ -939,14 +949,51 @@ impl Hub {
         }
     }
 
-    /// Sets the canned responses staff can pick from for a service.
-    pub async fn set_canned_responses(&self, service: ServiceId, responses: Vec<CannedResponse>) {
+    /// The colleagues `staff` may hand `room` to now (see
+    /// [`Queue::transfer_candidates`]); `None` unless the chat is open and
+    /// theirs. A follower asks the owner over the bus.
+    pub async fn transfer_candidates(
+        &self,
+        room: &RoomId,
+        staff: &StaffId,
+    ) -> Result<Option<Vec<StaffId>>, HubError> {
+        let state = self.shared.state.lock().await;
+        if matches!(state.role, Role::Owner) {
+            return Ok(state.queue.transfer_candidates(room, staff));
+        }
+        drop(state);
+        let cluster = self.shared.cluster.as_ref().expect("only a cluster has followers");
+        let reply = reply_subject(&cluster.name, &self.shared.node);
+        let mut answers = self.shared.bus.subscribe(&reply).await?;
+        self.forward(Input::TransferCandidates {
+            room: room.clone(),
+            staff: staff.clone(),
+            reply,
+        })
+        .await?;
+        let answer = tokio::time::timeout(REPLY_WITHIN, futures::StreamExt::next(&mut answers))
+            .await
+            .ok()
+            .flatten()
+            .ok_or(HubError::NoAnswer)?;
+        serde_json::from_slice(&answer).map_err(|_| HubError::NoAnswer)
+    }
+
+    /// Sets the canned responses staff can pick from for a service in a
+    /// language. Every node of a cluster keeps its own copy, as any of them
+    /// may come to own the queue.
+    pub async fn set_canned_responses(
+        &self,
+        service: ServiceId,
+        language: Language,
+        responses: Vec<CannedResponse>,
+    ) {
         self.shared
             .state
             .lock()
             .await
             .canned
-            .insert(service, responses);
+            .insert((service, language), responses);
     }
 
     /// Events of a room as they happen, as JSON frames, from any node. The
@@ -1286,6 +1333,9 @@ struct Shared {
     node: String,
 }
 
+/// How long a follower waits for the owner to answer a question.
+const REPLY_WITHIN: Duration = Duration::from_secs(2);
+
 /// The bus subject on which nodes tell each other about knocks.
 const KNOCK_SUBJECT: &str = "kontakt.knocks";
 
@@ -1324,7 +1374,7 @@ struct HubState {
     connections: HashMap<ConnectionId, Connection>,
     rooms: HashMap<RoomId, Room>,
     queue: Queue,
-    canned: BTreeMap<ServiceId, Vec<CannedResponse>>,
+    canned: BTreeMap<(ServiceId, Language), Vec<CannedResponse>>,
     role: Role,
     /// Meeting rooms opened through this node, told again to a new owner.
     specs: HashMap<RoomId, MeetingSpec>,
@@ -1491,7 +1541,7 @@ fn route(
                 now,
             )
         }
-        M::CannedList { service } => {
+        M::CannedList { service, language } => {
             let allowed = matches!(identity, Identity::Staff { may_handle, .. } if may_handle.contains(service));
             if !allowed {
                 return reply(ServerMessage::error(
@@ -1500,9 +1550,25 @@ fn route(
                     None,
                 ));
             }
-            let responses = state.canned.get(service).cloned().unwrap_or_default();
+            let asked = language.unwrap_or_default();
+            // A language without responses of its own gets the Swedish ones.
+            let language = if state
+                .canned
+                .get(&(service.clone(), asked))
+                .is_some_and(|r| !r.is_empty())
+            {
+                asked
+            } else {
+                Language::Sv
+            };
+            let responses = state
+                .canned
+                .get(&(service.clone(), language))
+                .cloned()
+                .unwrap_or_default();
             return reply(ServerMessage::CannedResponses {
                 service: service.clone(),
+                language,
                 responses,
             });
         }
@@ -1515,6 +1581,19 @@ fn route(
     if let Identity::Guest { room: own, .. } = identity {
         // A guest link opens one room and nothing else.
         if *own != room {
+            return not_found(&room);
+        }
+    }
+    if let Identity::Anonymous { conversation } = identity {
+        // A token for one chat opens that chat and the meeting rooms it
+        // was escalated to, whose resident is this chat's, and nothing else.
+        let party = identity.party();
+        let own = *conversation == room
+            || state
+                .rooms
+                .get(&room)
+                .is_some_and(|meeting| meeting.setup().resident == party);
+        if !own {
             return not_found(&room);
         }
     }
@@ -1629,7 +1708,11 @@ fn route(
             room,
             meeting_room: new_room_id("adhoc"),
         },
-        M::ChatClose { .. } => QueueInput::Close { conn, room },
+        M::ChatClose { outcome, .. } => QueueInput::Close {
+            conn,
+            room,
+            outcome,
+        },
         _ => {
             return reply(ServerMessage::error(
                 ErrorCode::InvalidState,

@@ -120,12 +120,22 @@ pub enum ClientMessage {
     /// Staff move the chat to video at once; this opens an ad-hoc room.
     #[serde(rename = "chat.escalate_video")]
     ChatEscalateVideo { room: RoomId },
-    /// Either side closes the chat.
+    /// Either side closes the chat. Staff say how it ended; a resident
+    /// closes without.
     #[serde(rename = "chat.close")]
-    ChatClose { room: RoomId },
-    /// Staff ask for the canned responses of a service.
+    ChatClose {
+        room: RoomId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        outcome: Option<ChatOutcome>,
+    },
+    /// Staff ask for the canned responses of a service, in a language
+    /// (Swedish when none is given).
     #[serde(rename = "canned.list")]
-    CannedList { service: ServiceId },
+    CannedList {
+        service: ServiceId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        language: Option<Language>,
+    },
     #[serde(rename = "ping")]
     Ping,
 }
@@ -173,6 +183,10 @@ pub enum ServerMessage {
         message: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         room: Option<RoomId>,
+        /// The chat message refused, so that the client can keep its text
+        /// and say which one it was.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<ClientMsgId>,
     },
     /// One event of a room's history. Every such event has a per-room `seq`
     /// without gaps; a party sees the ones it was entitled to see.
@@ -292,9 +306,13 @@ pub enum ServerMessage {
         room: RoomId,
         reason: UnassignReason,
     },
+    /// The canned responses of a service in a language: those of that
+    /// language, or the Swedish ones when it has none.
     #[serde(rename = "canned.responses")]
     CannedResponses {
         service: ServiceId,
+        #[serde(default)]
+        language: Language,
         responses: Vec<CannedResponse>,
     },
     #[serde(rename = "pong")]
@@ -342,7 +360,26 @@ pub enum RoomEvent {
     },
     Ended {
         by: PartyId,
+        /// How staff closed a chat; none for a meeting, or a chat the
+        /// resident closed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        outcome: Option<ChatOutcome>,
     },
+}
+
+/// How a pre-assessment chat ended, as the staff member who closed it
+/// says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChatOutcome {
+    /// The question was answered in the chat.
+    Resolved,
+    /// A meeting was booked.
+    Booked,
+    /// The resident was referred elsewhere.
+    Referred,
+    /// The resident was gone before anyone could help.
+    NoContact,
 }
 
 /// How a party is shown to others in a room.
@@ -423,6 +460,37 @@ pub struct QueueEntryView {
     pub enqueued_at: i64,
 }
 
+/// The languages Kontakt speaks, for canned responses. Swedish is the
+/// default.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Language {
+    #[default]
+    Sv,
+    En,
+    Fi,
+    Ar,
+}
+
+impl Language {
+    pub const ALL: [Language; 4] = [Language::Sv, Language::En, Language::Fi, Language::Ar];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Language::Sv => "sv",
+            Language::En => "en",
+            Language::Fi => "fi",
+            Language::Ar => "ar",
+        }
+    }
+
+    pub fn parse(code: &str) -> Option<Language> {
+        Language::ALL.into_iter().find(|l| l.code() == code)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CannedResponse {
     pub id: String,
@@ -484,6 +552,10 @@ pub enum ErrorCode {
     InvitationInvalid,
     NotEligible,
     InvalidState,
+    /// A well-formed message whose content cannot be taken: chat text over
+    /// the limit or blank, or a staff member's close without an outcome.
+    /// Nothing of it was stored; the client keeps what it had.
+    Invalid,
     /// The endpoint must handle this message itself (see `queue.open`).
     NotHandledHere,
     StorageUnavailable,
@@ -506,6 +578,14 @@ pub enum ProtocolError {
     UnsupportedVersion(u64),
     #[error("too many messages")]
     RateLimited,
+    /// A chat message the protocol cannot take; it is answered in its room
+    /// and under its `client_id`.
+    #[error("{reason}")]
+    InvalidChat {
+        reason: String,
+        room: RoomId,
+        client_id: ClientMsgId,
+    },
 }
 
 impl ProtocolError {
@@ -518,6 +598,7 @@ impl ProtocolError {
             ProtocolError::UnknownType(_) => ErrorCode::UnknownType,
             ProtocolError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
             ProtocolError::RateLimited => ErrorCode::RateLimited,
+            ProtocolError::InvalidChat { .. } => ErrorCode::Invalid,
         }
     }
 
@@ -537,7 +618,17 @@ impl ProtocolError {
 
     /// The `error` frame to send for this error.
     pub fn to_message(&self) -> ServerMessage {
-        ServerMessage::error(self.code(), self.to_string(), None)
+        match self {
+            ProtocolError::InvalidChat {
+                room, client_id, ..
+            } => ServerMessage::Error {
+                code: self.code(),
+                message: self.to_string(),
+                room: Some(room.clone()),
+                client_id: Some(client_id.clone()),
+            },
+            _ => ServerMessage::error(self.code(), self.to_string(), None),
+        }
     }
 }
 
@@ -547,6 +638,7 @@ impl ServerMessage {
             code,
             message: message.into(),
             room,
+            client_id: None,
         }
     }
 
@@ -600,7 +692,7 @@ impl ClientMessage {
             | QueueTransfer { room, .. }
             | ChatOfferTimes { room, .. }
             | ChatEscalateVideo { room }
-            | ChatClose { room } => Some(room),
+            | ChatClose { room, .. } => Some(room),
             QueueOpen { .. } | StaffAvailability { .. } | CannedList { .. } | Ping => None,
         }
     }
@@ -611,14 +703,24 @@ pub fn parse_client_frame(text: &str) -> Result<ClientMessage, ProtocolError> {
     let value = versioned_object(text, CLIENT_MESSAGE_TYPES)?;
     let message: ClientMessage =
         serde_json::from_value(value).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
-    if let ClientMessage::ChatSend { text, .. } = &message {
+    if let ClientMessage::ChatSend {
+        text,
+        room,
+        client_id,
+    } = &message
+    {
+        let refuse = |reason: String| ProtocolError::InvalidChat {
+            reason,
+            room: room.clone(),
+            client_id: client_id.clone(),
+        };
         if text.chars().count() > MAX_CHAT_CHARS {
-            return Err(ProtocolError::Malformed(format!(
+            return Err(refuse(format!(
                 "chat text is longer than {MAX_CHAT_CHARS} characters"
             )));
         }
         if text.trim().is_empty() {
-            return Err(ProtocolError::Malformed("chat text is empty".into()));
+            return Err(refuse("chat text is empty".into()));
         }
     }
     Ok(message)
@@ -770,11 +872,15 @@ mod tests {
         );
         check(
             r#"{"v":1,"type":"chat.send","room":"r","client_id":"c","text":"  "}"#,
-            Err(ErrorCode::Malformed),
+            Err(ErrorCode::Invalid),
         );
         let long = "a".repeat(MAX_CHAT_CHARS + 1);
         check(
             &format!(r#"{{"v":1,"type":"chat.send","room":"r","client_id":"c","text":"{long}"}}"#),
+            Err(ErrorCode::Invalid),
+        );
+        check(
+            r#"{"v":1,"type":"chat.close","room":"r","outcome":"happy"}"#,
             Err(ErrorCode::Malformed),
         );
         let huge = format!(
@@ -782,6 +888,24 @@ mod tests {
             "x".repeat(MAX_FRAME_BYTES)
         );
         check(&huge, Err(ErrorCode::TooLarge));
+    }
+
+    #[test]
+    fn a_refused_chat_message_is_answered_in_its_room_under_its_client_id() {
+        let long = "ä".repeat(MAX_CHAT_CHARS + 1);
+        let frame =
+            format!(r#"{{"v":1,"type":"chat.send","room":"chat:1","client_id":"c7","text":"{long}"}}"#);
+        let error = parse_client_frame(&frame).unwrap_err();
+        assert_eq!(error.close_code(), None, "the connection stays usable");
+        let answer = error.to_message().to_frame();
+        assert_eq!(
+            answer,
+            r#"{"client_id":"c7","code":"invalid","message":"chat text is longer than 4000 characters","room":"chat:1","type":"error","v":1}"#
+        );
+        let exact = "ä".repeat(MAX_CHAT_CHARS);
+        let frame =
+            format!(r#"{{"v":1,"type":"chat.send","room":"chat:1","client_id":"c7","text":"{exact}"}}"#);
+        assert!(parse_client_frame(&frame).is_ok(), "the limit is in characters");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::ids::{
 };
 use crate::outbound::{send, AdHocMeeting, AuditAction, AuditEntry, Outbound};
 use crate::protocol::{
-    CloseReason, ErrorCode, OfferedTime, Participant, PresenceState, QueueEntryView, Role,
+    ChatOutcome, CloseReason, ErrorCode, OfferedTime, Participant, PresenceState, QueueEntryView, Role,
     RoomEvent, ServerMessage, UnassignReason,
 };
 use crate::room::ClockAnchor;
@@ -147,9 +147,11 @@ pub enum QueueInput {
         room: RoomId,
         meeting_room: RoomId,
     },
+    /// Staff must say how the chat ended; a resident's outcome is ignored.
     Close {
         conn: ConnectionId,
         room: RoomId,
+        outcome: Option<ChatOutcome>,
     },
     /// Time passed: answer timeouts and abandoned chats.
     Tick,
@@ -263,6 +265,28 @@ impl Queue {
 
     pub fn last_seq(&self, room: &RoomId) -> Option<Seq> {
         self.conversations.get(room).map(|c| c.history.last_seq())
+    }
+
+    /// The colleagues `staff` may hand `room` to now: online, available,
+    /// eligible for it and under their limit, by id. `None` unless `room`
+    /// is open and assigned to `staff`: nobody else may ask.
+    pub fn transfer_candidates(&self, room: &RoomId, staff: &StaffId) -> Option<Vec<StaffId>> {
+        let conversation = self.conversations.get(room)?;
+        if conversation.record.state != EntryState::Assigned(staff.clone()) {
+            return None;
+        }
+        Some(
+            self.staff
+                .values()
+                .filter(|s| {
+                    s.profile.id != *staff
+                        && s.is_online()
+                        && is_eligible(s, &conversation.record)
+                        && s.load(&self.conversations) < s.max_chats as usize
+                })
+                .map(|s| s.profile.id.clone())
+                .collect(),
+        )
     }
 
     /// When [`QueueInput::Tick`] next has something to do.
@@ -408,7 +432,11 @@ impl Queue {
                     self.append(&room, RoomEvent::VideoOpened { meeting_room }, at, &mut out);
                 }
             }
-            QueueInput::Close { conn, room } => self.close(conn, room, at, now, &mut out),
+            QueueInput::Close {
+                conn,
+                room,
+                outcome,
+            } => self.close(conn, room, outcome, at, now, &mut out),
             QueueInput::Tick => self.tick(now, &mut out),
         }
         out
@@ -676,13 +704,9 @@ impl Queue {
         let Some(from) = self.assigned_staff_conn(conn, &room, out) else {
             return;
         };
-        let record = &self.conversations[&room].record;
-        let target_ok = self.staff.get(&to).is_some_and(|s| {
-            to != from
-                && is_eligible(s, record)
-                && s.is_online()
-                && s.load(&self.conversations) < s.max_chats as usize
-        });
+        let target_ok = self
+            .transfer_candidates(&room, &from)
+            .is_some_and(|candidates| candidates.contains(&to));
         if !target_ok {
             out.push(error(
                 conn,
@@ -786,6 +810,7 @@ impl Queue {
         &mut self,
         conn: ConnectionId,
         room: RoomId,
+        outcome: Option<ChatOutcome>,
         at: i64,
         now: Instant,
         out: &mut Vec<Outbound>,
@@ -797,7 +822,18 @@ impl Queue {
             self.leave(conn, room, out);
             return;
         }
-        self.append(&room, RoomEvent::Ended { by: party }, at, out);
+        let by_resident = party == self.conversations[&room].record.resident;
+        if !by_resident && outcome.is_none() {
+            out.push(error(
+                conn,
+                ErrorCode::Invalid,
+                "say how the chat ended: resolved, booked, referred or no_contact",
+                Some(room),
+            ));
+            return;
+        }
+        let outcome = if by_resident { None } else { outcome };
+        self.append(&room, RoomEvent::Ended { by: party, outcome }, at, out);
         let conversation = self.conversations.remove(&room).expect("checked");
         let mut record = conversation.record.clone();
         record.state = EntryState::Closed;
@@ -1486,6 +1522,7 @@ mod tests {
             QueueInput::Close {
                 conn: c(A),
                 room: room(1),
+                outcome: Some(ChatOutcome::Resolved),
             },
         );
         assert!(out.contains("closed chat:1"), "{out}");
@@ -1604,6 +1641,40 @@ mod tests {
     }
 
     #[test]
+    fn transfer_candidates_are_online_eligible_colleagues_under_their_limit() {
+        let mut h = Harness::new(QueueMode::Manual, 1);
+        h.open(0, 1);
+        h.open(0, 2);
+        let candidates = |h: &Harness, who: &str| {
+            h.queue
+                .transfer_candidates(&room(1), &StaffId::parse(who).unwrap())
+                .map(|list| list.iter().map(|s| s.as_str().to_owned()).collect::<Vec<_>>())
+        };
+        // Nobody may ask about a chat that is not theirs.
+        assert_eq!(candidates(&h, "a"), None);
+        h.at(1, QueueInput::Claim { conn: c(A), room: room(1) });
+        assert_eq!(candidates(&h, "a"), Some(vec!["b".to_owned()]), "x is excluded");
+        assert_eq!(candidates(&h, "b"), None);
+        // A colleague at their limit is no candidate, nor one gone offline.
+        h.at(2, QueueInput::Claim { conn: c(B), room: room(2) });
+        assert_eq!(candidates(&h, "a"), Some(Vec::new()));
+        h.at(3, QueueInput::Availability { conn: c(B), available: true, max_chats: 2 });
+        assert_eq!(candidates(&h, "a"), Some(vec!["b".to_owned()]));
+        h.at(4, QueueInput::Availability { conn: c(B), available: false, max_chats: 2 });
+        assert_eq!(candidates(&h, "a"), Some(Vec::new()));
+        let out = h.at(
+            5,
+            QueueInput::Transfer {
+                conn: c(A),
+                room: room(1),
+                to: StaffId::parse("b").unwrap(),
+            },
+        );
+        assert!(out.contains("not_eligible"), "{out}");
+        assert_eq!(h.state(1), staff("a"));
+    }
+
+    #[test]
     fn chat_dedups_and_sends_typing_and_read_receipts() {
         let mut h = Harness::new(QueueMode::Manual, 2);
         h.open(0, 1);
@@ -1686,6 +1757,45 @@ mod tests {
                 r#"c1 event {"event":{"client_id":"m1","from":"resident:r1","kind":"chat","role":"resident","sent_at":2,"text":"Hej"},"seq":2}"#,
             ]
             .join("\n")
+        );
+    }
+
+    #[test]
+    fn staff_close_with_an_outcome_and_residents_without() {
+        let mut h = Harness::new(QueueMode::Manual, 2);
+        h.open(0, 1);
+        h.open(0, 2);
+        for n in [1, 2] {
+            h.at(
+                1,
+                QueueInput::Claim {
+                    conn: c(A),
+                    room: room(n),
+                },
+            );
+        }
+        let close = |conn: u64, n: u64, outcome: Option<ChatOutcome>| QueueInput::Close {
+            conn: c(conn),
+            room: room(n),
+            outcome,
+        };
+        // Without an outcome nothing happens but the answer.
+        assert_eq!(
+            h.at(2, close(A, 1, None)),
+            r#"c1 error {"code":"invalid","message":"say how the chat ended: resolved, booked, referred or no_contact"}"#
+        );
+        assert_eq!(h.state(1), staff("a"));
+        let out = h.at(3, close(A, 1, Some(ChatOutcome::NoContact)));
+        assert!(
+            out.contains(r#"c11 event {"event":{"by":"staff:a","kind":"ended","outcome":"no_contact"},"seq":2}"#),
+            "{out}"
+        );
+        assert!(out.contains("closed chat:1"), "{out}");
+        // A resident's outcome is not theirs to give.
+        let out = h.at(4, close(R2, 2, Some(ChatOutcome::Resolved)));
+        assert!(
+            out.contains(r#"c12 event {"event":{"by":"resident:r2","kind":"ended"},"seq":2}"#),
+            "{out}"
         );
     }
 

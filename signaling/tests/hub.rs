@@ -624,6 +624,156 @@ async fn escalating_a_chat_opens_a_room_the_resident_enters_directly() {
     );
 }
 
+/// The meeting room a `video_opened` event in `room` names, read from `rx`.
+async fn video_opened(rx: &mut Receiver<ServerMessage>, room: &RoomId) -> RoomId {
+    let (opened, _) = expect(rx, "video opened", |m| {
+        matches!(
+            m,
+            ServerMessage::Event {
+                room: r,
+                event: signaling::protocol::RoomEvent::VideoOpened { .. },
+                ..
+            } if r == room
+        )
+    })
+    .await;
+    let ServerMessage::Event {
+        event: signaling::protocol::RoomEvent::VideoOpened { meeting_room },
+        ..
+    } = opened
+    else {
+        unreachable!()
+    };
+    meeting_room
+}
+
+#[tokio::test]
+async fn an_anonymous_resident_acts_in_their_one_chat_and_the_video_it_became_only() {
+    let (hub, _) = hub_with(Arc::new(MemoryStore::new()));
+    let request = || ConversationRequest {
+        service: id("stod"),
+        home_municipality: id("0181"),
+        eligible_municipalities: BTreeSet::from([id("0180")]),
+    };
+    let (a, mut arx) = hub.connect(staff("a", "0180")).await;
+    hub.handle(
+        a,
+        ClientMessage::StaffAvailability {
+            available: true,
+            max_chats: 2,
+        },
+    )
+    .await;
+    let (r, _rrx) = hub.connect(resident("r1")).await;
+    let others = hub.open_conversation(r, request()).await.unwrap();
+    let own: RoomId = id("chat:anon1");
+    let (x, mut xrx) = hub
+        .connect(Identity::Anonymous {
+            conversation: own.clone(),
+        })
+        .await;
+    let opened = hub.open_conversation(x, request()).await.unwrap();
+    assert_eq!(opened, own, "an anonymous chat's room is its token's");
+    hub.handle(a, ClientMessage::QueueClaim { room: own.clone() })
+        .await;
+    hub.handle(a, ClientMessage::ChatEscalateVideo { room: own.clone() })
+        .await;
+    let own_video = video_opened(&mut xrx, &own).await;
+    hub.handle(x, join(own_video.as_str())).await;
+    let (joined, _) = expect(&mut xrx, "joined", |m| {
+        matches!(m, ServerMessage::Joined { .. })
+    })
+    .await;
+    assert!(matches!(
+        joined,
+        ServerMessage::Joined {
+            state: signaling::protocol::PresenceState::Admitted,
+            ..
+        }
+    ));
+    expect(&mut xrx, "TURN credentials", |m| {
+        matches!(m, ServerMessage::TurnCredentials { .. })
+    })
+    .await;
+    // Someone else's chat, and the meeting room it became, answer as if
+    // they did not exist.
+    hub.handle(a, ClientMessage::QueueClaim { room: others.clone() })
+        .await;
+    hub.handle(
+        a,
+        ClientMessage::ChatEscalateVideo {
+            room: others.clone(),
+        },
+    )
+    .await;
+    let others_video = video_opened(&mut arx, &others).await;
+    for (room, message) in [
+        (others.clone(), join(others.as_str())),
+        (
+            others.clone(),
+            ClientMessage::Resume {
+                room: others.clone(),
+                last_seq: 0,
+            },
+        ),
+        (others.clone(), chat(others.as_str(), "x1", "hello?")),
+        (others_video.clone(), join(others_video.as_str())),
+    ] {
+        hub.handle(x, message).await;
+        let (answer, _) = expect(&mut xrx, "an error", |m| {
+            matches!(m, ServerMessage::Error { .. })
+        })
+        .await;
+        assert_eq!(
+            answer,
+            ServerMessage::error(ErrorCode::NotFound, "no such room", Some(room))
+        );
+    }
+}
+
+#[tokio::test]
+async fn canned_responses_are_per_service_and_language_with_swedish_to_fall_back_on() {
+    use signaling::protocol::{CannedResponse, Language};
+    let (hub, _) = hub_with(Arc::new(MemoryStore::new()));
+    let reply = |title: &str| CannedResponse {
+        id: "welcome".into(),
+        title: title.into(),
+        text: "...".into(),
+    };
+    hub.set_canned_responses(id("stod"), Language::Sv, vec![reply("Hälsning")])
+        .await;
+    hub.set_canned_responses(id("stod"), Language::Fi, vec![reply("Tervehdys")])
+        .await;
+    let (a, mut arx) = hub.connect(staff("a", "0180")).await;
+    for (asked, got, title) in [
+        (None, Language::Sv, "Hälsning"),
+        (Some(Language::Fi), Language::Fi, "Tervehdys"),
+        (Some(Language::Ar), Language::Sv, "Hälsning"),
+    ] {
+        hub.handle(
+            a,
+            ClientMessage::CannedList {
+                service: id("stod"),
+                language: asked,
+            },
+        )
+        .await;
+        let (answer, _) = expect(&mut arx, "canned responses", |m| {
+            matches!(m, ServerMessage::CannedResponses { .. })
+        })
+        .await;
+        assert_eq!(
+            answer,
+            ServerMessage::CannedResponses {
+                service: id("stod"),
+                language: got,
+                responses: vec![reply(title)],
+            },
+            "asked for {asked:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn room_events_reach_bus_subscribers() {
     let (hub, _) = hub_with(Arc::new(MemoryStore::new()));

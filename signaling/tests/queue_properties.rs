@@ -121,6 +121,9 @@ fn inputs(step: &Step, now: &mut Instant) -> Vec<QueueInput> {
         Step::Close(c, r) => vec![QueueInput::Close {
             conn: conn(*c),
             room: room(*r),
+            // Every other close by staff lacks its outcome, and must be
+            // refused without harm.
+            outcome: (c % 2 == 0).then_some(signaling::protocol::ChatOutcome::Referred),
         }],
         Step::Leave(n) => vec![QueueInput::Leave {
             conn: resident_conn(*n),

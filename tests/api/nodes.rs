@@ -166,6 +166,11 @@ async fn a_chat_opened_on_one_node_is_claimed_once_from_either_when_nats_url_is_
     );
     let mut on_b = Client::open(b, &b.staff_token(lycksele[0].email.as_str()).await).await;
     let mut on_a = Client::open(a, &a.staff_token(lycksele[1].email.as_str()).await).await;
+    for console in [&mut on_b, &mut on_a] {
+        console
+            .send(json!({"type": "staff.availability", "available": true, "max_chats": 2}))
+            .await;
+    }
     let anna = a.resident("anna@example.se").await;
     let mut resident = Client::open(a, &a.resident_token(&anna).await).await;
 
@@ -210,6 +215,25 @@ async fn a_chat_opened_on_one_node_is_claimed_once_from_either_when_nats_url_is_
     let answered = say(winner, &room, "s1", "Jag hjälper dig").await;
     let seen = resident.until_event(&room, "chat").await;
     assert_eq!(seen["seq"].as_u64(), Some(answered), "{seen}");
+
+    // Node b follows; it asks the owner who could take the chat over.
+    let (holder, colleague) = if winners[0] == "b" {
+        (&lycksele[0], &lycksele[1])
+    } else {
+        (&lycksele[1], &lycksele[0])
+    };
+    let path = format!("/api/staff/chats/{room}/colleagues");
+    let asked = b
+        .get(&path, Some(&b.staff_token(holder.email.as_str()).await))
+        .await;
+    assert_eq!(asked.status(), 200);
+    let colleagues: Vec<Value> = asked.json().await.expect("json");
+    let ids: Vec<&str> = colleagues.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [colleague.id.as_str()], "{colleagues:?}");
+    let other = b
+        .get(&path, Some(&b.staff_token(colleague.email.as_str()).await))
+        .await;
+    assert_eq!(other.status(), 404, "not their chat");
 }
 
 #[tokio::test]

@@ -186,7 +186,7 @@ test("(1) a resident opens a chat from the start page, sees position 1 and the w
   await signInResident(page, server, "anna@example.se");
   await page.goto(`${server.url}/`);
   // "Chat with us now" for the services that offer it, and "I don't know".
-  //TEMP  assert.ok(await page.locator(".chat-start a[href='/chat/general']").count(), "I don't know");
+  assert.ok(await page.locator(".chat-start a[href='/chat/general']").count(), "I don't know");
   await page.locator(".chat-start a[href='/chat/ekonomiskt-bistand']").click();
   await page.waitForURL((u) => u.pathname === "/chat/ekonomiskt-bistand");
   await page.click("#chat-open");
@@ -272,7 +272,7 @@ test("(1) a resident opens a chat from the start page, sees position 1 and the w
   ]);
   const opened = await staff.until({ type: "event", room, "event.kind": "video_opened" });
   assert.equal(new URL(page.url()).pathname, `/meeting/adhoc/${opened.event.meeting_room.replace(/^adhoc:/, "")}`);
-  await page.locator("#meeting-status", { hasText: /mötesrummet|insläppt|video/ }).waitFor();
+  await page.locator("#meeting-status", { hasText: /mötesrummet|insläppt/ }).waitFor();
   await assertAccessible(page, "the ad-hoc meeting page (sv)");
 
   // Back in the chat, it is all there once, and the old video event does
@@ -308,6 +308,8 @@ test("(10) an anonymous chat: no sign-in, a municipality chosen, the transcript 
   // No municipality: nothing starts.
   await page.click("#chat-open");
   assert.equal(await page.locator("#chat-home").getAttribute("aria-invalid"), "true");
+  await page.locator("#chat-start-error", { hasText: "Välj din hemkommun." }).waitFor();
+  assert.ok(await page.locator("#chat-live").isHidden(), "nothing started");
   await page.selectOption("#chat-home", "2418");
   await page.click("#chat-open");
   await page.locator("#queue-position", { hasText: "Du är nummer 1 i kön." }).waitFor();
@@ -327,6 +329,18 @@ test("(10) an anonymous chat: no sign-in, a municipality chosen, the transcript 
   await page.keyboard.press("Tab");
   await page.keyboard.press("Enter");
   await staff.until({ type: "event", room, "event.kind": "chat", "event.text": "Min mamma behöver mer stöd hemma." });
+
+  // Video: the anonymous resident enters the ad-hoc room with the chat's
+  // token, and comes back to the same chat.
+  await Promise.all([
+    page.waitForURL((u) => u.pathname.startsWith("/meeting/adhoc/")),
+    staff.send({ type: "chat.escalate_video", room }),
+  ]);
+  await page.locator("#meeting-status", { hasText: /mötesrummet|insläppt/ }).waitFor();
+  await page.click("a[href='/chat/stod-till-anhoriga']");
+  await page.waitForURL((u) => u.pathname === "/chat/stod-till-anhoriga");
+  await page.locator("#chat-log li", { hasText: "Min mamma behöver mer stöd hemma." }).waitFor();
+  await page.locator("#chat-state", { hasText: "Du chattar med en socialsekreterare." }).waitFor();
 
   // Offered times cannot be booked anonymously: the page says to sign in.
   await staff.send({

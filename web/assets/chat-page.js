@@ -344,7 +344,7 @@ function start(root) {
     if (anonymous) body.municipality = remembered().municipality || $("chat-home").value;
     const button = $("offline-send");
     button.disabled = true;
-    postJson("/api/chats/offline", body, anonymous ? {} : { csrf })
+    postJson("/api/chats/offline", body, { csrf })
       .then(() => {
         show(offlineForm, false);
         show($("offline-done"), true);
@@ -424,12 +424,14 @@ function start(root) {
       if (!home.value) {
         button.disabled = false;
         home.setAttribute("aria-invalid", "true");
+        startError.textContent = text.home_missing;
+        show(startError, true);
         home.focus();
         return;
       }
       home.removeAttribute("aria-invalid");
       remember({ municipality: home.value });
-      ready = postJson("/api/chats/anonymous", { service, municipality: home.value }).then((answer) => {
+      ready = postJson("/api/chats/anonymous", { service, municipality: home.value }, { csrf }).then((answer) => {
         sessionStorage.setItem(tokenKey, answer.token);
       });
     }

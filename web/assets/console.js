@@ -155,6 +155,9 @@ function unlockAudio() {
 document.addEventListener("click", unlockAudio);
 document.addEventListener("keydown", unlockAudio);
 
+// A short tone through Web Audio; no sound file. Counted on the page
+// (data-beeps) when it really played.
+let beeps = 0;
 function beep() {
   if (!audio) return;
   try {
@@ -166,20 +169,16 @@ function beep() {
     tone.connect(gain).connect(audio.destination);
     tone.start();
     tone.stop(audio.currentTime + 0.2);
+    beeps += 1;
+    root.dataset.beeps = String(beeps);
   } catch (e) {
     // No sound; the alert is still shown.
   }
 }
 
-let beeps = 0;
 function alertUser(message, { sound = true } = {}) {
   alertEl.textContent = message;
-  alertEl.hidden = false;
-  if (sound) {
-    beep();
-    beeps += 1;
-    root.dataset.beeps = String(beeps);
-  }
+  if (sound) beep();
 }
 
 function say(message) {

@@ -62,6 +62,11 @@ impl Application {
         } else {
             Vec::new()
         };
+        // "I don't know" and the demo's services get their canned replies
+        // the first time, the hub reads them below.
+        booking::seed::canned_responses(&db)
+            .await
+            .context("seeding canned responses")?;
         let secret = secret_file(&settings, settings.jwt_secret.as_deref(), "jwt-secret")?;
         let (relay, turn) = start_relay(&settings)?;
         let (hub, hub_tasks) = crate::ws::start_hub(

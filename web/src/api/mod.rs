@@ -38,7 +38,9 @@ pub fn router() -> Router<AppState> {
     info(title = "Kontakt", description = "Booking, video and chat contact with the social services of participating municipalities."),
     paths(
         public::municipalities, public::services, public::policy, public::search,
-        chats::chat_services,
+        chats::chat_services, chats::anonymous_chat, chats::offline_message,
+        chats::offline_messages, chats::offline_message_handled, chats::colleagues,
+        chats::free_times,
         auth::staff_login, auth::resident_link, auth::resident_redeem, auth::sign_out,
         auth::sign_out_everywhere, staff::deactivate_staff,
         bookings::book, bookings::mine, bookings::one, bookings::cancel, bookings::reschedule,
@@ -79,16 +81,43 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let Json(value) = Json::<serde_json::Value>::from_request(req, state)
-            .await
-            .map_err(json_rejection)?;
-        if let Some(field) = oversized_json_field(&value, "") {
-            return Err(too_long(&field));
-        }
-        serde_json::from_value(value)
-            .map(ApiJson)
-            .map_err(|e| AppError::Invalid(e.to_string()))
+        checked_json(req, state, &[]).await.map(ApiJson)
     }
+}
+
+/// A request body with a top-level text field longer than
+/// [`MAX_FIELD_BYTES`], such as a message a resident writes.
+pub trait LongFields {
+    /// Top-level fields and the most bytes each may hold.
+    const LONG_FIELDS: &'static [(&'static str, usize)];
+}
+
+/// [`ApiJson`] for a body whose [`LongFields`] may be longer than
+/// [`MAX_FIELD_BYTES`]; every other field keeps that limit.
+pub struct ApiJsonLong<T>(pub T);
+
+impl<T: DeserializeOwned + LongFields, S: Send + Sync> FromRequest<S> for ApiJsonLong<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        checked_json(req, state, T::LONG_FIELDS)
+            .await
+            .map(ApiJsonLong)
+    }
+}
+
+async fn checked_json<T: DeserializeOwned, S: Send + Sync>(
+    req: Request,
+    state: &S,
+    long: &[(&str, usize)],
+) -> Result<T, AppError> {
+    let Json(value) = Json::<serde_json::Value>::from_request(req, state)
+        .await
+        .map_err(json_rejection)?;
+    if let Some((field, max)) = oversized_json_field(&value, "", long) {
+        return Err(AppError::Invalid(format!("{field}: at most {max} bytes")));
+    }
+    serde_json::from_value(value).map_err(|e| AppError::Invalid(e.to_string()))
 }
 
 /// The longest text one field of a request may hold, in bytes. Every field
@@ -112,19 +141,27 @@ pub fn too_long(field: &str) -> AppError {
 }
 
 /// The path of the first string (or key) in `value` over
-/// [`MAX_FIELD_BYTES`], such as `name` or `items[2].text`.
-fn oversized_json_field(value: &serde_json::Value, at: &str) -> Option<String> {
+/// [`MAX_FIELD_BYTES`], such as `name` or `items[2].text`, with the limit
+/// it broke. A top-level field named in `long` has that limit instead.
+fn oversized_json_field(
+    value: &serde_json::Value,
+    at: &str,
+    long: &[(&str, usize)],
+) -> Option<(String, usize)> {
     use serde_json::Value;
     match value {
-        Value::String(s) if s.len() > MAX_FIELD_BYTES => Some(if at.is_empty() {
-            "body".to_owned()
-        } else {
-            at.to_owned()
-        }),
+        Value::String(s) if s.len() > MAX_FIELD_BYTES => Some((
+            if at.is_empty() {
+                "body".to_owned()
+            } else {
+                at.to_owned()
+            },
+            MAX_FIELD_BYTES,
+        )),
         Value::Array(items) => items
             .iter()
             .enumerate()
-            .find_map(|(i, v)| oversized_json_field(v, &format!("{at}[{i}]"))),
+            .find_map(|(i, v)| oversized_json_field(v, &format!("{at}[{i}]"), &[])),
         Value::Object(map) => map.iter().find_map(|(k, v)| {
             let key: String = k.chars().take(64).collect();
             let path = if at.is_empty() {
@@ -132,10 +169,14 @@ fn oversized_json_field(value: &serde_json::Value, at: &str) -> Option<String> {
             } else {
                 format!("{at}.{key}")
             };
-            if k.len() > MAX_FIELD_BYTES {
-                Some(path)
-            } else {
-                oversized_json_field(v, &path)
+            let own = at
+                .is_empty()
+                .then(|| long.iter().find(|(name, _)| name == k))
+                .flatten();
+            match (own, v) {
+                _ if k.len() > MAX_FIELD_BYTES => Some((path, MAX_FIELD_BYTES)),
+                (Some((_, max)), Value::String(s)) => (s.len() > *max).then_some((path, *max)),
+                _ => oversized_json_field(v, &path, &[]),
             }
         }),
         _ => None,

@@ -57,6 +57,7 @@ const SCRIPT_TEXT: &[(&str, &str)] = &[
     ("left", "page.chat.left"),
     ("gone", "page.chat.gone"),
     ("start_failed", "page.chat.start_failed"),
+    ("home_missing", "page.chat.home_missing"),
     ("typing", "page.chat.typing"),
     ("sent", "page.chat.sent"),
     ("read", "page.chat.read"),
@@ -91,9 +92,16 @@ const SCRIPT_TEXT: &[(&str, &str)] = &[
 /// does. For the start page and My pages.
 pub async fn start_points(state: &AppState, home: Option<&str>) -> Result<Markup, PageError> {
     let home = home.and_then(|h| MunicipalityCode::parse(h).ok());
-    let services = offered(state, home.as_ref()).await?;
+    let services: Vec<Service> = match &home {
+        Some(home) => booking::chats::offered(&state.db, home, now()).await?,
+        None => catalog::all_services(&state.db)
+            .await?
+            .into_iter()
+            .filter(|s| s.chat)
+            .collect(),
+    };
     let (general, services): (Vec<Service>, Vec<Service>) =
-        services.into_iter().partition(is_general);
+        services.into_iter().partition(Service::is_general);
     if services.is_empty() && general.is_empty() {
         return Ok(html! {});
     }
@@ -113,24 +121,6 @@ pub async fn start_points(state: &AppState, home: Option<&str>) -> Result<Markup
     })
 }
 
-// TEMPORARY until h-backend's booking::chats lands: every service offers
-// chat, and `general` is not seeded yet.
-async fn offered(
-    state: &AppState,
-    _home: Option<&MunicipalityCode>,
-) -> Result<Vec<Service>, PageError> {
-    let _ = now();
-    Ok(catalog::services(&state.db).await?)
-}
-
-fn offers_chat(_service: &Service) -> bool {
-    true
-}
-
-fn is_general(service: &Service) -> bool {
-    service.code.as_str() == "general"
-}
-
 /// The chat page of one service: a signed-in resident's chat, or an
 /// anonymous one where the service allows it; anyone else signs in first.
 #[tracing::instrument(skip(state, ctx))]
@@ -143,7 +133,7 @@ async fn chat_page(
         return Err(AppError::NotFound.into());
     };
     let service = match catalog::service(&state.db, &code).await? {
-        Some(service) if offers_chat(&service) => service,
+        Some(service) if service.chat => service,
         _ => return Err(AppError::NotFound.into()),
     };
     let resident = match &ctx.who {
@@ -159,7 +149,7 @@ async fn chat_page(
         Some(_) => Vec::new(),
         None => catalog::municipalities(&state.db).await?,
     };
-    let title = if is_general(&service) {
+    let title = if service.is_general() {
         tr("page.chat.title_general")
     } else {
         tr_with(
@@ -178,7 +168,7 @@ async fn chat_page(
             data-csrf=(ctx.csrf()) {
             section #chat-start aria-labelledby="chat-start-title" {
                 h2 #chat-start-title .visually-hidden { (tr("page.chat.start")) }
-                form #chat-start-form {
+                form #chat-start-form novalidate {
                     @if anonymous {
                         p { (tr("page.chat.intro_anonymous")) }
                         div.field {

@@ -11,7 +11,7 @@ mod socket;
 mod store;
 mod ticket;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use anyhow::Context;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -29,13 +30,14 @@ use signaling::hub::{Hub, HubSettings, Identity};
 use signaling::ids::{
     BookingId, MunicipalityCode, PartyId, ResidentId, RoomId, ServiceId, StaffId,
 };
+use signaling::protocol::{CannedResponse, Language};
 use signaling::queue::{QueueMode, QueueSettings};
 use signaling::room::{MeetingSetup, StaffAccess};
 use utoipa::ToSchema;
 
 pub use effects::{AppEffects, TurnIssuer};
 pub use store::{DbLease, DbStore};
-pub use ticket::{TicketSubject, Tickets, TICKET_SECONDS};
+pub use ticket::{AnonymousChat, TicketSubject, Tickets, CHAT_TOKEN_SECONDS, TICKET_SECONDS};
 
 use crate::auth::{Session, SubjectKind};
 use crate::error::{AppError, ErrorBody};
@@ -75,6 +77,7 @@ pub async fn start_hub(
             .await
             .context("connecting to the bus")?;
         let hub = Hub::new(HUB_SETTINGS, store, bus, effects);
+        load_canned_responses(db, &hub).await?;
         let restored = hub.restore().await.context("restoring open chats")?;
         tracing::info!(restored, "signaling hub started");
         let timer = hub.spawn_timer();
@@ -96,6 +99,7 @@ pub async fn start_hub(
         cluster,
         Arc::new(lease),
     );
+    load_canned_responses(db, &hub).await?;
     // The owner restores the open chats when it takes the lease.
     let mut tasks = hub
         .spawn_cluster()
@@ -108,6 +112,32 @@ pub async fn start_hub(
     );
     tasks.push(hub.spawn_timer());
     Ok((hub, tasks))
+}
+
+/// Gives the hub the canned responses from the database.
+async fn load_canned_responses(db: &Db, hub: &Hub) -> anyhow::Result<()> {
+    let mut grouped: BTreeMap<(ServiceId, Language), Vec<CannedResponse>> = BTreeMap::new();
+    for r in booking::chats::canned_responses(db)
+        .await
+        .context("reading canned responses")?
+    {
+        let service = ServiceId::parse(r.service.as_str())
+            .map_err(|_| anyhow::anyhow!("{} is not a valid hub id", r.service))?;
+        let language = Language::parse(r.language.code())
+            .ok_or_else(|| anyhow::anyhow!("{} is not a hub language", r.language.code()))?;
+        grouped
+            .entry((service, language))
+            .or_default()
+            .push(CannedResponse {
+                id: r.id,
+                title: r.title,
+                text: r.text,
+            });
+    }
+    for ((service, language), responses) in grouped {
+        hub.set_canned_responses(service, language, responses).await;
+    }
+    Ok(())
 }
 
 pub fn router() -> Router<AppState> {
@@ -124,24 +154,46 @@ pub struct TicketDto {
     pub expires_in: i64,
 }
 
-/// A single-use ticket for opening the WebSocket at `/ws`.
+/// A single-use ticket for opening the WebSocket at `/ws`: for a session,
+/// or for the holder of a token for one anonymous chat
+/// (`POST /api/chats/anonymous`), whose socket may act in that chat only.
 #[utoipa::path(post, path = "/api/ws/ticket", security(("bearer" = [])), responses((status = 200, body = TicketDto), (status = 401, body = ErrorBody), (status = 403, description = "A cookie session without its CSRF header", body = ErrorBody)))]
-#[tracing::instrument(skip(state, session), fields(sub = %session.claims.sub))]
+#[tracing::instrument(skip_all)]
 pub async fn issue_ticket(
     State(state): State<AppState>,
-    session: Session,
+    session: Result<Session, AppError>,
+    headers: HeaderMap,
 ) -> Result<Json<TicketDto>, AppError> {
-    // A session of an account deleted since sign-in gets no ticket.
-    identity(&state.db, &session.claims.sub, session.claims.kind).await?;
-    let ticket = state.tickets.issue(
-        &session.claims.sub,
-        session.claims.kind,
-        crate::api::now().as_second(),
-    );
+    let now = crate::api::now().as_second();
+    let ticket = match session {
+        Ok(session) => {
+            // A session of an account deleted since sign-in gets no ticket.
+            identity(&state.db, &session.claims.sub, session.claims.kind).await?;
+            state
+                .tickets
+                .issue(&session.claims.sub, session.claims.kind, now)
+        }
+        Err(refusal) => {
+            let chat = bearer(&headers)
+                .and_then(|token| state.tickets.verify_chat_token(token, now))
+                .ok_or(refusal)?;
+            state.tickets.issue_anonymous(&chat, now)
+        }
+    };
     Ok(Json(TicketDto {
         ticket,
         expires_in: TICKET_SECONDS,
     }))
+}
+
+/// The Bearer token of a request, if it has one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
 }
 
 #[derive(Serialize, ToSchema)]
@@ -215,9 +267,15 @@ pub async fn upgrade(
     else {
         return AppError::Unauthorized.into_response();
     };
-    let identity = match identity(&state.db, &subject.id, subject.kind).await {
-        Ok(identity) => identity,
-        Err(e) => return e.into_response(),
+    let (identity, chat) = match subject {
+        TicketSubject::Account { id, kind } => match identity(&state.db, &id, kind).await {
+            Ok(identity) => (identity, None),
+            Err(e) => return e.into_response(),
+        },
+        TicketSubject::Anonymous(chat) => match RoomId::parse(&chat.room) {
+            Ok(conversation) => (Identity::Anonymous { conversation }, Some(chat)),
+            Err(_) => return AppError::Unauthorized.into_response(),
+        },
     };
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
@@ -237,7 +295,7 @@ pub async fn upgrade(
         // default: most of an idle connection's memory. Frames here are
         // small, and a larger one is read in several turns.
         .read_buffer_size(READ_BUFFER_BYTES)
-        .on_upgrade(move |socket| socket::run(socket, hub, db, identity, liveness))
+        .on_upgrade(move |socket| socket::run(socket, hub, db, identity, chat, liveness))
 }
 
 /// The hub identity of a ticket's or session's subject, from the database.

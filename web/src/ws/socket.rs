@@ -16,6 +16,8 @@ use signaling::protocol::{
 };
 use tokio::sync::mpsc;
 
+use super::AnonymousChat;
+
 /// How a connection is kept honest: the settings `ws_ping_ms` and
 /// `ws_pong_timeout_ms`.
 #[derive(Debug, Clone, Copy)]
@@ -46,7 +48,15 @@ const SEND_BATCH: usize = 64;
 
 /// Runs the connection until either side ends it, then detaches it from the
 /// hub.
-pub async fn run(socket: WebSocket, hub: Hub, db: Db, identity: Identity, liveness: Liveness) {
+/// `chat` is the one chat of an anonymous identity, as its token named it.
+pub async fn run(
+    socket: WebSocket,
+    hub: Hub,
+    db: Db,
+    identity: Identity,
+    chat: Option<AnonymousChat>,
+    liveness: Liveness,
+) {
     let (conn, mut from_hub) = hub.connect(identity.clone()).await;
     let (mut sink, mut stream) = socket.split();
     let mut limiter = RateLimiter::for_connection(Instant::now());
@@ -90,7 +100,7 @@ pub async fn run(socket: WebSocket, hub: Hub, db: Db, identity: Identity, livene
                         Err(e) => Reply::Error(e),
                         Ok(()) => match parse_client_frame(text.as_str()) {
                             Err(e) => Reply::Error(e),
-                            Ok(message) => match apply(&hub, &db, conn, &identity, message, &mut in_flight).await {
+                            Ok(message) => match apply(&hub, &db, conn, &identity, chat.as_ref(), message, &mut in_flight).await {
                                 Some(answer) => Reply::Message(answer),
                                 None => Reply::None,
                             },
@@ -147,6 +157,7 @@ async fn apply(
     db: &Db,
     conn: ConnectionId,
     identity: &Identity,
+    chat: Option<&AnonymousChat>,
     message: ClientMessage,
     in_flight: &mut FuturesUnordered<Settled>,
 ) -> Option<ServerMessage> {
@@ -154,17 +165,37 @@ async fn apply(
         in_flight.push(hub.submit(conn, message).await);
         return None;
     };
-    let Identity::Resident {
-        home_municipality, ..
-    } = identity
-    else {
-        return Some(ServerMessage::error(
-            ErrorCode::Forbidden,
-            "only residents can open a chat",
-            None,
-        ));
+    let home_municipality = match (identity, chat) {
+        (
+            Identity::Resident {
+                home_municipality, ..
+            },
+            _,
+        ) => home_municipality.clone(),
+        (Identity::Anonymous { .. }, Some(chat)) => {
+            match anonymous_opening(db, chat, &service).await {
+                Ok(Ok(home)) => home,
+                Ok(Err(refusal)) => return Some(refusal),
+                Err(e) => {
+                    tracing::error!(error = ?e, "checking an anonymous chat failed");
+                    return Some(ServerMessage::error(
+                        ErrorCode::StorageUnavailable,
+                        "not opened; try again",
+                        None,
+                    ));
+                }
+            }
+        }
+        _ => {
+            return Some(ServerMessage::error(
+                ErrorCode::Forbidden,
+                "only residents can open a chat",
+                None,
+            ))
+        }
     };
-    let eligible = match chat_eligibility(db, home_municipality, &service).await {
+    let anonymous = chat.is_some();
+    let eligible = match chat_eligibility(db, &home_municipality, &service, anonymous).await {
         Ok(Ok(eligible)) => eligible,
         Ok(Err(refusal)) => return Some(refusal),
         Err(e) => {
@@ -178,7 +209,7 @@ async fn apply(
     };
     let request = ConversationRequest {
         service,
-        home_municipality: home_municipality.clone(),
+        home_municipality,
         eligible_municipalities: eligible,
     };
     match hub.open_conversation(conn, request).await {
@@ -194,13 +225,43 @@ async fn apply(
     }
 }
 
+/// The home municipality an anonymous chat is opened for, or why it may
+/// not be: a token opens one chat, once, for the service it names.
+async fn anonymous_opening(
+    db: &Db,
+    chat: &AnonymousChat,
+    service: &ServiceId,
+) -> Result<Result<MunicipalityCode, ServerMessage>, booking::Error> {
+    if service.as_str() != chat.service {
+        return Ok(Err(ServerMessage::error(
+            ErrorCode::Forbidden,
+            "this chat is for another service",
+            None,
+        )));
+    }
+    // Its room is fixed by the token, so a chat that closed must not open
+    // again under the same id.
+    if booking::events::queue_entry(db, &chat.room).await?.is_some() {
+        return Ok(Err(ServerMessage::error(
+            ErrorCode::InvalidState,
+            "this chat was opened before; ask for a new one",
+            None,
+        )));
+    }
+    let home = MunicipalityCode::parse(&chat.home)
+        .map_err(|_| booking::Error::Corrupt("a chat token's home is not a code".into()))?;
+    Ok(Ok(home))
+}
+
 /// The municipalities whose staff may do the pre-assessment of `service`
 /// for a resident of `home`, now, under the policy; or the error to answer
-/// `queue.open` with when there is no such service or it offers no chat.
+/// `queue.open` with when there is no such service, it offers no chat, or
+/// no anonymous chat for an `anonymous` resident.
 async fn chat_eligibility(
     db: &Db,
     home: &MunicipalityCode,
     service: &ServiceId,
+    anonymous: bool,
 ) -> Result<Result<BTreeSet<MunicipalityCode>, ServerMessage>, booking::Error> {
     let no_service = || ServerMessage::error(ErrorCode::NotFound, "no such service", None);
     let Ok(code) = ServiceCode::parse(service.as_str()) else {
@@ -213,6 +274,13 @@ async fn chat_eligibility(
         return Ok(Err(ServerMessage::error(
             ErrorCode::NotEligible,
             "this service offers no chat; book a meeting instead",
+            None,
+        )));
+    }
+    if anonymous && !found.anonymous_chat {
+        return Ok(Err(ServerMessage::error(
+            ErrorCode::NotEligible,
+            "this service offers no anonymous chat; sign in first",
             None,
         )));
     }

@@ -3,6 +3,10 @@
 //! open start a socket. So a client with a session asks the JSON API for a
 //! ticket and puts it in the URL. A ticket is a JWT that lives 30 seconds and
 //! is spent by its first use; even if a URL is logged, it is worthless.
+//!
+//! A resident without an account chats with a token for one chat instead
+//! of a session ([`Tickets::issue_chat_token`]): the same JSON API turns it
+//! into a ticket, and the socket it opens may act in that one chat only.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,53 +19,114 @@ use crate::auth::SubjectKind;
 /// How long a ticket is valid, in seconds.
 pub const TICKET_SECONDS: i64 = 30;
 
+/// How long a token for one anonymous chat lets its holder reconnect, in
+/// seconds: long enough for a chat that goes on to video.
+pub const CHAT_TOKEN_SECONDS: i64 = 4 * 3600;
+
 /// The `kind` every ticket carries, so that no other token of ours can pass.
 const TICKET_KIND: &str = "ws_ticket";
+
+/// The `kind` of a token for one anonymous chat.
+const CHAT_TOKEN_KIND: &str = "anonymous_chat";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct TicketClaims {
     sub: String,
-    subject: SubjectKind,
+    subject: TicketKind,
+    /// The chat of an anonymous ticket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chat: Option<AnonymousChat>,
     kind: String,
     jti: String,
     iat: i64,
     exp: i64,
 }
 
-/// Who a redeemed ticket was issued to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TicketSubject {
-    pub id: String,
-    pub kind: SubjectKind,
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum TicketKind {
+    Resident,
+    Staff,
+    Anonymous,
 }
 
-/// Issues and redeems tickets. Cloning shares the set of spent tickets.
+/// One anonymous chat, as its token names it: the chat's room, the one
+/// service it may be opened for, and the home municipality the resident
+/// chose on the page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnonymousChat {
+    /// `chat:<id>`, chosen when the token was issued.
+    pub room: String,
+    pub service: String,
+    pub home: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ChatTokenClaims {
+    sub: String,
+    kind: String,
+    chat: AnonymousChat,
+    iat: i64,
+    exp: i64,
+}
+
+/// Who a redeemed ticket was issued to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TicketSubject {
+    /// A signed-in resident or staff member.
+    Account { id: String, kind: SubjectKind },
+    /// The holder of a token for one anonymous chat.
+    Anonymous(AnonymousChat),
+}
+
+/// Issues and redeems tickets, and the tokens of anonymous chats. Cloning
+/// shares the set of spent tickets.
 #[derive(Clone)]
 pub struct Tickets {
     encoding: EncodingKey,
     decoding: DecodingKey,
+    chat_encoding: EncodingKey,
+    chat_decoding: DecodingKey,
     /// Spent ticket ids with their expiry; an id is forgotten once its
     /// ticket has expired, because expiry alone refuses it from then on.
     spent: Arc<Mutex<HashMap<String, i64>>>,
 }
 
 impl Tickets {
-    /// Keys derived from the session secret with a suffix, so that a session
-    /// token never verifies as a ticket, nor a ticket as a session.
+    /// Keys derived from the session secret with a suffix each, so that no
+    /// session token verifies as a ticket or a chat token, nor any of them
+    /// as another.
     pub fn new(secret: &[u8]) -> Tickets {
         let key = [secret, b"/ws-ticket"].concat();
+        let chat_key = [secret, b"/anonymous-chat"].concat();
         Tickets {
             encoding: EncodingKey::from_secret(&key),
             decoding: DecodingKey::from_secret(&key),
+            chat_encoding: EncodingKey::from_secret(&chat_key),
+            chat_decoding: DecodingKey::from_secret(&chat_key),
             spent: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
     /// A new ticket for `id`, valid from `now` (unix seconds).
     pub fn issue(&self, id: &str, kind: SubjectKind, now: i64) -> String {
+        let subject = match kind {
+            SubjectKind::Resident => TicketKind::Resident,
+            SubjectKind::Staff => TicketKind::Staff,
+        };
+        self.sign(id, subject, None, now)
+    }
+
+    /// A new ticket for the holder of a token for `chat`.
+    pub fn issue_anonymous(&self, chat: &AnonymousChat, now: i64) -> String {
+        self.sign(&chat.room, TicketKind::Anonymous, Some(chat.clone()), now)
+    }
+
+    fn sign(&self, sub: &str, subject: TicketKind, chat: Option<AnonymousChat>, now: i64) -> String {
         let claims = TicketClaims {
-            sub: id.to_owned(),
-            subject: kind,
+            sub: sub.to_owned(),
+            subject,
+            chat,
             kind: TICKET_KIND.to_owned(),
             jti: uuid::Uuid::new_v4().simple().to_string(),
             iat: now,
@@ -69,6 +134,35 @@ impl Tickets {
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing cannot fail")
+    }
+
+    /// A token for one anonymous chat, valid for [`CHAT_TOKEN_SECONDS`]
+    /// from `now`, and its expiry (unix seconds). It is no session: it opens
+    /// nothing but tickets for that chat.
+    pub fn issue_chat_token(&self, chat: &AnonymousChat, now: i64) -> (String, i64) {
+        let exp = now + CHAT_TOKEN_SECONDS;
+        let claims = ChatTokenClaims {
+            sub: chat.room.clone(),
+            kind: CHAT_TOKEN_KIND.to_owned(),
+            chat: chat.clone(),
+            iat: now,
+            exp,
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.chat_encoding)
+            .expect("HS256 signing cannot fail");
+        (token, exp)
+    }
+
+    /// The chat a token names, if it is ours, a chat token and unexpired.
+    pub fn verify_chat_token(&self, token: &str, now: i64) -> Option<AnonymousChat> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.validate_exp = false;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        let claims =
+            jsonwebtoken::decode::<ChatTokenClaims>(token, &self.chat_decoding, &validation)
+                .ok()?
+                .claims;
+        (claims.kind == CHAT_TOKEN_KIND && claims.exp > now).then_some(claims.chat)
     }
 
     /// Verifies a ticket and spends it. `None` if it is forged, expired, not
@@ -90,10 +184,18 @@ impl Tickets {
         if spent.insert(claims.jti, claims.exp).is_some() {
             return None;
         }
-        Some(TicketSubject {
-            id: claims.sub,
-            kind: claims.subject,
-        })
+        match (claims.subject, claims.chat) {
+            (TicketKind::Resident, None) => Some(TicketSubject::Account {
+                id: claims.sub,
+                kind: SubjectKind::Resident,
+            }),
+            (TicketKind::Staff, None) => Some(TicketSubject::Account {
+                id: claims.sub,
+                kind: SubjectKind::Staff,
+            }),
+            (TicketKind::Anonymous, Some(chat)) => Some(TicketSubject::Anonymous(chat)),
+            _ => None,
+        }
     }
 }
 
@@ -106,8 +208,13 @@ mod tests {
         let tickets = Tickets::new(b"secret");
         let ticket = tickets.issue("r1", SubjectKind::Resident, 1_000);
         let subject = tickets.redeem(&ticket, 1_001).expect("a fresh ticket");
-        assert_eq!(subject.id, "r1");
-        assert_eq!(subject.kind, SubjectKind::Resident);
+        assert_eq!(
+            subject,
+            TicketSubject::Account {
+                id: "r1".into(),
+                kind: SubjectKind::Resident
+            }
+        );
         assert!(tickets.redeem(&ticket, 1_002).is_none(), "spent");
         let late = tickets.issue("r1", SubjectKind::Resident, 1_000);
         assert!(
@@ -130,5 +237,37 @@ mod tests {
         assert!(tickets.redeem(&session, now).is_none());
         let foreign = Tickets::new(b"other").issue("r1", SubjectKind::Resident, now);
         assert!(tickets.redeem(&foreign, now).is_none());
+    }
+
+    #[test]
+    fn a_chat_token_opens_tickets_for_its_one_chat_until_it_expires() {
+        let tickets = Tickets::new(b"secret");
+        let chat = AnonymousChat {
+            room: "chat:abc".into(),
+            service: "stod-till-anhoriga".into(),
+            home: "2418".into(),
+        };
+        let (token, expires) = tickets.issue_chat_token(&chat, 1_000);
+        assert_eq!(expires, 1_000 + CHAT_TOKEN_SECONDS);
+        assert_eq!(tickets.verify_chat_token(&token, 1_001), Some(chat.clone()));
+        assert_eq!(tickets.verify_chat_token(&token, expires), None, "expired");
+        let ticket = tickets.issue_anonymous(&chat, 1_001);
+        assert_eq!(
+            tickets.redeem(&ticket, 1_002),
+            Some(TicketSubject::Anonymous(chat.clone()))
+        );
+        // Neither passes for the other, nor for a session or another key.
+        assert_eq!(tickets.redeem(&token, 1_002), None);
+        assert_eq!(tickets.verify_chat_token(&ticket, 1_002), None);
+        let (session, _) = crate::auth::Keys::new(b"secret").issue(
+            "r1",
+            SubjectKind::Resident,
+            &booking::sessions::SessionId::random(),
+            5,
+            1_000,
+        );
+        assert_eq!(tickets.verify_chat_token(&session, 1_001), None);
+        let (foreign, _) = Tickets::new(b"other").issue_chat_token(&chat, 1_000);
+        assert_eq!(tickets.verify_chat_token(&foreign, 1_001), None);
     }
 }
