@@ -1017,9 +1017,25 @@ impl Queue {
             .map(|c| (c.record.ticket, c.record.room.clone()))
             .collect();
         waiting.sort();
+        // The chats of one service open to the same municipalities have the
+        // same staff online: count those once per such pair rather than once
+        // per chat, which with a long queue and many consoles was most of
+        // the work of every queue update (BENCHMARKS.md, the chat queue).
+        let online: Vec<usize> = {
+            let mut counted: BTreeMap<(&ServiceId, &BTreeSet<MunicipalityCode>), usize> =
+                BTreeMap::new();
+            waiting
+                .iter()
+                .map(|(_, room)| {
+                    let record = &self.conversations[room].record;
+                    *counted
+                        .entry((&record.service, &record.eligible_municipalities))
+                        .or_insert_with(|| self.online_staff_for(record))
+                })
+                .collect()
+        };
         let mut ahead_per_service: BTreeMap<ServiceId, u32> = BTreeMap::new();
-        for (_, room) in waiting {
-            let staff_online = self.online_staff_count(&room);
+        for ((_, room), staff_online) in waiting.into_iter().zip(online) {
             let conversation = self.conversations.get_mut(&room).expect("listed");
             let ahead = ahead_per_service
                 .entry(conversation.record.service.clone())
@@ -1247,7 +1263,10 @@ impl Queue {
     }
 
     fn online_staff_count(&self, room: &RoomId) -> usize {
-        let record = &self.conversations[room].record;
+        self.online_staff_for(&self.conversations[room].record)
+    }
+
+    fn online_staff_for(&self, record: &QueueEntryRecord) -> usize {
         self.staff
             .values()
             .filter(|s| s.is_online() && is_eligible(s, record))

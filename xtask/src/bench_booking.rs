@@ -43,6 +43,12 @@ const BENCH_STAFF: usize = 40;
 /// built from these sources.
 static KONTAKT_BINARY: OnceLock<PathBuf> = OnceLock::new();
 
+/// Makes the benchmarks start the kontakt binary at `path` rather than the
+/// release build of these sources.
+pub(crate) fn use_kontakt_binary(path: &str) {
+    let _ = KONTAKT_BINARY.set(PathBuf::from(path));
+}
+
 fn kontakt_binary() -> &'static std::path::Path {
     KONTAKT_BINARY.get_or_init(|| PathBuf::from("target/release/kontakt"))
 }
@@ -56,9 +62,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         }
     }
     match text_flag(args, "--kontakt-binary") {
-        Some(path) => {
-            let _ = KONTAKT_BINARY.set(PathBuf::from(path));
-        }
+        Some(path) => use_kontakt_binary(&path),
         None => run_command(
             "cargo",
             &["build", "--release", "-p", "web", "--bin", "kontakt"],
@@ -104,7 +108,7 @@ pub(crate) fn flag(args: &[String], name: &str) -> Option<u64> {
     text_flag(args, name).and_then(|v| v.parse().ok())
 }
 
-fn text_flag(args: &[String], name: &str) -> Option<String> {
+pub(crate) fn text_flag(args: &[String], name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
@@ -365,7 +369,7 @@ async fn bench_one(name: &str, database: TestDb, seconds: u64) -> anyhow::Result
 /// PostgreSQL server's, when `DATABASE_URL` points at one here, and 0 when
 /// it is elsewhere. A backend that exits between two readings takes its
 /// ticks with it; the server's pool keeps its connections through a run.
-fn postgres_ticks() -> u64 {
+pub(crate) fn postgres_ticks() -> u64 {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0;
     };

@@ -67,9 +67,12 @@ const SATURATION_PER_CONNECTION: f64 = 15.0;
 /// the listener, the HTTP client and the like.
 const SPARE_FDS: u64 = 300;
 
-type Socket = WebSocketStream<TcpStream>;
+pub(crate) type Socket = WebSocketStream<TcpStream>;
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
+    if args.first().map(String::as_str) == Some("queue") {
+        return crate::bench_queue::run(&args[1..]);
+    }
     if let Some(port) = flag(args, "--echo-server") {
         return echo_server(u16::try_from(port).context("--echo-server takes a port")?);
     }
@@ -107,7 +110,7 @@ struct Options {
 
 /// Raises this process's soft limit of open files to its hard limit; the
 /// servers it starts inherit it. Returns the limit.
-fn raise_fd_limit() -> anyhow::Result<u64> {
+pub(crate) fn raise_fd_limit() -> anyhow::Result<u64> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
@@ -248,13 +251,13 @@ async fn bench(options: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn socket_addr(base: &str) -> anyhow::Result<SocketAddr> {
+pub(crate) fn socket_addr(base: &str) -> anyhow::Result<SocketAddr> {
     Ok(base.trim_start_matches("http://").parse()?)
 }
 
@@ -476,7 +479,7 @@ async fn seat_one(
 }
 
 /// Where the clients connect.
-enum Endpoint {
+pub(crate) enum Endpoint {
     Kontakt {
         http: reqwest::Client,
         base: String,
@@ -515,7 +518,7 @@ impl Endpoint {
     /// A connection as a browser makes it: a ticket for the session
     /// `token`, the socket with it, and the `welcome`. The echo server
     /// takes any connection.
-    async fn connect(&self, token: &str, source: IpAddr) -> anyhow::Result<Socket> {
+    pub(crate) async fn connect(&self, token: &str, source: IpAddr) -> anyhow::Result<Socket> {
         let Endpoint::Kontakt { http, base, .. } = self else {
             return self.open("/ws", source).await;
         };
@@ -537,17 +540,17 @@ impl Endpoint {
 }
 
 /// The loopback source address of the `i`th connection.
-fn source(i: usize) -> IpAddr {
+pub(crate) fn source(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % SOURCES as usize) as u8))
 }
 
-async fn send_json(socket: &mut Socket, frame: Value) -> anyhow::Result<()> {
+pub(crate) async fn send_json(socket: &mut Socket, frame: Value) -> anyhow::Result<()> {
     socket.send(Message::text(frame.to_string())).await?;
     Ok(())
 }
 
 /// Reads until a text frame of type `kind`; an `error` frame fails.
-async fn until(socket: &mut Socket, kind: &str) -> anyhow::Result<Value> {
+pub(crate) async fn until(socket: &mut Socket, kind: &str) -> anyhow::Result<Value> {
     loop {
         let frame = tokio::time::timeout(Duration::from_secs(30), socket.next())
             .await

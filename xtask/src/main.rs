@@ -3,12 +3,14 @@
 //! - `ci`: installs what the tests need (through apt and npm), then runs
 //!   formatting, clippy, every Rust test and the browser tests. `.ci/run`
 //!   calls exactly this.
-//! - `bench <booking|relay|notify|signaling>`: benchmarks that print figures.
+//! - `bench <booking|relay|notify|signaling>`: benchmarks that print figures;
+//!   `bench signaling queue` is the chat queue's scenario.
 //! - `e2e`: the browser tests alone.
 //! - `db-reset`: deletes the local SQLite database in `./data`.
 
 mod bench_booking;
 mod bench_notify;
+mod bench_queue;
 mod bench_relay;
 mod bench_signaling;
 mod ci;
