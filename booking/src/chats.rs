@@ -358,10 +358,7 @@ pub async fn canned_responses(db: &Db) -> Result<Vec<CannedResponse>, Error> {
 /// Stores `responses` for their service and language, in the order given,
 /// except for a service and language that has responses already; returns
 /// how many were stored. Two nodes starting at once store them once.
-pub async fn add_canned_responses(
-    db: &Db,
-    responses: &[CannedResponse],
-) -> Result<usize, Error> {
+pub async fn add_canned_responses(db: &Db, responses: &[CannedResponse]) -> Result<usize, Error> {
     let _turn = db.write_turn().await;
     let mut tx = db.pool().begin().await?;
     let mut stored = 0;

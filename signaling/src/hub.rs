@@ -962,7 +962,11 @@ impl Hub {
             return Ok(state.queue.transfer_candidates(room, staff));
         }
         drop(state);
-        let cluster = self.shared.cluster.as_ref().expect("only a cluster has followers");
+        let cluster = self
+            .shared
+            .cluster
+            .as_ref()
+            .expect("only a cluster has followers");
         let reply = reply_subject(&cluster.name, &self.shared.node);
         let mut answers = self.shared.bus.subscribe(&reply).await?;
         self.forward(Input::TransferCandidates {

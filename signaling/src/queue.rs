@@ -17,8 +17,8 @@ use crate::ids::{
 };
 use crate::outbound::{send, AdHocMeeting, AuditAction, AuditEntry, Outbound};
 use crate::protocol::{
-    ChatOutcome, CloseReason, ErrorCode, OfferedTime, Participant, PresenceState, QueueEntryView, Role,
-    RoomEvent, ServerMessage, UnassignReason,
+    ChatOutcome, CloseReason, ErrorCode, OfferedTime, Participant, PresenceState, QueueEntryView,
+    Role, RoomEvent, ServerMessage, UnassignReason,
 };
 use crate::room::ClockAnchor;
 
@@ -1667,19 +1667,53 @@ mod tests {
         let candidates = |h: &Harness, who: &str| {
             h.queue
                 .transfer_candidates(&room(1), &StaffId::parse(who).unwrap())
-                .map(|list| list.iter().map(|s| s.as_str().to_owned()).collect::<Vec<_>>())
+                .map(|list| {
+                    list.iter()
+                        .map(|s| s.as_str().to_owned())
+                        .collect::<Vec<_>>()
+                })
         };
         // Nobody may ask about a chat that is not theirs.
         assert_eq!(candidates(&h, "a"), None);
-        h.at(1, QueueInput::Claim { conn: c(A), room: room(1) });
-        assert_eq!(candidates(&h, "a"), Some(vec!["b".to_owned()]), "x is excluded");
+        h.at(
+            1,
+            QueueInput::Claim {
+                conn: c(A),
+                room: room(1),
+            },
+        );
+        assert_eq!(
+            candidates(&h, "a"),
+            Some(vec!["b".to_owned()]),
+            "x is excluded"
+        );
         assert_eq!(candidates(&h, "b"), None);
         // A colleague at their limit is no candidate, nor one gone offline.
-        h.at(2, QueueInput::Claim { conn: c(B), room: room(2) });
+        h.at(
+            2,
+            QueueInput::Claim {
+                conn: c(B),
+                room: room(2),
+            },
+        );
         assert_eq!(candidates(&h, "a"), Some(Vec::new()));
-        h.at(3, QueueInput::Availability { conn: c(B), available: true, max_chats: 2 });
+        h.at(
+            3,
+            QueueInput::Availability {
+                conn: c(B),
+                available: true,
+                max_chats: 2,
+            },
+        );
         assert_eq!(candidates(&h, "a"), Some(vec!["b".to_owned()]));
-        h.at(4, QueueInput::Availability { conn: c(B), available: false, max_chats: 2 });
+        h.at(
+            4,
+            QueueInput::Availability {
+                conn: c(B),
+                available: false,
+                max_chats: 2,
+            },
+        );
         assert_eq!(candidates(&h, "a"), Some(Vec::new()));
         let out = h.at(
             5,
