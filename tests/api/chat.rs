@@ -825,7 +825,10 @@ async fn a_chat_is_transferred_only_to_an_online_eligible_colleague_under_their_
         home.send(json!({"type": "staff.availability", "available": false, "max_chats": 1}))
             .await;
         frames_until_pong(&mut home).await;
-        assert_eq!(colleagues(&app, first, &room).await.1, [second.id.clone()]);
+        assert_eq!(
+            colleagues(&app, first, &room).await.1,
+            std::slice::from_ref(&second.id)
+        );
         let error = refused(
             &mut holder,
             json!({"type": "queue.transfer", "room": room, "to": mala.id}),
@@ -987,5 +990,50 @@ async fn staff_offer_free_times_for_the_residents_home_and_the_resident_books_on
             .await
             .unwrap();
         assert!(mine.iter().any(|b| b["starts_at"] == starts_at));
+    }
+}
+
+#[tokio::test]
+async fn the_transcript_says_how_staff_closed_the_chat() {
+    for app in spawn_apps().await {
+        let lycksele = social_workers(&app, "2481").await.remove(0);
+        let mut staff = Client::open(&app, &app.staff_token(lycksele.email.as_str()).await).await;
+        staff
+            .send(json!({"type": "staff.availability", "available": true, "max_chats": 2}))
+            .await;
+        let anna = app.resident("anna@example.se").await;
+        let anna_token = app.resident_token(&anna).await;
+        let mut resident = Client::open(&app, &anna_token).await;
+        resident
+            .send(json!({"type": "queue.open", "service": "ekonomiskt-bistand"}))
+            .await;
+        let room = resident.until("joined").await["room"]
+            .as_str()
+            .expect("a room")
+            .to_owned();
+        staff
+            .send(json!({"type": "queue.claim", "room": room}))
+            .await;
+        staff.until("queue.assigned").await;
+        staff
+            .send(json!({"type": "chat.close", "room": room, "outcome": "booked"}))
+            .await;
+        resident.until_event(&room, "ended").await;
+        let response = reqwest::Client::new()
+            .get(app.url(&format!("/my/chats/{}", room.replace(':', "%3A"))))
+            .header(
+                "cookie",
+                format!("{}={anna_token}", web::auth::SESSION_COOKIE),
+            )
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 200, "{}", app.backend);
+        let transcript = response.text().await.expect("a body");
+        assert!(
+            transcript.contains("Chatten avslutades. Ett möte är bokat."),
+            "{}: {transcript}",
+            app.backend
+        );
     }
 }

@@ -168,7 +168,7 @@ fn line(row: &EventRow) -> Option<Markup> {
         ),
         "assigned" => (None, tr("page.chats.assigned")),
         "video_opened" => (None, tr("page.chats.video_opened")),
-        "ended" => (None, tr("page.chats.ended")),
+        "ended" => (None, tr(ended_key(&event))),
         _ => return None,
     };
     let at = event["sent_at"].as_i64().unwrap_or(row.at);
@@ -232,4 +232,16 @@ async fn record(
         .await
         .map_err(booking::Error::from)?;
     Ok(())
+}
+
+/// The transcript's words for the end of a chat, with how it ended when
+/// the social worker who closed it said so.
+fn ended_key(event: &Value) -> &'static str {
+    match event["outcome"].as_str() {
+        Some("resolved") => "page.chats.ended_resolved",
+        Some("booked") => "page.chats.ended_booked",
+        Some("referred") => "page.chats.ended_referred",
+        Some("no_contact") => "page.chats.ended_no_contact",
+        _ => "page.chats.ended",
+    }
 }
