@@ -103,9 +103,9 @@ pub async fn all_services(db: &Db) -> Result<Vec<Service>, Error> {
 pub async fn service(db: &Db, code: &ServiceCode) -> Result<Option<Service>, Error> {
     let sql = format!("SELECT {SERVICE_COLUMNS} FROM services WHERE code = $1");
     let row = sqlx::query(&sql)
-    .bind(code.as_str())
-    .fetch_optional(db.pool())
-    .await?;
+        .bind(code.as_str())
+        .fetch_optional(db.pool())
+        .await?;
     row.as_ref().map(service_from_row).transpose()
 }
 

@@ -59,7 +59,11 @@ pub async fn pre_assessors(
 /// those whose pre-assessment may be done by chat and that the policy lets
 /// some municipality pre-assess for `home`, bookable services first in
 /// code order and [`catalog::GENERAL`] last. Empty for an unknown `home`.
-pub async fn offered(db: &Db, home: &MunicipalityCode, at: Timestamp) -> Result<Vec<Service>, Error> {
+pub async fn offered(
+    db: &Db,
+    home: &MunicipalityCode,
+    at: Timestamp,
+) -> Result<Vec<Service>, Error> {
     let mut offered = Vec::new();
     for service in catalog::all_services(db).await? {
         if !service.chat {
@@ -354,10 +358,7 @@ pub async fn canned_responses(db: &Db) -> Result<Vec<CannedResponse>, Error> {
 /// Stores `responses` for their service and language, in the order given,
 /// except for a service and language that has responses already; returns
 /// how many were stored. Two nodes starting at once store them once.
-pub async fn add_canned_responses(
-    db: &Db,
-    responses: &[CannedResponse],
-) -> Result<usize, Error> {
+pub async fn add_canned_responses(db: &Db, responses: &[CannedResponse]) -> Result<usize, Error> {
     let _turn = db.write_turn().await;
     let mut tx = db.pool().begin().await?;
     let mut stored = 0;

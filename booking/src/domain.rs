@@ -354,7 +354,10 @@ impl MessageText {
             .chars()
             .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
         {
-            Err(invalid("message", "a message cannot hold control characters"))
+            Err(invalid(
+                "message",
+                "a message cannot hold control characters",
+            ))
         } else {
             Ok(MessageText(trimmed.to_owned()))
         }
@@ -576,20 +579,38 @@ mod tests {
 
     #[test]
     fn phone_numbers() {
-        for ok in ["070-123 45 67", "+46 (0)70 123 45 67", "0951 14000", "123456"] {
+        for ok in [
+            "070-123 45 67",
+            "+46 (0)70 123 45 67",
+            "0951 14000",
+            "123456",
+        ] {
             assert_eq!(PhoneNumber::parse(ok).unwrap().as_str(), ok.trim(), "{ok}");
         }
-        for bad in ["", "12345", "070 123 45 67 89 01 23", "46+70123456", "070-CALL-ME", "0701234567; DROP"] {
+        for bad in [
+            "",
+            "12345",
+            "070 123 45 67 89 01 23",
+            "46+70123456",
+            "070-CALL-ME",
+            "0701234567; DROP",
+        ] {
             assert!(PhoneNumber::parse(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn message_texts() {
-        assert_eq!(MessageText::parse("  Hej!\nRing mig.  ").unwrap().as_str(), "Hej!\nRing mig.");
+        assert_eq!(
+            MessageText::parse("  Hej!\nRing mig.  ").unwrap().as_str(),
+            "Hej!\nRing mig."
+        );
         assert!(MessageText::parse(" \n ").is_err());
         let longest = "ä".repeat(MessageText::MAX_CHARS);
-        assert!(MessageText::parse(&longest).is_ok(), "counted in characters");
+        assert!(
+            MessageText::parse(&longest).is_ok(),
+            "counted in characters"
+        );
         assert!(MessageText::parse(&format!("{longest}a")).is_err());
         assert!(MessageText::parse("a\u{7}b").is_err());
     }

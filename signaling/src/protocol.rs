@@ -893,8 +893,9 @@ mod tests {
     #[test]
     fn a_refused_chat_message_is_answered_in_its_room_under_its_client_id() {
         let long = "ä".repeat(MAX_CHAT_CHARS + 1);
-        let frame =
-            format!(r#"{{"v":1,"type":"chat.send","room":"chat:1","client_id":"c7","text":"{long}"}}"#);
+        let frame = format!(
+            r#"{{"v":1,"type":"chat.send","room":"chat:1","client_id":"c7","text":"{long}"}}"#
+        );
         let error = parse_client_frame(&frame).unwrap_err();
         assert_eq!(error.close_code(), None, "the connection stays usable");
         let answer = error.to_message().to_frame();
@@ -903,9 +904,13 @@ mod tests {
             r#"{"client_id":"c7","code":"invalid","message":"chat text is longer than 4000 characters","room":"chat:1","type":"error","v":1}"#
         );
         let exact = "ä".repeat(MAX_CHAT_CHARS);
-        let frame =
-            format!(r#"{{"v":1,"type":"chat.send","room":"chat:1","client_id":"c7","text":"{exact}"}}"#);
-        assert!(parse_client_frame(&frame).is_ok(), "the limit is in characters");
+        let frame = format!(
+            r#"{{"v":1,"type":"chat.send","room":"chat:1","client_id":"c7","text":"{exact}"}}"#
+        );
+        assert!(
+            parse_client_frame(&frame).is_ok(),
+            "the limit is in characters"
+        );
     }
 
     #[test]

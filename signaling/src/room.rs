@@ -394,11 +394,7 @@ impl Room {
             }
             RoomInput::End { conn } => {
                 if let Some(by) = self.host_party(conn, &mut out) {
-                    self.append_for_admitted(
-                        RoomEvent::Ended { by, outcome: None },
-                        at,
-                        &mut out,
-                    );
+                    self.append_for_admitted(RoomEvent::Ended { by, outcome: None }, at, &mut out);
                     self.close(
                         CloseReason::MeetingEnded,
                         Some(BookingOutcome::Completed),

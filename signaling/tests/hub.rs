@@ -65,7 +65,8 @@ fn settings() -> HubSettings {
             answer_timeout: Duration::from_secs(60),
             abandon_after: Duration::from_secs(300),
             average_chat: Duration::from_secs(600),
-        },
+        }
+        .into(),
         connection_buffer: 256,
     }
 }
@@ -697,8 +698,13 @@ async fn an_anonymous_resident_acts_in_their_one_chat_and_the_video_it_became_on
     .await;
     // Someone else's chat, and the meeting room it became, answer as if
     // they did not exist.
-    hub.handle(a, ClientMessage::QueueClaim { room: others.clone() })
-        .await;
+    hub.handle(
+        a,
+        ClientMessage::QueueClaim {
+            room: others.clone(),
+        },
+    )
+    .await;
     hub.handle(
         a,
         ClientMessage::ChatEscalateVideo {

@@ -86,7 +86,10 @@ async fn chat_is_offered_where_the_service_and_the_policy_allow_it() {
         };
         assert!(chat("ekonomiskt-bistand"));
         assert!(!chat("barn-och-familj"), "its pre-assessment is a meeting");
-        assert!(!codes(&services).contains(&"general"), "general books nothing");
+        assert!(
+            !codes(&services).contains(&"general"),
+            "general books nothing"
+        );
 
         let offered = app.get("/api/chats/services?home=2418&lang=en", None).await;
         assert_eq!(offered.status(), 200, "{}", app.backend);
@@ -261,7 +264,9 @@ async fn an_anonymous_chat_is_one_chat_for_one_service_that_allows_it() {
             assert_eq!(error["code"], "not_found", "{}: {error}", app.backend);
         }
 
-        staff.send(json!({"type": "queue.claim", "room": room})).await;
+        staff
+            .send(json!({"type": "queue.claim", "room": room}))
+            .await;
         staff.until("queue.assigned").await;
         anonymous
             .send(json!({"type": "chat.send", "room": room, "client_id": "a1", "text": "Min mamma behöver hjälp"}))
@@ -316,7 +321,9 @@ async fn staff_escalate_a_chat_and_both_enter_the_ad_hoc_room_with_turn_credenti
         let mut colleague = console_of(&app, &lycksele[1], 2).await;
         let mut anna = resident(&app, "anna@example.se").await;
         let room = open_chat(&mut anna, "ekonomiskt-bistand").await;
-        staff.send(json!({"type": "queue.claim", "room": room})).await;
+        staff
+            .send(json!({"type": "queue.claim", "room": room}))
+            .await;
         staff.until("queue.assigned").await;
         staff
             .send(json!({"type": "chat.escalate_video", "room": room}))
@@ -396,18 +403,18 @@ async fn mark_handled(app: &TestApp, staff: &booking::accounts::Staff, id: &str)
 async fn the_offline_form_reaches_the_eligible_staff_and_confirms_without_naming_anything() {
     for app in spawn_apps().await {
         let sent = post_signed_out(
-                &app,
-                "/api/chats/offline",
-                &json!({
-                    "service": "ekonomiskt-bistand",
-                    "municipality": "2418",
-                    "message": "Jag behöver hjälp med hyran <snart>",
-                    "name": "Sam Sändare",
-                    "contact_email": "sam@example.se",
-                    "contact_phone": ""
-                }),
-            )
-            .await;
+            &app,
+            "/api/chats/offline",
+            &json!({
+                "service": "ekonomiskt-bistand",
+                "municipality": "2418",
+                "message": "Jag behöver hjälp med hyran <snart>",
+                "name": "Sam Sändare",
+                "contact_email": "sam@example.se",
+                "contact_phone": ""
+            }),
+        )
+        .await;
         assert_eq!(sent.status(), 202, "{}", app.backend);
         let id = sent.json::<Value>().await.unwrap()["id"]
             .as_str()
@@ -451,17 +458,37 @@ async fn the_offline_form_reaches_the_eligible_staff_and_confirms_without_naming
         };
         let lycksele_actor = format!("staff:{}", lycksele.id);
         assert_eq!(count(&lycksele_actor, "offline_message.read", "allowed"), 1);
-        assert_eq!(count(&lycksele_actor, "offline_message.handle", "allowed"), 1);
+        assert_eq!(
+            count(&lycksele_actor, "offline_message.handle", "allowed"),
+            1
+        );
         let helsingborg_actor = format!("staff:{}", helsingborg.id);
-        assert_eq!(count(&helsingborg_actor, "offline_message.read", "allowed"), 0);
-        assert_eq!(count(&helsingborg_actor, "offline_message.handle", "denied"), 1);
+        assert_eq!(
+            count(&helsingborg_actor, "offline_message.read", "allowed"),
+            0
+        );
+        assert_eq!(
+            count(&helsingborg_actor, "offline_message.handle", "denied"),
+            1
+        );
 
         // The confirmation names neither the service nor the message.
         let mail = app
             .dev_mail_to("sam@example.se", std::time::Duration::from_secs(10))
             .await;
-        for secret in ["hyran", "bistånd", "Ekonomiskt", "ekonomiskt-bistand", "Malå", "Lycksele"] {
-            assert!(!mail.contains(secret), "{}: {secret} in\n{mail}", app.backend);
+        for secret in [
+            "hyran",
+            "bistånd",
+            "Ekonomiskt",
+            "ekonomiskt-bistand",
+            "Malå",
+            "Lycksele",
+        ] {
+            assert!(
+                !mail.contains(secret),
+                "{}: {secret} in\n{mail}",
+                app.backend
+            );
         }
 
         // A signed-in resident needs no municipality, and gets the mail at
@@ -526,7 +553,10 @@ async fn the_offline_form_refuses_bad_input_and_keeps_nothing_of_it() {
             (json!({"contact_email": null}), 422),
             (json!({"contact_email": "  "}), 422),
             (json!({"contact_email": "not an address"}), 422),
-            (json!({"contact_email": null, "contact_phone": "call me"}), 422),
+            (
+                json!({"contact_email": null, "contact_phone": "call me"}),
+                422,
+            ),
             (json!({"message": ""}), 422),
             (json!({"message": " \n "}), 422),
             (json!({"message": format!("{longest}a")}), 422),
@@ -539,12 +569,7 @@ async fn the_offline_form_refuses_bad_input_and_keeps_nothing_of_it() {
             (json!({"colour": "blue"}), 422),
         ] {
             let answer = post_signed_out(&app, "/api/chats/offline", &form(changes.clone())).await;
-            assert_eq!(
-                answer.status(),
-                status,
-                "{}: {changes}",
-                app.backend
-            );
+            assert_eq!(answer.status(), status, "{}: {changes}", app.backend);
         }
         let mala = social_workers(&app, "2418").await.remove(0);
         assert!(
@@ -553,18 +578,28 @@ async fn the_offline_form_refuses_bad_input_and_keeps_nothing_of_it() {
             app.backend
         );
         // The longest message there may be is taken whole.
-        let answer =
-            post_signed_out(&app, "/api/chats/offline", &form(json!({"message": longest}))).await;
+        let answer = post_signed_out(
+            &app,
+            "/api/chats/offline",
+            &form(json!({"message": longest})),
+        )
+        .await;
         assert_eq!(answer.status(), 202, "{}", app.backend);
         let listed = offline_list(&app, &mala).await;
-        assert_eq!(listed[0]["message"].as_str().map(|m| m.chars().count()), Some(2000));
+        assert_eq!(
+            listed[0]["message"].as_str().map(|m| m.chars().count()),
+            Some(2000)
+        );
 
         // A page's cookie session must echo its CSRF value here too.
         let anna = app.resident("anna@example.se").await;
         let (cookie_token, _) = app.resident_session(&anna).await;
         let without_csrf = reqwest::Client::new()
             .post(app.url("/api/chats/offline"))
-            .header("cookie", format!("{}={cookie_token}", web::auth::SESSION_COOKIE))
+            .header(
+                "cookie",
+                format!("{}={cookie_token}", web::auth::SESSION_COOKIE),
+            )
             .json(&form(json!({})))
             .send()
             .await
@@ -654,9 +689,15 @@ async fn staff_close_with_an_outcome_and_refused_messages_lose_nothing() {
         let room = open_chat(&mut anna, "ekonomiskt-bistand").await;
 
         // A claim of a room that does not exist changes nothing.
-        let error = refused(&mut staff, json!({"type": "queue.claim", "room": "chat:no-such-room"})).await;
+        let error = refused(
+            &mut staff,
+            json!({"type": "queue.claim", "room": "chat:no-such-room"}),
+        )
+        .await;
         assert_eq!(error["code"], "not_found", "{}: {error}", app.backend);
-        staff.send(json!({"type": "queue.claim", "room": room})).await;
+        staff
+            .send(json!({"type": "queue.claim", "room": room}))
+            .await;
         staff.until("queue.assigned").await;
 
         // Too long: refused under its own client id, and nothing stored.
@@ -669,8 +710,10 @@ async fn staff_close_with_an_outcome_and_refused_messages_lose_nothing() {
         assert_eq!(error["code"], "invalid", "{}: {error}", app.backend);
         assert_eq!(error["room"], room.as_str());
         assert_eq!(error["client_id"], "long");
-        anna.send(json!({"type": "chat.send", "room": room, "client_id": "short", "text": "Kortare då"}))
-            .await;
+        anna.send(
+            json!({"type": "chat.send", "room": room, "client_id": "short", "text": "Kortare då"}),
+        )
+        .await;
         anna.until("chat.stored").await;
         let said = staff.until_event(&room, "chat").await;
         assert_eq!(said["event"]["text"], "Kortare då", "{}", app.backend);
@@ -692,15 +735,28 @@ async fn staff_close_with_an_outcome_and_refused_messages_lose_nothing() {
             .send(json!({"type": "chat.close", "room": room, "outcome": "referred"}))
             .await;
         let ended = anna.until_event(&room, "ended").await;
-        assert_eq!(ended["event"]["outcome"], "referred", "{}: {ended}", app.backend);
+        assert_eq!(
+            ended["event"]["outcome"], "referred",
+            "{}: {ended}",
+            app.backend
+        );
 
         let events = booking::events::events_after(&app.db, &room, 0)
             .await
             .expect("query");
         let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
-        assert_eq!(kinds, ["assigned", "chat", "chat", "ended"], "{}", app.backend);
+        assert_eq!(
+            kinds,
+            ["assigned", "chat", "chat", "ended"],
+            "{}",
+            app.backend
+        );
         assert!(!events.iter().any(|e| e.body.contains("ååå")));
-        assert!(events[3].body.contains(r#""outcome":"referred""#), "{:?}", events[3]);
+        assert!(
+            events[3].body.contains(r#""outcome":"referred""#),
+            "{:?}",
+            events[3]
+        );
     }
 }
 
@@ -744,7 +800,9 @@ async fn a_chat_is_transferred_only_to_an_online_eligible_colleague_under_their_
         let mut stranger = console_of(&app, &helsingborg, 3).await;
         let mut anna = resident(&app, "anna@example.se").await;
         let room = open_chat(&mut anna, "ekonomiskt-bistand").await;
-        holder.send(json!({"type": "queue.claim", "room": room})).await;
+        holder
+            .send(json!({"type": "queue.claim", "room": room}))
+            .await;
         holder.until("queue.assigned").await;
 
         let mut expected = vec![second.id.clone(), mala.id.clone()];
@@ -767,13 +825,17 @@ async fn a_chat_is_transferred_only_to_an_online_eligible_colleague_under_their_
         home.send(json!({"type": "staff.availability", "available": false, "max_chats": 1}))
             .await;
         frames_until_pong(&mut home).await;
-        assert_eq!(colleagues(&app, first, &room).await.1, [second.id.clone()]);
+        assert_eq!(colleagues(&app, first, &room).await.1, [second.id.as_str()]);
         let error = refused(
             &mut holder,
             json!({"type": "queue.transfer", "room": room, "to": mala.id}),
         )
         .await;
-        assert_eq!(error["code"], "not_eligible", "{}: offline: {error}", app.backend);
+        assert_eq!(
+            error["code"], "not_eligible",
+            "{}: offline: {error}",
+            app.backend
+        );
         let seen = frames_until_pong(&mut stranger).await;
         assert!(
             !seen.iter().any(|f| f["type"] == "queue.assigned"),
@@ -793,7 +855,11 @@ async fn a_chat_is_transferred_only_to_an_online_eligible_colleague_under_their_
         taker.until("chat.stored").await;
         let said = anna.until_event(&room, "chat").await;
         assert_eq!(said["event"]["text"], "Jag tar över", "{}", app.backend);
-        assert_eq!(colleagues(&app, first, &room).await.0, 404, "no longer theirs");
+        assert_eq!(
+            colleagues(&app, first, &room).await.0,
+            404,
+            "no longer theirs"
+        );
     }
 }
 
@@ -806,11 +872,17 @@ async fn staff_offer_free_times_for_the_residents_home_and_the_resident_books_on
         let anna_token = app.resident_token(&anna).await;
         let mut resident = Client::open(&app, &anna_token).await;
         let room = open_chat(&mut resident, "ekonomiskt-bistand").await;
-        staff.send(json!({"type": "queue.claim", "room": room})).await;
+        staff
+            .send(json!({"type": "queue.claim", "room": room}))
+            .await;
         staff.until("queue.assigned").await;
 
         let tz = booking::bookings::zone(booking::bookings::DISPLAY_ZONE).unwrap();
-        let tomorrow = jiff::Timestamp::now().to_zoned(tz).date().tomorrow().unwrap();
+        let tomorrow = jiff::Timestamp::now()
+            .to_zoned(tz)
+            .date()
+            .tomorrow()
+            .unwrap();
         let path = |query: &str| format!("/api/staff/chats/{room}/free-times?{query}");
         let token = app.staff_token(lycksele[0].email.as_str()).await;
         let answer = app
@@ -818,11 +890,17 @@ async fn staff_offer_free_times_for_the_residents_home_and_the_resident_books_on
             .await;
         assert_eq!(answer.status(), 200, "{}", app.backend);
         let offered: Vec<Value> = answer.json().await.unwrap();
-        assert!(!offered.is_empty(), "{}: the demo has free times", app.backend);
+        assert!(
+            !offered.is_empty(),
+            "{}: the demo has free times",
+            app.backend
+        );
         for time in &offered {
             let by = time["municipality"].as_str().unwrap();
             assert!(["2418", "2481"].contains(&by), "{}: {time}", app.backend);
-            assert!(time["municipality_name"].as_str().is_some_and(|n| !n.is_empty()));
+            assert!(time["municipality_name"]
+                .as_str()
+                .is_some_and(|n| !n.is_empty()));
         }
         // The same times the resident would find, no more and no fewer.
         let public: Vec<String> = app
@@ -866,13 +944,17 @@ async fn staff_offer_free_times_for_the_residents_home_and_the_resident_books_on
             .iter()
             .filter(|r| r.action == "chat.free_times")
             .collect();
-        assert!(reads.iter().any(|r| r.actor == format!("staff:{}", lycksele[0].id)
-            && r.outcome == "allowed"
-            && r.resident_id.as_deref() == Some(anna.id.as_str())
-            && r.on_behalf_of.as_deref() == Some("2418")));
-        assert!(reads.iter().any(|r| r.actor == format!("staff:{}", lycksele[1].id)
-            && r.outcome == "denied"
-            && r.resident_id.is_none()));
+        assert!(reads
+            .iter()
+            .any(|r| r.actor == format!("staff:{}", lycksele[0].id)
+                && r.outcome == "allowed"
+                && r.resident_id.as_deref() == Some(anna.id.as_str())
+                && r.on_behalf_of.as_deref() == Some("2418")));
+        assert!(reads
+            .iter()
+            .any(|r| r.actor == format!("staff:{}", lycksele[1].id)
+                && r.outcome == "denied"
+                && r.resident_id.is_none()));
 
         // Offered in the chat, booked by the resident through the booking API.
         let first = &offered[0];
@@ -905,5 +987,68 @@ async fn staff_offer_free_times_for_the_residents_home_and_the_resident_books_on
             .await
             .unwrap();
         assert!(mine.iter().any(|b| b["starts_at"] == starts_at));
+    }
+}
+
+/// One server per database, as [`spawn_apps`], with `adjust` applied to the
+/// settings.
+async fn spawn_apps_with(adjust: impl Fn(&mut web::Settings)) -> Vec<TestApp> {
+    use booking::testing::TestDb;
+    let mut apps =
+        vec![kontakt_tests::spawn_app_with(TestDb::sqlite().await, "sqlite", &adjust).await];
+    if let Some(pg) = TestDb::postgres().await {
+        apps.push(kontakt_tests::spawn_app_with(pg, "postgres", &adjust).await);
+    }
+    apps
+}
+
+#[tokio::test]
+async fn each_chat_follows_the_queue_rules_of_its_home_municipality() {
+    // Malå assigns its residents' chats by itself and counts a minute a
+    // chat; everyone else keeps the defaults: claimed by hand, 15 minutes.
+    let apps = spawn_apps_with(|s| {
+        s.queue.municipalities.insert(
+            "2418".into(),
+            web::config::QueueOverride {
+                mode: Some(web::config::QueueModeSetting::Automatic),
+                average_chat_secs: Some(60),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    for app in apps {
+        let mut staff = console(&app, "2418").await;
+        frames_until_pong(&mut staff).await;
+        let mut anna = resident(&app, "anna@example.se").await;
+        let annas = open_chat(&mut anna, "ekonomiskt-bistand").await;
+        let assigned = staff.until("queue.assigned").await;
+        assert_eq!(assigned["entry"]["room"], annas.as_str(), "{}", app.backend);
+        anna.until_event(&annas, "assigned").await;
+
+        // Supporting relatives may be pre-assessed anywhere; Malå's staff
+        // may take Erik's chat, but Helsingborg's rules leave it waiting.
+        let mut erik = resident(&app, "erik@example.se").await;
+        let eriks = open_chat(&mut erik, "stod-till-anhoriga").await;
+        let status = erik.until("queue.status").await;
+        assert_eq!(status["eta_secs"], 900, "{}: {status}", app.backend);
+        let entry = staff.until("queue.entry").await;
+        assert_eq!(entry["entry"]["room"], eriks.as_str());
+        let stored = booking::events::queue_entry(&app.db, &eriks)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.state, "waiting", "{}", app.backend);
+
+        // A second chat from Malå, with its staff member busy, is told
+        // Malå's estimate.
+        staff
+            .send(json!({"type": "staff.availability", "available": true, "max_chats": 1}))
+            .await;
+        let mut anna_again = resident(&app, "anna@example.se").await;
+        let second = open_chat(&mut anna_again, "missbruk-beroende").await;
+        let status = anna_again.until("queue.status").await;
+        assert_eq!(status["room"], second.as_str());
+        assert_eq!(status["eta_secs"], 60, "{}: {status}", app.backend);
     }
 }

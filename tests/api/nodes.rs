@@ -228,7 +228,10 @@ async fn a_chat_opened_on_one_node_is_claimed_once_from_either_when_nats_url_is_
         .await;
     assert_eq!(asked.status(), 200);
     let colleagues: Vec<Value> = asked.json().await.expect("json");
-    let ids: Vec<&str> = colleagues.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = colleagues
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, [colleague.id.as_str()], "{colleagues:?}");
     let other = b
         .get(&path, Some(&b.staff_token(colleague.email.as_str()).await))

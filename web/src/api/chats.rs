@@ -134,8 +134,8 @@ pub async fn anonymous_chat(
     };
     let now = now();
     let (token, expires) = state.tickets.issue_chat_token(&chat, now.as_second());
-    let expires_at = jiff::Timestamp::from_second(expires)
-        .map_err(|e| AppError::Internal(e.into()))?;
+    let expires_at =
+        jiff::Timestamp::from_second(expires).map_err(|e| AppError::Internal(e.into()))?;
     Ok((
         StatusCode::CREATED,
         Json(AnonymousChatDto {
@@ -163,7 +163,8 @@ pub struct OfflineRequest {
 
 impl LongFields for OfflineRequest {
     // 2000 characters of up to four bytes each.
-    const LONG_FIELDS: &'static [(&'static str, usize)] = &[("message", 4 * MessageText::MAX_CHARS)];
+    const LONG_FIELDS: &'static [(&'static str, usize)] =
+        &[("message", 4 * MessageText::MAX_CHARS)];
 }
 
 #[derive(Serialize, ToSchema)]

@@ -241,7 +241,10 @@ async fn anonymous_opening(
     }
     // Its room is fixed by the token, so a chat that closed must not open
     // again under the same id.
-    if booking::events::queue_entry(db, &chat.room).await?.is_some() {
+    if booking::events::queue_entry(db, &chat.room)
+        .await?
+        .is_some()
+    {
         return Ok(Err(ServerMessage::error(
             ErrorCode::InvalidState,
             "this chat was opened before; ask for a new one",

@@ -122,7 +122,13 @@ impl Tickets {
         self.sign(&chat.room, TicketKind::Anonymous, Some(chat.clone()), now)
     }
 
-    fn sign(&self, sub: &str, subject: TicketKind, chat: Option<AnonymousChat>, now: i64) -> String {
+    fn sign(
+        &self,
+        sub: &str,
+        subject: TicketKind,
+        chat: Option<AnonymousChat>,
+        now: i64,
+    ) -> String {
         let claims = TicketClaims {
             sub: sub.to_owned(),
             subject,
@@ -148,8 +154,9 @@ impl Tickets {
             iat: now,
             exp,
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.chat_encoding)
-            .expect("HS256 signing cannot fail");
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.chat_encoding)
+                .expect("HS256 signing cannot fail");
         (token, exp)
     }
 
