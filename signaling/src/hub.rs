@@ -34,7 +34,7 @@ use crate::protocol::{
     BookingOutcome, CannedResponse, ClientMessage, CloseReason, ErrorCode, Language, Participant,
     ServerMessage, TurnCredentials,
 };
-use crate::queue::{NewConversation, Queue, QueueInput, QueueSettings, StaffProfile};
+use crate::queue::{NewConversation, Queue, QueueInput, QueueRules, StaffProfile};
 use crate::room::{ClockAnchor, Joiner, MeetingSetup, Room, RoomInput, Signal, StaffAccess};
 use crate::store::{Appended, EventRow, QueueEntryRow, Store, StoreError};
 
@@ -102,9 +102,10 @@ pub trait Effects: Send + Sync + 'static {
 }
 
 /// The hub's settings, from the caller's configuration.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct HubSettings {
-    pub queue: QueueSettings,
+    /// The queue's rules, per municipality.
+    pub queue: QueueRules,
     /// How many messages may wait for one connection before the hub gives
     /// up on it as too slow and closes its channel.
     pub connection_buffer: usize,
@@ -197,7 +198,7 @@ impl Hub {
                 state: Mutex::new(HubState {
                     connections: HashMap::new(),
                     rooms: HashMap::new(),
-                    queue: Queue::new(settings.queue, clock),
+                    queue: Queue::new(settings.queue.clone(), clock),
                     canned: BTreeMap::new(),
                     role,
                     specs: HashMap::new(),
@@ -812,7 +813,7 @@ impl Hub {
     /// nodes' connections. The store has all that matters.
     fn forget_owned(&self, state: &mut HubState) {
         state.rooms.clear();
-        state.queue = Queue::new(self.shared.settings.queue, self.shared.clock);
+        state.queue = Queue::new(self.shared.settings.queue.clone(), self.shared.clock);
         state
             .connections
             .retain(|_, c| matches!(c.sink, Sink::Local(_)));

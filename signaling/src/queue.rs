@@ -31,8 +31,9 @@ pub enum QueueMode {
     Automatic,
 }
 
-/// The queue's rules, passed in by the caller from its configuration.
-#[derive(Debug, Clone, Copy)]
+/// One set of the queue's rules, passed in by the caller from its
+/// configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueSettings {
     pub mode: QueueMode,
     /// How long staff have to answer (write or accept) a chat they were given
@@ -43,6 +44,34 @@ pub struct QueueSettings {
     pub abandon_after: Duration,
     /// The average time one chat takes, for the estimated wait.
     pub average_chat: Duration,
+}
+
+/// The queue's rules for every municipality: the defaults, and those of
+/// the municipalities that set their own. A chat follows the rules of its
+/// resident's home municipality, which is responsible for it: how it
+/// reaches staff, how long they have to answer, when an abandoned chat
+/// goes, and the estimated wait its resident is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueRules {
+    pub defaults: QueueSettings,
+    pub municipalities: BTreeMap<MunicipalityCode, QueueSettings>,
+}
+
+impl QueueRules {
+    /// The rules of chats whose resident lives in `home`.
+    pub fn of(&self, home: &MunicipalityCode) -> &QueueSettings {
+        self.municipalities.get(home).unwrap_or(&self.defaults)
+    }
+}
+
+impl From<QueueSettings> for QueueRules {
+    /// The same rules everywhere.
+    fn from(defaults: QueueSettings) -> Self {
+        QueueRules {
+            defaults,
+            municipalities: BTreeMap::new(),
+        }
+    }
 }
 
 /// A staff member as the caller knows them from the sign-in.
@@ -195,7 +224,7 @@ impl EntryState {
 /// The pre-assessment queue and every open chat conversation.
 #[derive(Debug)]
 pub struct Queue {
-    settings: QueueSettings,
+    rules: QueueRules,
     clock: ClockAnchor,
     next_ticket: i64,
     conversations: BTreeMap<RoomId, Conversation>,
@@ -203,9 +232,9 @@ pub struct Queue {
 }
 
 impl Queue {
-    pub fn new(settings: QueueSettings, clock: ClockAnchor) -> Self {
+    pub fn new(rules: impl Into<QueueRules>, clock: ClockAnchor) -> Self {
         Queue {
-            settings,
+            rules: rules.into(),
             clock,
             next_ticket: 1,
             conversations: BTreeMap::new(),
@@ -295,11 +324,11 @@ impl Queue {
             .values()
             .filter_map(|c| match &c.record.state {
                 EntryState::Assigned(_) if !c.answered => {
-                    Some(c.assigned_at + self.settings.answer_timeout)
+                    Some(c.assigned_at + self.rules_of(c).answer_timeout)
                 }
                 EntryState::Waiting => c
                     .resident_gone_since
-                    .map(|t| t + self.settings.abandon_after),
+                    .map(|t| t + self.rules_of(c).abandon_after),
                 _ => None,
             })
             .min()
@@ -861,12 +890,13 @@ impl Queue {
 
     fn tick(&mut self, now: Instant, out: &mut Vec<Outbound>) {
         let at = self.clock.unix_at(now);
-        let timeout = self.settings.answer_timeout;
         let unanswered: Vec<(RoomId, StaffId)> = self
             .conversations
             .iter()
             .filter_map(|(room, c)| match &c.record.state {
-                EntryState::Assigned(staff) if !c.answered && now >= c.assigned_at + timeout => {
+                EntryState::Assigned(staff)
+                    if !c.answered && now >= c.assigned_at + self.rules_of(c).answer_timeout =>
+                {
                     Some((room.clone(), staff.clone()))
                 }
                 _ => None,
@@ -875,13 +905,13 @@ impl Queue {
         for (room, staff) in unanswered {
             self.return_to_queue(&room, &staff, UnassignReason::NoAnswer, out);
         }
-        let abandon = self.settings.abandon_after;
         let abandoned: Vec<RoomId> = self
             .conversations
             .iter()
             .filter(|(_, c)| {
                 c.record.state == EntryState::Waiting
-                    && c.resident_gone_since.is_some_and(|t| now >= t + abandon)
+                    && c.resident_gone_since
+                        .is_some_and(|t| now >= t + self.rules_of(c).abandon_after)
             })
             .map(|(room, _)| room.clone())
             .collect();
@@ -973,16 +1003,14 @@ impl Queue {
         self.announce_waiting(room, out);
     }
 
-    /// In automatic mode, gives waiting chats, oldest first, to the eligible
-    /// online staff member with the fewest chats who is under their limit.
-    /// Staff who let this chat time out are tried only when nobody else can.
+    /// Gives the waiting chats whose home municipality assigns them
+    /// automatically, oldest first, to the eligible online staff member with
+    /// the fewest chats who is under their limit. Staff who let this chat
+    /// time out are tried only when nobody else can.
     fn rebalance(&mut self, at: i64, now: Instant, out: &mut Vec<Outbound>) {
-        if self.settings.mode != QueueMode::Automatic {
-            self.send_statuses(out);
-            return;
-        }
         let mut waiting: Vec<(i64, RoomId)> = self
             .waiting()
+            .filter(|c| self.rules_of(c).mode == QueueMode::Automatic)
             .map(|c| (c.record.ticket, c.record.room.clone()))
             .collect();
         waiting.sort();
@@ -1043,7 +1071,12 @@ impl Queue {
             *ahead += 1;
             let position = *ahead;
             let rounds = u64::from(position).div_ceil(staff_online.max(1) as u64);
-            let eta_secs = rounds * self.settings.average_chat.as_secs();
+            let eta_secs = rounds
+                * self
+                    .rules
+                    .of(&conversation.record.home_municipality)
+                    .average_chat
+                    .as_secs();
             let status = (position, eta_secs, staff_online > 0);
             if conversation.last_status == Some(status) {
                 continue;
@@ -1247,6 +1280,11 @@ impl Queue {
                 None
             }
         }
+    }
+
+    /// The rules `conversation` follows: its home municipality's.
+    fn rules_of(&self, conversation: &Conversation) -> &QueueSettings {
+        self.rules.of(&conversation.record.home_municipality)
     }
 
     fn staff_of_conn(&self, conn: ConnectionId) -> Option<StaffId> {
@@ -1848,6 +1886,114 @@ mod tests {
         let out = h.at(4, close(R2, 2, Some(ChatOutcome::Resolved)));
         assert!(
             out.contains(r#"c12 event {"event":{"by":"resident:r2","kind":"ended"},"seq":2}"#),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn each_chat_follows_the_rules_of_its_home_municipality() {
+        // 0181 assigns by itself, gives 30 s to answer and counts 100 s a
+        // chat; 0182 keeps the defaults: by hand, 60 s, 600 s.
+        let t0 = Instant::now();
+        let mut rules = QueueRules::from(settings(QueueMode::Manual));
+        rules.municipalities.insert(
+            MunicipalityCode::parse("0181").unwrap(),
+            QueueSettings {
+                mode: QueueMode::Automatic,
+                answer_timeout: Duration::from_secs(30),
+                abandon_after: Duration::from_secs(120),
+                average_chat: Duration::from_secs(100),
+            },
+        );
+        let mut queue = Queue::new(
+            rules,
+            ClockAnchor {
+                instant: t0,
+                unix: 0,
+            },
+        );
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        for (conn, id) in [(A, "a"), (B, "b")] {
+            queue.handle(
+                QueueInput::StaffConnected {
+                    conn: c(conn),
+                    staff: profile(id, "0180"),
+                },
+                t0,
+            );
+            queue.handle(
+                QueueInput::Availability {
+                    conn: c(conn),
+                    available: true,
+                    max_chats: 1,
+                },
+                t0,
+            );
+        }
+        let elsewhere = |n: u64| NewConversation {
+            home_municipality: MunicipalityCode::parse("0182").unwrap(),
+            eligible_municipalities: BTreeSet::from([MunicipalityCode::parse("0180").unwrap()]),
+            ..new_conversation(n)
+        };
+        let out = render(&queue.handle(
+            QueueInput::Open {
+                conn: c(R2),
+                conversation: elsewhere(2),
+            },
+            at(0),
+        ));
+        assert!(
+            out.contains(r#"c12 queue.status {"eta_secs":600,"position":1,"staff_online":true}"#),
+            "{out}"
+        );
+        let out = render(&queue.handle(
+            QueueInput::Open {
+                conn: c(R1),
+                conversation: new_conversation(1),
+            },
+            at(1),
+        ));
+        assert!(
+            out.contains("c1 queue.assigned"),
+            "0181's chat went to a: {out}"
+        );
+        assert_eq!(
+            queue.record(&room(2)).unwrap().state,
+            EntryState::Waiting,
+            "0182's chat waits to be claimed"
+        );
+        // 0181's answer time runs out first, and its chat moves on by itself.
+        assert_eq!(queue.next_deadline(), Some(at(31)));
+        let out = render(&queue.handle(QueueInput::Tick, at(31)));
+        assert!(
+            out.contains(r#"c1 queue.unassigned {"reason":"no_answer"}"#),
+            "{out}"
+        );
+        assert!(out.contains("c2 queue.assigned"), "{out}");
+        assert_eq!(
+            queue.record(&room(1)).unwrap().state,
+            EntryState::Assigned(StaffId::parse("b").unwrap())
+        );
+        // Staff a, free again, takes 0181's next chat at once.
+        let out = render(&queue.handle(
+            QueueInput::Open {
+                conn: c(R3),
+                conversation: new_conversation(3),
+            },
+            at(32),
+        ));
+        assert!(out.contains("c1 queue.assigned"), "{out}");
+        // With both busy, the next one waits, second in line, and is told
+        // its own municipality's estimate: one round of 100 s.
+        let out = render(&queue.handle(
+            QueueInput::Open {
+                conn: c(14),
+                conversation: new_conversation(4),
+            },
+            at(33),
+        ));
+        assert!(
+            out.contains(r#"c14 queue.status {"eta_secs":100,"position":2,"staff_online":true}"#),
             "{out}"
         );
     }

@@ -65,7 +65,8 @@ fn settings() -> HubSettings {
             answer_timeout: Duration::from_secs(60),
             abandon_after: Duration::from_secs(300),
             average_chat: Duration::from_secs(600),
-        },
+        }
+        .into(),
         connection_buffer: 256,
     }
 }

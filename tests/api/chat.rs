@@ -825,10 +825,7 @@ async fn a_chat_is_transferred_only_to_an_online_eligible_colleague_under_their_
         home.send(json!({"type": "staff.availability", "available": false, "max_chats": 1}))
             .await;
         frames_until_pong(&mut home).await;
-        assert_eq!(
-            colleagues(&app, first, &room).await.1,
-            std::slice::from_ref(&second.id)
-        );
+        assert_eq!(colleagues(&app, first, &room).await.1, [second.id.as_str()]);
         let error = refused(
             &mut holder,
             json!({"type": "queue.transfer", "room": room, "to": mala.id}),
@@ -1035,5 +1032,68 @@ async fn the_transcript_says_how_staff_closed_the_chat() {
             "{}: {transcript}",
             app.backend
         );
+    }
+}
+
+/// One server per database, as [`spawn_apps`], with `adjust` applied to the
+/// settings.
+async fn spawn_apps_with(adjust: impl Fn(&mut web::Settings)) -> Vec<TestApp> {
+    use booking::testing::TestDb;
+    let mut apps =
+        vec![kontakt_tests::spawn_app_with(TestDb::sqlite().await, "sqlite", &adjust).await];
+    if let Some(pg) = TestDb::postgres().await {
+        apps.push(kontakt_tests::spawn_app_with(pg, "postgres", &adjust).await);
+    }
+    apps
+}
+
+#[tokio::test]
+async fn each_chat_follows_the_queue_rules_of_its_home_municipality() {
+    // Malå assigns its residents' chats by itself and counts a minute a
+    // chat; everyone else keeps the defaults: claimed by hand, 15 minutes.
+    let apps = spawn_apps_with(|s| {
+        s.queue.municipalities.insert(
+            "2418".into(),
+            web::config::QueueOverride {
+                mode: Some(web::config::QueueModeSetting::Automatic),
+                average_chat_secs: Some(60),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    for app in apps {
+        let mut staff = console(&app, "2418").await;
+        frames_until_pong(&mut staff).await;
+        let mut anna = resident(&app, "anna@example.se").await;
+        let annas = open_chat(&mut anna, "ekonomiskt-bistand").await;
+        let assigned = staff.until("queue.assigned").await;
+        assert_eq!(assigned["entry"]["room"], annas.as_str(), "{}", app.backend);
+        anna.until_event(&annas, "assigned").await;
+
+        // Supporting relatives may be pre-assessed anywhere; Malå's staff
+        // may take Erik's chat, but Helsingborg's rules leave it waiting.
+        let mut erik = resident(&app, "erik@example.se").await;
+        let eriks = open_chat(&mut erik, "stod-till-anhoriga").await;
+        let status = erik.until("queue.status").await;
+        assert_eq!(status["eta_secs"], 900, "{}: {status}", app.backend);
+        let entry = staff.until("queue.entry").await;
+        assert_eq!(entry["entry"]["room"], eriks.as_str());
+        let stored = booking::events::queue_entry(&app.db, &eriks)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.state, "waiting", "{}", app.backend);
+
+        // A second chat from Malå, with its staff member busy, is told
+        // Malå's estimate.
+        staff
+            .send(json!({"type": "staff.availability", "available": true, "max_chats": 1}))
+            .await;
+        let mut anna_again = resident(&app, "anna@example.se").await;
+        let second = open_chat(&mut anna_again, "missbruk-beroende").await;
+        let status = anna_again.until("queue.status").await;
+        assert_eq!(status["room"], second.as_str());
+        assert_eq!(status["eta_secs"], 60, "{}: {status}", app.backend);
     }
 }

@@ -78,6 +78,125 @@ pub struct Settings {
     /// Where Prometheus metrics are served: an address of their own, never
     /// the public port; loopback by default.
     pub metrics_listen: MetricsListen,
+    /// The chat queue's rules: `[queue]`, and `[queue.municipalities."<code>"]`
+    /// for a municipality that sets its own.
+    #[serde(default)]
+    pub queue: QueueConfig,
+}
+
+/// How chats reach staff, as the settings name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueModeSetting {
+    /// Staff see the queue and claim chats.
+    Manual,
+    /// Each chat goes to the eligible staff member with the fewest chats.
+    Automatic,
+}
+
+/// `[queue]`: the rules of the chat queue. A chat follows the rules of its
+/// resident's home municipality: that municipality's entry under
+/// `municipalities`, whose unset keys fall back to these, or these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    pub mode: QueueModeSetting,
+    /// How long staff have to answer a chat they were given before it
+    /// returns to its place in the queue.
+    pub answer_timeout_secs: u64,
+    /// How long a waiting chat stays after its resident's last tab closed.
+    pub abandon_after_secs: u64,
+    /// The average length of a chat, for the estimated wait.
+    pub average_chat_secs: u64,
+    /// Rules of their own, by kommunkod.
+    pub municipalities: std::collections::BTreeMap<String, QueueOverride>,
+}
+
+/// `[queue.municipalities."<code>"]`: what one municipality sets apart from
+/// `[queue]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueOverride {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<QueueModeSetting>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer_timeout_secs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abandon_after_secs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub average_chat_secs: Option<u64>,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            mode: QueueModeSetting::Manual,
+            answer_timeout_secs: 120,
+            abandon_after_secs: 300,
+            average_chat_secs: 15 * 60,
+            municipalities: Default::default(),
+        }
+    }
+}
+
+impl QueueConfig {
+    /// The rules as the queue takes them, or what is wrong with them: a
+    /// code that is no kommunkod, or a time of zero seconds.
+    pub fn rules(&self) -> Result<signaling::queue::QueueRules, String> {
+        use signaling::queue::{QueueMode, QueueRules, QueueSettings};
+        let settings = |at: &str,
+                        mode: QueueModeSetting,
+                        answer: u64,
+                        abandon: u64,
+                        average: u64|
+         -> Result<QueueSettings, String> {
+            for (key, secs) in [
+                ("answer_timeout_secs", answer),
+                ("abandon_after_secs", abandon),
+                ("average_chat_secs", average),
+            ] {
+                if secs == 0 {
+                    return Err(format!("{at}.{key} must be at least 1 second"));
+                }
+            }
+            Ok(QueueSettings {
+                mode: match mode {
+                    QueueModeSetting::Manual => QueueMode::Manual,
+                    QueueModeSetting::Automatic => QueueMode::Automatic,
+                },
+                answer_timeout: std::time::Duration::from_secs(answer),
+                abandon_after: std::time::Duration::from_secs(abandon),
+                average_chat: std::time::Duration::from_secs(average),
+            })
+        };
+        let defaults = settings(
+            "queue",
+            self.mode,
+            self.answer_timeout_secs,
+            self.abandon_after_secs,
+            self.average_chat_secs,
+        )?;
+        let mut municipalities = std::collections::BTreeMap::new();
+        for (code, own) in &self.municipalities {
+            let at = format!("queue.municipalities.{code:?}");
+            let parsed = booking::MunicipalityCode::parse(code)
+                .ok()
+                .and_then(|c| signaling::ids::MunicipalityCode::parse(c.as_str()).ok())
+                .ok_or_else(|| format!("{at}: a kommunkod is four digits"))?;
+            let rules = settings(
+                &at,
+                own.mode.unwrap_or(self.mode),
+                own.answer_timeout_secs.unwrap_or(self.answer_timeout_secs),
+                own.abandon_after_secs.unwrap_or(self.abandon_after_secs),
+                own.average_chat_secs.unwrap_or(self.average_chat_secs),
+            )?;
+            municipalities.insert(parsed, rules);
+        }
+        Ok(QueueRules {
+            defaults,
+            municipalities,
+        })
+    }
 }
 
 /// Where `/metrics` listens: an address, or nowhere. Written as an address
@@ -142,6 +261,7 @@ impl Default for Settings {
             ws_ping_ms: 20_000,
             ws_pong_timeout_ms: 40_000,
             metrics_listen: MetricsListen::At("127.0.0.1:9464".parse().expect("a valid address")),
+            queue: QueueConfig::default(),
         }
     }
 }
@@ -432,5 +552,61 @@ mod tests {
         .normalised();
         assert!(settings.secure_cookies);
         assert!(!Settings::default().normalised().secure_cookies);
+    }
+
+    #[test]
+    fn queue_rules_come_from_the_file_per_municipality() {
+        let read = |toml: &str| -> Result<Settings, Box<figment::Error>> {
+            Figment::from(Serialized::defaults(Settings::default()))
+                .merge(Toml::string(toml))
+                .extract()
+                .map_err(Box::new)
+        };
+        let settings = read(
+            r#"
+[queue]
+answer_timeout_secs = 90
+
+[queue.municipalities."2481"]
+mode = "automatic"
+average_chat_secs = 600
+"#,
+        )
+        .unwrap();
+        let rules = settings.queue.rules().unwrap();
+        let code = |c: &str| signaling::ids::MunicipalityCode::parse(c).unwrap();
+        let lycksele = rules.of(&code("2481"));
+        assert_eq!(lycksele.mode, signaling::queue::QueueMode::Automatic);
+        assert_eq!(lycksele.average_chat.as_secs(), 600);
+        assert_eq!(
+            lycksele.answer_timeout.as_secs(),
+            90,
+            "unset keys fall back"
+        );
+        let elsewhere = rules.of(&code("2418"));
+        assert_eq!(elsewhere.mode, signaling::queue::QueueMode::Manual);
+        assert_eq!(elsewhere.answer_timeout.as_secs(), 90);
+        assert_eq!(elsewhere.abandon_after.as_secs(), 300, "the default");
+        assert_eq!(elsewhere.average_chat.as_secs(), 900);
+
+        assert!(read("[queue]\nmode = \"sometimes\"").is_err());
+        assert!(read("[queue]\nanswer_timeout = 5").is_err(), "unknown key");
+        let zero = read("[queue.municipalities.\"2481\"]\nanswer_timeout_secs = 0").unwrap();
+        assert!(zero
+            .queue
+            .rules()
+            .unwrap_err()
+            .contains("answer_timeout_secs"));
+        let not_a_code = read("[queue.municipalities.\"Lycksele\"]\nmode = \"manual\"").unwrap();
+        assert!(not_a_code.queue.rules().unwrap_err().contains("kommunkod"));
+        assert_eq!(
+            Settings::default().queue.rules().unwrap(),
+            signaling::queue::QueueRules::from(signaling::queue::QueueSettings {
+                mode: signaling::queue::QueueMode::Manual,
+                answer_timeout: std::time::Duration::from_secs(120),
+                abandon_after: std::time::Duration::from_secs(300),
+                average_chat: std::time::Duration::from_secs(900),
+            })
+        );
     }
 }

@@ -69,8 +69,13 @@ impl Application {
             .context("seeding canned responses")?;
         let secret = secret_file(&settings, settings.jwt_secret.as_deref(), "jwt-secret")?;
         let (relay, turn) = start_relay(&settings)?;
+        let queue = settings
+            .queue
+            .rules()
+            .map_err(|e| anyhow::anyhow!("the queue settings: {e}"))?;
         let (hub, hub_tasks) = crate::ws::start_hub(
             &db,
+            queue,
             settings.nats_url.as_deref(),
             &settings.cluster,
             turn.clone(),

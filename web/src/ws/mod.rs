@@ -31,7 +31,7 @@ use signaling::ids::{
     BookingId, MunicipalityCode, PartyId, ResidentId, RoomId, ServiceId, StaffId,
 };
 use signaling::protocol::{CannedResponse, Language};
-use signaling::queue::{QueueMode, QueueSettings};
+use signaling::queue::QueueRules;
 use signaling::room::{MeetingSetup, StaffAccess};
 use utoipa::ToSchema;
 
@@ -43,17 +43,9 @@ use crate::auth::{Session, SubjectKind};
 use crate::error::{AppError, ErrorBody};
 use crate::state::AppState;
 
-/// The hub's rules. They are fixed until the queue gets its own section in
-/// the configuration file.
-pub const HUB_SETTINGS: HubSettings = HubSettings {
-    queue: QueueSettings {
-        mode: QueueMode::Manual,
-        answer_timeout: Duration::from_secs(120),
-        abandon_after: Duration::from_secs(300),
-        average_chat: Duration::from_secs(15 * 60),
-    },
-    connection_buffer: 256,
-};
+/// How many messages may wait for one connection before the hub gives up
+/// on it as too slow.
+pub const CONNECTION_BUFFER: usize = 256;
 
 /// How late a resident may come before the meeting counts as a no-show.
 pub const NO_SHOW_GRACE: Duration = Duration::from_secs(15 * 60);
@@ -66,17 +58,23 @@ pub const NO_SHOW_GRACE: Duration = Duration::from_secs(15 * 60);
 /// pool.
 pub async fn start_hub(
     db: &Db,
+    queue: QueueRules,
     nats_url: Option<&str>,
     cluster: &str,
     turn: Option<TurnIssuer>,
 ) -> anyhow::Result<(Hub, Vec<tokio::task::JoinHandle<()>>)> {
+    warn_of_unknown_municipalities(db, &queue).await?;
+    let settings = HubSettings {
+        queue,
+        connection_buffer: CONNECTION_BUFFER,
+    };
     let store = Arc::new(DbStore::new(db.clone()));
     let effects = Arc::new(AppEffects::new(db.clone(), turn));
     let Some(url) = nats_url else {
         let bus = signaling::bus::connect_bus(None)
             .await
             .context("connecting to the bus")?;
-        let hub = Hub::new(HUB_SETTINGS, store, bus, effects);
+        let hub = Hub::new(settings, store, bus, effects);
         load_canned_responses(db, &hub).await?;
         let restored = hub.restore().await.context("restoring open chats")?;
         tracing::info!(restored, "signaling hub started");
@@ -92,7 +90,7 @@ pub async fn start_hub(
         .context("connecting to NATS")?;
     let lease = DbLease::new(db.clone(), cluster);
     let hub = Hub::clustered(
-        HUB_SETTINGS,
+        settings,
         store,
         Arc::new(nats),
         effects,
@@ -112,6 +110,20 @@ pub async fn start_hub(
     );
     tasks.push(hub.spawn_timer());
     Ok((hub, tasks))
+}
+
+/// Logs the queue rules set for municipalities the database does not know:
+/// a typo in a code would otherwise pass unseen.
+async fn warn_of_unknown_municipalities(db: &Db, queue: &QueueRules) -> anyhow::Result<()> {
+    let known = booking::catalog::municipalities(db)
+        .await
+        .context("reading the municipalities")?;
+    for code in queue.municipalities.keys() {
+        if !known.iter().any(|m| m.code.as_str() == code.as_str()) {
+            tracing::warn!(%code, "[queue.municipalities] names a municipality that is not in the database");
+        }
+    }
+    Ok(())
 }
 
 /// Gives the hub the canned responses from the database.
