@@ -215,7 +215,7 @@ impl Population {
         let mut members = Vec::with_capacity(options.staff + 1);
         for i in 0..=options.staff {
             let municipality = municipalities[i % municipalities.len()].clone();
-            // The late console handles everything, in the first municipality.
+            // The last one, the late console, handles all five services.
             let services: BTreeSet<&'static str> = if i % 4 == 3 && i < options.staff {
                 NARROW.into_iter().collect()
             } else {
