@@ -19,7 +19,7 @@ use crate::domain::{
 };
 use crate::events;
 use crate::outbox::{self, Message, NeutralTitle};
-use crate::snapshot;
+use crate::snapshot::{self, Snapshot};
 use crate::Error;
 
 /// The municipalities whose staff may perform the pre-assessment of
@@ -33,14 +33,23 @@ pub async fn pre_assessors(
     home: &MunicipalityCode,
     at: Timestamp,
 ) -> Result<Option<Vec<MunicipalityCode>>, Error> {
-    let catalog = snapshot::current(db).await?;
+    pre_assessors_in(&*snapshot::current(db).await?, service, home, at)
+}
+
+/// [`pre_assessors`] over a catalog the caller already holds.
+fn pre_assessors_in(
+    catalog: &Snapshot,
+    service: &ServiceCode,
+    home: &MunicipalityCode,
+    at: Timestamp,
+) -> Result<Option<Vec<MunicipalityCode>>, Error> {
     if !catalog.services.contains_key(service) || catalog.municipality(home).is_none() {
         return Ok(None);
     }
     let mut eligible = Vec::new();
     for municipality in &catalog.municipalities {
         let decision = decide_in(
-            &catalog,
+            catalog,
             &municipality.code,
             home,
             service,
@@ -59,19 +68,19 @@ pub async fn pre_assessors(
 /// those whose pre-assessment may be done by chat and that the policy lets
 /// some municipality pre-assess for `home`, bookable services first in
 /// code order and [`catalog::GENERAL`] last. Empty for an unknown `home`.
+/// The start page asks this for every visitor, so it reads the catalog
+/// once, from the snapshot, instead of once per service.
 pub async fn offered(
     db: &Db,
     home: &MunicipalityCode,
     at: Timestamp,
 ) -> Result<Vec<Service>, Error> {
+    let catalog = snapshot::current(db).await?;
     let mut offered = Vec::new();
-    for service in catalog::all_services(db).await? {
-        if !service.chat {
-            continue;
-        }
-        let eligible = pre_assessors(db, &service.code, home, at).await?;
+    for service in catalog.services.values().filter(|s| s.chat) {
+        let eligible = pre_assessors_in(&catalog, &service.code, home, at)?;
         if eligible.is_some_and(|e| !e.is_empty()) {
-            offered.push(service);
+            offered.push(service.clone());
         }
     }
     offered.sort_by_key(|s| (s.is_general(), s.code.clone()));
