@@ -15,7 +15,7 @@ use crate::catalog::{self, Service};
 use crate::db::Db;
 use crate::domain::{
     DateRange, EmailAddress, InvalidValue, Language, MessageText, MunicipalityCode, PersonName,
-    PhoneNumber, ServiceCode, Step,
+    PhoneNumber, ServiceCode, SlotRange, Step,
 };
 use crate::events;
 use crate::outbox::{self, Message, NeutralTitle};
@@ -413,10 +413,19 @@ pub async fn add_canned_responses(db: &Db, responses: &[CannedResponse]) -> Resu
 /// The most days of free times one chat's offer may look through.
 pub const MAX_OFFER_DAYS: i64 = 14;
 
+/// A time staff may offer in a chat, with the municipality likeliest to
+/// perform it: the resident's home when its staff are free then, else the
+/// first other that may (booking picks the staff member by load among all
+/// that may only when the resident books).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OfferableTime {
+    pub range: SlotRange,
+    pub municipality: MunicipalityCode,
+}
+
 /// The free times staff may offer in the chat `room`: times of its service
 /// (or of `service`, another one they handle) for its resident's home
-/// municipality under the policy, within `dates`, each with the
-/// municipalities that could perform it. Only the staff member the chat is
+/// municipality under the policy, within `dates`. Only the staff member the chat is
 /// assigned to may ask; for anyone else, and for a chat that does not
 /// exist, it is `NotFound`. Either way it is audit-logged, since it tells
 /// staff where the resident lives.
@@ -427,7 +436,7 @@ pub async fn free_times_for_chat(
     service: Option<&ServiceCode>,
     dates: DateRange,
     now: Timestamp,
-) -> Result<Vec<FreeTimeAt>, Error> {
+) -> Result<Vec<OfferableTime>, Error> {
     let dates = dates.at_most(MAX_OFFER_DAYS)?;
     let entry = events::queue_entry(db, room).await?;
     let holds = entry
@@ -465,11 +474,23 @@ pub async fn free_times_for_chat(
     let (Some(service), Some(home)) = (service, home) else {
         return Err(Error::NotFound);
     };
+    let home = MunicipalityCode::parse(home)?;
     let query = SearchQuery {
         service,
-        home: MunicipalityCode::parse(home)?,
+        home: home.clone(),
         dates,
         language: None,
     };
-    search_with_municipalities(db, &query, now).await
+    let found = search_with_municipalities(db, &query, now).await?;
+    Ok(found
+        .into_iter()
+        .filter_map(|FreeTimeAt { range, municipalities }| {
+            let municipality = municipalities
+                .iter()
+                .find(|m| **m == home)
+                .or_else(|| municipalities.first())?
+                .clone();
+            Some(OfferableTime { range, municipality })
+        })
+        .collect())
 }

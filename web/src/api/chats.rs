@@ -416,28 +416,18 @@ pub async fn free_times(
     let found =
         chats::free_times_for_chat(&db, &staff.0, &room, service.as_ref(), dates, now).await?;
     let names = catalog::municipalities(&db).await?;
-    let entry = booking::events::queue_entry(&db, &room).await?;
-    let home = entry.map(|e| e.home_municipality);
-    let mut out = Vec::with_capacity(found.len());
-    for time in found {
-        let Some(chosen) = time
-            .municipalities
-            .iter()
-            .find(|m| Some(m.as_str()) == home.as_deref())
-            .or_else(|| time.municipalities.first())
-        else {
-            continue;
-        };
-        out.push(OfferableTimeDto {
+    let out = found
+        .into_iter()
+        .map(|time| OfferableTimeDto {
             starts_at: show_time(time.range.start()),
             ends_at: show_time(time.range.end()),
-            municipality: chosen.to_string(),
             municipality_name: names
                 .iter()
-                .find(|m| &m.code == chosen)
+                .find(|m| m.code == time.municipality)
                 .map(|m| m.name.clone())
                 .unwrap_or_default(),
-        });
-    }
+            municipality: time.municipality.to_string(),
+        })
+        .collect();
     Ok(Json(out))
 }
