@@ -271,37 +271,38 @@ pub async fn mark_offline_message_handled(
     .bind(staff.municipality.as_str())
     .fetch_optional(&mut *tx)
     .await?;
-    let visible = match &row {
-        Some(row) => {
-            let service: String = row.try_get("service_code")?;
-            staff.takes_chats_of(&ServiceCode::parse(&service)?)
+    // The resident and home of a message this staff member may handle;
+    // `None` for one they may not, or that does not exist.
+    let visible: Option<(Option<String>, String)> = match &row {
+        Some(row)
+            if staff.takes_chats_of(&ServiceCode::parse(
+                &row.try_get::<String, _>("service_code")?,
+            )?) =>
+        {
+            Some((row.try_get("resident_id")?, row.try_get("home_code")?))
         }
-        None => false,
-    };
-    let resident_id: Option<String> = match &row {
-        Some(row) if visible => row.try_get("resident_id")?,
         _ => None,
     };
-    let home: Option<String> = match &row {
-        Some(row) if visible => Some(row.try_get("home_code")?),
-        _ => None,
+    let (resident_id, home) = match &visible {
+        Some((resident, home)) => (resident.as_deref(), Some(home.as_str())),
+        None => (None, None),
     };
     let entry = Entry {
         actor: &actor,
         action: "offline_message.handle",
         subject: format!("offline_message:{id}"),
-        resident_id: resident_id.as_deref(),
-        on_behalf_of: home.as_deref(),
+        resident_id,
+        on_behalf_of: home,
         rule: None,
         agreement_id: None,
-        outcome: if visible {
+        outcome: if visible.is_some() {
             Outcome::Allowed
         } else {
             Outcome::Denied
         },
     };
     audit::record(&mut tx, &entry, at).await?;
-    if visible {
+    if visible.is_some() {
         sqlx::query(
             "UPDATE offline_messages SET handled_at = $1, handled_by = $2 WHERE id = $3 AND handled_at IS NULL",
         )
@@ -312,7 +313,7 @@ pub async fn mark_offline_message_handled(
         .await?;
     }
     tx.commit().await?;
-    if visible {
+    if visible.is_some() {
         Ok(())
     } else {
         Err(Error::NotFound)
