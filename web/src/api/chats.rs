@@ -14,7 +14,7 @@ use booking::{
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{now, show_time, ApiJson, ApiJsonLong, ApiQuery, LongFields};
+use super::{non_empty, now, show_time, ApiJson, ApiJsonLong, ApiQuery, LongFields};
 use crate::auth::{CurrentResident, CurrentStaff};
 use crate::error::{AppError, ErrorBody};
 use crate::i18n::current_locale;
@@ -188,12 +188,6 @@ pub struct OfflineMessageDto {
     pub handled_at: Option<String>,
 }
 
-/// A field's value, or `None` when it is missing or blank, as an empty
-/// form field is.
-fn given(field: &Option<String>) -> Option<&str> {
-    field.as_deref().map(str::trim).filter(|v| !v.is_empty())
-}
-
 /// Leaves a message for the social services while nobody who could take
 /// the chat is online. It goes to the staff the policy lets pre-assess the
 /// service for the sender's home, as a chat would, and a confirmation
@@ -217,7 +211,7 @@ pub async fn offline_message(
         Err(AppError::Unauthorized) => None,
         Err(refusal) => return Err(refusal),
     };
-    let home = match (&resident, given(&body.municipality)) {
+    let home = match (&resident, non_empty(&body.municipality)) {
         (Some(resident), _) => resident.home.clone(),
         (None, Some(code)) => MunicipalityCode::parse(code)?,
         (None, None) => {
@@ -230,11 +224,11 @@ pub async fn offline_message(
         service: ServiceCode::parse(&body.service)?,
         home,
         message: MessageText::parse(&body.message)?,
-        name: given(&body.name).map(PersonName::parse).transpose()?,
-        contact_email: given(&body.contact_email)
+        name: non_empty(&body.name).map(PersonName::parse).transpose()?,
+        contact_email: non_empty(&body.contact_email)
             .map(EmailAddress::parse)
             .transpose()?,
-        contact_phone: given(&body.contact_phone)
+        contact_phone: non_empty(&body.contact_phone)
             .map(PhoneNumber::parse)
             .transpose()?,
         language: current_locale(),

@@ -236,3 +236,9 @@ pub fn show_time(at: Timestamp) -> String {
 pub fn now() -> Timestamp {
     Timestamp::now()
 }
+
+/// `None` for a missing or blank value, as an empty form field, query
+/// parameter or JSON string is.
+pub fn non_empty(value: &Option<String>) -> Option<&str> {
+    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}

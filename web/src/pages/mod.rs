@@ -793,10 +793,7 @@ pub fn status_text(status: booking::BookingStatus) -> String {
     tr(&format!("page.status.{}", status.as_str()))
 }
 
-/// `None` for an empty form or query value.
-pub fn non_empty(value: &Option<String>) -> Option<&str> {
-    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
-}
+pub use crate::api::non_empty;
 
 #[cfg(test)]
 mod tests {
