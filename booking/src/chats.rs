@@ -485,13 +485,21 @@ pub async fn free_times_for_chat(
     let found = search_with_municipalities(db, &query, now).await?;
     Ok(found
         .into_iter()
-        .filter_map(|FreeTimeAt { range, municipalities }| {
-            let municipality = municipalities
-                .iter()
-                .find(|m| **m == home)
-                .or_else(|| municipalities.first())?
-                .clone();
-            Some(OfferableTime { range, municipality })
-        })
+        .filter_map(
+            |FreeTimeAt {
+                 range,
+                 municipalities,
+             }| {
+                let municipality = municipalities
+                    .iter()
+                    .find(|m| **m == home)
+                    .or_else(|| municipalities.first())?
+                    .clone();
+                Some(OfferableTime {
+                    range,
+                    municipality,
+                })
+            },
+        )
         .collect())
 }

@@ -355,12 +355,7 @@ mod tests {
 
     #[test]
     fn every_script_string_is_translated_in_every_language() {
-        for language in booking::Language::ALL {
-            for (name, key) in SCRIPT_TEXT {
-                let text = rust_i18n::t!(*key, locale = language.code());
-                assert_ne!(text, *key, "{name} ({key}) in {}", language.code());
-            }
-        }
+        super::super::assert_translated_everywhere(SCRIPT_TEXT);
     }
 
     #[test]

@@ -520,6 +520,18 @@ pub fn script_strings(strings: &[(&str, &str)]) -> serde_json::Value {
     )
 }
 
+/// Fails unless every `(name, key)` of a page script's strings has a
+/// translation in every language: a missing one would show the key itself.
+#[cfg(test)]
+pub(crate) fn assert_translated_everywhere(strings: &[(&str, &str)]) {
+    for language in Language::ALL {
+        for (name, key) in strings {
+            let text = rust_i18n::t!(*key, locale = language.code());
+            assert_ne!(text, *key, "{name} ({key}) in {}", language.code());
+        }
+    }
+}
+
 /// A `<script type="application/json">` element holding `value` for a page
 /// script. JSON in a script element is not HTML, so maud's escaping would
 /// corrupt it; instead every `<` is written `\u003c`, so that no text can
