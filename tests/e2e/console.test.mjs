@@ -19,6 +19,8 @@ import {
   waitFor,
   assertAccessible,
   assertTranslated,
+  relayedPackets,
+  remoteVideoPlays,
 } from "./helpers.mjs";
 
 const LYCKSELE_1 = "handlaggare.lycksele@kontakt.demo";
@@ -275,25 +277,6 @@ test("staff offer times from the picker; the resident books one from the chat an
   await anna.context.close();
 });
 
-/** The relay's packet counter for one direction, from kontakt's metrics. */
-async function relayedPackets(direction) {
-  const text = await (await fetch(server.metricsUrl)).text();
-  const line = text.split("\n").find((l) => l.startsWith(`relay_packets_total{direction="${direction}"}`));
-  return line ? Number(line.split(" ").pop()) : 0;
-}
-
-/** Waits until the page's first remote video is playing frames. */
-async function remoteVideoPlays(page) {
-  await page.waitForFunction(
-    () => {
-      const video = document.querySelector("#remote-videos video");
-      return video && video.videoWidth > 0 && video.currentTime > 0.5;
-    },
-    null,
-    { timeout: 30_000 },
-  );
-}
-
 test("staff start video from the chat: both are in the ad-hoc room, with frames through the relay", async () => {
   const { loser: staff } = shared;
   const resident = await openResidentChat("video.invanare@example.se", { name: "Vera Video", home: "2481" });
@@ -302,7 +285,7 @@ test("staff start video from the chat: both are in the ad-hoc room, with frames 
   await panel.waitFor();
   await resident.page.locator("#chat-state", { hasText: "Du chattar med en socialsekreterare." }).waitFor();
 
-  const before = await relayedPackets("client_to_peer");
+  const before = await relayedPackets(server, "client_to_peer");
   // The room opens in a new tab for the staff member; the resident's chat
   // page goes straight into it, without the waiting room.
   const [room] = await Promise.all([
@@ -315,7 +298,7 @@ test("staff start video from the chat: both are in the ad-hoc room, with frames 
   await panel.locator(".transcript li.note a.video-room").waitFor();
   await remoteVideoPlays(room);
   await remoteVideoPlays(resident.page);
-  await waitFor("media packets counted by the relay", async () => (await relayedPackets("client_to_peer")) - before > 50);
+  await waitFor("media packets counted by the relay", async () => (await relayedPackets(server, "client_to_peer")) - before > 50);
 
   // The staff member ends the meeting; the chat stays in the console until
   // it is closed, which takes an outcome.

@@ -235,3 +235,22 @@ export async function searchTimes(page, server, { service, home, language }) {
   assert.ok(hrefs.length > 0, `free times for ${service} in ${home}`);
   return hrefs;
 }
+
+/** The relay's packet counter for one direction, from the server's metrics listener. */
+export async function relayedPackets(server, direction) {
+  const text = await (await fetch(server.metricsUrl)).text();
+  const line = text.split("\n").find((l) => l.startsWith(`relay_packets_total{direction="${direction}"}`));
+  return line ? Number(line.split(" ").pop()) : 0;
+}
+
+/** Waits until the page's first remote video is playing frames. */
+export async function remoteVideoPlays(page) {
+  await page.waitForFunction(
+    () => {
+      const video = document.querySelector("#remote-videos video");
+      return video && video.videoWidth > 0 && video.currentTime > 0.5;
+    },
+    null,
+    { timeout: 30_000 },
+  );
+}

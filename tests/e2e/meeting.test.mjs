@@ -22,6 +22,8 @@ import {
   waitFor,
   assertAccessible,
   assertTranslated,
+  relayedPackets,
+  remoteVideoPlays,
 } from "./helpers.mjs";
 
 let server;
@@ -36,25 +38,6 @@ after(async () => {
   await browser?.close();
   await server?.stop();
 });
-
-/** The relay's packet counter for one direction, from kontakt's metrics. */
-async function relayedPackets(direction) {
-  const text = await (await fetch(server.metricsUrl)).text();
-  const line = text.split("\n").find((l) => l.startsWith(`relay_packets_total{direction="${direction}"}`));
-  return line ? Number(line.split(" ").pop()) : 0;
-}
-
-/** Waits until the page's first remote video is playing frames. */
-async function remoteVideoPlays(page) {
-  await page.waitForFunction(
-    () => {
-      const video = document.querySelector("#remote-videos video");
-      return video && video.videoWidth > 0 && video.currentTime > 0.5;
-    },
-    null,
-    { timeout: 30_000 },
-  );
-}
 
 test("a resident and a social worker meet over video through the relay, chat, and the meeting ends", async () => {
   // Anna books in Arabic, so the meeting page is checked right to left too.
@@ -105,7 +88,7 @@ test("a resident and a social worker meet over video through the relay, chat, an
   await knock.waitFor();
   await annaStatus.filter({ hasText: "موجود" }).waitFor();
   await assertAccessible(staffPage, "the meeting page with a knock (sv)");
-  const before = await relayedPackets("client_to_peer");
+  const before = await relayedPackets(server, "client_to_peer");
   await knock.locator("button[data-action='lobby.admit']").click();
   await knock.waitFor({ state: "detached" });
 
@@ -115,7 +98,7 @@ test("a resident and a social worker meet over video through the relay, chat, an
   await staffPage.locator("#remote-videos figure[data-state='connected']").waitFor();
   assert.match(await staffPage.locator("#remote-videos figcaption").innerText(), /Invånaren/);
   // The relay publishes its counters once a second.
-  await waitFor("media packets counted by the relay", async () => (await relayedPackets("client_to_peer")) - before > 50);
+  await waitFor("media packets counted by the relay", async () => (await relayedPackets(server, "client_to_peer")) - before > 50);
 
   // The in-meeting chat, both ways.
   await annaPage.fill("#chat-text", "مرحبا، هل تسمعني؟");
