@@ -11,7 +11,7 @@ use booking::catalog;
 
 use maud::html;
 
-use super::{long_date, page, service_name, today, tr, Ctx, PageResult};
+use super::{data_table, long_date, page, service_name, today, tr, Ctx, PageResult};
 use crate::api::now;
 use crate::state::AppState;
 
@@ -56,31 +56,25 @@ async fn legal_map(State(state): State<AppState>, ctx: Ctx) -> PageResult {
         }
         h2 { (tr("page.legal.services")) }
         @for (i, service) in services.iter().enumerate() {
-            div class="table-wrap" role="region" tabindex="0" aria-labelledby={ "rules-" (i) } {
-                table {
-                    caption id={ "rules-" (i) } { (service_name(service)) }
-                    thead {
-                        tr {
-                            th scope="col" { (tr("page.legal.step")) }
-                            th scope="col" { (tr("page.legal.rule_heading")) }
-                            th scope="col" { (tr("page.legal.basis")) }
-                        }
-                    }
-                    tbody {
-                        // Steps in the order a case moves through them, not
-                        // alphabetically.
-                        @for step in booking::Step::ALL {
-                            @if let Some(r) = rules.iter().find(|r| &r.service == service && r.step == *step) {
-                                tr {
-                                    th scope="row" { (tr(&format!("page.step.{}", step.as_str()))) }
-                                    td { span class={ "rule rule-" (r.rule.as_str()) } { (tr(&format!("page.legal.rule.{}", r.rule.as_str()))) } }
-                                    td lang="sv" dir="ltr" { (r.legal_basis) }
-                                }
+            (data_table(
+                None,
+                &format!("rules-{i}"),
+                html! { (service_name(service)) },
+                &["page.legal.step", "page.legal.rule_heading", "page.legal.basis"],
+                html! {
+                    // Steps in the order a case moves through them, not
+                    // alphabetically.
+                    @for step in booking::Step::ALL {
+                        @if let Some(r) = rules.iter().find(|r| &r.service == service && r.step == *step) {
+                            tr {
+                                th scope="row" { (tr(&format!("page.step.{}", step.as_str()))) }
+                                td { span class={ "rule rule-" (r.rule.as_str()) } { (tr(&format!("page.legal.rule.{}", r.rule.as_str()))) } }
+                                td lang="sv" dir="ltr" { (r.legal_basis) }
                             }
                         }
                     }
-                }
-            }
+                },
+            ))
         }
         h2 { (tr("page.legal.agreements")) }
         p { (tr("page.legal.agreements_intro")) }

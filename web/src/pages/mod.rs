@@ -510,6 +510,33 @@ pub fn enc(s: &str) -> String {
     out
 }
 
+/// A table in a region that scrolls sideways on a narrow screen and that a
+/// keyboard can reach, named by its caption: one column heading per key of
+/// `columns`, then `rows`.
+pub fn data_table(
+    class: Option<&str>,
+    caption_id: &str,
+    caption: Markup,
+    columns: &[&str],
+    rows: Markup,
+) -> Markup {
+    html! {
+        div class="table-wrap" role="region" tabindex="0" aria-labelledby=(caption_id) {
+            table class=[class] {
+                caption id=(caption_id) { (caption) }
+                thead {
+                    tr {
+                        @for key in columns {
+                            th scope="col" { (tr(key)) }
+                        }
+                    }
+                }
+                tbody { (rows) }
+            }
+        }
+    }
+}
+
 /// Translated strings by the names a script uses, from `(name, key)` pairs.
 pub fn script_strings(strings: &[(&str, &str)]) -> serde_json::Value {
     serde_json::Value::Object(

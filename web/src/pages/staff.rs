@@ -18,9 +18,9 @@ use serde::Deserialize;
 use maud::{html, Markup};
 
 use super::{
-    bdi, clock, clock_range, local, long_date, non_empty, page, rule_text, service_name,
-    sign_out_everywhere_form, status_text, today, tr, tr_markup, tr_with, zone_note, Ctx,
-    PageError, PageForm, PageQuery, PageResult,
+    bdi, clock, clock_range, data_table, local, long_date, non_empty, page, rule_text,
+    service_name, sign_out_everywhere_form, status_text, today, tr, tr_markup, tr_with, zone_note,
+    Ctx, PageError, PageForm, PageQuery, PageResult,
 };
 use crate::api::auth::check_staff_password;
 use crate::api::now;
@@ -168,48 +168,44 @@ async fn day(
         @if meetings.is_empty() {
             p { (tr("page.staff.none")) }
         } @else {
-            div class="table-wrap" role="region" tabindex="0" aria-labelledby="meetings-caption" {
-                table class="meetings" {
-                    caption id="meetings-caption" {
-                        (tr_with("page.staff.caption", &[("count", &meetings.len().to_string())]))
-                    }
-                    thead {
+            (data_table(
+                Some("meetings"),
+                "meetings-caption",
+                html! { (tr_with("page.staff.caption", &[("count", &meetings.len().to_string())])) },
+                &[
+                    "page.staff.time",
+                    "page.staff.resident",
+                    "page.confirm.service",
+                    "page.my.performed_for",
+                    "page.my.rule",
+                    "page.my.status",
+                    "page.meeting.title",
+                ],
+                html! {
+                    @for (b, r) in &meetings {
+                        @let for_name = names
+                            .get(b.performed_for.as_str())
+                            .cloned()
+                            .unwrap_or_else(|| b.performed_for.to_string());
                         tr {
-                            th scope="col" { (tr("page.staff.time")) }
-                            th scope="col" { (tr("page.staff.resident")) }
-                            th scope="col" { (tr("page.confirm.service")) }
-                            th scope="col" { (tr("page.my.performed_for")) }
-                            th scope="col" { (tr("page.my.rule")) }
-                            th scope="col" { (tr("page.my.status")) }
-                            th scope="col" { (tr("page.meeting.title")) }
-                        }
-                    }
-                    tbody {
-                        @for (b, r) in &meetings {
-                            @let for_name = names
-                                .get(b.performed_for.as_str())
-                                .cloned()
-                                .unwrap_or_else(|| b.performed_for.to_string());
-                            tr {
-                                td { time datetime=(super::rfc3339(b.range.start())) { (clock_range(&b.range)) } }
-                                th scope="row" { (bdi(&r.name)) }
-                                td { (service_name(&b.service)) }
-                                td { (bdi(&for_name)) }
-                                td { (rule_text(&b.rule, b.agreement_id.as_deref())) }
-                                td { (status_text(b.status)) }
-                                td {
-                                    @if super::joinable(b, now) {
-                                        a href={ "/join/" (super::enc(&b.id)) } {
-                                            (tr("page.meeting.join"))
-                                            span class="visually-hidden" { " " (bdi(&r.name)) " " (clock(b.range.start())) }
-                                        }
+                            td { time datetime=(super::rfc3339(b.range.start())) { (clock_range(&b.range)) } }
+                            th scope="row" { (bdi(&r.name)) }
+                            td { (service_name(&b.service)) }
+                            td { (bdi(&for_name)) }
+                            td { (rule_text(&b.rule, b.agreement_id.as_deref())) }
+                            td { (status_text(b.status)) }
+                            td {
+                                @if super::joinable(b, now) {
+                                    a href={ "/join/" (super::enc(&b.id)) } {
+                                        (tr("page.meeting.join"))
+                                        span class="visually-hidden" { " " (bdi(&r.name)) " " (clock(b.range.start())) }
                                     }
                                 }
                             }
                         }
                     }
-                }
-            }
+                },
+            ))
         }
         p class="note" { (tr("page.staff.audited")) }
         (sign_out_everywhere_form(ctx.csrf()))
@@ -289,39 +285,37 @@ async fn scheduler(
                 }
             }
         }
-        div class="table-wrap" role="region" tabindex="0" aria-labelledby="load-caption" {
-            table {
-                caption id="load-caption" { (tr("page.scheduler.table")) }
-                thead {
+        (data_table(
+            None,
+            "load-caption",
+            html! { (tr("page.scheduler.table")) },
+            &[
+                "page.scheduler.municipality",
+                "page.scheduler.published",
+                "page.scheduler.booked",
+                "page.scheduler.utilisation",
+                "page.scheduler.bookings",
+                "page.scheduler.completed",
+                "page.scheduler.no_shows",
+                "page.scheduler.cancelled",
+                "page.scheduler.for_others",
+            ],
+            html! {
+                @for l in &figures {
                     tr {
-                        th scope="col" { (tr("page.scheduler.municipality")) }
-                        th scope="col" { (tr("page.scheduler.published")) }
-                        th scope="col" { (tr("page.scheduler.booked")) }
-                        th scope="col" { (tr("page.scheduler.utilisation")) }
-                        th scope="col" { (tr("page.scheduler.bookings")) }
-                        th scope="col" { (tr("page.scheduler.completed")) }
-                        th scope="col" { (tr("page.scheduler.no_shows")) }
-                        th scope="col" { (tr("page.scheduler.cancelled")) }
-                        th scope="col" { (tr("page.scheduler.for_others")) }
+                        th scope="row" { (bdi(&l.name)) }
+                        td { (l.published_minutes) }
+                        td { (l.booked_minutes) }
+                        td { (format!("{:.0} %", l.utilisation * 100.0)) }
+                        td { (l.bookings) }
+                        td { (l.completed) }
+                        td { (l.no_shows) }
+                        td { (l.cancelled) }
+                        td { (l.performed_for_others) }
                     }
                 }
-                tbody {
-                    @for l in &figures {
-                        tr {
-                            th scope="row" { (bdi(&l.name)) }
-                            td { (l.published_minutes) }
-                            td { (l.booked_minutes) }
-                            td { (format!("{:.0} %", l.utilisation * 100.0)) }
-                            td { (l.bookings) }
-                            td { (l.completed) }
-                            td { (l.no_shows) }
-                            td { (l.cancelled) }
-                            td { (l.performed_for_others) }
-                        }
-                    }
-                }
-            }
-        }
+            },
+        ))
     };
     Ok(page(&ctx, &tr("page.scheduler.title"), body).into_response())
 }
@@ -337,44 +331,40 @@ async fn audit_log(State(state): State<AppState>, ctx: Ctx) -> PageResult {
     let body = html! {
         h1 id="page-title" { (tr("page.audit.title")) }
         p class="zone" { (zone_note()) }
-        div class="table-wrap" role="region" tabindex="0" aria-labelledby="audit-caption" {
-            table class="audit" {
-                caption id="audit-caption" {
-                    (tr_with("page.audit.caption", &[("count", &records.len().to_string())]))
-                }
-                thead {
+        (data_table(
+            Some("audit"),
+            "audit-caption",
+            html! { (tr_with("page.audit.caption", &[("count", &records.len().to_string())])) },
+            &[
+                "page.audit.at",
+                "page.audit.actor",
+                "page.audit.action",
+                "page.audit.subject",
+                "page.staff.resident",
+                "page.audit.on_behalf_of",
+                "page.my.rule",
+                "page.audit.outcome",
+            ],
+            html! {
+                @for r in &records {
+                    @let at = local(jiff::Timestamp::from_second(r.at).unwrap_or_default());
                     tr {
-                        th scope="col" { (tr("page.audit.at")) }
-                        th scope="col" { (tr("page.audit.actor")) }
-                        th scope="col" { (tr("page.audit.action")) }
-                        th scope="col" { (tr("page.audit.subject")) }
-                        th scope="col" { (tr("page.staff.resident")) }
-                        th scope="col" { (tr("page.audit.on_behalf_of")) }
-                        th scope="col" { (tr("page.my.rule")) }
-                        th scope="col" { (tr("page.audit.outcome")) }
-                    }
-                }
-                tbody {
-                    @for r in &records {
-                        @let at = local(jiff::Timestamp::from_second(r.at).unwrap_or_default());
-                        tr {
-                            td { time datetime=(super::rfc3339(at.timestamp())) { (at.date()) " " (at.strftime("%H:%M:%S")) } }
-                            td { (r.actor) }
-                            td { (r.action) }
-                            td { code { (r.subject) } }
-                            td { (r.resident_id.as_deref().unwrap_or("")) }
-                            td { (r.on_behalf_of.as_deref().unwrap_or("")) }
-                            td {
-                                @if let Some(rule) = &r.rule {
-                                    (rule_text(rule, r.agreement_id.as_deref()))
-                                }
+                        td { time datetime=(super::rfc3339(at.timestamp())) { (at.date()) " " (at.strftime("%H:%M:%S")) } }
+                        td { (r.actor) }
+                        td { (r.action) }
+                        td { code { (r.subject) } }
+                        td { (r.resident_id.as_deref().unwrap_or("")) }
+                        td { (r.on_behalf_of.as_deref().unwrap_or("")) }
+                        td {
+                            @if let Some(rule) = &r.rule {
+                                (rule_text(rule, r.agreement_id.as_deref()))
                             }
-                            td { (r.outcome) }
                         }
+                        td { (r.outcome) }
                     }
                 }
-            }
-        }
+            },
+        ))
     };
     Ok(page(&ctx, &tr("page.audit.title"), body).into_response())
 }
