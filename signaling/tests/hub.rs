@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use signaling::bus::InProcessBus;
 use signaling::hub::{ConversationRequest, Effects, Hub, HubSettings, Identity};
-use signaling::ids::{BookingId, ConnectionId, MunicipalityCode, PartyId, RoomId, StaffId};
+use signaling::ids::{BookingId, ConnectionId, MunicipalityCode, PartyId, RoomId, Seq, StaffId};
 use signaling::outbound::AuditEntry;
 use signaling::protocol::{
     BookingOutcome, ClientMessage, ErrorCode, Participant, ServerMessage, TurnCredentials,
@@ -252,14 +252,8 @@ async fn meeting_chat_is_stored_delivered_and_resumed_after_a_restart() {
     hub2.handle(r2, join("booking:b1")).await;
     // The history remembers the admission: the resident is back in the
     // room without knocking again, and the room counts on from its history.
-    let (joined, _) = expect(&mut rrx2, "joined", |m| {
-        matches!(m, ServerMessage::Joined { .. })
-    })
-    .await;
-    assert!(
-        matches!(&joined, ServerMessage::Joined { state: signaling::protocol::PresenceState::Admitted, last_seq, .. } if *last_seq >= seq),
-        "{joined:?}"
-    );
+    let last_seq = admitted(&mut rrx2).await;
+    assert!(last_seq >= seq, "{last_seq:?}");
     let (s2, mut srx2) = hub2.connect(staff("s1", "0180")).await;
     hub2.handle(s2, join("booking:b1")).await;
     hub2.handle(
@@ -568,35 +562,9 @@ async fn escalating_a_chat_opens_a_room_the_resident_enters_directly() {
         .await;
     hub.handle(a, ClientMessage::ChatEscalateVideo { room: room.clone() })
         .await;
-    let (opened, _) = expect(&mut rrx, "video opened", |m| {
-        matches!(
-            m,
-            ServerMessage::Event {
-                event: signaling::protocol::RoomEvent::VideoOpened { .. },
-                ..
-            }
-        )
-    })
-    .await;
-    let ServerMessage::Event {
-        event: signaling::protocol::RoomEvent::VideoOpened { meeting_room },
-        ..
-    } = opened
-    else {
-        unreachable!()
-    };
+    let meeting_room = video_opened(&mut rrx, &room).await;
     hub.handle(r, join(meeting_room.as_str())).await;
-    let (joined, _) = expect(&mut rrx, "joined", |m| {
-        matches!(m, ServerMessage::Joined { .. })
-    })
-    .await;
-    assert!(matches!(
-        joined,
-        ServerMessage::Joined {
-            state: signaling::protocol::PresenceState::Admitted,
-            ..
-        }
-    ));
+    admitted(&mut rrx).await;
     hub.handle(a, join(meeting_room.as_str())).await;
     hub.handle(
         r,
@@ -648,6 +616,20 @@ async fn video_opened(rx: &mut Receiver<ServerMessage>, room: &RoomId) -> RoomId
     meeting_room
 }
 
+/// Waits for `joined` and checks that it admits the party straight into the
+/// room, not to the waiting room; returns the room's last seq.
+async fn admitted(rx: &mut Receiver<ServerMessage>) -> Seq {
+    let (joined, _) = expect(rx, "joined", |m| matches!(m, ServerMessage::Joined { .. })).await;
+    match joined {
+        ServerMessage::Joined {
+            state: signaling::protocol::PresenceState::Admitted,
+            last_seq,
+            ..
+        } => last_seq,
+        other => panic!("not admitted: {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn an_anonymous_resident_acts_in_their_one_chat_and_the_video_it_became_only() {
     let (hub, _) = hub_with(Arc::new(MemoryStore::new()));
@@ -681,17 +663,7 @@ async fn an_anonymous_resident_acts_in_their_one_chat_and_the_video_it_became_on
         .await;
     let own_video = video_opened(&mut xrx, &own).await;
     hub.handle(x, join(own_video.as_str())).await;
-    let (joined, _) = expect(&mut xrx, "joined", |m| {
-        matches!(m, ServerMessage::Joined { .. })
-    })
-    .await;
-    assert!(matches!(
-        joined,
-        ServerMessage::Joined {
-            state: signaling::protocol::PresenceState::Admitted,
-            ..
-        }
-    ));
+    admitted(&mut xrx).await;
     expect(&mut xrx, "TURN credentials", |m| {
         matches!(m, ServerMessage::TurnCredentials { .. })
     })
@@ -1234,14 +1206,8 @@ async fn two_nodes_share_a_room_and_the_survivor_takes_over_when_nats_url_is_set
     .await;
     assert!(b.is_owner().await, "the survivor owns the rooms now");
     b.handle(r, join("booking:b1")).await;
-    let (joined, _) = expect(&mut rrx, "joined", |m| {
-        matches!(m, ServerMessage::Joined { .. })
-    })
-    .await;
-    assert!(
-        matches!(&joined, ServerMessage::Joined { state: signaling::protocol::PresenceState::Admitted, last_seq, .. } if *last_seq >= before),
-        "{joined:?}"
-    );
+    let last_seq = admitted(&mut rrx).await;
+    assert!(last_seq >= before, "{last_seq:?}");
     b.handle(r, chat("booking:b1", "c1", "Hej")).await;
     let (again, _) = expect(&mut rrx, "stored again", |m| {
         matches!(m, ServerMessage::ChatStored { .. })
