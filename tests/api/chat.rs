@@ -148,8 +148,7 @@ async fn the_i_dont_know_chat_reaches_every_social_worker_of_the_home_municipali
             .expect("stored");
         assert_eq!(stored.eligible_municipalities, "1283", "{}", app.backend);
 
-        own.send(json!({"type": "queue.claim", "room": room})).await;
-        own.until("queue.assigned").await;
+        own.claim(&room).await;
         erik.until_event(&room, "assigned").await;
     }
 }
@@ -264,10 +263,7 @@ async fn an_anonymous_chat_is_one_chat_for_one_service_that_allows_it() {
             assert_eq!(error["code"], "not_found", "{}: {error}", app.backend);
         }
 
-        staff
-            .send(json!({"type": "queue.claim", "room": room}))
-            .await;
-        staff.until("queue.assigned").await;
+        staff.claim(&room).await;
         anonymous
             .send(json!({"type": "chat.send", "room": room, "client_id": "a1", "text": "Min mamma behöver hjälp"}))
             .await;
@@ -321,10 +317,7 @@ async fn staff_escalate_a_chat_and_both_enter_the_ad_hoc_room_with_turn_credenti
         let mut colleague = console_of(&app, &lycksele[1], 2).await;
         let mut anna = resident(&app, "anna@example.se").await;
         let room = open_chat(&mut anna, "ekonomiskt-bistand").await;
-        staff
-            .send(json!({"type": "queue.claim", "room": room}))
-            .await;
-        staff.until("queue.assigned").await;
+        staff.claim(&room).await;
         staff
             .send(json!({"type": "chat.escalate_video", "room": room}))
             .await;
@@ -695,10 +688,7 @@ async fn staff_close_with_an_outcome_and_refused_messages_lose_nothing() {
         )
         .await;
         assert_eq!(error["code"], "not_found", "{}: {error}", app.backend);
-        staff
-            .send(json!({"type": "queue.claim", "room": room}))
-            .await;
-        staff.until("queue.assigned").await;
+        staff.claim(&room).await;
 
         // Too long: refused under its own client id, and nothing stored.
         let long = "å".repeat(4001);
@@ -800,10 +790,7 @@ async fn a_chat_is_transferred_only_to_an_online_eligible_colleague_under_their_
         let mut stranger = console_of(&app, &helsingborg, 3).await;
         let mut anna = resident(&app, "anna@example.se").await;
         let room = open_chat(&mut anna, "ekonomiskt-bistand").await;
-        holder
-            .send(json!({"type": "queue.claim", "room": room}))
-            .await;
-        holder.until("queue.assigned").await;
+        holder.claim(&room).await;
 
         let mut expected = vec![second.id.clone(), mala.id.clone()];
         expected.sort();
@@ -872,10 +859,7 @@ async fn staff_offer_free_times_for_the_residents_home_and_the_resident_books_on
         let anna_token = app.resident_token(&anna).await;
         let mut resident = Client::open(&app, &anna_token).await;
         let room = open_chat(&mut resident, "ekonomiskt-bistand").await;
-        staff
-            .send(json!({"type": "queue.claim", "room": room}))
-            .await;
-        staff.until("queue.assigned").await;
+        staff.claim(&room).await;
 
         let tz = booking::bookings::zone(booking::bookings::DISPLAY_ZONE).unwrap();
         let tomorrow = jiff::Timestamp::now()
@@ -1008,10 +992,7 @@ async fn the_transcript_says_how_staff_closed_the_chat() {
             .as_str()
             .expect("a room")
             .to_owned();
-        staff
-            .send(json!({"type": "queue.claim", "room": room}))
-            .await;
-        staff.until("queue.assigned").await;
+        staff.claim(&room).await;
         staff
             .send(json!({"type": "chat.close", "room": room, "outcome": "booked"}))
             .await;

@@ -89,6 +89,13 @@ impl Client {
         }
     }
 
+    /// Claims the waiting chat `room` as staff, and waits until it is ours.
+    pub(crate) async fn claim(&mut self, room: &str) -> Value {
+        self.send(json!({"type": "queue.claim", "room": room}))
+            .await;
+        self.until("queue.assigned").await
+    }
+
     /// Reads text frames until one of type `kind` comes, and returns it.
     pub(crate) async fn until(&mut self, kind: &str) -> Value {
         loop {
@@ -670,10 +677,7 @@ async fn a_signed_in_residents_closed_chat_stays_on_my_pages_for_them_alone() {
             .expect("a room")
             .to_owned();
         staff.until("queue.entry").await;
-        staff
-            .send(json!({"type": "queue.claim", "room": room}))
-            .await;
-        staff.until("queue.assigned").await;
+        staff.claim(&room).await;
         resident
             .send(json!({"type": "chat.send", "room": room, "client_id": "r1", "text": "Jag har frågor om <hyran>"}))
             .await;
