@@ -49,18 +49,20 @@ pub(crate) fn use_kontakt_binary(path: &str) {
     let _ = KONTAKT_BINARY.set(PathBuf::from(path));
 }
 
-fn kontakt_binary() -> &'static std::path::Path {
-    KONTAKT_BINARY.get_or_init(|| PathBuf::from("target/release/kontakt"))
-}
-
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let seconds: u64 = flag(args, "--seconds").unwrap_or(10);
+/// The database `--only` names (`sqlite` or `postgres`), if any.
+pub(crate) fn only_database(args: &[String]) -> anyhow::Result<Option<String>> {
     let only = text_flag(args, "--only");
     if let Some(db) = only.as_deref() {
         if db != "sqlite" && db != "postgres" {
             bail!("--only takes sqlite or postgres, not {db:?}");
         }
     }
+    Ok(only)
+}
+
+/// Starts the benchmarks' servers from `--kontakt-binary`, or else builds
+/// the release binary of these sources for them.
+pub(crate) fn prepare_kontakt_binary(args: &[String]) -> anyhow::Result<()> {
     match text_flag(args, "--kontakt-binary") {
         Some(path) => use_kontakt_binary(&path),
         None => run_command(
@@ -68,6 +70,17 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             &["build", "--release", "-p", "web", "--bin", "kontakt"],
         )?,
     }
+    Ok(())
+}
+
+fn kontakt_binary() -> &'static std::path::Path {
+    KONTAKT_BINARY.get_or_init(|| PathBuf::from("target/release/kontakt"))
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let seconds: u64 = flag(args, "--seconds").unwrap_or(10);
+    let only = only_database(args)?;
+    prepare_kontakt_binary(args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

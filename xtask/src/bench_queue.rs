@@ -39,10 +39,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use booking::accounts::{self, NewStaff};
-use booking::bookings::decide_for;
+use booking::chats;
 use booking::testing::TestDb;
 use booking::{
-    EmailAddress, Language, MunicipalityCode, NewPassword, PersonName, Role, ServiceCode, Step,
+    EmailAddress, Language, MunicipalityCode, NewPassword, PersonName, Role, ServiceCode,
 };
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
@@ -53,14 +53,13 @@ use tokio_tungstenite::tungstenite::Message;
 use web::auth::{Keys, SubjectKind};
 
 use crate::bench_booking::{
-    flag, ms, percentile, postgres_ticks, session_token, start_server, text_flag,
-    use_kontakt_binary, SECRET,
+    flag, ms, only_database, percentile, postgres_ticks, prepare_kontakt_binary, session_token,
+    start_server, SECRET,
 };
 use crate::bench_relay::{clock_ticks_per_second, cpu_ticks};
 use crate::bench_signaling::{
     loadavg, raise_fd_limit, send_json, socket_addr, source, until, Endpoint, Socket,
 };
-use crate::process::run as run_command;
 
 /// The seeded services, each with a `pre_assessment` rule of its own: open
 /// for three, by agreement for `ekonomiskt-bistand` and `barn-och-familj`.
@@ -70,6 +69,15 @@ const SERVICES: [&str; 5] = [
     "missbruk-beroende",
     "vald-i-nara-relationer",
     "barn-och-familj",
+];
+/// The seeded services whose pre-assessment may be done by chat
+/// (`services.chat`): all but `barn-och-familj`, which starts in a meeting.
+/// Residents open their chats for these.
+const CHAT_SERVICES: [&str; 4] = [
+    "ekonomiskt-bistand",
+    "stod-till-anhoriga",
+    "missbruk-beroende",
+    "vald-i-nara-relationer",
 ];
 /// What every fourth bench staff member handles.
 const NARROW: [&str; 2] = ["stod-till-anhoriga", "missbruk-beroende"];
@@ -119,20 +127,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             options.opens()
         );
     }
-    let only = text_flag(args, "--only");
-    if let Some(db) = only.as_deref() {
-        if db != "sqlite" && db != "postgres" {
-            bail!("--only takes sqlite or postgres, not {db:?}");
-        }
-    }
+    let only = only_database(args)?;
     raise_fd_limit()?;
-    match text_flag(args, "--kontakt-binary") {
-        Some(path) => use_kontakt_binary(&path),
-        None => run_command(
-            "cargo",
-            &["build", "--release", "-p", "web", "--bin", "kontakt"],
-        )?,
-    }
+    prepare_kontakt_binary(args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -257,7 +254,7 @@ impl Population {
         let mut residents = Vec::with_capacity(options.queued + options.opens());
         for i in 0..options.queued + options.opens() {
             let home = municipalities[i % municipalities.len()].clone();
-            let service = SERVICES[i % SERVICES.len()];
+            let service = CHAT_SERVICES[i % CHAT_SERVICES.len()];
             let resident = accounts::create_resident(
                 db,
                 &EmailAddress::parse(&format!("queue-resident{i}@example.se"))?,
@@ -286,23 +283,15 @@ impl Population {
         let mut hosts = HashMap::new();
         for home in &municipalities {
             let home_code = MunicipalityCode::parse(home)?;
-            for service in SERVICES {
-                let service_code = ServiceCode::parse(service)?;
-                let mut allowed = BTreeSet::new();
-                for host in &municipalities {
-                    let decision = decide_for(
-                        db,
-                        &MunicipalityCode::parse(host)?,
-                        &home_code,
-                        &service_code,
-                        Step::PreAssessment,
-                        now,
-                    )
-                    .await?;
-                    if decision.allowed() {
-                        allowed.insert(host.clone());
-                    }
-                }
+            for service in CHAT_SERVICES {
+                // The server's own rule for who hears of a chat.
+                let allowed: BTreeSet<String> =
+                    chats::pre_assessors(db, &ServiceCode::parse(service)?, &home_code, now)
+                        .await?
+                        .unwrap_or_default()
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect();
                 hosts.insert((home.clone(), service), allowed);
             }
         }
