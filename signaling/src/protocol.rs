@@ -291,7 +291,12 @@ pub enum ServerMessage {
     /// No eligible staff is online: the resident may leave a message instead.
     #[serde(rename = "queue.offline_form")]
     QueueOfflineForm { room: RoomId, service: ServiceId },
-    /// A waiting chat that this staff member may pick up.
+    /// Every waiting chat that this staff member may pick up, oldest first,
+    /// in one message: sent when a console connects, so that a long queue
+    /// costs one slot of the connection's buffer instead of one per chat.
+    #[serde(rename = "queue.snapshot")]
+    QueueSnapshot { entries: Vec<QueueEntryView> },
+    /// A chat that this staff member may pick up joined the queue.
     #[serde(rename = "queue.entry")]
     QueueEntry { entry: QueueEntryView },
     /// A chat left the queue (picked up, closed or abandoned).
@@ -1026,6 +1031,7 @@ mod doc_tests {
             "room.closed",
             "queue.status",
             "queue.offline_form",
+            "queue.snapshot",
             "queue.entry",
             "queue.entry_removed",
             "queue.assigned",

@@ -490,15 +490,15 @@ impl Queue {
         state.profile = profile;
         state.conns.insert(conn);
         let state = &self.staff[&id];
-        for conversation in self.waiting() {
-            if is_eligible(state, &conversation.record) {
-                out.push(send(
-                    conn,
-                    ServerMessage::QueueEntry {
-                        entry: conversation.view(),
-                    },
-                ));
-            }
+        let mut waiting: Vec<&Conversation> = self
+            .waiting()
+            .filter(|conversation| is_eligible(state, &conversation.record))
+            .collect();
+        // In the order the queue serves them.
+        waiting.sort_by_key(|conversation| conversation.record.ticket);
+        if !waiting.is_empty() {
+            let entries = waiting.into_iter().map(Conversation::view).collect();
+            out.push(send(conn, ServerMessage::QueueSnapshot { entries }));
         }
         for conversation in self.conversations.values_mut() {
             if conversation.record.state == EntryState::Assigned(id.clone()) {
@@ -1551,6 +1551,45 @@ mod tests {
             r#"c2 error {"code":"already_taken","message":"someone else took this chat"}"#
         );
         assert_eq!(h.state(1), staff("a"));
+    }
+
+    #[test]
+    fn a_console_that_connects_late_gets_the_whole_queue_in_one_message() {
+        let mut h = Harness::new(QueueMode::Manual, 2);
+        // More than nine, so that the rooms' names sort otherwise than the
+        // queue serves them ("chat:10" before "chat:2").
+        for n in 1..=12 {
+            h.open(n, n);
+        }
+        let late = h.at(
+            20,
+            QueueInput::StaffConnected {
+                conn: c(4),
+                staff: profile("late", "0180"),
+            },
+        );
+        let lines: Vec<&str> = late.lines().collect();
+        assert_eq!(lines.len(), 1, "{late}");
+        let (_, frame) = lines[0]
+            .split_once(" queue.snapshot ")
+            .expect("one snapshot");
+        let snapshot: serde_json::Value = serde_json::from_str(frame).unwrap();
+        let rooms: Vec<&str> = snapshot["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|entry| entry["room"].as_str().unwrap())
+            .collect();
+        let expected: Vec<String> = (1..=12).map(|n| format!("chat:{n}")).collect();
+        assert_eq!(rooms, expected);
+        let outsider = h.at(
+            20,
+            QueueInput::StaffConnected {
+                conn: c(5),
+                staff: profile("y", "0999"),
+            },
+        );
+        assert_eq!(outsider, "", "staff the policy excludes see no snapshot");
     }
 
     #[test]

@@ -342,6 +342,13 @@ test("when a social worker's tab closes, the chat returns to its place in the qu
   });
   await first.page.locator("#queue-position", { hasText: "Du är nummer 1 i kön." }).waitFor();
 
+  // A console opened now lists the chats that already wait, oldest first,
+  // from the hub's one snapshot, and does not announce them as new.
+  const late = await openConsole(LYCKSELE_1, { available: false });
+  assert.deepEqual(await queueRooms(late.page), [first.room, second.room], "the snapshot, oldest first");
+  assert.equal(Number((await late.page.getAttribute("#console", "data-beeps")) || 0), 0, "no sound for chats that were already waiting");
+  await late.context.close();
+
   // A colleague picks it up and sees what was said.
   await winner.page.locator(`#queue-list li[data-room="${first.room}"] button`).click();
   const taken = winner.page.locator(`.chat-panel[data-room="${first.room}"]`);

@@ -819,6 +819,9 @@ connection.on("canned.responses", (message) => {
 });
 
 connection.on("lobby.knock", (message) => addKnock(message.room, message.participant));
+// A (re)connected console gets the chats already waiting in one snapshot;
+// they are not news, so nothing is announced.
+connection.on("queue.snapshot", (message) => (message.entries || []).forEach((entry) => addEntry(entry, false)));
 connection.on("queue.entry", (message) => addEntry(message.entry, !settling));
 connection.on("queue.entry_removed", (message) => removeEntry(message.room));
 
