@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{header, Method};
+use axum::http::{header, HeaderMap, Method};
 use axum_extra::extract::cookie::{Cookie, SameSite};
+use axum_extra::extract::CookieJar;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -186,7 +187,8 @@ where
                 .ok_or(AppError::Unauthorized)?;
             keys.verify(token.trim()).ok_or(AppError::Unauthorized)?
         } else {
-            let token = cookie_value(parts, SESSION_COOKIE).ok_or(AppError::Unauthorized)?;
+            let token =
+                cookie_value(&parts.headers, SESSION_COOKIE).ok_or(AppError::Unauthorized)?;
             let claims = keys.verify(&token).ok_or(AppError::Unauthorized)?;
             let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
             if !safe {
@@ -234,17 +236,12 @@ pub async fn sign_in(
     Ok(keys.issue(sub, kind, &sid, minutes, now))
 }
 
-/// The value of cookie `name`, if the request carries it.
-pub fn cookie_value(parts: &Parts, name: &str) -> Option<String> {
-    parts
-        .headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
+/// The value of cookie `name`, if the request carries it. The one reader of
+/// request cookies outside handlers that take a `CookieJar`.
+pub fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    CookieJar::from_headers(headers)
+        .get(name)
+        .map(|cookie| cookie.value().to_owned())
 }
 
 /// The database and the subject of a verified session of `kind`.
@@ -416,7 +413,7 @@ const MINUTE: Duration = Duration::from_secs(60);
 /// browser posts a form with `Origin: null`. That opaque origin says
 /// nothing, so the decision then rests on `Sec-Fetch-Site`, which pages
 /// cannot set and which must say `same-origin`.
-pub fn same_origin(headers: &axum::http::HeaderMap, public_url: &str) -> Result<(), AppError> {
+pub fn same_origin(headers: &HeaderMap, public_url: &str) -> Result<(), AppError> {
     let refused = || AppError::Forbidden("this form must be posted from this site".into());
     let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
     let origin = headers.get(header::ORIGIN);

@@ -44,7 +44,9 @@ pub struct ErrorBody {
 }
 
 impl AppError {
-    fn parts(&self) -> (StatusCode, &'static str) {
+    /// The status and the stable code of this error: the one table that the
+    /// JSON API and the pages both answer by.
+    pub(crate) fn parts(&self) -> (StatusCode, &'static str) {
         match self {
             AppError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             AppError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
@@ -58,6 +60,14 @@ impl AppError {
         }
     }
 
+    /// Logs an internal error: the one place a 500 is logged, whether it
+    /// is answered as JSON or as a page.
+    pub(crate) fn log_if_internal(&self) {
+        if let AppError::Internal(e) = self {
+            tracing::error!(error = ?e, "request failed");
+        }
+    }
+
     /// The response in `locale`.
     pub fn localised(self, locale: Locale) -> Response {
         let (status, code) = self.parts();
@@ -66,12 +76,9 @@ impl AppError {
             | AppError::Forbidden(d)
             | AppError::Invalid(d)
             | AppError::BadJson(d) => Some(d.clone()),
-            AppError::Internal(e) => {
-                tracing::error!(error = ?e, "request failed");
-                None
-            }
             _ => None,
         };
+        self.log_if_internal();
         let body = ErrorBody {
             error: code,
             message: rust_i18n::t!(format!("error.{code}"), locale = locale.code()).into_owned(),

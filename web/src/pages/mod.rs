@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
@@ -219,21 +219,8 @@ impl IntoResponse for PageError {
             PageError::StaffSignIn => return Redirect::to("/staff/login").into_response(),
             PageError::App(err) => err,
         };
-        let (status, code) = match &err {
-            AppError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-            AppError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            AppError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            AppError::Invalid(_) | AppError::BadJson(_) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "invalid")
-            }
-            AppError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            AppError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            AppError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-            AppError::Internal(e) => {
-                tracing::error!(error = ?e, "page failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
-            }
-        };
+        let (status, code) = err.parts();
+        err.log_if_internal();
         let ctx = Ctx {
             locale: current_locale(),
             here: "/".into(),
@@ -449,20 +436,8 @@ async fn switch_language(Query(q): Query<SwitchLanguage>) -> Response {
 
 /// The verified claims of the page session cookie, if any.
 pub fn session_claims(headers: &HeaderMap, keys: &Keys) -> Option<Claims> {
-    let token = cookie(headers, SESSION_COOKIE)?;
+    let token = crate::auth::cookie_value(headers, SESSION_COOKIE)?;
     keys.verify(&token)
-}
-
-/// The value of cookie `name`.
-pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
 }
 
 /// Compares two secrets without revealing where they differ.
