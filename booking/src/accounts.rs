@@ -57,6 +57,42 @@ impl Staff {
         self.handles(service)
             || (self.role == Role::Staff && service.as_str() == crate::catalog::GENERAL)
     }
+
+    // What a role allows. The JSON API, the pages (their handlers and the
+    // navigation that links to them) and the socket ask these, so that they
+    // cannot disagree about who may do what.
+
+    /// Load figures of every municipality: schedulers and admins.
+    pub fn may_see_load(&self) -> bool {
+        matches!(self.role, Role::Scheduler | Role::Admin)
+    }
+
+    /// The audit log, of every resident: admins only.
+    pub fn may_read_audit_log(&self) -> bool {
+        self.role == Role::Admin
+    }
+
+    /// Deactivating staff accounts: admins only.
+    pub fn may_deactivate_staff(&self) -> bool {
+        self.role == Role::Admin
+    }
+
+    /// Reading `target`'s availability templates: their own, a scheduler
+    /// those of their municipality, an admin everyone's.
+    pub fn may_read_templates_of(&self, target: &Staff) -> bool {
+        self.may_change_templates_of(target) || target.id == self.id
+    }
+
+    /// Changing `target`'s availability templates: a scheduler those of
+    /// their municipality, an admin everyone's; a social worker not even
+    /// their own.
+    pub fn may_change_templates_of(&self, target: &Staff) -> bool {
+        match self.role {
+            Role::Admin => true,
+            Role::Scheduler => target.municipality == self.municipality,
+            Role::Staff => false,
+        }
+    }
 }
 
 /// What is needed to create a staff account.
@@ -508,4 +544,50 @@ pub(crate) fn random_token() -> String {
 pub(crate) fn token_hash(token: &str) -> String {
     let digest = Sha256::digest(token.as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod capability_tests {
+    use super::*;
+
+    fn staff(id: &str, municipality: &str, role: Role) -> Staff {
+        Staff {
+            id: id.to_owned(),
+            municipality: MunicipalityCode::parse(municipality).unwrap(),
+            email: EmailAddress::parse(&format!("{id}@example.se")).unwrap(),
+            name: id.to_owned(),
+            role,
+            services: Vec::new(),
+            languages: Vec::new(),
+            max_chats: 2,
+        }
+    }
+
+    #[test]
+    fn what_each_role_may_do() {
+        let worker = staff("w", "2481", Role::Staff);
+        let colleague = staff("c", "2481", Role::Staff);
+        let elsewhere = staff("e", "1283", Role::Staff);
+        let scheduler = staff("s", "2481", Role::Scheduler);
+        let admin = staff("a", "1283", Role::Admin);
+
+        assert!(!worker.may_see_load() && scheduler.may_see_load() && admin.may_see_load());
+        for actor in [&worker, &scheduler] {
+            assert!(!actor.may_read_audit_log() && !actor.may_deactivate_staff());
+        }
+        assert!(admin.may_read_audit_log() && admin.may_deactivate_staff());
+
+        // A social worker reads their own templates and changes none.
+        assert!(worker.may_read_templates_of(&worker));
+        assert!(!worker.may_change_templates_of(&worker));
+        assert!(!worker.may_read_templates_of(&colleague));
+        // A scheduler manages their own municipality's, and nobody else's.
+        assert!(scheduler.may_change_templates_of(&colleague));
+        assert!(scheduler.may_read_templates_of(&colleague));
+        assert!(!scheduler.may_read_templates_of(&elsewhere));
+        assert!(!scheduler.may_change_templates_of(&elsewhere));
+        // An admin manages everyone's.
+        assert!(admin.may_change_templates_of(&colleague));
+        assert!(admin.may_change_templates_of(&elsewhere));
+    }
 }

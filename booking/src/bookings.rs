@@ -66,6 +66,21 @@ pub struct Booking {
     pub neutral_title: Option<NeutralTitle>,
 }
 
+impl Booking {
+    /// Whether its meeting can be entered at `now`: it is booked and has not
+    /// ended. The join links, the meeting page and the API that opens the
+    /// room all ask this.
+    pub fn is_joinable(&self, now: Timestamp) -> bool {
+        self.status == BookingStatus::Booked && self.range.end() > now
+    }
+
+    /// Whether it can still be cancelled or moved at `now`: it is booked and
+    /// has not started.
+    pub fn is_changeable(&self, now: Timestamp) -> bool {
+        self.status == BookingStatus::Booked && self.range.start() > now
+    }
+}
+
 /// A booking made or moved, with the token that manages it. The token is
 /// shown once (and mailed); only its hash is stored.
 #[derive(Debug, Clone)]

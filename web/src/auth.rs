@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use booking::accounts::{Resident, Staff};
 use booking::sessions::{SessionId, Subject};
-use booking::{Db, Role};
+use booking::Db;
 
 use crate::error::AppError;
 pub use crate::sessions::Sessions;
@@ -288,24 +288,6 @@ where
 /// The signed-in staff member, of any role.
 #[derive(Debug, Clone)]
 pub struct CurrentStaff(pub Staff);
-
-impl CurrentStaff {
-    /// Refuses unless the staff member has one of `roles`.
-    pub fn require(&self, roles: &[Role]) -> Result<&Staff, AppError> {
-        if roles.contains(&self.0.role) {
-            Ok(&self.0)
-        } else {
-            Err(AppError::Forbidden(format!(
-                "this needs the role {}",
-                roles
-                    .iter()
-                    .map(|r| r.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" or ")
-            )))
-        }
-    }
-}
 
 impl<S> FromRequestParts<S> for CurrentStaff
 where

@@ -44,6 +44,16 @@ pub struct ErrorBody {
 }
 
 impl AppError {
+    /// `Ok` when `allowed`, else forbidden because of `why`: how a handler
+    /// answers a capability of `booking::accounts::Staff` it asked.
+    pub fn unless(allowed: bool, why: &str) -> Result<(), AppError> {
+        if allowed {
+            Ok(())
+        } else {
+            Err(AppError::Forbidden(why.to_owned()))
+        }
+    }
+
     /// The status and the stable code of this error: the one table that the
     /// JSON API and the pages both answer by.
     pub(crate) fn parts(&self) -> (StatusCode, &'static str) {

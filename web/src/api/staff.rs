@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use booking::accounts::{self, Staff};
 use booking::bookings;
 use booking::slots::Template;
-use booking::{audit, DateRange, Db, EmailAddress, LocalDate, Role, ServiceCode};
+use booking::{audit, DateRange, Db, EmailAddress, LocalDate, ServiceCode};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -256,7 +256,8 @@ pub async fn deactivate_staff(
     admin: CurrentStaff,
     Path(staff_id): Path<String>,
 ) -> Result<StatusCode, AppError> {
-    let admin = admin.require(&[Role::Admin])?;
+    let admin = &admin.0;
+    AppError::unless(admin.may_deactivate_staff(), "this needs the role admin")?;
     let actor = audit::Actor::Staff(admin.id.clone());
     let ended = accounts::deactivate_staff(&state.db, &actor, &staff_id, now().as_second()).await?;
     state.sessions.announce(&ended).await;
@@ -274,18 +275,16 @@ async fn template_target(
     let target = accounts::staff_by_id(db, staff_id)
         .await?
         .ok_or(AppError::NotFound)?;
-    let allowed = match actor.role {
-        Role::Admin => true,
-        Role::Scheduler => target.municipality == actor.municipality,
-        Role::Staff => !write && target.id == actor.id,
-    };
-    if allowed {
-        Ok(target)
+    let allowed = if write {
+        actor.may_change_templates_of(&target)
     } else {
-        Err(AppError::Forbidden(
-            "you may not manage this staff member's availability".into(),
-        ))
-    }
+        actor.may_read_templates_of(&target)
+    };
+    AppError::unless(
+        allowed,
+        "you may not manage this staff member's availability",
+    )?;
+    Ok(target)
 }
 
 fn minutes(field: &'static str, raw: &str) -> Result<i16, AppError> {
@@ -365,7 +364,10 @@ pub async fn load(
     staff: CurrentStaff,
     ApiQuery(params): ApiQuery<RangeParams>,
 ) -> Result<Json<Vec<LoadDto>>, AppError> {
-    staff.require(&[Role::Scheduler, Role::Admin])?;
+    AppError::unless(
+        staff.0.may_see_load(),
+        "this needs the role scheduler or admin",
+    )?;
     let dates = DateRange::new(
         LocalDate::parse("from", &params.from)?,
         LocalDate::parse("to", &params.to)?,
@@ -397,7 +399,7 @@ pub async fn audit(
     staff: CurrentStaff,
     ApiQuery(params): ApiQuery<AuditParams>,
 ) -> Result<Json<Vec<AuditDto>>, AppError> {
-    staff.require(&[Role::Admin])?;
+    AppError::unless(staff.0.may_read_audit_log(), "this needs the role admin")?;
     let limit = params.limit.unwrap_or(200).clamp(1, 1000);
     let records = audit::recent(&db, params.resident.as_deref(), limit).await?;
     Ok(Json(

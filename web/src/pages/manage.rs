@@ -10,7 +10,6 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use booking::bookings::{self, Authority, Booking};
-use booking::BookingStatus;
 use serde::Deserialize;
 
 use maud::{html, Markup};
@@ -55,7 +54,7 @@ async fn show(
         Some("moved") => Some(tr("page.my.moved")),
         _ => None,
     };
-    let actions = if b.status == BookingStatus::Booked && b.range.start() > now {
+    let actions = if b.is_changeable(now) {
         let base = format!("/b/{}", enc(&token));
         let days = free_times_by_day(&state.db, &b.service, &b.performed_for, None, now).await?;
         Some(html! {

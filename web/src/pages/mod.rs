@@ -320,10 +320,10 @@ fn nav(ctx: &Ctx) -> Markup {
             Who::Staff { staff, .. } => {
                 (nav_link(ctx, "/staff", "page.nav.staff"))
                 (nav_link(ctx, "/staff/console", "page.nav.console"))
-                @if matches!(staff.role, booking::Role::Scheduler | booking::Role::Admin) {
+                @if staff.may_see_load() {
                     (nav_link(ctx, "/scheduler", "page.nav.scheduler"))
                 }
-                @if staff.role == booking::Role::Admin {
+                @if staff.may_read_audit_log() {
                     (nav_link(ctx, "/admin/audit", "page.nav.audit"))
                 }
             }
@@ -794,12 +794,6 @@ pub fn rule_text(rule: &str, agreement_id: Option<&str>) -> String {
         ("home_only", _) => tr("page.rule.home_only"),
         (other, _) => other.to_owned(),
     }
-}
-
-/// Whether a booking's meeting can still be joined: it is booked and has not
-/// ended.
-pub fn joinable(booking: &bookings::Booking, now: Timestamp) -> bool {
-    booking.status == booking::BookingStatus::Booked && booking.range.end() > now
 }
 
 /// A booking status in words.

@@ -13,7 +13,7 @@ use axum_extra::extract::cookie::{Cookie, SameSite};
 use axum_extra::extract::CookieJar;
 use booking::bookings::{self, Authority};
 use booking::outbox::NeutralTitle;
-use booking::{catalog, BookingStatus, Language, MunicipalityCode, ServiceCode};
+use booking::{catalog, Language, MunicipalityCode, ServiceCode};
 use serde::Deserialize;
 
 use maud::{html, Markup};
@@ -640,7 +640,7 @@ fn booking_item(
     now: jiff::Timestamp,
 ) -> Markup {
     let what = service_name(&b.service);
-    let join = super::joinable(b, now).then(|| {
+    let join = b.is_joinable(now).then(|| {
         html! {
             a class="button" href={ "/join/" (enc(&b.id)) } {
                 (tr("page.meeting.join"))
@@ -648,7 +648,7 @@ fn booking_item(
             }
         }
     });
-    let changeable = b.status == BookingStatus::Booked && b.range.start() > now;
+    let changeable = b.is_changeable(now);
     let title_id = format!("b-{}", b.id);
     html! {
         li.booking.highlighted[booked == Some(b.id.as_str())] data-booking=(b.id) {

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Redirect};
 use axum::routing::get;
 use axum::Router;
 use axum_extra::extract::CookieJar;
-use booking::{audit, bookings, catalog, DateRange, LocalDate, Role};
+use booking::{audit, bookings, catalog, DateRange, LocalDate};
 use jiff::Span;
 use serde::Deserialize;
 
@@ -195,7 +195,7 @@ async fn day(
                             td { (rule_text(&b.rule, b.agreement_id.as_deref())) }
                             td { (status_text(b.status)) }
                             td {
-                                @if super::joinable(b, now) {
+                                @if b.is_joinable(now) {
                                     a href={ "/join/" (super::enc(&b.id)) } {
                                         (tr("page.meeting.join"))
                                         span class="visually-hidden" { " " (bdi(&r.name)) " " (clock(b.range.start())) }
@@ -236,9 +236,10 @@ async fn scheduler(
     PageQuery(q): PageQuery<RangeQuery>,
 ) -> PageResult {
     let staff = ctx.staff()?;
-    if !matches!(staff.role, Role::Scheduler | Role::Admin) {
-        return Err(AppError::Forbidden("this needs the role scheduler or admin".into()).into());
-    }
+    AppError::unless(
+        staff.may_see_load(),
+        "this needs the role scheduler or admin",
+    )?;
     let from = match non_empty(&q.from) {
         Some(d) => LocalDate::parse("from", d)?,
         None => LocalDate::new("from", today(now()))?,
@@ -324,9 +325,7 @@ async fn scheduler(
 #[tracing::instrument(skip(state, ctx))]
 async fn audit_log(State(state): State<AppState>, ctx: Ctx) -> PageResult {
     let staff = ctx.staff()?;
-    if staff.role != Role::Admin {
-        return Err(AppError::Forbidden("this needs the role admin".into()).into());
-    }
+    AppError::unless(staff.may_read_audit_log(), "this needs the role admin")?;
     let records = audit::recent(&state.db, None, 200).await?;
     let body = html! {
         h1 id="page-title" { (tr("page.audit.title")) }

@@ -240,11 +240,14 @@ pub async fn open_meeting(
                 .0
         }
     };
-    if booking.status != booking::BookingStatus::Booked {
-        return Err(AppError::Conflict(format!(
-            "the booking is {}",
-            booking.status.as_str()
-        )));
+    if !booking.is_joinable(now) {
+        return Err(AppError::Conflict(
+            if booking.status == booking::BookingStatus::Booked {
+                "the meeting has ended".to_owned()
+            } else {
+                format!("the booking is {}", booking.status.as_str())
+            },
+        ));
     }
     let setup = meeting_setup(&state.db, &state.hub, &booking).await?;
     let room = setup.room.to_string();
