@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::bus::BusError;
-use crate::hub::{ConversationRequest, Identity};
+use crate::identity::{ConversationRequest, Identity};
 use crate::ids::{BookingId, ConnectionId, MunicipalityCode, PartyId, RoomId, StaffId};
 use crate::protocol::{ClientMessage, ServerMessage};
 use crate::room::{ClockAnchor, MeetingSetup, StaffAccess};
