@@ -29,8 +29,8 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::bus::{room_subject, Bus, BusError, Subscription};
 use crate::cluster::{
-    input_subject, node_subject, reply_subject, Delivery, Envelope, Input, Lease, MeetingSpec,
-    LEASE_EVERY, LEASE_TTL,
+    self, ClusterLink, Delivery, Envelope, Input, Lease, LeaseStep, MeetingSpec, OwnerTask,
+    LEASE_EVERY,
 };
 use crate::history::StoredEvent;
 use crate::identity::{ConversationRequest, Identity};
@@ -137,11 +137,13 @@ impl Hub {
         cluster: &str,
         lease: Arc<dyn Lease>,
     ) -> Self {
-        let link = ClusterLink {
-            name: cluster.to_owned(),
-            lease,
-        };
-        Self::build(settings, store, bus, effects, Some(link))
+        Self::build(
+            settings,
+            store,
+            bus,
+            effects,
+            Some((cluster.to_owned(), lease)),
+        )
     }
 
     fn build(
@@ -149,7 +151,7 @@ impl Hub {
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
         effects: Arc<dyn Effects>,
-        cluster: Option<ClusterLink>,
+        cluster: Option<(String, Arc<dyn Lease>)>,
     ) -> Self {
         let clock = ClockAnchor {
             instant: Instant::now(),
@@ -163,6 +165,9 @@ impl Hub {
         } else {
             Role::Owner
         };
+        let node = uuid::Uuid::new_v4().simple().to_string();
+        let cluster =
+            cluster.map(|(name, lease)| ClusterLink::new(&name, lease, &node, bus.clone()));
         Hub {
             shared: Arc::new(Shared {
                 owning: AtomicBool::new(role == Role::Owner),
@@ -177,7 +182,7 @@ impl Hub {
                 clock,
                 settings,
                 next_conn: AtomicU64::new((node_bits << 40) | 1),
-                node: uuid::Uuid::new_v4().simple().to_string(),
+                node,
                 cluster,
             }),
         }
@@ -577,23 +582,10 @@ impl Hub {
         let Some(cluster) = &self.shared.cluster else {
             return Ok(Vec::new());
         };
-        let (outbox, mut outgoing) = mpsc::unbounded_channel::<(String, Vec<u8>)>();
+        let (outbox, publishing) = cluster.spawn_outbox();
         self.shared.state.lock().await.outbox = Some(outbox);
-        let mut tasks = Vec::new();
-        let bus = self.shared.bus.clone();
-        let name = cluster.name.clone();
-        tasks.push(tokio::spawn(async move {
-            while let Some((node, payload)) = outgoing.recv().await {
-                if let Err(e) = bus.publish(&node_subject(&name, &node), payload).await {
-                    tracing::warn!(%node, error = %e, "publishing a delivery failed");
-                }
-            }
-        }));
-        let mut deliveries = self
-            .shared
-            .bus
-            .subscribe(&node_subject(&cluster.name, &self.shared.node))
-            .await?;
+        let mut tasks = vec![publishing];
+        let mut deliveries = cluster.deliveries().await?;
         let hub = self.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(payload) = futures::StreamExt::next(&mut deliveries).await {
@@ -632,60 +624,48 @@ impl Hub {
     }
 
     /// One round of the lease: renew or take it, and act on a change of
-    /// owner. `owning` holds the task that applies forwarded inputs while
-    /// this node owns.
+    /// owner as [`cluster::lease_step`] decides. `owning` holds the task
+    /// that applies forwarded inputs while this node owns.
     async fn hold_lease(&self, owning: &mut Option<OwnerTask>) {
         let Some(cluster) = &self.shared.cluster else {
             return;
         };
         let node = &self.shared.node;
-        let holder = match cluster.lease.hold(node).await {
-            Ok(holder) => holder,
+        let read = match cluster.lease.hold(node).await {
+            Ok(holder) => Some(holder),
             Err(e) => {
                 tracing::warn!(error = %e, "reading the hub lease failed");
-                // An owner that cannot renew must stop before its lease
-                // lapses and another node takes over.
-                if owning
-                    .as_ref()
-                    .is_some_and(|o| o.renewed.elapsed() >= LEASE_TTL - LEASE_EVERY)
-                {
-                    self.step_down(owning, None).await;
-                }
-                return;
+                None
             }
         };
-        match holder {
-            Some(holder) if holder == *node => {
+        let renewed = owning.as_ref().map(|task| task.renewed);
+        match cluster::lease_step(node, read, renewed, Instant::now()) {
+            LeaseStep::Stay => {}
+            LeaseStep::Renewed => {
                 if let Some(task) = owning {
                     task.renewed = Instant::now();
-                } else {
-                    match self.take_over().await {
-                        Ok(task) => *owning = Some(task),
-                        Err(e) => {
-                            tracing::error!(error = %e, "taking over rooms and queue failed");
-                            if let Err(e) = cluster.lease.release(node).await {
-                                tracing::warn!(error = %e, "releasing the hub lease failed");
-                            }
-                        }
-                    }
                 }
             }
-            other => {
-                if owning.is_some() {
-                    self.step_down(owning, other.clone()).await;
+            LeaseStep::TakeOver => match self.take_over().await {
+                Ok(task) => *owning = Some(task),
+                Err(e) => {
+                    tracing::error!(error = %e, "taking over rooms and queue failed");
+                    if let Err(e) = cluster.lease.release(node).await {
+                        tracing::warn!(error = %e, "releasing the hub lease failed");
+                    }
+                }
+            },
+            LeaseStep::StepDown => self.step_down(owning, None).await,
+            LeaseStep::Follow { step_down, owner } => {
+                if step_down {
+                    self.step_down(owning, owner.clone()).await;
                 }
                 let changed = {
                     let mut state = self.shared.state.lock().await;
-                    match &mut state.role {
-                        Role::Follower { owner } if other.is_some() && *owner != other => {
-                            owner.clone_from(&other);
-                            true
-                        }
-                        _ => false,
-                    }
+                    cluster::follow(&mut state, owner.clone())
                 };
                 if changed {
-                    tracing::info!(owner = ?other, "the hub has a new owner");
+                    tracing::info!(?owner, "the hub has a new owner");
                     self.register_again().await;
                 }
             }
@@ -694,14 +674,10 @@ impl Hub {
 
     /// Becomes the owner: hears forwarded inputs, restores the queue and
     /// the known meeting rooms from the store, and welcomes this node's own
-    /// connections again.
+    /// connections again ([`cluster::take_over`]).
     async fn take_over(&self) -> Result<OwnerTask, HubError> {
         let cluster = self.shared.cluster.as_ref().expect("only in a cluster");
-        let mut inputs = self
-            .shared
-            .bus
-            .subscribe(&input_subject(&cluster.name))
-            .await?;
+        let mut inputs = cluster.inputs().await?;
         // What the store holds is read before the lock is taken, so that
         // this node's own connections are served meanwhile.
         let specs: Vec<MeetingSpec> = {
@@ -716,40 +692,14 @@ impl Hub {
         }
         let now = Instant::now();
         let mut state = self.shared.state.lock().await;
-        self.forget_owned(&mut state);
-        restore_chats(&mut state, chats, now);
-        for (setup, events) in meetings {
-            if state.specs.contains_key(&setup.room) {
-                state
-                    .rooms
-                    .insert(setup.room.clone(), Room::restore(setup, events));
-            }
-        }
-        // Meeting rooms opened through this node while the others were read.
-        let late: Vec<MeetingSetup> = state
-            .specs
-            .values()
-            .filter(|spec| !state.rooms.contains_key(spec.room()))
-            .map(|spec| spec.to_setup(self.shared.clock))
-            .collect();
+        let (out, late) = cluster::take_over(&mut state, self.fresh_queue(), chats, meetings, now);
         self.set_role(&mut state, Role::Owner);
         tracing::info!(node = %self.shared.node, "this node owns the rooms and the queue");
-        let locals: Vec<(ConnectionId, Identity)> = state
-            .connections
-            .iter()
-            .map(|(conn, c)| (*conn, c.identity.clone()))
-            .collect();
-        for (conn, identity) in locals {
-            let Some(connection) = state.connections.remove(&conn) else {
-                continue;
-            };
-            let out = attach(&mut state, conn, identity, connection.sink, now);
-            let _ = self.carry_out(&mut state, None, out, now).await;
-        }
+        let _ = self.carry_out(&mut state, None, out, now).await;
         drop(state);
-        for setup in late {
-            let room = setup.room.clone();
-            if let Err(e) = self.open_room(setup).await {
+        for spec in late {
+            let room = spec.room().clone();
+            if let Err(e) = self.open_room(spec.to_setup(self.shared.clock)).await {
                 tracing::warn!(%room, error = %e, "opening a meeting room failed");
             }
         }
@@ -768,68 +718,38 @@ impl Hub {
         })
     }
 
-    /// Forgets what only an owner holds: the rooms, the queue and other
-    /// nodes' connections. The store has all that matters.
-    fn forget_owned(&self, state: &mut Locked) {
-        state.rooms.clear();
-        state.queue = Queue::new(self.shared.settings.queue.clone(), self.shared.clock);
-        state
-            .connections
-            .retain(|_, c| matches!(c.sink, Sink::Local(_)));
+    /// An empty queue with this hub's rules.
+    fn fresh_queue(&self) -> Queue {
+        Queue::new(self.shared.settings.queue.clone(), self.shared.clock)
     }
 
-    /// Stops owning: forgets the rooms, the queue and other nodes'
-    /// connections. The store has all that matters for the next owner.
+    /// Stops owning ([`cluster::step_down`]).
     async fn step_down(&self, owning: &mut Option<OwnerTask>, owner: Option<String>) {
         // Dropping the task stops it.
         drop(owning.take());
         let mut state = self.shared.state.lock().await;
-        self.forget_owned(&mut state);
+        cluster::step_down(&mut state, self.fresh_queue());
         self.set_role(&mut state, Role::Follower { owner: None });
         tracing::warn!(?owner, "this node no longer owns the rooms and the queue");
     }
 
-    /// Tells a new owner about this node's meeting rooms and connections.
-    /// Each connection gets a new `welcome` from it, the client's cue to
-    /// join its rooms again and resume.
+    /// Tells a new owner about this node's meeting rooms and connections
+    /// ([`cluster::registrations`]).
     async fn register_again(&self) {
-        let (specs, locals) = {
-            let state = self.shared.state.lock().await;
-            let specs: Vec<MeetingSpec> = state.specs.values().cloned().collect();
-            let locals: Vec<(ConnectionId, Identity)> = state
-                .connections
-                .iter()
-                .map(|(conn, c)| (*conn, c.identity.clone()))
-                .collect();
-            (specs, locals)
-        };
-        for spec in specs {
-            if let Err(e) = self.forward(Input::OpenMeeting(spec)).await {
-                tracing::warn!(error = %e, "forwarding a meeting room failed");
-            }
-        }
-        for (conn, identity) in locals {
-            if let Err(e) = self.forward(Input::Connect { conn, identity }).await {
-                tracing::warn!(%conn, error = %e, "forwarding a connection failed");
+        let inputs = cluster::registrations(&*self.shared.state.lock().await);
+        for input in inputs {
+            if let Err(e) = self.forward(input).await {
+                tracing::warn!(error = %e, "registering with a new owner failed");
             }
         }
     }
 
     /// Sends an input to the owner.
     async fn forward(&self, input: Input) -> Result<(), HubError> {
-        let Some(cluster) = &self.shared.cluster else {
-            return Ok(());
-        };
-        let envelope = Envelope {
-            node: self.shared.node.clone(),
-            input,
-        };
-        let payload = serde_json::to_vec(&envelope).expect("hub inputs always serialise");
-        self.shared
-            .bus
-            .publish(&input_subject(&cluster.name), payload)
-            .await?;
-        Ok(())
+        match &self.shared.cluster {
+            Some(cluster) => Ok(cluster.forward(input).await?),
+            None => Ok(()),
+        }
     }
 
     /// Applies an input a follower forwarded, as the owner.
@@ -933,7 +853,7 @@ impl Hub {
             .cluster
             .as_ref()
             .expect("only a cluster has followers");
-        let reply = reply_subject(&cluster.name, &self.shared.node);
+        let reply = cluster.reply_subject();
         let mut answers = self.shared.bus.subscribe(&reply).await?;
         self.forward(Input::TransferCandidates {
             room: room.clone(),
@@ -1409,24 +1329,6 @@ impl std::future::Future for Settled {
             Some(wait) => std::pin::Pin::new(wait).poll(cx).map(|_| ()),
         }
     }
-}
-
-/// The task that applies forwarded inputs while this node owns, and when
-/// the lease was last renewed.
-struct OwnerTask {
-    task: tokio::task::JoinHandle<()>,
-    renewed: Instant,
-}
-
-impl Drop for OwnerTask {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-struct ClusterLink {
-    name: String,
-    lease: Arc<dyn Lease>,
 }
 
 fn unix_now() -> i64 {

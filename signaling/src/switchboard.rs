@@ -739,3 +739,290 @@ pub(crate) fn new_room_id(prefix: &str) -> RoomId {
     RoomId::parse(format!("{prefix}:{}", uuid::Uuid::new_v4().simple()))
         .expect("a prefix and a UUID make a valid id")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{QueueMode, QueueSettings};
+    use std::collections::BTreeSet;
+    use tokio::sync::mpsc::Receiver;
+
+    fn id<T: std::str::FromStr>(s: &str) -> T
+    where
+        T::Err: std::fmt::Debug,
+    {
+        s.parse().unwrap()
+    }
+
+    fn staff(name: &str) -> Identity {
+        Identity::Staff {
+            id: id(name),
+            municipality: id("0180"),
+            may_handle: BTreeSet::from([id("stod")]),
+        }
+    }
+
+    /// A board with the meeting room of booking b1 (staff s1 may enter,
+    /// resident r1 knocks) and three connections: c1 staff s1, c2 resident
+    /// r1, c3 staff s3 (whom the room does not admit).
+    fn board(t0: Instant) -> (HubState, Vec<Receiver<ServerMessage>>) {
+        let clock = ClockAnchor {
+            instant: t0,
+            unix: 1_700_000_000,
+        };
+        let rules = QueueSettings {
+            mode: QueueMode::Manual,
+            answer_timeout: Duration::from_secs(60),
+            abandon_after: Duration::from_secs(300),
+            average_chat: Duration::from_secs(600),
+        };
+        let mut state = HubState::new(Queue::new(rules, clock), Role::Owner);
+        let setup = MeetingSetup {
+            room: id("booking:b1"),
+            booking: Some(id("b1")),
+            performing_municipality: id("0180"),
+            staff_access: StaffAccess::only([id("s1")]),
+            staff: Some(id("s1")),
+            resident: id("resident:r1"),
+            home_municipality: Some(id("0181")),
+            starts_at: None,
+            no_show_grace: Duration::from_secs(600),
+            pre_admitted: Vec::new(),
+            clock,
+        };
+        state.rooms.insert(setup.room.clone(), Room::new(setup));
+        let resident = |name: &str| Identity::Resident {
+            id: id(name),
+            home_municipality: id("0181"),
+        };
+        let identities = [staff("s1"), resident("r1"), staff("s3")];
+        let mut receivers = Vec::new();
+        for (n, identity) in identities.into_iter().enumerate() {
+            let (tx, rx) = mpsc::channel(64);
+            let conn = ConnectionId(n as u64 + 1);
+            let _ = attach(&mut state, conn, identity, Sink::Local(tx), t0);
+            receivers.push(rx);
+        }
+        for rx in &mut receivers {
+            while rx.try_recv().is_ok() {}
+        }
+        (state, receivers)
+    }
+
+    /// What one step did: each connection's messages, in connection order,
+    /// then the effects in order, then the room to reload, if any.
+    fn render(switched: &Switched, receivers: &mut [Receiver<ServerMessage>]) -> String {
+        let mut lines = Vec::new();
+        for (n, rx) in receivers.iter_mut().enumerate() {
+            while let Ok(message) = rx.try_recv() {
+                let value = serde_json::to_value(&message).unwrap();
+                let kind = value["type"].as_str().unwrap().to_owned();
+                let detail = match &message {
+                    ServerMessage::Error { code, .. } => format!(" {code:?}"),
+                    ServerMessage::Event { seq, .. } => format!(" {seq}"),
+                    _ => String::new(),
+                };
+                lines.push(format!("c{} {kind}{detail}", n + 1));
+            }
+        }
+        for effect in &switched.effects {
+            lines.push(match effect {
+                Effect::PublishEvent { room, frame } => {
+                    let value: serde_json::Value = serde_json::from_str(frame).unwrap();
+                    format!("publish {room} {} {}", value["seq"], value["event"]["kind"])
+                }
+                Effect::PublishKnock(knock) => format!("publish-knock {}", knock.room),
+                Effect::SaveQueueEntry(record) => format!("save-entry {}", record.room),
+                Effect::Audit(a) => format!("audit {} {} {}", a.actor, a.action.as_str(), a.room),
+                Effect::BookingOutcome { booking, outcome } => {
+                    format!("outcome {booking} {outcome:?}")
+                }
+                Effect::StaffNotified {
+                    staff, participant, ..
+                } => format!(
+                    "notify {} about {}",
+                    staff.as_ref().map_or("-".into(), |s| s.to_string()),
+                    participant.party
+                ),
+                Effect::ConversationClosed { room, .. } => format!("closed {room}"),
+            });
+        }
+        if let Some(room) = &switched.reload {
+            lines.push(format!("reload {room}"));
+        }
+        lines.join("\n")
+    }
+
+    /// What became of each step's events: all stored, unless the step says.
+    enum Store {
+        Accepts,
+        Refuses,
+    }
+
+    /// Runs `steps` on a fresh [`board`]: each is a connection, its
+    /// message, what the store does with the events, and exactly what the
+    /// switchboard delivers and leaves for the shell, as [`render`] writes
+    /// it.
+    fn check(steps: &[(u64, ClientMessage, Store, &str)]) -> HubState {
+        let t0 = Instant::now();
+        let (mut state, mut receivers) = board(t0);
+        let turn = |_: &RoomId, party: &PartyId| {
+            Some(TurnCredentials {
+                urls: vec!["turn:relay.example:3478".into()],
+                username: format!("1:{party}"),
+                password: "secret".into(),
+                ttl_secs: 60,
+            })
+        };
+        let cx = Context {
+            node: "n1",
+            clock: ClockAnchor {
+                instant: t0,
+                unix: 1_700_000_000,
+            },
+            turn: &turn,
+        };
+        for (i, (conn, message, store, expected)) in steps.iter().enumerate() {
+            let conn = ConnectionId(*conn);
+            let identity = state.connections[&conn].identity.clone();
+            let out = route(&mut state, conn, &identity, message.clone(), t0);
+            let written = out
+                .iter()
+                .filter(|o| matches!(o, Outbound::Persist(_)))
+                .map(|_| match store {
+                    Store::Accepts => Written::Stored,
+                    Store::Refuses => Written::Failed("down".into()),
+                })
+                .collect();
+            let switched = switch(&mut state, &cx, Some(conn), out, written);
+            let got = render(&switched, &mut receivers);
+            if *expected == "-" {
+                // A step that only sets the scene.
+                continue;
+            }
+            let expected = expected
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("\n");
+            assert_eq!(got, expected, "step {i}: {message:?}\n--- got:\n{got}\n");
+        }
+        state
+    }
+
+    fn join() -> ClientMessage {
+        ClientMessage::Join {
+            room: id("booking:b1"),
+            invitation: None,
+        }
+    }
+
+    fn chat(client_id: &str) -> ClientMessage {
+        ClientMessage::ChatSend {
+            room: id("booking:b1"),
+            client_id: id(client_id),
+            text: "hej".into(),
+        }
+    }
+
+    fn admit() -> ClientMessage {
+        ClientMessage::LobbyAdmit {
+            room: id("booking:b1"),
+            party: id("resident:r1"),
+        }
+    }
+
+    #[test]
+    fn a_knock_reaches_the_consoles_here_and_goes_out_to_other_nodes() {
+        check(&[(
+            2,
+            join(),
+            Store::Accepts,
+            r#"
+            c1 lobby.knock
+            c2 joined
+            c2 lobby.status
+            publish booking:b1 1 "knock"
+            publish-knock booking:b1
+            notify s1 about resident:r1
+            "#,
+        )]);
+    }
+
+    #[test]
+    fn reads_are_delivered_at_once_and_their_audit_entries_left_for_later() {
+        check(&[
+            (2, join(), Store::Accepts, "-"),
+            (
+                1,
+                join(),
+                Store::Accepts,
+                r#"
+                c1 event 2
+                c1 joined
+                c1 turn.credentials
+                c2 lobby.status
+                publish booking:b1 2 "participant_joined"
+                audit staff:s1 meeting.read booking:b1
+                "#,
+            ),
+            (
+                1,
+                admit(),
+                Store::Accepts,
+                r#"
+                c1 event 3
+                c2 lobby.admitted
+                c2 event 3
+                c2 joined
+                c2 turn.credentials
+                publish booking:b1 3 "participant_joined"
+                "#,
+            ),
+            (
+                2,
+                chat("m1"),
+                Store::Accepts,
+                r#"
+                c1 event 4
+                c2 event 4
+                c2 chat.stored
+                publish booking:b1 4 "chat"
+                "#,
+            ),
+        ]);
+    }
+
+    #[test]
+    fn staff_the_room_does_not_admit_are_refused_and_the_refusal_audited() {
+        check(&[(
+            3,
+            join(),
+            Store::Accepts,
+            r#"
+            c3 error NotFound
+            audit staff:s3 meeting.enter booking:b1
+            "#,
+        )]);
+    }
+
+    #[test]
+    fn a_refused_write_shows_nothing_after_it_and_asks_for_a_reload() {
+        let state = check(&[
+            (2, join(), Store::Accepts, "-"),
+            (1, join(), Store::Accepts, "-"),
+            (1, admit(), Store::Accepts, "-"),
+            (
+                2,
+                chat("m1"),
+                Store::Refuses,
+                r#"
+                c2 error StorageUnavailable
+                reload booking:b1
+                "#,
+            ),
+        ]);
+        assert_eq!(state.epoch(&id("booking:b1")), 1);
+    }
+}
