@@ -361,7 +361,8 @@ impl Hub {
 
     /// Applies one client message and returns without waiting for the
     /// writer: the returned [`Settled`] completes once what the message
-    /// caused is stored and carried out. Messages are applied in the order
+    /// caused is stored and carried out, its effects included. Messages are
+    /// applied in the order
     /// they are submitted, so a connection may submit its next message
     /// before the last one settles; that lets one connection's messages
     /// share a write batch instead of taking one each.
@@ -1309,9 +1310,9 @@ struct Pending {
     done: oneshot::Sender<()>,
 }
 
-/// Completes once outputs handed to the writer are carried out: those a
-/// submitted message caused (see [`Hub::submit`]), or those handed to
-/// [`Hub::carry_out`].
+/// Completes once outputs are carried out, their effects included (an
+/// audit entry written, an event published): those a submitted message
+/// caused (see [`Hub::submit`]), or those handed to [`Hub::carry_out`].
 #[derive(Debug)]
 #[must_use = "dropping it does not undo the message, but loses the moment it settles"]
 pub struct Settled(Option<oneshot::Receiver<()>>);
