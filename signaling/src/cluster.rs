@@ -442,9 +442,11 @@ impl MeetingSpec {
 mod tests {
     use super::*;
 
-    /// Each case: what the lease answered (`None`: it could not be read),
+    /// One case: what the lease answered (`None`: it could not be read),
     /// how long ago this node renewed it if it owns, and the step expected.
-    fn check(cases: &[(Option<Option<&str>>, Option<Duration>, LeaseStep)]) {
+    type Case<'a> = (Option<Option<&'a str>>, Option<Duration>, LeaseStep);
+
+    fn check(cases: &[Case<'_>]) {
         let now = Instant::now() + Duration::from_secs(60);
         for (i, (read, ago, expected)) in cases.iter().enumerate() {
             let read = read.map(|holder| holder.map(str::to_owned));

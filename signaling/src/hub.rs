@@ -1236,6 +1236,10 @@ fn stores(out: &[Outbound]) -> bool {
     out.iter().any(|o| matches!(o, Outbound::Persist(_)))
 }
 
+/// An effect waiting in its lane, with the completion of the output that
+/// made it, if anyone waits for that.
+type Job = (Effect, Option<Arc<Completion>>);
+
 /// Fires its sender when dropped: shared by the effects of one output, it
 /// tells the output's [`Settled`] once the last of them has run.
 struct Completion(Option<oneshot::Sender<()>>);
@@ -1273,7 +1277,7 @@ struct Shared {
     state: Mutex<Locked>,
     /// Effects waiting to run, per lane; a lane is here while its task
     /// runs (see [`Hub::run_later`]).
-    lanes: std::sync::Mutex<HashMap<Lane, VecDeque<(Effect, Option<Arc<Completion>>)>>>,
+    lanes: std::sync::Mutex<HashMap<Lane, VecDeque<Job>>>,
     /// Whether `role` is `Owner`, for the lanes, which do not take the
     /// state's lock: a node that stepped down stores no more queue entries.
     owning: AtomicBool,
