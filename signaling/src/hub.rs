@@ -1,19 +1,26 @@
-//! The hub: the async layer the WebSocket endpoint talks to. It owns the
+//! The hub: the async shell the WebSocket endpoint talks to. It owns the
 //! meeting rooms and the chat queue, feeds them client messages and timer
 //! ticks, and carries out what they return: storing events before anyone sees
 //! them, delivering messages to per-connection channels, publishing events on
-//! the bus, and handing audit entries, booking outcomes and TURN requests to
+//! the bus, and handing audit entries, booking outcomes and notifications to
 //! the caller through [`Effects`].
 //!
-//! All state sits behind one async mutex, and every input is applied under
-//! it in turn. An output that stores events waits in a queue for the writer
-//! task, which stores all that waits in one batch with the mutex free, then
-//! carries the outputs out in the order they were made (see
-//! [`Hub::carry_out`]). So per-room order stays simple to reason about, and
-//! a busy node writes many events per transaction instead of one.
+//! What to do is decided by the switchboard ([`crate::switchboard`]), which
+//! does no I/O. All its state sits behind one async mutex, and every input
+//! is applied under it in turn; nothing under the mutex waits on the outside
+//! world. Sends go straight into the connections' buffers. An output that
+//! stores events waits in a queue for the writer task, which stores all
+//! that waits in one batch with the mutex free, then carries the outputs out
+//! in the order they were made (see [`Hub::carry_out`]). Everything else
+//! that waits (bus publishes, queue entries, the caller's effects) goes to
+//! a lane per room, run by a task of its own after the mutex is let go, in
+//! the order it was made ([`Hub::run_later`]). So per-room order stays
+//! simple to reason about, a busy node writes many events per transaction
+//! instead of one, and a slow audit write delays no other room.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,62 +29,34 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::bus::{room_subject, Bus, BusError, Subscription};
 use crate::cluster::{
-    input_subject, node_subject, reply_subject, Delivery, Envelope, Input, Lease, MeetingSpec,
-    LEASE_EVERY, LEASE_TTL,
+    self, ClusterLink, Delivery, Envelope, Input, Lease, LeaseStep, MeetingSpec, OwnerTask,
+    LEASE_EVERY,
 };
-use crate::ids::{
-    BookingId, ConnectionId, InvitationToken, MunicipalityCode, PartyId, ResidentId, RoomId,
-    ServiceId, StaffId,
-};
-use crate::outbound::{AdHocMeeting, AuditEntry, Outbound};
+use crate::history::StoredEvent;
+use crate::identity::{ConversationRequest, Identity};
+use crate::ids::{BookingId, ConnectionId, MunicipalityCode, PartyId, RoomId, ServiceId, StaffId};
+use crate::outbound::{AuditEntry, Outbound};
 use crate::protocol::{
-    BookingOutcome, CannedResponse, ClientMessage, CloseReason, ErrorCode, Language, Participant,
-    ServerMessage, TurnCredentials,
+    BookingOutcome, CannedResponse, ClientMessage, Language, Participant, ServerMessage,
+    TurnCredentials,
 };
-use crate::queue::{NewConversation, Queue, QueueInput, QueueRules, StaffProfile};
-use crate::room::{ClockAnchor, Joiner, MeetingSetup, Room, RoomInput, Signal, StaffAccess};
+use crate::queue::{NewConversation, Queue, QueueEntryRecord, QueueInput, QueueRules};
+use crate::room::{ClockAnchor, MeetingSetup, Room, RoomInput};
 use crate::store::{Appended, EventRow, QueueEntryRow, Store, StoreError};
-
-/// Who is behind a connection, as the endpoint learnt it from the ticket.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Identity {
-    Resident {
-        id: ResidentId,
-        home_municipality: MunicipalityCode,
-    },
-    Staff {
-        id: StaffId,
-        municipality: MunicipalityCode,
-        /// The services this staff member may handle.
-        may_handle: BTreeSet<ServiceId>,
-    },
-    /// Someone who came through a single-use guest link to one room. The
-    /// role comes from the invitation the room holds, not from the link.
-    Guest {
-        room: RoomId,
-        invitation: InvitationToken,
-    },
-    /// A resident without an account, scoped to one chat conversation.
-    Anonymous { conversation: RoomId },
-}
-
-impl Identity {
-    pub fn party(&self) -> PartyId {
-        match self {
-            Identity::Resident { id, .. } => PartyId::resident(id),
-            Identity::Staff { id, .. } => PartyId::staff(id),
-            Identity::Guest { invitation, .. } => PartyId::guest(invitation),
-            Identity::Anonymous { conversation } => PartyId::anonymous(conversation),
-        }
-    }
-}
+use crate::switchboard::{
+    self, attach, deliver, deliver_knock, detach, forget_closed_rooms, new_room_id, route,
+    Connection, Context, Effect, HubState, Knock, Lane, Role, Sink, Written, KNOCK_SUBJECT,
+};
 
 /// What the hub asks of the rest of the system. The web crate implements it
 /// with the `booking` crate (audit log, booking status) and the TURN secret.
 ///
-/// The hub awaits these while it holds its state, so that an audit entry is
-/// written before the read it records is delivered. They must therefore not
-/// call back into the [`Hub`], and should be quick.
+/// The hub runs the async ones after it has let go of its state, in one
+/// lane per room: those of one room one after the other, in the order the
+/// room made them, and those of different rooms side by side. So an audit
+/// entry is written after the read it records was delivered, and a slow
+/// one delays only the later effects of its own room. They must not call
+/// back into the [`Hub`] and wait for it.
 #[async_trait]
 pub trait Effects: Send + Sync + 'static {
     /// Writes a staff read to the audit log.
@@ -85,8 +64,11 @@ pub trait Effects: Send + Sync + 'static {
     /// Marks a booking `completed` or `no_show`.
     async fn booking_outcome(&self, booking: &BookingId, outcome: BookingOutcome);
     /// Makes TURN REST credentials for an admitted participant, or `None`
-    /// when no relay is configured.
-    async fn turn_credentials(&self, room: &RoomId, party: &PartyId) -> Option<TurnCredentials>;
+    /// when no relay is configured. The hub calls it with its state locked,
+    /// so that the credentials reach the connection in order with the rest:
+    /// it must not wait on I/O (TURN REST credentials are an HMAC under the
+    /// relay's secret).
+    fn turn_credentials(&self, room: &RoomId, party: &PartyId) -> Option<TurnCredentials>;
     /// Someone knocked and no staff member was in the room. Consoles that
     /// are connected already got `lobby.knock`; this is for other channels.
     async fn staff_notified(
@@ -109,18 +91,6 @@ pub struct HubSettings {
     /// How many messages may wait for one connection before the hub gives
     /// up on it as too slow and closes its channel.
     pub connection_buffer: usize,
-}
-
-/// What the endpoint gives to open a pre-assessment chat.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ConversationRequest {
-    pub service: ServiceId,
-    /// Used for anonymous residents only; a signed-in resident's comes from
-    /// their identity.
-    pub home_municipality: MunicipalityCode,
-    /// From the `booking` crate's policy: the municipalities whose staff may
-    /// perform `pre_assessment` of this service for this resident.
-    pub eligible_municipalities: BTreeSet<MunicipalityCode>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,11 +137,13 @@ impl Hub {
         cluster: &str,
         lease: Arc<dyn Lease>,
     ) -> Self {
-        let link = ClusterLink {
-            name: cluster.to_owned(),
-            lease,
-        };
-        Self::build(settings, store, bus, effects, Some(link))
+        Self::build(
+            settings,
+            store,
+            bus,
+            effects,
+            Some((cluster.to_owned(), lease)),
+        )
     }
 
     fn build(
@@ -179,7 +151,7 @@ impl Hub {
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
         effects: Arc<dyn Effects>,
-        cluster: Option<ClusterLink>,
+        cluster: Option<(String, Arc<dyn Lease>)>,
     ) -> Self {
         let clock = ClockAnchor {
             instant: Instant::now(),
@@ -193,26 +165,24 @@ impl Hub {
         } else {
             Role::Owner
         };
+        let node = uuid::Uuid::new_v4().simple().to_string();
+        let cluster =
+            cluster.map(|(name, lease)| ClusterLink::new(&name, lease, &node, bus.clone()));
         Hub {
             shared: Arc::new(Shared {
-                state: Mutex::new(HubState {
-                    connections: HashMap::new(),
-                    rooms: HashMap::new(),
-                    queue: Queue::new(settings.queue.clone(), clock),
-                    canned: BTreeMap::new(),
-                    role,
-                    specs: HashMap::new(),
-                    outbox: None,
+                owning: AtomicBool::new(role == Role::Owner),
+                state: Mutex::new(Locked {
+                    board: HubState::new(Queue::new(settings.queue.clone(), clock), role),
                     writer: Writer::default(),
-                    epochs: HashMap::new(),
                 }),
+                lanes: std::sync::Mutex::new(HashMap::new()),
                 store,
                 bus,
                 effects,
                 clock,
                 settings,
                 next_conn: AtomicU64::new((node_bits << 40) | 1),
-                node: uuid::Uuid::new_v4().simple().to_string(),
+                node,
                 cluster,
             }),
         }
@@ -239,23 +209,27 @@ impl Hub {
     /// Loads the open chats from the store after a restart. Call once,
     /// before accepting connections.
     pub async fn restore(&self) -> Result<usize, HubError> {
-        let mut state = self.shared.state.lock().await;
-        if !matches!(state.role, Role::Owner) {
+        if !self.shared.owning.load(Ordering::Acquire) {
             // A follower holds no chats; the owner restores them.
             return Ok(0);
         }
-        self.restore_queue(&mut state).await
+        let chats = self.load_queue().await?;
+        let restored = chats.len();
+        let mut state = self.shared.state.lock().await;
+        restore_chats(&mut state, chats, Instant::now());
+        Ok(restored)
     }
 
-    async fn restore_queue(&self, state: &mut HubState) -> Result<usize, HubError> {
+    /// The open chats and their histories, as the store has them.
+    async fn load_queue(&self) -> Result<Vec<(QueueEntryRecord, Vec<StoredEvent>)>, HubError> {
         let rows = self.shared.store.open_queue_entries().await?;
-        let now = Instant::now();
+        let mut chats = Vec::with_capacity(rows.len());
         for row in &rows {
             let record = row.to_record()?;
             let events = self.load_events(&record.room).await?;
-            state.queue.restore(record, events, now);
+            chats.push((record, events));
         }
-        Ok(rows.len())
+        Ok(chats)
     }
 
     /// Opens (or restores from the store) the meeting room of a booking, or
@@ -272,20 +246,45 @@ impl Hub {
             drop(state);
             return self.forward(Input::OpenMeeting(spec)).await;
         }
-        self.open_room(&mut state, setup).await
+        drop(state);
+        self.open_room(setup).await
     }
 
-    async fn open_room(&self, state: &mut HubState, setup: MeetingSetup) -> Result<(), HubError> {
-        if let Some(room) = state.rooms.get_mut(&setup.room) {
-            // Who may enter is decided anew each time the room is opened,
-            // so that a change of policy or staff reaches an open room.
-            room.set_staff_access(setup.staff_access);
+    /// Opens a meeting room on the owner. A room that is not open yet is
+    /// restored from its history, which is read with the lock free: nobody
+    /// writes a room's events but the owner while it holds the room, so the
+    /// history cannot change before the room is in memory (and if another
+    /// input opened it meanwhile, that one stands).
+    async fn open_room(&self, setup: MeetingSetup) -> Result<(), HubError> {
+        let mut setup = Some(setup);
+        let events = {
+            let mut state = self.shared.state.lock().await;
+            let room = &setup.as_ref().expect("not taken yet").room;
+            match state.rooms.get_mut(room) {
+                Some(open) => {
+                    let setup = setup.take().expect("not taken yet");
+                    // Who may enter is decided anew each time the room is
+                    // opened, so that a change of policy or staff reaches
+                    // an open room.
+                    open.set_staff_access(setup.staff_access);
+                    return Ok(());
+                }
+                None => room.clone(),
+            }
+        };
+        let events = self.load_events(&events).await?;
+        let setup = setup.take().expect("not taken yet");
+        let mut state = self.shared.state.lock().await;
+        if !matches!(state.role, Role::Owner) {
+            // Stepped down meanwhile; the next owner opens it from `specs`.
             return Ok(());
         }
-        let events = self.load_events(&setup.room).await?;
-        state
-            .rooms
-            .insert(setup.room.clone(), Room::restore(setup, events));
+        match state.rooms.entry(setup.room.clone()) {
+            Entry::Occupied(mut open) => open.get_mut().set_staff_access(setup.staff_access),
+            Entry::Vacant(absent) => {
+                absent.insert(Room::restore(setup, events));
+            }
+        }
         Ok(())
     }
 
@@ -362,7 +361,8 @@ impl Hub {
 
     /// Applies one client message and returns without waiting for the
     /// writer: the returned [`Settled`] completes once what the message
-    /// caused is stored and carried out. Messages are applied in the order
+    /// caused is stored and carried out, its effects included. Messages are
+    /// applied in the order
     /// they are submitted, so a connection may submit its next message
     /// before the last one settles; that lets one connection's messages
     /// share a write batch instead of taking one each.
@@ -387,7 +387,7 @@ impl Hub {
 
     async fn apply_message(
         &self,
-        state: &mut HubState,
+        state: &mut Locked,
         conn: ConnectionId,
         message: ClientMessage,
         now: Instant,
@@ -396,68 +396,6 @@ impl Hub {
         let out = route(state, conn, &identity, message, now);
         self.carry_out(state, Some(conn), out, now).await
     }
-}
-
-/// Registers a connection with the owner's state and returns its welcome,
-/// the knocks and queue entries its console should see.
-fn attach(
-    state: &mut HubState,
-    conn: ConnectionId,
-    identity: Identity,
-    sink: Sink,
-    now: Instant,
-) -> Vec<Outbound> {
-    let party = identity.party();
-    let mut out = vec![Outbound::Send {
-        to: conn,
-        message: ServerMessage::Welcome { party },
-    }];
-    if let Identity::Staff {
-        id,
-        municipality,
-        may_handle,
-    } = &identity
-    {
-        let profile = StaffProfile {
-            id: id.clone(),
-            municipality: municipality.clone(),
-            services: may_handle.clone(),
-        };
-        // Knocks that came before this console connected are still news,
-        // in the rooms this staff member may enter.
-        for room in state.rooms.values() {
-            if room.admits_staff(id) {
-                for participant in room.waiting() {
-                    out.push(Outbound::Send {
-                        to: conn,
-                        message: ServerMessage::LobbyKnock {
-                            room: room.id().clone(),
-                            participant,
-                        },
-                    });
-                }
-            }
-        }
-        state.connections.insert(
-            conn,
-            Connection {
-                identity: identity.clone(),
-                sink,
-            },
-        );
-        out.extend(state.queue.handle(
-            QueueInput::StaffConnected {
-                conn,
-                staff: profile,
-            },
-            now,
-        ));
-    } else {
-        state
-            .connections
-            .insert(conn, Connection { identity, sink });
-    }
-    out
 }
 
 impl Hub {
@@ -510,7 +448,7 @@ impl Hub {
 
     async fn open_in(
         &self,
-        state: &mut HubState,
+        state: &mut Locked,
         conn: ConnectionId,
         identity: &Identity,
         room: RoomId,
@@ -645,23 +583,10 @@ impl Hub {
         let Some(cluster) = &self.shared.cluster else {
             return Ok(Vec::new());
         };
-        let (outbox, mut outgoing) = mpsc::unbounded_channel::<(String, Vec<u8>)>();
+        let (outbox, publishing) = cluster.spawn_outbox();
         self.shared.state.lock().await.outbox = Some(outbox);
-        let mut tasks = Vec::new();
-        let bus = self.shared.bus.clone();
-        let name = cluster.name.clone();
-        tasks.push(tokio::spawn(async move {
-            while let Some((node, payload)) = outgoing.recv().await {
-                if let Err(e) = bus.publish(&node_subject(&name, &node), payload).await {
-                    tracing::warn!(%node, error = %e, "publishing a delivery failed");
-                }
-            }
-        }));
-        let mut deliveries = self
-            .shared
-            .bus
-            .subscribe(&node_subject(&cluster.name, &self.shared.node))
-            .await?;
+        let mut tasks = vec![publishing];
+        let mut deliveries = cluster.deliveries().await?;
         let hub = self.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(payload) = futures::StreamExt::next(&mut deliveries).await {
@@ -691,7 +616,7 @@ impl Hub {
         };
         let mut state = self.shared.state.lock().await;
         if matches!(state.role, Role::Owner) {
-            state.role = Role::Follower { owner: None };
+            self.set_role(&mut state, Role::Follower { owner: None });
             drop(state);
             if let Err(e) = cluster.lease.release(&self.shared.node).await {
                 tracing::warn!(error = %e, "releasing the hub lease failed");
@@ -700,60 +625,48 @@ impl Hub {
     }
 
     /// One round of the lease: renew or take it, and act on a change of
-    /// owner. `owning` holds the task that applies forwarded inputs while
-    /// this node owns.
+    /// owner as [`cluster::lease_step`] decides. `owning` holds the task
+    /// that applies forwarded inputs while this node owns.
     async fn hold_lease(&self, owning: &mut Option<OwnerTask>) {
         let Some(cluster) = &self.shared.cluster else {
             return;
         };
         let node = &self.shared.node;
-        let holder = match cluster.lease.hold(node).await {
-            Ok(holder) => holder,
+        let read = match cluster.lease.hold(node).await {
+            Ok(holder) => Some(holder),
             Err(e) => {
                 tracing::warn!(error = %e, "reading the hub lease failed");
-                // An owner that cannot renew must stop before its lease
-                // lapses and another node takes over.
-                if owning
-                    .as_ref()
-                    .is_some_and(|o| o.renewed.elapsed() >= LEASE_TTL - LEASE_EVERY)
-                {
-                    self.step_down(owning, None).await;
-                }
-                return;
+                None
             }
         };
-        match holder {
-            Some(holder) if holder == *node => {
+        let renewed = owning.as_ref().map(|task| task.renewed);
+        match cluster::lease_step(node, read, renewed, Instant::now()) {
+            LeaseStep::Stay => {}
+            LeaseStep::Renewed => {
                 if let Some(task) = owning {
                     task.renewed = Instant::now();
-                } else {
-                    match self.take_over().await {
-                        Ok(task) => *owning = Some(task),
-                        Err(e) => {
-                            tracing::error!(error = %e, "taking over rooms and queue failed");
-                            if let Err(e) = cluster.lease.release(node).await {
-                                tracing::warn!(error = %e, "releasing the hub lease failed");
-                            }
-                        }
-                    }
                 }
             }
-            other => {
-                if owning.is_some() {
-                    self.step_down(owning, other.clone()).await;
+            LeaseStep::TakeOver => match self.take_over().await {
+                Ok(task) => *owning = Some(task),
+                Err(e) => {
+                    tracing::error!(error = %e, "taking over rooms and queue failed");
+                    if let Err(e) = cluster.lease.release(node).await {
+                        tracing::warn!(error = %e, "releasing the hub lease failed");
+                    }
+                }
+            },
+            LeaseStep::StepDown => self.step_down(owning, None).await,
+            LeaseStep::Follow { step_down, owner } => {
+                if step_down {
+                    self.step_down(owning, owner.clone()).await;
                 }
                 let changed = {
                     let mut state = self.shared.state.lock().await;
-                    match &mut state.role {
-                        Role::Follower { owner } if other.is_some() && *owner != other => {
-                            owner.clone_from(&other);
-                            true
-                        }
-                        _ => false,
-                    }
+                    cluster::follow(&mut state, owner.clone())
                 };
                 if changed {
-                    tracing::info!(owner = ?other, "the hub has a new owner");
+                    tracing::info!(?owner, "the hub has a new owner");
                     self.register_again().await;
                 }
             }
@@ -762,38 +675,35 @@ impl Hub {
 
     /// Becomes the owner: hears forwarded inputs, restores the queue and
     /// the known meeting rooms from the store, and welcomes this node's own
-    /// connections again.
+    /// connections again ([`cluster::take_over`]).
     async fn take_over(&self) -> Result<OwnerTask, HubError> {
         let cluster = self.shared.cluster.as_ref().expect("only in a cluster");
-        let mut inputs = self
-            .shared
-            .bus
-            .subscribe(&input_subject(&cluster.name))
-            .await?;
+        let mut inputs = cluster.inputs().await?;
+        // What the store holds is read before the lock is taken, so that
+        // this node's own connections are served meanwhile.
+        let specs: Vec<MeetingSpec> = {
+            let state = self.shared.state.lock().await;
+            state.specs.values().cloned().collect()
+        };
+        let chats = self.load_queue().await?;
+        let mut meetings = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let events = self.load_events(spec.room()).await?;
+            meetings.push((spec.to_setup(self.shared.clock), events));
+        }
         let now = Instant::now();
         let mut state = self.shared.state.lock().await;
-        self.forget_owned(&mut state);
-        self.restore_queue(&mut state).await?;
-        let specs: Vec<MeetingSpec> = state.specs.values().cloned().collect();
-        for spec in specs {
-            self.open_room(&mut state, spec.to_setup(self.shared.clock))
-                .await?;
-        }
-        state.role = Role::Owner;
+        let (out, late) = cluster::take_over(&mut state, self.fresh_queue(), chats, meetings, now);
+        self.set_role(&mut state, Role::Owner);
         tracing::info!(node = %self.shared.node, "this node owns the rooms and the queue");
-        let locals: Vec<(ConnectionId, Identity)> = state
-            .connections
-            .iter()
-            .map(|(conn, c)| (*conn, c.identity.clone()))
-            .collect();
-        for (conn, identity) in locals {
-            let Some(connection) = state.connections.remove(&conn) else {
-                continue;
-            };
-            let out = attach(&mut state, conn, identity, connection.sink, now);
-            let _ = self.carry_out(&mut state, None, out, now).await;
-        }
+        let _ = self.carry_out(&mut state, None, out, now).await;
         drop(state);
+        for spec in late {
+            let room = spec.room().clone();
+            if let Err(e) = self.open_room(spec.to_setup(self.shared.clock)).await {
+                tracing::warn!(%room, error = %e, "opening a meeting room failed");
+            }
+        }
         let hub = self.clone();
         let task = tokio::spawn(async move {
             while let Some(payload) = futures::StreamExt::next(&mut inputs).await {
@@ -809,68 +719,38 @@ impl Hub {
         })
     }
 
-    /// Forgets what only an owner holds: the rooms, the queue and other
-    /// nodes' connections. The store has all that matters.
-    fn forget_owned(&self, state: &mut HubState) {
-        state.rooms.clear();
-        state.queue = Queue::new(self.shared.settings.queue.clone(), self.shared.clock);
-        state
-            .connections
-            .retain(|_, c| matches!(c.sink, Sink::Local(_)));
+    /// An empty queue with this hub's rules.
+    fn fresh_queue(&self) -> Queue {
+        Queue::new(self.shared.settings.queue.clone(), self.shared.clock)
     }
 
-    /// Stops owning: forgets the rooms, the queue and other nodes'
-    /// connections. The store has all that matters for the next owner.
+    /// Stops owning ([`cluster::step_down`]).
     async fn step_down(&self, owning: &mut Option<OwnerTask>, owner: Option<String>) {
         // Dropping the task stops it.
         drop(owning.take());
         let mut state = self.shared.state.lock().await;
-        self.forget_owned(&mut state);
-        state.role = Role::Follower { owner: None };
+        cluster::step_down(&mut state, self.fresh_queue());
+        self.set_role(&mut state, Role::Follower { owner: None });
         tracing::warn!(?owner, "this node no longer owns the rooms and the queue");
     }
 
-    /// Tells a new owner about this node's meeting rooms and connections.
-    /// Each connection gets a new `welcome` from it, the client's cue to
-    /// join its rooms again and resume.
+    /// Tells a new owner about this node's meeting rooms and connections
+    /// ([`cluster::registrations`]).
     async fn register_again(&self) {
-        let (specs, locals) = {
-            let state = self.shared.state.lock().await;
-            let specs: Vec<MeetingSpec> = state.specs.values().cloned().collect();
-            let locals: Vec<(ConnectionId, Identity)> = state
-                .connections
-                .iter()
-                .map(|(conn, c)| (*conn, c.identity.clone()))
-                .collect();
-            (specs, locals)
-        };
-        for spec in specs {
-            if let Err(e) = self.forward(Input::OpenMeeting(spec)).await {
-                tracing::warn!(error = %e, "forwarding a meeting room failed");
-            }
-        }
-        for (conn, identity) in locals {
-            if let Err(e) = self.forward(Input::Connect { conn, identity }).await {
-                tracing::warn!(%conn, error = %e, "forwarding a connection failed");
+        let inputs = cluster::registrations(&*self.shared.state.lock().await);
+        for input in inputs {
+            if let Err(e) = self.forward(input).await {
+                tracing::warn!(error = %e, "registering with a new owner failed");
             }
         }
     }
 
     /// Sends an input to the owner.
     async fn forward(&self, input: Input) -> Result<(), HubError> {
-        let Some(cluster) = &self.shared.cluster else {
-            return Ok(());
-        };
-        let envelope = Envelope {
-            node: self.shared.node.clone(),
-            input,
-        };
-        let payload = serde_json::to_vec(&envelope).expect("hub inputs always serialise");
-        self.shared
-            .bus
-            .publish(&input_subject(&cluster.name), payload)
-            .await?;
-        Ok(())
+        match &self.shared.cluster {
+            Some(cluster) => Ok(cluster.forward(input).await?),
+            None => Ok(()),
+        }
     }
 
     /// Applies an input a follower forwarded, as the owner.
@@ -914,7 +794,10 @@ impl Hub {
             Input::OpenMeeting(spec) => {
                 let room = spec.room().clone();
                 let setup = spec.to_setup(self.shared.clock);
-                if let Err(e) = self.open_room(&mut state, setup).await {
+                drop(state);
+                // Forwarded inputs are applied one after the other, so the
+                // room is open before the next one.
+                if let Err(e) = self.open_room(setup).await {
                     tracing::warn!(%room, error = %e, "opening a forwarded meeting room failed");
                 }
             }
@@ -941,9 +824,12 @@ impl Hub {
         let mut state = self.shared.state.lock().await;
         let mut dropped = Vec::new();
         deliver(&state, delivery.conn, delivery.message, &mut dropped);
-        for conn in dropped {
+        for conn in &dropped {
             tracing::warn!(%conn, "dropping a connection that does not keep up");
-            state.connections.remove(&conn);
+            state.connections.remove(conn);
+        }
+        drop(state);
+        for conn in dropped {
             if let Err(e) = self.forward(Input::Disconnect { conn }).await {
                 tracing::warn!(%conn, error = %e, "forwarding a disconnect failed");
             }
@@ -968,7 +854,7 @@ impl Hub {
             .cluster
             .as_ref()
             .expect("only a cluster has followers");
-        let reply = reply_subject(&cluster.name, &self.shared.node);
+        let reply = cluster.reply_subject();
         let mut answers = self.shared.bus.subscribe(&reply).await?;
         self.forward(Input::TransferCandidates {
             room: room.clone(),
@@ -1007,10 +893,7 @@ impl Hub {
         Ok(self.shared.bus.subscribe(&room_subject(room)).await?)
     }
 
-    async fn load_events(
-        &self,
-        room: &RoomId,
-    ) -> Result<Vec<crate::history::StoredEvent>, HubError> {
+    async fn load_events(&self, room: &RoomId) -> Result<Vec<StoredEvent>, HubError> {
         let rows = self.shared.store.events_after(room.as_str(), 0).await?;
         rows.iter()
             .map(EventRow::to_event)
@@ -1021,7 +904,8 @@ impl Hub {
     /// Carries out `out` in order: at once if it stores nothing and nothing
     /// is waiting to be stored, or else after everything before it, by the
     /// writer task. The returned receiver (if any) fires once `out` is
-    /// carried out; wait on it with [`settle`] after releasing the lock.
+    /// carried out, its effects included; wait on it with [`Settled`] after
+    /// releasing the lock.
     ///
     /// The writer takes everything waiting, stores all its events in one
     /// batch while the lock is free for other inputs, then carries the
@@ -1029,33 +913,46 @@ impl Hub {
     /// `Persist` still happens only once the event is stored, per-room order
     /// holds (one writer, first in first out), and a busy node writes many
     /// events per transaction instead of one.
+    ///
+    /// Carrying out waits on nothing outside the process: messages go into
+    /// the connections' buffers, and whatever waits on the bus, the store or
+    /// the caller's [`Effects`] goes to its lane ([`Hub::run_later`]). The
+    /// one exception is reloading a room's history after a failed write
+    /// (see [`Hub::execute`]).
     async fn carry_out(
         &self,
-        state: &mut HubState,
+        state: &mut Locked,
         origin: Option<ConnectionId>,
         out: Vec<Outbound>,
         now: Instant,
     ) -> Option<oneshot::Receiver<()>> {
-        let (mut origin, mut out) = (origin, out);
-        loop {
-            let persists = out.iter().any(|o| matches!(o, Outbound::Persist(_)));
-            if persists || state.writer.busy {
-                return Some(self.enqueue(state, origin, out, now));
-            }
-            // What dropped connections leave behind comes next.
-            out = self.execute(state, origin, out, Vec::new(), now).await;
-            forget_closed_rooms(state);
-            if out.is_empty() {
-                return None;
-            }
-            origin = None;
+        if stores(&out) || state.writer.busy {
+            return Some(self.enqueue(state, origin, out, now));
         }
+        let (done, wait) = oneshot::channel();
+        let done = Arc::new(Completion(Some(done)));
+        let mut left = self
+            .execute(state, origin, out, Vec::new(), now, Some(&done))
+            .await;
+        forget_closed_rooms(state);
+        // What dropped connections leave behind comes next; nobody waits
+        // for it.
+        while !left.is_empty() {
+            if stores(&left) || state.writer.busy {
+                drop(self.enqueue(state, None, left, now));
+                break;
+            }
+            left = self.execute(state, None, left, Vec::new(), now, None).await;
+            forget_closed_rooms(state);
+        }
+        // Without effects still running there is nothing to wait for.
+        (Arc::strong_count(&done) > 1).then_some(wait)
     }
 
     /// Queues `out` for the writer, and starts the writer if it is idle.
     fn enqueue(
         &self,
-        state: &mut HubState,
+        state: &mut Locked,
         origin: Option<ConnectionId>,
         out: Vec<Outbound>,
         now: Instant,
@@ -1142,6 +1039,7 @@ impl Hub {
                         },
                     )
                     .collect();
+                let done = Arc::new(Completion(Some(pending.done)));
                 let left = self
                     .execute(
                         &mut state,
@@ -1149,183 +1047,240 @@ impl Hub {
                         pending.out,
                         written,
                         pending.now,
+                        Some(&done),
                     )
                     .await;
                 if !left.is_empty() {
                     // Nobody waits for it.
                     drop(self.enqueue(&mut state, None, left, pending.now));
                 }
-                let _ = pending.done.send(());
             }
             forget_closed_rooms(&mut state);
         }
     }
 
     /// Carries out `out` in order, given what became of its events
-    /// (`written`, one per `Persist`). A failed store write stops the batch,
-    /// so nothing after it is shown, and reloads the room's history so that
-    /// memory matches the store again. Returns what the connections it had
-    /// to drop leave behind, for the caller to carry out next.
+    /// (`written`, one per `Persist`), through [`switchboard::switch`], and
+    /// queues its effects, each holding `done` until it has run. Returns
+    /// what the connections it had to drop leave behind, for the caller to
+    /// carry out next.
+    ///
+    /// A failed store write reloads the room's history from the store with
+    /// the lock held. That is the one wait under the lock, kept on purpose:
+    /// until the reload, the room's memory holds an event the store refused,
+    /// and any input applied to it meanwhile could show that event (in a
+    /// `join`'s or `resume`'s history) or number a new one after it. The
+    /// epochs only keep stale events from being stored; they do not keep a
+    /// read from the wrong memory. It happens only after a failed write.
     async fn execute(
         &self,
-        state: &mut HubState,
+        state: &mut Locked,
         origin: Option<ConnectionId>,
         out: Vec<Outbound>,
         written: Vec<Written>,
         now: Instant,
+        done: Option<&Arc<Completion>>,
     ) -> Vec<Outbound> {
-        let mut written = written.into_iter();
-        let mut dropped = Vec::new();
-        for outbound in out {
-            match outbound {
-                Outbound::Send { to, message } => deliver(state, to, message, &mut dropped),
-                Outbound::Persist(event) => {
-                    let room = event.room.clone();
-                    let outcome = written.next().unwrap_or(Written::Stale);
-                    let failure = match outcome {
-                        Written::Stored => None,
-                        Written::Failed(failure) => Some(failure),
-                        Written::Stale => {
-                            // Made from a history that a failed write has
-                            // since reloaded: memory already matches the
-                            // store, so only the sender needs telling.
-                            tell_not_stored(state, origin, &room, &mut dropped);
-                            break;
-                        }
-                    };
-                    if let Some(failure) = failure {
-                        tracing::error!(%room, seq = event.seq, %failure, "storing a room event failed");
-                        self.recover(state, &room, origin, &mut dropped).await;
-                        break;
-                    }
-                    let frame = ServerMessage::Event {
-                        room: room.clone(),
-                        seq: event.seq,
-                        event: event.event,
-                    }
-                    .to_frame();
-                    if let Err(e) = self
-                        .shared
-                        .bus
-                        .publish(&room_subject(&room), frame.into_bytes())
-                        .await
-                    {
-                        tracing::warn!(%room, error = %e, "publishing a room event failed");
-                    }
-                }
-                Outbound::PersistQueueEntry(record) => {
-                    if let Err(e) = self
-                        .shared
-                        .store
-                        .save_queue_entry(QueueEntryRow::from_record(&record))
-                        .await
-                    {
-                        // The chat goes on in memory; only a restart before
-                        // the next successful write would lose its state.
-                        tracing::error!(room = %record.room, error = %e, "storing a queue entry failed");
-                    }
-                }
-                Outbound::IssueTurnCredentials { to, room, party } => {
-                    if let Some(credentials) =
-                        self.shared.effects.turn_credentials(&room, &party).await
-                    {
-                        let message = ServerMessage::TurnCredentials { room, credentials };
-                        deliver(state, to, message, &mut dropped);
-                    }
-                }
-                Outbound::Audit(entry) => self.shared.effects.audit(entry).await,
-                Outbound::BookingOutcome { booking, outcome } => {
-                    self.shared.effects.booking_outcome(&booking, outcome).await
-                }
-                Outbound::NotifyStaff {
-                    room,
-                    municipality,
-                    staff,
-                    staff_access,
-                    participant,
-                } => {
-                    let knock = Knock {
-                        node: self.shared.node.clone(),
-                        staff_access,
-                        room: room.clone(),
-                        participant: participant.clone(),
-                    };
-                    deliver_knock(state, &knock, &mut dropped);
-                    // Consoles on other nodes hear it through the bus.
-                    let payload = serde_json::to_vec(&knock).expect("knocks always serialise");
-                    if let Err(e) = self.shared.bus.publish(KNOCK_SUBJECT, payload).await {
-                        tracing::warn!(%room, error = %e, "publishing a knock failed");
-                    }
-                    self.shared
-                        .effects
-                        .staff_notified(&room, &municipality, staff.as_ref(), &participant)
-                        .await;
-                }
-                Outbound::OpenAdHocMeeting(meeting) => {
-                    let setup = ad_hoc_setup(meeting, self.shared.clock);
-                    state.rooms.insert(setup.room.clone(), Room::new(setup));
-                }
-                Outbound::ConversationClosed {
-                    room,
-                    resident,
-                    anonymous,
-                } => {
-                    self.shared
-                        .effects
-                        .conversation_closed(&room, &resident, anonymous)
-                        .await
-                }
-            }
+        let turn =
+            |room: &RoomId, party: &PartyId| self.shared.effects.turn_credentials(room, party);
+        let cx = Context {
+            node: &self.shared.node,
+            clock: self.shared.clock,
+            turn: &turn,
+        };
+        let switched = switchboard::switch(state, &cx, origin, out, written);
+        for effect in switched.effects {
+            self.run_later(effect, done.cloned());
         }
-        let mut left = Vec::new();
-        for conn in dropped {
-            tracing::warn!(%conn, "dropping a connection that does not keep up");
-            left.extend(detach(state, conn, now));
+        let mut dropped = switched.dropped;
+        if let Some(room) = switched.reload {
+            let loaded = match self.load_events(&room).await {
+                Ok(events) => Some(events),
+                Err(e) => {
+                    tracing::error!(%room, error = %e, "cannot reload a room's history");
+                    None
+                }
+            };
+            switchboard::reload(state, &room, loaded, &mut dropped);
         }
-        left
+        switchboard::drop_connections(state, dropped, now)
     }
 
-    /// After a failed write: tells the sender, and makes memory match the
-    /// store so that sequence numbers stay without gaps.
-    async fn recover(
-        &self,
-        state: &mut HubState,
-        room: &RoomId,
-        origin: Option<ConnectionId>,
-        dropped: &mut Vec<ConnectionId>,
-    ) {
-        tell_not_stored(state, origin, room, dropped);
-        // Outputs made from the history that is now reloaded are stale.
-        *state.epochs.entry(room.clone()).or_default() += 1;
-        match self.load_events(room).await {
-            Ok(events) => {
-                if let Some(meeting) = state.rooms.get_mut(room) {
-                    meeting.reload_history(events);
-                } else {
-                    state.queue.reload_history(room, events);
-                }
+    /// Queues `effect` in its lane and starts the lane's task if it is
+    /// idle. It is called with the state locked, so each lane holds its
+    /// effects in the order they were made: one room's events are published
+    /// in seq order, its queue entry saved in order, its audit entries
+    /// written in order. Lanes run side by side, so a slow audit write
+    /// holds up only the effects of its own room, and no delivery at all.
+    fn run_later(&self, effect: Effect, done: Option<Arc<Completion>>) {
+        let lane = effect.lane();
+        let mut lanes = self.shared.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        match lanes.entry(lane) {
+            Entry::Occupied(mut waiting) => waiting.get_mut().push_back((effect, done)),
+            Entry::Vacant(idle) => {
+                let lane = idle.key().clone();
+                idle.insert(VecDeque::from([(effect, done)]));
+                let hub = self.clone();
+                tokio::spawn(async move { hub.run_lane(lane).await });
             }
-            Err(e) => {
-                // The store is down: close the meeting room so that nobody
-                // goes on from a history the store does not have. It is
-                // restored from the store when it is opened again.
-                tracing::error!(%room, error = %e, "cannot reload a room's history");
-                if let Some(meeting) = state.rooms.remove(room) {
-                    for conn in meeting.connections().collect::<Vec<_>>() {
-                        let message = ServerMessage::RoomClosed {
-                            room: room.clone(),
-                            reason: CloseReason::StorageUnavailable,
-                        };
-                        deliver(state, conn, message, dropped);
+        }
+    }
+
+    /// A lane's task: runs its effects one by one, and ends (removing the
+    /// lane, so that the next effect starts a new task) once none is left.
+    async fn run_lane(&self, lane: Lane) {
+        loop {
+            let next = {
+                let mut lanes = self.shared.lanes.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(waiting) = lanes.get_mut(&lane) else {
+                    return;
+                };
+                match waiting.pop_front() {
+                    Some(next) => next,
+                    None => {
+                        lanes.remove(&lane);
+                        return;
                     }
                 }
+            };
+            let (effect, done) = next;
+            // A panicking effect must not leave its lane taken for good.
+            let run = std::panic::AssertUnwindSafe(self.run(effect));
+            if futures::FutureExt::catch_unwind(run).await.is_err() {
+                tracing::error!(?lane, "an effect panicked");
+            }
+            drop(done);
+        }
+    }
+
+    /// Runs one effect.
+    async fn run(&self, effect: Effect) {
+        match effect {
+            Effect::PublishEvent { room, frame } => {
+                let subject = room_subject(&room);
+                if let Err(e) = self.shared.bus.publish(&subject, frame.into_bytes()).await {
+                    tracing::warn!(%room, error = %e, "publishing a room event failed");
+                }
+            }
+            Effect::PublishKnock(knock) => {
+                let payload = serde_json::to_vec(&knock).expect("knocks always serialise");
+                if let Err(e) = self.shared.bus.publish(KNOCK_SUBJECT, payload).await {
+                    tracing::warn!(room = %knock.room, error = %e, "publishing a knock failed");
+                }
+            }
+            Effect::SaveQueueEntry(record) => {
+                if !self.shared.owning.load(Ordering::Acquire) {
+                    // A node that stepped down leaves the entries to the
+                    // new owner, which restored them from the store.
+                    tracing::warn!(room = %record.room, "not storing a queue entry after stepping down");
+                    return;
+                }
+                let row = QueueEntryRow::from_record(&record);
+                if let Err(e) = self.shared.store.save_queue_entry(row).await {
+                    // The chat goes on in memory; only a restart before
+                    // the next successful write would lose its state.
+                    tracing::error!(room = %record.room, error = %e, "storing a queue entry failed");
+                }
+            }
+            Effect::Audit(entry) => self.shared.effects.audit(entry).await,
+            Effect::BookingOutcome { booking, outcome } => {
+                self.shared.effects.booking_outcome(&booking, outcome).await
+            }
+            Effect::StaffNotified {
+                room,
+                municipality,
+                staff,
+                participant,
+            } => {
+                self.shared
+                    .effects
+                    .staff_notified(&room, &municipality, staff.as_ref(), &participant)
+                    .await
+            }
+            Effect::ConversationClosed {
+                room,
+                resident,
+                anonymous,
+            } => {
+                self.shared
+                    .effects
+                    .conversation_closed(&room, &resident, anonymous)
+                    .await
             }
         }
     }
 }
 
+impl Hub {
+    fn set_role(&self, state: &mut Locked, role: Role) {
+        self.shared
+            .owning
+            .store(role == Role::Owner, Ordering::Release);
+        state.role = role;
+    }
+}
+
+/// Puts the open chats read from the store back in the queue.
+fn restore_chats(
+    state: &mut HubState,
+    chats: Vec<(QueueEntryRecord, Vec<StoredEvent>)>,
+    now: Instant,
+) {
+    for (record, events) in chats {
+        state.queue.restore(record, events, now);
+    }
+}
+
+/// Whether an output stores events, and so goes through the writer.
+fn stores(out: &[Outbound]) -> bool {
+    out.iter().any(|o| matches!(o, Outbound::Persist(_)))
+}
+
+/// An effect waiting in its lane, with the completion of the output that
+/// made it, if anyone waits for that.
+type Job = (Effect, Option<Arc<Completion>>);
+
+/// Fires its sender when dropped: shared by the effects of one output, it
+/// tells the output's [`Settled`] once the last of them has run.
+struct Completion(Option<oneshot::Sender<()>>);
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if let Some(done) = self.0.take() {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// The state behind the hub's lock: the switchboard's, and the outputs
+/// waiting for the writer.
+struct Locked {
+    board: HubState,
+    writer: Writer,
+}
+
+impl std::ops::Deref for Locked {
+    type Target = HubState;
+
+    fn deref(&self) -> &HubState {
+        &self.board
+    }
+}
+
+impl std::ops::DerefMut for Locked {
+    fn deref_mut(&mut self) -> &mut HubState {
+        &mut self.board
+    }
+}
+
 struct Shared {
-    state: Mutex<HubState>,
+    state: Mutex<Locked>,
+    /// Effects waiting to run, per lane; a lane is here while its task
+    /// runs (see [`Hub::run_later`]).
+    lanes: std::sync::Mutex<HashMap<Lane, VecDeque<Job>>>,
+    /// Whether `role` is `Owner`, for the lanes, which do not take the
+    /// state's lock: a node that stepped down stores no more queue entries.
+    owning: AtomicBool,
     /// The cluster this node shares rooms and the queue with, if any.
     cluster: Option<ClusterLink>,
     store: Arc<dyn Store>,
@@ -1340,65 +1295,6 @@ struct Shared {
 
 /// How long a follower waits for the owner to answer a question.
 const REPLY_WITHIN: Duration = Duration::from_secs(2);
-
-/// The bus subject on which nodes tell each other about knocks.
-const KNOCK_SUBJECT: &str = "kontakt.knocks";
-
-/// A knock as it crosses the bus between nodes. It carries who may hear
-/// it, because only the receiving node knows whose consoles it holds.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct Knock {
-    node: String,
-    staff_access: StaffAccess,
-    room: RoomId,
-    participant: Participant,
-}
-
-/// Sends a knock to this node's consoles of the staff the room admits.
-fn deliver_knock(state: &HubState, knock: &Knock, dropped: &mut Vec<ConnectionId>) {
-    let consoles: Vec<ConnectionId> = state
-        .connections
-        .iter()
-        .filter(|(_, c)| {
-            matches!(&c.identity, Identity::Staff { id, .. } if knock.staff_access.admits(id))
-        })
-        .map(|(conn, _)| *conn)
-        .collect();
-    for conn in consoles {
-        let message = ServerMessage::LobbyKnock {
-            room: knock.room.clone(),
-            participant: knock.participant.clone(),
-        };
-        deliver(state, conn, message, dropped);
-    }
-}
-
-struct HubState {
-    /// On the owner, every connection of the cluster; on a follower, its
-    /// own connections only.
-    connections: HashMap<ConnectionId, Connection>,
-    rooms: HashMap<RoomId, Room>,
-    queue: Queue,
-    canned: BTreeMap<(ServiceId, Language), Vec<CannedResponse>>,
-    role: Role,
-    /// Meeting rooms opened through this node, told again to a new owner.
-    specs: HashMap<RoomId, MeetingSpec>,
-    /// Deliveries for connections on other nodes: `(node, payload)`,
-    /// published in order by the task [`Hub::spawn_cluster`] starts.
-    outbox: Option<mpsc::UnboundedSender<(String, Vec<u8>)>>,
-    /// Outputs waiting for the writer; see [`Hub::carry_out`].
-    writer: Writer,
-    /// How often each room's history was reloaded after a failed write.
-    /// An output made before the last reload is stale: its events are not
-    /// stored, as their seqs no longer follow the store's.
-    epochs: HashMap<RoomId, u64>,
-}
-
-impl HubState {
-    fn epoch(&self, room: &RoomId) -> u64 {
-        self.epochs.get(room).copied().unwrap_or(0)
-    }
-}
 
 #[derive(Default)]
 struct Writer {
@@ -1418,17 +1314,9 @@ struct Pending {
     done: oneshot::Sender<()>,
 }
 
-/// What became of one event of an output.
-enum Written {
-    Stored,
-    Failed(String),
-    /// Not written: made before its room's history was reloaded.
-    Stale,
-}
-
-/// Completes once outputs handed to the writer are carried out: those a
-/// submitted message caused (see [`Hub::submit`]), or those handed to
-/// [`Hub::carry_out`].
+/// Completes once outputs are carried out, their effects included (an
+/// audit entry written, an event published): those a submitted message
+/// caused (see [`Hub::submit`]), or those handed to [`Hub::carry_out`].
 #[derive(Debug)]
 #[must_use = "dropping it does not undo the message, but loses the moment it settles"]
 pub struct Settled(Option<oneshot::Receiver<()>>);
@@ -1446,365 +1334,6 @@ impl std::future::Future for Settled {
             Some(wait) => std::pin::Pin::new(wait).poll(cx).map(|_| ()),
         }
     }
-}
-
-/// Tells the sender of an input that its event was not stored.
-fn tell_not_stored(
-    state: &HubState,
-    origin: Option<ConnectionId>,
-    room: &RoomId,
-    dropped: &mut Vec<ConnectionId>,
-) {
-    if let Some(conn) = origin {
-        let message = ServerMessage::error(
-            ErrorCode::StorageUnavailable,
-            "not stored; try again",
-            Some(room.clone()),
-        );
-        deliver(state, conn, message, dropped);
-    }
-}
-
-/// Whether this node holds the rooms and the queue.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Role {
-    Owner,
-    /// Forwards to the owner, whose node id is known once the lease is read.
-    Follower {
-        owner: Option<String>,
-    },
-}
-
-/// The task that applies forwarded inputs while this node owns, and when
-/// the lease was last renewed.
-struct OwnerTask {
-    task: tokio::task::JoinHandle<()>,
-    renewed: Instant,
-}
-
-impl Drop for OwnerTask {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-struct ClusterLink {
-    name: String,
-    lease: Arc<dyn Lease>,
-}
-
-struct Connection {
-    identity: Identity,
-    sink: Sink,
-}
-
-/// Where a connection's messages go.
-enum Sink {
-    /// A socket on this node.
-    Local(mpsc::Sender<ServerMessage>),
-    /// A socket on another node of the cluster, by node id.
-    Remote(String),
-}
-
-/// Turns a client message into inputs for the room or the queue it is for.
-fn route(
-    state: &mut HubState,
-    conn: ConnectionId,
-    identity: &Identity,
-    message: ClientMessage,
-    now: Instant,
-) -> Vec<Outbound> {
-    use ClientMessage as M;
-    let reply = |message: ServerMessage| vec![Outbound::Send { to: conn, message }];
-    let not_found = |room: &RoomId| {
-        reply(ServerMessage::error(
-            ErrorCode::NotFound,
-            "no such room",
-            Some(room.clone()),
-        ))
-    };
-    // Messages that are not about one room.
-    match &message {
-        M::Ping => return reply(ServerMessage::Pong),
-        M::QueueOpen { .. } => {
-            return reply(ServerMessage::error(
-                ErrorCode::NotHandledHere,
-                "the endpoint opens chats through Hub::open_conversation",
-                None,
-            ))
-        }
-        M::StaffAvailability {
-            available,
-            max_chats,
-        } => {
-            return state.queue.handle(
-                QueueInput::Availability {
-                    conn,
-                    available: *available,
-                    max_chats: *max_chats,
-                },
-                now,
-            )
-        }
-        M::CannedList { service, language } => {
-            let allowed = matches!(identity, Identity::Staff { may_handle, .. } if may_handle.contains(service));
-            if !allowed {
-                return reply(ServerMessage::error(
-                    ErrorCode::Forbidden,
-                    "staff of this service only",
-                    None,
-                ));
-            }
-            let asked = language.unwrap_or_default();
-            // A language without responses of its own gets the Swedish ones.
-            let language = if state
-                .canned
-                .get(&(service.clone(), asked))
-                .is_some_and(|r| !r.is_empty())
-            {
-                asked
-            } else {
-                Language::Sv
-            };
-            let responses = state
-                .canned
-                .get(&(service.clone(), language))
-                .cloned()
-                .unwrap_or_default();
-            return reply(ServerMessage::CannedResponses {
-                service: service.clone(),
-                language,
-                responses,
-            });
-        }
-        _ => {}
-    }
-    let room = message
-        .room()
-        .expect("every other message names a room")
-        .clone();
-    if let Identity::Guest { room: own, .. } = identity {
-        // A guest link opens one room and nothing else.
-        if *own != room {
-            return not_found(&room);
-        }
-    }
-    if let Identity::Anonymous { conversation } = identity {
-        // A token for one chat opens that chat and the meeting rooms it
-        // was escalated to, whose resident is this chat's, and nothing else.
-        let party = identity.party();
-        let own = *conversation == room
-            || state
-                .rooms
-                .get(&room)
-                .is_some_and(|meeting| meeting.setup().resident == party);
-        if !own {
-            return not_found(&room);
-        }
-    }
-    if let Some(meeting) = state.rooms.get_mut(&room) {
-        if let Identity::Staff { id, .. } = identity {
-            // Whatever staff the room does not admit ask of it, the answer
-            // is the same as for a room that does not exist.
-            if !meeting.admits_staff(id) {
-                return meeting.refuse_staff(conn, id);
-            }
-        }
-        let input = match message {
-            M::Join { invitation, .. } => RoomInput::Join {
-                conn,
-                joiner: match (identity, invitation) {
-                    (Identity::Staff { id, .. }, _) => Joiner::Staff { id: id.clone() },
-                    (Identity::Guest { invitation, .. }, _) => Joiner::Guest {
-                        invitation: invitation.clone(),
-                    },
-                    (_, _) => Joiner::Resident {
-                        party: identity.party(),
-                    },
-                },
-            },
-            M::Leave { .. } => RoomInput::Leave { conn },
-            M::Resume { last_seq, .. } => RoomInput::Resume { conn, last_seq },
-            M::Ack { seq, .. } => RoomInput::Ack { conn, seq },
-            M::ChatSend {
-                client_id, text, ..
-            } => RoomInput::Chat {
-                conn,
-                client_id,
-                text,
-            },
-            M::ChatTyping { typing, .. } => RoomInput::Typing { conn, typing },
-            M::LobbyAdmit { party, .. } => RoomInput::Admit { conn, party },
-            M::LobbyDecline { party, .. } => RoomInput::Decline { conn, party },
-            M::LobbySendBack { party, .. } => RoomInput::SendBack { conn, party },
-            M::SignalOffer { to, sdp, .. } => RoomInput::Signal {
-                conn,
-                to,
-                signal: Signal::Offer(sdp),
-            },
-            M::SignalAnswer { to, sdp, .. } => RoomInput::Signal {
-                conn,
-                to,
-                signal: Signal::Answer(sdp),
-            },
-            M::SignalIce { to, candidate, .. } => RoomInput::Signal {
-                conn,
-                to,
-                signal: Signal::Ice(candidate),
-            },
-            M::MeetingInvite { role, .. } => RoomInput::Invite {
-                conn,
-                role,
-                token: InvitationToken::parse(uuid::Uuid::new_v4().simple().to_string())
-                    .expect("a UUID is a valid token"),
-            },
-            M::MeetingEnd { .. } => RoomInput::End { conn },
-            _ => {
-                return reply(ServerMessage::error(
-                    ErrorCode::InvalidState,
-                    "not a message for a meeting room",
-                    Some(room),
-                ))
-            }
-        };
-        return meeting.handle(input, now);
-    }
-    if !state.queue.contains(&room) {
-        return not_found(&room);
-    }
-    let input = match message {
-        M::Join { .. } => QueueInput::Join {
-            conn,
-            party: identity.party(),
-            room,
-        },
-        // Detaching one connection from a chat is not worth its own input:
-        // the chat keeps the connection until it closes.
-        M::Leave { .. } => return Vec::new(),
-        M::Resume { last_seq, .. } => QueueInput::Resume {
-            conn,
-            room,
-            last_seq,
-        },
-        M::Ack { seq, .. } => QueueInput::Ack { conn, room, seq },
-        M::ChatSend {
-            client_id, text, ..
-        } => QueueInput::Chat {
-            conn,
-            room,
-            client_id,
-            text,
-        },
-        M::ChatTyping { typing, .. } => QueueInput::Typing { conn, room, typing },
-        M::QueueLeave { .. } => QueueInput::Leave { conn, room },
-        M::QueueClaim { .. } => QueueInput::Claim { conn, room },
-        M::QueueAccept { .. } => QueueInput::Accept { conn, room },
-        M::QueueTransfer { to, .. } => QueueInput::Transfer { conn, room, to },
-        M::ChatOfferTimes {
-            client_id, times, ..
-        } => QueueInput::OfferTimes {
-            conn,
-            room,
-            client_id,
-            times,
-        },
-        M::ChatEscalateVideo { .. } => QueueInput::EscalateVideo {
-            conn,
-            room,
-            meeting_room: new_room_id("adhoc"),
-        },
-        M::ChatClose { outcome, .. } => QueueInput::Close {
-            conn,
-            room,
-            outcome,
-        },
-        _ => {
-            return reply(ServerMessage::error(
-                ErrorCode::InvalidState,
-                "not a message for a chat",
-                Some(room),
-            ))
-        }
-    };
-    state.queue.handle(input, now)
-}
-
-/// Removes a connection from everything and returns what that causes.
-fn detach(state: &mut HubState, conn: ConnectionId, now: Instant) -> Vec<Outbound> {
-    let mut out = Vec::new();
-    for room in state.rooms.values_mut() {
-        if room.party_of(conn).is_some() {
-            out.extend(room.handle(RoomInput::Leave { conn }, now));
-        }
-    }
-    out.extend(state.queue.handle(QueueInput::Disconnected { conn }, now));
-    state.connections.remove(&conn);
-    out
-}
-
-/// Forgets the rooms that have closed. It looks at every room, so it runs
-/// once per batch of outputs carried out rather than once per output.
-fn forget_closed_rooms(state: &mut HubState) {
-    let closed: Vec<RoomId> = state
-        .rooms
-        .iter()
-        .filter(|(_, room)| room.is_closed())
-        .map(|(id, _)| id.clone())
-        .collect();
-    for room in closed {
-        state.rooms.remove(&room);
-        state.specs.remove(&room);
-    }
-}
-
-fn deliver(
-    state: &HubState,
-    to: ConnectionId,
-    message: ServerMessage,
-    dropped: &mut Vec<ConnectionId>,
-) {
-    let Some(connection) = state.connections.get(&to) else {
-        return;
-    };
-    match &connection.sink {
-        Sink::Local(tx) => {
-            if tx.try_send(message).is_err() && !dropped.contains(&to) {
-                dropped.push(to);
-            }
-        }
-        Sink::Remote(node) => {
-            // The node that holds the connection drops it if it is slow.
-            if let Some(outbox) = &state.outbox {
-                let delivery = Delivery { conn: to, message };
-                let payload = serde_json::to_vec(&delivery).expect("deliveries always serialise");
-                let _ = outbox.send((node.clone(), payload));
-            }
-        }
-    }
-}
-
-fn ad_hoc_setup(meeting: AdHocMeeting, clock: ClockAnchor) -> MeetingSetup {
-    MeetingSetup {
-        room: meeting.room,
-        booking: None,
-        performing_municipality: meeting.performing_municipality,
-        // Only the staff member who escalated the chat, who already reads
-        // it, may enter the meeting it became.
-        staff_access: StaffAccess::only([meeting.staff.clone()]),
-        staff: Some(meeting.staff),
-        resident: meeting.resident.clone(),
-        home_municipality: Some(meeting.home_municipality),
-        starts_at: None,
-        no_show_grace: Duration::ZERO,
-        // The staff member chose to meet this resident by escalating.
-        pre_admitted: vec![meeting.resident],
-        clock,
-    }
-}
-
-fn new_room_id(prefix: &str) -> RoomId {
-    RoomId::parse(format!("{prefix}:{}", uuid::Uuid::new_v4().simple()))
-        .expect("a prefix and a UUID make a valid id")
 }
 
 fn unix_now() -> i64 {

@@ -8,7 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use signaling::bus::InProcessBus;
-use signaling::hub::{ConversationRequest, Effects, Hub, HubSettings, Identity};
+use signaling::hub::{Effects, Hub, HubSettings, Settled};
+use signaling::identity::{ConversationRequest, Identity};
 use signaling::ids::{BookingId, ConnectionId, MunicipalityCode, PartyId, RoomId, Seq, StaffId};
 use signaling::outbound::AuditEntry;
 use signaling::protocol::{
@@ -37,7 +38,7 @@ impl Effects for Recorded {
             .unwrap()
             .push((booking.clone(), outcome));
     }
-    async fn turn_credentials(&self, _room: &RoomId, party: &PartyId) -> Option<TurnCredentials> {
+    fn turn_credentials(&self, _room: &RoomId, party: &PartyId) -> Option<TurnCredentials> {
         Some(TurnCredentials {
             urls: vec!["turn:127.0.0.1:3478".into()],
             username: format!("9999999999:{party}"),
@@ -1227,4 +1228,219 @@ async fn two_nodes_share_a_room_and_the_survivor_takes_over_when_nats_url_is_set
         task.abort();
     }
     b.leave_cluster().await;
+}
+
+/// Effects whose audit writes wait at a gate the test opens, like a store
+/// that has stalled; every other effect is immediate. Each audit says when
+/// it began, and is recorded once it got through.
+struct GatedAudits {
+    open: tokio::sync::watch::Sender<bool>,
+    began: tokio::sync::mpsc::UnboundedSender<AuditEntry>,
+    written: Mutex<Vec<AuditEntry>>,
+}
+
+impl GatedAudits {
+    fn new(open: bool) -> (Arc<Self>, tokio::sync::mpsc::UnboundedReceiver<AuditEntry>) {
+        let (began, begun) = tokio::sync::mpsc::unbounded_channel();
+        let gated = GatedAudits {
+            open: tokio::sync::watch::Sender::new(open),
+            began,
+            written: Mutex::new(Vec::new()),
+        };
+        (Arc::new(gated), begun)
+    }
+
+    fn set_open(&self, open: bool) {
+        self.open.send_replace(open);
+    }
+
+    fn written(&self) -> Vec<(PartyId, &'static str)> {
+        let written = self.written.lock().unwrap();
+        written
+            .iter()
+            .map(|a| (a.actor.clone(), a.action.as_str()))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Effects for GatedAudits {
+    async fn audit(&self, entry: AuditEntry) {
+        let _ = self.began.send(entry.clone());
+        let mut open = self.open.subscribe();
+        open.wait_for(|open| *open)
+            .await
+            .expect("the gate outlives the hub");
+        self.written.lock().unwrap().push(entry);
+    }
+    async fn booking_outcome(&self, _booking: &BookingId, _outcome: BookingOutcome) {}
+    fn turn_credentials(&self, _room: &RoomId, _party: &PartyId) -> Option<TurnCredentials> {
+        None
+    }
+    async fn staff_notified(
+        &self,
+        _room: &RoomId,
+        _municipality: &MunicipalityCode,
+        _staff: Option<&StaffId>,
+        _participant: &Participant,
+    ) {
+    }
+    async fn conversation_closed(&self, _room: &RoomId, _resident: &PartyId, _anonymous: bool) {}
+}
+
+/// The second booking's meeting: resident r2 (admitted when they come) and
+/// staff s2 only.
+fn second_meeting(hub: &Hub) -> MeetingSetup {
+    let mut setup = meeting(hub);
+    setup.room = id("booking:b2");
+    setup.booking = Some(id("b2"));
+    setup.resident = id("resident:r2");
+    setup.staff = Some(id("s2"));
+    setup.staff_access = StaffAccess::only([id("s2")]);
+    setup.pre_admitted = vec![id("resident:r2")];
+    setup
+}
+
+/// Waits for `submit` to apply its message, which must not wait for any
+/// effect of it.
+async fn applied(submit: impl std::future::Future<Output = Settled>) -> Settled {
+    tokio::time::timeout(Duration::from_secs(5), submit)
+        .await
+        .expect("applying a message waited for an effect")
+}
+
+async fn began(begun: &mut tokio::sync::mpsc::UnboundedReceiver<AuditEntry>) -> AuditEntry {
+    tokio::time::timeout(Duration::from_secs(5), begun.recv())
+        .await
+        .expect("timed out waiting for an audit write to begin")
+        .expect("the effects outlive the test")
+}
+
+/// An audit write that does not return (a stalled database) holds up
+/// nothing outside its room: while room A's audit is stuck, chat in room
+/// B is stored and delivered, and inputs to A itself are still applied.
+#[tokio::test]
+async fn a_stuck_audit_write_delays_no_chat_in_another_room() {
+    let (effects, mut begun) = GatedAudits::new(true);
+    let hub = Hub::new(
+        settings(),
+        Arc::new(MemoryStore::new()),
+        Arc::new(InProcessBus::default()),
+        effects.clone(),
+    );
+    hub.open_meeting(meeting(&hub)).await.unwrap();
+    hub.open_meeting(second_meeting(&hub)).await.unwrap();
+    // Room B is under way before the store stalls.
+    let (rb, mut rbrx) = hub.connect(resident("r2")).await;
+    hub.handle(rb, join("booking:b2")).await;
+    admitted(&mut rbrx).await;
+    let (sb, mut sbrx) = hub.connect(staff("s2", "0180")).await;
+    hub.handle(sb, join("booking:b2")).await;
+    admitted(&mut sbrx).await;
+    began(&mut begun).await;
+
+    effects.set_open(false);
+    let (sa, mut sarx) = hub.connect(staff("s1", "0180")).await;
+    let entering = applied(hub.submit(sa, join("booking:b1"))).await;
+    let stuck = began(&mut begun).await;
+    assert_eq!(stuck.room, id::<RoomId>("booking:b1"));
+    // The read it records was delivered all the same.
+    admitted(&mut sarx).await;
+
+    let sent = tokio::time::timeout(
+        Duration::from_secs(5),
+        hub.handle(rb, chat("booking:b2", "m1", "Hej")),
+    )
+    .await;
+    assert!(sent.is_ok(), "chat in room B waited for room A's audit");
+    let (stored, _) = expect(&mut rbrx, "chat.stored", |m| {
+        matches!(m, ServerMessage::ChatStored { .. })
+    })
+    .await;
+    let ServerMessage::ChatStored { seq, .. } = stored else {
+        unreachable!()
+    };
+    expect(
+        &mut sbrx,
+        "the chat in room B",
+        |m| matches!(m, ServerMessage::Event { seq: n, .. } if *n == seq),
+    )
+    .await;
+    // Room A goes on too; only its audit entry waits.
+    hub.handle(sa, ClientMessage::Ping).await;
+    expect(&mut sarx, "pong", |m| matches!(m, ServerMessage::Pong)).await;
+    assert_eq!(
+        effects.written(),
+        vec![(id("staff:s2"), "meeting.read")],
+        "room A's entry is still at the gate"
+    );
+
+    effects.set_open(true);
+    tokio::time::timeout(Duration::from_secs(5), entering)
+        .await
+        .expect("the join settles once its audit entry is written");
+    assert_eq!(
+        effects.written(),
+        vec![
+            (id("staff:s2"), "meeting.read"),
+            (id("staff:s1"), "meeting.read")
+        ]
+    );
+}
+
+/// A slow audit write still happens, after the read it records was
+/// delivered, and the entries of one room are written in the order the
+/// reads happened, refusals included.
+#[tokio::test]
+async fn slow_audit_entries_are_written_after_delivery_and_in_order() {
+    let (effects, mut begun) = GatedAudits::new(false);
+    let hub = Hub::new(
+        settings(),
+        Arc::new(MemoryStore::new()),
+        Arc::new(InProcessBus::default()),
+        effects.clone(),
+    );
+    hub.open_meeting(meeting(&hub)).await.unwrap();
+    let (s1, mut s1rx) = hub.connect(staff("s1", "0180")).await;
+    let (s3, mut s3rx) = hub.connect(staff("s3", "0180")).await;
+    let (s2, mut s2rx) = hub.connect(staff("s2", "0180")).await;
+    let mut settling = Vec::new();
+    settling.push(applied(hub.submit(s1, join("booking:b1"))).await);
+    admitted(&mut s1rx).await;
+    settling.push(applied(hub.submit(s3, join("booking:b1"))).await);
+    expect(&mut s3rx, "no such room", |m| {
+        matches!(
+            m,
+            ServerMessage::Error {
+                code: ErrorCode::NotFound,
+                ..
+            }
+        )
+    })
+    .await;
+    settling.push(applied(hub.submit(s2, join("booking:b1"))).await);
+    admitted(&mut s2rx).await;
+    let resume = ClientMessage::Resume {
+        room: id("booking:b1"),
+        last_seq: 0,
+    };
+    settling.push(applied(hub.submit(s1, resume)).await);
+    // Everything was delivered, and the first entry is still at the gate.
+    assert_eq!(began(&mut begun).await.actor, id::<PartyId>("staff:s1"));
+    assert!(effects.written().is_empty());
+
+    effects.set_open(true);
+    let all = futures::future::join_all(settling);
+    tokio::time::timeout(Duration::from_secs(5), all)
+        .await
+        .expect("every read settles once its entry is written");
+    assert_eq!(
+        effects.written(),
+        vec![
+            (id("staff:s1"), "meeting.read"),
+            (id("staff:s3"), "meeting.enter"),
+            (id("staff:s2"), "meeting.read"),
+            (id("staff:s1"), "meeting.read"),
+        ]
+    );
 }

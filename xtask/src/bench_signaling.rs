@@ -73,6 +73,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     if args.first().map(String::as_str) == Some("queue") {
         return crate::bench_queue::run(&args[1..]);
     }
+    if args.first().map(String::as_str) == Some("slow-store") {
+        return crate::bench_slow_store::run(&args[1..]);
+    }
     if let Some(port) = flag(args, "--echo-server") {
         return echo_server(u16::try_from(port).context("--echo-server takes a port")?);
     }

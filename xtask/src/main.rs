@@ -4,7 +4,8 @@
 //!   formatting, clippy, every Rust test and the browser tests. `.ci/run`
 //!   calls exactly this.
 //! - `bench <booking|relay|notify|signaling>`: benchmarks that print figures;
-//!   `bench signaling queue` is the chat queue's scenario.
+//!   `bench signaling queue` is the chat queue's scenario, and `bench
+//!   signaling slow-store` measures chat while audit writes are slow.
 //! - `e2e`: the browser tests alone.
 //! - `db-reset`: deletes the local SQLite database in `./data`.
 
@@ -13,6 +14,7 @@ mod bench_notify;
 mod bench_queue;
 mod bench_relay;
 mod bench_signaling;
+mod bench_slow_store;
 mod ci;
 mod process;
 mod smtp_sink;

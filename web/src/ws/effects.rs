@@ -131,7 +131,7 @@ impl Effects for AppEffects {
         }
     }
 
-    async fn turn_credentials(&self, _room: &RoomId, party: &PartyId) -> Option<TurnCredentials> {
+    fn turn_credentials(&self, _room: &RoomId, party: &PartyId) -> Option<TurnCredentials> {
         self.turn.as_ref().map(|issuer| issuer.issue(party, now()))
     }
 

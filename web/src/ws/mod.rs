@@ -26,7 +26,8 @@ use axum::{Json, Router};
 use booking::bookings::{self, Booking};
 use booking::Db;
 use serde::{Deserialize, Serialize};
-use signaling::hub::{Hub, HubSettings, Identity};
+use signaling::hub::{Hub, HubSettings};
+use signaling::identity::Identity;
 use signaling::ids::{
     BookingId, MunicipalityCode, PartyId, ResidentId, RoomId, ServiceId, StaffId,
 };

@@ -9,7 +9,8 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use booking::{chats, Db, ServiceCode};
 use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
-use signaling::hub::{ConversationRequest, Hub, Identity, Settled};
+use signaling::hub::{Hub, Settled};
+use signaling::identity::{ConversationRequest, Identity};
 use signaling::ids::{ConnectionId, MunicipalityCode, ServiceId};
 use signaling::protocol::{
     parse_client_frame, ClientMessage, ErrorCode, ProtocolError, RateLimiter, ServerMessage,
