@@ -755,7 +755,11 @@ async fn a_knock_with_no_staff_in_the_room_mails_the_booked_staff_member_once() 
         resident.send(json!({"type": "join", "room": room})).await;
         let status = resident.until("lobby.status").await;
         assert_eq!(status["staff_present"], false, "{}: {status}", app.backend);
-        // The mail is written before the resident hears where they stand.
+        // The hub writes the mail after telling the resident where they
+        // stand, off its lock, and answers the resident's next ping only
+        // once it is written.
+        resident.send(json!({"type": "ping"})).await;
+        resident.until("pong").await;
         assert_eq!(knocks().await.expect("count"), 1, "{}", app.backend);
         let mail = booking::outbox::latest_for(&app.db, &meeting.staff_email, "knock")
             .await
@@ -771,6 +775,8 @@ async fn a_knock_with_no_staff_in_the_room_mails_the_booked_staff_member_once() 
         let mut back = Client::open(&app, &meeting.resident_token).await;
         back.send(json!({"type": "join", "room": room})).await;
         back.until("lobby.status").await;
+        back.send(json!({"type": "ping"})).await;
+        back.until("pong").await;
         assert_eq!(knocks().await.expect("count"), 1, "{}", app.backend);
     }
 }

@@ -3,13 +3,16 @@
 //! regular pings find connections that died silently.
 
 use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use booking::{chats, Db, ServiceCode};
+use futures::future::join_all;
 use futures::stream::FuturesUnordered;
-use futures::{SinkExt, StreamExt};
-use signaling::hub::{Hub, Settled};
+use futures::{FutureExt, SinkExt, StreamExt};
+use signaling::hub::Hub;
 use signaling::identity::{ConversationRequest, Identity};
 use signaling::ids::{ConnectionId, MunicipalityCode, ServiceId};
 use signaling::protocol::{
@@ -65,7 +68,7 @@ pub async fn run(
     let mut ping = tokio::time::interval_at(start + liveness.ping_every, liveness.ping_every);
     let pong_deadline = tokio::time::sleep_until(start + liveness.pong_within);
     tokio::pin!(pong_deadline);
-    let mut in_flight = FuturesUnordered::<Settled>::new();
+    let mut in_flight = FuturesUnordered::<InFlight>::new();
     loop {
         tokio::select! {
             message = from_hub.recv() => {
@@ -149,10 +152,19 @@ enum Reply {
     Error(ProtocolError),
 }
 
+/// A message the hub has yet to store and carry out, its effects included.
+type InFlight = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
+
 /// Hands one message to the hub, and returns an answer the endpoint gives
 /// itself, if any. What the hub has yet to store and carry out joins
 /// `in_flight`. `queue.open` is the one message the endpoint handles,
 /// because eligibility comes from `booking`.
+///
+/// A `ping` is a barrier: the hub gets it, and answers `pong`, only once
+/// everything this connection sent before it is carried out, effects
+/// included (audit entries, mail, booking outcomes), which the hub runs
+/// after delivering, off its lock. The loop goes on reading and sending
+/// meanwhile.
 async fn apply(
     hub: &Hub,
     db: &Db,
@@ -160,10 +172,22 @@ async fn apply(
     identity: &Identity,
     chat: Option<&AnonymousChat>,
     message: ClientMessage,
-    in_flight: &mut FuturesUnordered<Settled>,
+    in_flight: &mut FuturesUnordered<InFlight>,
 ) -> Option<ServerMessage> {
+    if matches!(message, ClientMessage::Ping) && !in_flight.is_empty() {
+        let before: Vec<InFlight> = std::mem::take(in_flight).into_iter().collect();
+        let hub = hub.clone();
+        let (settled, carried_out) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            join_all(before).await;
+            hub.submit(conn, message).await.await;
+            let _ = settled.send(());
+        });
+        in_flight.push(Box::pin(carried_out.map(|_| ())));
+        return None;
+    }
     let ClientMessage::QueueOpen { service } = message else {
-        in_flight.push(hub.submit(conn, message).await);
+        in_flight.push(Box::pin(hub.submit(conn, message).await));
         return None;
     };
     let home_municipality = match (identity, chat) {
