@@ -11,11 +11,15 @@ use crate::policy::PeerRange;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RelayConfig {
-    /// UDP listener for STUN and TURN. Default `0.0.0.0:3478`.
+    /// UDP listener for STUN and TURN. Default `0.0.0.0:3478`; `"off"` opens none, for a
+    /// relay that only takes TCP and TLS (or to see how clients fare where UDP is blocked).
+    #[serde(deserialize_with = "listener")]
     pub listen_udp: Option<SocketAddr>,
-    /// TCP listener. Default `0.0.0.0:3478`.
+    /// TCP listener. Default `0.0.0.0:3478`; `"off"` opens none.
+    #[serde(deserialize_with = "listener")]
     pub listen_tcp: Option<SocketAddr>,
     /// TLS listener; needs `tls_cert` and `tls_key`. Default none; 5349 or 443 are usual.
+    #[serde(deserialize_with = "listener")]
     pub listen_tls: Option<SocketAddr>,
     /// PEM certificate chain for the TLS listener.
     pub tls_cert: Option<PathBuf>,
@@ -89,6 +93,23 @@ impl Default for RelayConfig {
             metrics_listen: None,
         }
     }
+}
+
+/// A listener's address, or none when written `"off"` (TOML has no null, so a default
+/// listener can only be turned off by a word).
+fn listener<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    let raw = String::deserialize(deserializer)?;
+    let raw = raw.trim();
+    if raw.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    raw.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "expected an address such as 0.0.0.0:3478, or off; got {raw:?}"
+        ))
+    })
 }
 
 /// Why a configuration cannot run.
@@ -169,6 +190,17 @@ mod tests {
     }
 
     #[test]
+    fn a_listener_is_turned_off_by_name() {
+        let config: RelayConfig =
+            toml::from_str("secret = \"s\"\nlisten_udp = \"off\"\nlisten_tcp = \"OFF\"").unwrap();
+        assert_eq!(config.listen_udp, None);
+        assert_eq!(config.listen_tcp, None);
+        let config: RelayConfig = toml::from_str("listen_tcp = \"127.0.0.1:3479\"").unwrap();
+        assert_eq!(config.listen_udp, Some("0.0.0.0:3478".parse().unwrap()));
+        assert_eq!(config.listen_tcp, Some("127.0.0.1:3479".parse().unwrap()));
+    }
+
+    #[test]
     fn invalid_settings_are_refused() {
         assert!(matches!(
             RelayConfig::default().validate(),
@@ -185,6 +217,7 @@ mod tests {
             Err(ConfigError::PortRange(2, 1))
         ));
         assert!(toml::from_str::<RelayConfig>("unknown_key = 1").is_err());
+        assert!(toml::from_str::<RelayConfig>("listen_udp = \"udp\"").is_err());
         assert!(toml::from_str::<RelayConfig>("allowed_peer_ranges = [\"x\"]").is_err());
     }
 }

@@ -11,6 +11,16 @@ use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use sha1::Sha1;
 
+/// The start of the subject of credentials for the pre-call check, which tests whether a
+/// browser reaches the relay before a meeting. The relay gives each such username one
+/// allocation, ever, and refuses it when it is valid for longer than [`PRECHECK_MAX_TTL`].
+/// A relay that does not know the form (coturn) takes it as an ordinary subject.
+pub const PRECHECK_PREFIX: &str = "precheck.";
+
+/// The longest a pre-call check credential may be valid for. The relay refuses longer ones,
+/// which also bounds how long it must remember that one was used.
+pub const PRECHECK_MAX_TTL: Duration = Duration::from_secs(300);
+
 /// Issues a username and password valid until `now + ttl` for `subject`.
 ///
 /// The subject must not contain `:`; it identifies the holder for per-user quotas.
@@ -19,6 +29,13 @@ pub fn issue(secret: &str, subject: &str, ttl: Duration, now: SystemTime) -> (St
     let username = format!("{}:{}", expiry.as_secs(), subject);
     let password = password_for(secret, &username);
     (username, password)
+}
+
+/// Issues credentials for one allocation of the pre-call check, valid until `now + ttl` (at
+/// most [`PRECHECK_MAX_TTL`]). `id` must be unique per credential and must not contain `:`.
+pub fn issue_precheck(secret: &str, id: &str, ttl: Duration, now: SystemTime) -> (String, String) {
+    let subject = format!("{PRECHECK_PREFIX}{id}");
+    issue(secret, &subject, ttl.min(PRECHECK_MAX_TTL), now)
 }
 
 /// The password that belongs to `username` under `secret`.
@@ -48,6 +65,11 @@ impl<'a> RestUsername<'a> {
             expiry_unix: expiry.parse().ok()?,
             subject,
         })
+    }
+
+    /// Whether these are credentials of the pre-call check ([`PRECHECK_PREFIX`]).
+    pub fn is_precheck(&self) -> bool {
+        self.subject.starts_with(PRECHECK_PREFIX)
     }
 }
 
@@ -87,6 +109,23 @@ mod tests {
             .unwrap();
         let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79");
+    }
+
+    #[test]
+    fn precheck_credentials_are_marked_and_short_lived() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let (username, password) = issue_precheck("s3cret", "abc", Duration::from_secs(90), now);
+        assert_eq!(username, "1700000090:precheck.abc");
+        assert_eq!(password, password_for("s3cret", &username));
+        assert!(RestUsername::parse(&username).unwrap().is_precheck());
+        let (long, _) = issue_precheck("s3cret", "abc", Duration::from_secs(86_400), now);
+        assert_eq!(
+            RestUsername::parse(&long).unwrap().expiry_unix,
+            1_700_000_000 + PRECHECK_MAX_TTL.as_secs(),
+            "a longer TTL is cut to the most a precheck credential may have"
+        );
+        let (ordinary, _) = issue("s3cret", "resident-r1", Duration::from_secs(90), now);
+        assert!(!RestUsername::parse(&ordinary).unwrap().is_precheck());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use hmac::{Hmac, Mac};
 use rustc_hash::FxHashMap;
 use sha1::Sha1;
 
-use crate::credentials::{long_term_key, password_for, RestUsername};
+use crate::credentials::{long_term_key, password_for, RestUsername, PRECHECK_MAX_TTL};
 use crate::policy::PeerPolicy;
 use crate::stun::{
     attr, write_channel_data_header, write_data_indication_in_place, ChannelData, Class, FrameKind,
@@ -187,6 +187,9 @@ struct LedgerState {
     total: u32,
     ports: rustc_hash::FxHashSet<u16>,
     reservations: FxHashMap<[u8; 8], (u16, Instant)>,
+    /// Pre-call check usernames that have had their one allocation, with their expiry in unix
+    /// seconds. Kept until they expire, after which authentication refuses them anyway.
+    spent: FxHashMap<Box<str>, u64>,
 }
 
 /// One bit per UDP port, read and written without a lock.
@@ -258,6 +261,23 @@ impl AllocationLedger {
         state.per_user.insert(subject.into(), count + 1);
         state.total += 1;
         true
+    }
+
+    /// Records that the pre-call check credential `username`, valid until `expiry_unix`, has
+    /// its allocation; false when it had one already. Forgets those that expired by `now_unix`.
+    fn spend_once(&self, username: &str, expiry_unix: u64, now_unix: u64) -> bool {
+        let mut state = self.lock();
+        state.spent.retain(|_, expiry| *expiry >= now_unix);
+        if state.spent.contains_key(username) {
+            return false;
+        }
+        state.spent.insert(username.into(), expiry_unix);
+        true
+    }
+
+    /// Gives a pre-call check credential its allocation back, when the relay could not make it.
+    fn unspend(&self, username: &str) {
+        self.lock().spent.remove(username);
     }
 
     fn release(&self, subject: &str) {
@@ -1075,7 +1095,12 @@ impl Server {
             self.respond_challenge(from, message, 401, "Unauthorized", now);
             return Auth::Respond;
         };
-        if rest.expiry_unix < self.unix_now(now) {
+        let unix_now = self.unix_now(now);
+        // A pre-call check credential valid for longer than such credentials may be was not
+        // issued for the check, and the ledger would have to remember it for that long.
+        if rest.expiry_unix < unix_now
+            || (rest.is_precheck() && rest.expiry_unix > unix_now + PRECHECK_MAX_TTL.as_secs())
+        {
             self.stats.auth_failures += 1;
             self.respond_challenge(from, message, 401, "Unauthorized", now);
             return Auth::Respond;
@@ -1166,6 +1191,23 @@ impl Server {
         if !self.ledger.try_reserve(subject) {
             return self.respond_error(from, message, 486, "Allocation Quota Reached", Some(key));
         }
+        // A pre-call check credential opens one allocation in its life, not one at a time.
+        let precheck = RestUsername::parse(&username).filter(RestUsername::is_precheck);
+        if let Some(rest) = &precheck {
+            if !self
+                .ledger
+                .spend_once(&username, rest.expiry_unix, self.unix_now(now))
+            {
+                self.ledger.release(subject);
+                return self.respond_error(
+                    from,
+                    message,
+                    486,
+                    "Allocation Quota Reached",
+                    Some(key),
+                );
+            }
+        }
         let mut reservation = None;
         let port = match (token, even_port) {
             (Some(token), _) => self.ledger.redeem(token, now).map(AllocationPort),
@@ -1183,6 +1225,9 @@ impl Server {
         };
         let Some(port) = port else {
             self.ledger.release(subject);
+            if precheck.is_some() {
+                self.ledger.unspend(&username);
+            }
             return self.respond_error(from, message, 508, "Insufficient Capacity", Some(key));
         };
         let lifetime = granted_lifetime(message.get_u32(attr::LIFETIME));
@@ -1666,6 +1711,43 @@ mod tests {
             }
         }
 
+        /// A server whose requests carry the pre-call check credential `id`, valid `ttl` from
+        /// the server's start; `forged_ttl` issues it as an ordinary credential would be, past
+        /// the cut that [`credentials::issue_precheck`] makes.
+        fn precheck(ledger: Arc<AllocationLedger>, id: &str, ttl: Duration) -> Self {
+            let mut h = Self::with(config(), ledger, "unused");
+            let wall = std::time::UNIX_EPOCH + Duration::from_secs(EPOCH_UNIX);
+            let (username, password) = credentials::issue_precheck(SECRET, id, ttl, wall);
+            h.key = credentials::long_term_key(&username, REALM, &password);
+            h.username = username;
+            h
+        }
+
+        fn forged_precheck(id: &str, ttl: Duration) -> Self {
+            let mut h = Self::new();
+            let wall = std::time::UNIX_EPOCH + Duration::from_secs(EPOCH_UNIX);
+            let subject = format!("{}{id}", credentials::PRECHECK_PREFIX);
+            let (username, password) = credentials::issue(SECRET, &subject, ttl, wall);
+            h.key = credentials::long_term_key(&username, REALM, &password);
+            h.username = username;
+            h
+        }
+
+        /// The response code of an Allocate from `from`.
+        fn allocate_code(&mut self, from: ClientSocket) -> u16 {
+            let request = self.request(from, Method::Allocate, |b| {
+                b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            });
+            let commands = self.call(from, &request);
+            match &commands[..] {
+                [Command::CreateAllocation { port, .. }] => {
+                    self.server.handle_allocation_bound(*port);
+                    200
+                }
+                other => response_code(other),
+            }
+        }
+
         fn request(
             &mut self,
             _from: ClientSocket,
@@ -1903,6 +1985,69 @@ mod tests {
             b.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
         });
         assert_eq!(response_code(&h.call(second, &request)), 486);
+    }
+
+    #[test]
+    fn a_precheck_credential_opens_one_allocation_in_its_life() {
+        let ledger = Arc::new(AllocationLedger::new(10, 100));
+        let mut h = Harness::precheck(ledger.clone(), "c1", Duration::from_secs(90));
+        let second = ClientSocket::new(Transport::Udp, "192.0.2.10:5001".parse().unwrap());
+        let over_tcp = ClientSocket::new(Transport::Tcp, "192.0.2.10:5002".parse().unwrap());
+        assert_eq!(h.allocate_code(client()), 200);
+        assert_eq!(h.allocate_code(second), 486, "a second one at once");
+        assert_eq!(h.allocate_code(over_tcp), 486, "over another transport");
+
+        // Freeing the allocation does not give the credential another.
+        let request = h.request(client(), Method::Refresh, |b| {
+            b.add_u32(attr::LIFETIME, 0);
+        });
+        let commands = h.call(client(), &request);
+        assert!(matches!(commands[0], Command::FreeAllocation { .. }));
+        assert_eq!(ledger.total(), 0);
+        assert_eq!(
+            h.allocate_code(second),
+            486,
+            "one after the first was freed"
+        );
+        assert_eq!(ledger.total(), 0, "a refused credential holds no quota");
+
+        // Another precheck credential on the same relay has its own one.
+        let mut other = Harness::precheck(ledger.clone(), "c2", Duration::from_secs(90));
+        assert_eq!(other.allocate_code(second), 200);
+        assert_eq!(other.allocate_code(client()), 486);
+
+        // Ordinary credentials keep their quota of several.
+        let mut ordinary = Harness::with_ledger(ledger, "resident-r1");
+        assert_eq!(ordinary.allocate_code(client()), 200);
+        assert_eq!(ordinary.allocate_code(over_tcp), 200);
+    }
+
+    #[test]
+    fn a_precheck_credential_lives_briefly() {
+        let ledger = Arc::new(AllocationLedger::new(10, 100));
+        let mut h = Harness::precheck(ledger, "c1", Duration::from_secs(90));
+        h.now += Duration::from_secs(91);
+        assert_eq!(h.allocate_code(client()), 401, "expired");
+
+        // Valid for longer than a precheck credential may be: not issued for the check.
+        let mut long = Harness::forged_precheck("c2", PRECHECK_MAX_TTL + Duration::from_secs(1));
+        assert_eq!(long.allocate_code(client()), 401);
+        let mut longest = Harness::forged_precheck("c3", PRECHECK_MAX_TTL);
+        assert_eq!(longest.allocate_code(client()), 200);
+    }
+
+    #[test]
+    fn spent_precheck_credentials_are_forgotten_once_expired() {
+        let ledger = AllocationLedger::new(10, 100);
+        assert!(ledger.spend_once("100:precheck.a", 100, 50));
+        assert!(!ledger.spend_once("100:precheck.a", 100, 100));
+        assert!(ledger.spend_once("200:precheck.b", 200, 100));
+        assert_eq!(ledger.lock().spent.len(), 2);
+        // By 101 the first has expired, so authentication refuses it and it need not be kept.
+        assert!(ledger.spend_once("300:precheck.c", 300, 101));
+        assert_eq!(ledger.lock().spent.len(), 2);
+        ledger.unspend("300:precheck.c");
+        assert!(ledger.spend_once("300:precheck.c", 300, 101));
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod meeting_access;
 mod names;
 mod nodes;
 mod policy;
+mod precheck;
 mod relay;
 mod security;
 mod sessions;

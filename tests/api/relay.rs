@@ -10,7 +10,7 @@ use signaling::ids::PartyId;
 use tokio::net::UdpSocket;
 use web::ws::TurnIssuer;
 
-async fn exchange(socket: &UdpSocket, relay: SocketAddr, request: &[u8]) -> Vec<u8> {
+pub(crate) async fn exchange(socket: &UdpSocket, relay: SocketAddr, request: &[u8]) -> Vec<u8> {
     socket.send_to(request, relay).await.expect("sent");
     let mut buf = vec![0u8; 2048];
     let (n, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf))
@@ -21,7 +21,7 @@ async fn exchange(socket: &UdpSocket, relay: SocketAddr, request: &[u8]) -> Vec<
     buf
 }
 
-fn error_code(message: &Message<'_>) -> Option<u16> {
+pub(crate) fn error_code(message: &Message<'_>) -> Option<u16> {
     message
         .get(attr::ERROR_CODE)
         .map(|v| u16::from(v[2] & 0x07) * 100 + u16::from(v[3]))

@@ -71,8 +71,10 @@ export async function waitFor(what, check, ms = 20_000) {
 /**
  * Starts `target/debug/kontakt` (or $KONTAKT_BIN) with a fresh data
  * directory and SQLite database, and waits until `/healthz` answers.
+ * `env` adds or overrides settings (`KONTAKT_...`); a value of `null`
+ * leaves a default setting out.
  */
-export async function startServer() {
+export async function startServer({ env: extra = {} } = {}) {
   const port = await freePort();
   const metricsPort = await freePort();
   const dataDir = await mkdtemp(path.join(tmpdir(), "kontakt-e2e-"));
@@ -99,6 +101,10 @@ export async function startServer() {
     KONTAKT_RELAY__LISTEN_TCP: "127.0.0.1:0",
     RUST_LOG: process.env.RUST_LOG ?? "warn",
   };
+  for (const [key, value] of Object.entries(extra)) {
+    if (value === null) delete env[key];
+    else env[key] = value;
+  }
   // KONTAKT_BIN names the binary for this script; kontakt would read it as
   // a setting called `bin` and refuse to start on an unknown key.
   delete env.KONTAKT_BIN;

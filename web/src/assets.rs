@@ -35,6 +35,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("chat.js", include_str!("../assets/chat.js")),
     ("call.js", include_str!("../assets/call.js")),
     ("meeting.js", include_str!("../assets/meeting.js")),
+    ("precheck.js", include_str!("../assets/precheck.js")),
     ("chat-page.js", include_str!("../assets/chat-page.js")),
     ("console.js", include_str!("../assets/console.js")),
 ];

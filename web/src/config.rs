@@ -68,6 +68,10 @@ pub struct Settings {
     pub turn_urls: Vec<String>,
     /// How long TURN credentials last, in seconds.
     pub turn_ttl_secs: u64,
+    /// How many times a minute one caller may fetch the pre-call check's
+    /// TURN credentials (`POST /api/precheck/turn`); one address may
+    /// twenty times as often.
+    pub precheck_per_minute: u32,
     /// `text` or `json` logs.
     pub log_format: String,
     /// How often `/ws` pings each connection, in milliseconds.
@@ -257,6 +261,7 @@ impl Default for Settings {
             relay: media_relay::RelayConfig::default(),
             turn_urls: Vec::new(),
             turn_ttl_secs: 4 * 3600,
+            precheck_per_minute: 6,
             log_format: "text".into(),
             ws_ping_ms: 20_000,
             ws_pong_timeout_ms: 40_000,

@@ -103,6 +103,9 @@ impl Application {
             hub: hub.clone(),
             tickets: crate::ws::Tickets::new(secret.as_bytes()),
             turn,
+            precheck_limiter: crate::api::precheck::PrecheckLimiter::new(
+                settings.precheck_per_minute,
+            ),
         };
         let router = router(state, settings.max_body_bytes);
         let listener = TcpListener::bind(settings.listen)

@@ -6,6 +6,7 @@ use axum::extract::FromRef;
 use booking::Db;
 use signaling::hub::Hub;
 
+use crate::api::precheck::PrecheckLimiter;
 use crate::auth::{Keys, SignInLimiter};
 use crate::config::Settings;
 use crate::sessions::Sessions;
@@ -30,6 +31,8 @@ pub struct AppState {
     /// TURN credentials for admitted participants; `None` while no relay is
     /// configured, and then clients connect peer to peer or not at all.
     pub turn: Option<TurnIssuer>,
+    /// How often the pre-call check may fetch its TURN credentials.
+    pub precheck_limiter: PrecheckLimiter,
 }
 
 impl FromRef<AppState> for Db {

@@ -103,6 +103,7 @@ async fn join(
     let body = html! {
         (heading)
         noscript { p class="error" { (tr("page.meeting.needs_script")) } }
+        (super::precheck::section(super::precheck::CREDENTIALS_URL, Some(ctx.csrf())))
         div class="meeting" id="meeting" data-booking=(booking.id) data-csrf=(ctx.csrf())
             data-role=(if is_staff { "staff" } else { "resident" }) {
             p id="meeting-status" class="meeting-status" role="status" aria-live="polite" {

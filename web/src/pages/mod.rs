@@ -25,6 +25,7 @@ mod console;
 mod legal;
 mod manage;
 mod meeting;
+pub mod precheck;
 mod resident;
 mod staff;
 

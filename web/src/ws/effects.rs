@@ -52,6 +52,34 @@ impl TurnIssuer {
     }
 }
 
+impl TurnIssuer {
+    /// The TURN URLs clients are given, in the configured order.
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+
+    /// A username and password for one allocation of the pre-call check,
+    /// valid `ttl_secs` from `now` (unix seconds; at most
+    /// [`media_relay::credentials::PRECHECK_MAX_TTL`]). Each has a random
+    /// subject of its own, so that the relay's one allocation per
+    /// credential is one per credential issued.
+    pub fn issue_precheck(&self, ttl_secs: u64, now: i64) -> (String, String) {
+        use base64::Engine as _;
+        use rand::RngCore as _;
+        let mut id = [0u8; 12];
+        rand::thread_rng().fill_bytes(&mut id);
+        let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id);
+        let at =
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(now).unwrap_or(0));
+        media_relay::credentials::issue_precheck(
+            &self.secret,
+            &id,
+            std::time::Duration::from_secs(ttl_secs),
+            at,
+        )
+    }
+}
+
 /// The hub's effects on the database, the relay and the logs.
 pub struct AppEffects {
     db: Db,
