@@ -120,6 +120,14 @@ pub enum Message {
     /// will be in touch as they asked. Names neither the service nor the
     /// message.
     OfflineMessageReceived,
+    /// A guest (an interpreter or a colleague) is invited to a meeting:
+    /// the time and the guest link `/guest/{token}`, and nothing else, not
+    /// even the social services.
+    GuestInvitation {
+        token: String,
+        starts_at: i64,
+        ends_at: i64,
+    },
 }
 
 impl Message {
@@ -136,6 +144,7 @@ impl Message {
             Message::NoteShared => "note_shared",
             Message::Knock { .. } => "knock",
             Message::OfflineMessageReceived => "offline_message_received",
+            Message::GuestInvitation { .. } => "guest_invitation",
         }
     }
 
@@ -375,6 +384,28 @@ pub async fn knock(db: &crate::Db, booking_id: &str, now: i64) -> Result<bool, c
     .await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// Mails a guest link to `recipient`, due now. The link is the guest's
+/// only key to the meeting, and the mail says nothing else about it.
+pub async fn guest_invitation(
+    db: &crate::Db,
+    recipient: &EmailAddress,
+    language: Language,
+    token: &str,
+    starts_at: i64,
+    ends_at: i64,
+    now: i64,
+) -> Result<(), crate::Error> {
+    let message = Message::GuestInvitation {
+        token: token.to_owned(),
+        starts_at,
+        ends_at,
+    };
+    let _turn = db.write_turn().await;
+    let mut conn = db.pool().acquire().await?;
+    enqueue(&mut conn, recipient, language, &message, None, now, now).await?;
+    Ok(())
 }
 
 /// How many messages of `kind` were written for `recipient`: for tests.

@@ -229,6 +229,25 @@ pub(crate) fn render_stamped(
             vec![words.body("offline.body")],
             Vec::new(),
         ),
+        // A guest learns the time and gets the link, nothing more: not the
+        // service, not the social services, not who else takes part.
+        Message::GuestInvitation {
+            token,
+            starts_at,
+            ends_at,
+        } => (
+            tr("guest.subject", lang),
+            vec![t!(
+                "guest.body",
+                locale = lang,
+                time = range_time(*starts_at, *ends_at, lang)
+            )
+            .into_owned()],
+            vec![Link {
+                label: tr("link.guest", lang),
+                url: format!("{base}/guest/{}", encode(token)),
+            }],
+        ),
         Message::Knock {
             booking_id: _,
             starts_at,

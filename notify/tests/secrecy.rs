@@ -98,6 +98,11 @@ fn every_message() -> Vec<Message> {
             starts_at: start,
         },
         Message::OfflineMessageReceived,
+        Message::GuestInvitation {
+            token: "guest".into(),
+            starts_at: start,
+            ends_at: end,
+        },
     ]
 }
 
@@ -203,7 +208,27 @@ fn no_discreet_mail_in_any_language_names_the_social_services() {
             }
         }
     }
-    assert_eq!(checked, 9 * 4 * 3);
+    assert_eq!(checked, 10 * 4 * 3);
+}
+
+/// A guest link goes to an interpreter or a colleague, who learns only that
+/// there is a meeting and when: not even that it is with the social
+/// services, although the mail is not discreet.
+#[test]
+fn a_guest_invitation_names_nothing_but_the_time_and_the_link() {
+    let settings = Settings::new("https://kontakt.example.se");
+    let forbidden: Vec<&str> = SENSITIVE.iter().chain(SOCIAL_SERVICES).copied().collect();
+    let message = every_message()
+        .into_iter()
+        .find(|m| matches!(m, Message::GuestInvitation { .. }))
+        .expect("a guest invitation");
+    for language in Language::ALL {
+        let mail = render(&message, language, &settings);
+        check_absent(&mail, &settings, &forbidden, language.code());
+        let urls: Vec<&str> = mail.links.iter().map(|l| l.url.as_str()).collect();
+        assert_eq!(urls, ["https://kontakt.example.se/guest/guest"]);
+        assert!(mail.invitation.is_none(), "no calendar entry");
+    }
 }
 
 /// The discreet check is only worth something if an ordinary mail, which

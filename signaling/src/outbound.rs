@@ -78,6 +78,9 @@ pub enum AuditAction {
     /// Staff the room does not admit asked to enter it or act in it, and
     /// were answered as if it did not exist.
     MeetingRefused,
+    /// Staff let a guest (an interpreter or a colleague who came through a
+    /// guest link) into a meeting.
+    AdmitGuest,
 }
 
 impl AuditAction {
@@ -87,6 +90,7 @@ impl AuditAction {
             AuditAction::ReadConversation => "conversation.read",
             AuditAction::ReadMeeting => "meeting.read",
             AuditAction::MeetingRefused => "meeting.enter",
+            AuditAction::AdmitGuest => "meeting.guest_admit",
         }
     }
 

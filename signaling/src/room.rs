@@ -630,9 +630,9 @@ impl Room {
     }
 
     fn admit(&mut self, conn: ConnectionId, party: PartyId, at: i64, out: &mut Vec<Outbound>) {
-        if self.host_party(conn, out).is_none() {
+        let Some(host) = self.host_party(conn, out) else {
             return;
-        }
+        };
         let Some(member) = self
             .members
             .get(&party)
@@ -648,6 +648,15 @@ impl Room {
         let role = member.role;
         let conns: Vec<ConnectionId> = member.conns.iter().copied().collect();
         self.members.get_mut(&party).expect("checked above").state = PresenceState::Admitted;
+        if party.as_str().starts_with("guest:") {
+            out.push(Outbound::Audit(AuditEntry {
+                actor: host,
+                action: AuditAction::AdmitGuest,
+                room: self.id().clone(),
+                subject: self.setup.resident.clone(),
+                on_behalf_of: self.setup.home_municipality.clone(),
+            }));
+        }
         for c in &conns {
             out.push(send(
                 *c,
@@ -1517,6 +1526,15 @@ pub(crate) mod tests {
         );
         assert!(render(&out).contains(r#"{"party":"guest:tok1","role":"interpreter"}"#));
         assert!(room.is_admitted(&party("guest:tok1")));
+        assert!(
+            out.iter().any(|o| matches!(
+                o,
+                Outbound::Audit(AuditEntry { action: AuditAction::AdmitGuest, actor, .. })
+                    if actor.as_str() == "staff:s1"
+            )),
+            "the guest's admission is audited: {}",
+            render(&out)
+        );
     }
 
     #[test]

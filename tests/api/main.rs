@@ -9,6 +9,7 @@ mod bookings;
 mod chat;
 mod concurrency;
 mod defaults;
+mod guests;
 mod health;
 mod mail;
 mod manage;

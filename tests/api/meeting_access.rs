@@ -44,7 +44,7 @@ async fn book_with_lycksele(app: &TestApp) -> (String, String) {
 
 /// A Lycksele social worker who handles only support to relatives, not
 /// financial aid.
-async fn staff_without_the_service(app: &TestApp) -> String {
+pub(crate) async fn staff_without_the_service(app: &TestApp) -> String {
     let email = "utan.tjansten@kontakt.demo";
     let password = NewPassword::parse(booking::seed::DEMO_PASSWORD).expect("a password");
     accounts::create_staff(

@@ -19,7 +19,7 @@ pub(crate) const FRAME_WITHIN: Duration = Duration::from_secs(10);
 pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A fresh ticket for the holder of `token`.
-async fn ticket(app: &TestApp, token: &str) -> String {
+pub(crate) async fn ticket(app: &TestApp, token: &str) -> String {
     let response = app.post("/api/ws/ticket", Some(token), &json!({})).await;
     assert_eq!(response.status(), 200, "{}: a ticket", app.backend);
     let body: Value = response.json().await.expect("json");
@@ -27,7 +27,10 @@ async fn ticket(app: &TestApp, token: &str) -> String {
     body["ticket"].as_str().expect("a ticket").to_owned()
 }
 
-async fn connect(app: &TestApp, ticket: Option<&str>) -> Result<Socket, tungstenite::Error> {
+pub(crate) async fn connect(
+    app: &TestApp,
+    ticket: Option<&str>,
+) -> Result<Socket, tungstenite::Error> {
     let base = app.address.replacen("http://", "ws://", 1);
     let url = match ticket {
         Some(t) => format!("{base}/ws?ticket={t}"),
@@ -36,7 +39,7 @@ async fn connect(app: &TestApp, ticket: Option<&str>) -> Result<Socket, tungsten
     tokio_tungstenite::connect_async(url).await.map(|(s, _)| s)
 }
 
-fn refused_status(result: Result<Socket, tungstenite::Error>) -> u16 {
+pub(crate) fn refused_status(result: Result<Socket, tungstenite::Error>) -> u16 {
     match result {
         Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
         Err(other) => panic!("expected an HTTP refusal, got {other}"),
@@ -133,15 +136,15 @@ impl Client {
 }
 
 /// A booked meeting with a token for its resident and for its staff member.
-struct Meeting {
-    id: String,
-    room: String,
-    resident_token: String,
-    staff_token: String,
-    staff_email: booking::EmailAddress,
+pub(crate) struct Meeting {
+    pub(crate) id: String,
+    pub(crate) room: String,
+    pub(crate) resident_token: String,
+    pub(crate) staff_token: String,
+    pub(crate) staff_email: booking::EmailAddress,
 }
 
-async fn book_meeting(app: &TestApp) -> Meeting {
+pub(crate) async fn book_meeting(app: &TestApp) -> Meeting {
     let anna = app.resident("anna@example.se").await;
     let resident_token = app.resident_token(&anna).await;
     let times = app.free_times("ekonomiskt-bistand", "2418", 14).await;

@@ -34,6 +34,10 @@
 //       label(party) the caption of a party's tile (their role).
 //       onConnected(party)   a peer connection is up.
 //       onFailed()           negotiating failed.
+//       onQuality(level, figures)  every few seconds while connected:
+//                    "good" or "poor" (loss over 5 %, or a round trip over
+//                    400 ms, on any connection), with the worst figures
+//                    { loss, rttMs, kbps }.
 //   Call:
 //     .connectTo(party)     offer to a party (waits for TURN credentials).
 //     .hasCredentials()     whether TURN credentials came.
@@ -41,6 +45,9 @@
 //     .close(party)         hang up on one party and drop their tile.
 //     .closeAll()           hang up on everyone.
 //     .destroy()            closeAll and stop listening.
+//     .replaceVideo(track)  sends `track` instead of the camera to everyone
+//                           (a shared screen), or the camera again when
+//                           null; new connections send it too.
 
 export function startCamera(video, onFailed) {
   const cameraFailed = () => {
@@ -85,6 +92,7 @@ export function createCall(room, options) {
   let iceServers = null;
   const peers = new Map(); // party -> { pc, offerer, pendingIce }
   let waiting = []; // parties to offer to once TURN credentials arrive
+  let videoOverride = null; // a shared screen's track, sent instead of the camera
   const offs = [];
 
   function tileId(party) {
@@ -115,6 +123,7 @@ export function createCall(room, options) {
     const peer = peers.get(party);
     if (peer) {
       peers.delete(party);
+      lastCounts.delete(party);
       peer.pc.close();
     }
     const figure = document.getElementById(tileId(party));
@@ -132,7 +141,9 @@ export function createCall(room, options) {
     const peer = { pc, offerer, pendingIce: [] };
     peers.set(party, peer);
     if (local) {
-      local.getTracks().forEach((track) => pc.addTrack(track, local));
+      local.getTracks().forEach((track) => {
+        pc.addTrack(track.kind === "video" && videoOverride ? videoOverride : track, local);
+      });
     } else {
       pc.addTransceiver("audio", { direction: "recvonly" });
       pc.addTransceiver("video", { direction: "recvonly" });
@@ -244,7 +255,57 @@ export function createCall(room, options) {
     }
   }
 
+  // Connection quality from getStats: packet loss of what comes in, the
+  // round trip of the relay path in use, and the bitrate sent.
+  const QUALITY_EVERY_MS = 4000;
+  const lastCounts = new Map(); // party -> { received, lost, sent, at }
+  function measure(party, pc) {
+    return pc.getStats().then((report) => {
+      let received = 0;
+      let lost = 0;
+      let sent = 0;
+      let rtt = 0;
+      report.forEach((s) => {
+        if (s.type === "inbound-rtp") {
+          received += s.packetsReceived || 0;
+          lost += Math.max(0, s.packetsLost || 0);
+        } else if (s.type === "outbound-rtp") {
+          sent += s.bytesSent || 0;
+        } else if (s.type === "candidate-pair" && s.nominated && s.currentRoundTripTime) {
+          rtt = Math.max(rtt, s.currentRoundTripTime);
+        }
+      });
+      const now = performance.now();
+      const last = lastCounts.get(party);
+      lastCounts.set(party, { received, lost, sent, at: now });
+      if (!last) return null;
+      const packets = received - last.received + (lost - last.lost);
+      return {
+        loss: packets > 0 ? (lost - last.lost) / packets : 0,
+        rttMs: Math.round(rtt * 1000),
+        kbps: Math.round(((sent - last.sent) * 8) / Math.max(1, now - last.at)),
+      };
+    });
+  }
+  const qualityTimer = options.onQuality
+    ? setInterval(() => {
+        const connected = Array.from(peers.entries()).filter(([, peer]) => peer.pc.connectionState === "connected");
+        if (!connected.length) return;
+        Promise.all(connected.map(([party, peer]) => measure(party, peer.pc).catch(() => null))).then((all) => {
+          const figures = all.filter(Boolean);
+          if (!figures.length) return;
+          const worst = {
+            loss: Math.max(...figures.map((f) => f.loss)),
+            rttMs: Math.max(...figures.map((f) => f.rttMs)),
+            kbps: Math.min(...figures.map((f) => f.kbps)),
+          };
+          options.onQuality(worst.loss > 0.05 || worst.rttMs > 400 ? "poor" : "good", worst);
+        });
+      }, QUALITY_EVERY_MS)
+    : null;
+
   offs.push(
+    () => clearInterval(qualityTimer),
     room.on("turn.credentials", (message) => {
       iceServers = [
         {
@@ -260,8 +321,24 @@ export function createCall(room, options) {
     room.on("signal.ice", (message) => onIce(message.from, message.candidate)),
   );
 
+  // The screen goes out on the camera's sender (replaceTrack), so no
+  // renegotiation is needed and the others' tiles simply show it.
+  function replaceVideo(track) {
+    videoOverride = track;
+    const camera = local && local.getVideoTracks()[0];
+    const next = track || camera || null;
+    peers.forEach((peer) => {
+      peer.pc.getSenders().forEach((sender) => {
+        // Only a camera's sender can carry the screen: without a camera
+        // there is no video sender, and nothing is shared.
+        if (sender.track && sender.track.kind === "video") sender.replaceTrack(next).catch(() => {});
+      });
+    });
+  }
+
   return {
     connectTo,
+    replaceVideo,
     hasCredentials: () => !!iceServers,
     isConnected: (party) => {
       const peer = peers.get(party);

@@ -1,12 +1,20 @@
-// meeting.js: the entry of the meeting pages, /join/{booking} and
-// /meeting/adhoc/{id}: camera preview, waiting room, video call and
-// in-meeting chat over the real-time protocol in docs/protocol.md.
+// meeting.js: the entry of the meeting pages, /join/{booking},
+// /meeting/adhoc/{id} and /guest/{token}: camera preview, waiting room,
+// video call and in-meeting chat over the real-time protocol in
+// docs/protocol.md.
 //
 // - A booked meeting's room is opened through the API before every
 //   connection (`POST /api/meetings/{id}/open`); an ad-hoc room (a chat
 //   moved to video) is joined directly, and its resident enters without the
 //   lobby. An anonymous resident's ad-hoc room uses the one-chat token the
 //   chat page keeps in sessionStorage.
+// - A guest (/guest/{token}) joins the one room its guest link names, with
+//   tickets for that link (data-guest-token), after giving a display name;
+//   it waits in the lobby like the resident. The room lets a link in once:
+//   a second use is told so.
+// - Staff see who is in the meeting, with "send back to the waiting room"
+//   for the resident and guests, and make guest links (meeting.invite, then
+//   POST /api/meetings/{id}/guests), which they copy or have mailed.
 // - protocol.js holds the socket: reconnects with a new ticket, joins again
 //   and resumes from the last seq shown; call.js holds the peer connections
 //   (relay only); chat.js the in-meeting chat.
@@ -26,17 +34,20 @@ function start(root) {
   const adhocRoom = root.getAttribute("data-room");
   const csrf = root.getAttribute("data-csrf");
   const tokenKey = root.getAttribute("data-token-key");
-  const token = tokenKey ? sessionStorage.getItem(tokenKey) : null;
+  const guestToken = root.getAttribute("data-guest-token");
+  const token = guestToken || (tokenKey ? sessionStorage.getItem(tokenKey) : null);
 
   const statusEl = document.getElementById("meeting-status");
   const lobbyList = document.getElementById("lobby-list");
   const lobbyEmpty = document.getElementById("lobby-empty");
+  const presentList = document.getElementById("present-list");
 
   let room = null;
   let local = null;
   let finished = false;
   let participants = {}; // party -> role, of those admitted besides me
   let admitted = false;
+  let sentBack = false;
 
   const say = (message) => {
     statusEl.textContent = message;
@@ -77,7 +88,9 @@ function start(root) {
         return "stop";
       }
       if (error.status === 401) {
-        if (token) {
+        if (guestToken) {
+          finish(text.link_invalid);
+        } else if (token) {
           finish(text.not_open);
         } else {
           location.reload();
@@ -94,6 +107,8 @@ function start(root) {
   function setAdmitted(value) {
     admitted = value;
     if (chat) chat.setEnabled(value);
+    const create = document.getElementById("invite-create");
+    if (create) create.disabled = !value;
   }
 
   function setUp(id) {
@@ -105,6 +120,7 @@ function start(root) {
       label: (party) => roleName(participants[party] || ""),
       onConnected: (party) => say(sentence(text.connected_to, { who: roleInSentence(participants[party] || "") })),
       onFailed: () => say(text.failed),
+      onQuality: (level) => showQuality(level),
     });
     chat = createChat(room, {
       log: document.getElementById("chat-log"),
@@ -125,9 +141,14 @@ function start(root) {
         return;
       }
       setAdmitted(true);
+      sentBack = false;
       participants = {};
+      if (presentList) presentList.textContent = "";
       (message.participants || []).forEach((p) => {
-        if (p.party !== connection.party) participants[p.party] = p.role;
+        if (p.party !== connection.party) {
+          participants[p.party] = p.role;
+          addPresent(p);
+        }
       });
       (message.lobby || []).forEach(addKnock);
       const others = Object.keys(participants);
@@ -140,28 +161,41 @@ function start(root) {
       if (event.participant.party === connection.party) return;
       participants[event.participant.party] = event.participant.role;
       removeKnock(event.participant.party);
+      addPresent(event.participant);
       say(sentence(text.joined, { who: roleInSentence(event.participant.role) }));
     });
     room.onEvent("participant_left", (event) => {
       if (event.party === connection.party) return;
       say(sentence(text.participant_left, { who: roleInSentence(participants[event.party] || "") }));
       delete participants[event.party];
+      removePresent(event.party);
       call.close(event.party);
     });
     room.onEvent("knock", (event) => addKnock(event.participant));
     room.onEvent("lobby_left", (event) => removeKnock(event.party));
-    room.on("lobby.status", (message) => say(message.staff_present ? text.lobby_staff_here : text.lobby_waiting));
+    // Sent back, the resident keeps being told so rather than the usual
+    // waiting-room words, until admitted again.
+    room.on("lobby.status", (message) => {
+      if (!sentBack) say(message.staff_present ? text.lobby_staff_here : text.lobby_waiting);
+    });
     room.on("lobby.knock", (message) => addKnock(message.participant));
     room.on("lobby.admitted", () => say(text.admitted));
     room.on("lobby.declined", () => finish(text.declined));
     room.on("lobby.sent_back", () => {
+      sentBack = true;
       call.closeAll();
       setAdmitted(false);
+      participants = {};
       say(text.sent_back);
     });
+    room.on("meeting.invited", (message) => linkInvitation(message));
     room.on("room.closed", (message) => finish(text["closed_" + message.reason] || text.closed_other));
     room.on("error", (message) => {
-      if (message.code === "not_found" || message.code === "forbidden") finish(text.not_open);
+      if (message.code === "invitation_invalid") finish(text.link_used);
+      else if (message.code === "room_full" && !admitted) finish(text.full);
+      else if (message.code === "room_full") say(text.full);
+      else if (message.code === "not_found" && guestToken) finish(text.link_invalid);
+      else if (message.code === "not_found" || message.code === "forbidden") finish(text.not_open);
     });
   }
 
@@ -223,6 +257,160 @@ function start(root) {
     updateLobbyEmpty();
   }
 
+  // --- Who is in the meeting (staff) ----------------------------------------
+
+  function presentItem(party) {
+    return presentList && presentList.querySelector('li[data-party="' + CSS.escape(party) + '"]');
+  }
+
+  // Staff can send the resident and guests back to the waiting room; other
+  // staff are listed without the button (the room refuses it for them).
+  function addPresent(participant) {
+    if (!presentList || presentItem(participant.party)) return;
+    const item = document.createElement("li");
+    item.setAttribute("data-party", participant.party);
+    const name = document.createElement("span");
+    name.textContent = roleName(participant.role);
+    item.appendChild(name);
+    if (!participant.party.startsWith("staff:")) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "secondary";
+      button.textContent = text.send_back;
+      button.setAttribute("data-action", "lobby.send_back");
+      button.addEventListener("click", () => room.send({ type: "lobby.send_back", party: participant.party }));
+      item.appendChild(button);
+    }
+    presentList.appendChild(item);
+  }
+
+  function removePresent(party) {
+    const item = presentItem(party);
+    if (item) item.remove();
+  }
+
+  // --- Guest links (staff) ------------------------------------------------------
+
+  const inviteForm = document.getElementById("invite-form");
+  const inviteStatus = document.getElementById("invite-status");
+  const pendingInvites = []; // what staff asked for, in the order asked
+  if (inviteForm) {
+    const roleSelect = document.getElementById("invite-role");
+    const languageField = document.getElementById("invite-language-field");
+    const showLanguage = () => {
+      languageField.hidden = roleSelect.value !== "interpreter";
+    };
+    roleSelect.addEventListener("change", showLanguage);
+    showLanguage();
+    inviteForm.addEventListener("submit", (event) => {
+      event.preventDefault();
+      if (!room || !admitted) return;
+      const role = roleSelect.value;
+      const email = document.getElementById("invite-email").value.trim();
+      pendingInvites.push({
+        role,
+        interpreting: role === "interpreter" ? document.getElementById("invite-language").value : undefined,
+        email: email || undefined,
+      });
+      inviteStatus.textContent = "";
+      room.send({ type: "meeting.invite", role });
+    });
+    document.getElementById("invite-copy").addEventListener("click", () => {
+      const field = document.getElementById("invite-link");
+      const copied = () => {
+        inviteStatus.textContent = text.invite_copied;
+      };
+      const selectIt = () => {
+        field.focus();
+        field.select();
+      };
+      if (navigator.clipboard && navigator.clipboard.writeText) {
+        navigator.clipboard.writeText(field.value).then(copied, selectIt);
+      } else {
+        selectIt();
+      }
+    });
+  }
+
+  function linkInvitation(message) {
+    const asked = pendingInvites.shift();
+    if (!asked || !inviteForm) return;
+    postJson(
+      "/api/meetings/" + encodeURIComponent(bookingId) + "/guests",
+      {
+        invitation: message.token,
+        role: message.role,
+        interpreting: asked.interpreting,
+        email: asked.email,
+        mail_language: document.documentElement.lang,
+      },
+      { csrf },
+    ).then(
+      (link) => {
+        document.getElementById("invite-link").value = link.url;
+        document.getElementById("invite-result").hidden = false;
+        inviteStatus.textContent = link.mailed ? text.invite_mailed : text.invite_created;
+        if (link.mailed) document.getElementById("invite-email").value = "";
+      },
+      () => {
+        inviteStatus.textContent = text.invite_failed;
+      },
+    );
+  }
+
+  // --- Connection quality ---------------------------------------------------------
+
+  // Told only when it changes, so that a screen reader is not flooded.
+  const qualityEl = document.getElementById("call-quality");
+  let quality = "good";
+  function showQuality(level) {
+    if (!qualityEl || level === quality) return;
+    quality = level;
+    qualityEl.textContent = level === "poor" ? text.quality_poor : text.quality_good;
+    qualityEl.setAttribute("data-quality", level);
+  }
+
+  // --- Screen sharing (staff) ----------------------------------------------------
+
+  const shareButton = document.getElementById("share-screen");
+  let screen = null;
+  function stopSharing() {
+    if (!screen) return;
+    stopStream(screen);
+    screen = null;
+    if (call) call.replaceVideo(null);
+    document.getElementById("self-video").srcObject = local;
+    shareButton.setAttribute("aria-pressed", "false");
+    say(text.share_stopped);
+  }
+  if (shareButton) {
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getDisplayMedia) shareButton.hidden = true;
+    shareButton.addEventListener("click", () => {
+      if (screen) {
+        stopSharing();
+        return;
+      }
+      navigator.mediaDevices.getDisplayMedia({ video: true, audio: false }).then(
+        (stream) => {
+          const track = stream.getVideoTracks()[0];
+          if (!track || !call || !local || !local.getVideoTracks().length) {
+            stopStream(stream);
+            say(text.share_failed);
+            return;
+          }
+          screen = stream;
+          // The browser's own "stop sharing" ends the track.
+          track.addEventListener("ended", stopSharing);
+          call.replaceVideo(track);
+          document.getElementById("self-video").srcObject = stream;
+          shareButton.setAttribute("aria-pressed", "true");
+          say(text.share_started);
+        },
+        () => say(text.share_failed),
+      );
+    });
+  }
+
   // --- Ending ---------------------------------------------------------------------
 
   function finish(message) {
@@ -230,6 +418,7 @@ function start(root) {
     finished = true;
     setAdmitted(false);
     if (call) call.closeAll();
+    stopStream(screen);
     stopStream(local);
     say(message);
     document.querySelectorAll("#meeting .controls button").forEach((b) => {
@@ -249,8 +438,27 @@ function start(root) {
   bindToggle(document.getElementById("toggle-mic"), "audio", () => local);
   bindToggle(document.getElementById("toggle-camera"), "video", () => local);
   updateLobbyEmpty();
-  startCamera(document.getElementById("self-video"), () => say(text.camera_failed)).then((stream) => {
-    local = stream;
-    if (!finished) connection.start();
-  });
+  // A guest first gives a display name and checks the camera (the pre-call
+  // check, precheck.js, will sit in #precheck); then the call starts.
+  const guestForm = document.getElementById("guest-form");
+  const camera = startCamera(document.getElementById("self-video"), () => say(text.camera_failed));
+  if (guestForm) {
+    guestForm.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const name = document.getElementById("guest-name").value.trim();
+      if (!name) return;
+      document.getElementById("self-caption").textContent = text.you + " (" + name + ")";
+      guestForm.hidden = true;
+      say(text.connecting);
+      camera.then((stream) => {
+        local = stream;
+        if (!finished) connection.start();
+      });
+    });
+  } else {
+    camera.then((stream) => {
+      local = stream;
+      if (!finished) connection.start();
+    });
+  }
 }

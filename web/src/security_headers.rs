@@ -25,6 +25,26 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'
 /// usual minimum for browsers' preload lists.
 pub const STRICT_TRANSPORT_SECURITY: &str = "max-age=31536000";
 
+/// `Permissions-Policy` of the pages that hold a video call: this origin may
+/// use the camera and the microphone, no frame or other origin may.
+pub const PERMISSIONS_CALL: &str = "camera=(self), microphone=(self)";
+
+/// `Permissions-Policy` of every other response: no camera, no microphone,
+/// so that no script on an ordinary page can ask for them.
+pub const PERMISSIONS_NONE: &str = "camera=(), microphone=()";
+
+/// Whether the page at `path` holds a video call: a booking's meeting
+/// (`/join/{booking}`), an ad-hoc meeting (`/meeting/adhoc/{id}`) and a
+/// guest's (`/guest/{token}`).
+pub fn holds_a_call(path: &str) -> bool {
+    ["/join/", "/meeting/adhoc/", "/guest/"]
+        .iter()
+        .any(|prefix| {
+            path.strip_prefix(prefix)
+                .is_some_and(|rest| !rest.is_empty())
+        })
+}
+
 /// Which headers this deployment sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SecurityHeaders {
@@ -54,7 +74,18 @@ impl SecurityHeaders {
     /// `Referrer-Policy: no-referrer`, because one-time tokens travel in
     /// addresses (`/b/{token}`, the sign-in callback, the join link) and
     /// would otherwise leave in the `Referer` of the next request.
-    pub fn apply(self, headers: &mut HeaderMap) {
+    ///
+    /// `Permissions-Policy` allows the camera and microphone on the pages
+    /// that hold a call ([`holds_a_call`]) and denies them everywhere else.
+    pub fn apply(self, path: &str, headers: &mut HeaderMap) {
+        headers.insert(
+            "permissions-policy",
+            HeaderValue::from_static(if holds_a_call(path) {
+                PERMISSIONS_CALL
+            } else {
+                PERMISSIONS_NONE
+            }),
+        );
         headers.insert(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(CONTENT_SECURITY_POLICY),
@@ -82,8 +113,9 @@ impl SecurityHeaders {
 /// The middleware: runs the request, then sets the headers on whatever came
 /// back.
 pub async fn set(State(policy): State<SecurityHeaders>, request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_owned();
     let mut response = next.run(request).await;
-    policy.apply(response.headers_mut());
+    policy.apply(&path, response.headers_mut());
     response
 }
 
@@ -92,7 +124,32 @@ mod tests {
     use super::*;
 
     fn applied(public_url: &str, headers: &mut HeaderMap) {
-        SecurityHeaders::for_public_url(public_url).apply(headers);
+        SecurityHeaders::for_public_url(public_url).apply("/", headers);
+    }
+
+    #[test]
+    fn camera_and_microphone_only_on_the_pages_of_a_call() {
+        for (path, call) in [
+            ("/join/b1", true),
+            ("/meeting/adhoc/a1", true),
+            ("/guest/eyJ.x.y", true),
+            ("/join/", false),
+            ("/guest", false),
+            ("/", false),
+            ("/my", false),
+            ("/staff/console", false),
+            ("/api/meetings/b1/open", false),
+            ("/chat/ekonomiskt-bistand", false),
+        ] {
+            let mut headers = HeaderMap::new();
+            SecurityHeaders::for_public_url("http://127.0.0.1").apply(path, &mut headers);
+            let expected = if call {
+                PERMISSIONS_CALL
+            } else {
+                PERMISSIONS_NONE
+            };
+            assert_eq!(headers["permissions-policy"], expected, "{path}");
+        }
     }
 
     #[test]

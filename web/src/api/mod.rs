@@ -3,6 +3,7 @@
 pub(crate) mod auth;
 mod bookings;
 mod chats;
+pub(crate) mod guests;
 pub mod precheck;
 mod public;
 mod staff;
@@ -26,6 +27,7 @@ pub fn router() -> Router<AppState> {
         .merge(auth::router())
         .merge(bookings::router())
         .merge(chats::router())
+        .merge(guests::router())
         .merge(precheck::router())
         .merge(staff::router())
         .merge(crate::ws::router())
@@ -49,7 +51,7 @@ pub fn router() -> Router<AppState> {
         bookings::by_token, bookings::cancel_by_token, bookings::reschedule_by_token,
         staff::me, staff::day, staff::booking, staff::book_for_resident,
         staff::templates, staff::add_template, staff::delete_template, staff::load, staff::audit,
-        crate::ws::issue_ticket, crate::ws::open_meeting, precheck::precheck_turn,
+        crate::ws::issue_ticket, crate::ws::open_meeting, guests::guest_link, precheck::precheck_turn,
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth),

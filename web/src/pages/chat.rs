@@ -305,6 +305,7 @@ fn adhoc_markup(
             data-role=(if is_staff { "staff" } else { "resident" })
             data-token-key=[token_key] {
             p #meeting-status .meeting-status role="status" aria-live="polite" { (tr("page.meeting.connecting")) }
+            p #call-quality .call-quality aria-live="polite" {}
             div.videos {
                 figure.tile.self {
                     video #self-video autoplay muted playsinline {}

@@ -67,6 +67,19 @@ const SCRIPT_TEXT: &[(&str, &str)] = &[
         "page.role.in_sentence.interpreter",
     ),
     ("chat_not_sent", "page.meeting.chat_not_sent"),
+    ("full", "page.meeting.full"),
+    ("send_back", "page.meeting.send_back"),
+    ("link_used", "page.guest.used"),
+    ("link_invalid", "page.guest.invalid"),
+    ("invite_created", "page.meeting.invite.created"),
+    ("invite_mailed", "page.meeting.invite.mailed"),
+    ("invite_copied", "page.meeting.invite.copied"),
+    ("invite_failed", "page.meeting.invite.failed"),
+    ("share_started", "page.meeting.share_started"),
+    ("share_stopped", "page.meeting.share_stopped"),
+    ("share_failed", "page.meeting.share_failed"),
+    ("quality_poor", "page.meeting.quality_poor"),
+    ("quality_good", "page.meeting.quality_good"),
 ];
 
 /// The meeting of one booking, for its resident or for staff who may
@@ -109,6 +122,7 @@ async fn join(
             p id="meeting-status" class="meeting-status" role="status" aria-live="polite" {
                 (tr("page.meeting.connecting"))
             }
+            p id="call-quality" class="call-quality" aria-live="polite" {}
             div class="videos" {
                 figure class="tile self" {
                     video id="self-video" autoplay muted playsinline {}
@@ -120,6 +134,7 @@ async fn join(
                 button type="button" id="toggle-mic" aria-pressed="false" { (tr("page.meeting.mute")) }
                 button type="button" id="toggle-camera" aria-pressed="false" { (tr("page.meeting.camera_off")) }
                 @if is_staff {
+                    button type="button" id="share-screen" aria-pressed="false" { (tr("page.meeting.share_screen")) }
                     button type="button" id="end-meeting" class="danger" { (tr("page.meeting.end")) }
                 }
                 button type="button" id="leave-meeting" class="secondary" { (tr("page.meeting.leave")) }
@@ -130,6 +145,11 @@ async fn join(
                     p id="lobby-empty" { (tr("page.meeting.lobby_empty")) }
                     ul id="lobby-list" role="list" {}
                 }
+                section class="lobby" aria-labelledby="present-title" {
+                    h2 id="present-title" { (tr("page.meeting.in_meeting")) }
+                    ul id="present-list" role="list" {}
+                }
+                (invite_form())
             }
             section class="chat" aria-labelledby="chat-title" {
                 h2 id="chat-title" { (chat) }
@@ -147,6 +167,50 @@ async fn join(
         script type="module" src=(crate::assets::url("meeting.js")) {}
     };
     Ok(page(&ctx, &tr("page.meeting.title"), body).into_response())
+}
+
+/// Staff's form for a guest link: the role, the language an interpreter
+/// interprets, and where to mail the link if anywhere. The script asks the
+/// room for the invitation and the API for the link, then shows the link
+/// with a copy button.
+fn invite_form() -> maud::Markup {
+    html! {
+        section class="invite" aria-labelledby="invite-title" {
+            h2 id="invite-title" { (tr("page.meeting.invite.title")) }
+            form id="invite-form" {
+                div class="field" {
+                    label for="invite-role" { (tr("page.meeting.invite.role")) }
+                    select id="invite-role" name="role" {
+                        option value="interpreter" { (tr("page.chats.interpreter")) }
+                        option value="social_worker" { (tr("page.meeting.invite.role_colleague")) }
+                    }
+                }
+                div class="field" id="invite-language-field" {
+                    label for="invite-language" { (tr("page.meeting.invite.language")) }
+                    select id="invite-language" name="interpreting" {
+                        @for code in crate::api::guests::INTERPRETER_LANGUAGES {
+                            option value=(code) { (tr(&format!("page.guest.language.{code}"))) }
+                        }
+                    }
+                }
+                div class="field" {
+                    label for="invite-email" { (tr("page.meeting.invite.email")) }
+                    input type="email" id="invite-email" name="email" autocomplete="off"
+                        aria-describedby="invite-email-hint";
+                    p id="invite-email-hint" class="hint" { (tr("page.meeting.invite.email_hint")) }
+                }
+                button type="submit" id="invite-create" disabled { (tr("page.meeting.invite.create")) }
+            }
+            div id="invite-result" hidden {
+                div class="field" {
+                    label for="invite-link" { (tr("page.meeting.invite.link")) }
+                    input type="text" id="invite-link" readonly dir="ltr";
+                }
+                button type="button" id="invite-copy" class="secondary" { (tr("page.meeting.invite.copy")) }
+            }
+            p id="invite-status" role="status" aria-live="polite" {}
+        }
+    }
 }
 
 /// The call script's strings.

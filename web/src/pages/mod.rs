@@ -22,6 +22,7 @@
 mod chat;
 mod chats;
 mod console;
+mod guest;
 mod legal;
 mod manage;
 mod meeting;
@@ -59,6 +60,7 @@ pub fn router() -> Router<AppState> {
         .merge(chats::router())
         .merge(chat::router())
         .merge(meeting::router())
+        .merge(guest::router())
         .merge(console::router())
         .merge(legal::router())
         .merge(staff::router())

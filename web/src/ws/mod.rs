@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use signaling::hub::{Hub, HubSettings};
 use signaling::identity::Identity;
 use signaling::ids::{
-    BookingId, MunicipalityCode, PartyId, ResidentId, RoomId, ServiceId, StaffId,
+    BookingId, InvitationToken, MunicipalityCode, PartyId, ResidentId, RoomId, ServiceId, StaffId,
 };
 use signaling::protocol::{CannedResponse, Language};
 use signaling::queue::QueueRules;
@@ -38,7 +38,9 @@ use utoipa::ToSchema;
 
 pub use effects::{AppEffects, TurnIssuer};
 pub use store::{DbLease, DbStore};
-pub use ticket::{AnonymousChat, TicketSubject, Tickets, CHAT_TOKEN_SECONDS, TICKET_SECONDS};
+pub use ticket::{
+    AnonymousChat, GuestPass, TicketSubject, Tickets, CHAT_TOKEN_SECONDS, TICKET_SECONDS,
+};
 
 use crate::auth::{Session, SubjectKind};
 use crate::error::{AppError, ErrorBody};
@@ -168,8 +170,11 @@ pub struct TicketDto {
 }
 
 /// A single-use ticket for opening the WebSocket at `/ws`: for a session,
-/// or for the holder of a token for one anonymous chat
-/// (`POST /api/chats/anonymous`), whose socket may act in that chat only.
+/// for the holder of a token for one anonymous chat
+/// (`POST /api/chats/anonymous`), whose socket may act in that chat only,
+/// or for the holder of a guest link
+/// (`POST /api/meetings/{booking_id}/guests`), whose socket may enter that
+/// one meeting room only.
 #[utoipa::path(post, path = "/api/ws/ticket", security(("bearer" = [])), responses((status = 200, body = TicketDto), (status = 401, body = ErrorBody), (status = 403, description = "A cookie session without its CSRF header", body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
 pub async fn issue_ticket(
@@ -187,10 +192,14 @@ pub async fn issue_ticket(
                 .issue(&session.claims.sub, session.claims.kind, now)
         }
         Err(refusal) => {
-            let chat = bearer(&headers)
-                .and_then(|token| state.tickets.verify_chat_token(token, now))
-                .ok_or(refusal)?;
-            state.tickets.issue_anonymous(&chat, now)
+            let token = bearer(&headers).ok_or(refusal)?;
+            if let Some(chat) = state.tickets.verify_chat_token(token, now) {
+                state.tickets.issue_anonymous(&chat, now)
+            } else if let Some(guest) = state.tickets.verify_guest_link(token, now) {
+                state.tickets.issue_guest(&guest, now)
+            } else {
+                return Err(AppError::Unauthorized);
+            }
         }
     };
     Ok(Json(TicketDto {
@@ -291,6 +300,13 @@ pub async fn upgrade(
         TicketSubject::Anonymous(chat) => match RoomId::parse(&chat.room) {
             Ok(conversation) => (Identity::Anonymous { conversation }, Some(chat)),
             Err(_) => return AppError::Unauthorized.into_response(),
+        },
+        TicketSubject::Guest(guest) => match (
+            RoomId::parse(&guest.room),
+            InvitationToken::parse(&guest.invitation),
+        ) {
+            (Ok(room), Ok(invitation)) => (Identity::Guest { room, invitation }, None),
+            _ => return AppError::Unauthorized.into_response(),
         },
     };
     let upgrade = match upgrade {

@@ -7,6 +7,12 @@
 //! A resident without an account chats with a token for one chat instead
 //! of a session ([`Tickets::issue_chat_token`]): the same JSON API turns it
 //! into a ticket, and the socket it opens may act in that one chat only.
+//!
+//! A guest (an interpreter or a colleague) comes with a guest link instead
+//! ([`Tickets::issue_guest_link`]): a token naming one meeting room and the
+//! single-use invitation the room holds, valid until a while after the
+//! meeting ends. It too turns into tickets only, for that one room; the room
+//! itself spends the invitation on first use.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,6 +35,9 @@ const TICKET_KIND: &str = "ws_ticket";
 /// The `kind` of a token for one anonymous chat.
 const CHAT_TOKEN_KIND: &str = "anonymous_chat";
 
+/// The `kind` of a guest link's token.
+const GUEST_LINK_KIND: &str = "guest_link";
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct TicketClaims {
     sub: String,
@@ -36,6 +45,9 @@ struct TicketClaims {
     /// The chat of an anonymous ticket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     chat: Option<AnonymousChat>,
+    /// The room and invitation of a guest's ticket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    guest: Option<GuestPass>,
     kind: String,
     jti: String,
     iat: i64,
@@ -48,6 +60,7 @@ enum TicketKind {
     Resident,
     Staff,
     Anonymous,
+    Guest,
 }
 
 /// One anonymous chat, as its token names it: the chat's room, the one
@@ -59,6 +72,34 @@ pub struct AnonymousChat {
     pub room: String,
     pub service: String,
     pub home: String,
+}
+
+/// What a guest link lets its holder into: one meeting room, through the
+/// invitation the room made, in a role (for the guest page's words only:
+/// the room keeps the role it granted), for a meeting at a time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestPass {
+    /// `booking:<id>`.
+    pub room: String,
+    /// The room's single-use invitation token.
+    pub invitation: String,
+    /// `interpreter` or `social_worker`.
+    pub role: String,
+    /// The language to interpret, for an interpreter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    /// The meeting's start and end, unix seconds.
+    pub starts_at: i64,
+    pub ends_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct GuestLinkClaims {
+    sub: String,
+    kind: String,
+    guest: GuestPass,
+    iat: i64,
+    exp: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +118,8 @@ pub enum TicketSubject {
     Account { id: String, kind: SubjectKind },
     /// The holder of a token for one anonymous chat.
     Anonymous(AnonymousChat),
+    /// The holder of a guest link to one meeting room.
+    Guest(GuestPass),
 }
 
 /// Issues and redeems tickets, and the tokens of anonymous chats. Cloning
@@ -87,6 +130,8 @@ pub struct Tickets {
     decoding: DecodingKey,
     chat_encoding: EncodingKey,
     chat_decoding: DecodingKey,
+    guest_encoding: EncodingKey,
+    guest_decoding: DecodingKey,
     /// Spent ticket ids with their expiry; an id is forgotten once its
     /// ticket has expired, because expiry alone refuses it from then on.
     spent: Arc<Mutex<HashMap<String, i64>>>,
@@ -99,11 +144,14 @@ impl Tickets {
     pub fn new(secret: &[u8]) -> Tickets {
         let key = [secret, b"/ws-ticket"].concat();
         let chat_key = [secret, b"/anonymous-chat"].concat();
+        let guest_key = [secret, b"/guest-link"].concat();
         Tickets {
             encoding: EncodingKey::from_secret(&key),
             decoding: DecodingKey::from_secret(&key),
             chat_encoding: EncodingKey::from_secret(&chat_key),
             chat_decoding: DecodingKey::from_secret(&chat_key),
+            guest_encoding: EncodingKey::from_secret(&guest_key),
+            guest_decoding: DecodingKey::from_secret(&guest_key),
             spent: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -114,12 +162,29 @@ impl Tickets {
             SubjectKind::Resident => TicketKind::Resident,
             SubjectKind::Staff => TicketKind::Staff,
         };
-        self.sign(id, subject, None, now)
+        self.sign(id, subject, None, None, now)
     }
 
     /// A new ticket for the holder of a token for `chat`.
     pub fn issue_anonymous(&self, chat: &AnonymousChat, now: i64) -> String {
-        self.sign(&chat.room, TicketKind::Anonymous, Some(chat.clone()), now)
+        self.sign(
+            &chat.room,
+            TicketKind::Anonymous,
+            Some(chat.clone()),
+            None,
+            now,
+        )
+    }
+
+    /// A new ticket for the holder of a guest link.
+    pub fn issue_guest(&self, guest: &GuestPass, now: i64) -> String {
+        self.sign(
+            &guest.invitation,
+            TicketKind::Guest,
+            None,
+            Some(guest.clone()),
+            now,
+        )
     }
 
     fn sign(
@@ -127,12 +192,14 @@ impl Tickets {
         sub: &str,
         subject: TicketKind,
         chat: Option<AnonymousChat>,
+        guest: Option<GuestPass>,
         now: i64,
     ) -> String {
         let claims = TicketClaims {
             sub: sub.to_owned(),
             subject,
             chat,
+            guest,
             kind: TICKET_KIND.to_owned(),
             jti: uuid::Uuid::new_v4().simple().to_string(),
             iat: now,
@@ -172,6 +239,38 @@ impl Tickets {
         (claims.kind == CHAT_TOKEN_KIND && claims.exp > now).then_some(claims.chat)
     }
 
+    /// A guest link's token for `guest`, valid until `expires_at` (unix
+    /// seconds). It is no session: it opens nothing but tickets for that
+    /// one room, and the room lets it in once.
+    pub fn issue_guest_link(&self, guest: &GuestPass, now: i64, expires_at: i64) -> String {
+        let claims = GuestLinkClaims {
+            sub: guest.invitation.clone(),
+            kind: GUEST_LINK_KIND.to_owned(),
+            guest: guest.clone(),
+            iat: now,
+            exp: expires_at,
+        };
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &self.guest_encoding,
+        )
+        .expect("HS256 signing cannot fail")
+    }
+
+    /// The room a guest link opens, if the link is ours, a guest link and
+    /// unexpired.
+    pub fn verify_guest_link(&self, token: &str, now: i64) -> Option<GuestPass> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.validate_exp = false;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        let claims =
+            jsonwebtoken::decode::<GuestLinkClaims>(token, &self.guest_decoding, &validation)
+                .ok()?
+                .claims;
+        (claims.kind == GUEST_LINK_KIND && claims.exp > now).then_some(claims.guest)
+    }
+
     /// Verifies a ticket and spends it. `None` if it is forged, expired, not
     /// a ticket, or spent before.
     pub fn redeem(&self, ticket: &str, now: i64) -> Option<TicketSubject> {
@@ -191,16 +290,17 @@ impl Tickets {
         if spent.insert(claims.jti, claims.exp).is_some() {
             return None;
         }
-        match (claims.subject, claims.chat) {
-            (TicketKind::Resident, None) => Some(TicketSubject::Account {
+        match (claims.subject, claims.chat, claims.guest) {
+            (TicketKind::Resident, None, None) => Some(TicketSubject::Account {
                 id: claims.sub,
                 kind: SubjectKind::Resident,
             }),
-            (TicketKind::Staff, None) => Some(TicketSubject::Account {
+            (TicketKind::Staff, None, None) => Some(TicketSubject::Account {
                 id: claims.sub,
                 kind: SubjectKind::Staff,
             }),
-            (TicketKind::Anonymous, Some(chat)) => Some(TicketSubject::Anonymous(chat)),
+            (TicketKind::Anonymous, Some(chat), None) => Some(TicketSubject::Anonymous(chat)),
+            (TicketKind::Guest, None, Some(guest)) => Some(TicketSubject::Guest(guest)),
             _ => None,
         }
     }
@@ -276,5 +376,39 @@ mod tests {
         assert_eq!(tickets.verify_chat_token(&session, 1_001), None);
         let (foreign, _) = Tickets::new(b"other").issue_chat_token(&chat, 1_000);
         assert_eq!(tickets.verify_chat_token(&foreign, 1_001), None);
+    }
+
+    #[test]
+    fn a_guest_link_opens_tickets_for_its_one_room_until_it_expires() {
+        let tickets = Tickets::new(b"secret");
+        let guest = GuestPass {
+            room: "booking:b1".into(),
+            invitation: "inv1".into(),
+            role: "interpreter".into(),
+            language: Some("ar".into()),
+            starts_at: 1_000,
+            ends_at: 2_000,
+        };
+        let link = tickets.issue_guest_link(&guest, 900, 3_000);
+        assert_eq!(tickets.verify_guest_link(&link, 2_999), Some(guest.clone()));
+        assert_eq!(tickets.verify_guest_link(&link, 3_000), None, "expired");
+        let ticket = tickets.issue_guest(&guest, 1_001);
+        assert_eq!(
+            tickets.redeem(&ticket, 1_002),
+            Some(TicketSubject::Guest(guest.clone()))
+        );
+        // A link is no ticket, nor a chat token, nor is anything else a link.
+        assert_eq!(tickets.redeem(&link, 1_002), None);
+        assert_eq!(tickets.verify_chat_token(&link, 1_002), None);
+        assert_eq!(tickets.verify_guest_link(&ticket, 1_002), None);
+        let chat = AnonymousChat {
+            room: "chat:abc".into(),
+            service: "stod-till-anhoriga".into(),
+            home: "2418".into(),
+        };
+        let (chat_token, _) = tickets.issue_chat_token(&chat, 1_000);
+        assert_eq!(tickets.verify_guest_link(&chat_token, 1_001), None);
+        let foreign = Tickets::new(b"other").issue_guest_link(&guest, 900, 3_000);
+        assert_eq!(tickets.verify_guest_link(&foreign, 1_001), None);
     }
 }
