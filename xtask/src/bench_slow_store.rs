@@ -165,15 +165,16 @@ async fn enter(
     let mut joined = Vec::new();
     for identity in [staff, resident] {
         let (conn, mut rx) = hub.connect(identity).await;
-        let _ = hub
-            .submit(
+        drop(
+            hub.submit(
                 conn,
                 ClientMessage::Join {
                     room: room.clone(),
                     invitation: None,
                 },
             )
-            .await;
+            .await,
+        );
         loop {
             let message = tokio::time::timeout(Duration::from_secs(5), rx.recv())
                 .await?
@@ -232,7 +233,7 @@ async fn scenario(load: &Load, audit: Duration) -> anyhow::Result<Figures> {
                     room: id("booking:b0"),
                     last_seq: 0,
                 };
-                let _ = hub.submit(reader, resume).await;
+                drop(hub.submit(reader, resume).await);
                 made += 1;
                 next += every;
             }
@@ -260,7 +261,7 @@ async fn scenario(load: &Load, audit: Duration) -> anyhow::Result<Figures> {
                     client_id: id(&format!("m{k}")),
                     text: format!("{k}"),
                 };
-                let _ = hub.submit(resident, send).await;
+                drop(hub.submit(resident, send).await);
                 planned.push(next);
                 k += 1;
                 next += every;
