@@ -535,7 +535,9 @@ impl Sessions {
     /// The Bearer token that reaches the checks of `path`.
     fn bearer_for(&self, path: &str) -> &str {
         let staff = ["/api/staff", "/api/scheduler", "/api/admin"];
-        if staff.iter().any(|p| path.starts_with(p)) {
+        // Guest links are made by the meeting's staff only.
+        let staff_only = path.starts_with("/api/meetings/") && path.ends_with("/guests");
+        if staff_only || staff.iter().any(|p| path.starts_with(p)) {
             &self.admin
         } else {
             &self.resident
