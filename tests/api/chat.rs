@@ -142,6 +142,7 @@ async fn the_i_dont_know_chat_reaches_every_social_worker_of_the_home_municipali
             "{}: Lycksele may not pre-assess for Helsingborg: {seen:?}",
             app.backend
         );
+        erik.settle().await;
         let stored = booking::events::queue_entry(&app.db, &room)
             .await
             .expect("query")
@@ -291,6 +292,7 @@ async fn an_anonymous_chat_is_one_chat_for_one_service_that_allows_it() {
             .send(json!({"type": "chat.close", "room": room}))
             .await;
         anonymous.until_event(&room, "ended").await;
+        anonymous.settle().await;
         // The token still gets tickets, but its one chat does not open again.
         let mut again = Client::open(&app, &token).await;
         let error = refused(
@@ -1060,6 +1062,7 @@ async fn each_chat_follows_the_queue_rules_of_its_home_municipality() {
         assert_eq!(status["eta_secs"], 900, "{}: {status}", app.backend);
         let entry = staff.until("queue.entry").await;
         assert_eq!(entry["entry"]["room"], eriks.as_str());
+        erik.settle().await;
         let stored = booking::events::queue_entry(&app.db, &eriks)
             .await
             .unwrap()

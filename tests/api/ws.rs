@@ -93,6 +93,14 @@ impl Client {
     }
 
     /// Claims the waiting chat `room` as staff, and waits until it is ours.
+    /// Waits until the hub has carried out everything this client sent,
+    /// effects included (stored queue entries, audit, mail): the hub answers
+    /// a ping only after them. Frames before the pong are skipped.
+    pub(crate) async fn settle(&mut self) {
+        self.send(json!({"type": "ping"})).await;
+        self.until("pong").await;
+    }
+
     pub(crate) async fn claim(&mut self, room: &str) -> Value {
         self.send(json!({"type": "queue.claim", "room": room}))
             .await;
@@ -402,6 +410,7 @@ async fn a_chat_is_queued_for_the_municipalities_the_policy_allows() {
         );
         assert_eq!(entry["entry"]["home_municipality"], "2418");
 
+        resident.settle().await;
         let stored = booking::events::open_queue_entries(&app.db)
             .await
             .expect("query");
