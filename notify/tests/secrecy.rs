@@ -181,7 +181,11 @@ fn no_mail_in_any_language_names_a_service_municipality_staff_member_chat_or_not
             checked += 1;
         }
     }
-    assert_eq!(checked, 10 * 4);
+    assert_eq!(
+        checked,
+        11 * 4,
+        "every kind of mail, the guest invitation included, in every language"
+    );
 }
 
 /// Discreet mode: under every neutral title, in every language, no mail
