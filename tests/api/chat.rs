@@ -54,20 +54,6 @@ async fn open_chat(client: &mut Client, service: &str) -> String {
         .to_owned()
 }
 
-/// Every frame before the answer to a `ping` sent now: what the server had
-/// sent this client until then.
-async fn frames_until_pong(client: &mut Client) -> Vec<Value> {
-    client.send(json!({"type": "ping"})).await;
-    let mut frames = Vec::new();
-    loop {
-        let frame = client.next_frame().await;
-        if frame["type"] == "pong" {
-            return frames;
-        }
-        frames.push(frame);
-    }
-}
-
 fn codes(list: &[Value]) -> Vec<&str> {
     list.iter()
         .map(|s| s["code"].as_str().expect("a code"))
@@ -136,7 +122,7 @@ async fn the_i_dont_know_chat_reaches_every_social_worker_of_the_home_municipali
         let entry = own.until("queue.entry").await;
         assert_eq!(entry["entry"]["room"], room.as_str(), "{}", app.backend);
         assert_eq!(entry["entry"]["service"], "general");
-        let seen = frames_until_pong(&mut elsewhere).await;
+        let seen = elsewhere.frames_until_pong().await;
         assert!(
             !seen.iter().any(|f| f["type"] == "queue.entry"),
             "{}: Lycksele may not pre-assess for Helsingborg: {seen:?}",
@@ -167,7 +153,7 @@ async fn a_chat_for_a_service_without_chat_is_refused_and_nothing_is_queued() {
             .await;
         let error = anna.until("error").await;
         assert_eq!(error["code"], "not_found", "{}: {error}", app.backend);
-        let seen = frames_until_pong(&mut staff).await;
+        let seen = staff.frames_until_pong().await;
         assert!(
             !seen.iter().any(|f| f["type"] == "queue.entry"),
             "{}: {seen:?}",
@@ -813,7 +799,7 @@ async fn a_chat_is_transferred_only_to_an_online_eligible_colleague_under_their_
         }
         home.send(json!({"type": "staff.availability", "available": false, "max_chats": 1}))
             .await;
-        frames_until_pong(&mut home).await;
+        home.frames_until_pong().await;
         assert_eq!(colleagues(&app, first, &room).await.1, [second.id.as_str()]);
         let error = refused(
             &mut holder,
@@ -825,7 +811,7 @@ async fn a_chat_is_transferred_only_to_an_online_eligible_colleague_under_their_
             "{}: offline: {error}",
             app.backend
         );
-        let seen = frames_until_pong(&mut stranger).await;
+        let seen = stranger.frames_until_pong().await;
         assert!(
             !seen.iter().any(|f| f["type"] == "queue.assigned"),
             "{}: {seen:?}",
@@ -1047,7 +1033,7 @@ async fn each_chat_follows_the_queue_rules_of_its_home_municipality() {
     .await;
     for app in apps {
         let mut staff = console(&app, "2418").await;
-        frames_until_pong(&mut staff).await;
+        staff.frames_until_pong().await;
         let mut anna = resident(&app, "anna@example.se").await;
         let annas = open_chat(&mut anna, "ekonomiskt-bistand").await;
         let assigned = staff.until("queue.assigned").await;

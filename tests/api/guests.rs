@@ -62,19 +62,6 @@ async fn guest_token(app: &TestApp, meeting: &Meeting, invitation: &str) -> Stri
         .to_owned()
 }
 
-/// Sends a ping and returns every frame before the pong.
-async fn frames_until_pong(client: &mut Client) -> Vec<Value> {
-    client.send(json!({"type": "ping"})).await;
-    let mut frames = Vec::new();
-    loop {
-        let frame = client.next_frame().await;
-        if frame["type"] == "pong" {
-            return frames;
-        }
-        frames.push(frame);
-    }
-}
-
 #[tokio::test]
 async fn only_staff_of_the_meeting_make_guest_links_and_each_is_audited() {
     for app in spawn_apps().await {
@@ -200,7 +187,7 @@ async fn a_guest_link_enters_once_waits_and_gets_turn_only_when_admitted() {
                 break;
             }
         }
-        let waiting = frames_until_pong(&mut guest).await;
+        let waiting = guest.frames_until_pong().await;
         assert!(
             !waiting.iter().any(|f| f["type"] == "turn.credentials"),
             "{}: no TURN in the lobby: {waiting:?}",
@@ -229,7 +216,7 @@ async fn a_guest_link_enters_once_waits_and_gets_turn_only_when_admitted() {
         guest
             .send(json!({"type": "resume", "room": room, "last_seq": 0}))
             .await;
-        let replayed = frames_until_pong(&mut guest).await;
+        let replayed = guest.frames_until_pong().await;
         assert!(
             !replayed
                 .iter()
@@ -363,7 +350,7 @@ async fn a_fifth_participant_is_refused() {
             .await;
         let full = staff.until("error").await;
         assert_eq!(full["code"], "room_full", "{}: {full}", app.backend);
-        let waiting = frames_until_pong(&mut guests[2]).await;
+        let waiting = guests[2].frames_until_pong().await;
         assert!(
             !waiting
                 .iter()

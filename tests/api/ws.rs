@@ -97,8 +97,21 @@ impl Client {
     /// effects included (stored queue entries, audit, mail): the hub answers
     /// a ping only after them. Frames before the pong are skipped.
     pub(crate) async fn settle(&mut self) {
+        self.frames_until_pong().await;
+    }
+
+    /// Every frame before the answer to a `ping` sent now: what the server
+    /// had sent this client until then.
+    pub(crate) async fn frames_until_pong(&mut self) -> Vec<Value> {
         self.send(json!({"type": "ping"})).await;
-        self.until("pong").await;
+        let mut frames = Vec::new();
+        loop {
+            let frame = self.next_frame().await;
+            if frame["type"] == "pong" {
+                return frames;
+            }
+            frames.push(frame);
+        }
     }
 
     pub(crate) async fn claim(&mut self, room: &str) -> Value {
