@@ -24,6 +24,7 @@ pub mod slots;
 pub mod snapshot;
 pub mod testing;
 pub mod throttle;
+pub mod time;
 
 pub use db::{Backend, Db, DbError};
 pub use domain::{

@@ -17,7 +17,7 @@ use crate::domain::{
     Step,
 };
 use crate::policy::Agreement;
-use crate::slots::Template;
+use crate::slots::{self, Template};
 use crate::Error;
 
 /// The password of every demo staff account. It is printed at start and must
@@ -202,7 +202,7 @@ pub async fn demo(db: &Db, today: Date, now: i64) -> Result<Vec<DemoSignIn>, Err
                     if weekday == 2 && start == 13 * 60 {
                         continue;
                     }
-                    bookings::add_template(
+                    slots::add_template(
                         db,
                         &Template {
                             id: String::new(),

@@ -5,13 +5,21 @@
 //! time from the window's real start, so a window on a daylight-saving day is
 //! an hour shorter or longer, never doubled or skipped, and every slot lasts
 //! exactly the service's length.
+//!
+//! The templates themselves are stored in `availability_templates`; the
+//! functions at the bottom read, add and delete them.
 
 use jiff::civil::{Date, Time};
 use jiff::tz::TimeZone;
 use jiff::{Span, Timestamp};
 use serde::Serialize;
 
+use sqlx::Row;
+
+use crate::catalog;
+use crate::db::Db;
 use crate::domain::{InvalidValue, SlotRange};
+use crate::Error;
 
 /// A weekly window in which a staff member takes meetings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -180,6 +188,97 @@ fn local_instant(date: Date, minute: i16, tz: &TimeZone) -> Option<Timestamp> {
     tz.to_ambiguous_timestamp(day.to_datetime(time))
         .compatible()
         .ok()
+}
+
+// ---------------------------------------------------------------------------
+// Availability templates in the database
+
+/// Every availability template.
+pub async fn all_templates(db: &Db) -> Result<Vec<Template>, Error> {
+    templates_where(db, None).await
+}
+
+/// One staff member's availability templates.
+pub async fn templates_for(db: &Db, staff_id: &str) -> Result<Vec<Template>, Error> {
+    templates_where(db, Some(staff_id)).await
+}
+
+async fn templates_where(db: &Db, staff_id: Option<&str>) -> Result<Vec<Template>, Error> {
+    let rows = sqlx::query(
+        "SELECT id, staff_id, weekday, start_minute, end_minute, valid_from, valid_to FROM availability_templates \
+         WHERE ($1 IS NULL OR staff_id = $1) ORDER BY staff_id, weekday, start_minute",
+    )
+    .bind(staff_id)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Template {
+                id: r.try_get("id")?,
+                staff_id: r.try_get("staff_id")?,
+                weekday: r.try_get::<i64, _>("weekday")? as i8,
+                start_minute: r.try_get::<i64, _>("start_minute")? as i16,
+                end_minute: r.try_get::<i64, _>("end_minute")? as i16,
+                valid_from: catalog::parse_date(&r.try_get::<String, _>("valid_from")?)?,
+                valid_to: catalog::parse_date(&r.try_get::<String, _>("valid_to")?)?,
+            })
+        })
+        .collect()
+}
+
+/// Adds a template after checking it does not overlap the staff member's
+/// other windows on the same weekday and dates.
+pub async fn add_template(db: &Db, template: &Template) -> Result<Template, Error> {
+    template.validate()?;
+    let existing = templates_for(db, &template.staff_id).await?;
+    let clash = existing.iter().any(|t| {
+        t.weekday == template.weekday
+            && t.start_minute < template.end_minute
+            && template.start_minute < t.end_minute
+            && t.valid_from <= template.valid_to
+            && template.valid_from <= t.valid_to
+    });
+    if clash {
+        return Err(Error::Conflict(
+            "the window overlaps another window of the same staff member".into(),
+        ));
+    }
+    let mut stored = template.clone();
+    stored.id = uuid::Uuid::new_v4().to_string();
+    let _turn = db.write_turn().await;
+    let mut tx = db.pool().begin().await?;
+    sqlx::query(
+        "INSERT INTO availability_templates (id, staff_id, weekday, start_minute, end_minute, valid_from, valid_to) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&stored.id)
+    .bind(&stored.staff_id)
+    .bind(i64::from(stored.weekday))
+    .bind(i64::from(stored.start_minute))
+    .bind(i64::from(stored.end_minute))
+    .bind(stored.valid_from.to_string())
+    .bind(stored.valid_to.to_string())
+    .execute(&mut *tx)
+    .await?;
+    crate::snapshot::bump(&mut tx).await?;
+    tx.commit().await?;
+    Ok(stored)
+}
+
+pub async fn delete_template(db: &Db, staff_id: &str, id: &str) -> Result<(), Error> {
+    let _turn = db.write_turn().await;
+    let mut tx = db.pool().begin().await?;
+    let done = sqlx::query("DELETE FROM availability_templates WHERE id = $1 AND staff_id = $2")
+        .bind(id)
+        .bind(staff_id)
+        .execute(&mut *tx)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(Error::NotFound);
+    }
+    crate::snapshot::bump(&mut tx).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use crate::db::Db;
 use crate::domain::{MunicipalityCode, Rule, ServiceCode, Step};
 use crate::load;
 use crate::policy::Agreement;
-use crate::slots::Template;
+use crate::slots::{self, Template};
 use crate::Error;
 
 /// The catalog as of one version.
@@ -148,7 +148,7 @@ pub(crate) async fn bump(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
 
 async fn load(db: &Db, version: i64) -> Result<Snapshot, Error> {
     let mut templates: HashMap<String, Vec<Template>> = HashMap::new();
-    for t in bookings::all_templates(db).await? {
+    for t in slots::all_templates(db).await? {
         templates.entry(t.staff_id.clone()).or_default().push(t);
     }
     let mut rules = HashMap::new();

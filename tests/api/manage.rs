@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use booking::accounts;
 use booking::bookings::{self, DISPLAY_ZONE};
-use booking::slots::Template;
+use booking::slots::{self, Template};
 use booking::ServiceCode;
 use kontakt_tests::{spawn_apps, TestApp};
 use serde_json::{json, Value};
@@ -183,7 +183,7 @@ async fn a_manage_link_stops_working_when_its_meeting_is_over() {
             .into_iter()
             .find(|s| s.email.as_str() == "handlaggare.helsingborg@kontakt.demo")
             .expect("the demo's Helsingborg staff member");
-        bookings::add_template(
+        slots::add_template(
             &app.db,
             &Template {
                 id: String::new(),

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use booking::accounts::{self, NewStaff, Staff};
 use booking::bookings;
-use booking::slots::Template;
+use booking::slots::{self, Template};
 use booking::testing::TestDb;
 use booking::{
     EmailAddress, Language, MunicipalityCode, NewPassword, PersonName, Role, ServiceCode,
@@ -444,7 +444,7 @@ pub(crate) async fn add_staff(
         )
         .await?;
         for weekday in 1..=7 {
-            bookings::add_template(
+            slots::add_template(
                 db,
                 &Template {
                     id: String::new(),

@@ -7,7 +7,7 @@ use axum::routing::{delete, get};
 use axum::{Json, Router};
 use booking::accounts::{self, Staff};
 use booking::bookings;
-use booking::slots::Template;
+use booking::slots::{self, Template};
 use booking::{audit, DateRange, Db, EmailAddress, LocalDate, ServiceCode};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -317,7 +317,7 @@ pub async fn templates(
     Path(staff_id): Path<String>,
 ) -> Result<Json<Vec<TemplateDto>>, AppError> {
     let target = template_target(&db, &staff.0, &staff_id, false).await?;
-    let list = bookings::templates_for(&db, &target.id).await?;
+    let list = slots::templates_for(&db, &target.id).await?;
     Ok(Json(list.into_iter().map(template_dto).collect()))
 }
 
@@ -339,7 +339,7 @@ pub async fn add_template(
         valid_from: LocalDate::parse("valid_from", &body.valid_from)?.date(),
         valid_to: LocalDate::parse("valid_to", &body.valid_to)?.date(),
     };
-    let stored = bookings::add_template(&db, &template).await?;
+    let stored = slots::add_template(&db, &template).await?;
     Ok((StatusCode::CREATED, Json(template_dto(stored))))
 }
 
@@ -351,7 +351,7 @@ pub async fn delete_template(
     Path((staff_id, template_id)): Path<(String, String)>,
 ) -> Result<StatusCode, AppError> {
     let target = template_target(&db, &staff.0, &staff_id, true).await?;
-    bookings::delete_template(&db, &target.id, &template_id).await?;
+    slots::delete_template(&db, &target.id, &template_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,0 +1,368 @@
+//! Changing a booking: cancelling, moving, reading it by its manage token,
+//! and recording how the meeting went.
+
+use super::announce;
+use super::best_free;
+use super::booking_from_row;
+use super::discretion;
+use super::service_is_discreet;
+use super::Booking;
+use super::Ticket;
+use super::Wanted;
+use super::BOOKING_COLUMNS;
+use super::PLACE_ATTEMPTS;
+use crate::accounts;
+use crate::accounts::token_hash;
+use crate::accounts::Resident;
+use crate::audit;
+use crate::audit::Actor;
+use crate::audit::Entry;
+use crate::audit::Outcome;
+use crate::db::is_booking_conflict;
+use crate::db::Db;
+use crate::domain::BookingStatus;
+use crate::load;
+use crate::outbox;
+use crate::outbox::Message;
+use crate::time::zone;
+use crate::time::DISPLAY_ZONE;
+use crate::Error;
+use jiff::Timestamp;
+/// How a caller proves the right to change a booking.
+#[derive(Debug, Clone, Copy)]
+pub enum Authority<'a> {
+    /// The token from the confirmation mail.
+    Token(&'a str),
+    /// The signed-in resident who owns the booking.
+    Resident(&'a Resident),
+}
+
+/// Cancels a booking. A token is spent by cancelling: afterwards it finds
+/// nothing.
+pub async fn cancel(
+    db: &Db,
+    authority: Authority<'_>,
+    booking_id: Option<&str>,
+    now: Timestamp,
+) -> Result<Booking, Error> {
+    let (booking, resident) = find_active(db, authority, booking_id, now, "cancelled").await?;
+    let discreet = discretion(
+        service_is_discreet(db, &booking.service).await?,
+        &resident,
+        &booking,
+    );
+    let _turn = db.write_turn().await;
+    let mut tx = db.pool().begin().await?;
+    let row = sqlx::query(&format!(
+        "UPDATE bookings SET status = 'cancelled', manage_token_spent = 1, sequence = sequence + 1, updated_at = $1 \
+         WHERE id = $2 AND status = 'booked' RETURNING {BOOKING_COLUMNS}"
+    ))
+    .bind(now.as_second())
+    .bind(&booking.id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        return Err(Error::Conflict("the booking was changed meanwhile".into()));
+    };
+    let cancelled = booking_from_row(&row)?;
+    load::adjust(
+        &cancelled.staff_id,
+        &cancelled.range,
+        -1,
+        &zone(DISPLAY_ZONE)?,
+    )
+    .execute(&mut tx)
+    .await?;
+    outbox::supersede_reminders(&mut tx, &cancelled.id).await?;
+    let message = Message::BookingCancelled {
+        booking_id: cancelled.id.clone(),
+        starts_at: cancelled.range.start().as_second(),
+        ends_at: cancelled.range.end().as_second(),
+        sequence: cancelled.sequence,
+    };
+    outbox::enqueue(
+        &mut tx,
+        &resident.email,
+        resident.language,
+        &message,
+        discreet,
+        now.as_second(),
+        now.as_second(),
+    )
+    .await?;
+    let actor = authority_actor(authority);
+    audit::record(
+        &mut tx,
+        &booking_entry(&actor, "booking.cancel", &cancelled, Outcome::Allowed),
+        now.as_second(),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(cancelled)
+}
+
+/// Moves a booking to the free time at `starts_at`, keeping its id, its
+/// calendar UID and its manage token.
+pub async fn reschedule(
+    db: &Db,
+    authority: Authority<'_>,
+    booking_id: Option<&str>,
+    starts_at: Timestamp,
+    now: Timestamp,
+) -> Result<Ticket, Error> {
+    let (booking, resident) = find_active(db, authority, booking_id, now, "rescheduled").await?;
+    let discreet = discretion(
+        service_is_discreet(db, &booking.service).await?,
+        &resident,
+        &booking,
+    );
+    let wanted = Wanted {
+        service: &booking.service,
+        home: &resident.home,
+        language: None,
+        only_staff: None,
+    };
+    let actor = authority_actor(authority);
+    let tz = zone(DISPLAY_ZONE)?;
+    for _ in 0..PLACE_ATTEMPTS {
+        let (candidate, _hold) = best_free(db, &wanted, starts_at, now, Some(&booking.id)).await?;
+        let _turn = db.write_turn().await;
+        let mut tx = db.pool().begin().await?;
+        let updated = sqlx::query(&format!(
+            "UPDATE bookings SET staff_id = $1, starts_at = $2, ends_at = $3, performed_by = $4, agreement_id = $5, \
+             rule = $6, sequence = sequence + 1, updated_at = $7 \
+             WHERE id = $8 AND status = 'booked' AND staff_id = $9 AND starts_at = $10 RETURNING {BOOKING_COLUMNS}"
+        ))
+        .bind(&candidate.staff_id)
+        .bind(candidate.range.start().as_second())
+        .bind(candidate.range.end().as_second())
+        .bind(candidate.municipality.as_str())
+        .bind(candidate.decision.agreement_id())
+        .bind(candidate.decision.rule_label())
+        .bind(now.as_second())
+        .bind(&booking.id)
+        .bind(&booking.staff_id)
+        .bind(booking.range.start().as_second())
+        .fetch_optional(&mut *tx)
+        .await;
+        let row = match updated {
+            Ok(Some(row)) => row,
+            Ok(None) => return Err(Error::Conflict("the booking was changed meanwhile".into())),
+            Err(e) if is_booking_conflict(&e) => {
+                tx.rollback().await?;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let moved = booking_from_row(&row)?;
+        load::adjust(&booking.staff_id, &booking.range, -1, &tz)
+            .execute(&mut tx)
+            .await?;
+        load::adjust(&moved.staff_id, &moved.range, 1, &tz)
+            .execute(&mut tx)
+            .await?;
+        outbox::supersede_reminders(&mut tx, &moved.id).await?;
+        // The token stays valid, so the link in the first mail still manages
+        // the booking; the mail about the move does not need to carry it anew.
+        let token = match authority {
+            Authority::Token(t) => t.to_owned(),
+            Authority::Resident(_) => String::new(),
+        };
+        let message = Message::BookingRescheduled {
+            booking_id: moved.id.clone(),
+            starts_at: moved.range.start().as_second(),
+            ends_at: moved.range.end().as_second(),
+            previous_starts_at: booking.range.start().as_second(),
+            sequence: moved.sequence,
+            manage_token: token.clone(),
+        };
+        announce(&resident, message, &moved, &token, discreet, now)
+            .execute(&mut tx)
+            .await?;
+        audit::record(
+            &mut tx,
+            &booking_entry(&actor, "booking.reschedule", &moved, Outcome::Allowed),
+            now.as_second(),
+        )
+        .await?;
+        tx.commit().await?;
+        return Ok(Ticket {
+            booking: moved,
+            manage_token: token,
+        });
+    }
+    Err(Error::Conflict("that time is no longer available".into()))
+}
+
+/// The booking a manage token belongs to, for the manage page. The read is
+/// audit-logged as the token holder's, who is anonymous to us. A token that
+/// cancelled its booking, or whose meeting is over, is `NotFound`, exactly as
+/// one that never existed.
+pub async fn read_by_token(db: &Db, token: &str, now: Timestamp) -> Result<Booking, Error> {
+    let booking = by_token(db, token, now).await?;
+    audit::record_now(
+        db,
+        &booking_entry(
+            &Actor::Anonymous,
+            "booking.read",
+            &booking,
+            Outcome::Allowed,
+        ),
+        now.as_second(),
+    )
+    .await?;
+    Ok(booking)
+}
+
+/// The booking a manage token belongs to, unaudited: the callers audit what
+/// they do with it.
+///
+/// A token works until it has cancelled its booking or the meeting has
+/// ended. The mail that carries it stays in an inbox for years, and whoever
+/// reads that inbox later should learn nothing from the link: after that, the
+/// token is as unknown as a made-up one. Moving the booking moves the end, so
+/// a moved booking's token lasts until the new end.
+pub(super) async fn by_token(db: &Db, token: &str, now: Timestamp) -> Result<Booking, Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {BOOKING_COLUMNS} FROM bookings \
+         WHERE manage_token_hash = $1 AND manage_token_spent = 0 AND ends_at > $2"
+    ))
+    .bind(token_hash(token))
+    .bind(now.as_second())
+    .fetch_optional(db.pool())
+    .await?;
+    let booking = row
+        .as_ref()
+        .map(booking_from_row)
+        .transpose()?
+        .ok_or(Error::NotFound)?;
+    Ok(booking)
+}
+
+/// Records how a meeting went: `completed` or `no_show`, and only for a
+/// booking that is still `booked`, so a cancelled booking never turns into a
+/// meeting. Returns the booking as it is now, or `Conflict` if it was not
+/// booked. The change is audit-logged as the system's.
+pub async fn record_outcome(
+    db: &Db,
+    booking_id: &str,
+    outcome: BookingStatus,
+    now: Timestamp,
+) -> Result<Booking, Error> {
+    if !matches!(outcome, BookingStatus::Completed | BookingStatus::NoShow) {
+        return Err(Error::Conflict(format!(
+            "a meeting cannot end as {}",
+            outcome.as_str()
+        )));
+    }
+    let _turn = db.write_turn().await;
+    let mut tx = db.pool().begin().await?;
+    let row = sqlx::query(&format!(
+        "UPDATE bookings SET status = $1, sequence = sequence + 1, updated_at = $2 \
+         WHERE id = $3 AND status = 'booked' RETURNING {BOOKING_COLUMNS}"
+    ))
+    .bind(outcome.as_str())
+    .bind(now.as_second())
+    .bind(booking_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        return Err(Error::Conflict("the booking is not booked".into()));
+    };
+    let booking = booking_from_row(&row)?;
+    let action = format!("booking.{}", outcome.as_str());
+    audit::record(
+        &mut tx,
+        &booking_entry(&Actor::System, &action, &booking, Outcome::Allowed),
+        now.as_second(),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(booking)
+}
+
+/// Finds the booking a caller may manage. A token finds its own booking; a
+/// resident finds only their own, and asking for another's is audit-logged and
+/// answered exactly as a missing booking.
+/// The still-booked booking a caller may change, with its resident. Any
+/// other status is a conflict: a cancelled booking cannot be `verb`.
+pub(super) async fn find_active(
+    db: &Db,
+    authority: Authority<'_>,
+    booking_id: Option<&str>,
+    now: Timestamp,
+    verb: &str,
+) -> Result<(Booking, Resident), Error> {
+    let booking = find_managed(db, authority, booking_id, now).await?;
+    if booking.status != BookingStatus::Booked {
+        return Err(Error::Conflict(format!(
+            "a {} booking cannot be {verb}",
+            booking.status.as_str()
+        )));
+    }
+    let resident = accounts::resident_by_id(db, &booking.resident_id)
+        .await?
+        .ok_or(Error::NotFound)?;
+    Ok((booking, resident))
+}
+
+pub(super) async fn find_managed(
+    db: &Db,
+    authority: Authority<'_>,
+    booking_id: Option<&str>,
+    now: Timestamp,
+) -> Result<Booking, Error> {
+    match authority {
+        // A spent or expired token finds nothing (`by_token` says why).
+        Authority::Token(token) => by_token(db, token, now).await,
+        Authority::Resident(resident) => {
+            let id = booking_id.ok_or(Error::NotFound)?;
+            let row = sqlx::query(&format!(
+                "SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(db.pool())
+            .await?;
+            let booking = row.as_ref().map(booking_from_row).transpose()?;
+            match booking {
+                Some(b) if b.resident_id == resident.id => Ok(b),
+                Some(b) => {
+                    let actor = Actor::Resident(resident.id.clone());
+                    audit::record_now(
+                        db,
+                        &booking_entry(&actor, "booking.read", &b, Outcome::Denied),
+                        now.as_second(),
+                    )
+                    .await?;
+                    Err(Error::NotFound)
+                }
+                None => Err(Error::NotFound),
+            }
+        }
+    }
+}
+
+pub(super) fn authority_actor(authority: Authority<'_>) -> Actor {
+    match authority {
+        Authority::Token(_) => Actor::Anonymous,
+        Authority::Resident(r) => Actor::Resident(r.id.clone()),
+    }
+}
+
+pub(super) fn booking_entry<'a>(
+    actor: &'a Actor,
+    action: &'a str,
+    booking: &'a Booking,
+    outcome: Outcome,
+) -> Entry<'a> {
+    Entry {
+        actor,
+        action,
+        subject: format!("booking:{}", booking.id),
+        resident_id: Some(&booking.resident_id),
+        on_behalf_of: Some(booking.performed_for.as_str()),
+        rule: Some(&booking.rule),
+        agreement_id: booking.agreement_id.as_deref(),
+        outcome,
+    }
+}
