@@ -81,10 +81,13 @@ pub struct Keys {
 }
 
 impl Keys {
+    /// Keys from `secret`, which must not be empty (startup refuses any
+    /// secret shorter than 32 characters, so only a bug can get here with one).
     pub fn new(secret: &[u8]) -> Keys {
+        const NOT_EMPTY: &str = "the session secret is not empty";
         Keys {
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
+            encoding: EncodingKey::from_secret(secret).expect(NOT_EMPTY),
+            decoding: DecodingKey::from_secret(secret).expect(NOT_EMPTY),
         }
     }
 

@@ -298,7 +298,13 @@ fn secret_file(
     }
     let path = settings.data_dir.join(name);
     if let Ok(existing) = std::fs::read_to_string(&path) {
-        return Ok(existing.trim().to_owned());
+        let existing = existing.trim();
+        anyhow::ensure!(
+            existing.len() >= 32,
+            "{} must hold at least 32 characters; delete it to have a new secret made",
+            path.display()
+        );
+        return Ok(existing.to_owned());
     }
     std::fs::create_dir_all(&settings.data_dir)?;
     let secret = random_secret();

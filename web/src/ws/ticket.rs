@@ -145,13 +145,14 @@ impl Tickets {
         let key = [secret, b"/ws-ticket"].concat();
         let chat_key = [secret, b"/anonymous-chat"].concat();
         let guest_key = [secret, b"/guest-link"].concat();
+        const SUFFIXED: &str = "a key with a suffix is never empty";
         Tickets {
-            encoding: EncodingKey::from_secret(&key),
-            decoding: DecodingKey::from_secret(&key),
-            chat_encoding: EncodingKey::from_secret(&chat_key),
-            chat_decoding: DecodingKey::from_secret(&chat_key),
-            guest_encoding: EncodingKey::from_secret(&guest_key),
-            guest_decoding: DecodingKey::from_secret(&guest_key),
+            encoding: EncodingKey::from_secret(&key).expect(SUFFIXED),
+            decoding: DecodingKey::from_secret(&key).expect(SUFFIXED),
+            chat_encoding: EncodingKey::from_secret(&chat_key).expect(SUFFIXED),
+            chat_decoding: DecodingKey::from_secret(&chat_key).expect(SUFFIXED),
+            guest_encoding: EncodingKey::from_secret(&guest_key).expect(SUFFIXED),
+            guest_decoding: DecodingKey::from_secret(&guest_key).expect(SUFFIXED),
             spent: Arc::new(Mutex::new(HashMap::new())),
         }
     }
