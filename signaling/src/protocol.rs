@@ -463,6 +463,9 @@ pub struct QueueEntryView {
     pub anonymous: bool,
     /// Unix seconds, UTC.
     pub enqueued_at: i64,
+    /// The queue's order: a chat with a lower ticket is served first. Two
+    /// chats opened in the same second share `enqueued_at`, never a ticket.
+    pub ticket: i64,
 }
 
 /// The languages Kontakt speaks, for canned responses. Swedish is the

@@ -1340,6 +1340,7 @@ impl Conversation {
             home_municipality: self.record.home_municipality.clone(),
             anonymous: self.record.anonymous,
             enqueued_at: self.record.enqueued_at,
+            ticket: self.record.ticket,
         }
     }
 }
@@ -1500,8 +1501,8 @@ mod tests {
             [
                 "persist-entry chat:1 waiting",
                 r#"c11 joined {"last_seq":0,"participants":[{"party":"resident:r1","role":"resident"}],"state":"admitted"}"#,
-                r#"c1 queue.entry {"entry":{"anonymous":false,"enqueued_at":0,"home_municipality":"0181","room":"chat:1","service":"stod"}}"#,
-                r#"c2 queue.entry {"entry":{"anonymous":false,"enqueued_at":0,"home_municipality":"0181","room":"chat:1","service":"stod"}}"#,
+                r#"c1 queue.entry {"entry":{"anonymous":false,"enqueued_at":0,"home_municipality":"0181","room":"chat:1","service":"stod","ticket":1}}"#,
+                r#"c2 queue.entry {"entry":{"anonymous":false,"enqueued_at":0,"home_municipality":"0181","room":"chat:1","service":"stod","ticket":1}}"#,
                 r#"c11 queue.status {"eta_secs":600,"position":1,"staff_online":true}"#,
             ]
             .join("\n")
@@ -1532,7 +1533,7 @@ mod tests {
                 "c1 queue.entry_removed",
                 "c2 queue.entry_removed",
                 "audit staff:a conversation.open",
-                r#"c1 queue.assigned {"entry":{"anonymous":false,"enqueued_at":0,"home_municipality":"0181","room":"chat:1","service":"stod"}}"#,
+                r#"c1 queue.assigned {"entry":{"anonymous":false,"enqueued_at":0,"home_municipality":"0181","room":"chat:1","service":"stod","ticket":1}}"#,
                 "persist 1 assigned",
                 r#"c11 event {"event":{"kind":"assigned","staff":"staff:a"},"seq":1}"#,
                 r#"c1 event {"event":{"kind":"assigned","staff":"staff:a"},"seq":1}"#,

@@ -305,10 +305,11 @@ function addEntry(entry, announce) {
   if (old) {
     old.replaceWith(item);
   } else {
-    // Oldest first, as the queue serves them.
+    // In the queue's order, as it serves them: by ticket, since chats
+    // opened in the same second share their time.
     const later = Array.prototype.find.call(
       queueList.children,
-      (other) => (entries.get(other.dataset.room) || {}).enqueued_at > entry.enqueued_at,
+      (other) => (entries.get(other.dataset.room) || {}).ticket > entry.ticket,
     );
     queueList.insertBefore(item, later || null);
   }
