@@ -76,6 +76,21 @@ pub async fn municipality(db: &Db, code: &MunicipalityCode) -> Result<Option<Mun
     row.as_ref().map(municipality_from_row).transpose()
 }
 
+/// A municipality's name as of the last catalogue this process loaded,
+/// which may lag a change by a request (fine for a name in an answer), else
+/// from the database; empty for a code nobody knows.
+pub async fn municipality_name(db: &Db, code: &MunicipalityCode) -> Result<String, Error> {
+    let cached =
+        crate::snapshot::last_loaded(db).and_then(|s| s.municipality(code).map(|m| m.name.clone()));
+    match cached {
+        Some(name) => Ok(name),
+        None => Ok(municipality(db, code)
+            .await?
+            .map(|m| m.name)
+            .unwrap_or_default()),
+    }
+}
+
 fn municipality_from_row(r: &AnyRow) -> Result<Municipality, Error> {
     Ok(Municipality {
         code: MunicipalityCode::parse(&r.try_get::<String, _>("code")?)?,

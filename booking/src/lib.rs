@@ -11,27 +11,30 @@ pub mod batch;
 pub mod bookings;
 pub mod catalog;
 pub mod chats;
-pub mod db;
-pub mod domain;
+mod db;
+mod domain;
 pub mod events;
 pub mod load;
 pub mod outbox;
-pub mod passwords;
-pub mod policy;
+mod passwords;
+mod policy;
+mod pool;
 pub mod seed;
 pub mod sessions;
 pub mod slots;
-pub mod snapshot;
+mod snapshot;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod throttle;
-pub mod time;
+mod time;
 
-pub use db::{Backend, Db, DbError};
+pub use db::{Backend, Db, DbError, Hold, WriteTurn};
 pub use domain::{
     BookingStatus, DateRange, EmailAddress, InvalidValue, Language, LocalDate, MessageText,
     MunicipalityCode, NewPassword, Password, PersonName, PhoneNumber, Role, Rule, ServiceCode,
     SlotRange, Step,
 };
+pub use pool::Pool;
 
 /// What can go wrong in the booking domain. The web layer maps each variant to
 /// a status code; `Db` and `Corrupt` are never shown to clients.

@@ -15,7 +15,7 @@ use jiff::{Span, Timestamp};
 use sqlx::{AnyConnection, Row};
 
 use crate::batch::Statement;
-use crate::db::Db;
+use crate::db::{Db, DbError};
 use crate::domain::SlotRange;
 use crate::slots::Template;
 use crate::Error;
@@ -118,6 +118,20 @@ pub async fn stored(conn: &mut AnyConnection) -> Result<HashMap<(String, String)
             ))
         })
         .collect()
+}
+
+impl Db {
+    /// Applies the schema migrations of this database's dialect, then
+    /// rebuilds the figures derived from the tables where a migration left
+    /// them missing.
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        self.base().migrate_schema().await?;
+        let tz = crate::time::zone(crate::time::DISPLAY_ZONE)
+            .map_err(|e| DbError::Derived(e.to_string()))?;
+        rebuild_if_missing(self, &tz)
+            .await
+            .map_err(|e| DbError::Derived(e.to_string()))
+    }
 }
 
 /// Rebuilds the table if it is empty while bookings exist: after the

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use booking::bookings::{self, Authority, Booking};
-use booking::{catalog, snapshot, Db, Language, ServiceCode};
+use booking::{catalog, Db, Language, ServiceCode};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -95,17 +95,8 @@ pub struct BookedDto {
 
 pub(crate) async fn booking_dto(db: &Db, b: Booking) -> Result<BookingDto, AppError> {
     let locale = current_locale();
-    // The name as of the last catalog this process loaded (a booking
-    // request has just loaded it), else from the database.
-    let cached = snapshot::last_loaded(db)
-        .and_then(|s| s.municipality(&b.performed_by).map(|m| m.name.clone()));
-    let performed_by_name = match cached {
-        Some(name) => name,
-        None => catalog::municipality(db, &b.performed_by)
-            .await?
-            .map(|m| m.name)
-            .unwrap_or_default(),
-    };
+    // A booking request has just loaded the catalogue.
+    let performed_by_name = catalog::municipality_name(db, &b.performed_by).await?;
     Ok(BookingDto {
         service_name: rust_i18n::t!(format!("service.{}", b.service), locale = locale.code())
             .into_owned(),
