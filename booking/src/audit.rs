@@ -7,6 +7,7 @@ use sqlx::{AnyConnection, Row};
 
 use crate::batch::Statement;
 use crate::db::Db;
+use crate::domain::Basis;
 
 /// Who acted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +49,7 @@ pub struct Entry<'a> {
     pub resident_id: Option<&'a str>,
     /// The home municipality the work was done for.
     pub on_behalf_of: Option<&'a str>,
-    pub rule: Option<&'a str>,
+    pub rule: Option<Basis>,
     pub agreement_id: Option<&'a str>,
     pub outcome: Outcome,
 }
@@ -63,7 +64,7 @@ pub struct Record {
     pub subject: String,
     pub resident_id: Option<String>,
     pub on_behalf_of: Option<String>,
-    pub rule: Option<String>,
+    pub rule: Option<Basis>,
     pub agreement_id: Option<String>,
     pub outcome: String,
 }
@@ -85,7 +86,7 @@ pub fn statement(entry: &Entry<'_>, now: i64) -> Statement {
     .bind(entry.subject.clone())
     .bind(entry.resident_id)
     .bind(entry.on_behalf_of)
-    .bind(entry.rule)
+    .bind(entry.rule.map(|b| b.as_str()))
     .bind(entry.agreement_id)
     .bind(match entry.outcome {
         Outcome::Allowed => "allowed",
@@ -124,7 +125,11 @@ pub async fn recent(
                 subject: r.try_get("subject")?,
                 resident_id: r.try_get("resident_id")?,
                 on_behalf_of: r.try_get("on_behalf_of")?,
-                rule: r.try_get("rule")?,
+                rule: r
+                    .try_get::<Option<String>, _>("rule")?
+                    .as_deref()
+                    .map(Basis::parse)
+                    .transpose()?,
                 agreement_id: r.try_get("agreement_id")?,
                 outcome: r.try_get("outcome")?,
             })

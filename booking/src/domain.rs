@@ -203,6 +203,27 @@ str_enum!(
 );
 
 str_enum!(
+    /// What a booking or an audit entry rests on: the resident's home
+    /// municipality, or the cross-border rule of the service step.
+    Basis, "basis", {
+        Home => "home",
+        Open => "open",
+        Agreement => "agreement",
+        HomeOnly => "home_only",
+    }
+);
+
+impl From<Rule> for Basis {
+    fn from(rule: Rule) -> Basis {
+        match rule {
+            Rule::Open => Basis::Open,
+            Rule::Agreement => Basis::Agreement,
+            Rule::HomeOnly => Basis::HomeOnly,
+        }
+    }
+}
+
+str_enum!(
     /// What a staff account may do.
     Role, "role", {
         Staff => "staff",
@@ -686,6 +707,16 @@ mod tests {
         assert!(LocalDate::holds("starts_at", far).is_err());
         let near = "2026-12-03T09:00:00Z".parse().unwrap();
         assert!(LocalDate::holds("starts_at", near).is_ok());
+    }
+
+    #[test]
+    fn a_basis_is_home_or_the_rule_it_rests_on() {
+        for rule in [Rule::Open, Rule::Agreement, Rule::HomeOnly] {
+            assert_eq!(Basis::from(rule).as_str(), rule.as_str());
+        }
+        assert_eq!(Basis::parse("home").unwrap(), Basis::Home);
+        let err = Basis::parse("closed").unwrap_err();
+        assert_eq!(err.field, "basis");
     }
 
     #[test]

@@ -30,7 +30,7 @@ mod time;
 
 pub use db::{Backend, Db, DbError, Hold, WriteTurn};
 pub use domain::{
-    BookingStatus, DateRange, EmailAddress, InvalidValue, Language, LocalDate, MessageText,
+    Basis, BookingStatus, DateRange, EmailAddress, InvalidValue, Language, LocalDate, MessageText,
     MunicipalityCode, NewPassword, Password, PersonName, PhoneNumber, Role, Rule, ServiceCode,
     SlotRange, Step,
 };

@@ -8,7 +8,7 @@
 use jiff::civil::Date;
 use serde::Serialize;
 
-use crate::domain::{MunicipalityCode, Rule, ServiceCode, Step};
+use crate::domain::{Basis, MunicipalityCode, Rule, ServiceCode, Step};
 
 /// An avtalssamverkan: `host` may perform the covered steps of services for
 /// residents of `home` between `valid_from` and `valid_to`, both inclusive.
@@ -66,12 +66,12 @@ impl Decision {
         !matches!(self, Decision::Refused { .. })
     }
 
-    /// The rule text stored with bookings and audit entries: `home` for the
-    /// home municipality, otherwise the service step's rule.
-    pub fn rule_label(&self) -> &'static str {
+    /// What bookings and audit entries record it rests on: the home
+    /// municipality, otherwise the service step's rule.
+    pub fn basis(&self) -> Basis {
         match self {
-            Decision::Home => "home",
-            Decision::CrossBorder { rule, .. } | Decision::Refused { rule } => rule.as_str(),
+            Decision::Home => Basis::Home,
+            Decision::CrossBorder { rule, .. } | Decision::Refused { rule } => Basis::from(*rule),
         }
     }
 

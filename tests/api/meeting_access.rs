@@ -268,7 +268,7 @@ async fn the_meeting_room_admits_exactly_who_may_read_the_booking() {
                 );
                 assert!(denied.iter().all(|r| r.subject == room
                     && r.on_behalf_of.as_deref() == Some("2418")
-                    && r.rule.as_deref() == Some("agreement")
+                    && r.rule == Some(booking::Basis::Agreement)
                     && r.agreement_id.as_deref() == Some("avtal-lycksele-mala")));
             }
         }

@@ -138,7 +138,7 @@ pub async fn reschedule(
         .bind(candidate.range.end().as_second())
         .bind(candidate.municipality.as_str())
         .bind(candidate.decision.agreement_id())
-        .bind(candidate.decision.rule_label())
+        .bind(candidate.decision.basis().as_str())
         .bind(now.as_second())
         .bind(&booking.id)
         .bind(&booking.staff_id)
@@ -361,7 +361,7 @@ pub(super) fn booking_entry<'a>(
         subject: format!("booking:{}", booking.id),
         resident_id: Some(&booking.resident_id),
         on_behalf_of: Some(booking.performed_for.as_str()),
-        rule: Some(&booking.rule),
+        rule: Some(booking.rule),
         agreement_id: booking.agreement_id.as_deref(),
         outcome,
     }

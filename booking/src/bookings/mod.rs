@@ -23,7 +23,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use crate::db::Db;
-use crate::domain::{BookingStatus, MunicipalityCode, ServiceCode, SlotRange, Step};
+use crate::domain::{Basis, BookingStatus, MunicipalityCode, ServiceCode, SlotRange, Step};
 use crate::outbox::NeutralTitle;
 use crate::Error;
 
@@ -72,8 +72,8 @@ pub struct Booking {
     /// The resident's home municipality, which stays responsible.
     pub performed_for: MunicipalityCode,
     pub agreement_id: Option<String>,
-    /// `home`, or the cross-border rule the booking relied on.
-    pub rule: String,
+    /// The home municipality, or the cross-border rule the booking relied on.
+    pub rule: Basis,
     /// Bumped on every change, for calendar invitations.
     pub sequence: i64,
     /// The neutral title the resident chose at booking for discreet mail;
@@ -120,7 +120,7 @@ fn booking_from_row(r: &AnyRow) -> Result<Booking, Error> {
         performed_by: MunicipalityCode::parse(&r.try_get::<String, _>("performed_by")?)?,
         performed_for: MunicipalityCode::parse(&r.try_get::<String, _>("performed_for")?)?,
         agreement_id: r.try_get("agreement_id")?,
-        rule: r.try_get("rule")?,
+        rule: Basis::parse(&r.try_get::<String, _>("rule")?)?,
         sequence: r.try_get("sequence")?,
         neutral_title: r
             .try_get::<Option<String>, _>("neutral_title")?

@@ -174,7 +174,7 @@ pub async fn book_as_staff(
             subject: format!("resident:{}", resident.id),
             resident_id: Some(&resident.id),
             on_behalf_of: Some(resident.home.as_str()),
-            rule: Some(decision.rule_label()),
+            rule: Some(decision.basis()),
             agreement_id: None,
             outcome: Outcome::Denied,
         };
@@ -432,7 +432,7 @@ pub(super) fn new_booking(
         performed_by: candidate.municipality.clone(),
         performed_for: resident.home.clone(),
         agreement_id: candidate.decision.agreement_id().map(str::to_owned),
-        rule: candidate.decision.rule_label().to_owned(),
+        rule: candidate.decision.basis(),
         sequence: 0,
         neutral_title,
     }

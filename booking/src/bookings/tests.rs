@@ -7,7 +7,9 @@ use sqlx::Row;
 use crate::accounts::{random_token, Resident};
 use crate::batch::Statement;
 use crate::db::{is_booking_conflict, Backend, Db};
-use crate::domain::{BookingStatus, Language, MunicipalityCode, ServiceCode, SlotRange, Step};
+use crate::domain::{
+    Basis, BookingStatus, Language, MunicipalityCode, ServiceCode, SlotRange, Step,
+};
 use crate::load;
 use crate::slots::{self, Template};
 use crate::snapshot::{self};
@@ -72,7 +74,7 @@ impl OneStaff {
             performed_by: self.municipality.clone(),
             performed_for: self.resident.home.clone(),
             agreement_id: None,
-            rule: "home".into(),
+            rule: Basis::Home,
             sequence: 0,
             neutral_title: None,
         }

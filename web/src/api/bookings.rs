@@ -107,7 +107,7 @@ pub(crate) async fn booking_dto(db: &Db, b: Booking) -> Result<BookingDto, AppEr
         performed_by: b.performed_by.to_string(),
         performed_by_name,
         performed_for: b.performed_for.to_string(),
-        rule: b.rule,
+        rule: b.rule.as_str().to_owned(),
         agreement_id: b.agreement_id,
         id: b.id,
     })

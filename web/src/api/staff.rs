@@ -412,7 +412,7 @@ pub async fn audit(
                 subject: r.subject,
                 resident_id: r.resident_id,
                 on_behalf_of: r.on_behalf_of,
-                rule: r.rule,
+                rule: r.rule.map(|b| b.as_str().to_owned()),
                 agreement_id: r.agreement_id,
                 outcome: r.outcome,
             })

@@ -40,7 +40,7 @@ use axum::routing::get;
 use axum::Router;
 use booking::accounts::{Resident, Staff};
 use booking::bookings::{self, FreeTime, SearchQuery};
-use booking::{DateRange, Db, Language, MunicipalityCode, ServiceCode, SlotRange};
+use booking::{Basis, DateRange, Db, Language, MunicipalityCode, ServiceCode, SlotRange};
 use jiff::civil::Date;
 use jiff::{Timestamp, Zoned};
 use maud::{html, Markup, DOCTYPE};
@@ -788,14 +788,13 @@ pub async fn municipality_name(db: &Db, code: &MunicipalityCode) -> Result<Strin
 }
 
 /// Which rule a booking relies on, in words, with the agreement it cites.
-pub fn rule_text(rule: &str, agreement_id: Option<&str>) -> String {
+pub fn rule_text(rule: Basis, agreement_id: Option<&str>) -> String {
     match (rule, agreement_id) {
-        ("agreement", Some(id)) => tr_with("page.rule.agreement_with_id", &[("id", id)]),
-        ("home", _) => tr("page.rule.home"),
-        ("open", _) => tr("page.rule.open"),
-        ("agreement", None) => tr("page.rule.agreement"),
-        ("home_only", _) => tr("page.rule.home_only"),
-        (other, _) => other.to_owned(),
+        (Basis::Agreement, Some(id)) => tr_with("page.rule.agreement_with_id", &[("id", id)]),
+        (Basis::Agreement, None) => tr("page.rule.agreement"),
+        (Basis::Home, _) => tr("page.rule.home"),
+        (Basis::Open, _) => tr("page.rule.open"),
+        (Basis::HomeOnly, _) => tr("page.rule.home_only"),
     }
 }
 

@@ -664,7 +664,7 @@ fn booking_item(
                     dt { (tr("page.my.performed_for")) }
                     dd { (bdi(for_)) }
                     dt { (tr("page.my.rule")) }
-                    dd { (rule_text(&b.rule, b.agreement_id.as_deref())) }
+                    dd { (rule_text(b.rule, b.agreement_id.as_deref())) }
                 }
                 @if changeable {
                     div class="actions" {

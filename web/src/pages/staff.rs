@@ -192,7 +192,7 @@ async fn day(
                             th scope="row" { (bdi(&r.name)) }
                             td { (service_name(&b.service)) }
                             td { (bdi(&for_name)) }
-                            td { (rule_text(&b.rule, b.agreement_id.as_deref())) }
+                            td { (rule_text(b.rule, b.agreement_id.as_deref())) }
                             td { (status_text(b.status)) }
                             td {
                                 @if b.is_joinable(now) {
@@ -356,7 +356,7 @@ async fn audit_log(State(state): State<AppState>, ctx: Ctx) -> PageResult {
                         td { (r.on_behalf_of.as_deref().unwrap_or("")) }
                         td {
                             @if let Some(rule) = &r.rule {
-                                (rule_text(rule, r.agreement_id.as_deref()))
+                                (rule_text(*rule, r.agreement_id.as_deref()))
                             }
                         }
                         td { (r.outcome) }
