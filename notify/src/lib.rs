@@ -5,14 +5,14 @@
 //! - [`render`] turns an outbox [`Message`](booking::outbox::Message) into a
 //!   [`RenderedMail`] in the recipient's language.
 //! - [`Worker`] claims due outbox rows, sends them and records the outcome,
-//!   retrying with backoff and parking rows that keep failing.
-//! - [`queue`] lets admins list parked rows and send them again.
+//!   retrying with backoff and parking rows that keep failing, through
+//!   `booking::outbox::delivery`, which holds the outbox's SQL (and lets
+//!   admins list parked rows and send them again).
 //! - [`mailbox`] reads the `.eml` files of the file transport for the demo
 //!   page `/dev/mail`.
 
 pub mod calendar;
 pub mod mailbox;
-pub mod queue;
 pub mod render;
 pub mod settings;
 pub mod transport;
