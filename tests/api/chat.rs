@@ -962,25 +962,48 @@ async fn staff_offer_free_times_for_the_residents_home_and_the_resident_books_on
     }
 }
 
+/// A chat about ekonomiskt bistånd that Anna (of Malå) opened signed in,
+/// claimed by the first social worker of Lycksele.
+struct ClaimedChat {
+    staff: Client,
+    resident: Client,
+    anna: booking::accounts::Resident,
+    anna_token: String,
+    room: String,
+}
+
+async fn claimed_chat(app: &TestApp) -> ClaimedChat {
+    let mut staff = console(app, "2481").await;
+    let anna = app.resident("anna@example.se").await;
+    let anna_token = app.resident_token(&anna).await;
+    let mut resident = Client::open(app, &anna_token).await;
+    resident
+        .send(json!({"type": "queue.open", "service": "ekonomiskt-bistand"}))
+        .await;
+    let room = resident.until("joined").await["room"]
+        .as_str()
+        .expect("a room")
+        .to_owned();
+    staff.claim(&room).await;
+    ClaimedChat {
+        staff,
+        resident,
+        anna,
+        anna_token,
+        room,
+    }
+}
+
 #[tokio::test]
 async fn the_transcript_says_how_staff_closed_the_chat() {
     for app in spawn_apps().await {
-        let lycksele = social_workers(&app, "2481").await.remove(0);
-        let mut staff = Client::open(&app, &app.staff_token(lycksele.email.as_str()).await).await;
-        staff
-            .send(json!({"type": "staff.availability", "available": true, "max_chats": 2}))
-            .await;
-        let anna = app.resident("anna@example.se").await;
-        let anna_token = app.resident_token(&anna).await;
-        let mut resident = Client::open(&app, &anna_token).await;
-        resident
-            .send(json!({"type": "queue.open", "service": "ekonomiskt-bistand"}))
-            .await;
-        let room = resident.until("joined").await["room"]
-            .as_str()
-            .expect("a room")
-            .to_owned();
-        staff.claim(&room).await;
+        let ClaimedChat {
+            mut staff,
+            mut resident,
+            anna_token,
+            room,
+            ..
+        } = claimed_chat(&app).await;
         staff
             .send(json!({"type": "chat.close", "room": room, "outcome": "booked"}))
             .await;
@@ -1007,18 +1030,13 @@ async fn the_transcript_says_how_staff_closed_the_chat() {
 #[tokio::test]
 async fn a_resident_reads_their_own_chats_over_the_api_and_another_residents_is_not_found() {
     for app in spawn_apps().await {
-        let mut staff = console(&app, "2481").await;
-        let anna = app.resident("anna@example.se").await;
-        let anna_token = app.resident_token(&anna).await;
-        let mut resident = Client::open(&app, &anna_token).await;
-        resident
-            .send(json!({"type": "queue.open", "service": "ekonomiskt-bistand"}))
-            .await;
-        let room = resident.until("joined").await["room"]
-            .as_str()
-            .expect("a room")
-            .to_owned();
-        staff.claim(&room).await;
+        let ClaimedChat {
+            mut staff,
+            mut resident,
+            anna,
+            anna_token,
+            room,
+        } = claimed_chat(&app).await;
         resident
             .send(json!({"type": "chat.send", "room": room, "client_id": "r1", "text": "Hur ansöker jag?"}))
             .await;
@@ -1092,15 +1110,9 @@ async fn a_resident_reads_their_own_chats_over_the_api_and_another_residents_is_
         assert_eq!(missing.text().await.expect("a body"), peek, "alike");
         assert_eq!(app.get(&path, None).await.status(), 401, "{}", app.backend);
 
-        let audit = booking::audit::recent(&app.db, Some(&anna.id), 100)
-            .await
-            .expect("audit");
-        let entries = |actor: &str, action: &str, outcome: &str| {
-            audit
-                .iter()
-                .filter(|r| r.actor == actor && r.action == action && r.outcome == outcome)
-                .count()
-        };
+        let audit = app.audit_about(&anna.id).await;
+        let entries =
+            |actor: &str, action: &str, outcome: &str| audit.count(actor, action, outcome);
         let anna_actor = format!("resident:{}", anna.id);
         let erik_actor = format!("resident:{}", erik.id);
         assert_eq!(entries(&anna_actor, "chat.list", "allowed"), 1, "{audit:?}");
