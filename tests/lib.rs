@@ -228,6 +228,16 @@ impl TestApp {
             .expect("the mail page")
     }
 
+    /// The audit log's entries about the resident `resident_id`, newest
+    /// first (at most 100).
+    pub async fn audit_about(&self, resident_id: &str) -> AuditLog {
+        AuditLog(
+            booking::audit::recent(&self.db, Some(resident_id), 100)
+                .await
+                .expect("audit"),
+        )
+    }
+
     pub async fn resident(&self, email: &str) -> Resident {
         accounts::resident_by_email(&self.db, &EmailAddress::parse(email).expect("an email"))
             .await
@@ -276,6 +286,21 @@ impl TestApp {
             .await;
         assert_eq!(response.status(), 200);
         response.json::<Vec<Value>>().await.expect("json")
+    }
+}
+
+/// Audit entries, as [`TestApp::audit_about`] reads them.
+#[derive(Debug)]
+pub struct AuditLog(pub Vec<booking::audit::Record>);
+
+impl AuditLog {
+    /// How many entries have this actor (`resident:<id>`), action and
+    /// outcome (`allowed` or `denied`).
+    pub fn count(&self, actor: &str, action: &str, outcome: &str) -> usize {
+        self.0
+            .iter()
+            .filter(|r| r.actor == actor && r.action == action && r.outcome == outcome)
+            .count()
     }
 }
 

@@ -17,7 +17,7 @@ use crate::domain::{
     DateRange, EmailAddress, InvalidValue, Language, MessageText, MunicipalityCode, PersonName,
     PhoneNumber, ServiceCode, SlotRange, Step,
 };
-use crate::events;
+use crate::events::{self, EventRow, QueueEntryRow};
 use crate::outbox::{self, Message, NeutralTitle};
 use crate::snapshot::{self, Snapshot};
 use crate::Error;
@@ -85,6 +85,124 @@ pub async fn offered(
     }
     offered.sort_by_key(|s| (s.is_general(), s.code.clone()));
     Ok(offered)
+}
+
+impl Resident {
+    /// The resident's party id in the hub, `resident:<id>`.
+    pub fn party(&self) -> String {
+        format!("resident:{}", self.id)
+    }
+
+    /// Whether the resident may read the chat conversation `entry`: only one
+    /// they opened while signed in. An anonymous conversation is nobody's to
+    /// read afterwards, since nothing ties it to the person asking.
+    pub fn may_read_chat(&self, entry: &QueueEntryRow) -> bool {
+        !entry.anonymous && entry.resident == self.party()
+    }
+}
+
+/// One chat conversation as its resident reads it: its queue entry and the
+/// room's stored events, which the caller narrows to what the resident may
+/// see with `signaling::history::transcript_for`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conversation {
+    pub entry: QueueEntryRow,
+    pub events: Vec<EventRow>,
+}
+
+/// The chat conversations `resident` opened while signed in, newest first,
+/// whatever their state. The read is audit-logged (`chat.list`) after it,
+/// and nothing is returned unless that entry was written.
+pub async fn conversations_of(
+    db: &Db,
+    resident: &Resident,
+    now: Timestamp,
+) -> Result<Vec<QueueEntryRow>, Error> {
+    let conversations = events::resident_conversations(db, &resident.party()).await?;
+    chat_read(
+        db,
+        resident,
+        "chat.list",
+        resident.party(),
+        Some(&resident.id),
+        Some(resident.home.as_str()),
+        Outcome::Allowed,
+        now,
+    )
+    .await?;
+    Ok(conversations)
+}
+
+/// The conversation in `room`, if `resident` may read it
+/// ([`Resident::may_read_chat`]); otherwise `NotFound`, as for a missing one.
+/// A read is audit-logged (`chat.read`) after it, and nothing is returned
+/// unless that entry was written; a refused read of another's conversation
+/// is audit-logged too, naming whose it was.
+pub async fn conversation_of(
+    db: &Db,
+    resident: &Resident,
+    room: &str,
+    now: Timestamp,
+) -> Result<Conversation, Error> {
+    let entry = match events::queue_entry(db, room).await? {
+        Some(entry) if resident.may_read_chat(&entry) => entry,
+        Some(entry) => {
+            chat_read(
+                db,
+                resident,
+                "chat.read",
+                entry.room.clone(),
+                entry.resident.strip_prefix("resident:"),
+                Some(&entry.home_municipality),
+                Outcome::Denied,
+                now,
+            )
+            .await?;
+            return Err(Error::NotFound);
+        }
+        None => return Err(Error::NotFound),
+    };
+    let events = events::events_after(db, &entry.room, 0).await?;
+    chat_read(
+        db,
+        resident,
+        "chat.read",
+        entry.room.clone(),
+        Some(&resident.id),
+        Some(&entry.home_municipality),
+        Outcome::Allowed,
+        now,
+    )
+    .await?;
+    Ok(Conversation { entry, events })
+}
+
+/// Audits a resident's read of chat conversations, now: `owner` is the
+/// resident whose conversation it is.
+#[allow(clippy::too_many_arguments)]
+async fn chat_read(
+    db: &Db,
+    resident: &Resident,
+    action: &str,
+    subject: String,
+    owner: Option<&str>,
+    on_behalf_of: Option<&str>,
+    outcome: Outcome,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let actor = Actor::Resident(resident.id.clone());
+    let entry = Entry {
+        actor: &actor,
+        action,
+        subject,
+        resident_id: owner,
+        on_behalf_of,
+        rule: None,
+        agreement_id: None,
+        outcome,
+    };
+    audit::record_now(db, &entry, now.as_second()).await?;
+    Ok(())
 }
 
 /// A message left through the offline form, as the web layer checked it.

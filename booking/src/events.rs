@@ -1,66 +1,114 @@
-//! Storage for the real-time hub: each room's sequenced history and the open
-//! chat queue entries. The rows are plain strings and integers; the `web`
-//! crate converts them to and from the hub's own row types, so this crate
-//! knows nothing about the hub.
+//! Storage for the real-time hub: each room's sequenced history, the open
+//! chat queue entries and the cluster's lease. The rows are `signaling`'s
+//! own ([`EventRow`], [`QueueEntryRow`]); [`DbStore`] and [`DbLease`] give
+//! the hub its store and lease traits over this SQL, so the rows are defined
+//! once and the SQL lives here, once.
 
+use async_trait::async_trait;
+use signaling::bus::BusError;
+use signaling::cluster::{Lease, LEASE_TTL};
+use signaling::store::{append_one_by_one, Appended, Store, StoreError};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Connection, Row};
 
 use crate::db::{Backend, Db};
 use crate::Error;
 
-/// One row of `signaling_events`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventRow {
-    pub room: String,
-    pub seq: i64,
-    /// A JSON array of party ids, or `None` for every member of the room.
-    pub audience: Option<String>,
-    pub kind: String,
-    pub sender: Option<String>,
-    pub client_id: Option<String>,
-    /// The event as JSON.
-    pub body: String,
-    /// Unix seconds, UTC.
-    pub at: i64,
+pub use signaling::store::{EventRow, QueueEntryRow};
+
+/// The hub's storage in the application's database.
+#[derive(Clone)]
+pub struct DbStore {
+    db: Db,
 }
 
-/// One row of `signaling_queue_entries`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueEntryRow {
-    pub room: String,
-    pub ticket: i64,
-    pub service: String,
-    pub home_municipality: String,
-    pub resident: String,
-    pub anonymous: bool,
-    /// Municipality codes, comma-separated.
-    pub eligible_municipalities: String,
-    /// `waiting`, `assigned` or `closed`.
-    pub state: String,
-    pub staff: Option<String>,
-    /// Unix seconds, UTC.
-    pub enqueued_at: i64,
+impl DbStore {
+    pub fn new(db: Db) -> DbStore {
+        DbStore { db }
+    }
 }
 
-/// What [`append_event`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Appended {
-    /// The row is stored under its own seq.
-    Stored,
-    /// A chat message with the same room, sender and client id was stored
-    /// before, under this seq; nothing new was stored.
-    Existing { seq: i64 },
-    /// Another row already holds this `(room, seq)`: another writer won.
-    SeqTaken,
+#[async_trait]
+impl Store for DbStore {
+    async fn append_event(&self, row: EventRow) -> Result<Appended, StoreError> {
+        append_event(&self.db, &row).await.map_err(unavailable)?
+    }
+
+    async fn append_events(&self, rows: Vec<EventRow>) -> Vec<Result<Appended, StoreError>> {
+        match append_events(&self.db, &rows).await {
+            Ok(true) => vec![Ok(Appended::Stored); rows.len()],
+            // A row collided: find out which, one by one.
+            Ok(false) => append_one_by_one(self, rows).await,
+            Err(e) => {
+                let error = unavailable(e);
+                rows.iter().map(|_| Err(error.clone())).collect()
+            }
+        }
+    }
+
+    async fn events_after(&self, room: &str, after_seq: i64) -> Result<Vec<EventRow>, StoreError> {
+        events_after(&self.db, room, after_seq)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn save_queue_entry(&self, row: QueueEntryRow) -> Result<(), StoreError> {
+        save_queue_entry(&self.db, &row).await.map_err(unavailable)
+    }
+
+    async fn open_queue_entries(&self) -> Result<Vec<QueueEntryRow>, StoreError> {
+        open_queue_entries(&self.db).await.map_err(unavailable)
+    }
 }
 
-/// Stores one event, unless the same chat message is already stored. The
-/// primary key and the unique index decide, so two writers racing on one
-/// room cannot both store a seq or both store a message.
-pub async fn append_event(db: &Db, row: &EventRow) -> Result<Appended, Error> {
+/// Which node owns a cluster's rooms and queue, as a row in the database
+/// all nodes share ([`hold_lease`]).
+pub struct DbLease {
+    db: Db,
+    name: String,
+}
+
+impl DbLease {
+    pub fn new(db: Db, cluster: &str) -> DbLease {
+        DbLease {
+            db,
+            name: format!("hub:{cluster}"),
+        }
+    }
+}
+
+#[async_trait]
+impl Lease for DbLease {
+    async fn hold(&self, node: &str) -> Result<Option<String>, BusError> {
+        let now_ms = jiff::Timestamp::now().as_millisecond();
+        let ttl_ms = i64::try_from(LEASE_TTL.as_millis()).unwrap_or(i64::MAX);
+        hold_lease(&self.db, &self.name, node, now_ms, now_ms + ttl_ms)
+            .await
+            .map_err(|e| BusError::Failed(e.to_string()))
+    }
+
+    async fn release(&self, node: &str) -> Result<(), BusError> {
+        release_lease(&self.db, &self.name, node)
+            .await
+            .map_err(|e| BusError::Failed(e.to_string()))
+    }
+}
+
+/// The hub only needs to know that the write did not happen; the cause is
+/// logged here, once, with its full chain.
+fn unavailable(err: Error) -> StoreError {
+    tracing::error!(error = ?err, "signaling storage failed");
+    StoreError::Unavailable(err.to_string())
+}
+
+/// Stores one event, unless the same chat message is already stored
+/// ([`Appended::Duplicate`]); [`StoreError::SeqTaken`] when another row holds
+/// its `(room, seq)`. The primary key and the unique index decide, so two
+/// writers racing on one room cannot both store a seq or both store a
+/// message. The outer error is the database's.
+pub async fn append_event(db: &Db, row: &EventRow) -> Result<Result<Appended, StoreError>, Error> {
     if let Some(seq) = existing_message(db, row).await? {
-        return Ok(Appended::Existing { seq });
+        return Ok(Ok(Appended::Duplicate { seq }));
     }
     let inserted = {
         let _turn = db.write_turn().await;
@@ -80,13 +128,16 @@ pub async fn append_event(db: &Db, row: &EventRow) -> Result<Appended, Error> {
         .await
     };
     match inserted {
-        Ok(_) => Ok(Appended::Stored),
+        Ok(_) => Ok(Ok(Appended::Stored)),
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
             // Either the seq or the client id collided; a message stored by
             // a racing writer meanwhile counts as the same message.
             match existing_message(db, row).await? {
-                Some(seq) => Ok(Appended::Existing { seq }),
-                None => Ok(Appended::SeqTaken),
+                Some(seq) => Ok(Ok(Appended::Duplicate { seq })),
+                None => Ok(Err(StoreError::SeqTaken {
+                    room: row.room.clone(),
+                    seq: row.seq,
+                })),
             }
         }
         Err(e) => Err(Error::Db(e)),
@@ -367,7 +418,6 @@ fn event_from_row(r: &AnyRow) -> Result<EventRow, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::TestDb;
 
     #[test]
     fn any_batch_is_cut_into_a_few_statement_sizes() {
@@ -404,27 +454,31 @@ mod tests {
 
     #[tokio::test]
     async fn events_dedup_by_client_id_and_refuse_a_taken_seq() {
-        let test = TestDb::sqlite().await;
-        let db = &test.db;
-        assert_eq!(
-            append_event(db, &chat(1, "a")).await.unwrap(),
-            Appended::Stored
-        );
-        let mut joined = chat(2, "x");
-        joined.sender = None;
-        joined.client_id = None;
-        joined.kind = "participant_joined".into();
-        assert_eq!(append_event(db, &joined).await.unwrap(), Appended::Stored);
-        assert_eq!(
-            append_event(db, &chat(3, "a")).await.unwrap(),
-            Appended::Existing { seq: 1 }
-        );
-        assert_eq!(
-            append_event(db, &chat(2, "b")).await.unwrap(),
-            Appended::SeqTaken
-        );
-        let after: Vec<EventRow> = events_after(db, "chat:1", 1).await.unwrap();
-        assert_eq!(after, vec![joined]);
+        for test in crate::testing::databases().await {
+            let db = &test.db;
+            assert_eq!(
+                append_event(db, &chat(1, "a")).await.unwrap(),
+                Ok(Appended::Stored)
+            );
+            let mut joined = chat(2, "x");
+            joined.sender = None;
+            joined.client_id = None;
+            joined.kind = "participant_joined".into();
+            assert_eq!(
+                append_event(db, &joined).await.unwrap(),
+                Ok(Appended::Stored)
+            );
+            assert_eq!(
+                append_event(db, &chat(3, "a")).await.unwrap(),
+                Ok(Appended::Duplicate { seq: 1 })
+            );
+            assert!(matches!(
+                append_event(db, &chat(2, "b")).await.unwrap(),
+                Err(StoreError::SeqTaken { seq: 2, .. })
+            ));
+            let after: Vec<EventRow> = events_after(db, "chat:1", 1).await.unwrap();
+            assert_eq!(after, vec![joined]);
+        }
     }
 
     #[tokio::test]
@@ -455,28 +509,29 @@ mod tests {
 
     #[tokio::test]
     async fn queue_entries_are_replaced_and_closed_ones_left_out() {
-        let test = TestDb::sqlite().await;
-        let db = &test.db;
-        let mut entry = QueueEntryRow {
-            room: "chat:1".into(),
-            ticket: 2,
-            service: "stod".into(),
-            home_municipality: "0180".into(),
-            resident: "anonymous:chat:1".into(),
-            anonymous: true,
-            eligible_municipalities: "0180,0181".into(),
-            state: "waiting".into(),
-            staff: None,
-            enqueued_at: 9,
-        };
-        save_queue_entry(db, &entry).await.unwrap();
-        entry.state = "assigned".into();
-        entry.staff = Some("s1".into());
-        save_queue_entry(db, &entry).await.unwrap();
-        assert_eq!(open_queue_entries(db).await.unwrap(), vec![entry.clone()]);
-        entry.state = "closed".into();
-        save_queue_entry(db, &entry).await.unwrap();
-        assert!(open_queue_entries(db).await.unwrap().is_empty());
+        for test in crate::testing::databases().await {
+            let db = &test.db;
+            let mut entry = QueueEntryRow {
+                room: "chat:1".into(),
+                ticket: 2,
+                service: "stod".into(),
+                home_municipality: "0180".into(),
+                resident: "anonymous:chat:1".into(),
+                anonymous: true,
+                eligible_municipalities: "0180,0181".into(),
+                state: "waiting".into(),
+                staff: None,
+                enqueued_at: 9,
+            };
+            save_queue_entry(db, &entry).await.unwrap();
+            entry.state = "assigned".into();
+            entry.staff = Some("s1".into());
+            save_queue_entry(db, &entry).await.unwrap();
+            assert_eq!(open_queue_entries(db).await.unwrap(), vec![entry.clone()]);
+            entry.state = "closed".into();
+            save_queue_entry(db, &entry).await.unwrap();
+            assert!(open_queue_entries(db).await.unwrap().is_empty());
+        }
     }
 
     #[tokio::test]

@@ -14,16 +14,15 @@
 //! resident chose ("Meeting", "Appointment", "Call") and its words come from
 //! the `discreet.` keys.
 
-use std::borrow::Cow;
-
 use booking::outbox::{Message, NeutralTitle};
 use booking::Language;
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
+use maud::{html, DOCTYPE};
 use rust_i18n::t;
 
 use crate::calendar::{self, Invitation};
-use crate::Settings;
+use crate::{percent_encode, Settings};
 
 /// The zone every time in a mail is shown in, and named.
 pub const DISPLAY_ZONE: &str = "Europe/Stockholm";
@@ -92,7 +91,7 @@ pub(crate) fn render_stamped(
     };
     let join = |booking_id: &str| Link {
         label: tr("link.join", lang),
-        url: format!("{base}/join/{}", encode(booking_id)),
+        url: format!("{base}/join/{}", percent_encode(booking_id)),
     };
     // A resident who moved a booking while signed in had no token to give:
     // only its hash is stored. The link in the first mail still works, and
@@ -102,7 +101,7 @@ pub(crate) fn render_stamped(
         let [join, my_pages] = links;
         let manage = (!token.is_empty()).then(|| Link {
             label: tr("link.manage", lang),
-            url: format!("{base}/b/{}", encode(token)),
+            url: format!("{base}/b/{}", percent_encode(token)),
         });
         std::iter::once(join)
             .chain(manage)
@@ -124,7 +123,10 @@ pub(crate) fn render_stamped(
             .into_owned()],
             vec![Link {
                 label: tr("link.sign_in", lang),
-                url: format!("{base}/auth/resident/callback?token={}", encode(token)),
+                url: format!(
+                    "{base}/auth/resident/callback?token={}",
+                    percent_encode(token)
+                ),
             }],
         ),
         Message::BookingConfirmed {
@@ -245,7 +247,7 @@ pub(crate) fn render_stamped(
             .into_owned()],
             vec![Link {
                 label: tr("link.guest", lang),
-                url: format!("{base}/guest/{}", encode(token)),
+                url: format!("{base}/guest/{}", percent_encode(token)),
             }],
         ),
         Message::Knock {
@@ -322,25 +324,6 @@ impl Words<'_> {
     pub(crate) fn organizer_name(&self) -> Option<String> {
         self.discreet.map(|_| tr("discreet.sender", self.lang))
     }
-}
-
-/// Escapes text for HTML element content and double-quoted attributes.
-pub fn escape_html(raw: &str) -> Cow<'_, str> {
-    if !raw.contains(['&', '<', '>', '"', '\'']) {
-        return Cow::Borrowed(raw);
-    }
-    let mut out = String::with_capacity(raw.len() + 16);
-    for c in raw.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    Cow::Owned(out)
 }
 
 /// A meeting's span, e.g. "tisdag 3 december 2024 kl. 10:00–10:45 (svensk
@@ -429,6 +412,8 @@ fn text_part(paragraphs: &[String], links: &[Link], footer: &str) -> String {
     out
 }
 
+/// The HTML part, through maud, which escapes every text and attribute it
+/// embeds, as it does for web's pages.
 fn html_part(
     language: Language,
     subject: &str,
@@ -437,41 +422,26 @@ fn html_part(
     footer: &str,
 ) -> String {
     let dir = if language.is_rtl() { "rtl" } else { "ltr" };
-    let mut out = format!(
-        "<!DOCTYPE html>\n<html lang=\"{}\" dir=\"{dir}\">\n<head>\n<meta charset=\"utf-8\">\n\
-         <title>{}</title>\n</head>\n<body dir=\"{dir}\" style=\"font-family: sans-serif; line-height: 1.5;\">\n",
-        language.code(),
-        escape_html(subject)
-    );
-    for paragraph in paragraphs {
-        out.push_str(&format!("<p>{}</p>\n", escape_html(paragraph)));
-    }
-    for link in links {
-        out.push_str(&format!(
-            "<p><a href=\"{}\">{}</a></p>\n",
-            escape_html(&link.url),
-            escape_html(&link.label)
-        ));
-    }
-    out.push_str(&format!(
-        "<hr>\n<p style=\"color: #555; font-size: smaller;\">{}</p>\n</body>\n</html>\n",
-        escape_html(footer)
-    ));
-    out
-}
-
-/// Percent-encodes everything but RFC 3986 unreserved characters, so a token
-/// or id is safe both as a path segment and as a query value.
-fn encode(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    for byte in raw.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
+    html! {
+        (DOCTYPE)
+        html lang=(language.code()) dir=(dir) {
+            head {
+                meta charset="utf-8";
+                title { (subject) }
+            }
+            body dir=(dir) style="font-family: sans-serif; line-height: 1.5;" {
+                @for paragraph in paragraphs {
+                    p { (paragraph) }
+                }
+                @for link in links {
+                    p { a href=(link.url) { (link.label) } }
+                }
+                hr;
+                p style="color: #555; font-size: smaller;" { (footer) }
+            }
         }
     }
-    out
+    .into_string()
 }
 
 #[cfg(test)]
@@ -653,11 +623,23 @@ mod tests {
 
     #[test]
     fn html_escapes_what_it_embeds() {
-        assert_eq!(escape_html("a<b>&\"c'"), "a&lt;b&gt;&amp;&quot;c&#39;");
         let mut s = settings();
         s.public_url = "https://x.se/\"><script>".into();
         let mail = render(&Message::NoteShared, Language::Sv, &s);
         assert!(!mail.html.contains("<script>"), "{}", mail.html);
+        let links = [Link {
+            label: "a<b>&\"c'".into(),
+            url: "https://x.se/?a=\"b\"&c=<d>".into(),
+        }];
+        let html = html_part(Language::Sv, "<s>", &["<p>&".into()], &links, "<f>");
+        assert!(html.contains("<title>&lt;s&gt;</title>"), "{html}");
+        assert!(html.contains("<p>&lt;p&gt;&amp;</p>"), "{html}");
+        assert!(
+            html.contains("href=\"https://x.se/?a=&quot;b&quot;&amp;c=&lt;d&gt;\""),
+            "{html}"
+        );
+        assert!(html.contains(">a&lt;b&gt;&amp;&quot;c'</a>"), "{html}");
+        assert!(html.contains("&lt;f&gt;"), "{html}");
     }
 
     #[test]

@@ -15,10 +15,10 @@ use lettre::message::Mailbox;
 use rand::Rng;
 use tokio::sync::Notify;
 
-use crate::queue::{self, Claimed};
 use crate::render::render_stamped;
 use crate::transport::{build_email, message_id, Transport};
 use crate::{NotifyError, Settings};
+use booking::outbox::delivery::{self, Claimed};
 
 /// Delivers the outbox. One per process is enough; several (on several
 /// nodes) share the work safely.
@@ -112,7 +112,7 @@ impl Worker {
     pub async fn run_once(&self, now: Timestamp) -> Result<DeliveryReport, NotifyError> {
         let now = now.as_second();
         let lease_until = now.saturating_add(self.settings.lease_secs as i64);
-        let rows = queue::claim(&self.db, now, lease_until, self.batch_size() as i64).await?;
+        let rows = delivery::claim(&self.db, now, lease_until, self.batch_size() as i64).await?;
         let mut report = DeliveryReport {
             claimed: rows.len(),
             ..DeliveryReport::default()
@@ -153,7 +153,7 @@ impl Worker {
             Ok(decoded) => decoded,
             Err(reason) => {
                 tracing::error!(id = %row.id, %reason, "undecodable outbox row parked");
-                queue::park(&self.db, &row.id, &reason).await?;
+                delivery::park(&self.db, &row.id, &reason).await?;
                 return Ok(Outcome::Failed);
             }
         };
@@ -172,13 +172,13 @@ impl Worker {
                     // Nobody has the address: nothing to send, and nothing
                     // the asker could tell apart from a sent link.
                     Ok(None) => {
-                        queue::supersede(&self.db, &row.id).await?;
+                        delivery::supersede(&self.db, &row.id).await?;
                         return Ok(Outcome::Superseded);
                     }
                     Err(booking::Error::Db(e)) => return Err(e),
                     Err(e) => {
                         let reason = format!("sign-in request: {e}");
-                        queue::park(&self.db, &row.id, &reason).await?;
+                        delivery::park(&self.db, &row.id, &reason).await?;
                         return Ok(Outcome::Failed);
                     }
                 }
@@ -189,12 +189,12 @@ impl Worker {
             // A reminder that comes due only after the meeting began (the
             // worker was down, or retries ran long) would only confuse.
             if now >= *starts_at {
-                queue::supersede(&self.db, &row.id).await?;
+                delivery::supersede(&self.db, &row.id).await?;
                 return Ok(Outcome::Superseded);
             }
             // `booking` supersedes reminders when a meeting moves or is
             // cancelled, which may have happened since the claim.
-            if !queue::still_pending(&self.db, &row.id).await? {
+            if !delivery::still_pending(&self.db, &row.id).await? {
                 return Ok(Outcome::Superseded);
             }
         }
@@ -211,20 +211,20 @@ impl Worker {
         let email = match build_email(&mail, &from, &recipient, &id, date) {
             Ok(email) => email,
             Err(reason) => {
-                queue::park(&self.db, &row.id, &reason).await?;
+                delivery::park(&self.db, &row.id, &reason).await?;
                 return Ok(Outcome::Failed);
             }
         };
         match self.transport.send(&email, &row.id).await {
             Ok(()) => {
-                queue::mark_sent(&self.db, &row.id, now).await?;
+                delivery::mark_sent(&self.db, &row.id, now).await?;
                 Ok(Outcome::Sent)
             }
             Err(failure)
                 if failure.permanent || row.attempts >= i64::from(self.settings.max_attempts) =>
             {
                 tracing::warn!(id = %row.id, attempts = row.attempts, reason = %failure.reason, "mail parked as failed");
-                queue::park(&self.db, &row.id, &failure.reason).await?;
+                delivery::park(&self.db, &row.id, &failure.reason).await?;
                 Ok(Outcome::Failed)
             }
             Err(failure) => {
@@ -235,7 +235,7 @@ impl Worker {
                     &mut rand::thread_rng(),
                 );
                 tracing::info!(id = %row.id, attempts = row.attempts, delay, reason = %failure.reason, "mail will be retried");
-                queue::retry_later(
+                delivery::retry_later(
                     &self.db,
                     &row.id,
                     now.saturating_add(delay as i64),

@@ -6,10 +6,11 @@ mod common;
 
 use std::time::Duration;
 
+use booking::outbox::delivery;
 use booking::outbox::{supersede_reminders, Message};
 use booking::{Db, Language};
 use common::*;
-use notify::{mailbox, queue, CalendarMethod, Settings, Worker};
+use notify::{mailbox, CalendarMethod, Settings, Worker};
 
 fn file_settings(dir: &std::path::Path) -> Settings {
     let mut settings = Settings::new("https://kontakt.example.se");
@@ -262,7 +263,7 @@ async fn unreachable_server_backs_off_then_parks_and_an_admin_can_retry() {
             "parked rows stay parked"
         );
 
-        let failed = queue::list_failed(&db, 50).await.unwrap();
+        let failed = delivery::list_failed(&db, 50).await.unwrap();
         assert_eq!(failed.len(), 1, "{name}");
         assert_eq!(
             (failed[0].id.as_str(), failed[0].attempts),
@@ -277,15 +278,15 @@ async fn unreachable_server_backs_off_then_parks_and_an_admin_can_retry() {
             .contains("refused"));
 
         // Once the mail server is fixed, an admin sends it again.
-        assert!(queue::retry_failed(&db, &id, at(t + 200)).await.unwrap());
+        assert!(delivery::retry_failed(&db, &id, at(t + 200)).await.unwrap());
         assert!(
-            !queue::retry_failed(&db, &id, at(t + 200)).await.unwrap(),
+            !delivery::retry_failed(&db, &id, at(t + 200)).await.unwrap(),
             "only failed rows"
         );
         let dir = tempfile::tempdir().unwrap();
         let fixed = Worker::new(db.clone(), file_settings(dir.path())).unwrap();
         assert_eq!(fixed.run_once(at(t + 200)).await.unwrap().sent, 1, "{name}");
-        assert!(queue::list_failed(&db, 50).await.unwrap().is_empty());
+        assert!(delivery::list_failed(&db, 50).await.unwrap().is_empty());
     })
     .await;
 }

@@ -10,11 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use booking::outbox::delivery;
 use booking::outbox::{Message, NeutralTitle};
 use booking::{Db, Language};
 use common::*;
 use notify::mailbox::{self, StoredMail};
-use notify::{queue, Settings, Worker};
+use notify::{Settings, Worker};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -614,7 +615,7 @@ async fn a_rejected_recipient_is_parked_with_the_reason() {
             assert!(error.contains("550"), "{name}: {error}");
             assert_eq!(row_state(&db, &accepted).await.0, "sent");
 
-            let failed = queue::list_failed(&db, 10).await.unwrap();
+            let failed = delivery::list_failed(&db, 10).await.unwrap();
             assert_eq!(failed.len(), 1);
             assert_eq!(failed[0].recipient, "nobody@example.se");
             assert!(failed[0]

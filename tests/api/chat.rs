@@ -962,25 +962,48 @@ async fn staff_offer_free_times_for_the_residents_home_and_the_resident_books_on
     }
 }
 
+/// A chat about ekonomiskt bistånd that Anna (of Malå) opened signed in,
+/// claimed by the first social worker of Lycksele.
+struct ClaimedChat {
+    staff: Client,
+    resident: Client,
+    anna: booking::accounts::Resident,
+    anna_token: String,
+    room: String,
+}
+
+async fn claimed_chat(app: &TestApp) -> ClaimedChat {
+    let mut staff = console(app, "2481").await;
+    let anna = app.resident("anna@example.se").await;
+    let anna_token = app.resident_token(&anna).await;
+    let mut resident = Client::open(app, &anna_token).await;
+    resident
+        .send(json!({"type": "queue.open", "service": "ekonomiskt-bistand"}))
+        .await;
+    let room = resident.until("joined").await["room"]
+        .as_str()
+        .expect("a room")
+        .to_owned();
+    staff.claim(&room).await;
+    ClaimedChat {
+        staff,
+        resident,
+        anna,
+        anna_token,
+        room,
+    }
+}
+
 #[tokio::test]
 async fn the_transcript_says_how_staff_closed_the_chat() {
     for app in spawn_apps().await {
-        let lycksele = social_workers(&app, "2481").await.remove(0);
-        let mut staff = Client::open(&app, &app.staff_token(lycksele.email.as_str()).await).await;
-        staff
-            .send(json!({"type": "staff.availability", "available": true, "max_chats": 2}))
-            .await;
-        let anna = app.resident("anna@example.se").await;
-        let anna_token = app.resident_token(&anna).await;
-        let mut resident = Client::open(&app, &anna_token).await;
-        resident
-            .send(json!({"type": "queue.open", "service": "ekonomiskt-bistand"}))
-            .await;
-        let room = resident.until("joined").await["room"]
-            .as_str()
-            .expect("a room")
-            .to_owned();
-        staff.claim(&room).await;
+        let ClaimedChat {
+            mut staff,
+            mut resident,
+            anna_token,
+            room,
+            ..
+        } = claimed_chat(&app).await;
         staff
             .send(json!({"type": "chat.close", "room": room, "outcome": "booked"}))
             .await;
@@ -1001,6 +1024,100 @@ async fn the_transcript_says_how_staff_closed_the_chat() {
             "{}: {transcript}",
             app.backend
         );
+    }
+}
+
+#[tokio::test]
+async fn a_resident_reads_their_own_chats_over_the_api_and_another_residents_is_not_found() {
+    for app in spawn_apps().await {
+        let ClaimedChat {
+            mut staff,
+            mut resident,
+            anna,
+            anna_token,
+            room,
+        } = claimed_chat(&app).await;
+        resident
+            .send(json!({"type": "chat.send", "room": room, "client_id": "r1", "text": "Hur ansöker jag?"}))
+            .await;
+        resident.until("chat.stored").await;
+        staff
+            .send(json!({"type": "chat.send", "room": room, "client_id": "s1", "text": "Via blanketten"}))
+            .await;
+        staff.until("chat.stored").await;
+        resident.until_event(&room, "chat").await;
+        staff
+            .send(json!({"type": "chat.close", "room": room, "outcome": "resolved"}))
+            .await;
+        resident.until_event(&room, "ended").await;
+        // The closed entry is stored once the close is carried out.
+        staff.settle().await;
+        let path = format!("/api/chats/mine/{}", room.replace(':', "%3A"));
+
+        let list = app.get("/api/chats/mine", Some(&anna_token)).await;
+        assert_eq!(list.status(), 200, "{}", app.backend);
+        let list: Vec<Value> = list.json().await.expect("json");
+        assert_eq!(list.len(), 1, "{}: {list:?}", app.backend);
+        assert_eq!(list[0]["room"], room.as_str());
+        assert_eq!(list[0]["service"], "ekonomiskt-bistand");
+        assert_eq!(list[0]["state"], "closed");
+
+        let read = app.get(&path, Some(&anna_token)).await;
+        assert_eq!(read.status(), 200, "{}", app.backend);
+        let read: Value = read.json().await.expect("json");
+        let said: Vec<&str> = read["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .filter(|e| e["event"]["kind"] == "chat")
+            .map(|e| e["event"]["text"].as_str().expect("text"))
+            .collect();
+        assert_eq!(
+            said,
+            ["Hur ansöker jag?", "Via blanketten"],
+            "{}",
+            app.backend
+        );
+        let kinds: Vec<&str> = read["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .map(|e| e["event"]["kind"].as_str().expect("kind"))
+            .collect();
+        assert_eq!(kinds.last(), Some(&"ended"), "{}: {kinds:?}", app.backend);
+
+        // Another resident gets nothing of it, and cannot tell it exists.
+        let erik = app.resident("erik@example.se").await;
+        let erik_token = app.resident_token(&erik).await;
+        let theirs: Vec<Value> = app
+            .get("/api/chats/mine", Some(&erik_token))
+            .await
+            .json()
+            .await
+            .expect("json");
+        assert!(theirs.is_empty(), "{}: {theirs:?}", app.backend);
+        let peek = app.get(&path, Some(&erik_token)).await;
+        assert_eq!(peek.status(), 404, "{}", app.backend);
+        let peek = peek.text().await.expect("a body");
+        assert!(
+            !peek.contains("Via blanketten") && !peek.contains("ekonomiskt"),
+            "{peek}"
+        );
+        let missing = app
+            .get("/api/chats/mine/chat%3Ano-such", Some(&erik_token))
+            .await;
+        assert_eq!(missing.status(), 404, "{}", app.backend);
+        assert_eq!(missing.text().await.expect("a body"), peek, "alike");
+        assert_eq!(app.get(&path, None).await.status(), 401, "{}", app.backend);
+
+        let audit = app.audit_about(&anna.id).await;
+        let entries =
+            |actor: &str, action: &str, outcome: &str| audit.count(actor, action, outcome);
+        let anna_actor = format!("resident:{}", anna.id);
+        let erik_actor = format!("resident:{}", erik.id);
+        assert_eq!(entries(&anna_actor, "chat.list", "allowed"), 1, "{audit:?}");
+        assert_eq!(entries(&anna_actor, "chat.read", "allowed"), 1, "{audit:?}");
+        assert_eq!(entries(&erik_actor, "chat.read", "denied"), 1, "{audit:?}");
     }
 }
 

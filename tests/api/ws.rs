@@ -751,15 +751,9 @@ async fn a_signed_in_residents_closed_chat_stays_on_my_pages_for_them_alone() {
             app.backend
         );
 
-        let audit = booking::audit::recent(&app.db, Some(&anna.id), 100)
-            .await
-            .expect("audit");
-        let entries = |actor: &str, action: &str, outcome: &str| {
-            audit
-                .iter()
-                .filter(|r| r.actor == actor && r.action == action && r.outcome == outcome)
-                .count()
-        };
+        let audit = app.audit_about(&anna.id).await;
+        let entries =
+            |actor: &str, action: &str, outcome: &str| audit.count(actor, action, outcome);
         let anna_actor = format!("resident:{}", anna.id);
         let erik_actor = format!("resident:{}", erik.id);
         assert_eq!(entries(&anna_actor, "chat.read", "allowed"), 1, "{audit:?}");

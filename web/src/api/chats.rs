@@ -20,13 +20,16 @@ use crate::error::{AppError, ErrorBody};
 use crate::i18n::current_locale;
 use crate::state::AppState;
 use crate::ws::AnonymousChat;
-use signaling::ids::{RoomId, StaffId};
+use signaling::history::transcript_for;
+use signaling::ids::{PartyId, RoomId, StaffId};
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/chats/services", get(chat_services))
         .route("/api/chats/anonymous", post(anonymous_chat))
         .route("/api/chats/offline", post(offline_message))
+        .route("/api/chats/mine", get(my_chats))
+        .route("/api/chats/mine/{room}", get(my_chat))
         .route("/api/staff/offline-messages", get(offline_messages))
         .route(
             "/api/staff/offline-messages/{id}/handled",
@@ -85,6 +88,108 @@ pub async fn chat_services(
             })
             .collect(),
     ))
+}
+
+/// The hub's party of a signed-in resident, whom a transcript is for.
+pub(crate) fn viewer(resident: &booking::accounts::Resident) -> Result<PartyId, AppError> {
+    PartyId::parse(resident.party())
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("a resident id is no party id: {e}")))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MyChatDto {
+    /// The conversation's room, as in `GET /api/chats/mine/{room}`.
+    pub room: String,
+    /// The service's code.
+    pub service: String,
+    /// `waiting`, `assigned` or `closed`.
+    pub state: String,
+    /// RFC 3339, when the resident opened it.
+    pub started_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MyChatTranscriptDto {
+    pub chat: MyChatDto,
+    /// What the resident may read of the conversation, oldest first.
+    pub events: Vec<TranscriptEventDto>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TranscriptEventDto {
+    pub seq: u64,
+    /// RFC 3339, when it happened.
+    pub at: String,
+    /// The event as the socket delivers it (`docs/protocol.md`, `event`).
+    #[schema(value_type = Object)]
+    pub event: signaling::protocol::RoomEvent,
+}
+
+fn my_chat_dto(entry: &booking::events::QueueEntryRow) -> Result<MyChatDto, AppError> {
+    Ok(MyChatDto {
+        room: entry.room.clone(),
+        service: entry.service.clone(),
+        state: entry.state.clone(),
+        started_at: show_time(unix_time(entry.enqueued_at)?),
+    })
+}
+
+fn unix_time(at: i64) -> Result<jiff::Timestamp, AppError> {
+    jiff::Timestamp::from_second(at).map_err(|e| AppError::Internal(e.into()))
+}
+
+/// The chat conversations the signed-in resident opened while signed in,
+/// newest first. Anonymous ones are not among them. The read is
+/// audit-logged.
+#[utoipa::path(get, path = "/api/chats/mine", security(("bearer" = [])), responses(
+    (status = 200, body = [MyChatDto]),
+    (status = 401, body = ErrorBody),
+))]
+#[tracing::instrument(skip(db, resident), fields(resident = %resident.id))]
+pub async fn my_chats(
+    State(db): State<Db>,
+    CurrentResident(resident): CurrentResident,
+) -> Result<Json<Vec<MyChatDto>>, AppError> {
+    let conversations = chats::conversations_of(&db, &resident, now()).await?;
+    Ok(Json(
+        conversations
+            .iter()
+            .map(my_chat_dto)
+            .collect::<Result<_, _>>()?,
+    ))
+}
+
+/// One of the signed-in resident's conversations with what they may read
+/// of it, by the hub's own audience rule. Another resident's conversation,
+/// an anonymous one and a missing one all answer 404 alike; every read,
+/// and every refusal of another's conversation, is audit-logged.
+#[utoipa::path(get, path = "/api/chats/mine/{room}", security(("bearer" = [])), responses(
+    (status = 200, body = MyChatTranscriptDto),
+    (status = 401, body = ErrorBody),
+    (status = 404, body = ErrorBody),
+))]
+#[tracing::instrument(skip(db, resident), fields(resident = %resident.id))]
+pub async fn my_chat(
+    State(db): State<Db>,
+    CurrentResident(resident): CurrentResident,
+    Path(room): Path<String>,
+) -> Result<Json<MyChatTranscriptDto>, AppError> {
+    let conversation = chats::conversation_of(&db, &resident, &room, now()).await?;
+    let events = transcript_for(&viewer(&resident)?, &conversation.events)
+        .map_err(|e| booking::Error::Corrupt(e.to_string()))?;
+    Ok(Json(MyChatTranscriptDto {
+        chat: my_chat_dto(&conversation.entry)?,
+        events: events
+            .into_iter()
+            .map(|e| {
+                Ok(TranscriptEventDto {
+                    seq: e.seq,
+                    at: show_time(unix_time(e.at)?),
+                    event: e.event,
+                })
+            })
+            .collect::<Result<_, AppError>>()?,
+    }))
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -2,7 +2,7 @@
 
 pub(crate) mod auth;
 mod bookings;
-mod chats;
+pub(crate) mod chats;
 pub(crate) mod guests;
 pub mod precheck;
 mod public;
@@ -44,7 +44,7 @@ pub fn router() -> Router<AppState> {
         public::municipalities, public::services, public::policy, public::search,
         chats::chat_services, chats::anonymous_chat, chats::offline_message,
         chats::offline_messages, chats::offline_message_handled, chats::colleagues,
-        chats::free_times,
+        chats::free_times, chats::my_chats, chats::my_chat,
         auth::staff_login, auth::resident_link, auth::resident_redeem, auth::sign_out,
         auth::sign_out_everywhere, staff::deactivate_staff,
         bookings::book, bookings::mine, bookings::one, bookings::cancel, bookings::reschedule,

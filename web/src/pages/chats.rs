@@ -8,16 +8,17 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use booking::accounts::Resident;
-use booking::audit::{self, Actor, Entry, Outcome};
-use booking::events::{self, EventRow, QueueEntryRow};
+use booking::chats::{conversation_of, conversations_of};
+use booking::events::QueueEntryRow;
 use booking::ServiceCode;
 use jiff::Timestamp;
-use serde_json::Value;
+use signaling::history::{transcript_for, StoredEvent};
+use signaling::protocol::{ChatOutcome, Role, RoomEvent};
 
 use maud::{html, Markup};
 
 use super::{clock, enc, local, long_date, page, rfc3339, service_name, tr, Ctx, PageResult};
-use crate::api::now;
+use crate::api::{chats::viewer, now};
 use crate::error::AppError;
 use crate::state::AppState;
 
@@ -25,25 +26,10 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/my/chats/{room}", get(transcript))
 }
 
-/// The hub's party id of a signed-in resident.
-fn party(resident: &Resident) -> String {
-    format!("resident:{}", resident.id)
-}
-
 /// The "Your chats" section of "My pages": each conversation the resident
 /// opened while signed in, newest first, linking to its transcript.
 pub async fn section(state: &AppState, resident: &Resident) -> Result<Markup, AppError> {
-    let conversations = events::resident_conversations(&state.db, &party(resident)).await?;
-    record(
-        state,
-        resident,
-        "chat.list",
-        format!("resident:{}", resident.id),
-        Some(&resident.id),
-        resident.home.as_str(),
-        Outcome::Allowed,
-    )
-    .await?;
+    let conversations = conversations_of(&state.db, resident, now()).await?;
     Ok(html! {
         h2 { (tr("page.chats.title")) }
         @if conversations.is_empty() {
@@ -78,45 +64,13 @@ async fn transcript(
     Path(room): Path<String>,
 ) -> PageResult {
     let resident = ctx.resident()?;
-    let mine = party(resident);
-    let entry = events::queue_entry(&state.db, &room).await?;
-    let entry = match entry {
-        Some(e) if e.resident == mine && !e.anonymous => e,
-        Some(e) => {
-            // Somebody else's conversation: refused, and the attempt is kept.
-            record(
-                &state,
-                resident,
-                "chat.read",
-                room.clone(),
-                e.resident.strip_prefix("resident:"),
-                &e.home_municipality,
-                Outcome::Denied,
-            )
-            .await?;
-            return Err(AppError::NotFound.into());
-        }
-        None => return Err(AppError::NotFound.into()),
-    };
-    let rows = events::events_after(&state.db, &entry.room, 0).await?;
-    record(
-        &state,
-        resident,
-        "chat.read",
-        entry.room.clone(),
-        Some(&resident.id),
-        &entry.home_municipality,
-        Outcome::Allowed,
-    )
-    .await?;
-
-    let lines: Vec<Markup> = rows
-        .iter()
-        .filter(|row| seen_by(row, &mine))
-        .filter_map(line)
-        .collect();
+    let conversation = conversation_of(&state.db, resident, &room, now()).await?;
+    let entry = &conversation.entry;
+    let events = transcript_for(&viewer(resident)?, &conversation.events)
+        .map_err(|e| booking::Error::Corrupt(e.to_string()))?;
+    let lines: Vec<Markup> = events.iter().filter_map(line).collect();
     let body = html! {
-        h1 id="page-title" { (service_of(&entry)) }
+        h1 id="page-title" { (service_of(entry)) }
         p {
             (tr("page.chats.started")) ": " (moment(entry.enqueued_at)) ". "
             (tr("page.my.status")) ": " (state_text(&entry.state)) "."
@@ -133,45 +87,33 @@ async fn transcript(
     Ok(page(&ctx, &tr("page.chats.transcript"), body).into_response())
 }
 
-/// Whether the resident was in an event's audience: chat conversations show
-/// their whole history to members, but an event meant for named parties only
-/// stays theirs.
-fn seen_by(row: &EventRow, party: &str) -> bool {
-    match &row.audience {
-        None => true,
-        Some(json) => serde_json::from_str::<Vec<String>>(json)
-            .map(|parties| parties.iter().any(|p| p == party))
-            .unwrap_or(false),
-    }
-}
-
 /// One transcript line, or `None` for events a resident has no use for
 /// (joins, knocks).
-fn line(row: &EventRow) -> Option<Markup> {
-    let event: Value = serde_json::from_str(&row.body).ok()?;
-    let (who, text) = match row.kind.as_str() {
-        "chat" => {
-            let role = event["role"].as_str().unwrap_or_default();
+fn line(stored: &StoredEvent) -> Option<Markup> {
+    let (who, text, at) = match &stored.event {
+        RoomEvent::Chat {
+            role,
+            text,
+            sent_at,
+            ..
+        } => {
             let who = match role {
-                "resident" => tr("page.chats.you"),
-                "interpreter" => tr("page.chats.interpreter"),
-                _ => tr("page.chats.social_worker"),
+                Role::Resident => tr("page.chats.you"),
+                Role::Interpreter => tr("page.chats.interpreter"),
+                Role::SocialWorker => tr("page.chats.social_worker"),
             };
-            (
-                Some(who),
-                event["text"].as_str().unwrap_or_default().to_owned(),
-            )
+            (Some(who), text.clone(), *sent_at)
         }
-        "times_offered" => (
+        RoomEvent::TimesOffered { .. } => (
             Some(tr("page.chats.social_worker")),
             tr("page.chats.times_offered"),
+            stored.at,
         ),
-        "assigned" => (None, tr("page.chats.assigned")),
-        "video_opened" => (None, tr("page.chats.video_opened")),
-        "ended" => (None, tr(ended_key(&event))),
+        RoomEvent::Assigned { .. } => (None, tr("page.chats.assigned"), stored.at),
+        RoomEvent::VideoOpened { .. } => (None, tr("page.chats.video_opened"), stored.at),
+        RoomEvent::Ended { outcome, .. } => (None, tr(ended_key(*outcome)), stored.at),
         _ => return None,
     };
-    let at = event["sent_at"].as_i64().unwrap_or(row.at);
     let time = Timestamp::from_second(at).ok()?;
     let stamp = html! { time datetime=(rfc3339(time)) { (clock(time)) } };
     Some(match who {
@@ -206,42 +148,14 @@ fn moment(at: i64) -> Markup {
     }
 }
 
-/// Audits a resident's read, now: `owner` is the resident whose conversation
-/// it is.
-async fn record(
-    state: &AppState,
-    resident: &Resident,
-    action: &str,
-    subject: String,
-    owner: Option<&str>,
-    on_behalf_of: &str,
-    outcome: Outcome,
-) -> Result<(), AppError> {
-    let actor = Actor::Resident(resident.id.clone());
-    let entry = Entry {
-        actor: &actor,
-        action,
-        subject,
-        resident_id: owner,
-        on_behalf_of: Some(on_behalf_of),
-        rule: None,
-        agreement_id: None,
-        outcome,
-    };
-    audit::record_now(&state.db, &entry, now().as_second())
-        .await
-        .map_err(booking::Error::from)?;
-    Ok(())
-}
-
 /// The transcript's words for the end of a chat, with how it ended when
 /// the social worker who closed it said so.
-fn ended_key(event: &Value) -> &'static str {
-    match event["outcome"].as_str() {
-        Some("resolved") => "page.chats.ended_resolved",
-        Some("booked") => "page.chats.ended_booked",
-        Some("referred") => "page.chats.ended_referred",
-        Some("no_contact") => "page.chats.ended_no_contact",
-        _ => "page.chats.ended",
+fn ended_key(outcome: Option<ChatOutcome>) -> &'static str {
+    match outcome {
+        Some(ChatOutcome::Resolved) => "page.chats.ended_resolved",
+        Some(ChatOutcome::Booked) => "page.chats.ended_booked",
+        Some(ChatOutcome::Referred) => "page.chats.ended_referred",
+        Some(ChatOutcome::NoContact) => "page.chats.ended_no_contact",
+        None => "page.chats.ended",
     }
 }

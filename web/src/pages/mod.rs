@@ -475,18 +475,9 @@ fn without_lang(here: &str) -> String {
     }
 }
 
-/// Percent-encodes a query parameter value.
-pub fn enc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+/// Percent-encodes a path segment or query parameter value: `notify`'s
+/// encoder, the one the mails' links use too.
+pub use notify::percent_encode as enc;
 
 /// A table in a region that scrolls sideways on a narrow screen and that a
 /// keyboard can reach, named by its caption: one column heading per key of

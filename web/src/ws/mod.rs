@@ -8,7 +8,6 @@
 
 mod effects;
 mod socket;
-mod store;
 mod ticket;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,8 +35,8 @@ use signaling::queue::QueueRules;
 use signaling::room::{MeetingSetup, StaffAccess};
 use utoipa::ToSchema;
 
+pub use booking::events::{DbLease, DbStore};
 pub use effects::{AppEffects, TurnIssuer};
-pub use store::{DbLease, DbStore};
 pub use ticket::{
     AnonymousChat, GuestPass, TicketSubject, Tickets, CHAT_TOKEN_SECONDS, TICKET_SECONDS,
 };

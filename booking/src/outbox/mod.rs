@@ -1,10 +1,13 @@
 //! The transactional outbox: what somebody should be told, written in the same
 //! transaction as the change that causes it, so that a crash can neither lose
-//! nor invent a mail. `notify` claims and delivers the rows.
+//! nor invent a mail. `notify` claims and delivers the rows through
+//! [`delivery`], which holds the worker's side of the table.
 //!
 //! A [`Message`] carries ids, times and one-time tokens, never a service name,
 //! chat text, a note, a staff member's name or the performing municipality:
 //! whatever goes into a mail must be safe to show to anyone who sees the inbox.
+
+pub mod delivery;
 
 use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;

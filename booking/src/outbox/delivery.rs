@@ -1,5 +1,7 @@
-//! The worker's side of the outbox table: atomic claims with a lease, the
-//! outcome of each send, and what admins see of rows that keep failing.
+//! The delivery worker's side of the outbox table: atomic claims with a
+//! lease, the outcome of each send, and what admins see of rows that keep
+//! failing. `notify` sends the mail; the SQL of the outbox, writing and
+//! delivering alike, is all in this crate.
 //!
 //! The outcome of a send is a one-statement write through [`Db::run`], which
 //! on SQLite commits it together with the bookings being written meanwhile.
@@ -8,8 +10,8 @@
 //! superseded (a reminder of a moved or cancelled meeting) is never claimed,
 //! and a row whose outcome is recorded is never claimed again.
 
-use booking::batch::Statement;
-use booking::{Backend, Db};
+use crate::batch::Statement;
+use crate::db::{Backend, Db};
 use jiff::Timestamp;
 use sqlx::Row;
 
@@ -67,7 +69,7 @@ pub async fn retry_failed(db: &Db, id: &str, now: Timestamp) -> Result<bool, sql
 /// A claimed row, still in its stored form: decoding can fail, and such a row
 /// is parked rather than left to block the queue.
 #[derive(Debug, Clone)]
-pub(crate) struct Claimed {
+pub struct Claimed {
     pub id: String,
     pub recipient: String,
     pub language: String,
@@ -86,7 +88,7 @@ pub(crate) struct Claimed {
 /// Two workers never claim the same row: PostgreSQL skips rows another
 /// transaction holds (`FOR UPDATE SKIP LOCKED`); SQLite runs one writing
 /// statement at a time, so the `UPDATE ... RETURNING` is the claim.
-pub(crate) async fn claim(
+pub async fn claim(
     db: &Db,
     now: i64,
     lease_until: i64,
@@ -155,7 +157,7 @@ fn claim_sql(backend: Backend) -> &'static str {
 
 /// Whether a claimed row is still pending: `booking` may have superseded a
 /// reminder after the claim.
-pub(crate) async fn still_pending(db: &Db, id: &str) -> Result<bool, sqlx::Error> {
+pub async fn still_pending(db: &Db, id: &str) -> Result<bool, sqlx::Error> {
     let status: Option<String> = sqlx::query_scalar("SELECT status FROM outbox WHERE id = $1")
         .bind(id)
         .fetch_optional(db.pool())
@@ -163,7 +165,7 @@ pub(crate) async fn still_pending(db: &Db, id: &str) -> Result<bool, sqlx::Error
     Ok(status.as_deref() == Some("pending"))
 }
 
-pub(crate) async fn mark_sent(db: &Db, id: &str, now: i64) -> Result<(), sqlx::Error> {
+pub async fn mark_sent(db: &Db, id: &str, now: i64) -> Result<(), sqlx::Error> {
     db.run(&[Statement::new(
         "UPDATE outbox SET status = 'sent', sent_at = $2, lease_until = NULL, last_error = NULL \
          WHERE id = $1 AND status = 'pending'",
@@ -173,12 +175,7 @@ pub(crate) async fn mark_sent(db: &Db, id: &str, now: i64) -> Result<(), sqlx::E
         .await
 }
 
-pub(crate) async fn retry_later(
-    db: &Db,
-    id: &str,
-    due_at: i64,
-    reason: &str,
-) -> Result<(), sqlx::Error> {
+pub async fn retry_later(db: &Db, id: &str, due_at: i64, reason: &str) -> Result<(), sqlx::Error> {
     db.run(&[Statement::new(
         "UPDATE outbox SET due_at = $2, lease_until = NULL, last_error = $3 \
          WHERE id = $1 AND status = 'pending'",
@@ -189,7 +186,7 @@ pub(crate) async fn retry_later(
         .await
 }
 
-pub(crate) async fn park(db: &Db, id: &str, reason: &str) -> Result<(), sqlx::Error> {
+pub async fn park(db: &Db, id: &str, reason: &str) -> Result<(), sqlx::Error> {
     db.run(&[Statement::new(
         "UPDATE outbox SET status = 'failed', lease_until = NULL, last_error = $2 \
          WHERE id = $1 AND status = 'pending'",
@@ -199,7 +196,7 @@ pub(crate) async fn park(db: &Db, id: &str, reason: &str) -> Result<(), sqlx::Er
         .await
 }
 
-pub(crate) async fn supersede(db: &Db, id: &str) -> Result<(), sqlx::Error> {
+pub async fn supersede(db: &Db, id: &str) -> Result<(), sqlx::Error> {
     db.run(&[Statement::new(
         "UPDATE outbox SET status = 'superseded', lease_until = NULL \
          WHERE id = $1 AND status = 'pending'",
@@ -214,7 +211,7 @@ fn timestamp(unix: i64) -> Timestamp {
 
 #[cfg(test)]
 mod tests {
-    use booking::testing::TestDb;
+    use crate::testing::TestDb;
     use sqlx::Row;
 
     use super::*;
