@@ -7,7 +7,7 @@
 
 pub mod accounts;
 pub mod audit;
-pub mod batch;
+mod batch;
 pub mod bookings;
 pub mod catalog;
 pub mod chats;
