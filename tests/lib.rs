@@ -25,6 +25,9 @@ pub struct TestApp {
     pub relay_udp: Option<std::net::SocketAddr>,
     /// Where `/metrics` is served, apart from `address`.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The server's signaling hub, whose timers a test may run at an
+    /// instant of its choosing (`hub.tick(now + grace)`).
+    pub hub: signaling::hub::Hub,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     /// `None` for a second node over another app's database.
     _database: Option<TestDb>,
@@ -83,6 +86,7 @@ async fn spawn(
     let db = app.db().clone();
     let relay_udp = app.relay_udp_addr();
     let metrics_addr = app.metrics_addr();
+    let hub = app.hub().clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async move {
         let _ = rx.await;
@@ -97,6 +101,7 @@ async fn spawn(
             .expect("a client"),
         relay_udp,
         metrics_addr,
+        hub,
         shutdown: Some(tx),
         _database: database,
         _dir: dir,

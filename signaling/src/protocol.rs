@@ -226,6 +226,19 @@ pub enum ServerMessage {
     LobbyDeclined { room: RoomId },
     #[serde(rename = "lobby.sent_back")]
     LobbySentBack { room: RoomId },
+    /// An admitted participant's connection dropped. They stay in the
+    /// meeting for `grace_secs`: back within it, they continue without the
+    /// lobby; after it, the room records `participant_left`.
+    #[serde(rename = "participant.away")]
+    ParticipantAway {
+        room: RoomId,
+        party: PartyId,
+        grace_secs: u64,
+    },
+    /// A participant who was away came back within the grace; they will
+    /// renegotiate with an ICE restart (or a fresh offer after a reload).
+    #[serde(rename = "participant.back")]
+    ParticipantBack { room: RoomId, party: PartyId },
     #[serde(rename = "signal.offer")]
     SignalOffer {
         room: RoomId,
@@ -1023,6 +1036,8 @@ mod doc_tests {
             "lobby.admitted",
             "lobby.declined",
             "lobby.sent_back",
+            "participant.away",
+            "participant.back",
             "signal.offer",
             "signal.answer",
             "signal.ice",

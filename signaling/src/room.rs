@@ -29,6 +29,14 @@ pub const MAX_PARTICIPANTS: usize = 4;
 /// cannot fill a staff member's screen with knocks.
 pub const MAX_LOBBY: usize = 8;
 
+/// How long an admitted participant whose connection dropped stays in the
+/// meeting as away. A phone that changes networks, or a laptop whose Wi-Fi
+/// drops, is usually back within seconds; within the grace the others keep
+/// the participant's tile and the history records no departure. After it
+/// the room records `participant_left`. An explicit `leave` (a closed tab)
+/// leaves at once.
+pub const AWAY_GRACE: Duration = Duration::from_secs(30);
+
 /// Everything a room needs to know about its meeting, given by the caller
 /// from the booking (or from the chat it was escalated from).
 #[derive(Debug, Clone)]
@@ -132,8 +140,13 @@ pub enum RoomInput {
         conn: ConnectionId,
         joiner: Joiner,
     },
-    /// The connection left the room or closed.
+    /// The connection left the room on purpose (`leave`).
     Leave {
+        conn: ConnectionId,
+    },
+    /// The connection closed without leaving: its party, if admitted and
+    /// not connected otherwise, is away for [`AWAY_GRACE`].
+    Disconnected {
         conn: ConnectionId,
     },
     Resume {
@@ -179,7 +192,7 @@ pub enum RoomInput {
     End {
         conn: ConnectionId,
     },
-    /// Time passed; checks the no-show deadline.
+    /// Time passed; checks the no-show deadline and the away graces.
     Tick,
 }
 
@@ -232,6 +245,7 @@ impl Room {
                     state: PresenceState::Admitted,
                     conns: BTreeSet::new(),
                     acked: 0,
+                    away_until: None,
                 },
             );
         }
@@ -245,6 +259,7 @@ impl Room {
                     state: PresenceState::Admitted,
                     conns: BTreeSet::new(),
                     acked: 0,
+                    away_until: None,
                 },
             );
         }
@@ -330,8 +345,17 @@ impl Room {
         self.connections.keys().copied()
     }
 
-    /// When [`RoomInput::Tick`] next has something to do.
+    /// When [`RoomInput::Tick`] next has something to do: a no-show
+    /// deadline or the end of someone's away grace.
     pub fn next_deadline(&self) -> Option<Instant> {
+        if self.closed {
+            return None;
+        }
+        let away = self.members.values().filter_map(|m| m.away_until).min();
+        self.no_show_deadline().into_iter().chain(away).min()
+    }
+
+    fn no_show_deadline(&self) -> Option<Instant> {
         if self.closed || self.resident_came || self.setup.booking.is_none() {
             return None;
         }
@@ -351,7 +375,10 @@ impl Room {
         let at = self.setup.clock.unix_at(now);
         match input {
             RoomInput::Join { conn, joiner } => self.join(conn, joiner, at, &mut out),
-            RoomInput::Leave { conn } => self.leave(conn, at, &mut out),
+            RoomInput::Leave { conn } => self.leave(conn, at, None, &mut out),
+            RoomInput::Disconnected { conn } => {
+                self.leave(conn, at, Some(now + AWAY_GRACE), &mut out)
+            }
             RoomInput::Resume { conn, last_seq } => {
                 if let Some(party) = self.admitted_party(conn, &mut out) {
                     self.audit_staff_read(&party, &mut out);
@@ -403,7 +430,22 @@ impl Room {
                 }
             }
             RoomInput::Tick => {
-                if self.next_deadline().is_some_and(|deadline| now >= deadline) {
+                let gone: Vec<PartyId> = self
+                    .members
+                    .iter()
+                    .filter(|(_, m)| m.away_until.is_some_and(|until| now >= until))
+                    .map(|(party, _)| party.clone())
+                    .collect();
+                for party in gone {
+                    if let Some(member) = self.members.get_mut(&party) {
+                        member.away_until = None;
+                    }
+                    self.append_for_admitted(RoomEvent::ParticipantLeft { party }, at, &mut out);
+                }
+                if self
+                    .no_show_deadline()
+                    .is_some_and(|deadline| now >= deadline)
+                {
                     self.close(CloseReason::NoShow, Some(BookingOutcome::NoShow), &mut out);
                 }
             }
@@ -458,7 +500,7 @@ impl Room {
             None => PresenceState::Lobby,
         };
         if state == PresenceState::Admitted
-            && !self.is_present(&party)
+            && !self.holds_place(&party)
             && self.present_admitted_count() >= MAX_PARTICIPANTS
         {
             out.push(self.error(conn, ErrorCode::RoomFull, "the meeting is full"));
@@ -477,8 +519,11 @@ impl Room {
             state,
             conns: BTreeSet::new(),
             acked: 0,
+            away_until: None,
         });
         let first_connection = member.conns.is_empty();
+        // Back within the away grace: the others never saw them leave.
+        let was_away = member.away_until.take().is_some();
         if let Joiner::Guest { invitation } = &joiner {
             // Spent only now that the guest is in, so that a full waiting
             // room does not waste the link.
@@ -495,7 +540,19 @@ impl Room {
         match state {
             PresenceState::Admitted => {
                 if first_connection {
-                    self.append_for_admitted(RoomEvent::ParticipantJoined { participant }, at, out);
+                    if was_away {
+                        let message = ServerMessage::ParticipantBack {
+                            room: self.id().clone(),
+                            party: party.clone(),
+                        };
+                        self.send_to_admitted(Some(&party), &message, out);
+                    } else {
+                        self.append_for_admitted(
+                            RoomEvent::ParticipantJoined { participant },
+                            at,
+                            out,
+                        );
+                    }
                     if staff {
                         self.send_lobby_status(out);
                     }
@@ -539,7 +596,15 @@ impl Room {
         }
     }
 
-    fn leave(&mut self, conn: ConnectionId, at: i64, out: &mut Vec<Outbound>) {
+    /// A connection leaves: on purpose (`away_until` is `None`), or because
+    /// it closed, when an admitted party is away until `away_until`.
+    fn leave(
+        &mut self,
+        conn: ConnectionId,
+        at: i64,
+        away_until: Option<Instant>,
+        out: &mut Vec<Outbound>,
+    ) {
         let Some(party) = self.connections.remove(&conn) else {
             return;
         };
@@ -553,9 +618,20 @@ impl Room {
         match member.state {
             PresenceState::Admitted => {
                 let staff = member.staff;
-                // An admitted party stays admitted while away, so that a
-                // reconnect after a network change needs no new admission.
-                self.append_for_admitted(RoomEvent::ParticipantLeft { party }, at, out);
+                // An admitted party stays admitted while away and after
+                // leaving, so that a reconnect after a network change or a
+                // reload needs no new admission.
+                member.away_until = away_until;
+                if away_until.is_some() {
+                    let message = ServerMessage::ParticipantAway {
+                        room: self.id().clone(),
+                        party: party.clone(),
+                        grace_secs: AWAY_GRACE.as_secs(),
+                    };
+                    self.send_to_admitted(Some(&party), &message, out);
+                } else {
+                    self.append_for_admitted(RoomEvent::ParticipantLeft { party }, at, out);
+                }
                 if staff {
                     self.send_lobby_status(out);
                 }
@@ -993,14 +1069,16 @@ impl Room {
             .collect()
     }
 
-    fn is_present(&self, party: &PartyId) -> bool {
-        self.members.get(party).is_some_and(|m| !m.conns.is_empty())
+    /// Whether `party` takes one of the meeting's places: connected, or
+    /// away within the grace, whose place is kept for their return.
+    fn holds_place(&self, party: &PartyId) -> bool {
+        self.members.get(party).is_some_and(Member::holds_place)
     }
 
     fn present_admitted_count(&self) -> usize {
         self.members
             .values()
-            .filter(|m| m.state == PresenceState::Admitted && !m.conns.is_empty())
+            .filter(|m| m.state == PresenceState::Admitted && m.holds_place())
             .count()
     }
 
@@ -1041,6 +1119,15 @@ struct Member {
     state: PresenceState,
     conns: BTreeSet<ConnectionId>,
     acked: Seq,
+    /// Set while an admitted party's connections are all gone without a
+    /// `leave`: when its grace ends.
+    away_until: Option<Instant>,
+}
+
+impl Member {
+    fn holds_place(&self) -> bool {
+        !self.conns.is_empty() || self.away_until.is_some()
+    }
 }
 
 #[derive(Debug)]
@@ -1085,7 +1172,7 @@ fn input_conn(input: &RoomInput) -> Option<ConnectionId> {
         | Signal { conn, .. }
         | Invite { conn, .. }
         | End { conn } => Some(*conn),
-        Leave { .. } | Tick => None,
+        Leave { .. } | Disconnected { .. } | Tick => None,
     }
 }
 
@@ -1206,6 +1293,27 @@ pub(crate) mod tests {
         let mut room = Room::new(setup(t0));
         for (i, (secs, input, expected)) in steps.iter().enumerate() {
             let out = room.handle(input.clone(), t0 + Duration::from_secs(*secs));
+            let got = render(&out);
+            let expected = expected
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("\n");
+            assert_eq!(got, expected, "step {i}: {input:?}\n--- got:\n{got}\n");
+        }
+    }
+
+    /// As [`check`], for steps made at run time; a step expecting `-`
+    /// only sets the scene.
+    fn check_steps(steps: &[(u64, RoomInput, &str)]) {
+        let t0 = Instant::now();
+        let mut room = Room::new(setup(t0));
+        for (i, (secs, input, expected)) in steps.iter().enumerate() {
+            let out = room.handle(input.clone(), t0 + Duration::from_secs(*secs));
+            if *expected == "-" {
+                continue;
+            }
             let got = render(&out);
             let expected = expected
                 .lines()
@@ -1642,6 +1750,128 @@ pub(crate) mod tests {
             .collect();
         // Seq 4 is the resident's own departure, which they were entitled to.
         assert_eq!(seqs, vec![4, 5, 6, 7]);
+    }
+
+    /// A meeting with staff s1 on c1 and the resident admitted on c2, as
+    /// the first steps of a [`check`].
+    fn in_a_meeting() -> Vec<(u64, RoomInput, &'static str)> {
+        vec![
+            (0, staff_joins(STAFF, "s1"), "-"),
+            (0, resident_joins(RESIDENT, "resident:r1"), "-"),
+            (
+                0,
+                RoomInput::Admit {
+                    conn: ConnectionId(STAFF),
+                    party: party("resident:r1"),
+                },
+                "-",
+            ),
+        ]
+    }
+
+    fn dropped(conn: u64) -> RoomInput {
+        RoomInput::Disconnected {
+            conn: ConnectionId(conn),
+        }
+    }
+
+    #[test]
+    fn a_dropped_participant_is_away_and_back_within_the_grace_without_the_lobby() {
+        let mut steps = in_a_meeting();
+        steps.extend([
+            // The resident's network drops: the others are told live, and
+            // nothing is recorded yet.
+            (
+                10,
+                dropped(RESIDENT),
+                r#"c1 participant.away {"grace_secs":30,"party":"resident:r1"}"#,
+            ),
+            (39, RoomInput::Tick, ""),
+            // Back on a new connection 29 s later: no lobby, no new
+            // arrival in the history, fresh TURN credentials.
+            (
+                39,
+                resident_joins(5, "resident:r1"),
+                r#"
+                c1 participant.back {"party":"resident:r1"}
+                c5 joined {"last_seq":3,"participants":[{"party":"resident:r1","role":"resident"},{"party":"staff:s1","role":"social_worker"}],"state":"admitted"}
+                turn c5 resident:r1
+                "#,
+            ),
+            // The grace ended with them back: nothing to record.
+            (41, RoomInput::Tick, ""),
+        ]);
+        check_steps(&steps);
+    }
+
+    #[test]
+    fn a_participant_away_past_the_grace_has_left_and_comes_back_as_an_arrival() {
+        let mut steps = in_a_meeting();
+        steps.extend([
+            (
+                10,
+                dropped(RESIDENT),
+                r#"c1 participant.away {"grace_secs":30,"party":"resident:r1"}"#,
+            ),
+            (
+                40,
+                RoomInput::Tick,
+                r#"
+                persist 4 participant_left
+                c1 event {"event":{"kind":"participant_left","party":"resident:r1"},"seq":4}
+                "#,
+            ),
+            (50, RoomInput::Tick, ""),
+            // Still admitted (no lobby), but an arrival for the others.
+            (
+                60,
+                resident_joins(5, "resident:r1"),
+                r#"
+                persist 5 participant_joined
+                c5 event {"event":{"kind":"participant_joined","participant":{"party":"resident:r1","role":"resident"}},"seq":5}
+                c1 event {"event":{"kind":"participant_joined","participant":{"party":"resident:r1","role":"resident"}},"seq":5}
+                c5 joined {"last_seq":5,"participants":[{"party":"resident:r1","role":"resident"},{"party":"staff:s1","role":"social_worker"}],"state":"admitted"}
+                turn c5 resident:r1
+                "#,
+            ),
+        ]);
+        check_steps(&steps);
+    }
+
+    #[test]
+    fn leave_leaves_at_once_and_a_dropped_staff_member_is_away_for_the_lobby_too() {
+        let mut steps = in_a_meeting();
+        steps.extend([
+            (
+                10,
+                RoomInput::Leave {
+                    conn: ConnectionId(RESIDENT),
+                },
+                r#"
+                persist 4 participant_left
+                c1 event {"event":{"kind":"participant_left","party":"resident:r1"},"seq":4}
+                "#,
+            ),
+            (100, RoomInput::Tick, ""),
+            (100, resident_joins(5, "resident:r1"), "-"),
+            // Staff drop: the resident is told, and the waiting room would
+            // hear that no staff member is here.
+            (
+                110,
+                dropped(STAFF),
+                r#"c5 participant.away {"grace_secs":30,"party":"staff:s1"}"#,
+            ),
+        ]);
+        check_steps(&steps);
+        let t0 = Instant::now();
+        let mut room = Room::new(setup(t0));
+        room.handle(staff_joins(STAFF, "s1"), t0);
+        room.handle(dropped(STAFF), t0 + Duration::from_secs(5));
+        assert_eq!(
+            room.next_deadline(),
+            Some(t0 + Duration::from_secs(5) + AWAY_GRACE),
+            "the grace's end is the room's next deadline, before the no-show"
+        );
     }
 
     #[test]

@@ -621,7 +621,9 @@ pub(crate) fn detach(state: &mut HubState, conn: ConnectionId, now: Instant) -> 
     let mut out = Vec::new();
     for room in state.rooms.values_mut() {
         if room.party_of(conn).is_some() {
-            out.extend(room.handle(RoomInput::Leave { conn }, now));
+            // A dropped connection is not a departure: its party is away
+            // for the grace and may come back on a new connection.
+            out.extend(room.handle(RoomInput::Disconnected { conn }, now));
         }
     }
     out.extend(state.queue.handle(QueueInput::Disconnected { conn }, now));
@@ -1024,5 +1026,21 @@ mod tests {
             ),
         ]);
         assert_eq!(state.epoch(&id("booking:b1")), 1);
+    }
+
+    #[test]
+    fn a_dropped_connection_leaves_its_party_away_not_gone() {
+        let mut state = check(&[
+            (2, join(), Store::Accepts, "-"),
+            (1, join(), Store::Accepts, "-"),
+            (1, admit(), Store::Accepts, "-"),
+        ]);
+        let out = detach(&mut state, ConnectionId(2), Instant::now());
+        assert_eq!(
+            crate::room::tests::render(&out),
+            r#"c1 participant.away {"grace_secs":30,"party":"resident:r1"}"#,
+            "nothing is recorded until the grace runs out"
+        );
+        assert!(!state.connections.contains_key(&ConnectionId(2)));
     }
 }

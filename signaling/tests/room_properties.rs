@@ -1,5 +1,6 @@
 //! Property tests of the meeting room: random sequences of joins, admissions,
-//! chat, signals, acks, resumes and leaves, checked against the invariants
+//! chat, signals, acks, resumes, leaves, dropped connections and the
+//! passing of time, checked against the invariants
 //! that matter for secrecy and delivery.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -46,6 +47,8 @@ fn party(n: u8) -> PartyId {
 enum Step {
     Join(u8),
     Leave(u8),
+    /// The connection closes without `leave`.
+    Drop(u8),
     Admit(u8, u8),
     Decline(u8, u8),
     SendBack(u8, u8),
@@ -63,6 +66,7 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         4 => c.clone().prop_map(Step::Join),
         1 => c.clone().prop_map(Step::Leave),
+        2 => c.clone().prop_map(Step::Drop),
         3 => (c.clone(), 0u8..5).prop_map(|(a, b)| Step::Admit(a, b)),
         1 => (c.clone(), 0u8..5).prop_map(|(a, b)| Step::Decline(a, b)),
         1 => (c.clone(), 0u8..5).prop_map(|(a, b)| Step::SendBack(a, b)),
@@ -73,6 +77,8 @@ fn step() -> impl Strategy<Value = Step> {
         1 => c.clone().prop_map(Step::Invite),
         1 => c.clone().prop_map(Step::End),
         1 => (0u64..2000).prop_map(Step::Tick),
+        // Short ticks, around the away grace.
+        1 => (0u64..40).prop_map(Step::Tick),
     ]
 }
 
@@ -84,6 +90,7 @@ fn input(step: &Step) -> RoomInput {
             joiner: joiner(*c),
         },
         Step::Leave(c) => RoomInput::Leave { conn: conn(c) },
+        Step::Drop(c) => RoomInput::Disconnected { conn: conn(c) },
         Step::Admit(c, p) => RoomInput::Admit {
             conn: conn(c),
             party: party(*p),
@@ -136,6 +143,8 @@ fn is_room_content(message: &ServerMessage) -> bool {
             | ServerMessage::ChatTyping { .. }
             | ServerMessage::ChatRead { .. }
             | ServerMessage::TurnCredentials { .. }
+            | ServerMessage::ParticipantAway { .. }
+            | ServerMessage::ParticipantBack { .. }
     ) || matches!(message, ServerMessage::Joined { participants, .. } if !participants.is_empty())
 }
 
@@ -224,5 +233,36 @@ proptest! {
         }
         let all: BTreeSet<Seq> = persisted.iter().copied().collect();
         prop_assert_eq!(all.len(), persisted.len());
+    }
+
+    /// The history never announces a party twice or lets one leave twice:
+    /// per party, `participant_joined` and `participant_left` alternate,
+    /// however connections drop, come back within the away grace or after
+    /// it, leave or are sent back. A party back within the grace is told
+    /// to the others live (`participant.back`), not recorded again.
+    #[test]
+    fn arrivals_and_departures_alternate(steps in prop::collection::vec(step(), 1..80)) {
+        use signaling::protocol::RoomEvent;
+        let t0 = Instant::now();
+        let mut room = Room::new(setup(t0));
+        let mut now = t0;
+        let mut inside: BTreeSet<PartyId> = BTreeSet::new();
+        for step in &steps {
+            if let Step::Tick(secs) = step {
+                now += Duration::from_secs(*secs);
+            }
+            for o in room.handle(input(step), now) {
+                let Outbound::Persist(stored) = o else { continue };
+                match &stored.event {
+                    RoomEvent::ParticipantJoined { participant } => {
+                        prop_assert!(inside.insert(participant.party.clone()), "{step:?}: {} joined twice", participant.party);
+                    }
+                    RoomEvent::ParticipantLeft { party } => {
+                        prop_assert!(inside.remove(party), "{step:?}: {party} left twice");
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
 }

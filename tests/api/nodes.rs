@@ -253,7 +253,7 @@ async fn the_other_node_takes_over_when_the_owner_stops_when_nats_url_is_set() {
     // Node a owns the room. Its client goes, then the node stops.
     resident.socket.close(None).await.expect("closed");
     drop(resident);
-    staff.until_event(room, "participant_left").await;
+    staff.until("participant.away").await;
     let Cluster { a, b, database } = cluster;
     drop(a);
 

@@ -463,7 +463,7 @@ async fn a_reconnected_resident_resumes_what_was_said_meanwhile() {
 
         resident.socket.close(None).await.expect("closed");
         drop(resident);
-        staff.until_event(room, "participant_left").await;
+        staff.until("participant.away").await;
         staff
             .send(
                 json!({"type": "chat.send", "room": room, "client_id": "s1", "text": "Jag väntar"}),
@@ -492,6 +492,104 @@ async fn a_reconnected_resident_resumes_what_was_said_meanwhile() {
             app.backend
         );
         assert_eq!(replayed["event"]["text"], "Jag väntar");
+    }
+}
+
+/// Staff and the booking's resident in its meeting, the resident admitted.
+async fn in_meeting(app: &TestApp, meeting: &Meeting) -> (Client, Client) {
+    let room = meeting.room.as_str();
+    let mut staff = Client::open(app, &meeting.staff_token).await;
+    let mut resident = Client::open(app, &meeting.resident_token).await;
+    resident.send(json!({"type": "join", "room": room})).await;
+    staff.until("lobby.knock").await;
+    staff.send(json!({"type": "join", "room": room})).await;
+    staff
+        .send(json!({"type": "lobby.admit", "room": room, "party": resident.party}))
+        .await;
+    resident.until("lobby.admitted").await;
+    resident.until("turn.credentials").await;
+    (staff, resident)
+}
+
+#[tokio::test]
+async fn a_dropped_socket_is_away_and_back_within_the_grace_without_the_lobby() {
+    for app in spawn_apps().await {
+        let meeting = book_meeting(&app).await;
+        let room = meeting.room.as_str();
+        let (mut staff, mut resident) = in_meeting(&app, &meeting).await;
+        let party = resident.party.clone();
+        resident
+            .send(json!({"type": "chat.send", "room": room, "client_id": "c1", "text": "Tunneln"}))
+            .await;
+        let seen = resident.until("chat.stored").await["seq"]
+            .as_u64()
+            .expect("a seq");
+
+        // The socket drops without a `leave`: away, not gone.
+        drop(resident);
+        let away = staff.until("participant.away").await;
+        assert_eq!(away["party"], party.as_str(), "{}: {away}", app.backend);
+        assert_eq!(away["grace_secs"], 30, "{}: {away}", app.backend);
+        staff
+            .send(json!({"type": "chat.send", "room": room, "client_id": "s1", "text": "Hör du mig?"}))
+            .await;
+        let missed = staff.until("chat.stored").await["seq"]
+            .as_u64()
+            .expect("a seq");
+
+        // Back within the grace with a new ticket: no lobby, fresh TURN
+        // credentials, the missed message once, and the others told live.
+        let mut back = Client::open(&app, &meeting.resident_token).await;
+        back.send(json!({"type": "join", "room": room})).await;
+        let joined = back.until("joined").await;
+        assert_eq!(joined["state"], "admitted", "{}: {joined}", app.backend);
+        let credentials = back.until("turn.credentials").await;
+        assert!(
+            credentials["credentials"]["password"].is_string(),
+            "{}: {credentials}",
+            app.backend
+        );
+        back.send(json!({"type": "resume", "room": room, "last_seq": seen}))
+            .await;
+        let replayed: Vec<Value> = back
+            .frames_until_pong()
+            .await
+            .into_iter()
+            .filter(|f| f["type"] == "event")
+            .collect();
+        assert_eq!(replayed.len(), 1, "{}: {replayed:?}", app.backend);
+        assert_eq!(replayed[0]["seq"].as_u64(), Some(missed));
+        assert_eq!(replayed[0]["event"]["text"], "Hör du mig?");
+        let seen_by_staff = staff.frames_until_pong().await;
+        let kinds: Vec<&str> = seen_by_staff
+            .iter()
+            .map(|f| {
+                f["event"]["kind"]
+                    .as_str()
+                    .unwrap_or(f["type"].as_str().unwrap())
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            ["participant.back"],
+            "{}: no knock, no departure",
+            app.backend
+        );
+
+        // Away again, and this time the grace runs out: the hub's timer,
+        // run at an instant past the grace, records the departure.
+        drop(back);
+        staff.until("participant.away").await;
+        app.hub
+            .tick(std::time::Instant::now() + signaling::room::AWAY_GRACE + Duration::from_secs(1))
+            .await;
+        let left = staff.until_event(room, "participant_left").await;
+        assert_eq!(
+            left["event"]["party"],
+            party.as_str(),
+            "{}: {left}",
+            app.backend
+        );
     }
 }
 

@@ -260,3 +260,61 @@ export async function remoteVideoPlays(page) {
     { timeout: 30_000 },
   );
 }
+
+/**
+ * A booked meeting in progress: `email` (a demo resident) books the first
+ * free time of `service` in `home` and opens the meeting page; the booked
+ * social worker opens it too and admits her. Returns both contexts and
+ * pages once each plays the other's camera through the relay.
+ */
+export async function meetingInProgress(browser, server, {
+  email = "anna@example.se",
+  service = "ekonomiskt-bistand",
+  home = "2418",
+  residentLocale = "sv-SE",
+  staffLocale = "sv-SE",
+} = {}) {
+  const resident = await browser.newContext({ locale: residentLocale });
+  await resident.grantPermissions(["camera", "microphone"], { origin: server.url });
+  const residentPage = await resident.newPage();
+  const hrefs = await searchTimes(residentPage, server, { service, home });
+  await signInResident(residentPage, server, email);
+  await residentPage.waitForURL((u) => u.pathname === "/my");
+  await residentPage.goto(new URL(hrefs[0], server.url).href);
+  await Promise.all([residentPage.waitForURL((u) => u.pathname === "/my"), residentPage.click("#confirm-booking")]);
+  const bookingId = new URL(residentPage.url()).searchParams.get("booked");
+  await residentPage.goto(`${server.url}/join/${bookingId}`);
+
+  const [meeting] = await sql(server, `SELECT s.email FROM bookings b JOIN staff s ON s.id = b.staff_id WHERE b.id = '${bookingId}'`);
+  const staff = await browser.newContext({ locale: staffLocale });
+  await staff.grantPermissions(["camera", "microphone"], { origin: server.url });
+  const staffPage = await staff.newPage();
+  await signInStaff(staffPage, server, meeting.email);
+  await staffPage.goto(`${server.url}/join/${bookingId}`);
+  const knock = staffPage.locator("#lobby-list li[data-party^='resident:']");
+  await knock.waitFor();
+  await knock.locator("button[data-action='lobby.admit']").click();
+  await remoteVideoPlays(residentPage);
+  await remoteVideoPlays(staffPage);
+  return { bookingId, resident, residentPage, staff, staffPage };
+}
+
+/** How many frames the page's first remote video has shown so far. */
+export async function remoteFrames(page) {
+  return await page.evaluate(() => {
+    const video = document.querySelector("#remote-videos video");
+    return video && video.getVideoPlaybackQuality ? video.getVideoPlaybackQuality().totalVideoFrames : 0;
+  });
+}
+
+/** Waits until the first remote video shows `more` frames beyond `from`. */
+export async function framesAdvance(page, from, more = 10, ms = 10_000) {
+  await page.waitForFunction(
+    ([from, more]) => {
+      const video = document.querySelector("#remote-videos video");
+      return !!video && video.getVideoPlaybackQuality().totalVideoFrames >= from + more && !video.paused;
+    },
+    [from, more],
+    { timeout: ms, polling: 50 },
+  );
+}

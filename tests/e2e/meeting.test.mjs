@@ -115,6 +115,33 @@ test("a resident and a social worker meet over video through the relay, chat, an
   );
   assert.equal(stored[0].n, 2, "the chat is stored with the booking");
 
+  // The social worker shares the screen: it goes out on the camera's
+  // sender, so Anna's tile shows another picture (the fake screen has
+  // another size than the fake camera) without a new connection.
+  const size = (page) =>
+    page.evaluate(() => {
+      const video = document.querySelector("#remote-videos video");
+      return `${video.videoWidth}x${video.videoHeight}`;
+    });
+  const cameraSize = await size(annaPage);
+  await staffPage.click("#share-screen");
+  await staffPage.locator("#share-screen[aria-pressed='true']").waitFor();
+  await annaPage.waitForFunction(
+    (camera) => {
+      const video = document.querySelector("#remote-videos video");
+      return `${video.videoWidth}x${video.videoHeight}` !== camera;
+    },
+    cameraSize,
+    { timeout: 20_000 },
+  );
+  assert.equal(await annaPage.locator("#remote-videos video").count(), 1, "the same tile");
+  await staffPage.click("#share-screen");
+  await staffPage.locator("#share-screen[aria-pressed='false']").waitFor();
+  await annaPage.waitForFunction((camera) => {
+    const video = document.querySelector("#remote-videos video");
+    return `${video.videoWidth}x${video.videoHeight}` === camera;
+  }, cameraSize, { timeout: 20_000 });
+
   // Anna's page reloads mid-meeting: she comes back without the waiting
   // room, sees what was said, and the call is negotiated afresh.
   await annaPage.reload();

@@ -9,7 +9,13 @@
 //   the others answer. An offer from a participant replaces an older
 //   connection with them, so a participant who reconnects renegotiates from
 //   scratch; when two offers cross, the party whose id sorts first gives
-//   way. A failed connection restarts ICE on the same connection.
+//   way (it rolls its own offer back and answers). A failed connection
+//   restarts ICE on the same connection.
+// - After this side's socket reconnected, the room hands out fresh TURN
+//   credentials; restart(party) puts them on the connection
+//   (setConfiguration) and offers with an ICE restart. An offer whose DTLS
+//   fingerprint differs from the one the connection was set up with comes
+//   from a new page (the other side reloaded): it gets a new connection.
 //
 // Exported API
 //
@@ -35,11 +41,15 @@
 //       onConnected(party)   a peer connection is up.
 //       onFailed()           negotiating failed.
 //       onQuality(level, figures)  every few seconds while connected:
-//                    "good" or "poor" (loss over 5 %, or a round trip over
-//                    400 ms, on any connection), with the worst figures
-//                    { loss, rttMs, kbps }.
+//                    classifyQuality of the worst figures of any
+//                    connection, { loss, rttMs, kbps }.
+//       onIceRestart(count)  an ICE restart was offered (count so far).
 //   Call:
 //     .connectTo(party)     offer to a party (waits for TURN credentials).
+//     .credentialsStale()   the socket dropped: wait for fresh credentials
+//                           before the next offer.
+//     .restart(party)       ICE restart with the fresh credentials (a new
+//                           connection when there is none).
 //     .hasCredentials()     whether TURN credentials came.
 //     .isConnected(party)
 //     .close(party)         hang up on one party and drop their tile.
@@ -48,6 +58,23 @@
 //     .replaceVideo(track)  sends `track` instead of the camera to everyone
 //                           (a shared screen), or the camera again when
 //                           null; new connections send it too.
+//
+//   classifyQuality({ loss, rttMs }) -> "good" | "poor"
+//       "poor" when more than 5 % of the packets coming in are lost, or the
+//       round trip through the relay is over 400 ms.
+//   dtlsFingerprint(sdp) -> string|null   the first a=fingerprint of an SDP.
+
+export const POOR_LOSS = 0.05;
+export const POOR_RTT_MS = 400;
+
+export function classifyQuality({ loss = 0, rttMs = 0 } = {}) {
+  return loss > POOR_LOSS || rttMs > POOR_RTT_MS ? "poor" : "good";
+}
+
+export function dtlsFingerprint(sdp) {
+  const match = /^a=fingerprint:(.+)$/m.exec(sdp || "");
+  return match ? match[1].trim() : null;
+}
 
 export function startCamera(video, onFailed) {
   const cameraFailed = () => {
@@ -92,6 +119,9 @@ export function createCall(room, options) {
   let iceServers = null;
   const peers = new Map(); // party -> { pc, offerer, pendingIce }
   let waiting = []; // parties to offer to once TURN credentials arrive
+  let stale = false; // the credentials are from before a reconnect
+  const restartWaiting = new Set(); // parties to restart ICE with once fresh ones arrive
+  let restarts = 0;
   let videoOverride = null; // a shared screen's track, sent instead of the camera
   const offs = [];
 
@@ -133,12 +163,13 @@ export function createCall(room, options) {
   function closeAll() {
     Array.from(peers.keys()).forEach(close);
     waiting = [];
+    restartWaiting.clear();
   }
 
   function makePeer(party, offerer) {
     close(party);
     const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy: "relay" });
-    const peer = { pc, offerer, pendingIce: [] };
+    const peer = { pc, offerer, pendingIce: [], fingerprint: null };
     peers.set(party, peer);
     if (local) {
       local.getTracks().forEach((track) => {
@@ -195,11 +226,36 @@ export function createCall(room, options) {
   }
 
   function connectTo(party) {
-    if (!iceServers) {
+    if (!iceServers || stale) {
       if (waiting.indexOf(party) < 0) waiting.push(party);
       return;
     }
     makePeer(party, true);
+  }
+
+  function restart(party) {
+    const peer = peers.get(party);
+    if (!peer) {
+      connectTo(party);
+      return;
+    }
+    if (!iceServers || stale) {
+      restartWaiting.add(party);
+      return;
+    }
+    restartNow(party, peer);
+  }
+
+  function restartNow(party, peer) {
+    try {
+      peer.pc.setConfiguration({ iceServers, iceTransportPolicy: "relay" });
+    } catch (e) {
+      // A browser that refuses the change keeps the old servers.
+    }
+    peer.offerer = true;
+    restarts += 1;
+    if (options.onIceRestart) options.onIceRestart(restarts);
+    offer(party, peer, true);
   }
 
   function flushIce(peer) {
@@ -212,13 +268,22 @@ export function createCall(room, options) {
     if (!iceServers) return; // Only admitted participants get offers, after credentials.
     const peer = peers.get(from);
     if (peer && peer.pc.signalingState === "have-local-offer") {
-      // Both offered at once: the party whose id sorts first gives way.
+      // Both offered at once: the party whose id sorts first gives way
+      // (rolls its own offer back below); the other ignores this offer.
       if (me() > from) return;
     }
+    const fingerprint = dtlsFingerprint(sdp);
+    // Another page of the same party (a reload) brings a new certificate:
+    // the old connection cannot carry on, so a new one answers.
+    const renewed = !!(peer && peer.fingerprint && fingerprint && peer.fingerprint !== fingerprint);
     const answer = (target) =>
-      target.pc
-        .setRemoteDescription({ type: "offer", sdp })
+      (target.pc.signalingState === "have-local-offer"
+        ? target.pc.setLocalDescription({ type: "rollback" })
+        : Promise.resolve()
+      )
+        .then(() => target.pc.setRemoteDescription({ type: "offer", sdp }))
         .then(() => {
+          target.fingerprint = fingerprint;
           flushIce(target);
           return target.pc.createAnswer();
         })
@@ -227,7 +292,9 @@ export function createCall(room, options) {
           room.send({ type: "signal.answer", to: from, sdp: target.pc.localDescription.sdp });
         });
     const fresh = () => answer(makePeer(from, false));
-    const attempt = peer && peer.pc.signalingState === "stable" ? answer(peer).catch(fresh) : fresh();
+    const reusable =
+      peer && !renewed && (peer.pc.signalingState === "stable" || peer.pc.signalingState === "have-local-offer");
+    const attempt = reusable ? answer(peer).catch(fresh) : fresh();
     attempt.catch(failed);
   }
 
@@ -236,7 +303,10 @@ export function createCall(room, options) {
     if (!peer || peer.pc.signalingState !== "have-local-offer") return;
     peer.pc
       .setRemoteDescription({ type: "answer", sdp })
-      .then(() => flushIce(peer))
+      .then(() => {
+        peer.fingerprint = dtlsFingerprint(sdp);
+        flushIce(peer);
+      })
       .catch(failed);
   }
 
@@ -299,7 +369,7 @@ export function createCall(room, options) {
             rttMs: Math.max(...figures.map((f) => f.rttMs)),
             kbps: Math.min(...figures.map((f) => f.kbps)),
           };
-          options.onQuality(worst.loss > 0.05 || worst.rttMs > 400 ? "poor" : "good", worst);
+          options.onQuality(classifyQuality(worst), worst);
         });
       }, QUALITY_EVERY_MS)
     : null;
@@ -314,6 +384,23 @@ export function createCall(room, options) {
           credential: message.credentials.password,
         },
       ];
+      stale = false;
+      // Later offers on the connections there are (ICE restarts) use the
+      // fresh credentials too.
+      peers.forEach((peer) => {
+        try {
+          peer.pc.setConfiguration({ iceServers, iceTransportPolicy: "relay" });
+        } catch (e) {
+          // Kept: the old servers.
+        }
+      });
+      const restarting = Array.from(restartWaiting);
+      restartWaiting.clear();
+      restarting.forEach((party) => {
+        const peer = peers.get(party);
+        if (peer) restartNow(party, peer);
+        else connectTo(party);
+      });
       waiting.splice(0).forEach(connectTo);
     }),
     room.on("signal.offer", (message) => onOffer(message.from, message.sdp)),
@@ -338,6 +425,11 @@ export function createCall(room, options) {
 
   return {
     connectTo,
+    restart,
+    credentialsStale: () => {
+      stale = true;
+    },
+    iceRestarts: () => restarts,
     replaceVideo,
     hasCredentials: () => !!iceServers,
     isConnected: (party) => {

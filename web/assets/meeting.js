@@ -18,6 +18,14 @@
 // - protocol.js holds the socket: reconnects with a new ticket, joins again
 //   and resumes from the last seq shown; call.js holds the peer connections
 //   (relay only); chat.js the in-meeting chat.
+// - A dropped socket (offline, a network change) says "reconnecting"; once
+//   back in the room, still admitted, the page says "reconnected" and
+//   restarts ICE on each connection with the fresh TURN credentials. The
+//   others hear of it as participant.away and participant.back. The page
+//   sends `leave` when it goes away, so a closed tab leaves at once.
+// - #meeting carries data-connection ("connecting", "connected",
+//   "reconnecting", "closed") and data-ice-restarts (ICE restarts offered
+//   by this page), for tests and for styling.
 //
 // Exports nothing; it runs on a page with #meeting.
 
@@ -48,6 +56,11 @@ function start(root) {
   let participants = {}; // party -> role, of those admitted besides me
   let admitted = false;
   let sentBack = false;
+  // Set when the socket drops while admitted: the next `joined` is a
+  // return, and the calls restart ICE rather than start again.
+  let rejoining = false;
+  root.setAttribute("data-connection", "connecting");
+  root.setAttribute("data-ice-restarts", "0");
 
   const say = (message) => {
     statusEl.textContent = message;
@@ -80,7 +93,18 @@ function start(root) {
       );
     },
     onState: (state) => {
-      if (state === "reconnecting" && !finished) say(text.reconnecting);
+      if (finished) return;
+      if (state === "reconnecting") {
+        root.setAttribute("data-connection", "reconnecting");
+        say(text.reconnecting);
+        if (admitted) rejoining = true;
+        if (call) call.credentialsStale();
+      } else if (state === "open") {
+        root.setAttribute("data-connection", "connected");
+      }
+    },
+    onPageHide: () => {
+      if (room && !finished) connection.sendNow({ type: "leave", room: room.id });
     },
     onTicketError: (error) => {
       if (error.status === 404 || error.status === 409) {
@@ -121,6 +145,7 @@ function start(root) {
       onConnected: (party) => say(sentence(text.connected_to, { who: roleInSentence(participants[party] || "") })),
       onFailed: () => say(text.failed),
       onQuality: (level) => showQuality(level),
+      onIceRestart: (count) => root.setAttribute("data-ice-restarts", String(count)),
     });
     chat = createChat(room, {
       log: document.getElementById("chat-log"),
@@ -152,10 +177,27 @@ function start(root) {
       });
       (message.lobby || []).forEach(addKnock);
       const others = Object.keys(participants);
+      if (rejoining) {
+        // Back after a drop: the same connections, new relay paths.
+        rejoining = false;
+        say(text.reconnected);
+        others.forEach((party) => call.restart(party));
+        return;
+      }
       say(others.length ? text.admitted : text.alone);
       others.forEach((party) => {
         if (!call.isConnected(party)) call.connectTo(party);
       });
+    });
+    room.on("participant.away", (message) => {
+      const figure = tileOf(message.party);
+      if (figure) figure.setAttribute("data-away", "true");
+      say(sentence(text.participant_away, { who: roleInSentence(participants[message.party] || "") }));
+    });
+    room.on("participant.back", (message) => {
+      const figure = tileOf(message.party);
+      if (figure) figure.removeAttribute("data-away");
+      say(sentence(text.participant_back, { who: roleInSentence(participants[message.party] || "") }));
     });
     room.onEvent("participant_joined", (event) => {
       if (event.participant.party === connection.party) return;
@@ -165,6 +207,7 @@ function start(root) {
       say(sentence(text.joined, { who: roleInSentence(event.participant.role) }));
     });
     room.onEvent("participant_left", (event) => {
+      // Recorded after an away grace ran out, or on an explicit leave.
       if (event.party === connection.party) return;
       say(sentence(text.participant_left, { who: roleInSentence(participants[event.party] || "") }));
       delete participants[event.party];
@@ -197,6 +240,11 @@ function start(root) {
       else if (message.code === "not_found" && guestToken) finish(text.link_invalid);
       else if (message.code === "not_found" || message.code === "forbidden") finish(text.not_open);
     });
+  }
+
+  function tileOf(party) {
+    const remote = document.getElementById("remote-videos");
+    return remote && remote.querySelector('figure[data-party="' + CSS.escape(party) + '"]');
   }
 
   // --- Waiting room (staff) ---------------------------------------------------
@@ -416,6 +464,7 @@ function start(root) {
   function finish(message) {
     if (finished) return;
     finished = true;
+    root.setAttribute("data-connection", "closed");
     setAdmitted(false);
     if (call) call.closeAll();
     stopStream(screen);

@@ -6,7 +6,10 @@
 // - gets a single-use ticket (`POST /api/ws/ticket`) for every connection;
 // - reconnects after a drop with a growing wait (0.5 s doubling to 10 s,
 //   with jitter; at once when the browser comes back online), and after a
-//   second `welcome` (another node took over);
+//   second `welcome` (another node took over); when the browser says it
+//   went offline, the socket is given up at once rather than left to the
+//   ping to find dead, so the server sees the party away and the page can
+//   say so;
 // - on every reconnect joins each tracked room again and `resume`s it from
 //   the last seq its listeners were given, so nothing is shown twice and
 //   nothing is missed;
@@ -29,8 +32,10 @@
 //       (the API's error code) when the answer is not 2xx.
 //   newId() -> string               a client_id for chat.send.
 //
-//   new Connection({ ticket, onState?, onTicketError? })
+//   new Connection({ ticket, onState?, onTicketError?, onPageHide? })
 //       ticket: () => Promise<string>, called before every connection.
+//       onPageHide(): the page goes away (pagehide), just before the socket
+//         is closed: the last chance to send (sendNow) a `leave`.
 //       onState(state): "connecting" | "open" | "reconnecting" | "closed".
 //       onTicketError(error) -> "retry" | "stop": what to do when `ticket`
 //         rejects (default: stop on 401/403, else retry).
@@ -240,8 +245,9 @@ class Room {
 }
 
 export class Connection {
-  constructor({ ticket, onState, onTicketError } = {}) {
+  constructor({ ticket, onState, onTicketError, onPageHide } = {}) {
     this.ticket = ticket;
+    this.onPageHide = onPageHide || (() => {});
     this.onState = onState || (() => {});
     this.onTicketError =
       onTicketError || ((error) => (error.status === 401 || error.status === 403 ? "stop" : "retry"));
@@ -263,10 +269,27 @@ export class Connection {
       if (!this.stopped && !this.ws && this.retryTimer) {
         clearTimeout(this.retryTimer);
         this.retryTimer = null;
+        this.retryMs = FIRST_RETRY_MS;
         this.connect();
       }
     });
+    window.addEventListener("offline", () => {
+      if (this.stopped || !this.ws) return;
+      const ws = this.ws;
+      this.ws = null;
+      this.welcomed = false;
+      this.stopPing();
+      ws.close();
+      this.retry();
+    });
     window.addEventListener("pagehide", () => {
+      if (this.ws && this.welcomed) {
+        try {
+          this.onPageHide();
+        } catch (e) {
+          console.error(e);
+        }
+      }
       if (this.ws) this.ws.close(1000);
     });
   }

@@ -145,6 +145,12 @@ impl Application {
         self.relay.as_ref().and_then(|r| r.udp_addr())
     }
 
+    /// The signaling hub, for tests that drive its timers with an
+    /// instant of their own (`Hub::tick`) instead of waiting.
+    pub fn hub(&self) -> &signaling::hub::Hub {
+        &self.hub
+    }
+
     /// The demo sign-ins, when this start seeded them.
     pub fn demo_sign_ins(&self) -> &[DemoSignIn] {
         &self.demo_sign_ins

@@ -3,13 +3,15 @@
 //! - `ci`: installs what the tests need (through apt and npm), then runs
 //!   formatting, clippy, every Rust test and the browser tests. `.ci/run`
 //!   calls exactly this.
-//! - `bench <booking|relay|notify|signaling>`: benchmarks that print figures;
-//!   `bench signaling queue` is the chat queue's scenario, and `bench
-//!   signaling slow-store` measures chat while audit writes are slow.
+//! - `bench <booking|relay|notify|signaling|callsetup>`: benchmarks that
+//!   print figures; `bench signaling queue` is the chat queue's scenario,
+//!   `bench signaling slow-store` measures chat while audit writes are slow,
+//!   and `bench callsetup` times a video call's set-up in the browser.
 //! - `e2e`: the browser tests alone.
 //! - `db-reset`: deletes the local SQLite database in `./data`.
 
 mod bench_booking;
+mod bench_callsetup;
 mod bench_notify;
 mod bench_queue;
 mod bench_relay;
@@ -31,8 +33,9 @@ fn main() -> anyhow::Result<()> {
             Some("notify") => bench_notify::run(&args[2..]),
             Some("relay") => bench_relay::run(&args[2..]),
             Some("signaling") => bench_signaling::run(&args[2..]),
+            Some("callsetup") => bench_callsetup::run(&args[2..]),
             other => anyhow::bail!(
-                "unknown benchmark {other:?}: try booking, relay, notify or signaling"
+                "unknown benchmark {other:?}: try booking, relay, notify, signaling or callsetup"
             ),
         },
         Some("db-reset") => {
@@ -51,7 +54,7 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | e2e | bench <booking|relay|notify|signaling> | db-reset>"
+                "usage: cargo xtask <ci | e2e | bench <booking|relay|notify|signaling|callsetup> | db-reset>"
             );
             std::process::exit(2);
         }

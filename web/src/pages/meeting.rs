@@ -33,6 +33,9 @@ pub fn router() -> Router<AppState> {
 const SCRIPT_TEXT: &[(&str, &str)] = &[
     ("connecting", "page.meeting.connecting"),
     ("reconnecting", "page.meeting.reconnecting"),
+    ("reconnected", "page.meeting.reconnected"),
+    ("participant_away", "page.meeting.participant_away"),
+    ("participant_back", "page.meeting.participant_back"),
     ("camera_failed", "page.meeting.camera_failed"),
     ("lobby_waiting", "page.meeting.lobby_waiting"),
     ("lobby_staff_here", "page.meeting.lobby_staff_here"),
