@@ -19,6 +19,8 @@ import {
   remoteFrames,
   framesAdvance,
   assertAccessible,
+  remoteVideoPlays,
+  sql,
 } from "./helpers.mjs";
 
 let server;
@@ -117,4 +119,40 @@ test("the social worker's browser goes offline for five seconds and the meeting 
   console.log(`social worker: video decoding again ${ms} ms after the network came back`);
   // Nobody went through the waiting room again.
   assert.equal(await staffPage.locator("#lobby-list li").count(), 0);
+});
+
+test("a tab that dies without leaving comes back on a new page, with a new certificate and a new connection", async () => {
+  const { resident, residentPage: dying, staffPage } = meeting;
+  // The tab dies as when the browser is killed: its `leave` never goes
+  // out (the page's sends of it are dropped here). Its socket closes with
+  // it, and to the server the resident is simply away.
+  await dying.evaluate(() => {
+    const send = WebSocket.prototype.send;
+    WebSocket.prototype.send = function (data) {
+      if (String(data).includes('"type":"leave"')) return;
+      return send.call(this, data);
+    };
+  });
+  await dying.close();
+  await staffPage.locator("#remote-videos figure[data-away='true']").waitFor({ timeout: 10_000 });
+  // Back within the grace on a new page: a new DTLS fingerprint in its
+  // offer, which the social worker's page answers on a new connection.
+  const residentPage = await resident.newPage();
+  meeting.residentPage = residentPage;
+  await residentPage.goto(`${server.url}/join/${meeting.bookingId}`);
+  await residentPage.locator("#meeting[data-connection='connected']").waitFor({ timeout: 10_000 });
+  await remoteVideoPlays(residentPage);
+  await staffPage.locator("#remote-videos figure[data-state='connected']:not([data-away])").waitFor({ timeout: 10_000 });
+  const frames = await remoteFrames(staffPage);
+  await framesAdvance(staffPage, frames, 10, 10_000);
+  assert.equal(await staffPage.locator("#remote-videos video").count(), 1, "one tile");
+  assert.equal(await staffPage.locator("#lobby-list li").count(), 0, "no waiting room");
+  assert.equal(await shown(residentPage, "Hallå, är du kvar?"), 1, "the history resumed once");
+  // Nobody's departure was recorded in any of this: each came back within
+  // the away grace.
+  const [left] = await sql(
+    server,
+    `SELECT count(*) AS n FROM signaling_events WHERE room = 'booking:${meeting.bookingId}' AND kind = 'participant_left'`,
+  );
+  assert.equal(left.n, 0);
 });
