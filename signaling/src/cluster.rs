@@ -27,12 +27,13 @@ use tokio::sync::mpsc;
 use crate::bus::{Bus, BusError, Subscription};
 use crate::history::StoredEvent;
 use crate::identity::{ConversationRequest, Identity};
-use crate::ids::{BookingId, ConnectionId, MunicipalityCode, PartyId, RoomId, StaffId};
+use crate::ids::{ConnectionId, RoomId, StaffId};
 use crate::outbound::Outbound;
-use crate::protocol::{ClientMessage, ServerMessage};
+use crate::protocol::ClientMessage;
 use crate::queue::{Queue, QueueEntryRecord};
-use crate::room::{ClockAnchor, MeetingSetup, Room, StaffAccess};
+use crate::room::{MeetingSetup, Room};
 use crate::switchboard::{attach, HubState, Role, Sink};
+pub(crate) use crate::wire::{Delivery, MeetingSpec};
 
 /// This node's tie to its cluster: the cluster's name, the lease, this
 /// node's id and the bus the nodes share.
@@ -246,7 +247,7 @@ pub(crate) fn follow(state: &mut HubState, other: Option<String>) -> bool {
 /// owner, the client's cue to join its rooms again and resume.
 pub(crate) fn registrations(state: &HubState) -> Vec<Input> {
     let mut specs: Vec<&MeetingSpec> = state.specs.values().collect();
-    specs.sort_by(|a, b| a.room.cmp(&b.room));
+    specs.sort_by(|a, b| a.room().cmp(b.room()));
     let mut conns: Vec<(&ConnectionId, &Identity)> = state
         .connections
         .iter()
@@ -375,67 +376,6 @@ pub(crate) fn reply_subject(cluster: &str, node: &str) -> String {
         "kontakt.{cluster}.reply.{node}.{}",
         uuid::Uuid::new_v4().simple()
     )
-}
-
-/// A message for one connection, as it crosses from the owner to the node
-/// that holds the connection.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Delivery {
-    pub conn: ConnectionId,
-    pub message: ServerMessage,
-}
-
-/// A [`MeetingSetup`] with its instants as Unix seconds, since an `Instant`
-/// means nothing on another node.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct MeetingSpec {
-    room: RoomId,
-    booking: Option<BookingId>,
-    performing_municipality: MunicipalityCode,
-    staff_access: StaffAccess,
-    staff: Option<StaffId>,
-    resident: PartyId,
-    home_municipality: Option<MunicipalityCode>,
-    starts_at: Option<i64>,
-    no_show_grace_secs: u64,
-    pre_admitted: Vec<PartyId>,
-}
-
-impl MeetingSpec {
-    pub(crate) fn from_setup(setup: &MeetingSetup) -> Self {
-        MeetingSpec {
-            room: setup.room.clone(),
-            booking: setup.booking.clone(),
-            performing_municipality: setup.performing_municipality.clone(),
-            staff_access: setup.staff_access.clone(),
-            staff: setup.staff.clone(),
-            resident: setup.resident.clone(),
-            home_municipality: setup.home_municipality.clone(),
-            starts_at: setup.starts_at.map(|s| setup.clock.unix_at(s)),
-            no_show_grace_secs: setup.no_show_grace.as_secs(),
-            pre_admitted: setup.pre_admitted.clone(),
-        }
-    }
-
-    pub(crate) fn room(&self) -> &RoomId {
-        &self.room
-    }
-
-    pub(crate) fn to_setup(&self, clock: ClockAnchor) -> MeetingSetup {
-        MeetingSetup {
-            room: self.room.clone(),
-            booking: self.booking.clone(),
-            performing_municipality: self.performing_municipality.clone(),
-            staff_access: self.staff_access.clone(),
-            staff: self.staff.clone(),
-            resident: self.resident.clone(),
-            home_municipality: self.home_municipality.clone(),
-            starts_at: self.starts_at.map(|s| clock.instant_at(s)),
-            no_show_grace: Duration::from_secs(self.no_show_grace_secs),
-            pre_admitted: self.pre_admitted.clone(),
-            clock,
-        }
-    }
 }
 
 #[cfg(test)]

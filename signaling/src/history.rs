@@ -16,7 +16,7 @@ use crate::store::{EventRow, StoreError};
 pub fn transcript_for(viewer: &PartyId, rows: &[EventRow]) -> Result<Vec<StoredEvent>, StoreError> {
     let mut events = rows
         .iter()
-        .map(EventRow::to_event)
+        .map(StoredEvent::from_row)
         .collect::<Result<Vec<_>, _>>()?;
     events.sort_by_key(|e| e.seq);
     events.retain(|e| e.audience.includes(viewer));
@@ -148,6 +148,62 @@ impl History {
     }
 }
 
+/// The stored form of an event and back, beside the event itself so that
+/// `store` needs nothing of the history.
+impl StoredEvent {
+    /// The row this event is stored as.
+    pub fn to_row(&self) -> EventRow {
+        let event = self;
+        let (sender, client_id) = match &event.event {
+            RoomEvent::Chat {
+                from, client_id, ..
+            }
+            | RoomEvent::TimesOffered {
+                from, client_id, ..
+            } => (
+                Some(from.as_str().to_owned()),
+                Some(client_id.as_str().to_owned()),
+            ),
+            _ => (None, None),
+        };
+        let body = serde_json::to_value(&event.event).expect("events always serialise");
+        EventRow {
+            room: event.room.as_str().to_owned(),
+            seq: i64::try_from(event.seq).unwrap_or(i64::MAX),
+            audience: match &event.audience {
+                Audience::Members => None,
+                Audience::Parties(parties) => {
+                    Some(serde_json::to_string(parties).expect("ids always serialise"))
+                }
+            },
+            kind: body["kind"].as_str().unwrap_or_default().to_owned(),
+            sender,
+            client_id,
+            body: body.to_string(),
+            at: event.at,
+        }
+    }
+
+    /// The event a stored row holds; a row that does not parse is corrupt.
+    pub fn from_row(row: &EventRow) -> Result<StoredEvent, StoreError> {
+        let corrupt = |what: &str, e: String| {
+            StoreError::Corrupt(format!("{} seq {}: {what}: {e}", row.room, row.seq))
+        };
+        Ok(StoredEvent {
+            room: RoomId::parse(&row.room).map_err(|e| corrupt("room", e.to_string()))?,
+            seq: u64::try_from(row.seq).map_err(|e| corrupt("seq", e.to_string()))?,
+            audience: match &row.audience {
+                None => Audience::Members,
+                Some(json) => Audience::Parties(
+                    serde_json::from_str(json).map_err(|e| corrupt("audience", e.to_string()))?,
+                ),
+            },
+            event: serde_json::from_str(&row.body).map_err(|e| corrupt("body", e.to_string()))?,
+            at: row.at,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -189,7 +245,7 @@ mod tests {
                 sent_at: i as i64,
             };
             let stored = history.append(&room, audience(*mask), event, i as i64);
-            rows.push(EventRow::from_event(&stored));
+            rows.push(stored.to_row());
         }
         (history, rows)
     }

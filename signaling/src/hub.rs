@@ -42,7 +42,7 @@ use crate::protocol::{
 };
 use crate::queue::{NewConversation, Queue, QueueEntryRecord, QueueInput, QueueRules};
 use crate::room::{ClockAnchor, MeetingSetup, Room, RoomInput};
-use crate::store::{Appended, EventRow, QueueEntryRow, Store, StoreError};
+use crate::store::{Appended, QueueEntryRow, Store, StoreError};
 use crate::switchboard::{
     self, attach, deliver, deliver_knock, detach, forget_closed_rooms, new_room_id, route,
     Connection, Context, Effect, HubState, Knock, Lane, Role, Sink, Written, KNOCK_SUBJECT,
@@ -896,7 +896,7 @@ impl Hub {
     async fn load_events(&self, room: &RoomId) -> Result<Vec<StoredEvent>, HubError> {
         let rows = self.shared.store.events_after(room.as_str(), 0).await?;
         rows.iter()
-            .map(EventRow::to_event)
+            .map(StoredEvent::from_row)
             .collect::<Result<_, _>>()
             .map_err(HubError::from)
     }
@@ -1004,7 +1004,7 @@ impl Hub {
                         .zip(&pending.epochs)
                         .map(|(event, epoch)| {
                             (state.epoch(&event.room) == *epoch).then(|| {
-                                rows.push(EventRow::from_event(event));
+                                rows.push(event.to_row());
                                 rows.len() - 1
                             })
                         })

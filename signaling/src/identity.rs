@@ -53,3 +53,25 @@ pub struct ConversationRequest {
     /// perform `pre_assessment` of this service for this resident.
     pub eligible_municipalities: BTreeSet<MunicipalityCode>,
 }
+
+/// The staff members who may enter a room and run it, as the caller's
+/// policy decided (for a booking, everyone the `booking` crate lets handle
+/// it). Anyone else is answered as if the room did not exist.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StaffAccess(BTreeSet<StaffId>);
+
+impl StaffAccess {
+    /// Access for exactly these staff members.
+    pub fn only(staff: impl IntoIterator<Item = StaffId>) -> Self {
+        StaffAccess(staff.into_iter().collect())
+    }
+
+    pub fn admits(&self, staff: &StaffId) -> bool {
+        self.0.contains(staff)
+    }
+
+    /// Whether `party` is a staff member this access admits.
+    pub(crate) fn admits_party(&self, party: &PartyId) -> bool {
+        self.0.iter().any(|staff| PartyId::staff(staff) == *party)
+    }
+}

@@ -17,3 +17,4 @@ pub mod queue;
 pub mod room;
 pub mod store;
 pub mod switchboard;
+mod wire;

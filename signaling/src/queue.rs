@@ -21,6 +21,7 @@ use crate::protocol::{
     Role, RoomEvent, ServerMessage, UnassignReason,
 };
 use crate::room::ClockAnchor;
+pub use crate::store::{EntryState, QueueEntryRecord};
 
 /// How chats reach staff.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,41 +185,6 @@ pub enum QueueInput {
     },
     /// Time passed: answer timeouts and abandoned chats.
     Tick,
-}
-
-/// A queue entry as it is stored, so that the queue survives a restart.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueEntryRecord {
-    pub room: RoomId,
-    /// The entry's place in the queue; lower is earlier. It never changes,
-    /// which is what lets a returned chat go back to its original place.
-    pub ticket: i64,
-    pub service: ServiceId,
-    pub home_municipality: MunicipalityCode,
-    pub resident: PartyId,
-    pub anonymous: bool,
-    pub eligible_municipalities: BTreeSet<MunicipalityCode>,
-    pub state: EntryState,
-    /// Unix seconds, UTC.
-    pub enqueued_at: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EntryState {
-    Waiting,
-    Assigned(StaffId),
-    Closed,
-}
-
-impl EntryState {
-    /// The text stored in the `state` column.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            EntryState::Waiting => "waiting",
-            EntryState::Assigned(_) => "assigned",
-            EntryState::Closed => "closed",
-        }
-    }
 }
 
 /// The pre-assessment queue and every open chat conversation.

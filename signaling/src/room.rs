@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::history::{Audience, History, StoredEvent};
+pub use crate::identity::StaffAccess;
 use crate::ids::{
     BookingId, ClientMsgId, ConnectionId, InvitationToken, MunicipalityCode, PartyId, RoomId, Seq,
     StaffId,
@@ -64,28 +65,6 @@ pub struct MeetingSetup {
     pub pre_admitted: Vec<PartyId>,
     /// Ties `Instant`s to wall-clock time for the timestamps of events.
     pub clock: ClockAnchor,
-}
-
-/// The staff members who may enter a room and run it, as the caller's
-/// policy decided (for a booking, everyone the `booking` crate lets handle
-/// it). Anyone else is answered as if the room did not exist.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct StaffAccess(BTreeSet<StaffId>);
-
-impl StaffAccess {
-    /// Access for exactly these staff members.
-    pub fn only(staff: impl IntoIterator<Item = StaffId>) -> Self {
-        StaffAccess(staff.into_iter().collect())
-    }
-
-    pub fn admits(&self, staff: &StaffId) -> bool {
-        self.0.contains(staff)
-    }
-
-    /// Whether `party` is a staff member this access admits.
-    fn admits_party(&self, party: &PartyId) -> bool {
-        self.0.iter().any(|staff| PartyId::staff(staff) == *party)
-    }
 }
 
 /// One instant and the Unix time (seconds, UTC) at that instant. State

@@ -5,15 +5,12 @@
 //! SQL implementation is a handful of plain statements. `MemoryStore` is the
 //! implementation for tests and for a single process without a database.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use crate::history::{Audience, StoredEvent};
 use crate::ids::{MunicipalityCode, PartyId, RoomId, ServiceId, StaffId};
-use crate::protocol::RoomEvent;
-use crate::queue::{EntryState, QueueEntryRecord};
 
 /// Storage for the hub. Implementations must make `append_event` atomic: two
 /// rows with the same `(room, seq)`, or the same `(room, sender, client_id)`
@@ -113,6 +110,41 @@ pub struct EventRow {
     pub at: i64,
 }
 
+/// A queue entry as it is stored, so that the queue survives a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueEntryRecord {
+    pub room: RoomId,
+    /// The entry's place in the queue; lower is earlier. It never changes,
+    /// which is what lets a returned chat go back to its original place.
+    pub ticket: i64,
+    pub service: ServiceId,
+    pub home_municipality: MunicipalityCode,
+    pub resident: PartyId,
+    pub anonymous: bool,
+    pub eligible_municipalities: BTreeSet<MunicipalityCode>,
+    pub state: EntryState,
+    /// Unix seconds, UTC.
+    pub enqueued_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryState {
+    Waiting,
+    Assigned(StaffId),
+    Closed,
+}
+
+impl EntryState {
+    /// The text stored in the `state` column.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EntryState::Waiting => "waiting",
+            EntryState::Assigned(_) => "assigned",
+            EntryState::Closed => "closed",
+        }
+    }
+}
+
 /// One row of the `signaling_queue_entries` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueEntryRow {
@@ -129,57 +161,6 @@ pub struct QueueEntryRow {
     pub staff: Option<String>,
     /// Unix seconds, UTC.
     pub enqueued_at: i64,
-}
-
-impl EventRow {
-    pub fn from_event(event: &StoredEvent) -> Self {
-        let (sender, client_id) = match &event.event {
-            RoomEvent::Chat {
-                from, client_id, ..
-            }
-            | RoomEvent::TimesOffered {
-                from, client_id, ..
-            } => (
-                Some(from.as_str().to_owned()),
-                Some(client_id.as_str().to_owned()),
-            ),
-            _ => (None, None),
-        };
-        let body = serde_json::to_value(&event.event).expect("events always serialise");
-        EventRow {
-            room: event.room.as_str().to_owned(),
-            seq: i64::try_from(event.seq).unwrap_or(i64::MAX),
-            audience: match &event.audience {
-                Audience::Members => None,
-                Audience::Parties(parties) => {
-                    Some(serde_json::to_string(parties).expect("ids always serialise"))
-                }
-            },
-            kind: body["kind"].as_str().unwrap_or_default().to_owned(),
-            sender,
-            client_id,
-            body: body.to_string(),
-            at: event.at,
-        }
-    }
-
-    pub fn to_event(&self) -> Result<StoredEvent, StoreError> {
-        let corrupt = |what: &str, e: String| {
-            StoreError::Corrupt(format!("{} seq {}: {what}: {e}", self.room, self.seq))
-        };
-        Ok(StoredEvent {
-            room: RoomId::parse(&self.room).map_err(|e| corrupt("room", e.to_string()))?,
-            seq: u64::try_from(self.seq).map_err(|e| corrupt("seq", e.to_string()))?,
-            audience: match &self.audience {
-                None => Audience::Members,
-                Some(json) => Audience::Parties(
-                    serde_json::from_str(json).map_err(|e| corrupt("audience", e.to_string()))?,
-                ),
-            },
-            event: serde_json::from_str(&self.body).map_err(|e| corrupt("body", e.to_string()))?,
-            at: self.at,
-        })
-    }
 }
 
 impl QueueEntryRow {
@@ -341,6 +322,8 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::history::{Audience, StoredEvent};
+    use crate::protocol::RoomEvent;
 
     fn chat_row(seq: i64, client_id: &str) -> EventRow {
         let event = StoredEvent {
@@ -356,8 +339,8 @@ mod tests {
             },
             at: 5,
         };
-        let row = EventRow::from_event(&event);
-        assert_eq!(row.to_event().unwrap(), event);
+        let row = event.to_row();
+        assert_eq!(StoredEvent::from_row(&row).unwrap(), event);
         row
     }
 

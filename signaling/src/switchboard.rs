@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::cluster::{Delivery, MeetingSpec};
 use crate::history::StoredEvent;
 use crate::identity::Identity;
 use crate::ids::{
@@ -28,6 +27,7 @@ use crate::protocol::{
 };
 use crate::queue::{Queue, QueueEntryRecord, QueueInput, StaffProfile};
 use crate::room::{ClockAnchor, Joiner, MeetingSetup, Room, RoomInput, Signal, StaffAccess};
+use crate::wire::{Delivery, MeetingSpec};
 
 /// The bus subject on which nodes tell each other about knocks.
 pub(crate) const KNOCK_SUBJECT: &str = "kontakt.knocks";

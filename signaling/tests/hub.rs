@@ -447,7 +447,12 @@ async fn concurrent_chat_through_failing_batch_writes_stays_gapless() {
                     assert!(seq > last, "seq {seq} after {last}");
                     last = seq;
                     let row = &stored[seq as usize - 1];
-                    assert_eq!(row.to_event().unwrap().event, event);
+                    assert_eq!(
+                        signaling::history::StoredEvent::from_row(&row)
+                            .unwrap()
+                            .event,
+                        event
+                    );
                 }
                 ServerMessage::ChatStored { client_id, seq, .. } => {
                     let row = &stored[seq as usize - 1];
