@@ -448,7 +448,7 @@ async fn concurrent_chat_through_failing_batch_writes_stays_gapless() {
                     last = seq;
                     let row = &stored[seq as usize - 1];
                     assert_eq!(
-                        signaling::history::StoredEvent::from_row(&row)
+                        signaling::history::StoredEvent::from_row(row)
                             .unwrap()
                             .event,
                         event
