@@ -21,6 +21,7 @@ use crate::events::{self, EventRow, QueueEntryRow};
 use crate::outbox::{self, Message, NeutralTitle};
 use crate::snapshot::{self, Snapshot};
 use crate::Error;
+use signaling::ids::{PartyId, ResidentId};
 
 /// The municipalities whose staff may perform the pre-assessment of
 /// `service` for a resident of `home` at `at`, under the policy, in code
@@ -88,16 +89,19 @@ pub async fn offered(
 }
 
 impl Resident {
-    /// The resident's party id in the hub, `resident:<id>`.
-    pub fn party(&self) -> String {
-        format!("resident:{}", self.id)
+    /// The resident's party in the hub, as the hub names it
+    /// ([`PartyId::resident`]).
+    pub fn party(&self) -> Result<PartyId, Error> {
+        let id = ResidentId::parse(self.id.as_str())
+            .map_err(|e| Error::Corrupt(format!("resident id {:?}: {e}", self.id)))?;
+        Ok(PartyId::resident(&id))
     }
 
     /// Whether the resident may read the chat conversation `entry`: only one
     /// they opened while signed in. An anonymous conversation is nobody's to
     /// read afterwards, since nothing ties it to the person asking.
-    pub fn may_read_chat(&self, entry: &QueueEntryRow) -> bool {
-        !entry.anonymous && entry.resident == self.party()
+    pub fn may_read_chat(&self, entry: &QueueEntryRow) -> Result<bool, Error> {
+        Ok(!entry.anonymous && entry.resident == self.party()?.as_str())
     }
 }
 
@@ -118,12 +122,13 @@ pub async fn conversations_of(
     resident: &Resident,
     now: Timestamp,
 ) -> Result<Vec<QueueEntryRow>, Error> {
-    let conversations = events::resident_conversations(db, &resident.party()).await?;
+    let party = resident.party()?;
+    let conversations = events::resident_conversations(db, party.as_str()).await?;
     chat_read(
         db,
         resident,
         "chat.list",
-        resident.party(),
+        party.to_string(),
         Some(&resident.id),
         Some(resident.home.as_str()),
         Outcome::Allowed,
@@ -145,7 +150,7 @@ pub async fn conversation_of(
     now: Timestamp,
 ) -> Result<Conversation, Error> {
     let entry = match events::queue_entry(db, room).await? {
-        Some(entry) if resident.may_read_chat(&entry) => entry,
+        Some(entry) if resident.may_read_chat(&entry)? => entry,
         Some(entry) => {
             chat_read(
                 db,

@@ -21,7 +21,7 @@ use crate::i18n::current_locale;
 use crate::state::AppState;
 use crate::ws::AnonymousChat;
 use signaling::history::transcript_for;
-use signaling::ids::{PartyId, RoomId, StaffId};
+use signaling::ids::{RoomId, StaffId};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -88,12 +88,6 @@ pub async fn chat_services(
             })
             .collect(),
     ))
-}
-
-/// The hub's party of a signed-in resident, whom a transcript is for.
-pub(crate) fn viewer(resident: &booking::accounts::Resident) -> Result<PartyId, AppError> {
-    PartyId::parse(resident.party())
-        .map_err(|e| AppError::Internal(anyhow::anyhow!("a resident id is no party id: {e}")))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -175,7 +169,7 @@ pub async fn my_chat(
     Path(room): Path<String>,
 ) -> Result<Json<MyChatTranscriptDto>, AppError> {
     let conversation = chats::conversation_of(&db, &resident, &room, now()).await?;
-    let events = transcript_for(&viewer(&resident)?, &conversation.events)
+    let events = transcript_for(&resident.party()?, &conversation.events)
         .map_err(|e| booking::Error::Corrupt(e.to_string()))?;
     Ok(Json(MyChatTranscriptDto {
         chat: my_chat_dto(&conversation.entry)?,

@@ -18,7 +18,7 @@ use signaling::protocol::{ChatOutcome, Role, RoomEvent};
 use maud::{html, Markup};
 
 use super::{clock, enc, local, long_date, page, rfc3339, service_name, tr, Ctx, PageResult};
-use crate::api::{chats::viewer, now};
+use crate::api::now;
 use crate::error::AppError;
 use crate::state::AppState;
 
@@ -66,7 +66,7 @@ async fn transcript(
     let resident = ctx.resident()?;
     let conversation = conversation_of(&state.db, resident, &room, now()).await?;
     let entry = &conversation.entry;
-    let events = transcript_for(&viewer(resident)?, &conversation.events)
+    let events = transcript_for(&resident.party()?, &conversation.events)
         .map_err(|e| booking::Error::Corrupt(e.to_string()))?;
     let lines: Vec<Markup> = events.iter().filter_map(line).collect();
     let body = html! {
