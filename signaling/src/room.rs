@@ -1266,26 +1266,8 @@ pub(crate) mod tests {
 
     /// Runs `steps` against a fresh room. Each step is the seconds since the
     /// start, an input and the exact commands expected, as [`render`] writes
-    /// them.
+    /// them, or `-` for a step that only sets the scene.
     fn check(steps: &[(u64, RoomInput, &str)]) {
-        let t0 = Instant::now();
-        let mut room = Room::new(setup(t0));
-        for (i, (secs, input, expected)) in steps.iter().enumerate() {
-            let out = room.handle(input.clone(), t0 + Duration::from_secs(*secs));
-            let got = render(&out);
-            let expected = expected
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect::<Vec<_>>()
-                .join("\n");
-            assert_eq!(got, expected, "step {i}: {input:?}\n--- got:\n{got}\n");
-        }
-    }
-
-    /// As [`check`], for steps made at run time; a step expecting `-`
-    /// only sets the scene.
-    fn check_steps(steps: &[(u64, RoomInput, &str)]) {
         let t0 = Instant::now();
         let mut room = Room::new(setup(t0));
         for (i, (secs, input, expected)) in steps.iter().enumerate() {
@@ -1780,7 +1762,7 @@ pub(crate) mod tests {
             // The grace ended with them back: nothing to record.
             (41, RoomInput::Tick, ""),
         ]);
-        check_steps(&steps);
+        check(&steps);
     }
 
     #[test]
@@ -1814,7 +1796,7 @@ pub(crate) mod tests {
                 "#,
             ),
         ]);
-        check_steps(&steps);
+        check(&steps);
     }
 
     #[test]
@@ -1841,7 +1823,7 @@ pub(crate) mod tests {
                 r#"c5 participant.away {"grace_secs":30,"party":"staff:s1"}"#,
             ),
         ]);
-        check_steps(&steps);
+        check(&steps);
         let t0 = Instant::now();
         let mut room = Room::new(setup(t0));
         room.handle(staff_joins(STAFF, "s1"), t0);
