@@ -117,7 +117,9 @@ export function createCall(room, options) {
   const label = options.label || (() => "");
   const failed = () => options.onFailed && options.onFailed();
   let iceServers = null;
-  const peers = new Map(); // party -> { pc, offerer, pendingIce }
+  // Media goes through the relay only.
+  const rtcConfiguration = () => ({ iceServers, iceTransportPolicy: "relay" });
+  const peers = new Map(); // party -> { pc, offerer, pendingIce, fingerprint }
   let waiting = []; // parties to offer to once TURN credentials arrive
   let stale = false; // the credentials are from before a reconnect
   const restartWaiting = new Set(); // parties to restart ICE with once fresh ones arrive
@@ -168,7 +170,7 @@ export function createCall(room, options) {
 
   function makePeer(party, offerer) {
     close(party);
-    const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy: "relay" });
+    const pc = new RTCPeerConnection(rtcConfiguration());
     const peer = { pc, offerer, pendingIce: [], fingerprint: null };
     peers.set(party, peer);
     if (local) {
@@ -246,12 +248,9 @@ export function createCall(room, options) {
     restartNow(party, peer);
   }
 
+  // The connection already has the fresh servers: they are put on every
+  // connection when they arrive, and new connections are made with them.
   function restartNow(party, peer) {
-    try {
-      peer.pc.setConfiguration({ iceServers, iceTransportPolicy: "relay" });
-    } catch (e) {
-      // A browser that refuses the change keeps the old servers.
-    }
     peer.offerer = true;
     restarts += 1;
     if (options.onIceRestart) options.onIceRestart(restarts);
@@ -389,9 +388,9 @@ export function createCall(room, options) {
       // fresh credentials too.
       peers.forEach((peer) => {
         try {
-          peer.pc.setConfiguration({ iceServers, iceTransportPolicy: "relay" });
+          peer.pc.setConfiguration(rtcConfiguration());
         } catch (e) {
-          // Kept: the old servers.
+          // A browser that refuses the change keeps the old servers.
         }
       });
       const restarting = Array.from(restartWaiting);
