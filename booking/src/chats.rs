@@ -17,10 +17,11 @@ use crate::domain::{
     DateRange, EmailAddress, InvalidValue, Language, MessageText, MunicipalityCode, PersonName,
     PhoneNumber, ServiceCode, SlotRange, Step,
 };
-use crate::events::{self, EventRow, QueueEntryRow};
+use crate::events::{self, QueueEntryRow};
 use crate::outbox::{self, Message, NeutralTitle};
 use crate::snapshot::{self, Snapshot};
 use crate::Error;
+use signaling::history::{transcript_for, StoredEvent};
 use signaling::ids::{PartyId, ResidentId};
 
 /// The municipalities whose staff may perform the pre-assessment of
@@ -106,12 +107,12 @@ impl Resident {
 }
 
 /// One chat conversation as its resident reads it: its queue entry and the
-/// room's stored events, which the caller narrows to what the resident may
-/// see with `signaling::history::transcript_for`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// events the resident may see, oldest first, by the hub's own audience rule
+/// (`signaling::history::transcript_for`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Conversation {
     pub entry: QueueEntryRow,
-    pub events: Vec<EventRow>,
+    pub events: Vec<StoredEvent>,
 }
 
 /// The chat conversations `resident` opened while signed in, newest first,
@@ -167,7 +168,9 @@ pub async fn conversation_of(
         }
         None => return Err(Error::NotFound),
     };
-    let events = events::events_after(db, &entry.room, 0).await?;
+    let rows = events::events_after(db, &entry.room, 0).await?;
+    let events =
+        transcript_for(&resident.party()?, &rows).map_err(|e| Error::Corrupt(e.to_string()))?;
     chat_read(
         db,
         resident,

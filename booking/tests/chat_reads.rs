@@ -55,7 +55,15 @@ async fn conversation(db: &Db, room: &str, resident: &Resident, anonymous: bool)
             kind: "chat".into(),
             sender: Some(resident.party().unwrap().to_string()),
             client_id: Some("c1".into()),
-            body: "{}".into(),
+            body: serde_json::json!({
+                "kind": "chat",
+                "from": resident.party().unwrap().to_string(),
+                "role": "resident",
+                "client_id": "c1",
+                "text": "Hej",
+                "sent_at": 10,
+            })
+            .to_string(),
             at: 10,
         },
     )

@@ -20,7 +20,6 @@ use crate::error::{AppError, ErrorBody};
 use crate::i18n::current_locale;
 use crate::state::AppState;
 use crate::ws::AnonymousChat;
-use signaling::history::transcript_for;
 use signaling::ids::{RoomId, StaffId};
 
 pub fn router() -> Router<AppState> {
@@ -169,11 +168,10 @@ pub async fn my_chat(
     Path(room): Path<String>,
 ) -> Result<Json<MyChatTranscriptDto>, AppError> {
     let conversation = chats::conversation_of(&db, &resident, &room, now()).await?;
-    let events = transcript_for(&resident.party()?, &conversation.events)
-        .map_err(|e| booking::Error::Corrupt(e.to_string()))?;
     Ok(Json(MyChatTranscriptDto {
         chat: my_chat_dto(&conversation.entry)?,
-        events: events
+        events: conversation
+            .events
             .into_iter()
             .map(|e| {
                 Ok(TranscriptEventDto {

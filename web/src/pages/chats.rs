@@ -12,7 +12,7 @@ use booking::chats::{conversation_of, conversations_of};
 use booking::events::QueueEntryRow;
 use booking::ServiceCode;
 use jiff::Timestamp;
-use signaling::history::{transcript_for, StoredEvent};
+use signaling::history::StoredEvent;
 use signaling::protocol::{ChatOutcome, Role, RoomEvent};
 
 use maud::{html, Markup};
@@ -66,9 +66,7 @@ async fn transcript(
     let resident = ctx.resident()?;
     let conversation = conversation_of(&state.db, resident, &room, now()).await?;
     let entry = &conversation.entry;
-    let events = transcript_for(&resident.party()?, &conversation.events)
-        .map_err(|e| booking::Error::Corrupt(e.to_string()))?;
-    let lines: Vec<Markup> = events.iter().filter_map(line).collect();
+    let lines: Vec<Markup> = conversation.events.iter().filter_map(line).collect();
     let body = html! {
         h1 id="page-title" { (service_of(entry)) }
         p {
