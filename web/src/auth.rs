@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{FromRef, FromRequestParts};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method};
 use axum_extra::extract::cookie::{Cookie, SameSite};
@@ -167,6 +167,15 @@ fn time_duration(seconds: i64) -> cookie::time::Duration {
     cookie::time::Duration::seconds(seconds)
 }
 
+/// What the session extractors need of the app's state: the signing keys,
+/// the live sessions and the database. The app's state implements it, so
+/// that this module need not name the state that holds it.
+pub trait SessionState: Send + Sync {
+    fn keys(&self) -> &Keys;
+    fn sessions(&self) -> &Sessions;
+    fn db(&self) -> &Db;
+}
+
 /// A verified session, from the Bearer header or the session cookie.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -175,14 +184,12 @@ pub struct Session {
 
 impl<S> FromRequestParts<S> for Session
 where
-    Keys: FromRef<S>,
-    Sessions: FromRef<S>,
-    S: Send + Sync,
+    S: SessionState,
 {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let keys = Keys::from_ref(state);
+        let keys = state.keys();
         let claims = if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
             let value = value.to_str().map_err(|_| AppError::Unauthorized)?;
             let token = value
@@ -202,7 +209,7 @@ where
             }
             claims
         };
-        if !is_live(&Sessions::from_ref(state), &claims).await? {
+        if !is_live(state.sessions(), &claims).await? {
             return Err(AppError::Unauthorized);
         }
         Ok(Session { claims })
@@ -254,16 +261,13 @@ async fn subject_of<S>(
     kind: SubjectKind,
 ) -> Result<(Db, String), AppError>
 where
-    Keys: FromRef<S>,
-    Sessions: FromRef<S>,
-    Db: FromRef<S>,
-    S: Send + Sync,
+    S: SessionState,
 {
     let session = Session::from_request_parts(parts, state).await?;
     if session.claims.kind != kind {
         return Err(AppError::Unauthorized);
     }
-    Ok((Db::from_ref(state), session.claims.sub))
+    Ok((state.db().clone(), session.claims.sub))
 }
 
 /// The signed-in resident.
@@ -272,10 +276,7 @@ pub struct CurrentResident(pub Resident);
 
 impl<S> FromRequestParts<S> for CurrentResident
 where
-    Keys: FromRef<S>,
-    Sessions: FromRef<S>,
-    Db: FromRef<S>,
-    S: Send + Sync,
+    S: SessionState,
 {
     type Rejection = AppError;
 
@@ -294,10 +295,7 @@ pub struct CurrentStaff(pub Staff);
 
 impl<S> FromRequestParts<S> for CurrentStaff
 where
-    Keys: FromRef<S>,
-    Sessions: FromRef<S>,
-    Db: FromRef<S>,
-    S: Send + Sync,
+    S: SessionState,
 {
     type Rejection = AppError;
 

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod assets;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod dev_mail;
 pub mod error;

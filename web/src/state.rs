@@ -1,4 +1,5 @@
-//! The state every handler can ask for, by the part it needs (`FromRef`).
+//! The state every handler can ask for, by the part it needs (`FromRef`),
+//! and what the session extractors need of it (`SessionState`).
 
 use std::sync::Arc;
 
@@ -6,11 +7,12 @@ use axum::extract::FromRef;
 use booking::Db;
 use signaling::hub::Hub;
 
-use crate::api::precheck::PrecheckLimiter;
-use crate::auth::{Keys, SignInLimiter};
+use crate::api::precheck::limiter::PrecheckLimiter;
+use crate::auth::{Keys, SessionState, SignInLimiter};
 use crate::config::Settings;
 use crate::sessions::Sessions;
-use crate::ws::{Tickets, TurnIssuer};
+use crate::ws::effects::TurnIssuer;
+use crate::ws::ticket::Tickets;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -41,20 +43,22 @@ impl FromRef<AppState> for Db {
     }
 }
 
-impl FromRef<AppState> for Keys {
-    fn from_ref(state: &AppState) -> Keys {
-        state.keys.clone()
-    }
-}
-
 impl FromRef<AppState> for Arc<Settings> {
     fn from_ref(state: &AppState) -> Arc<Settings> {
         state.settings.clone()
     }
 }
 
-impl FromRef<AppState> for Sessions {
-    fn from_ref(state: &AppState) -> Sessions {
-        state.sessions.clone()
+impl SessionState for AppState {
+    fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    fn db(&self) -> &Db {
+        &self.db
     }
 }

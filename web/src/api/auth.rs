@@ -15,8 +15,9 @@ use booking::{accounts, throttle, EmailAddress, Language, MunicipalityCode, Pass
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{now, ApiJson};
+use super::ApiJson;
 use crate::auth::{cleared_cookies, same_origin, session_cookies, sign_in, Session, SubjectKind};
+use crate::clock::now;
 use crate::error::{AppError, ErrorBody};
 use crate::state::AppState;
 

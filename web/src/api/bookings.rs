@@ -10,8 +10,9 @@ use booking::{catalog, Db, Language, ServiceCode};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{now, parse_time, show_time, ApiJson};
+use super::{parse_time, show_time, ApiJson};
 use crate::auth::CurrentResident;
+use crate::clock::now;
 use crate::error::{AppError, ErrorBody};
 use crate::i18n::current_locale;
 use crate::state::AppState;

@@ -14,8 +14,9 @@ use booking::{
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{non_empty, now, show_time, ApiJson, ApiJsonLong, ApiQuery, LongFields};
+use super::{non_empty, show_time, ApiJson, ApiJsonLong, ApiQuery, LongFields};
 use crate::auth::{CurrentResident, CurrentStaff};
+use crate::clock::now;
 use crate::error::{AppError, ErrorBody};
 use crate::i18n::current_locale;
 use crate::state::AppState;

@@ -16,8 +16,9 @@ use serde::{Deserialize, Serialize};
 use signaling::ids::InvitationToken;
 use utoipa::ToSchema;
 
-use super::{now, ApiJson};
+use super::ApiJson;
 use crate::auth::CurrentStaff;
+use crate::clock::now;
 use crate::error::{AppError, ErrorBody};
 use crate::state::AppState;
 use crate::ws::GuestPass;

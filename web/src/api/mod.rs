@@ -236,11 +236,6 @@ pub fn show_time(at: Timestamp) -> String {
     at.to_zoned(tz).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string()
 }
 
-/// The current time. Handlers read the clock once, here, and pass it down.
-pub fn now() -> Timestamp {
-    Timestamp::now()
-}
-
 /// `None` for a missing or blank value, as an empty form field, query
 /// parameter or JSON string is.
 pub fn non_empty(value: &Option<String>) -> Option<&str> {

@@ -8,7 +8,8 @@ use booking::{catalog, DateRange, Db, Language, LocalDate, MunicipalityCode, Ser
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{now, show_time, ApiQuery};
+use super::{show_time, ApiQuery};
+use crate::clock::now;
 use crate::error::{AppError, ErrorBody};
 use crate::i18n::current_locale;
 use crate::state::AppState;

@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::bookings::{booking_dto, BookedDto, BookingDto};
-use super::{now, parse_time, ApiJson, ApiQuery};
+use super::{parse_time, ApiJson, ApiQuery};
 use crate::auth::CurrentStaff;
+use crate::clock::now;
 use crate::error::{AppError, ErrorBody};
 use crate::state::AppState;
 

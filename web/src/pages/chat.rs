@@ -31,7 +31,7 @@ use serde::Deserialize;
 use super::{
     page, script_json, script_strings, service_name, tr, tr_with, Ctx, PageError, PageResult, Who,
 };
-use crate::api::now;
+use crate::clock::now;
 use crate::error::AppError;
 use crate::state::AppState;
 

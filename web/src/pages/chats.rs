@@ -18,7 +18,7 @@ use signaling::protocol::{ChatOutcome, Role, RoomEvent};
 use maud::{html, Markup};
 
 use super::{clock, enc, local, long_date, page, rfc3339, service_name, tr, Ctx, PageResult};
-use crate::api::now;
+use crate::clock::now;
 use crate::error::AppError;
 use crate::state::AppState;
 

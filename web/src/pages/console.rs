@@ -27,7 +27,7 @@ use maud::{html, Markup};
 use serde_json::{Map, Value};
 
 use super::{page, script_json, script_strings, today, tr, Ctx, PageResult};
-use crate::api::now;
+use crate::clock::now;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {

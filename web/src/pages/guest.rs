@@ -19,7 +19,7 @@ use maud::html;
 
 use super::{page, script_json, tr, tr_with, when, Ctx, PageResult};
 use crate::api::guests::INTERPRETER_LANGUAGES;
-use crate::api::now;
+use crate::clock::now;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {

@@ -12,7 +12,7 @@ use booking::catalog;
 use maud::html;
 
 use super::{data_table, long_date, page, service_name, today, tr, Ctx, PageResult};
-use crate::api::now;
+use crate::clock::now;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {

@@ -18,7 +18,8 @@ use super::{
     enc, free_times_by_day, page, status_text, time_picker, tr, when, zone_note, Ctx, PageForm,
     PageQuery, PageResult,
 };
-use crate::api::{now, parse_time};
+use crate::api::parse_time;
+use crate::clock::now;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {

@@ -22,7 +22,7 @@ use booking::BookingStatus;
 use maud::html;
 
 use super::{page, script_json, script_strings, status_text, tr, when, Ctx, PageResult, Who};
-use crate::api::now;
+use crate::clock::now;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {

@@ -25,8 +25,9 @@ use super::{
     NEXT_COOKIE,
 };
 use crate::api::auth::{redeem_link, send_sign_in_link, ResidentLinkRequest};
-use crate::api::{now, parse_time};
+use crate::api::parse_time;
 use crate::auth::{self, cleared_cookies, same_origin, session_cookies, SubjectKind};
+use crate::clock::now;
 use crate::error::AppError;
 use crate::state::AppState;
 

@@ -23,8 +23,8 @@ use super::{
     Ctx, PageError, PageForm, PageQuery, PageResult,
 };
 use crate::api::auth::check_staff_password;
-use crate::api::now;
 use crate::auth::{same_origin, session_cookies, sign_in, SubjectKind};
+use crate::clock::now;
 use crate::error::AppError;
 use crate::state::AppState;
 

@@ -6,9 +6,9 @@
 //! the database, computes chat eligibility with `booking`'s policy, and runs
 //! one socket loop per connection.
 
-mod effects;
+pub mod effects;
 mod socket;
-mod ticket;
+pub mod ticket;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -181,7 +181,7 @@ pub async fn issue_ticket(
     session: Result<Session, AppError>,
     headers: HeaderMap,
 ) -> Result<Json<TicketDto>, AppError> {
-    let now = crate::api::now().as_second();
+    let now = crate::clock::now().as_second();
     let ticket = match session {
         Ok(session) => {
             // A session of an account deleted since sign-in gets no ticket.
@@ -232,7 +232,7 @@ pub async fn open_meeting(
     session: Session,
     Path(booking_id): Path<String>,
 ) -> Result<Json<MeetingDto>, AppError> {
-    let now = crate::api::now();
+    let now = crate::clock::now();
     let booking = match session.claims.kind {
         SubjectKind::Resident => {
             let resident = booking::accounts::resident_by_id(&state.db, &session.claims.sub)
@@ -283,7 +283,7 @@ pub async fn upgrade(
     Query(params): Query<UpgradeParams>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let now = crate::api::now().as_second();
+    let now = crate::clock::now().as_second();
     let Some(subject) = params
         .ticket
         .as_deref()
