@@ -20,80 +20,7 @@ use crate::outbox::{self, Message, Registration};
 use crate::sessions::{self, SessionId, Subject};
 use crate::Error;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Staff {
-    pub id: String,
-    pub municipality: MunicipalityCode,
-    pub email: EmailAddress,
-    pub name: String,
-    pub role: Role,
-    pub services: Vec<ServiceCode>,
-    pub languages: Vec<Language>,
-    pub max_chats: i64,
-}
-
-impl Staff {
-    pub fn handles(&self, service: &ServiceCode) -> bool {
-        self.services.contains(service)
-    }
-
-    /// The services whose chats this staff member may take: those they
-    /// handle and, for a social worker (role `staff`), the "I don't know"
-    /// chat [`crate::catalog::GENERAL`], which any of them may answer.
-    pub fn chat_services(&self) -> Vec<ServiceCode> {
-        let mut services = self.services.clone();
-        if self.role == Role::Staff {
-            if let Ok(general) = ServiceCode::parse(crate::catalog::GENERAL) {
-                if !services.contains(&general) {
-                    services.push(general);
-                }
-            }
-        }
-        services
-    }
-
-    /// Whether this staff member may take chats of `service`.
-    pub fn takes_chats_of(&self, service: &ServiceCode) -> bool {
-        self.handles(service)
-            || (self.role == Role::Staff && service.as_str() == crate::catalog::GENERAL)
-    }
-
-    // What a role allows. The JSON API, the pages (their handlers and the
-    // navigation that links to them) and the socket ask these, so that they
-    // cannot disagree about who may do what.
-
-    /// Load figures of every municipality: schedulers and admins.
-    pub fn may_see_load(&self) -> bool {
-        matches!(self.role, Role::Scheduler | Role::Admin)
-    }
-
-    /// The audit log, of every resident: admins only.
-    pub fn may_read_audit_log(&self) -> bool {
-        self.role == Role::Admin
-    }
-
-    /// Deactivating staff accounts: admins only.
-    pub fn may_deactivate_staff(&self) -> bool {
-        self.role == Role::Admin
-    }
-
-    /// Reading `target`'s availability templates: their own, a scheduler
-    /// those of their municipality, an admin everyone's.
-    pub fn may_read_templates_of(&self, target: &Staff) -> bool {
-        self.may_change_templates_of(target) || target.id == self.id
-    }
-
-    /// Changing `target`'s availability templates: a scheduler those of
-    /// their municipality, an admin everyone's; a social worker not even
-    /// their own.
-    pub fn may_change_templates_of(&self, target: &Staff) -> bool {
-        match self.role {
-            Role::Admin => true,
-            Role::Scheduler => target.municipality == self.municipality,
-            Role::Staff => false,
-        }
-    }
-}
+pub use crate::records::Staff;
 
 /// What is needed to create a staff account.
 #[derive(Debug, Clone)]
@@ -172,7 +99,7 @@ pub async fn create_staff(db: &Db, new: &NewStaff, now: i64) -> Result<Staff, Er
             .execute(&mut *tx)
             .await?;
     }
-    crate::snapshot::bump(&mut tx).await?;
+    crate::db::catalog_changed(&mut tx).await?;
     tx.commit().await?;
     Ok(Staff {
         id,

@@ -28,109 +28,15 @@
 //! lets the writer keep known upserts of one row in different runs.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use sqlx::any::AnyArguments;
-use sqlx::query::Query;
-use sqlx::{Any, AnyConnection, Connection};
+use sqlx::{AnyConnection, Connection};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::db::{Backend, Db, WriteTurn, PING_IDLE_AFTER};
+use crate::statement::{bind_all, Job};
 
-/// A value bound to a statement.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Arg {
-    Text(String),
-    Int(i64),
-    Null,
-}
-
-impl From<&str> for Arg {
-    fn from(v: &str) -> Arg {
-        Arg::Text(v.to_owned())
-    }
-}
-
-impl From<String> for Arg {
-    fn from(v: String) -> Arg {
-        Arg::Text(v)
-    }
-}
-
-impl From<i64> for Arg {
-    fn from(v: i64) -> Arg {
-        Arg::Int(v)
-    }
-}
-
-impl<T: Into<Arg>> From<Option<T>> for Arg {
-    fn from(v: Option<T>) -> Arg {
-        v.map_or(Arg::Null, Into::into)
-    }
-}
-
-/// One statement with `$1`, `$2`, ... placeholders and the values for them.
-#[derive(Debug, Clone)]
-pub struct Statement {
-    sql: String,
-    args: Vec<Arg>,
-    upserts: Option<String>,
-}
-
-impl Statement {
-    pub fn new(sql: impl Into<String>) -> Statement {
-        Statement {
-            sql: sql.into(),
-            args: Vec::new(),
-            upserts: None,
-        }
-    }
-
-    /// Names the row this upsert may change (any text that tells it from
-    /// other rows), so that PostgreSQL's batch writer never puts two upserts
-    /// of the same row in one statement, where the second would fail the
-    /// whole run. Without it the result is the same, only slower.
-    pub fn upserts(mut self, row: impl Into<String>) -> Statement {
-        self.upserts = Some(row.into());
-        self
-    }
-
-    fn inserts(&self) -> bool {
-        self.sql
-            .trim_start()
-            .get(..7)
-            .is_some_and(|word| word.eq_ignore_ascii_case("INSERT "))
-    }
-
-    /// Binds the next placeholder.
-    pub fn bind(mut self, value: impl Into<Arg>) -> Statement {
-        self.args.push(value.into());
-        self
-    }
-
-    /// Runs the statement on `conn`, inside whatever transaction it holds.
-    pub async fn execute(&self, conn: &mut AnyConnection) -> Result<u64, sqlx::Error> {
-        Ok(bind_all(sqlx::query(&self.sql), &self.args)
-            .execute(conn)
-            .await?
-            .rows_affected())
-    }
-}
-
-fn bind_all<'q>(
-    mut query: Query<'q, Any, AnyArguments<'q>>,
-    args: impl IntoIterator<Item = &'q Arg>,
-) -> Query<'q, Any, AnyArguments<'q>> {
-    for arg in args {
-        query = match arg {
-            Arg::Text(v) => query.bind(v.as_str()),
-            Arg::Int(v) => query.bind(*v),
-            Arg::Null => query.bind(None::<String>),
-        };
-    }
-    query
-}
+pub use crate::statement::{Arg, Statement};
 
 /// Joins `statements` into one SQLite transaction: `BEGIN IMMEDIATE; ...;
 /// COMMIT`, with each statement's placeholders renumbered after those of the
@@ -208,16 +114,6 @@ fn renumber(sql: &str, offset: usize) -> String {
     out
 }
 
-/// The queue of a [`Db`]'s batch writer, started on first use and again if
-/// it has stopped (its runtime shut down).
-pub(crate) type Batches = Arc<Mutex<Option<mpsc::UnboundedSender<Job>>>>;
-
-/// One caller's transaction, waiting for the batch writer.
-pub(crate) struct Job {
-    statements: Vec<Statement>,
-    done: oneshot::Sender<Result<(), sqlx::Error>>,
-}
-
 /// The most transactions one SQLite commit takes. A booking binds about 50
 /// values, and SQLite takes 32,766 in one statement; the bound keeps a
 /// batch's latency near that of the transactions in it.
@@ -257,7 +153,7 @@ async fn write_batches(db: Db, mut queue: mpsc::UnboundedReceiver<Job>) {
         let statements: Vec<&[Statement]> = batch.iter().map(|j| &j.statements[..]).collect();
         let results = match db.backend() {
             Backend::Sqlite => db.commit_together(&statements).await,
-            Backend::Postgres => db.send_together(&mut kept, &statements).await,
+            Backend::Postgres => kept.send_together(&db, &statements).await,
         };
         for (job, result) in batch.into_iter().zip(results) {
             // A caller that stopped waiting has nothing to be told.
@@ -278,6 +174,40 @@ struct Kept {
 }
 
 impl Kept {
+    /// Sends each of `transactions`, all made of inserts, to PostgreSQL and
+    /// says how each went: runs of the same statements (see [`runs`]) as
+    /// one statement each, and when a run fails, its transactions one by
+    /// one, so that only the failing one fails, with its own error. They go
+    /// over the connection the writer keeps, so that PostgreSQL plans each
+    /// batch size once for it instead of once for every pooled connection.
+    async fn send_together(
+        &mut self,
+        db: &Db,
+        transactions: &[&[Statement]],
+    ) -> Vec<Result<(), sqlx::Error>> {
+        let mut results: Vec<Option<Result<(), sqlx::Error>>> =
+            transactions.iter().map(|_| None).collect();
+        for run in runs(transactions) {
+            if run.len() > 1 {
+                let statements: Vec<&Statement> =
+                    run.iter().flat_map(|&i| transactions[i].iter()).collect();
+                if self.execute(db, as_one(statements)).await.is_ok() {
+                    for &i in &run {
+                        results[i] = Some(Ok(()));
+                    }
+                    continue;
+                }
+            }
+            for &i in &run {
+                results[i] = Some(self.execute(db, as_one(transactions[i])).await);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(left_out())))
+            .collect()
+    }
+
     async fn execute(
         &mut self,
         db: &Db,
@@ -468,40 +398,6 @@ impl Db {
                 .iter()
                 .map(|_| Err(batch_failed("COMMIT", &e)))
                 .collect();
-        }
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(left_out())))
-            .collect()
-    }
-
-    /// Sends each of `transactions`, all made of inserts, to PostgreSQL and
-    /// says how each went: runs of the same statements (see [`runs`]) as
-    /// one statement each, and when a run fails, its transactions one by
-    /// one, so that only the failing one fails, with its own error. They go
-    /// over the connection the writer keeps, so that PostgreSQL plans each
-    /// batch size once for it instead of once for every pooled connection.
-    async fn send_together(
-        &self,
-        kept: &mut Kept,
-        transactions: &[&[Statement]],
-    ) -> Vec<Result<(), sqlx::Error>> {
-        let mut results: Vec<Option<Result<(), sqlx::Error>>> =
-            transactions.iter().map(|_| None).collect();
-        for run in runs(transactions) {
-            if run.len() > 1 {
-                let statements: Vec<&Statement> =
-                    run.iter().flat_map(|&i| transactions[i].iter()).collect();
-                if kept.execute(self, as_one(statements)).await.is_ok() {
-                    for &i in &run {
-                        results[i] = Some(Ok(()));
-                    }
-                    continue;
-                }
-            }
-            for &i in &run {
-                results[i] = Some(kept.execute(self, as_one(transactions[i])).await);
-            }
         }
         results
             .into_iter()

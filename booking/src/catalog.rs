@@ -11,44 +11,7 @@ use crate::domain::{MunicipalityCode, Rule, ServiceCode, Step};
 use crate::policy::Agreement;
 use crate::Error;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Municipality {
-    pub code: MunicipalityCode,
-    pub name: String,
-    pub time_zone: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Service {
-    pub code: ServiceCode,
-    /// The rust-i18n key of the service's name, e.g. `service.ekonomiskt-bistand`.
-    pub name_key: String,
-    pub anonymous_chat: bool,
-    pub slot_minutes: i64,
-    pub buffer_minutes: i64,
-    /// Whether its mail and calendar entries must not name the social
-    /// services (violence in close relationships, substance abuse): they go
-    /// out under a neutral title the resident picks at booking.
-    pub discreet: bool,
-    /// Whether its pre-assessment may be done by chat ("Chat with us now").
-    pub chat: bool,
-    /// Whether it has times to book. [`GENERAL`] has none.
-    pub bookable: bool,
-}
-
-/// The code of "I don't know": the chat a resident opens who cannot tell
-/// which service fits. It is a service without times to book, whose
-/// pre-assessment only the home municipality performs, and which every
-/// social worker there may take, whatever services they handle
-/// ([`crate::accounts::Staff::chat_services`]).
-pub const GENERAL: &str = "general";
-
-impl Service {
-    /// Whether this is [`GENERAL`].
-    pub fn is_general(&self) -> bool {
-        self.code.as_str() == GENERAL
-    }
-}
+pub use crate::records::{Municipality, Service, GENERAL};
 
 const SERVICE_COLUMNS: &str =
     "code, name_key, anonymous_chat, slot_minutes, buffer_minutes, discreet, chat, bookable";
@@ -80,8 +43,9 @@ pub async fn municipality(db: &Db, code: &MunicipalityCode) -> Result<Option<Mun
 /// which may lag a change by a request (fine for a name in an answer), else
 /// from the database; empty for a code nobody knows.
 pub async fn municipality_name(db: &Db, code: &MunicipalityCode) -> Result<String, Error> {
-    let cached =
-        crate::snapshot::last_loaded(db).and_then(|s| s.municipality(code).map(|m| m.name.clone()));
+    let cached = db
+        .last_snapshot()
+        .and_then(|s| s.municipality(code).map(|m| m.name.clone()));
     match cached {
         Some(name) => Ok(name),
         None => Ok(municipality(db, code)
@@ -220,7 +184,7 @@ pub async fn insert_municipality(db: &Db, m: &Municipality) -> Result<(), Error>
         .bind(&m.time_zone)
         .execute(&mut *tx)
         .await?;
-    crate::snapshot::bump(&mut tx).await?;
+    crate::db::catalog_changed(&mut tx).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -258,7 +222,7 @@ pub async fn insert_service(
         .execute(&mut *tx)
         .await?;
     }
-    crate::snapshot::bump(&mut tx).await?;
+    crate::db::catalog_changed(&mut tx).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -287,7 +251,7 @@ pub async fn insert_agreement(db: &Db, a: &Agreement) -> Result<(), Error> {
         .execute(&mut *tx)
         .await?;
     }
-    crate::snapshot::bump(&mut tx).await?;
+    crate::db::catalog_changed(&mut tx).await?;
     tx.commit().await?;
     Ok(())
 }

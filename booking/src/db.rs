@@ -2,7 +2,8 @@
 //! the domain keeps beside it in this process (the catalogue snapshot, the
 //! batch writer's queue, the staff times being booked, and the size class of
 //! `bookings`). It calls nothing in the domain: what fills the caches lives
-//! with the domain, in `snapshot`, `batch` and `bookings`.
+//! with the domain, in `snapshot`, `batch` and `bookings`; what the
+//! snapshot holds is in `records`, below this.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -16,8 +17,8 @@ pub use crate::pool::{Backend, DbError, Pool, WriteTurn};
 #[derive(Debug, Clone)]
 pub struct Db {
     base: Pool,
-    cache: crate::snapshot::Cache,
-    batches: crate::batch::Batches,
+    cache: crate::records::Cache,
+    batches: crate::statement::Batches,
     holds: Holds,
     /// How big `bookings` was at the last read around a time, as
     /// [`crate::bookings`] keeps it on PostgreSQL: the size class its
@@ -111,7 +112,7 @@ impl Db {
         self.base.backend()
     }
 
-    pub(crate) fn batches(&self) -> &crate::batch::Batches {
+    pub(crate) fn batches(&self) -> &crate::statement::Batches {
         &self.batches
     }
 
@@ -124,8 +125,16 @@ impl Db {
         }
     }
 
-    pub(crate) fn cache(&self) -> &crate::snapshot::Cache {
+    pub(crate) fn cache(&self) -> &crate::records::Cache {
         &self.cache
+    }
+
+    /// The catalog snapshot this process loaded last, without asking
+    /// whether it is still current: for what may lag a change by a request,
+    /// such as a municipality's name in an answer. `None` before the first
+    /// load. `snapshot::current` is the read that is never stale.
+    pub fn last_snapshot(&self) -> Option<std::sync::Arc<crate::records::Snapshot>> {
+        self.cache.latest()
     }
 
     /// The size class of `bookings` that the last read around a time saw,
@@ -137,4 +146,13 @@ impl Db {
     pub(crate) fn set_bookings_scale(&self, scale: u32) {
         self.bookings_scale.store(scale, Ordering::Relaxed);
     }
+}
+
+/// Records that the catalog changed, so that every process loads its
+/// snapshot afresh; call it in the changing transaction.
+pub(crate) async fn catalog_changed(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE catalog_version SET version = version + 1 WHERE id = 1")
+        .execute(conn)
+        .await
+        .map(|_| ())
 }

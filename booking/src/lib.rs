@@ -20,10 +20,12 @@ pub mod outbox;
 mod passwords;
 mod policy;
 mod pool;
+mod records;
 pub mod seed;
 pub mod sessions;
 pub mod slots;
 mod snapshot;
+mod statement;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod throttle;

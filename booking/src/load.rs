@@ -17,8 +17,10 @@ use sqlx::{AnyConnection, Row};
 use crate::batch::Statement;
 use crate::db::{Db, DbError};
 use crate::domain::SlotRange;
-use crate::slots::Template;
+
 use crate::Error;
+
+pub use crate::records::published_minutes;
 
 /// The Monday that starts the week of `at`, in `tz`: the week a booking
 /// starting then counts toward.
@@ -45,15 +47,6 @@ pub fn adjust(staff_id: &str, range: &SlotRange, sign: i64, tz: &TimeZone) -> St
     .bind(week.clone())
     .bind(sign * (range.end().as_second() - range.start().as_second()))
     .upserts(format!("staff_week_load {staff_id} {week}"))
-}
-
-/// Minutes a staff member's templates publish in the week starting on
-/// `monday`.
-pub fn published_minutes(templates: &[Template], monday: Date, tz: &TimeZone) -> i64 {
-    (0..7)
-        .filter_map(|d| monday.checked_add(Span::new().days(d)).ok())
-        .map(|day| templates.iter().map(|t| t.minutes_on(day, tz)).sum::<i64>())
-        .sum()
 }
 
 /// Recomputes the whole table from the bookings that are not cancelled.

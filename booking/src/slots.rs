@@ -9,76 +9,18 @@
 //! The templates themselves are stored in `availability_templates`; the
 //! functions at the bottom read, add and delete them.
 
-use jiff::civil::{Date, Time};
+use jiff::civil::Date;
 use jiff::tz::TimeZone;
 use jiff::{Span, Timestamp};
-use serde::Serialize;
 
 use sqlx::Row;
 
 use crate::catalog;
 use crate::db::Db;
-use crate::domain::{InvalidValue, SlotRange};
+use crate::domain::SlotRange;
 use crate::Error;
 
-/// A weekly window in which a staff member takes meetings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Template {
-    pub id: String,
-    pub staff_id: String,
-    /// ISO weekday: 1 is Monday, 7 is Sunday.
-    pub weekday: i8,
-    /// Minutes after local midnight, `0..1440`.
-    pub start_minute: i16,
-    /// Minutes after local midnight, `1..=1440`, after `start_minute`.
-    pub end_minute: i16,
-    pub valid_from: Date,
-    pub valid_to: Date,
-}
-
-impl Template {
-    /// Checks the fields that the database checks too, so that an API caller
-    /// gets a clear message instead of a constraint error.
-    pub fn validate(&self) -> Result<(), InvalidValue> {
-        let bad = |reason: &str| InvalidValue {
-            field: "template",
-            reason: reason.to_owned(),
-        };
-        if !(1..=7).contains(&self.weekday) {
-            return Err(bad("weekday is 1 (Monday) to 7 (Sunday)"));
-        }
-        if !(0..1440).contains(&self.start_minute) || !(1..=1440).contains(&self.end_minute) {
-            return Err(bad("times are minutes after midnight"));
-        }
-        if self.start_minute >= self.end_minute {
-            return Err(bad("the window must start before it ends"));
-        }
-        if self.valid_from > self.valid_to {
-            return Err(bad("valid_from must not be after valid_to"));
-        }
-        Ok(())
-    }
-
-    /// The published minutes of this window on `date`, in real time: 23- and
-    /// 25-hour days count what the clock really covers.
-    pub fn minutes_on(&self, date: Date, tz: &TimeZone) -> i64 {
-        match self.window_on(date, tz) {
-            Some((start, end)) => (end.as_second() - start.as_second()) / 60,
-            None => 0,
-        }
-    }
-
-    /// The window's absolute start and end on `date`, if it applies that day.
-    fn window_on(&self, date: Date, tz: &TimeZone) -> Option<(Timestamp, Timestamp)> {
-        let weekday = date.weekday().to_monday_one_offset();
-        if weekday != self.weekday || date < self.valid_from || date > self.valid_to {
-            return None;
-        }
-        let start = local_instant(date, self.start_minute, tz)?;
-        let end = local_instant(date, self.end_minute, tz)?;
-        (start < end).then_some((start, end))
-    }
-}
+pub use crate::records::Template;
 
 /// How a service cuts windows: each meeting lasts `slot_minutes`, and
 /// `buffer_minutes` are kept free after it.
@@ -175,21 +117,6 @@ pub fn slot_at(
         .and_then(|_| SlotRange::from_unix(at, at + length).ok())
 }
 
-/// The absolute instant of `minute` after local midnight on `date`. A minute
-/// in a spring-forward gap maps to the first instant after the gap.
-fn local_instant(date: Date, minute: i16, tz: &TimeZone) -> Option<Timestamp> {
-    let day = if minute >= 1440 {
-        date.checked_add(Span::new().days(1)).ok()?
-    } else {
-        date
-    };
-    let minute = minute % 1440;
-    let time = Time::new((minute / 60) as i8, (minute % 60) as i8, 0, 0).ok()?;
-    tz.to_ambiguous_timestamp(day.to_datetime(time))
-        .compatible()
-        .ok()
-}
-
 // ---------------------------------------------------------------------------
 // Availability templates in the database
 
@@ -260,7 +187,7 @@ pub async fn add_template(db: &Db, template: &Template) -> Result<Template, Erro
     .bind(stored.valid_to.to_string())
     .execute(&mut *tx)
     .await?;
-    crate::snapshot::bump(&mut tx).await?;
+    crate::db::catalog_changed(&mut tx).await?;
     tx.commit().await?;
     Ok(stored)
 }
@@ -276,7 +203,7 @@ pub async fn delete_template(db: &Db, staff_id: &str, id: &str) -> Result<(), Er
     if done.rows_affected() == 0 {
         return Err(Error::NotFound);
     }
-    crate::snapshot::bump(&mut tx).await?;
+    crate::db::catalog_changed(&mut tx).await?;
     tx.commit().await?;
     Ok(())
 }

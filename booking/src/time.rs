@@ -1,8 +1,8 @@
 //! Time zones: the zone times are shown in, and a local day's bounds.
 
-use jiff::civil::Date;
+use jiff::civil::{Date, Time};
 use jiff::tz::TimeZone;
-use jiff::Timestamp;
+use jiff::{Span, Timestamp};
 
 use crate::Error;
 
@@ -27,4 +27,19 @@ pub fn day_bounds(day: Date, tz: &TimeZone) -> Result<(Timestamp, Timestamp), Er
     let start = day.to_zoned(tz.clone()).map_err(beyond)?;
     let end = start.tomorrow().map_err(beyond)?;
     Ok((start.timestamp(), end.timestamp()))
+}
+
+/// The absolute instant of `minute` after local midnight on `date`. A minute
+/// in a spring-forward gap maps to the first instant after the gap.
+pub(crate) fn local_instant(date: Date, minute: i16, tz: &TimeZone) -> Option<Timestamp> {
+    let day = if minute >= 1440 {
+        date.checked_add(Span::new().days(1)).ok()?
+    } else {
+        date
+    };
+    let minute = minute % 1440;
+    let time = Time::new((minute / 60) as i8, (minute % 60) as i8, 0, 0).ok()?;
+    tz.to_ambiguous_timestamp(day.to_datetime(time))
+        .compatible()
+        .ok()
 }

@@ -2,10 +2,10 @@
 //! themselves; the hub carries these out in order.
 
 use crate::history::StoredEvent;
+use crate::identity::StaffAccess;
 use crate::ids::{BookingId, ConnectionId, MunicipalityCode, PartyId, RoomId, StaffId};
 use crate::protocol::{BookingOutcome, Participant, ServerMessage};
-use crate::queue::QueueEntryRecord;
-use crate::room::StaffAccess;
+use crate::store::QueueEntryRecord;
 
 /// One thing to do. Within one batch the order matters: a `Persist` must
 /// succeed before any `Send` after it, so that nothing is shown (or

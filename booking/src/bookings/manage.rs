@@ -3,20 +3,18 @@
 
 use super::announce;
 use super::best_free;
-use super::booking_from_row;
 use super::discretion;
+use super::record::booking_from_row;
+use super::record::Booking;
+use super::record::Ticket;
+use super::record::BOOKING_COLUMNS;
+use super::record::{authority_actor, booking_entry, by_token, find_active, Authority};
 use super::service_is_discreet;
-use super::Booking;
-use super::Ticket;
 use super::Wanted;
-use super::BOOKING_COLUMNS;
 use super::PLACE_ATTEMPTS;
 use crate::accounts;
-use crate::accounts::token_hash;
-use crate::accounts::Resident;
 use crate::audit;
 use crate::audit::Actor;
-use crate::audit::Entry;
 use crate::audit::Outcome;
 use crate::db::is_booking_conflict;
 use crate::db::Db;
@@ -28,15 +26,7 @@ use crate::time::zone;
 use crate::time::DISPLAY_ZONE;
 use crate::Error;
 use jiff::Timestamp;
-/// How a caller proves the right to change a booking.
-#[derive(Debug, Clone, Copy)]
-pub enum Authority<'a> {
-    /// The token from the confirmation mail.
-    Token(&'a str),
-    /// The signed-in resident who owns the booking.
-    Resident(&'a Resident),
-}
-
+use sqlx::Row;
 /// Cancels a booking. A token is spent by cancelling: afterwards it finds
 /// nothing.
 pub async fn cancel(
@@ -214,31 +204,6 @@ pub async fn read_by_token(db: &Db, token: &str, now: Timestamp) -> Result<Booki
     Ok(booking)
 }
 
-/// The booking a manage token belongs to, unaudited: the callers audit what
-/// they do with it.
-///
-/// A token works until it has cancelled its booking or the meeting has
-/// ended. The mail that carries it stays in an inbox for years, and whoever
-/// reads that inbox later should learn nothing from the link: after that, the
-/// token is as unknown as a made-up one. Moving the booking moves the end, so
-/// a moved booking's token lasts until the new end.
-pub(super) async fn by_token(db: &Db, token: &str, now: Timestamp) -> Result<Booking, Error> {
-    let row = sqlx::query(&format!(
-        "SELECT {BOOKING_COLUMNS} FROM bookings \
-         WHERE manage_token_hash = $1 AND manage_token_spent = 0 AND ends_at > $2"
-    ))
-    .bind(token_hash(token))
-    .bind(now.as_second())
-    .fetch_optional(db.pool())
-    .await?;
-    let booking = row
-        .as_ref()
-        .map(booking_from_row)
-        .transpose()?
-        .ok_or(Error::NotFound)?;
-    Ok(booking)
-}
-
 /// Records how a meeting went: `completed` or `no_show`, and only for a
 /// booking that is still `booked`, so a cancelled booking never turns into a
 /// meeting. Returns the booking as it is now, or `Conflict` if it was not
@@ -281,88 +246,58 @@ pub async fn record_outcome(
     Ok(booking)
 }
 
-/// Finds the booking a caller may manage. A token finds its own booking; a
-/// resident finds only their own, and asking for another's is audit-logged and
-/// answered exactly as a missing booking.
-/// The still-booked booking a caller may change, with its resident. Any
-/// other status is a conflict: a cancelled booking cannot be `verb`.
-pub(super) async fn find_active(
-    db: &Db,
-    authority: Authority<'_>,
-    booking_id: Option<&str>,
-    now: Timestamp,
-    verb: &str,
-) -> Result<(Booking, Resident), Error> {
-    let booking = find_managed(db, authority, booking_id, now).await?;
-    if booking.status != BookingStatus::Booked {
-        return Err(Error::Conflict(format!(
-            "a {} booking cannot be {verb}",
-            booking.status.as_str()
-        )));
-    }
-    let resident = accounts::resident_by_id(db, &booking.resident_id)
-        .await?
-        .ok_or(Error::NotFound)?;
-    Ok((booking, resident))
-}
+/// How long after a knock mail for a booking another knock on it sends none:
+/// a resident who reloads the waiting room, or leaves and comes back, should
+/// not fill the staff member's inbox.
+pub const KNOCK_MAIL_EVERY_SECS: i64 = 15 * 60;
 
-pub(super) async fn find_managed(
-    db: &Db,
-    authority: Authority<'_>,
-    booking_id: Option<&str>,
-    now: Timestamp,
-) -> Result<Booking, Error> {
-    match authority {
-        // A spent or expired token finds nothing (`by_token` says why).
-        Authority::Token(token) => by_token(db, token, now).await,
-        Authority::Resident(resident) => {
-            let id = booking_id.ok_or(Error::NotFound)?;
-            let row = sqlx::query(&format!(
-                "SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = $1"
-            ))
-            .bind(id)
+/// Mails the staff member booked for `booking_id` that someone waits in its
+/// waiting room, unless a knock mail for it was written in the last
+/// [`KNOCK_MAIL_EVERY_SECS`] or the booking is no longer booked. The mail
+/// names the meeting's time only, never the resident. Returns whether a mail
+/// was written.
+pub async fn knock(db: &Db, booking_id: &str, now: i64) -> Result<bool, Error> {
+    let row =
+        sqlx::query("SELECT staff_id, starts_at FROM bookings WHERE id = $1 AND status = 'booked'")
+            .bind(booking_id)
             .fetch_optional(db.pool())
             .await?;
-            let booking = row.as_ref().map(booking_from_row).transpose()?;
-            match booking {
-                Some(b) if b.resident_id == resident.id => Ok(b),
-                Some(b) => {
-                    let actor = Actor::Resident(resident.id.clone());
-                    audit::record_now(
-                        db,
-                        &booking_entry(&actor, "booking.read", &b, Outcome::Denied),
-                        now.as_second(),
-                    )
-                    .await?;
-                    Err(Error::NotFound)
-                }
-                None => Err(Error::NotFound),
-            }
-        }
+    let Some(row) = row else {
+        return Ok(false);
+    };
+    let staff_id: String = row.try_get("staff_id")?;
+    let starts_at: i64 = row.try_get("starts_at")?;
+    let Some(staff) = accounts::staff_by_id(db, &staff_id).await? else {
+        return Ok(false);
+    };
+    let _turn = db.write_turn().await;
+    let mut tx = db.pool().begin().await?;
+    let recent: i64 = sqlx::query(
+        "SELECT COUNT(*) AS n FROM outbox WHERE booking_id = $1 AND kind = 'knock' AND created_at > $2",
+    )
+    .bind(booking_id)
+    .bind(now - KNOCK_MAIL_EVERY_SECS)
+    .fetch_one(&mut *tx)
+    .await?
+    .try_get("n")?;
+    if recent > 0 {
+        return Ok(false);
     }
-}
-
-pub(super) fn authority_actor(authority: Authority<'_>) -> Actor {
-    match authority {
-        Authority::Token(_) => Actor::Anonymous,
-        Authority::Resident(r) => Actor::Resident(r.id.clone()),
-    }
-}
-
-pub(super) fn booking_entry<'a>(
-    actor: &'a Actor,
-    action: &'a str,
-    booking: &'a Booking,
-    outcome: Outcome,
-) -> Entry<'a> {
-    Entry {
-        actor,
-        action,
-        subject: format!("booking:{}", booking.id),
-        resident_id: Some(&booking.resident_id),
-        on_behalf_of: Some(booking.performed_for.as_str()),
-        rule: Some(booking.rule),
-        agreement_id: booking.agreement_id.as_deref(),
-        outcome,
-    }
+    let message = Message::Knock {
+        booking_id: booking_id.to_owned(),
+        starts_at,
+    };
+    // Staff work in the console's default language.
+    outbox::enqueue(
+        &mut tx,
+        &staff.email,
+        crate::domain::Language::default(),
+        &message,
+        None,
+        now,
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(true)
 }

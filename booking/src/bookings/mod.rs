@@ -17,16 +17,6 @@
 //! Availability templates are stored by [`crate::slots`]; time zones are in
 //! [`crate::time`].
 
-use jiff::Timestamp;
-use serde::Serialize;
-use sqlx::any::AnyRow;
-use sqlx::Row;
-
-use crate::db::Db;
-use crate::domain::{Basis, BookingStatus, MunicipalityCode, ServiceCode, SlotRange, Step};
-use crate::outbox::NeutralTitle;
-use crate::Error;
-
 pub use crate::time::{day_bounds, zone, DISPLAY_ZONE};
 
 /// The active bookings that touch the range `$1` to `$2`, as the `FROM`
@@ -42,12 +32,14 @@ macro_rules! active_near {
 
 mod manage;
 mod place;
+mod record;
 mod report;
 mod search;
 mod views;
 
 pub use manage::*;
 pub use place::*;
+pub use record::*;
 pub use report::*;
 pub use search::*;
 pub use views::*;
@@ -57,90 +49,6 @@ pub const MAX_BOOKING_SECONDS: i64 = 24 * 60 * 60;
 
 /// Reminders go out this many minutes before a meeting.
 pub const REMINDER_MINUTES: [i64; 2] = [24 * 60, 60];
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Booking {
-    pub id: String,
-    pub resident_id: String,
-    pub staff_id: String,
-    pub service: ServiceCode,
-    pub step: Step,
-    pub range: SlotRange,
-    pub status: BookingStatus,
-    /// The municipality whose staff performs the meeting.
-    pub performed_by: MunicipalityCode,
-    /// The resident's home municipality, which stays responsible.
-    pub performed_for: MunicipalityCode,
-    pub agreement_id: Option<String>,
-    /// The home municipality, or the cross-border rule the booking relied on.
-    pub rule: Basis,
-    /// Bumped on every change, for calendar invitations.
-    pub sequence: i64,
-    /// The neutral title the resident chose at booking for discreet mail;
-    /// `None` means the default, [`NeutralTitle::Meeting`].
-    pub neutral_title: Option<NeutralTitle>,
-}
-
-impl Booking {
-    /// Whether its meeting can be entered at `now`: it is booked and has not
-    /// ended. The join links, the meeting page and the API that opens the
-    /// room all ask this.
-    pub fn is_joinable(&self, now: Timestamp) -> bool {
-        self.status == BookingStatus::Booked && self.range.end() > now
-    }
-
-    /// Whether it can still be cancelled or moved at `now`: it is booked and
-    /// has not started.
-    pub fn is_changeable(&self, now: Timestamp) -> bool {
-        self.status == BookingStatus::Booked && self.range.start() > now
-    }
-}
-
-/// A booking made or moved, with the token that manages it. The token is
-/// shown once (and mailed); only its hash is stored.
-#[derive(Debug, Clone)]
-pub struct Ticket {
-    pub booking: Booking,
-    pub manage_token: String,
-}
-
-const BOOKING_COLUMNS: &str =
-    "id, resident_id, staff_id, service_code, step, starts_at, ends_at, status, \
-    performed_by, performed_for, agreement_id, rule, sequence, neutral_title";
-
-fn booking_from_row(r: &AnyRow) -> Result<Booking, Error> {
-    Ok(Booking {
-        id: r.try_get("id")?,
-        resident_id: r.try_get("resident_id")?,
-        staff_id: r.try_get("staff_id")?,
-        service: ServiceCode::parse(&r.try_get::<String, _>("service_code")?)?,
-        step: Step::parse(&r.try_get::<String, _>("step")?)?,
-        range: SlotRange::from_unix(r.try_get("starts_at")?, r.try_get("ends_at")?)?,
-        status: BookingStatus::parse(&r.try_get::<String, _>("status")?)?,
-        performed_by: MunicipalityCode::parse(&r.try_get::<String, _>("performed_by")?)?,
-        performed_for: MunicipalityCode::parse(&r.try_get::<String, _>("performed_for")?)?,
-        agreement_id: r.try_get("agreement_id")?,
-        rule: Basis::parse(&r.try_get::<String, _>("rule")?)?,
-        sequence: r.try_get("sequence")?,
-        neutral_title: r
-            .try_get::<Option<String>, _>("neutral_title")?
-            .as_deref()
-            .map(NeutralTitle::parse)
-            .transpose()?,
-    })
-}
-
-/// One booking by id, unchecked: for the functions here that decide who
-/// may see it.
-async fn by_id(db: &Db, id: &str) -> Result<Option<Booking>, Error> {
-    let row = sqlx::query(&format!(
-        "SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(db.pool())
-    .await?;
-    row.as_ref().map(booking_from_row).transpose()
-}
 
 #[cfg(test)]
 mod tests;

@@ -1,14 +1,14 @@
 //! Placing a booking: picking the staff member by load and writing the booking
 //! with its mail, load and audit entry in one transaction.
 
-use super::booking_entry;
 use super::busy_query;
 use super::decide_for;
 use super::free_slots;
 use super::parse_ranges;
-use super::Booking;
+use super::record::booking_entry;
+use super::record::Booking;
+use super::record::Ticket;
 use super::Candidate;
-use super::Ticket;
 use super::Wanted;
 use super::REMINDER_MINUTES;
 use crate::accounts;
@@ -226,7 +226,7 @@ pub(super) async fn best_free(
     // The catalog this process has, checked against the version read with
     // the busy times; a newer one is loaded and the times read again, since
     // the service's slot length sets how far around the start to look.
-    let mut catalog = match snapshot::last_loaded(db) {
+    let mut catalog = match db.last_snapshot() {
         Some(catalog) => catalog,
         None => snapshot::current(db).await?,
     };

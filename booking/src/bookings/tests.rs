@@ -316,7 +316,7 @@ async fn a_booking_sees_staff_added_after_the_catalog_was_loaded() {
             .await
             .unwrap();
         assert_eq!(ticket.booking.staff_id, staff.id, "{}", database.url);
-        let after = snapshot::last_loaded(db).unwrap();
+        let after = db.last_snapshot().unwrap();
         assert!(after.version() > before.version(), "{}", database.url);
     }
 }

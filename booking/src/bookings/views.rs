@@ -1,13 +1,13 @@
 //! Who sees which booking: residents' own lists, the staff day, a booking
 //! for staff the policy lets handle it, and the policy's answer itself.
 
-use super::booking_entry;
-use super::booking_from_row;
-use super::by_id;
-use super::find_managed;
-use super::Authority;
-use super::Booking;
-use super::BOOKING_COLUMNS;
+use super::record::booking_entry;
+use super::record::booking_from_row;
+use super::record::by_id;
+use super::record::find_managed;
+use super::record::Authority;
+use super::record::Booking;
+use super::record::BOOKING_COLUMNS;
 use crate::accounts;
 use crate::accounts::Resident;
 use crate::accounts::Staff;
@@ -124,7 +124,7 @@ pub async fn staff_day(
 }
 
 /// A booking with its resident, for a staff member who may handle it
-/// ([`Staff::may_handle_booking`]). Anyone else gets `NotFound`, and the
+/// ([`BookingAccess::of`]). Anyone else gets `NotFound`, and the
 /// attempt is audit-logged either way.
 pub async fn for_staff(
     db: &Db,
@@ -137,7 +137,7 @@ pub async fn for_staff(
         return Err(Error::NotFound);
     };
     let catalog = snapshot::current(db).await?;
-    let allowed = staff.may_handle_booking(&booking, &catalog)?.allowed();
+    let allowed = BookingAccess::of(staff, &booking, &catalog)?.allowed();
     let outcome = if allowed {
         Outcome::Allowed
     } else {
@@ -159,7 +159,7 @@ pub async fn for_staff(
 }
 
 /// Whether a staff member may handle a booking, and what that relied on:
-/// the answer of [`Staff::may_handle_booking`].
+/// the answer of [`BookingAccess::of`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BookingAccess {
     /// The staff member the booking is with.
@@ -175,28 +175,26 @@ pub enum BookingAccess {
 }
 
 impl BookingAccess {
-    pub fn allowed(&self) -> bool {
-        matches!(self, BookingAccess::BookedStaff | BookingAccess::Policy(_))
-    }
-}
-
-impl Staff {
     /// The one rule for who may handle a booking: read it, open its meeting
     /// page, enter its meeting room, hear its knocks, and admit, decline,
     /// send back or end there. The API, the pages and the meeting rooms all
     /// ask this (the rooms through [`staff_who_may_handle`]), so that they
     /// cannot disagree about who sees a resident's meeting.
-    pub fn may_handle_booking(
-        &self,
+    ///
+    /// It is `staff`'s capability, but it lives here rather than on
+    /// [`Staff`], whose record sits below the bookings and the policy's
+    /// reading of the catalog.
+    pub fn of(
+        staff: &Staff,
         booking: &Booking,
         catalog: &Snapshot,
     ) -> Result<BookingAccess, Error> {
-        if booking.staff_id == self.id {
+        if booking.staff_id == staff.id {
             return Ok(BookingAccess::BookedStaff);
         }
         let decision = decide_in(
             catalog,
-            &self.municipality,
+            &staff.municipality,
             &booking.performed_for,
             &booking.service,
             booking.step,
@@ -204,23 +202,27 @@ impl Staff {
         )?;
         Ok(if !decision.allowed() {
             BookingAccess::RefusedByPolicy(decision)
-        } else if !self.handles(&booking.service) {
+        } else if !staff.handles(&booking.service) {
             BookingAccess::NotTheirService
         } else {
             BookingAccess::Policy(decision)
         })
     }
+
+    pub fn allowed(&self) -> bool {
+        matches!(self, BookingAccess::BookedStaff | BookingAccess::Policy(_))
+    }
 }
 
 /// The ids of every staff member who may handle `booking`, by
-/// [`Staff::may_handle_booking`]: who may enter its meeting room and hear
+/// [`BookingAccess::of`]: who may enter its meeting room and hear
 /// its knocks. The caller passes them to the signaling hub, which knows no
 /// policy of its own.
 pub async fn staff_who_may_handle(db: &Db, booking: &Booking) -> Result<Vec<String>, Error> {
     let catalog = snapshot::current(db).await?;
     let mut out = Vec::new();
     for staff in &catalog.staff {
-        if staff.may_handle_booking(booking, &catalog)?.allowed() {
+        if BookingAccess::of(staff, booking, &catalog)?.allowed() {
             out.push(staff.id.clone());
         }
     }

@@ -332,63 +332,6 @@ pub async fn supersede_reminders(
     Ok(done.rows_affected())
 }
 
-/// How long after a knock mail for a booking another knock on it sends none:
-/// a resident who reloads the waiting room, or leaves and comes back, should
-/// not fill the staff member's inbox.
-pub const KNOCK_MAIL_EVERY_SECS: i64 = 15 * 60;
-
-/// Mails the staff member booked for `booking_id` that someone waits in its
-/// waiting room, unless a knock mail for it was written in the last
-/// [`KNOCK_MAIL_EVERY_SECS`] or the booking is no longer booked. The mail
-/// names the meeting's time only, never the resident. Returns whether a mail
-/// was written.
-pub async fn knock(db: &crate::Db, booking_id: &str, now: i64) -> Result<bool, crate::Error> {
-    use sqlx::Row;
-    let row =
-        sqlx::query("SELECT staff_id, starts_at FROM bookings WHERE id = $1 AND status = 'booked'")
-            .bind(booking_id)
-            .fetch_optional(db.pool())
-            .await?;
-    let Some(row) = row else {
-        return Ok(false);
-    };
-    let staff_id: String = row.try_get("staff_id")?;
-    let starts_at: i64 = row.try_get("starts_at")?;
-    let Some(staff) = crate::accounts::staff_by_id(db, &staff_id).await? else {
-        return Ok(false);
-    };
-    let _turn = db.write_turn().await;
-    let mut tx = db.pool().begin().await?;
-    let recent: i64 = sqlx::query(
-        "SELECT COUNT(*) AS n FROM outbox WHERE booking_id = $1 AND kind = 'knock' AND created_at > $2",
-    )
-    .bind(booking_id)
-    .bind(now - KNOCK_MAIL_EVERY_SECS)
-    .fetch_one(&mut *tx)
-    .await?
-    .try_get("n")?;
-    if recent > 0 {
-        return Ok(false);
-    }
-    let message = Message::Knock {
-        booking_id: booking_id.to_owned(),
-        starts_at,
-    };
-    // Staff work in the console's default language.
-    enqueue(
-        &mut tx,
-        &staff.email,
-        Language::default(),
-        &message,
-        None,
-        now,
-        now,
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(true)
-}
-
 /// Mails a guest link to `recipient`, due now. The link is the guest's
 /// only key to the meeting, and the mail says nothing else about it.
 pub async fn guest_invitation(

@@ -177,7 +177,7 @@ impl Effects for AppEffects {
         let Some(booking_id) = room.as_str().strip_prefix("booking:") else {
             return;
         };
-        match booking::outbox::knock(&self.db, booking_id, now()).await {
+        match booking::bookings::knock(&self.db, booking_id, now()).await {
             Ok(true) => tracing::info!(%room, "knock mailed to the booked staff member"),
             Ok(false) => {}
             Err(e) => tracing::error!(%room, error = ?e, "mailing a knock failed"),
