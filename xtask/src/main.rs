@@ -8,6 +8,8 @@
 //!   `bench signaling slow-store` measures chat while audit writes are slow,
 //!   and `bench callsetup` times a video call's set-up in the browser.
 //! - `e2e`: the browser tests alone.
+//! - `cycles [crate ...]`: the module cycles inside `booking`, `signaling`
+//!   and `web` (or the crates named), from cargo-modules; fails on one.
 //! - `db-reset`: deletes the local SQLite database in `./data`.
 
 mod bench_booking;
@@ -18,6 +20,7 @@ mod bench_relay;
 mod bench_signaling;
 mod bench_slow_store;
 mod ci;
+mod cycles;
 mod process;
 mod smtp_sink;
 
@@ -28,6 +31,7 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("ci") => ci::run(),
         Some("e2e") => ci::e2e(),
+        Some("cycles") => cycles::run(&args[1..]),
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("booking") => bench_booking::run(&args[2..]),
             Some("notify") => bench_notify::run(&args[2..]),
@@ -54,7 +58,7 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | e2e | bench <booking|relay|notify|signaling|callsetup> | db-reset>"
+                "usage: cargo xtask <ci | e2e | cycles [crate ...] | bench <booking|relay|notify|signaling|callsetup> | db-reset>"
             );
             std::process::exit(2);
         }
