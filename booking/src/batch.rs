@@ -36,7 +36,7 @@ use sqlx::query::Query;
 use sqlx::{Any, AnyConnection, Connection};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::db::{Backend, Db, WriteTurn, PING_IDLE_AFTER};
+use crate::db::{built_sql, Backend, Db, WriteTurn, PING_IDLE_AFTER};
 
 /// A value bound to a statement.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,6 +71,8 @@ impl<T: Into<Arg>> From<Option<T>> for Arg {
 }
 
 /// One statement with `$1`, `$2`, ... placeholders and the values for them.
+/// Its text is this crate's own SQL, which [`built_sql`] vouches for when it
+/// runs: values go in as bound arguments, never into the text.
 #[derive(Debug, Clone)]
 pub struct Statement {
     sql: String,
@@ -111,17 +113,15 @@ impl Statement {
 
     /// Runs the statement on `conn`, inside whatever transaction it holds.
     pub async fn execute(&self, conn: &mut AnyConnection) -> Result<u64, sqlx::Error> {
-        Ok(bind_all(sqlx::query(&self.sql), &self.args)
-            .execute(conn)
-            .await?
-            .rows_affected())
+        let query = bind_all(sqlx::query(built_sql(self.sql.clone())), &self.args);
+        Ok(query.execute(conn).await?.rows_affected())
     }
 }
 
-fn bind_all<'q>(
-    mut query: Query<'q, Any, AnyArguments<'q>>,
-    args: impl IntoIterator<Item = &'q Arg>,
-) -> Query<'q, Any, AnyArguments<'q>> {
+fn bind_all<'a>(
+    mut query: Query<'static, Any, AnyArguments>,
+    args: impl IntoIterator<Item = &'a Arg>,
+) -> Query<'static, Any, AnyArguments> {
     for arg in args {
         query = match arg {
             Arg::Text(v) => query.bind(v.as_str()),
@@ -295,7 +295,9 @@ impl Kept {
             Some(conn) => conn,
             None => self.conn.insert(db.pool().acquire().await?.detach()),
         };
-        let result = bind_all(sqlx::query(&sql), args).execute(&mut *conn).await;
+        let result = bind_all(sqlx::query(built_sql(sql)), args)
+            .execute(&mut *conn)
+            .await;
         self.last_used = Some(Instant::now());
         match result {
             Ok(_) => Ok(()),
@@ -405,7 +407,9 @@ impl Db {
         };
         if let [only] = transactions {
             let (sql, args) = joined(only);
-            let result = bind_all(sqlx::query(&sql), args).execute(&mut *conn).await;
+            let result = bind_all(sqlx::query(built_sql(sql)), args)
+                .execute(&mut *conn)
+                .await;
             if result.is_err() && !roll_back(conn, "ROLLBACK").await {
                 turn.take();
             }
@@ -423,7 +427,7 @@ impl Db {
             if run.len() > 1 {
                 let (sql, args) =
                     in_savepoint("run", run.iter().flat_map(|&i| transactions[i].iter()));
-                if bind_all(sqlx::query(&sql), args)
+                if bind_all(sqlx::query(built_sql(sql)), args)
                     .execute(&mut *conn)
                     .await
                     .is_ok()
@@ -443,7 +447,9 @@ impl Db {
             }
             for &i in &run {
                 let (sql, args) = in_savepoint("job", transactions[i].iter());
-                let result = bind_all(sqlx::query(&sql), args).execute(&mut *conn).await;
+                let result = bind_all(sqlx::query(built_sql(sql)), args)
+                    .execute(&mut *conn)
+                    .await;
                 if let Err(e) = result {
                     let undone = sqlx::query("ROLLBACK TO job; RELEASE job")
                         .execute(&mut *conn)
@@ -552,7 +558,7 @@ impl Db {
         };
         if !batched {
             let (sql, args) = as_one(statements);
-            return bind_all(sqlx::query(&sql), args)
+            return bind_all(sqlx::query(built_sql(sql)), args)
                 .execute(self.pool())
                 .await
                 .map(|_| ());
@@ -583,7 +589,7 @@ impl Db {
 /// stays fit to keep for the next write (a lost race for a time ends here,
 /// and is not rare). False when the connection itself failed and should be
 /// dropped; a database's refusal (there was nothing to roll back) is fine.
-async fn roll_back(conn: &mut AnyConnection, sql: &str) -> bool {
+async fn roll_back(conn: &mut AnyConnection, sql: &'static str) -> bool {
     let result = sqlx::query(sql).execute(conn).await;
     matches!(result, Ok(_) | Err(sqlx::Error::Database(_)))
 }
@@ -705,7 +711,7 @@ mod tests {
                 }
             }
             let count = |table: &'static str| async move {
-                sqlx::query_scalar::<_, i64>(&format!("SELECT COUNT(*) FROM {table}"))
+                sqlx::query_scalar::<_, i64>(built_sql(format!("SELECT COUNT(*) FROM {table}")))
                     .fetch_one(db.pool())
                     .await
                     .unwrap()

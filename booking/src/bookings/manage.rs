@@ -18,6 +18,7 @@ use crate::audit;
 use crate::audit::Actor;
 use crate::audit::Entry;
 use crate::audit::Outcome;
+use crate::db::built_sql;
 use crate::db::is_booking_conflict;
 use crate::db::Db;
 use crate::domain::BookingStatus;
@@ -53,10 +54,10 @@ pub async fn cancel(
     );
     let _turn = db.write_turn().await;
     let mut tx = db.pool().begin().await?;
-    let row = sqlx::query(&format!(
+    let row = sqlx::query(built_sql(format!(
         "UPDATE bookings SET status = 'cancelled', manage_token_spent = 1, sequence = sequence + 1, updated_at = $1 \
          WHERE id = $2 AND status = 'booked' RETURNING {BOOKING_COLUMNS}"
-    ))
+    )))
     .bind(now.as_second())
     .bind(&booking.id)
     .fetch_optional(&mut *tx)
@@ -128,11 +129,11 @@ pub async fn reschedule(
         let (candidate, _hold) = best_free(db, &wanted, starts_at, now, Some(&booking.id)).await?;
         let _turn = db.write_turn().await;
         let mut tx = db.pool().begin().await?;
-        let updated = sqlx::query(&format!(
+        let updated = sqlx::query(built_sql(format!(
             "UPDATE bookings SET staff_id = $1, starts_at = $2, ends_at = $3, performed_by = $4, agreement_id = $5, \
              rule = $6, sequence = sequence + 1, updated_at = $7 \
              WHERE id = $8 AND status = 'booked' AND staff_id = $9 AND starts_at = $10 RETURNING {BOOKING_COLUMNS}"
-        ))
+        )))
         .bind(&candidate.staff_id)
         .bind(candidate.range.start().as_second())
         .bind(candidate.range.end().as_second())
@@ -223,10 +224,10 @@ pub async fn read_by_token(db: &Db, token: &str, now: Timestamp) -> Result<Booki
 /// token is as unknown as a made-up one. Moving the booking moves the end, so
 /// a moved booking's token lasts until the new end.
 pub(super) async fn by_token(db: &Db, token: &str, now: Timestamp) -> Result<Booking, Error> {
-    let row = sqlx::query(&format!(
+    let row = sqlx::query(built_sql(format!(
         "SELECT {BOOKING_COLUMNS} FROM bookings \
          WHERE manage_token_hash = $1 AND manage_token_spent = 0 AND ends_at > $2"
-    ))
+    )))
     .bind(token_hash(token))
     .bind(now.as_second())
     .fetch_optional(db.pool())
@@ -257,10 +258,10 @@ pub async fn record_outcome(
     }
     let _turn = db.write_turn().await;
     let mut tx = db.pool().begin().await?;
-    let row = sqlx::query(&format!(
+    let row = sqlx::query(built_sql(format!(
         "UPDATE bookings SET status = $1, sequence = sequence + 1, updated_at = $2 \
          WHERE id = $3 AND status = 'booked' RETURNING {BOOKING_COLUMNS}"
-    ))
+    )))
     .bind(outcome.as_str())
     .bind(now.as_second())
     .bind(booking_id)
@@ -317,9 +318,9 @@ pub(super) async fn find_managed(
         Authority::Token(token) => by_token(db, token, now).await,
         Authority::Resident(resident) => {
             let id = booking_id.ok_or(Error::NotFound)?;
-            let row = sqlx::query(&format!(
+            let row = sqlx::query(built_sql(format!(
                 "SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = $1"
-            ))
+            )))
             .bind(id)
             .fetch_optional(db.pool())
             .await?;

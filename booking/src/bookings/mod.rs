@@ -22,6 +22,7 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
+use crate::db::built_sql;
 use crate::db::Db;
 use crate::domain::{Basis, BookingStatus, MunicipalityCode, ServiceCode, SlotRange, Step};
 use crate::outbox::NeutralTitle;
@@ -133,9 +134,9 @@ fn booking_from_row(r: &AnyRow) -> Result<Booking, Error> {
 /// One booking by id, unchecked: for the functions here that decide who
 /// may see it.
 async fn by_id(db: &Db, id: &str) -> Result<Option<Booking>, Error> {
-    let row = sqlx::query(&format!(
+    let row = sqlx::query(built_sql(format!(
         "SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = $1"
-    ))
+    )))
     .bind(id)
     .fetch_optional(db.pool())
     .await?;
