@@ -33,7 +33,7 @@ use std::time::Instant;
 use sqlx::{AnyConnection, Connection};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::db::{Backend, Db, WriteTurn, PING_IDLE_AFTER};
+use crate::db::{built_sql, Backend, Db, WriteTurn, PING_IDLE_AFTER};
 use crate::statement::{bind_all, Job};
 
 pub use crate::statement::{Arg, Statement};
@@ -225,7 +225,9 @@ impl Kept {
             Some(conn) => conn,
             None => self.conn.insert(db.pool().acquire().await?.detach()),
         };
-        let result = bind_all(sqlx::query(&sql), args).execute(&mut *conn).await;
+        let result = bind_all(sqlx::query(built_sql(sql)), args)
+            .execute(&mut *conn)
+            .await;
         self.last_used = Some(Instant::now());
         match result {
             Ok(_) => Ok(()),
@@ -335,7 +337,9 @@ impl Db {
         };
         if let [only] = transactions {
             let (sql, args) = joined(only);
-            let result = bind_all(sqlx::query(&sql), args).execute(&mut *conn).await;
+            let result = bind_all(sqlx::query(built_sql(sql)), args)
+                .execute(&mut *conn)
+                .await;
             if result.is_err() && !roll_back(conn, "ROLLBACK").await {
                 turn.take();
             }
@@ -353,7 +357,7 @@ impl Db {
             if run.len() > 1 {
                 let (sql, args) =
                     in_savepoint("run", run.iter().flat_map(|&i| transactions[i].iter()));
-                if bind_all(sqlx::query(&sql), args)
+                if bind_all(sqlx::query(built_sql(sql)), args)
                     .execute(&mut *conn)
                     .await
                     .is_ok()
@@ -373,7 +377,9 @@ impl Db {
             }
             for &i in &run {
                 let (sql, args) = in_savepoint("job", transactions[i].iter());
-                let result = bind_all(sqlx::query(&sql), args).execute(&mut *conn).await;
+                let result = bind_all(sqlx::query(built_sql(sql)), args)
+                    .execute(&mut *conn)
+                    .await;
                 if let Err(e) = result {
                     let undone = sqlx::query("ROLLBACK TO job; RELEASE job")
                         .execute(&mut *conn)
@@ -448,7 +454,7 @@ impl Db {
         };
         if !batched {
             let (sql, args) = as_one(statements);
-            return bind_all(sqlx::query(&sql), args)
+            return bind_all(sqlx::query(built_sql(sql)), args)
                 .execute(self.pool())
                 .await
                 .map(|_| ());
@@ -479,7 +485,7 @@ impl Db {
 /// stays fit to keep for the next write (a lost race for a time ends here,
 /// and is not rare). False when the connection itself failed and should be
 /// dropped; a database's refusal (there was nothing to roll back) is fine.
-async fn roll_back(conn: &mut AnyConnection, sql: &str) -> bool {
+async fn roll_back(conn: &mut AnyConnection, sql: &'static str) -> bool {
     let result = sqlx::query(sql).execute(conn).await;
     matches!(result, Ok(_) | Err(sqlx::Error::Database(_)))
 }
@@ -601,7 +607,7 @@ mod tests {
                 }
             }
             let count = |table: &'static str| async move {
-                sqlx::query_scalar::<_, i64>(&format!("SELECT COUNT(*) FROM {table}"))
+                sqlx::query_scalar::<_, i64>(built_sql(format!("SELECT COUNT(*) FROM {table}")))
                     .fetch_one(db.pool())
                     .await
                     .unwrap()

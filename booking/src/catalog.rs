@@ -6,6 +6,7 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
+use crate::db::built_sql;
 use crate::db::Db;
 use crate::domain::{MunicipalityCode, Rule, ServiceCode, Step};
 use crate::policy::Agreement;
@@ -67,21 +68,21 @@ fn municipality_from_row(r: &AnyRow) -> Result<Municipality, Error> {
 /// `/api/services` list them.
 pub async fn services(db: &Db) -> Result<Vec<Service>, Error> {
     let sql = format!("SELECT {SERVICE_COLUMNS} FROM services WHERE bookable = 1 ORDER BY code");
-    let rows = sqlx::query(&sql).fetch_all(db.pool()).await?;
+    let rows = sqlx::query(built_sql(sql)).fetch_all(db.pool()).await?;
     rows.iter().map(service_from_row).collect()
 }
 
 /// Every service, [`GENERAL`] included.
 pub async fn all_services(db: &Db) -> Result<Vec<Service>, Error> {
     let sql = format!("SELECT {SERVICE_COLUMNS} FROM services ORDER BY code");
-    let rows = sqlx::query(&sql).fetch_all(db.pool()).await?;
+    let rows = sqlx::query(built_sql(sql)).fetch_all(db.pool()).await?;
     rows.iter().map(service_from_row).collect()
 }
 
 /// One service, bookable or not.
 pub async fn service(db: &Db, code: &ServiceCode) -> Result<Option<Service>, Error> {
     let sql = format!("SELECT {SERVICE_COLUMNS} FROM services WHERE code = $1");
-    let row = sqlx::query(&sql)
+    let row = sqlx::query(built_sql(sql))
         .bind(code.as_str())
         .fetch_optional(db.pool())
         .await?;

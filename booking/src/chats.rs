@@ -12,6 +12,7 @@ use crate::accounts::{Resident, Staff};
 use crate::audit::{self, Actor, Entry, Outcome};
 use crate::bookings::{decide_in, search_with_municipalities, FreeTimeAt, SearchQuery};
 use crate::catalog::{self, Service};
+use crate::db::built_sql;
 use crate::db::Db;
 use crate::domain::{
     DateRange, EmailAddress, InvalidValue, Language, MessageText, MunicipalityCode, PersonName,
@@ -346,7 +347,7 @@ pub async fn offline_messages_for(
     );
     let _turn = db.write_turn().await;
     let mut tx = db.pool().begin().await?;
-    let mut query = sqlx::query(&sql)
+    let mut query = sqlx::query(built_sql(sql))
         .bind(staff.municipality.as_str())
         .bind(OFFLINE_LIST_LIMIT);
     for service in &services {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use sqlx::{AnyConnection, AnyPool};
 
-pub(crate) use crate::pool::{is_booking_conflict, PING_IDLE_AFTER};
+pub(crate) use crate::pool::{built_sql, is_booking_conflict, PING_IDLE_AFTER};
 pub use crate::pool::{Backend, DbError, Pool, WriteTurn};
 
 /// The database: the pool and the domain's caches beside it.

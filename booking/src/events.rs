@@ -11,7 +11,7 @@ use signaling::store::{append_one_by_one, Appended, Store, StoreError};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Connection, Row};
 
-use crate::db::{Backend, Db};
+use crate::db::{built_sql, Backend, Db};
 use crate::Error;
 
 pub use signaling::store::{EventRow, QueueEntryRow};
@@ -222,7 +222,7 @@ async fn insert_events(
         let (chunk, after) = rest.split_at(next_chunk(rest.len()));
         rest = after;
         let sql = insert_sql(backend, chunk.len());
-        let mut query = sqlx::query(&sql);
+        let mut query = sqlx::query(built_sql(sql));
         for row in chunk {
             query = query
                 .bind(&row.room)
@@ -332,10 +332,10 @@ pub async fn save_queue_entry(db: &Db, row: &QueueEntryRow) -> Result<(), Error>
 
 /// Every entry that is not closed, in ticket order.
 pub async fn open_queue_entries(db: &Db) -> Result<Vec<QueueEntryRow>, Error> {
-    let rows = sqlx::query(&format!(
+    let rows = sqlx::query(built_sql(format!(
         "SELECT {QUEUE_ENTRY_COLUMNS} FROM signaling_queue_entries \
          WHERE state <> 'closed' ORDER BY ticket"
-    ))
+    )))
     .fetch_all(db.pool())
     .await?;
     rows.iter().map(queue_entry_from_row).collect()
@@ -345,10 +345,10 @@ pub async fn open_queue_entries(db: &Db) -> Result<Vec<QueueEntryRow>, Error> {
 /// their state. `resident` is the hub's party id, `resident:<id>`. Anonymous
 /// conversations are left out: nothing ties them to the person asking.
 pub async fn resident_conversations(db: &Db, resident: &str) -> Result<Vec<QueueEntryRow>, Error> {
-    let rows = sqlx::query(&format!(
+    let rows = sqlx::query(built_sql(format!(
         "SELECT {QUEUE_ENTRY_COLUMNS} FROM signaling_queue_entries \
          WHERE resident = $1 AND anonymous = 0 ORDER BY enqueued_at DESC, ticket DESC"
-    ))
+    )))
     .bind(resident)
     .fetch_all(db.pool())
     .await?;
@@ -357,9 +357,9 @@ pub async fn resident_conversations(db: &Db, resident: &str) -> Result<Vec<Queue
 
 /// The queue entry of the conversation in `room`, whatever its state.
 pub async fn queue_entry(db: &Db, room: &str) -> Result<Option<QueueEntryRow>, Error> {
-    let row = sqlx::query(&format!(
+    let row = sqlx::query(built_sql(format!(
         "SELECT {QUEUE_ENTRY_COLUMNS} FROM signaling_queue_entries WHERE room = $1"
-    ))
+    )))
     .bind(room)
     .fetch_optional(db.pool())
     .await?;

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyConnection, AnyPool, ConnectOptions, Connection, Executor};
+use sqlx::{
+    AnyConnection, AnyPool, AssertSqlSafe, ConnectOptions, Connection, Executor, SqlSafeStr, SqlStr,
+};
 
 /// Which database a [`Pool`] talks to. A few statements differ between the two
 /// (row locking, for example); everything else is shared.
@@ -308,6 +310,16 @@ fn create_sqlite_parent_dir(url: &str) -> Result<(), DbError> {
         }
     }
     Ok(())
+}
+
+/// SQL that this crate put together at run time from its own pieces: a
+/// column list, a dialect's form of a statement, placeholders numbered for
+/// a batch or a list, a name it generated. No value a caller passes ever
+/// goes into the text; values are bound. sqlx takes SQL other than a
+/// `&'static str` only with that assertion (`AssertSqlSafe`), and this is
+/// where the crate makes it.
+pub(crate) fn built_sql(sql: String) -> SqlStr {
+    AssertSqlSafe(sql).into_sql_str()
 }
 
 /// True when `err` is the database refusing a second active booking for the

@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 use sqlx::{Any, AnyConnection};
+
+use crate::pool::built_sql;
 use tokio::sync::{mpsc, oneshot};
 
 /// A value bound to a statement.
@@ -42,6 +44,8 @@ impl<T: Into<Arg>> From<Option<T>> for Arg {
 }
 
 /// One statement with `$1`, `$2`, ... placeholders and the values for them.
+/// Its text is this crate's own SQL, which [`built_sql`] vouches for when it
+/// runs: values go in as bound arguments, never into the text.
 #[derive(Debug, Clone)]
 pub struct Statement {
     pub(crate) sql: String,
@@ -82,17 +86,15 @@ impl Statement {
 
     /// Runs the statement on `conn`, inside whatever transaction it holds.
     pub async fn execute(&self, conn: &mut AnyConnection) -> Result<u64, sqlx::Error> {
-        Ok(bind_all(sqlx::query(&self.sql), &self.args)
-            .execute(conn)
-            .await?
-            .rows_affected())
+        let query = bind_all(sqlx::query(built_sql(self.sql.clone())), &self.args);
+        Ok(query.execute(conn).await?.rows_affected())
     }
 }
 
-pub(crate) fn bind_all<'q>(
-    mut query: Query<'q, Any, AnyArguments<'q>>,
-    args: impl IntoIterator<Item = &'q Arg>,
-) -> Query<'q, Any, AnyArguments<'q>> {
+pub(crate) fn bind_all<'a>(
+    mut query: Query<'static, Any, AnyArguments>,
+    args: impl IntoIterator<Item = &'a Arg>,
+) -> Query<'static, Any, AnyArguments> {
     for arg in args {
         query = match arg {
             Arg::Text(v) => query.bind(v.as_str()),

@@ -5,6 +5,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::db::built_sql;
 use crate::db::Db;
 
 /// A database that exists for one test.
@@ -61,7 +62,7 @@ impl TestDb {
         let admin = Db::connect(&admin_url, 1)
             .await
             .expect("connect to DATABASE_URL");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
+        sqlx::query(built_sql(format!("CREATE DATABASE {name}")))
             .execute(admin.pool())
             .await
             .expect("create a test database");
@@ -115,10 +116,10 @@ impl Drop for TestDb {
             };
             rt.block_on(async move {
                 if let Ok(admin) = Db::connect(&cleanup.admin_url, 1).await {
-                    let _ = sqlx::query(&format!(
+                    let _ = sqlx::query(built_sql(format!(
                         "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                         cleanup.name
-                    ))
+                    )))
                     .execute(admin.pool())
                     .await;
                     admin.close().await;

@@ -88,18 +88,15 @@ async fn sqlite_connections_log_ahead_and_keep_temporary_data_in_memory() {
         let mut conn = t.db.pool().acquire().await.unwrap();
         // temp_store 2 is MEMORY.
         for (pragma, wanted) in [
-            ("journal_mode", "wal"),
-            ("temp_store", "2"),
-            ("mmap_size", "0"),
+            ("PRAGMA journal_mode", "wal"),
+            ("PRAGMA temp_store", "2"),
+            ("PRAGMA mmap_size", "0"),
         ] {
-            let row = sqlx::query(&format!("PRAGMA {pragma}"))
-                .fetch_one(&mut *conn)
-                .await
-                .unwrap();
+            let row = sqlx::query(pragma).fetch_one(&mut *conn).await.unwrap();
             let value = sqlx::Row::try_get::<String, _>(&row, 0)
                 .or_else(|_| sqlx::Row::try_get::<i64, _>(&row, 0).map(|n| n.to_string()))
                 .unwrap();
-            assert_eq!(value, wanted, "PRAGMA {pragma}");
+            assert_eq!(value, wanted, "{pragma}");
         }
         let options: Vec<String> = sqlx::query("PRAGMA compile_options")
             .fetch_all(&mut *conn)

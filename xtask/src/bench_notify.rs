@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use booking::outbox::{enqueue, Message};
 use booking::{Db, EmailAddress, Language};
-use sqlx::Executor;
+use sqlx::{AssertSqlSafe, Executor};
 
 pub fn run(args: &[String]) -> Result<()> {
     let mails = option(args, "--mails", 2000)?;
@@ -291,7 +291,8 @@ async fn postgres_db(admin_url: &str) -> Result<(Db, PostgresDatabase)> {
     let admin = Db::connect(admin_url, 1).await?;
     admin
         .pool()
-        .execute(format!("CREATE DATABASE {name}").as_str())
+        // The name is this bench's own (`unique()`), never input.
+        .execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .await?;
     admin.close().await;
     let (base, _) = admin_url
@@ -313,7 +314,11 @@ impl PostgresDatabase {
         let admin = Db::connect(&self.admin_url, 1).await?;
         admin
             .pool()
-            .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str())
+            // The name is the one `postgres_db` made.
+            .execute(AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            )))
             .await?;
         Ok(())
     }

@@ -16,6 +16,7 @@ use crate::accounts;
 use crate::audit;
 use crate::audit::Actor;
 use crate::audit::Outcome;
+use crate::db::built_sql;
 use crate::db::is_booking_conflict;
 use crate::db::Db;
 use crate::domain::BookingStatus;
@@ -43,10 +44,10 @@ pub async fn cancel(
     );
     let _turn = db.write_turn().await;
     let mut tx = db.pool().begin().await?;
-    let row = sqlx::query(&format!(
+    let row = sqlx::query(built_sql(format!(
         "UPDATE bookings SET status = 'cancelled', manage_token_spent = 1, sequence = sequence + 1, updated_at = $1 \
          WHERE id = $2 AND status = 'booked' RETURNING {BOOKING_COLUMNS}"
-    ))
+    )))
     .bind(now.as_second())
     .bind(&booking.id)
     .fetch_optional(&mut *tx)
@@ -118,11 +119,11 @@ pub async fn reschedule(
         let (candidate, _hold) = best_free(db, &wanted, starts_at, now, Some(&booking.id)).await?;
         let _turn = db.write_turn().await;
         let mut tx = db.pool().begin().await?;
-        let updated = sqlx::query(&format!(
+        let updated = sqlx::query(built_sql(format!(
             "UPDATE bookings SET staff_id = $1, starts_at = $2, ends_at = $3, performed_by = $4, agreement_id = $5, \
              rule = $6, sequence = sequence + 1, updated_at = $7 \
              WHERE id = $8 AND status = 'booked' AND staff_id = $9 AND starts_at = $10 RETURNING {BOOKING_COLUMNS}"
-        ))
+        )))
         .bind(&candidate.staff_id)
         .bind(candidate.range.start().as_second())
         .bind(candidate.range.end().as_second())
@@ -222,10 +223,10 @@ pub async fn record_outcome(
     }
     let _turn = db.write_turn().await;
     let mut tx = db.pool().begin().await?;
-    let row = sqlx::query(&format!(
+    let row = sqlx::query(built_sql(format!(
         "UPDATE bookings SET status = $1, sequence = sequence + 1, updated_at = $2 \
          WHERE id = $3 AND status = 'booked' RETURNING {BOOKING_COLUMNS}"
-    ))
+    )))
     .bind(outcome.as_str())
     .bind(now.as_second())
     .bind(booking_id)

@@ -10,7 +10,7 @@ use sqlx::Row;
 
 use crate::accounts::{self, token_hash, Resident};
 use crate::audit::{self, Actor, Entry, Outcome};
-use crate::db::Db;
+use crate::db::{built_sql, Db};
 use crate::domain::{Basis, BookingStatus, MunicipalityCode, ServiceCode, SlotRange, Step};
 use crate::outbox::NeutralTitle;
 use crate::Error;
@@ -90,9 +90,9 @@ pub(super) fn booking_from_row(r: &AnyRow) -> Result<Booking, Error> {
 /// One booking by id, unchecked: for the functions here that decide who
 /// may see it.
 pub(super) async fn by_id(db: &Db, id: &str) -> Result<Option<Booking>, Error> {
-    let row = sqlx::query(&format!(
+    let row = sqlx::query(built_sql(format!(
         "SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = $1"
-    ))
+    )))
     .bind(id)
     .fetch_optional(db.pool())
     .await?;
@@ -117,10 +117,10 @@ pub enum Authority<'a> {
 /// token is as unknown as a made-up one. Moving the booking moves the end, so
 /// a moved booking's token lasts until the new end.
 pub(super) async fn by_token(db: &Db, token: &str, now: Timestamp) -> Result<Booking, Error> {
-    let row = sqlx::query(&format!(
+    let row = sqlx::query(built_sql(format!(
         "SELECT {BOOKING_COLUMNS} FROM bookings \
          WHERE manage_token_hash = $1 AND manage_token_spent = 0 AND ends_at > $2"
-    ))
+    )))
     .bind(token_hash(token))
     .bind(now.as_second())
     .fetch_optional(db.pool())
@@ -169,9 +169,9 @@ pub(super) async fn find_managed(
         Authority::Token(token) => by_token(db, token, now).await,
         Authority::Resident(resident) => {
             let id = booking_id.ok_or(Error::NotFound)?;
-            let row = sqlx::query(&format!(
+            let row = sqlx::query(built_sql(format!(
                 "SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = $1"
-            ))
+            )))
             .bind(id)
             .fetch_optional(db.pool())
             .await?;

@@ -280,12 +280,12 @@ pub(super) fn busy_sql(but_one: bool) -> &'static str {
 /// `sql`, which holds the placeholders of [`busy_sql`], with the busy-times
 /// values bound. sqlx prepares it; [`busy_times`] says why it does not keep
 /// it on PostgreSQL.
-pub(super) fn busy_query<'q>(
-    sql: &'q str,
+pub(super) fn busy_query(
+    sql: &'static str,
     from: Timestamp,
     to: Timestamp,
-    ignore_booking: Option<&'q str>,
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    ignore_booking: Option<&str>,
+) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
     let query = sqlx::query(sql)
         .bind(from.as_second())
         .bind(to.as_second())

@@ -6,7 +6,7 @@ use sqlx::Row;
 
 use crate::accounts::{random_token, Resident};
 use crate::batch::Statement;
-use crate::db::{is_booking_conflict, Backend, Db};
+use crate::db::{built_sql, is_booking_conflict, Backend, Db};
 use crate::domain::{
     Basis, BookingStatus, Language, MunicipalityCode, ServiceCode, SlotRange, Step,
 };
@@ -339,7 +339,7 @@ async fn the_load_figures_read_only_the_days_asked_for() {
             Backend::Sqlite => ("EXPLAIN QUERY PLAN", "detail"),
             Backend::Postgres => ("EXPLAIN", "QUERY PLAN"),
         };
-        let plan: Vec<String> = sqlx::query(&format!("{explain} {LOAD_SQL}"))
+        let plan: Vec<String> = sqlx::query(built_sql(format!("{explain} {LOAD_SQL}")))
             .bind(base)
             .bind(base + 7 * 86400)
             .fetch_all(db.pool())

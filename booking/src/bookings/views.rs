@@ -15,6 +15,7 @@ use crate::audit;
 use crate::audit::Actor;
 use crate::audit::Entry;
 use crate::audit::Outcome;
+use crate::db::built_sql;
 use crate::db::Db;
 use crate::domain::LocalDate;
 use crate::domain::MunicipalityCode;
@@ -38,9 +39,9 @@ pub async fn for_resident(
     resident: &Resident,
     now: Timestamp,
 ) -> Result<Vec<Booking>, Error> {
-    let rows = sqlx::query(&format!(
+    let rows = sqlx::query(built_sql(format!(
         "SELECT {BOOKING_COLUMNS} FROM bookings WHERE resident_id = $1 ORDER BY starts_at DESC"
-    ))
+    )))
     .bind(&resident.id)
     .fetch_all(db.pool())
     .await?;
@@ -96,9 +97,9 @@ pub async fn staff_day(
 ) -> Result<Vec<(Booking, Resident)>, Error> {
     let tz = zone(DISPLAY_ZONE)?;
     let (from, to) = day_bounds(day.date(), &tz)?;
-    let rows = sqlx::query(&format!(
+    let rows = sqlx::query(built_sql(format!(
         "SELECT {BOOKING_COLUMNS} FROM bookings WHERE staff_id = $1 AND starts_at >= $2 AND starts_at < $3 ORDER BY starts_at"
-    ))
+    )))
     .bind(&staff.id)
     .bind(from.as_second())
     .bind(to.as_second())

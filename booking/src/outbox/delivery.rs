@@ -211,6 +211,7 @@ fn timestamp(unix: i64) -> Timestamp {
 
 #[cfg(test)]
 mod tests {
+    use crate::db::built_sql;
     use crate::testing::TestDb;
     use sqlx::Row;
 
@@ -221,10 +222,10 @@ mod tests {
     #[tokio::test]
     async fn a_claim_reads_due_mail_in_index_order_without_sorting() {
         let test = TestDb::sqlite().await;
-        let plan = sqlx::query(&format!(
+        let plan = sqlx::query(built_sql(format!(
             "EXPLAIN QUERY PLAN {}",
             claim_sql(Backend::Sqlite)
-        ))
+        )))
         .bind(2_i64)
         .bind(1_i64)
         .bind(10_i64)

@@ -9,7 +9,7 @@ use std::time::Duration;
 use booking::outbox::{enqueue, Message, NeutralTitle};
 use booking::{Db, EmailAddress, Language};
 use jiff::Timestamp;
-use sqlx::{Executor, Row};
+use sqlx::{AssertSqlSafe, Executor, Row};
 
 /// Runs `check` once against a fresh, migrated SQLite database, and once more
 /// against a fresh PostgreSQL database when `DATABASE_URL` is set. The
@@ -47,9 +47,10 @@ impl PostgresDatabase {
         let name = format!("t_{}", uuid::Uuid::new_v4().simple());
         let admin = Db::connect(admin_url, 1).await.unwrap();
         // The simple protocol: CREATE DATABASE cannot be a prepared statement.
+        // The name is the one made above, never input.
         admin
             .pool()
-            .execute(format!("CREATE DATABASE {name}").as_str())
+            .execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .await
             .unwrap();
         admin.close().await;
@@ -78,7 +79,7 @@ impl Drop for PostgresDatabase {
             runtime.block_on(async {
                 if let Ok(admin) = Db::connect(&admin_url, 1).await {
                     let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                    let _ = admin.pool().execute(sql.as_str()).await;
+                    let _ = admin.pool().execute(AssertSqlSafe(sql)).await;
                 }
             });
         })
