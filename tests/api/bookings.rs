@@ -285,7 +285,7 @@ async fn a_residents_own_reads_and_a_manage_token_read_are_audited() {
             .iter()
             .find(|r| r.action == "booking.list")
             .expect("a list entry");
-        assert_eq!(listed.resident_id.as_deref(), Some(anna.id.as_str()));
+        assert_eq!(listed.resident_id.as_ref(), Some(&anna.id));
         assert_eq!(listed.on_behalf_of.as_deref(), Some("2418"));
     }
 }

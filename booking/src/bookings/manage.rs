@@ -26,7 +26,7 @@ use crate::outbox;
 use crate::outbox::Message;
 use crate::time::zone;
 use crate::time::DISPLAY_ZONE;
-use crate::Error;
+use crate::{BookingId, Error};
 use jiff::Timestamp;
 /// How a caller proves the right to change a booking.
 #[derive(Debug, Clone, Copy)]
@@ -42,7 +42,7 @@ pub enum Authority<'a> {
 pub async fn cancel(
     db: &Db,
     authority: Authority<'_>,
-    booking_id: Option<&str>,
+    booking_id: Option<&BookingId>,
     now: Timestamp,
 ) -> Result<Booking, Error> {
     let (booking, resident) = find_active(db, authority, booking_id, now, "cancelled").await?;
@@ -58,7 +58,7 @@ pub async fn cancel(
          WHERE id = $2 AND status = 'booked' RETURNING {BOOKING_COLUMNS}"
     ))
     .bind(now.as_second())
-    .bind(&booking.id)
+    .bind(booking.id.as_str())
     .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = row else {
@@ -106,7 +106,7 @@ pub async fn cancel(
 pub async fn reschedule(
     db: &Db,
     authority: Authority<'_>,
-    booking_id: Option<&str>,
+    booking_id: Option<&BookingId>,
     starts_at: Timestamp,
     now: Timestamp,
 ) -> Result<Ticket, Error> {
@@ -133,15 +133,15 @@ pub async fn reschedule(
              rule = $6, sequence = sequence + 1, updated_at = $7 \
              WHERE id = $8 AND status = 'booked' AND staff_id = $9 AND starts_at = $10 RETURNING {BOOKING_COLUMNS}"
         ))
-        .bind(&candidate.staff_id)
+        .bind(candidate.staff_id.as_str())
         .bind(candidate.range.start().as_second())
         .bind(candidate.range.end().as_second())
         .bind(candidate.municipality.as_str())
         .bind(candidate.decision.agreement_id())
         .bind(candidate.decision.basis().as_str())
         .bind(now.as_second())
-        .bind(&booking.id)
-        .bind(&booking.staff_id)
+        .bind(booking.id.as_str())
+        .bind(booking.staff_id.as_str())
         .bind(booking.range.start().as_second())
         .fetch_optional(&mut *tx)
         .await;
@@ -245,7 +245,7 @@ pub(super) async fn by_token(db: &Db, token: &str, now: Timestamp) -> Result<Boo
 /// booked. The change is audit-logged as the system's.
 pub async fn record_outcome(
     db: &Db,
-    booking_id: &str,
+    booking_id: &BookingId,
     outcome: BookingStatus,
     now: Timestamp,
 ) -> Result<Booking, Error> {
@@ -263,7 +263,7 @@ pub async fn record_outcome(
     ))
     .bind(outcome.as_str())
     .bind(now.as_second())
-    .bind(booking_id)
+    .bind(booking_id.as_str())
     .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = row else {
@@ -289,7 +289,7 @@ pub async fn record_outcome(
 pub(super) async fn find_active(
     db: &Db,
     authority: Authority<'_>,
-    booking_id: Option<&str>,
+    booking_id: Option<&BookingId>,
     now: Timestamp,
     verb: &str,
 ) -> Result<(Booking, Resident), Error> {
@@ -309,7 +309,7 @@ pub(super) async fn find_active(
 pub(super) async fn find_managed(
     db: &Db,
     authority: Authority<'_>,
-    booking_id: Option<&str>,
+    booking_id: Option<&BookingId>,
     now: Timestamp,
 ) -> Result<Booking, Error> {
     match authority {
@@ -320,7 +320,7 @@ pub(super) async fn find_managed(
             let row = sqlx::query(&format!(
                 "SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = $1"
             ))
-            .bind(id)
+            .bind(id.as_str())
             .fetch_optional(db.pool())
             .await?;
             let booking = row.as_ref().map(booking_from_row).transpose()?;

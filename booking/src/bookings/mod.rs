@@ -24,8 +24,9 @@ use sqlx::Row;
 
 use crate::db::Db;
 use crate::domain::{Basis, BookingStatus, MunicipalityCode, ServiceCode, SlotRange, Step};
+use crate::ids;
 use crate::outbox::NeutralTitle;
-use crate::Error;
+use crate::{BookingId, Error, ResidentId, StaffId};
 
 pub use crate::time::{day_bounds, zone, DISPLAY_ZONE};
 
@@ -60,9 +61,9 @@ pub const REMINDER_MINUTES: [i64; 2] = [24 * 60, 60];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Booking {
-    pub id: String,
-    pub resident_id: String,
-    pub staff_id: String,
+    pub id: BookingId,
+    pub resident_id: ResidentId,
+    pub staff_id: StaffId,
     pub service: ServiceCode,
     pub step: Step,
     pub range: SlotRange,
@@ -110,9 +111,9 @@ const BOOKING_COLUMNS: &str =
 
 fn booking_from_row(r: &AnyRow) -> Result<Booking, Error> {
     Ok(Booking {
-        id: r.try_get("id")?,
-        resident_id: r.try_get("resident_id")?,
-        staff_id: r.try_get("staff_id")?,
+        id: ids::stored(r, "id")?,
+        resident_id: ids::stored(r, "resident_id")?,
+        staff_id: ids::stored(r, "staff_id")?,
         service: ServiceCode::parse(&r.try_get::<String, _>("service_code")?)?,
         step: Step::parse(&r.try_get::<String, _>("step")?)?,
         range: SlotRange::from_unix(r.try_get("starts_at")?, r.try_get("ends_at")?)?,
@@ -132,11 +133,11 @@ fn booking_from_row(r: &AnyRow) -> Result<Booking, Error> {
 
 /// One booking by id, unchecked: for the functions here that decide who
 /// may see it.
-async fn by_id(db: &Db, id: &str) -> Result<Option<Booking>, Error> {
+async fn by_id(db: &Db, id: &BookingId) -> Result<Option<Booking>, Error> {
     let row = sqlx::query(&format!(
         "SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = $1"
     ))
-    .bind(id)
+    .bind(id.as_str())
     .fetch_optional(db.pool())
     .await?;
     row.as_ref().map(booking_from_row).transpose()
