@@ -839,6 +839,31 @@ async fn a_chat_is_transferred_only_to_an_online_eligible_colleague_under_their_
     }
 }
 
+/// Free times asked for a room that is no room id at all are refused as
+/// for a chat that does not exist: 404, and a denied audit entry naming
+/// what was asked for.
+#[tokio::test]
+async fn free_times_for_a_room_that_is_no_room_id_are_refused_and_audited() {
+    for app in spawn_apps().await {
+        let lycksele = social_workers(&app, "2481").await;
+        let token = app.staff_token(lycksele[0].email.as_str()).await;
+        let answer = app
+            .get("/api/staff/chats/no%20room/free-times?days=3", Some(&token))
+            .await;
+        assert_eq!(answer.status(), 404, "{}", app.backend);
+        let audit = booking::audit::recent(&app.db, None, 50).await.unwrap();
+        assert!(
+            audit.iter().any(|r| r.action == "chat.free_times"
+                && r.actor == format!("staff:{}", lycksele[0].id)
+                && r.subject == "no room"
+                && r.outcome == "denied"
+                && r.resident_id.is_none()),
+            "{}: {audit:?}",
+            app.backend
+        );
+    }
+}
+
 #[tokio::test]
 async fn staff_offer_free_times_for_the_residents_home_and_the_resident_books_one() {
     for app in spawn_apps().await {
