@@ -175,7 +175,13 @@ impl TestApp {
         )
         .await
         .expect("a session recorded");
-        Keys::new(TEST_SECRET.as_bytes()).issue(&resident.id, SubjectKind::Resident, &sid, 30, now)
+        Keys::new(TEST_SECRET.as_bytes()).issue(
+            resident.id.as_str(),
+            SubjectKind::Resident,
+            &sid,
+            30,
+            now,
+        )
     }
 
     /// The Bearer token and CSRF value of a staff sign-in through the API.
@@ -235,7 +241,7 @@ impl TestApp {
 
     /// The audit log's entries about the resident `resident_id`, newest
     /// first (at most 100).
-    pub async fn audit_about(&self, resident_id: &str) -> AuditLog {
+    pub async fn audit_about(&self, resident_id: &booking::ResidentId) -> AuditLog {
         AuditLog(
             booking::audit::recent(&self.db, Some(resident_id), 100)
                 .await

@@ -16,9 +16,10 @@ use crate::db::Db;
 use crate::domain::{
     EmailAddress, Language, MunicipalityCode, NewPassword, Password, PersonName, Role, ServiceCode,
 };
+use crate::ids;
 use crate::outbox::{self, Message, Registration};
 use crate::sessions::{self, SessionId, Subject};
-use crate::Error;
+use crate::{Error, ResidentId, StaffId};
 
 pub use crate::records::Staff;
 
@@ -57,7 +58,7 @@ pub async fn hash_password(password: &NewPassword) -> Result<PasswordHashText, E
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Resident {
-    pub id: String,
+    pub id: ResidentId,
     pub email: EmailAddress,
     pub name: String,
     pub home: MunicipalityCode,
@@ -68,14 +69,14 @@ pub struct Resident {
 }
 
 pub async fn create_staff(db: &Db, new: &NewStaff, now: i64) -> Result<Staff, Error> {
-    let id = uuid::Uuid::new_v4().to_string();
+    let id: StaffId = ids::from_uuid(uuid::Uuid::new_v4());
     let _turn = db.write_turn().await;
     let mut tx = db.pool().begin().await?;
     sqlx::query(
         "INSERT INTO staff (id, municipality_code, email, name, role, password_hash, max_chats, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, 3, $7)",
     )
-    .bind(&id)
+    .bind(id.as_str())
     .bind(new.municipality.as_str())
     .bind(new.email.as_str())
     .bind(new.name.as_str())
@@ -87,14 +88,14 @@ pub async fn create_staff(db: &Db, new: &NewStaff, now: i64) -> Result<Staff, Er
     .map_err(|e| Error::from_unique(e, "a staff account with that email exists"))?;
     for s in &new.services {
         sqlx::query("INSERT INTO staff_services (staff_id, service_code) VALUES ($1, $2)")
-            .bind(&id)
+            .bind(id.as_str())
             .bind(s.as_str())
             .execute(&mut *tx)
             .await?;
     }
     for l in &new.languages {
         sqlx::query("INSERT INTO staff_languages (staff_id, language) VALUES ($1, $2)")
-            .bind(&id)
+            .bind(id.as_str())
             .bind(l.code())
             .execute(&mut *tx)
             .await?;
@@ -118,11 +119,12 @@ pub async fn all_staff(db: &Db) -> Result<Vec<Staff>, Error> {
     staff_where(db, None).await
 }
 
-pub async fn staff_by_id(db: &Db, id: &str) -> Result<Option<Staff>, Error> {
+pub async fn staff_by_id(db: &Db, id: &StaffId) -> Result<Option<Staff>, Error> {
     Ok(staff_where(db, Some(id)).await?.into_iter().next())
 }
 
-async fn staff_where(db: &Db, id: Option<&str>) -> Result<Vec<Staff>, Error> {
+async fn staff_where(db: &Db, id: Option<&StaffId>) -> Result<Vec<Staff>, Error> {
+    let id = id.map(StaffId::as_str);
     let rows = sqlx::query(
         "SELECT id, municipality_code, email, name, role, max_chats FROM staff \
          WHERE ($1 IS NULL OR id = $1) ORDER BY id",
@@ -146,14 +148,14 @@ async fn staff_where(db: &Db, id: Option<&str>) -> Result<Vec<Staff>, Error> {
     for r in &rows {
         let mut staff = staff_from_row(r)?;
         for s in &services {
-            if s.try_get::<String, _>("staff_id")? == staff.id {
+            if s.try_get::<String, _>("staff_id")? == staff.id.as_str() {
                 staff.services.push(ServiceCode::parse(
                     &s.try_get::<String, _>("service_code")?,
                 )?);
             }
         }
         for l in &languages {
-            if l.try_get::<String, _>("staff_id")? == staff.id {
+            if l.try_get::<String, _>("staff_id")? == staff.id.as_str() {
                 staff
                     .languages
                     .push(Language::parse(&l.try_get::<String, _>("language")?)?);
@@ -168,7 +170,7 @@ async fn staff_where(db: &Db, id: Option<&str>) -> Result<Vec<Staff>, Error> {
 
 fn staff_from_row(r: &AnyRow) -> Result<Staff, Error> {
     Ok(Staff {
-        id: r.try_get("id")?,
+        id: ids::stored(r, "id")?,
         municipality: MunicipalityCode::parse(&r.try_get::<String, _>("municipality_code")?)?,
         email: EmailAddress::parse(&r.try_get::<String, _>("email")?)?,
         name: r.try_get("name")?,
@@ -180,12 +182,12 @@ fn staff_from_row(r: &AnyRow) -> Result<Staff, Error> {
 }
 
 /// The id of the staff account with address `email`, active or not.
-pub async fn staff_id_by_email(db: &Db, email: &EmailAddress) -> Result<Option<String>, Error> {
+pub async fn staff_id_by_email(db: &Db, email: &EmailAddress) -> Result<Option<StaffId>, Error> {
     let row = sqlx::query("SELECT id FROM staff WHERE email = $1")
         .bind(email.as_str())
         .fetch_optional(db.pool())
         .await?;
-    Ok(row.map(|r| r.try_get("id")).transpose()?)
+    row.map(|r| ids::stored(&r, "id")).transpose()
 }
 
 /// Checks a staff member's password. An unknown email costs the same argon2
@@ -204,7 +206,7 @@ pub async fn verify_staff_password(
     .await?;
     let (id, hash) = match row {
         Some(r) => (
-            Some(r.try_get::<String, _>("id")?),
+            Some(ids::stored::<StaffId>(&r, "id")?),
             r.try_get::<String, _>("password_hash")?,
         ),
         None => (None, DUMMY_HASH.to_owned()),
@@ -235,7 +237,7 @@ pub async fn verify_staff_password(
 pub async fn deactivate_staff(
     db: &Db,
     actor: &Actor,
-    staff_id: &str,
+    staff_id: &StaffId,
     now: i64,
 ) -> Result<Vec<SessionId>, Error> {
     let _turn = db.write_turn().await;
@@ -244,13 +246,13 @@ pub async fn deactivate_staff(
         "UPDATE staff SET deactivated_at = $1 WHERE id = $2 AND deactivated_at IS NULL",
     )
     .bind(now)
-    .bind(staff_id)
+    .bind(staff_id.as_str())
     .execute(&mut *tx)
     .await?;
     if done.rows_affected() == 0 {
         return Err(Error::NotFound);
     }
-    let ended = sessions::revoke_all_on(&mut tx, &Subject::Staff(staff_id.to_owned()), now).await?;
+    let ended = sessions::revoke_all_on(&mut tx, &Subject::Staff(staff_id.clone()), now).await?;
     let entry = Entry {
         actor,
         action: "staff.deactivate",
@@ -278,12 +280,12 @@ pub async fn create_resident(
     language: Language,
     now: i64,
 ) -> Result<Resident, Error> {
-    let id = uuid::Uuid::new_v4().to_string();
+    let id: ResidentId = ids::from_uuid(uuid::Uuid::new_v4());
     let _turn = db.write_turn().await;
     sqlx::query(
         "INSERT INTO residents (id, email, name, home_code, language, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
     )
-    .bind(&id)
+    .bind(id.as_str())
     .bind(email.as_str())
     .bind(name.as_str())
     .bind(home.as_str())
@@ -302,11 +304,11 @@ pub async fn create_resident(
     })
 }
 
-pub async fn resident_by_id(db: &Db, id: &str) -> Result<Option<Resident>, Error> {
+pub async fn resident_by_id(db: &Db, id: &ResidentId) -> Result<Option<Resident>, Error> {
     let row = sqlx::query(
         "SELECT id, email, name, home_code, language, discreet_mail FROM residents WHERE id = $1",
     )
-    .bind(id)
+    .bind(id.as_str())
     .fetch_optional(db.pool())
     .await?;
     row.as_ref().map(resident_from_row).transpose()
@@ -323,7 +325,7 @@ pub async fn resident_by_email(db: &Db, email: &EmailAddress) -> Result<Option<R
 
 fn resident_from_row(r: &AnyRow) -> Result<Resident, Error> {
     Ok(Resident {
-        id: r.try_get("id")?,
+        id: ids::stored(r, "id")?,
         email: EmailAddress::parse(&r.try_get::<String, _>("email")?)?,
         name: r.try_get("name")?,
         home: MunicipalityCode::parse(&r.try_get::<String, _>("home_code")?)?,
@@ -343,7 +345,7 @@ pub async fn set_discreet_mail(db: &Db, resident: &Resident, on: bool) -> Result
     let mut tx = db.pool().begin().await?;
     sqlx::query("UPDATE residents SET discreet_mail = $1 WHERE id = $2")
         .bind(i64::from(on))
-        .bind(&resident.id)
+        .bind(resident.id.as_str())
         .execute(&mut *tx)
         .await?;
     if on {
@@ -421,7 +423,7 @@ pub async fn answer_sign_in_request(
         "INSERT INTO sign_in_links (token_hash, resident_id, expires_at) VALUES ($1, $2, $3)",
     )
     .bind(token_hash(&token))
-    .bind(&resident.id)
+    .bind(resident.id.as_str())
     .bind(expires_at)
     .execute(&mut *tx)
     .await?;
@@ -455,7 +457,7 @@ pub async fn redeem_sign_in_link(
     .await?;
     drop(turn);
     match row {
-        Some(r) => resident_by_id(db, &r.try_get::<String, _>("resident_id")?).await,
+        Some(r) => resident_by_id(db, &ids::stored(&r, "resident_id")?).await,
         None => Ok(None),
     }
 }
@@ -479,7 +481,7 @@ mod capability_tests {
 
     fn staff(id: &str, municipality: &str, role: Role) -> Staff {
         Staff {
-            id: id.to_owned(),
+            id: StaffId::parse(id).unwrap(),
             municipality: MunicipalityCode::parse(municipality).unwrap(),
             email: EmailAddress::parse(&format!("{id}@example.se")).unwrap(),
             name: id.to_owned(),

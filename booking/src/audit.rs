@@ -8,12 +8,13 @@ use sqlx::{AnyConnection, Row};
 use crate::batch::Statement;
 use crate::db::Db;
 use crate::domain::Basis;
+use crate::{ids, ResidentId, StaffId};
 
 /// Who acted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Actor {
-    Resident(String),
-    Staff(String),
+    Resident(ResidentId),
+    Staff(StaffId),
     Guest(String),
     System,
     Anonymous,
@@ -46,7 +47,7 @@ pub struct Entry<'a> {
     pub action: &'a str,
     /// What it was done to, e.g. `booking:<id>`.
     pub subject: String,
-    pub resident_id: Option<&'a str>,
+    pub resident_id: Option<&'a ResidentId>,
     /// The home municipality the work was done for.
     pub on_behalf_of: Option<&'a str>,
     pub rule: Option<Basis>,
@@ -62,7 +63,7 @@ pub struct Record {
     pub actor: String,
     pub action: String,
     pub subject: String,
-    pub resident_id: Option<String>,
+    pub resident_id: Option<ResidentId>,
     pub on_behalf_of: Option<String>,
     pub rule: Option<Basis>,
     pub agreement_id: Option<String>,
@@ -84,7 +85,7 @@ pub fn statement(entry: &Entry<'_>, now: i64) -> Statement {
     .bind(entry.actor.label())
     .bind(entry.action)
     .bind(entry.subject.clone())
-    .bind(entry.resident_id)
+    .bind(entry.resident_id.map(ResidentId::as_str))
     .bind(entry.on_behalf_of)
     .bind(entry.rule.map(|b| b.as_str()))
     .bind(entry.agreement_id)
@@ -104,14 +105,14 @@ pub async fn record_now(db: &Db, entry: &Entry<'_>, now: i64) -> sqlx::Result<()
 /// The newest entries, optionally for one resident.
 pub async fn recent(
     db: &Db,
-    resident_id: Option<&str>,
+    resident_id: Option<&ResidentId>,
     limit: i64,
 ) -> Result<Vec<Record>, crate::Error> {
     let rows = sqlx::query(
         "SELECT id, at, actor, action, subject, resident_id, on_behalf_of, rule, agreement_id, outcome \
          FROM audit_log WHERE ($1 IS NULL OR resident_id = $1) ORDER BY at DESC, id LIMIT $2",
     )
-    .bind(resident_id)
+    .bind(resident_id.map(ResidentId::as_str))
     .bind(limit)
     .fetch_all(db.pool())
     .await?;
@@ -123,7 +124,7 @@ pub async fn recent(
                 actor: r.try_get("actor")?,
                 action: r.try_get("action")?,
                 subject: r.try_get("subject")?,
-                resident_id: r.try_get("resident_id")?,
+                resident_id: ids::stored_opt(r, "resident_id")?,
                 on_behalf_of: r.try_get("on_behalf_of")?,
                 rule: r
                     .try_get::<Option<String>, _>("rule")?

@@ -19,11 +19,12 @@ use crate::domain::{
     PhoneNumber, ServiceCode, SlotRange, Step,
 };
 use crate::events::{self, QueueEntryRow};
+use crate::ids;
 use crate::outbox::{self, Message, NeutralTitle};
 use crate::snapshot::{self, Snapshot};
-use crate::Error;
+use crate::{Error, ResidentId, RoomId};
 use signaling::history::{transcript_for, StoredEvent};
-use signaling::ids::{PartyId, ResidentId};
+use signaling::ids::PartyId;
 
 /// The municipalities whose staff may perform the pre-assessment of
 /// `service` for a resident of `home` at `at`, under the policy, in code
@@ -93,17 +94,15 @@ pub async fn offered(
 impl Resident {
     /// The resident's party in the hub, as the hub names it
     /// ([`PartyId::resident`]).
-    pub fn party(&self) -> Result<PartyId, Error> {
-        let id = ResidentId::parse(self.id.as_str())
-            .map_err(|e| Error::Corrupt(format!("resident id {:?}: {e}", self.id)))?;
-        Ok(PartyId::resident(&id))
+    pub fn party(&self) -> PartyId {
+        PartyId::resident(&self.id)
     }
 
     /// Whether the resident may read the chat conversation `entry`: only one
     /// they opened while signed in. An anonymous conversation is nobody's to
     /// read afterwards, since nothing ties it to the person asking.
-    pub fn may_read_chat(&self, entry: &QueueEntryRow) -> Result<bool, Error> {
-        Ok(!entry.anonymous && entry.resident == self.party()?.as_str())
+    pub fn may_read_chat(&self, entry: &QueueEntryRow) -> bool {
+        !entry.anonymous && entry.resident == self.party().as_str()
     }
 }
 
@@ -124,8 +123,8 @@ pub async fn conversations_of(
     resident: &Resident,
     now: Timestamp,
 ) -> Result<Vec<QueueEntryRow>, Error> {
-    let party = resident.party()?;
-    let conversations = events::resident_conversations(db, party.as_str()).await?;
+    let party = resident.party();
+    let conversations = events::resident_conversations(db, &party).await?;
     chat_read(
         db,
         resident,
@@ -148,18 +147,18 @@ pub async fn conversations_of(
 pub async fn conversation_of(
     db: &Db,
     resident: &Resident,
-    room: &str,
+    room: &RoomId,
     now: Timestamp,
 ) -> Result<Conversation, Error> {
     let entry = match events::queue_entry(db, room).await? {
-        Some(entry) if resident.may_read_chat(&entry)? => entry,
+        Some(entry) if resident.may_read_chat(&entry) => entry,
         Some(entry) => {
             chat_read(
                 db,
                 resident,
                 "chat.read",
                 entry.room.clone(),
-                entry.resident.strip_prefix("resident:"),
+                resident_of(&entry)?.as_ref(),
                 Some(&entry.home_municipality),
                 Outcome::Denied,
                 now,
@@ -169,9 +168,9 @@ pub async fn conversation_of(
         }
         None => return Err(Error::NotFound),
     };
-    let rows = events::events_after(db, &entry.room, 0).await?;
+    let rows = events::events_after(db, room, 0).await?;
     let events =
-        transcript_for(&resident.party()?, &rows).map_err(|e| Error::Corrupt(e.to_string()))?;
+        transcript_for(&resident.party(), &rows).map_err(|e| Error::Corrupt(e.to_string()))?;
     chat_read(
         db,
         resident,
@@ -186,6 +185,16 @@ pub async fn conversation_of(
     Ok(Conversation { entry, events })
 }
 
+/// The signed-in resident who opened the conversation of `entry`, or
+/// `None` for an anonymous one.
+fn resident_of(entry: &QueueEntryRow) -> Result<Option<ResidentId>, Error> {
+    entry
+        .resident
+        .strip_prefix("resident:")
+        .map(|id| ids::parse_stored("queue entry resident", id))
+        .transpose()
+}
+
 /// Audits a resident's read of chat conversations, now: `owner` is the
 /// resident whose conversation it is.
 #[allow(clippy::too_many_arguments)]
@@ -194,7 +203,7 @@ async fn chat_read(
     resident: &Resident,
     action: &str,
     subject: String,
-    owner: Option<&str>,
+    owner: Option<&ResidentId>,
     on_behalf_of: Option<&str>,
     outcome: Outcome,
     now: Timestamp,
@@ -358,12 +367,12 @@ pub async fn offline_messages_for(
     let mut out = Vec::with_capacity(rows.len());
     for row in &rows {
         let message = offline_from_row(row)?;
-        let resident_id: Option<String> = row.try_get("resident_id")?;
+        let resident_id: Option<ResidentId> = ids::stored_opt(row, "resident_id")?;
         let entry = Entry {
             actor: &actor,
             action: "offline_message.read",
             subject: format!("offline_message:{}", message.id),
-            resident_id: resident_id.as_deref(),
+            resident_id: resident_id.as_ref(),
             on_behalf_of: Some(message.home.as_str()),
             rule: None,
             agreement_id: None,
@@ -400,18 +409,21 @@ pub async fn mark_offline_message_handled(
     .await?;
     // The resident and home of a message this staff member may handle;
     // `None` for one they may not, or that does not exist.
-    let visible: Option<(Option<String>, String)> = match &row {
+    let visible: Option<(Option<ResidentId>, String)> = match &row {
         Some(row)
             if staff.takes_chats_of(&ServiceCode::parse(
                 &row.try_get::<String, _>("service_code")?,
             )?) =>
         {
-            Some((row.try_get("resident_id")?, row.try_get("home_code")?))
+            Some((
+                ids::stored_opt(row, "resident_id")?,
+                row.try_get("home_code")?,
+            ))
         }
         _ => None,
     };
     let (resident_id, home) = match &visible {
-        Some((resident, home)) => (resident.as_deref(), Some(home.as_str())),
+        Some((resident, home)) => (resident.as_ref(), Some(home.as_str())),
         None => (None, None),
     };
     let entry = Entry {
@@ -434,7 +446,7 @@ pub async fn mark_offline_message_handled(
             "UPDATE offline_messages SET handled_at = $1, handled_by = $2 WHERE id = $3 AND handled_at IS NULL",
         )
         .bind(at)
-        .bind(&staff.id)
+        .bind(staff.id.as_str())
         .bind(id)
         .execute(&mut *tx)
         .await?;
@@ -560,13 +572,43 @@ pub struct OfferableTime {
 pub async fn free_times_for_chat(
     db: &Db,
     staff: &Staff,
-    room: &str,
+    room: &RoomId,
+    service: Option<&ServiceCode>,
+    dates: DateRange,
+    now: Timestamp,
+) -> Result<Vec<OfferableTime>, Error> {
+    free_times_in(db, staff, room.as_str(), Some(room), service, dates, now).await
+}
+
+/// [`free_times_for_chat`] for a request whose room, `requested`, is no room
+/// id at all: `NotFound`, audit-logged as the refusal it is, exactly as a
+/// request for a chat that does not exist.
+pub async fn free_times_for_no_room(
+    db: &Db,
+    staff: &Staff,
+    requested: &str,
+    dates: DateRange,
+    now: Timestamp,
+) -> Result<Vec<OfferableTime>, Error> {
+    free_times_in(db, staff, requested, None, None, dates, now).await
+}
+
+/// [`free_times_for_chat`] for `room`, or for no room; `requested` names the
+/// room asked for in the audit entry.
+async fn free_times_in(
+    db: &Db,
+    staff: &Staff,
+    requested: &str,
+    room: Option<&RoomId>,
     service: Option<&ServiceCode>,
     dates: DateRange,
     now: Timestamp,
 ) -> Result<Vec<OfferableTime>, Error> {
     let dates = dates.at_most(MAX_OFFER_DAYS)?;
-    let entry = events::queue_entry(db, room).await?;
+    let entry = match room {
+        Some(room) => events::queue_entry(db, room).await?,
+        None => None,
+    };
     let holds = entry
         .as_ref()
         .is_some_and(|e| e.state == "assigned" && e.staff.as_deref() == Some(staff.id.as_str()));
@@ -575,10 +617,10 @@ pub async fn free_times_for_chat(
         (true, Some(other), _) if staff.handles(other) => Some(other.clone()),
         _ => None,
     };
-    let resident_id = entry
-        .as_ref()
-        .filter(|_| service.is_some())
-        .and_then(|e| e.resident.strip_prefix("resident:"));
+    let resident_id = match entry.as_ref().filter(|_| service.is_some()) {
+        Some(e) => resident_of(e)?,
+        None => None,
+    };
     let home = entry
         .as_ref()
         .filter(|_| service.is_some())
@@ -587,8 +629,8 @@ pub async fn free_times_for_chat(
     let record = Entry {
         actor: &actor,
         action: "chat.free_times",
-        subject: room.chars().take(140).collect(),
-        resident_id,
+        subject: requested.chars().take(140).collect(),
+        resident_id: resident_id.as_ref(),
         on_behalf_of: home,
         rule: None,
         agreement_id: None,

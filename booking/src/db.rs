@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use sqlx::{AnyConnection, AnyPool};
 
+use crate::StaffId;
+
 pub(crate) use crate::pool::{built_sql, is_booking_conflict, PING_IDLE_AFTER};
 pub use crate::pool::{Backend, DbError, Pool, WriteTurn};
 
@@ -28,13 +30,13 @@ pub struct Db {
 }
 
 /// Staff times this process is booking right now; see [`Db::hold`].
-type Holds = std::sync::Arc<std::sync::Mutex<std::collections::HashSet<(String, i64)>>>;
+type Holds = std::sync::Arc<std::sync::Mutex<std::collections::HashSet<(StaffId, i64)>>>;
 
 /// A staff member's start time held by one booking in flight until dropped.
 #[derive(Debug)]
 pub struct Hold {
     holds: Holds,
-    key: (String, i64),
+    key: (StaffId, i64),
 }
 
 impl Drop for Hold {
@@ -90,8 +92,8 @@ impl Db {
     /// to write, or `None` if another booking in this process holds it.
     /// Requests racing for one time then pick different staff instead of
     /// colliding in the database, which stays the judge across processes.
-    pub fn hold(&self, staff_id: &str, starts_at: i64) -> Option<Hold> {
-        let key = (staff_id.to_owned(), starts_at);
+    pub fn hold(&self, staff_id: &StaffId, starts_at: i64) -> Option<Hold> {
+        let key = (staff_id.clone(), starts_at);
         let mut holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
         holds.insert(key.clone()).then(|| Hold {
             holds: self.holds.clone(),

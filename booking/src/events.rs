@@ -7,12 +7,13 @@
 use async_trait::async_trait;
 use signaling::bus::BusError;
 use signaling::cluster::{Lease, LEASE_TTL};
+use signaling::ids::PartyId;
 use signaling::store::{append_one_by_one, Appended, Store, StoreError};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Connection, Row};
 
 use crate::db::{built_sql, Backend, Db};
-use crate::Error;
+use crate::{Error, RoomId};
 
 pub use signaling::store::{EventRow, QueueEntryRow};
 
@@ -47,7 +48,11 @@ impl Store for DbStore {
     }
 
     async fn events_after(&self, room: &str, after_seq: i64) -> Result<Vec<EventRow>, StoreError> {
-        events_after(&self.db, room, after_seq)
+        // A text that is no room id names no room, and so no events.
+        let Ok(room) = RoomId::parse(room) else {
+            return Ok(Vec::new());
+        };
+        events_after(&self.db, &room, after_seq)
             .await
             .map_err(unavailable)
     }
@@ -291,12 +296,12 @@ pub async fn release_lease(db: &Db, name: &str, holder: &str) -> Result<(), Erro
 }
 
 /// The events of `room` after `after_seq`, in seq order.
-pub async fn events_after(db: &Db, room: &str, after_seq: i64) -> Result<Vec<EventRow>, Error> {
+pub async fn events_after(db: &Db, room: &RoomId, after_seq: i64) -> Result<Vec<EventRow>, Error> {
     let rows = sqlx::query(
         "SELECT room, seq, audience, kind, sender, client_id, body, at FROM signaling_events \
          WHERE room = $1 AND seq > $2 ORDER BY seq",
     )
-    .bind(room)
+    .bind(room.as_str())
     .bind(after_seq)
     .fetch_all(db.pool())
     .await?;
@@ -344,23 +349,26 @@ pub async fn open_queue_entries(db: &Db) -> Result<Vec<QueueEntryRow>, Error> {
 /// The chat conversations a signed-in resident opened, newest first, whatever
 /// their state. `resident` is the hub's party id, `resident:<id>`. Anonymous
 /// conversations are left out: nothing ties them to the person asking.
-pub async fn resident_conversations(db: &Db, resident: &str) -> Result<Vec<QueueEntryRow>, Error> {
+pub async fn resident_conversations(
+    db: &Db,
+    resident: &PartyId,
+) -> Result<Vec<QueueEntryRow>, Error> {
     let rows = sqlx::query(built_sql(format!(
         "SELECT {QUEUE_ENTRY_COLUMNS} FROM signaling_queue_entries \
          WHERE resident = $1 AND anonymous = 0 ORDER BY enqueued_at DESC, ticket DESC"
     )))
-    .bind(resident)
+    .bind(resident.as_str())
     .fetch_all(db.pool())
     .await?;
     rows.iter().map(queue_entry_from_row).collect()
 }
 
 /// The queue entry of the conversation in `room`, whatever its state.
-pub async fn queue_entry(db: &Db, room: &str) -> Result<Option<QueueEntryRow>, Error> {
+pub async fn queue_entry(db: &Db, room: &RoomId) -> Result<Option<QueueEntryRow>, Error> {
     let row = sqlx::query(built_sql(format!(
         "SELECT {QUEUE_ENTRY_COLUMNS} FROM signaling_queue_entries WHERE room = $1"
     )))
-    .bind(room)
+    .bind(room.as_str())
     .fetch_optional(db.pool())
     .await?;
     row.as_ref().map(queue_entry_from_row).transpose()
@@ -419,6 +427,10 @@ fn event_from_row(r: &AnyRow) -> Result<EventRow, Error> {
 mod tests {
     use super::*;
 
+    fn room(id: &str) -> RoomId {
+        RoomId::parse(id).unwrap()
+    }
+
     #[test]
     fn any_batch_is_cut_into_a_few_statement_sizes() {
         let mut sizes = std::collections::BTreeSet::new();
@@ -476,7 +488,7 @@ mod tests {
                 append_event(db, &chat(2, "b")).await.unwrap(),
                 Err(StoreError::SeqTaken { seq: 2, .. })
             ));
-            let after: Vec<EventRow> = events_after(db, "chat:1", 1).await.unwrap();
+            let after: Vec<EventRow> = events_after(db, &room("chat:1"), 1).await.unwrap();
             assert_eq!(after, vec![joined]);
         }
     }
@@ -490,7 +502,7 @@ mod tests {
                 .map(|seq| chat(seq, &format!("c{seq}")))
                 .collect();
             assert!(append_events(db, &rows).await.unwrap());
-            assert_eq!(events_after(db, "chat:1", 0).await.unwrap(), rows);
+            assert_eq!(events_after(db, &room("chat:1"), 0).await.unwrap(), rows);
             let next = rows.len() as i64 + 1;
             // A duplicate client id in the second statement's rows undoes
             // the first statement's too.
@@ -500,7 +512,7 @@ mod tests {
             colliding.last_mut().unwrap().client_id = Some("c1".into());
             assert!(!append_events(db, &colliding).await.unwrap());
             assert_eq!(
-                events_after(db, "chat:1", 0).await.unwrap().len(),
+                events_after(db, &room("chat:1"), 0).await.unwrap().len(),
                 rows.len()
             );
             assert!(append_events(db, &[]).await.unwrap());
@@ -563,11 +575,13 @@ mod tests {
                 save_queue_entry(db, row).await.unwrap();
             }
             assert_eq!(
-                resident_conversations(db, "resident:r1").await.unwrap(),
+                resident_conversations(db, &PartyId::parse("resident:r1").unwrap())
+                    .await
+                    .unwrap(),
                 vec![newer, older.clone()]
             );
-            assert_eq!(queue_entry(db, "chat:1").await.unwrap(), Some(older));
-            assert_eq!(queue_entry(db, "chat:9").await.unwrap(), None);
+            assert_eq!(queue_entry(db, &room("chat:1")).await.unwrap(), Some(older));
+            assert_eq!(queue_entry(db, &room("chat:9")).await.unwrap(), None);
         }
     }
 }

@@ -15,6 +15,7 @@ mod db;
 mod domain;
 mod error;
 pub mod events;
+mod ids;
 pub mod load;
 pub mod outbox;
 mod passwords;
@@ -39,3 +40,4 @@ pub use domain::{
 };
 pub use error::Error;
 pub use pool::Pool;
+pub use signaling::ids::{BookingId, ResidentId, RoomId, StaffId};

@@ -18,7 +18,8 @@ use crate::batch::Statement;
 use crate::db::{Db, DbError};
 use crate::domain::SlotRange;
 
-use crate::Error;
+use crate::ids;
+use crate::{Error, StaffId};
 
 pub use crate::records::published_minutes;
 
@@ -37,13 +38,13 @@ fn monday_of(day: Date) -> Date {
 
 /// Adds `sign` times the length of `range` to `staff_id`'s week. Run it in
 /// the transaction that books (+1), cancels (-1) or moves (-1 then +1).
-pub fn adjust(staff_id: &str, range: &SlotRange, sign: i64, tz: &TimeZone) -> Statement {
+pub fn adjust(staff_id: &StaffId, range: &SlotRange, sign: i64, tz: &TimeZone) -> Statement {
     let week = week_of(range.start(), tz).to_string();
     Statement::new(
         "INSERT INTO staff_week_load (staff_id, week, booked_seconds) VALUES ($1, $2, $3) \
          ON CONFLICT (staff_id, week) DO UPDATE SET booked_seconds = staff_week_load.booked_seconds + excluded.booked_seconds",
     )
-    .bind(staff_id)
+    .bind(staff_id.as_str())
     .bind(week.clone())
     .bind(sign * (range.end().as_second() - range.start().as_second()))
     .upserts(format!("staff_week_load {staff_id} {week}"))
@@ -61,7 +62,7 @@ pub async fn rebuild(db: &Db, tz: &TimeZone) -> Result<(), Error> {
         sqlx::query(
             "INSERT INTO staff_week_load (staff_id, week, booked_seconds) VALUES ($1, $2, $3)",
         )
-        .bind(staff_id)
+        .bind(staff_id.as_str())
         .bind(week)
         .bind(seconds)
         .execute(&mut *tx)
@@ -76,18 +77,18 @@ pub async fn rebuild(db: &Db, tz: &TimeZone) -> Result<(), Error> {
 pub async fn from_bookings(
     conn: &mut AnyConnection,
     tz: &TimeZone,
-) -> Result<HashMap<(String, String), i64>, Error> {
+) -> Result<HashMap<(StaffId, String), i64>, Error> {
     let rows = sqlx::query(
         "SELECT staff_id, starts_at, ends_at FROM bookings WHERE status <> 'cancelled'",
     )
     .fetch_all(conn)
     .await?;
-    let mut totals: HashMap<(String, String), i64> = HashMap::new();
+    let mut totals: HashMap<(StaffId, String), i64> = HashMap::new();
     for r in &rows {
         let range = SlotRange::from_unix(r.try_get("starts_at")?, r.try_get("ends_at")?)?;
         *totals
             .entry((
-                r.try_get("staff_id")?,
+                ids::stored(r, "staff_id")?,
                 week_of(range.start(), tz).to_string(),
             ))
             .or_default() += range.end().as_second() - range.start().as_second();
@@ -97,7 +98,7 @@ pub async fn from_bookings(
 
 /// The table's content, leaving out zeros: for comparing with
 /// [`from_bookings`].
-pub async fn stored(conn: &mut AnyConnection) -> Result<HashMap<(String, String), i64>, Error> {
+pub async fn stored(conn: &mut AnyConnection) -> Result<HashMap<(StaffId, String), i64>, Error> {
     let rows = sqlx::query(
         "SELECT staff_id, week, booked_seconds FROM staff_week_load WHERE booked_seconds <> 0",
     )
@@ -106,7 +107,7 @@ pub async fn stored(conn: &mut AnyConnection) -> Result<HashMap<(String, String)
     rows.iter()
         .map(|r| {
             Ok((
-                (r.try_get("staff_id")?, r.try_get("week")?),
+                (ids::stored(r, "staff_id")?, r.try_get("week")?),
                 r.try_get("booked_seconds")?,
             ))
         })

@@ -19,7 +19,7 @@ use crate::domain::{
 };
 use crate::policy::Agreement;
 use crate::time::{local_instant, zone, DISPLAY_ZONE};
-use crate::Error;
+use crate::{Error, StaffId};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Municipality {
@@ -62,7 +62,7 @@ impl Service {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Staff {
-    pub id: String,
+    pub id: StaffId,
     pub municipality: MunicipalityCode,
     pub email: EmailAddress,
     pub name: String,
@@ -138,7 +138,7 @@ impl Staff {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Template {
     pub id: String,
-    pub staff_id: String,
+    pub staff_id: StaffId,
     /// ISO weekday: 1 is Monday, 7 is Sunday.
     pub weekday: i8,
     /// Minutes after local midnight, `0..1440`.
@@ -211,9 +211,9 @@ pub struct Snapshot {
     pub rules: HashMap<(ServiceCode, Step), Rule>,
     pub agreements: Vec<Agreement>,
     pub staff: Vec<Staff>,
-    pub templates: HashMap<String, Vec<Template>>,
+    pub templates: HashMap<StaffId, Vec<Template>>,
     /// [`Snapshot::published_in_week`]'s answers so far, by the week's Monday.
-    pub(crate) published: Mutex<HashMap<Date, Arc<HashMap<String, i64>>>>,
+    pub(crate) published: Mutex<HashMap<Date, Arc<HashMap<StaffId, i64>>>>,
 }
 
 impl Snapshot {
@@ -243,7 +243,7 @@ impl Snapshot {
             .collect()
     }
 
-    pub fn templates_of(&self, staff_id: &str) -> &[Template] {
+    pub fn templates_of(&self, staff_id: &StaffId) -> &[Template] {
         self.templates
             .get(staff_id)
             .map(Vec::as_slice)
@@ -257,13 +257,13 @@ impl Snapshot {
     /// them on each booking, and each answer takes two time-zone conversions
     /// per window of the week. A snapshot holds one map per week asked
     /// about, until a catalog change replaces it.
-    pub fn published_in_week(&self, monday: Date) -> Result<Arc<HashMap<String, i64>>, Error> {
+    pub fn published_in_week(&self, monday: Date) -> Result<Arc<HashMap<StaffId, i64>>, Error> {
         let mut weeks = self.published.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(week) = weeks.get(&monday) {
             return Ok(week.clone());
         }
         let tz = zone(DISPLAY_ZONE)?;
-        let week: Arc<HashMap<String, i64>> = Arc::new(
+        let week: Arc<HashMap<StaffId, i64>> = Arc::new(
             self.templates
                 .iter()
                 .map(|(staff, own)| (staff.clone(), published_minutes(own, monday, &tz)))
@@ -299,7 +299,7 @@ mod tests {
     fn template(staff_id: &str, weekday: i8, start_minute: i16, end_minute: i16) -> Template {
         Template {
             id: format!("{staff_id}-{weekday}"),
-            staff_id: staff_id.to_owned(),
+            staff_id: StaffId::parse(staff_id).unwrap(),
             weekday,
             start_minute,
             end_minute,
@@ -314,11 +314,12 @@ mod tests {
     #[test]
     fn a_week_s_published_minutes_are_worked_out_once_per_week() {
         let mut templates = HashMap::new();
+        let (a, b) = (StaffId::parse("a").unwrap(), StaffId::parse("b").unwrap());
         templates.insert(
-            "a".to_owned(),
+            a.clone(),
             vec![template("a", 1, 480, 960), template("a", 7, 0, 1440)],
         );
-        templates.insert("b".to_owned(), vec![template("b", 3, 540, 720)]);
+        templates.insert(b, vec![template("b", 3, 540, 720)]);
         let snapshot = Snapshot {
             version: 1,
             municipalities: Vec::new(),
@@ -342,11 +343,11 @@ mod tests {
             ));
         }
         assert_eq!(
-            snapshot.published_in_week(date(2026, 10, 19)).unwrap()["a"],
+            snapshot.published_in_week(date(2026, 10, 19)).unwrap()[&a],
             480 + 1500
         );
         assert_eq!(
-            snapshot.published_in_week(date(2026, 11, 2)).unwrap()["a"],
+            snapshot.published_in_week(date(2026, 11, 2)).unwrap()[&a],
             480 + 1440
         );
     }

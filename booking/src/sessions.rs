@@ -8,7 +8,7 @@ use std::fmt;
 use sqlx::{AnyConnection, Row};
 
 use crate::db::Db;
-use crate::Error;
+use crate::{Error, ResidentId, StaffId};
 
 /// The id of one session: a random UUID, carried in the token's `sid` claim.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -45,8 +45,8 @@ impl fmt::Display for SessionId {
 /// Whose session it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Subject {
-    Resident(String),
-    Staff(String),
+    Resident(ResidentId),
+    Staff(StaffId),
 }
 
 impl Subject {
@@ -59,7 +59,8 @@ impl Subject {
 
     fn id(&self) -> &str {
         match self {
-            Subject::Resident(id) | Subject::Staff(id) => id,
+            Subject::Resident(id) => id.as_str(),
+            Subject::Staff(id) => id.as_str(),
         }
     }
 }
@@ -161,10 +162,10 @@ mod tests {
     async fn a_session_lives_until_it_is_revoked_or_expires() {
         for test in crate::testing::databases().await {
             let db = &test.db;
-            let anna = Subject::Resident("r1".into());
+            let anna = Subject::Resident(ResidentId::parse("r1").unwrap());
             let first = create(db, &anna, 100, 200).await.unwrap();
             let second = create(db, &anna, 100, 200).await.unwrap();
-            let other = create(db, &Subject::Staff("r1".into()), 100, 200)
+            let other = create(db, &Subject::Staff(StaffId::parse("r1").unwrap()), 100, 200)
                 .await
                 .unwrap();
             assert!(is_active(db, &first, 150).await.unwrap());

@@ -18,7 +18,8 @@ use sqlx::Row;
 use crate::catalog;
 use crate::db::Db;
 use crate::domain::SlotRange;
-use crate::Error;
+use crate::ids;
+use crate::{Error, StaffId};
 
 pub use crate::records::Template;
 
@@ -126,23 +127,23 @@ pub async fn all_templates(db: &Db) -> Result<Vec<Template>, Error> {
 }
 
 /// One staff member's availability templates.
-pub async fn templates_for(db: &Db, staff_id: &str) -> Result<Vec<Template>, Error> {
+pub async fn templates_for(db: &Db, staff_id: &StaffId) -> Result<Vec<Template>, Error> {
     templates_where(db, Some(staff_id)).await
 }
 
-async fn templates_where(db: &Db, staff_id: Option<&str>) -> Result<Vec<Template>, Error> {
+async fn templates_where(db: &Db, staff_id: Option<&StaffId>) -> Result<Vec<Template>, Error> {
     let rows = sqlx::query(
         "SELECT id, staff_id, weekday, start_minute, end_minute, valid_from, valid_to FROM availability_templates \
          WHERE ($1 IS NULL OR staff_id = $1) ORDER BY staff_id, weekday, start_minute",
     )
-    .bind(staff_id)
+    .bind(staff_id.map(StaffId::as_str))
     .fetch_all(db.pool())
     .await?;
     rows.iter()
         .map(|r| {
             Ok(Template {
                 id: r.try_get("id")?,
-                staff_id: r.try_get("staff_id")?,
+                staff_id: ids::stored(r, "staff_id")?,
                 weekday: r.try_get::<i64, _>("weekday")? as i8,
                 start_minute: r.try_get::<i64, _>("start_minute")? as i16,
                 end_minute: r.try_get::<i64, _>("end_minute")? as i16,
@@ -179,7 +180,7 @@ pub async fn add_template(db: &Db, template: &Template) -> Result<Template, Erro
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(&stored.id)
-    .bind(&stored.staff_id)
+    .bind(stored.staff_id.as_str())
     .bind(i64::from(stored.weekday))
     .bind(i64::from(stored.start_minute))
     .bind(i64::from(stored.end_minute))
@@ -192,12 +193,12 @@ pub async fn add_template(db: &Db, template: &Template) -> Result<Template, Erro
     Ok(stored)
 }
 
-pub async fn delete_template(db: &Db, staff_id: &str, id: &str) -> Result<(), Error> {
+pub async fn delete_template(db: &Db, staff_id: &StaffId, id: &str) -> Result<(), Error> {
     let _turn = db.write_turn().await;
     let mut tx = db.pool().begin().await?;
     let done = sqlx::query("DELETE FROM availability_templates WHERE id = $1 AND staff_id = $2")
         .bind(id)
-        .bind(staff_id)
+        .bind(staff_id.as_str())
         .execute(&mut *tx)
         .await?;
     if done.rows_affected() == 0 {
@@ -221,7 +222,7 @@ mod tests {
     fn template(weekday: i8, start: i16, end: i16) -> Template {
         Template {
             id: "t".into(),
-            staff_id: "s".into(),
+            staff_id: StaffId::parse("s").unwrap(),
             weekday,
             start_minute: start,
             end_minute: end,

@@ -15,7 +15,7 @@ use crate::catalog;
 use crate::db::Db;
 use crate::records::Template;
 use crate::slots;
-use crate::Error;
+use crate::{Error, StaffId};
 
 pub use crate::records::Snapshot;
 
@@ -43,7 +43,7 @@ pub async fn at_version(db: &Db, version: i64) -> Result<Arc<Snapshot>, Error> {
 }
 
 async fn load(db: &Db, version: i64) -> Result<Snapshot, Error> {
-    let mut templates: HashMap<String, Vec<Template>> = HashMap::new();
+    let mut templates: HashMap<StaffId, Vec<Template>> = HashMap::new();
     for t in slots::all_templates(db).await? {
         templates.entry(t.staff_id.clone()).or_default().push(t);
     }

@@ -7,8 +7,12 @@ use booking::audit;
 use booking::chats::{conversation_of, conversations_of};
 use booking::events::{self, EventRow, QueueEntryRow};
 use booking::testing::databases;
-use booking::{bookings, seed, Db, EmailAddress, Error};
+use booking::{bookings, seed, Db, EmailAddress, Error, RoomId};
 use jiff::Timestamp;
+
+fn room(id: &str) -> RoomId {
+    RoomId::parse(id).unwrap()
+}
 
 /// A resident of the demo (anna@ and erik@ live in Malå, 2418).
 async fn resident(db: &Db, email: &str) -> Resident {
@@ -36,7 +40,7 @@ async fn conversation(db: &Db, room: &str, resident: &Resident, anonymous: bool)
             ticket: 1,
             service: "ekonomiskt-bistand".into(),
             home_municipality: "2418".into(),
-            resident: resident.party().unwrap().to_string(),
+            resident: resident.party().to_string(),
             anonymous,
             eligible_municipalities: "2418".into(),
             state: "closed".into(),
@@ -53,11 +57,11 @@ async fn conversation(db: &Db, room: &str, resident: &Resident, anonymous: bool)
             seq: 1,
             audience: None,
             kind: "chat".into(),
-            sender: Some(resident.party().unwrap().to_string()),
+            sender: Some(resident.party().to_string()),
             client_id: Some("c1".into()),
             body: serde_json::json!({
                 "kind": "chat",
-                "from": resident.party().unwrap().to_string(),
+                "from": resident.party().to_string(),
                 "role": "resident",
                 "client_id": "c1",
                 "text": "Hej",
@@ -96,17 +100,19 @@ async fn a_resident_reads_their_own_conversations_and_another_residents_is_not_f
             mine.iter().map(|c| c.room.as_str()).collect::<Vec<_>>(),
             ["chat:a"]
         );
-        let read = conversation_of(db, &anna, "chat:a", now).await.unwrap();
+        let read = conversation_of(db, &anna, &room("chat:a"), now)
+            .await
+            .unwrap();
         assert_eq!(read.events.len(), 1);
-        for room in ["chat:anon", "chat:missing"] {
+        for other in ["chat:anon", "chat:missing"] {
             assert!(matches!(
-                conversation_of(db, &anna, room, now).await,
+                conversation_of(db, &anna, &room(other), now).await,
                 Err(Error::NotFound)
             ));
         }
         assert!(conversations_of(db, &erik, now).await.unwrap().is_empty());
         assert!(matches!(
-            conversation_of(db, &erik, "chat:a", now).await,
+            conversation_of(db, &erik, &room("chat:a"), now).await,
             Err(Error::NotFound)
         ));
 
@@ -134,7 +140,7 @@ async fn a_read_whose_audit_entry_cannot_be_written_returns_nothing() {
             Err(Error::Db(_))
         ));
         assert!(matches!(
-            conversation_of(db, &anna, "chat:a", now).await,
+            conversation_of(db, &anna, &room("chat:a"), now).await,
             Err(Error::Db(_))
         ));
     }

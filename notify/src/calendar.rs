@@ -8,6 +8,7 @@
 //! and a discreet one not even that: its title is the neutral one the
 //! resident chose, and its organizer carries a neutral name.
 
+use booking::BookingId;
 use chrono::{DateTime, Utc};
 use icalendar::{Calendar, Component, Event, EventLike, EventStatus, Property};
 use jiff::Timestamp;
@@ -44,7 +45,7 @@ pub struct Invitation {
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn request(
-    booking_id: &str,
+    booking_id: &BookingId,
     starts_at: i64,
     ends_at: i64,
     sequence: i64,
@@ -68,7 +69,7 @@ pub(crate) fn request(
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn cancel(
-    booking_id: &str,
+    booking_id: &BookingId,
     starts_at: i64,
     ends_at: i64,
     sequence: i64,
@@ -91,7 +92,7 @@ pub(crate) fn cancel(
 }
 
 /// The `UID` of every invitation for a booking.
-pub fn event_uid(booking_id: &str, settings: &Settings) -> String {
+pub fn event_uid(booking_id: &BookingId, settings: &Settings) -> String {
     format!(
         "booking-{booking_id}@{}",
         crate::mail_domain(&settings.from)
@@ -101,7 +102,7 @@ pub fn event_uid(booking_id: &str, settings: &Settings) -> String {
 #[allow(clippy::too_many_arguments)]
 fn build(
     method: CalendarMethod,
-    booking_id: &str,
+    booking_id: &BookingId,
     starts_at: i64,
     ends_at: i64,
     sequence: i64,
@@ -201,7 +202,7 @@ mod tests {
         let (start, end) = (1_733_216_400, 1_733_216_400 + 2700);
         check(
             Message::BookingConfirmed {
-                booking_id: "b-7".into(),
+                booking_id: BookingId::parse("b-7").unwrap(),
                 starts_at: start,
                 ends_at: end,
                 sequence: 0,
@@ -213,7 +214,7 @@ mod tests {
         );
         check(
             Message::BookingRescheduled {
-                booking_id: "b-7".into(),
+                booking_id: BookingId::parse("b-7").unwrap(),
                 starts_at: start,
                 ends_at: end,
                 previous_starts_at: start - 86_400,
@@ -226,7 +227,7 @@ mod tests {
         );
         check(
             Message::BookingCancelled {
-                booking_id: "b-7".into(),
+                booking_id: BookingId::parse("b-7").unwrap(),
                 starts_at: start,
                 ends_at: end,
                 sequence: 2,

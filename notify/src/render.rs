@@ -15,7 +15,7 @@
 //! the `discreet.` keys.
 
 use booking::outbox::{Message, NeutralTitle};
-use booking::Language;
+use booking::{BookingId, Language};
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use maud::{html, DOCTYPE};
@@ -89,9 +89,9 @@ pub(crate) fn render_stamped(
         label: tr("link.my_pages", lang),
         url: format!("{base}{MY_PAGES_PATH}"),
     };
-    let join = |booking_id: &str| Link {
+    let join = |booking_id: &BookingId| Link {
         label: tr("link.join", lang),
-        url: format!("{base}/join/{}", percent_encode(booking_id)),
+        url: format!("{base}/join/{}", percent_encode(booking_id.as_str())),
     };
     // A resident who moved a booking while signed in had no token to give:
     // only its hash is stored. The link in the first mail still works, and
@@ -458,7 +458,7 @@ mod tests {
 
     fn booked() -> Message {
         Message::BookingConfirmed {
-            booking_id: "b-1".into(),
+            booking_id: BookingId::parse("b-1").unwrap(),
             starts_at: WINTER,
             ends_at: WINTER + 45 * 60,
             sequence: 0,
@@ -531,7 +531,7 @@ mod tests {
     #[test]
     fn a_mail_without_a_manage_token_leaves_the_manage_link_out() {
         let moved = Message::BookingRescheduled {
-            booking_id: "b-1".into(),
+            booking_id: BookingId::parse("b-1").unwrap(),
             starts_at: WINTER,
             ends_at: WINTER + 45 * 60,
             previous_starts_at: SUMMER,
@@ -539,7 +539,7 @@ mod tests {
             manage_token: String::new(),
         };
         let reminder = Message::Reminder {
-            booking_id: "b-1".into(),
+            booking_id: BookingId::parse("b-1").unwrap(),
             starts_at: WINTER,
             ends_at: WINTER + 45 * 60,
             minutes_before: 60,
@@ -585,7 +585,7 @@ mod tests {
             "الخدمات الاجتماعية",
         ];
         let cancelled = Message::BookingCancelled {
-            booking_id: "b-1".into(),
+            booking_id: BookingId::parse("b-1").unwrap(),
             starts_at: WINTER,
             ends_at: WINTER + 2700,
             sequence: 1,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use booking::outbox::delivery;
 use booking::outbox::{supersede_reminders, Message};
-use booking::{Db, Language};
+use booking::{BookingId, Db, Language};
 use common::*;
 use notify::{mailbox, CalendarMethod, Settings, Worker};
 
@@ -140,7 +140,12 @@ async fn reminders_go_once_and_never_for_moved_cancelled_or_started_meetings() {
         )
         .await;
         let mut conn = db.pool().acquire().await.unwrap();
-        assert_eq!(supersede_reminders(&mut conn, "moved").await.unwrap(), 1);
+        assert_eq!(
+            supersede_reminders(&mut conn, &BookingId::parse("moved").unwrap())
+                .await
+                .unwrap(),
+            1
+        );
         drop(conn);
 
         // Nothing is due yet.

@@ -7,7 +7,7 @@
 use std::time::SystemTime;
 
 use booking::outbox::{Message, NeutralTitle};
-use booking::{EmailAddress, Language};
+use booking::{BookingId, EmailAddress, Language, RoomId};
 use lettre::message::Mailbox;
 use notify::transport::{build_email, message_id};
 use notify::{render, render_discreet, RenderedMail, Settings};
@@ -55,14 +55,14 @@ fn every_message() -> Vec<Message> {
             expires_at: start,
         },
         Message::BookingConfirmed {
-            booking_id: "0b7c".into(),
+            booking_id: BookingId::parse("0b7c").unwrap(),
             starts_at: start,
             ends_at: end,
             sequence: 0,
             manage_token: "manage".into(),
         },
         Message::BookingRescheduled {
-            booking_id: "0b7c".into(),
+            booking_id: BookingId::parse("0b7c").unwrap(),
             starts_at: start + 86_400,
             ends_at: end + 86_400,
             previous_starts_at: start,
@@ -70,31 +70,31 @@ fn every_message() -> Vec<Message> {
             manage_token: "manage".into(),
         },
         Message::BookingCancelled {
-            booking_id: "0b7c".into(),
+            booking_id: BookingId::parse("0b7c").unwrap(),
             starts_at: start,
             ends_at: end,
             sequence: 2,
         },
         Message::Reminder {
-            booking_id: "0b7c".into(),
+            booking_id: BookingId::parse("0b7c").unwrap(),
             starts_at: start,
             ends_at: end,
             minutes_before: 1440,
             manage_token: "manage".into(),
         },
         Message::Reminder {
-            booking_id: "0b7c".into(),
+            booking_id: BookingId::parse("0b7c").unwrap(),
             starts_at: start,
             ends_at: end,
             minutes_before: 60,
             manage_token: "manage".into(),
         },
         Message::ChatPickedUp {
-            conversation_id: "c-1".into(),
+            conversation_id: RoomId::parse("c-1").unwrap(),
         },
         Message::NoteShared,
         Message::Knock {
-            booking_id: "0b7c".into(),
+            booking_id: BookingId::parse("0b7c").unwrap(),
             starts_at: start,
         },
         Message::OfflineMessageReceived,

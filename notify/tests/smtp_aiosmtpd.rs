@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use booking::outbox::delivery;
 use booking::outbox::{Message, NeutralTitle};
-use booking::{Db, Language};
+use booking::{BookingId, Db, Language};
 use common::*;
 use notify::mailbox::{self, StoredMail};
 use notify::{Settings, Worker};
@@ -182,7 +182,7 @@ async fn delivered_mails_have_headers_both_parts_the_invitation_and_the_language
             )
             .await;
             let moved = Message::BookingRescheduled {
-                booking_id: "b9".into(),
+                booking_id: BookingId::parse("b9").unwrap(),
                 starts_at: start + 86_400,
                 ends_at: start + 86_400 + 2700,
                 previous_starts_at: start,
@@ -191,7 +191,7 @@ async fn delivered_mails_have_headers_both_parts_the_invitation_and_the_language
             };
             let moved = put(&db, "en@example.se", Language::En, &moved, t).await;
             let cancelled = Message::BookingCancelled {
-                booking_id: "b9".into(),
+                booking_id: BookingId::parse("b9").unwrap(),
                 starts_at: start + 86_400,
                 ends_at: start + 86_400 + 2700,
                 sequence: 2,
@@ -347,10 +347,10 @@ async fn discreet_mail_names_no_social_services_in_any_language() {
             let mut rows = Vec::new();
             for language in Language::ALL {
                 for (i, title) in NeutralTitle::ALL.into_iter().enumerate() {
-                    let booking = format!("d-{}-{i}", language.code());
+                    let booking = BookingId::parse(format!("d-{}-{i}", language.code())).unwrap();
                     let to = format!("{}-{i}@example.se", language.code());
                     let messages = [
-                        booked(&booking, start, 0),
+                        booked(booking.as_str(), start, 0),
                         Message::BookingRescheduled {
                             booking_id: booking.clone(),
                             starts_at: start + 3600,

@@ -126,16 +126,22 @@ async fn expired_tampered_foreign_and_unsigned_tokens_are_refused() {
         let now = kontakt_tests::now();
         let (good, claims) = app.resident_session(&anna).await;
         let sid = claims.session().expect("a session id");
-        let (expired, _) = keys.issue(&anna.id, SubjectKind::Resident, &sid, -1, now);
+        let (expired, _) = keys.issue(anna.id.as_str(), SubjectKind::Resident, &sid, -1, now);
         let (foreign, _) = Keys::new(b"some-other-secret-of-enough-length!!").issue(
-            &anna.id,
+            anna.id.as_str(),
             SubjectKind::Resident,
             &sid,
             30,
             now,
         );
         let unrecorded = booking::sessions::SessionId::random();
-        let (no_session, _) = keys.issue(&anna.id, SubjectKind::Resident, &unrecorded, 30, now);
+        let (no_session, _) = keys.issue(
+            anna.id.as_str(),
+            SubjectKind::Resident,
+            &unrecorded,
+            30,
+            now,
+        );
         let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let mut claims: serde_json::Value =

@@ -285,13 +285,40 @@ async fn a_residents_own_reads_and_a_manage_token_read_are_audited() {
             .iter()
             .find(|r| r.action == "booking.list")
             .expect("a list entry");
-        assert_eq!(listed.resident_id.as_deref(), Some(anna.id.as_str()));
+        assert_eq!(listed.resident_id.as_ref(), Some(&anna.id));
         assert_eq!(listed.on_behalf_of.as_deref(), Some("2418"));
     }
 }
 
 async fn peek_body(r: reqwest::Response) -> Value {
     r.json().await.unwrap()
+}
+
+/// A path segment that is no id at all (a space, say, or too long) names
+/// no booking: it is answered exactly as a booking that does not exist.
+#[tokio::test]
+async fn a_booking_id_that_is_no_id_is_not_found_like_a_missing_one() {
+    for app in spawn_apps().await {
+        let erik = app.resident("erik@example.se").await;
+        let token = app.resident_token(&erik).await;
+        let missing = app.get("/api/bookings/no-such-booking", Some(&token)).await;
+        assert_eq!(missing.status(), 404, "{}", app.backend);
+        let missing = peek_body(missing).await;
+        let too_long = "b".repeat(200);
+        for id in ["no%20id", too_long.as_str()] {
+            let read = app.get(&format!("/api/bookings/{id}"), Some(&token)).await;
+            assert_eq!(read.status(), 404, "{}: {id}", app.backend);
+            assert_eq!(peek_body(read).await, missing, "{}: {id}", app.backend);
+            let cancel = app
+                .post(
+                    &format!("/api/bookings/{id}/cancel"),
+                    Some(&token),
+                    &json!({}),
+                )
+                .await;
+            assert_eq!(cancel.status(), 404, "{}: {id}", app.backend);
+        }
+    }
 }
 
 #[tokio::test]

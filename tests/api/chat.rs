@@ -4,6 +4,7 @@
 //! times, escalation to video and the queue's rules per municipality, each
 //! with the bad input it must refuse without losing anything.
 
+use booking::RoomId;
 use kontakt_tests::{spawn_apps, TestApp};
 use serde_json::{json, Value};
 
@@ -129,7 +130,7 @@ async fn the_i_dont_know_chat_reaches_every_social_worker_of_the_home_municipali
             app.backend
         );
         erik.settle().await;
-        let stored = booking::events::queue_entry(&app.db, &room)
+        let stored = booking::events::queue_entry(&app.db, &RoomId::parse(&room).unwrap())
             .await
             .expect("query")
             .expect("stored");
@@ -287,7 +288,7 @@ async fn an_anonymous_chat_is_one_chat_for_one_service_that_allows_it() {
         )
         .await;
         assert_eq!(error["code"], "invalid_state", "{}: {error}", app.backend);
-        let stored = booking::events::queue_entry(&app.db, &room)
+        let stored = booking::events::queue_entry(&app.db, &RoomId::parse(&room).unwrap())
             .await
             .expect("query")
             .expect("stored");
@@ -719,7 +720,7 @@ async fn staff_close_with_an_outcome_and_refused_messages_lose_nothing() {
             app.backend
         );
 
-        let events = booking::events::events_after(&app.db, &room, 0)
+        let events = booking::events::events_after(&app.db, &RoomId::parse(&room).unwrap(), 0)
             .await
             .expect("query");
         let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
@@ -780,7 +781,7 @@ async fn a_chat_is_transferred_only_to_an_online_eligible_colleague_under_their_
         let room = open_chat(&mut anna, "ekonomiskt-bistand").await;
         holder.claim(&room).await;
 
-        let mut expected = vec![second.id.clone(), mala.id.clone()];
+        let mut expected = vec![second.id.to_string(), mala.id.to_string()];
         expected.sort();
         let (status, ids) = colleagues(&app, first, &room).await;
         assert_eq!(status, 200, "{}", app.backend);
@@ -834,6 +835,31 @@ async fn a_chat_is_transferred_only_to_an_online_eligible_colleague_under_their_
             colleagues(&app, first, &room).await.0,
             404,
             "no longer theirs"
+        );
+    }
+}
+
+/// Free times asked for a room that is no room id at all are refused as
+/// for a chat that does not exist: 404, and a denied audit entry naming
+/// what was asked for.
+#[tokio::test]
+async fn free_times_for_a_room_that_is_no_room_id_are_refused_and_audited() {
+    for app in spawn_apps().await {
+        let lycksele = social_workers(&app, "2481").await;
+        let token = app.staff_token(lycksele[0].email.as_str()).await;
+        let answer = app
+            .get("/api/staff/chats/no%20room/free-times?days=3", Some(&token))
+            .await;
+        assert_eq!(answer.status(), 404, "{}", app.backend);
+        let audit = booking::audit::recent(&app.db, None, 50).await.unwrap();
+        assert!(
+            audit.iter().any(|r| r.action == "chat.free_times"
+                && r.actor == format!("staff:{}", lycksele[0].id)
+                && r.subject == "no room"
+                && r.outcome == "denied"
+                && r.resident_id.is_none()),
+            "{}: {audit:?}",
+            app.backend
         );
     }
 }
@@ -920,7 +946,7 @@ async fn staff_offer_free_times_for_the_residents_home_and_the_resident_books_on
             .iter()
             .any(|r| r.actor == format!("staff:{}", lycksele[0].id)
                 && r.outcome == "allowed"
-                && r.resident_id.as_deref() == Some(anna.id.as_str())
+                && r.resident_id.as_ref() == Some(&anna.id)
                 && r.on_behalf_of.as_deref() == Some("2418")));
         assert!(reads
             .iter()
@@ -1166,7 +1192,7 @@ async fn each_chat_follows_the_queue_rules_of_its_home_municipality() {
         let entry = staff.until("queue.entry").await;
         assert_eq!(entry["entry"]["room"], eriks.as_str());
         erik.settle().await;
-        let stored = booking::events::queue_entry(&app.db, &eriks)
+        let stored = booking::events::queue_entry(&app.db, &RoomId::parse(&eriks).unwrap())
             .await
             .unwrap()
             .unwrap();

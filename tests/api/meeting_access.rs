@@ -65,7 +65,7 @@ pub(crate) async fn staff_without_the_service(app: &TestApp) -> String {
     email.to_owned()
 }
 
-async fn staff_id(app: &TestApp, email: &str) -> String {
+async fn staff_id(app: &TestApp, email: &str) -> booking::StaffId {
     accounts::all_staff(&app.db)
         .await
         .expect("staff")

@@ -72,10 +72,15 @@ async fn book_meeting(cluster: &Cluster) -> Meeting {
     assert_eq!(booked.status(), 201);
     let booked: Value = booked.json().await.expect("json");
     let id = booked["booking"]["id"].as_str().expect("an id").to_owned();
-    let staff_id = booking::bookings::for_resident_by_id(&a.db, &anna, &id, jiff::Timestamp::now())
-        .await
-        .expect("the booking")
-        .staff_id;
+    let staff_id = booking::bookings::for_resident_by_id(
+        &a.db,
+        &anna,
+        &booking::BookingId::parse(&id).unwrap(),
+        jiff::Timestamp::now(),
+    )
+    .await
+    .expect("the booking")
+    .staff_id;
     let staff = booking::accounts::staff_by_id(&a.db, &staff_id)
         .await
         .expect("query")

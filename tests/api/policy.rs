@@ -68,7 +68,7 @@ async fn a_refused_resident_answers_exactly_as_an_unknown_address() {
         let anna = app.resident("anna@example.se").await;
         assert!(denied
             .iter()
-            .any(|r| r.resident_id.as_deref() == Some(anna.id.as_str())));
+            .any(|r| r.resident_id.as_ref() == Some(&anna.id)));
     }
 }
 

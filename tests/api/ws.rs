@@ -198,11 +198,15 @@ pub(crate) async fn book_meeting(app: &TestApp) -> Meeting {
         .expect("a room")
         .to_owned();
     assert_eq!(room, format!("booking:{id}"));
-    let staff_id =
-        booking::bookings::for_resident_by_id(&app.db, &anna, &id, jiff::Timestamp::now())
-            .await
-            .expect("the booking")
-            .staff_id;
+    let staff_id = booking::bookings::for_resident_by_id(
+        &app.db,
+        &anna,
+        &booking::BookingId::parse(&id).unwrap(),
+        jiff::Timestamp::now(),
+    )
+    .await
+    .expect("the booking")
+    .staff_id;
     let staff = booking::accounts::staff_by_id(&app.db, &staff_id)
         .await
         .expect("query")
@@ -360,7 +364,7 @@ async fn a_resident_waits_in_the_lobby_until_staff_admit_and_then_chats() {
         // no-show.
         let again = booking::bookings::record_outcome(
             &app.db,
-            &meeting.id,
+            &booking::BookingId::parse(&meeting.id).unwrap(),
             booking::BookingStatus::NoShow,
             jiff::Timestamp::now(),
         )
@@ -882,7 +886,7 @@ async fn a_knock_with_no_staff_in_the_room_mails_the_booked_staff_member_once() 
             .await
             .expect("query");
         assert!(
-            matches!(&mail, Some(booking::outbox::Message::Knock { booking_id, .. }) if *booking_id == meeting.id),
+            matches!(&mail, Some(booking::outbox::Message::Knock { booking_id, .. }) if booking_id.as_str() == meeting.id),
             "{mail:?}"
         );
 

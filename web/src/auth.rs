@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use booking::accounts::{Resident, Staff};
 use booking::sessions::{SessionId, Subject};
-use booking::Db;
+use booking::{Db, ResidentId, StaffId};
 
 use crate::error::AppError;
 pub use crate::sessions::Sessions;
@@ -64,12 +64,32 @@ impl Claims {
         SessionId::parse(&self.sid).ok()
     }
 
-    /// Whose session it is.
-    pub fn subject(&self) -> Subject {
+    /// Whose session it is; `None` for a subject that is no id of its
+    /// kind, which no account of ours has.
+    pub fn subject(&self) -> Option<Subject> {
         match self.kind {
-            SubjectKind::Resident => Subject::Resident(self.sub.clone()),
-            SubjectKind::Staff => Subject::Staff(self.sub.clone()),
+            SubjectKind::Resident => ResidentId::parse(&self.sub).ok().map(Subject::Resident),
+            SubjectKind::Staff => StaffId::parse(&self.sub).ok().map(Subject::Staff),
         }
+    }
+}
+
+/// The resident account a session of `claims` belongs to: `None` for a
+/// staff member's session, or an account that does not exist (deleted
+/// since, or never ours).
+pub async fn resident_of(db: &Db, claims: &Claims) -> Result<Option<Resident>, booking::Error> {
+    match claims.subject() {
+        Some(Subject::Resident(id)) => booking::accounts::resident_by_id(db, &id).await,
+        _ => Ok(None),
+    }
+}
+
+/// The staff account a session of `claims` belongs to: `None` for a
+/// resident's session, or an account that does not exist.
+pub async fn staff_of(db: &Db, claims: &Claims) -> Result<Option<Staff>, booking::Error> {
+    match claims.subject() {
+        Some(Subject::Staff(id)) => booking::accounts::staff_by_id(db, &id).await,
+        _ => Ok(None),
     }
 }
 
@@ -228,21 +248,20 @@ pub async fn is_live(sessions: &Sessions, claims: &Claims) -> Result<bool, AppEr
         .await?)
 }
 
-/// Records a new session of `sub` and signs its token, valid for `minutes`:
-/// what every sign-in ends with.
+/// Records a new session of `subject` and signs its token, valid for
+/// `minutes`: what every sign-in ends with.
 pub async fn sign_in(
     keys: &Keys,
     sessions: &Sessions,
-    sub: &str,
-    kind: SubjectKind,
+    subject: &Subject,
     minutes: i64,
     now: i64,
 ) -> Result<(String, Claims), AppError> {
-    let subject = match kind {
-        SubjectKind::Resident => Subject::Resident(sub.to_owned()),
-        SubjectKind::Staff => Subject::Staff(sub.to_owned()),
+    let (sub, kind) = match subject {
+        Subject::Resident(id) => (id.as_str(), SubjectKind::Resident),
+        Subject::Staff(id) => (id.as_str(), SubjectKind::Staff),
     };
-    let sid = sessions.open(&subject, now, now + minutes * 60).await?;
+    let sid = sessions.open(subject, now, now + minutes * 60).await?;
     Ok(keys.issue(sub, kind, &sid, minutes, now))
 }
 
@@ -254,12 +273,12 @@ pub fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|cookie| cookie.value().to_owned())
 }
 
-/// The database and the subject of a verified session of `kind`.
+/// The database and the claims of a verified session of `kind`.
 async fn subject_of<S>(
     parts: &mut Parts,
     state: &S,
     kind: SubjectKind,
-) -> Result<(Db, String), AppError>
+) -> Result<(Db, Claims), AppError>
 where
     S: SessionState,
 {
@@ -267,7 +286,7 @@ where
     if session.claims.kind != kind {
         return Err(AppError::Unauthorized);
     }
-    Ok((state.db().clone(), session.claims.sub))
+    Ok((state.db().clone(), session.claims))
 }
 
 /// The signed-in resident.
@@ -281,8 +300,8 @@ where
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let (db, sub) = subject_of(parts, state, SubjectKind::Resident).await?;
-        let resident = booking::accounts::resident_by_id(&db, &sub)
+        let (db, claims) = subject_of(parts, state, SubjectKind::Resident).await?;
+        let resident = resident_of(&db, &claims)
             .await?
             .ok_or(AppError::Unauthorized)?;
         Ok(CurrentResident(resident))
@@ -300,8 +319,8 @@ where
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let (db, sub) = subject_of(parts, state, SubjectKind::Staff).await?;
-        let staff = booking::accounts::staff_by_id(&db, &sub)
+        let (db, claims) = subject_of(parts, state, SubjectKind::Staff).await?;
+        let staff = staff_of(&db, &claims)
             .await?
             .ok_or(AppError::Unauthorized)?;
         Ok(CurrentStaff(staff))

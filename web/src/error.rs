@@ -107,6 +107,13 @@ impl AppError {
     }
 }
 
+/// The id in `raw`, a part of the request that names a record (a path
+/// segment, mostly). Text that is no id names no record, so it is answered
+/// as a missing record is (404), not as a malformed request.
+pub fn path_id<T: std::str::FromStr>(raw: &str) -> Result<T, AppError> {
+    raw.parse().map_err(|_| AppError::NotFound)
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         // The locale middleware runs every request inside a scope that holds

@@ -202,7 +202,7 @@ mod tests {
         let b = Sessions::new(test.db.clone(), bus.clone());
         let listening = b.listen().await.unwrap();
         let mut heard = bus.subscribe(REVOKED_SUBJECT).await.unwrap();
-        let anna = Subject::Resident("r1".into());
+        let anna = Subject::Resident(booking::ResidentId::parse("r1").unwrap());
         let id = a.open(&anna, 100, 10_000).await.unwrap();
         assert!(b.is_active(&id, 101).await.unwrap());
         assert_eq!(b.cached(&id, Instant::now()), Some(true), "b cached it");

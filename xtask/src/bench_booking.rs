@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use booking::accounts::{self, NewStaff, Staff};
 use booking::bookings;
+use booking::sessions::Subject;
 use booking::slots::{self, Template};
 use booking::testing::TestDb;
 use booking::{
@@ -230,8 +231,7 @@ async fn bench_one(name: &str, database: TestDb, seconds: u64) -> anyhow::Result
             session_token(
                 db,
                 &keys,
-                &resident.id,
-                SubjectKind::Resident,
+                &Subject::Resident(resident.id.clone()),
                 120,
                 now.as_second(),
             )
@@ -401,17 +401,16 @@ pub(crate) fn postgres_ticks() -> u64 {
 pub(crate) async fn session_token(
     db: &booking::Db,
     keys: &Keys,
-    subject: &str,
-    kind: SubjectKind,
+    subject: &Subject,
     minutes: i64,
     now: i64,
 ) -> anyhow::Result<String> {
-    let recorded = match kind {
-        SubjectKind::Resident => booking::sessions::Subject::Resident(subject.to_owned()),
-        SubjectKind::Staff => booking::sessions::Subject::Staff(subject.to_owned()),
+    let (sub, kind) = match subject {
+        Subject::Resident(id) => (id.as_str(), SubjectKind::Resident),
+        Subject::Staff(id) => (id.as_str(), SubjectKind::Staff),
     };
-    let sid = booking::sessions::create(db, &recorded, now, now + minutes * 60).await?;
-    Ok(keys.issue(subject, kind, &sid, minutes, now).0)
+    let sid = booking::sessions::create(db, subject, now, now + minutes * 60).await?;
+    Ok(keys.issue(sub, kind, &sid, minutes, now).0)
 }
 
 /// Adds `count` Helsingborg staff members (`<prefix><i>@kontakt.bench`) for
@@ -503,8 +502,7 @@ async fn contention(
             session_token(
                 db,
                 keys,
-                &r.id,
-                SubjectKind::Resident,
+                &Subject::Resident(r.id.clone()),
                 30,
                 Timestamp::now().as_second(),
             )

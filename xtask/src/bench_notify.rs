@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use booking::outbox::{enqueue, Message};
-use booking::{Db, EmailAddress, Language};
+use booking::{BookingId, Db, EmailAddress, Language};
 use sqlx::{AssertSqlSafe, Executor};
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -109,7 +109,7 @@ async fn delivery(
     let mut conn = db.pool().acquire().await?;
     for i in 0..mails {
         let message = Message::BookingConfirmed {
-            booking_id: format!("bench-{i}"),
+            booking_id: BookingId::parse(format!("bench-{i}"))?,
             starts_at: now + 86_400,
             ends_at: now + 86_400 + 2700,
             sequence: 0,
@@ -157,14 +157,14 @@ async fn overhead(name: &str, db: &Db, bookings: usize) -> Result<()> {
         let starts_at = base + i as i64 * 3600;
         let started = Instant::now();
         let mut tx = db.pool().begin().await?;
-        let id = format!("bench-{i}");
+        let id = BookingId::parse(format!("bench-{i}"))?;
         sqlx::query(
             "INSERT INTO bookings (id, resident_id, staff_id, service_code, step, starts_at, ends_at, status, \
              performed_by, performed_for, rule, manage_token_hash, created_at, updated_at) \
              VALUES ($1, 'bench-resident', 'bench-staff', 'bench-service', 'meeting', $2, $3, 'booked', \
              '0001', '0001', 'open', $4, $5, $5)",
         )
-        .bind(&id)
+        .bind(id.as_str())
         .bind(starts_at)
         .bind(starts_at + 2700)
         .bind(format!("hash-{i}"))

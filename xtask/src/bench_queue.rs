@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use booking::accounts::{self, NewStaff};
 use booking::chats;
+use booking::sessions::Subject;
 use booking::testing::TestDb;
 use booking::{
     EmailAddress, Language, MunicipalityCode, NewPassword, PersonName, Role, ServiceCode,
@@ -50,7 +51,7 @@ use jiff::Timestamp;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-use web::auth::{Keys, SubjectKind};
+use web::auth::Keys;
 
 use crate::bench_booking::{
     flag, ms, only_database, percentile, postgres_ticks, prepare_kontakt_binary, session_token,
@@ -238,8 +239,7 @@ impl Population {
             let token = session_token(
                 db,
                 &keys,
-                &staff.id,
-                SubjectKind::Staff,
+                &Subject::Staff(staff.id.clone()),
                 120,
                 now.as_second(),
             )
@@ -267,8 +267,7 @@ impl Population {
             let token = session_token(
                 db,
                 &keys,
-                &resident.id,
-                SubjectKind::Resident,
+                &Subject::Resident(resident.id.clone()),
                 120,
                 now.as_second(),
             )

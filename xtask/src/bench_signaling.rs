@@ -27,8 +27,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use booking::accounts;
 use booking::bookings::{self, SearchQuery};
+use booking::sessions::Subject;
 use booking::testing::TestDb;
-use booking::{EmailAddress, Language, MunicipalityCode, ServiceCode};
+use booking::{BookingId, EmailAddress, Language, MunicipalityCode, ServiceCode};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use jiff::Timestamp;
@@ -38,7 +39,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
-use web::auth::{Keys, SubjectKind};
+use web::auth::Keys;
 
 use crate::bench_booking::{
     add_staff, flag, ms, percentile, session_token, start_server, Server, SECRET,
@@ -285,7 +286,7 @@ struct Fixture {
 }
 
 struct Seats {
-    booking: String,
+    booking: BookingId,
     room: String,
     resident_token: String,
     resident_party: String,
@@ -307,8 +308,7 @@ impl Fixture {
             let token = session_token(
                 db,
                 &keys,
-                &staff.id,
-                SubjectKind::Staff,
+                &Subject::Staff(staff.id.clone()),
                 240,
                 now.as_second(),
             )
@@ -348,8 +348,7 @@ impl Fixture {
             let token = session_token(
                 db,
                 &keys,
-                &resident.id,
-                SubjectKind::Resident,
+                &Subject::Resident(resident.id.clone()),
                 240,
                 now.as_second(),
             )
@@ -363,8 +362,7 @@ impl Fixture {
                     let token = session_token(
                         db,
                         &keys,
-                        &booking.staff_id,
-                        SubjectKind::Staff,
+                        &Subject::Staff(booking.staff_id.clone()),
                         240,
                         now.as_second(),
                     )

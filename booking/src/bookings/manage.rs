@@ -20,12 +20,13 @@ use crate::db::built_sql;
 use crate::db::is_booking_conflict;
 use crate::db::Db;
 use crate::domain::BookingStatus;
+use crate::ids;
 use crate::load;
 use crate::outbox;
 use crate::outbox::Message;
 use crate::time::zone;
 use crate::time::DISPLAY_ZONE;
-use crate::Error;
+use crate::{BookingId, Error, StaffId};
 use jiff::Timestamp;
 use sqlx::Row;
 /// Cancels a booking. A token is spent by cancelling: afterwards it finds
@@ -33,7 +34,7 @@ use sqlx::Row;
 pub async fn cancel(
     db: &Db,
     authority: Authority<'_>,
-    booking_id: Option<&str>,
+    booking_id: Option<&BookingId>,
     now: Timestamp,
 ) -> Result<Booking, Error> {
     let (booking, resident) = find_active(db, authority, booking_id, now, "cancelled").await?;
@@ -49,7 +50,7 @@ pub async fn cancel(
          WHERE id = $2 AND status = 'booked' RETURNING {BOOKING_COLUMNS}"
     )))
     .bind(now.as_second())
-    .bind(&booking.id)
+    .bind(booking.id.as_str())
     .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = row else {
@@ -97,7 +98,7 @@ pub async fn cancel(
 pub async fn reschedule(
     db: &Db,
     authority: Authority<'_>,
-    booking_id: Option<&str>,
+    booking_id: Option<&BookingId>,
     starts_at: Timestamp,
     now: Timestamp,
 ) -> Result<Ticket, Error> {
@@ -123,16 +124,16 @@ pub async fn reschedule(
             "UPDATE bookings SET staff_id = $1, starts_at = $2, ends_at = $3, performed_by = $4, agreement_id = $5, \
              rule = $6, sequence = sequence + 1, updated_at = $7 \
              WHERE id = $8 AND status = 'booked' AND staff_id = $9 AND starts_at = $10 RETURNING {BOOKING_COLUMNS}"
-        )))
-        .bind(&candidate.staff_id)
+)))
+        .bind(candidate.staff_id.as_str())
         .bind(candidate.range.start().as_second())
         .bind(candidate.range.end().as_second())
         .bind(candidate.municipality.as_str())
         .bind(candidate.decision.agreement_id())
         .bind(candidate.decision.basis().as_str())
         .bind(now.as_second())
-        .bind(&booking.id)
-        .bind(&booking.staff_id)
+        .bind(booking.id.as_str())
+        .bind(booking.staff_id.as_str())
         .bind(booking.range.start().as_second())
         .fetch_optional(&mut *tx)
         .await;
@@ -211,7 +212,7 @@ pub async fn read_by_token(db: &Db, token: &str, now: Timestamp) -> Result<Booki
 /// booked. The change is audit-logged as the system's.
 pub async fn record_outcome(
     db: &Db,
-    booking_id: &str,
+    booking_id: &BookingId,
     outcome: BookingStatus,
     now: Timestamp,
 ) -> Result<Booking, Error> {
@@ -229,7 +230,7 @@ pub async fn record_outcome(
     )))
     .bind(outcome.as_str())
     .bind(now.as_second())
-    .bind(booking_id)
+    .bind(booking_id.as_str())
     .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = row else {
@@ -257,16 +258,16 @@ pub const KNOCK_MAIL_EVERY_SECS: i64 = 15 * 60;
 /// [`KNOCK_MAIL_EVERY_SECS`] or the booking is no longer booked. The mail
 /// names the meeting's time only, never the resident. Returns whether a mail
 /// was written.
-pub async fn knock(db: &Db, booking_id: &str, now: i64) -> Result<bool, Error> {
+pub async fn knock(db: &Db, booking_id: &BookingId, now: i64) -> Result<bool, Error> {
     let row =
         sqlx::query("SELECT staff_id, starts_at FROM bookings WHERE id = $1 AND status = 'booked'")
-            .bind(booking_id)
+            .bind(booking_id.as_str())
             .fetch_optional(db.pool())
             .await?;
     let Some(row) = row else {
         return Ok(false);
     };
-    let staff_id: String = row.try_get("staff_id")?;
+    let staff_id: StaffId = ids::stored(&row, "staff_id")?;
     let starts_at: i64 = row.try_get("starts_at")?;
     let Some(staff) = accounts::staff_by_id(db, &staff_id).await? else {
         return Ok(false);
@@ -276,7 +277,7 @@ pub async fn knock(db: &Db, booking_id: &str, now: i64) -> Result<bool, Error> {
     let recent: i64 = sqlx::query(
         "SELECT COUNT(*) AS n FROM outbox WHERE booking_id = $1 AND kind = 'knock' AND created_at > $2",
     )
-    .bind(booking_id)
+    .bind(booking_id.as_str())
     .bind(now - KNOCK_MAIL_EVERY_SECS)
     .fetch_one(&mut *tx)
     .await?
@@ -285,7 +286,7 @@ pub async fn knock(db: &Db, booking_id: &str, now: i64) -> Result<bool, Error> {
         return Ok(false);
     }
     let message = Message::Knock {
-        booking_id: booking_id.to_owned(),
+        booking_id: booking_id.clone(),
         starts_at,
     };
     // Staff work in the console's default language.

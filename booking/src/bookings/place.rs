@@ -31,6 +31,7 @@ use crate::domain::Language;
 use crate::domain::ServiceCode;
 use crate::domain::SlotRange;
 use crate::domain::Step;
+use crate::ids;
 use crate::load;
 use crate::outbox;
 use crate::outbox::Message;
@@ -38,7 +39,7 @@ use crate::outbox::NeutralTitle;
 use crate::snapshot;
 use crate::time::zone;
 use crate::time::DISPLAY_ZONE;
-use crate::Error;
+use crate::{BookingId, Error, StaffId};
 use jiff::civil::Date;
 use jiff::Timestamp;
 use rand::seq::SliceRandom;
@@ -214,7 +215,7 @@ pub(super) async fn best_free(
     wanted: &Wanted<'_>,
     starts_at: Timestamp,
     now: Timestamp,
-    moving: Option<&str>,
+    moving: Option<&BookingId>,
 ) -> Result<(Candidate, Hold), Error> {
     let tz = zone(DISPLAY_ZONE)?;
     let day = starts_at.to_zoned(tz.clone()).date();
@@ -285,8 +286,8 @@ pub(super) async fn best_free(
 /// more than its part of a text (a tenth of kontakt's CPU per booking in
 /// the booking benchmark, BENCHMARKS.md).
 pub(super) struct Surroundings {
-    pub(super) busy: HashMap<String, Vec<SlotRange>>,
-    pub(super) booked: HashMap<String, i64>,
+    pub(super) busy: HashMap<StaffId, Vec<SlotRange>>,
+    pub(super) booked: HashMap<StaffId, i64>,
     pub(super) catalog_version: i64,
 }
 
@@ -294,7 +295,7 @@ pub(super) async fn surroundings(
     db: &Db,
     from: Timestamp,
     to: Timestamp,
-    ignore_booking: Option<&str>,
+    ignore_booking: Option<&BookingId>,
     monday: Date,
 ) -> Result<Surroundings, Error> {
     let sql = surroundings_sql(db.backend(), ignore_booking.is_some(), db.bookings_scale());
@@ -315,7 +316,7 @@ pub(super) async fn surroundings(
         match kind.as_str() {
             "busy" => out
                 .busy
-                .entry(r.try_get("staff_id")?)
+                .entry(ids::stored(&r, "staff_id")?)
                 .or_default()
                 .extend(parse_ranges(&value)?),
             "load" => {
@@ -323,7 +324,10 @@ pub(super) async fn surroundings(
                     let (staff_id, seconds) = pair.rsplit_once(':').ok_or_else(|| {
                         Error::Corrupt(format!("{pair:?} where staff:seconds belongs"))
                     })?;
-                    out.booked.insert(staff_id.to_owned(), number(seconds)?);
+                    out.booked.insert(
+                        ids::parse_stored("staff_week_load.staff_id", staff_id)?,
+                        number(seconds)?,
+                    );
                 }
             }
             "version" => out.catalog_version = number(&value)?,
@@ -422,7 +426,7 @@ pub(super) fn new_booking(
     neutral_title: Option<NeutralTitle>,
 ) -> Booking {
     Booking {
-        id: uuid::Uuid::now_v7().to_string(),
+        id: ids::from_uuid(uuid::Uuid::now_v7()),
         resident_id: resident.id.clone(),
         staff_id: candidate.staff_id.clone(),
         service: service.clone(),

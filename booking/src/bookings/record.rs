@@ -12,14 +12,15 @@ use crate::accounts::{self, token_hash, Resident};
 use crate::audit::{self, Actor, Entry, Outcome};
 use crate::db::{built_sql, Db};
 use crate::domain::{Basis, BookingStatus, MunicipalityCode, ServiceCode, SlotRange, Step};
+use crate::ids;
 use crate::outbox::NeutralTitle;
-use crate::Error;
+use crate::{BookingId, Error, ResidentId, StaffId};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Booking {
-    pub id: String,
-    pub resident_id: String,
-    pub staff_id: String,
+    pub id: BookingId,
+    pub resident_id: ResidentId,
+    pub staff_id: StaffId,
     pub service: ServiceCode,
     pub step: Step,
     pub range: SlotRange,
@@ -67,9 +68,9 @@ pub(super) const BOOKING_COLUMNS: &str =
 
 pub(super) fn booking_from_row(r: &AnyRow) -> Result<Booking, Error> {
     Ok(Booking {
-        id: r.try_get("id")?,
-        resident_id: r.try_get("resident_id")?,
-        staff_id: r.try_get("staff_id")?,
+        id: ids::stored(r, "id")?,
+        resident_id: ids::stored(r, "resident_id")?,
+        staff_id: ids::stored(r, "staff_id")?,
         service: ServiceCode::parse(&r.try_get::<String, _>("service_code")?)?,
         step: Step::parse(&r.try_get::<String, _>("step")?)?,
         range: SlotRange::from_unix(r.try_get("starts_at")?, r.try_get("ends_at")?)?,
@@ -89,11 +90,11 @@ pub(super) fn booking_from_row(r: &AnyRow) -> Result<Booking, Error> {
 
 /// One booking by id, unchecked: for the functions here that decide who
 /// may see it.
-pub(super) async fn by_id(db: &Db, id: &str) -> Result<Option<Booking>, Error> {
+pub(super) async fn by_id(db: &Db, id: &BookingId) -> Result<Option<Booking>, Error> {
     let row = sqlx::query(built_sql(format!(
         "SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = $1"
     )))
-    .bind(id)
+    .bind(id.as_str())
     .fetch_optional(db.pool())
     .await?;
     row.as_ref().map(booking_from_row).transpose()
@@ -138,7 +139,7 @@ pub(super) async fn by_token(db: &Db, token: &str, now: Timestamp) -> Result<Boo
 pub(super) async fn find_active(
     db: &Db,
     authority: Authority<'_>,
-    booking_id: Option<&str>,
+    booking_id: Option<&BookingId>,
     now: Timestamp,
     verb: &str,
 ) -> Result<(Booking, Resident), Error> {
@@ -161,7 +162,7 @@ pub(super) async fn find_active(
 pub(super) async fn find_managed(
     db: &Db,
     authority: Authority<'_>,
-    booking_id: Option<&str>,
+    booking_id: Option<&BookingId>,
     now: Timestamp,
 ) -> Result<Booking, Error> {
     match authority {
@@ -172,7 +173,7 @@ pub(super) async fn find_managed(
             let row = sqlx::query(built_sql(format!(
                 "SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = $1"
             )))
-            .bind(id)
+            .bind(id.as_str())
             .fetch_optional(db.pool())
             .await?;
             let booking = row.as_ref().map(booking_from_row).transpose()?;

@@ -10,6 +10,7 @@ use crate::domain::MunicipalityCode;
 use crate::domain::ServiceCode;
 use crate::domain::SlotRange;
 use crate::domain::Step;
+use crate::ids;
 use crate::policy;
 use crate::policy::Agreement;
 use crate::policy::Decision;
@@ -20,7 +21,7 @@ use crate::snapshot::Snapshot;
 use crate::time::day_bounds;
 use crate::time::zone;
 use crate::time::DISPLAY_ZONE;
-use crate::Error;
+use crate::{BookingId, Error, StaffId};
 use jiff::civil::Date;
 use jiff::Timestamp;
 use serde::Serialize;
@@ -128,7 +129,7 @@ pub async fn search_with_municipalities(
 /// serve the resident.
 #[derive(Debug, Clone)]
 pub(super) struct Candidate {
-    pub(super) staff_id: String,
+    pub(super) staff_id: StaffId,
     pub(super) municipality: MunicipalityCode,
     pub(super) range: SlotRange,
     pub(super) decision: Decision,
@@ -140,7 +141,7 @@ pub(super) struct Wanted<'a> {
     pub(super) home: &'a MunicipalityCode,
     pub(super) language: Option<Language>,
     /// Staff booking for a resident book only their own time.
-    pub(super) only_staff: Option<&'a str>,
+    pub(super) only_staff: Option<&'a StaffId>,
 }
 
 /// The free slots in `from..=to` (or only the one starting at `exact_start`),
@@ -152,7 +153,7 @@ pub(super) fn free_slots(
     to: Date,
     now: Timestamp,
     exact_start: Option<Timestamp>,
-    busy: &HashMap<String, Vec<SlotRange>>,
+    busy: &HashMap<StaffId, Vec<SlotRange>>,
 ) -> Result<BTreeMap<SlotRange, Vec<Candidate>>, Error> {
     let service_code = wanted.service;
     let home = wanted.home;
@@ -166,7 +167,7 @@ pub(super) fn free_slots(
         .iter()
         .filter(|s| s.handles(service_code))
         .filter(|s| wanted.language.is_none_or(|l| s.languages.contains(&l)))
-        .filter(|s| wanted.only_staff.is_none_or(|id| s.id == id));
+        .filter(|s| wanted.only_staff.is_none_or(|id| &s.id == id));
     let shape = SlotShape {
         slot_minutes: service.slot_minutes,
         buffer_minutes: service.buffer_minutes,
@@ -238,8 +239,8 @@ pub(super) async fn busy_times(
     db: &Db,
     from: Timestamp,
     to: Timestamp,
-    ignore_booking: Option<&str>,
-) -> Result<HashMap<String, Vec<SlotRange>>, Error> {
+    ignore_booking: Option<&BookingId>,
+) -> Result<HashMap<StaffId, Vec<SlotRange>>, Error> {
     // PostgreSQL plans a prepared statement once for all values after a few
     // runs, with the table as big as it was then. A plan made while the
     // table was small scans every active booking through another partial
@@ -252,7 +253,7 @@ pub(super) async fn busy_times(
     let mut busy = HashMap::new();
     for r in query.fetch_all(db.pool()).await? {
         let ranges: String = r.try_get("ranges")?;
-        busy.insert(r.try_get("staff_id")?, parse_ranges(&ranges)?);
+        busy.insert(ids::stored(&r, "staff_id")?, parse_ranges(&ranges)?);
     }
     Ok(busy)
 }
@@ -284,14 +285,14 @@ pub(super) fn busy_query(
     sql: &'static str,
     from: Timestamp,
     to: Timestamp,
-    ignore_booking: Option<&str>,
+    ignore_booking: Option<&BookingId>,
 ) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
     let query = sqlx::query(sql)
         .bind(from.as_second())
         .bind(to.as_second())
         .bind(from.as_second() - MAX_BOOKING_SECONDS);
     match ignore_booking {
-        Some(id) => query.bind(id),
+        Some(id) => query.bind(id.as_str()),
         None => query,
     }
 }

@@ -13,7 +13,7 @@ use crate::domain::{
 use crate::load;
 use crate::slots::{self, Template};
 use crate::snapshot::{self};
-use crate::Error;
+use crate::{Error, StaffId};
 
 use crate::time::{zone, DISPLAY_ZONE};
 
@@ -22,7 +22,7 @@ use crate::time::{zone, DISPLAY_ZONE};
 /// directly.
 struct OneStaff {
     resident: Resident,
-    staff_id: String,
+    staff_id: StaffId,
     municipality: MunicipalityCode,
 }
 
@@ -47,7 +47,7 @@ impl OneStaff {
         let municipality: String = row.try_get("municipality_code").unwrap();
         OneStaff {
             resident,
-            staff_id: row.try_get("id").unwrap(),
+            staff_id: StaffId::parse(row.try_get::<String, _>("id").unwrap()).unwrap(),
             municipality: MunicipalityCode::parse(&municipality).unwrap(),
         }
     }
@@ -64,7 +64,7 @@ impl OneStaff {
 
     fn booking(&self, start: i64, status: BookingStatus) -> Booking {
         Booking {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: crate::ids::from_uuid(uuid::Uuid::now_v7()),
             resident_id: self.resident.id.clone(),
             staff_id: self.staff_id.clone(),
             service: ServiceCode::parse("stod-till-anhoriga").unwrap(),
@@ -116,7 +116,7 @@ async fn overlapping_bookings_written_together_are_refused_by_the_database() {
         let active: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM bookings WHERE staff_id = $1 AND status = 'booked' AND starts_at >= $2",
         )
-        .bind(staff_id)
+        .bind(staff_id.as_str())
         .bind(base)
         .fetch_one(db.pool())
         .await
@@ -152,7 +152,7 @@ async fn the_surroundings_of_a_time_hold_each_booking_near_it() {
                 .unwrap();
             if status == BookingStatus::Cancelled {
                 sqlx::query("UPDATE bookings SET status = 'cancelled' WHERE id = $1")
-                    .bind(&booking.id)
+                    .bind(booking.id.as_str())
                     .execute(db.pool())
                     .await
                     .unwrap();
@@ -175,6 +175,7 @@ async fn the_surroundings_of_a_time_hold_each_booking_near_it() {
             .fetch_one(db.pool())
             .await
             .unwrap();
+        let other = StaffId::parse(other).unwrap();
         db.run(&[load::adjust(&other, &written[1].range, 1, &tz)])
             .await
             .unwrap();
@@ -192,7 +193,7 @@ async fn the_surroundings_of_a_time_hold_each_booking_near_it() {
             database.url
         );
 
-        let moving = written[1].id.as_str();
+        let moving = &written[1].id;
         let seen = surroundings(db, from, to, Some(moving), monday)
             .await
             .unwrap();

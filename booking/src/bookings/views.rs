@@ -22,6 +22,7 @@ use crate::domain::MunicipalityCode;
 use crate::domain::ServiceCode;
 use crate::domain::SlotRange;
 use crate::domain::Step;
+use crate::ids;
 use crate::policy;
 use crate::policy::Decision;
 use crate::snapshot;
@@ -29,7 +30,7 @@ use crate::snapshot::Snapshot;
 use crate::time::day_bounds;
 use crate::time::zone;
 use crate::time::DISPLAY_ZONE;
-use crate::Error;
+use crate::{BookingId, Error, StaffId};
 use jiff::Timestamp;
 use sqlx::Row;
 /// A resident's own bookings, newest first. The read is audit-logged like
@@ -42,7 +43,7 @@ pub async fn for_resident(
     let rows = sqlx::query(built_sql(format!(
         "SELECT {BOOKING_COLUMNS} FROM bookings WHERE resident_id = $1 ORDER BY starts_at DESC"
     )))
-    .bind(&resident.id)
+    .bind(resident.id.as_str())
     .fetch_all(db.pool())
     .await?;
     let list = rows
@@ -74,7 +75,7 @@ pub async fn for_resident(
 pub async fn for_resident_by_id(
     db: &Db,
     resident: &Resident,
-    id: &str,
+    id: &BookingId,
     now: Timestamp,
 ) -> Result<Booking, Error> {
     let booking = find_managed(db, Authority::Resident(resident), Some(id), now).await?;
@@ -99,8 +100,8 @@ pub async fn staff_day(
     let (from, to) = day_bounds(day.date(), &tz)?;
     let rows = sqlx::query(built_sql(format!(
         "SELECT {BOOKING_COLUMNS} FROM bookings WHERE staff_id = $1 AND starts_at >= $2 AND starts_at < $3 ORDER BY starts_at"
-    )))
-    .bind(&staff.id)
+)))
+    .bind(staff.id.as_str())
     .bind(from.as_second())
     .bind(to.as_second())
     .fetch_all(db.pool())
@@ -130,7 +131,7 @@ pub async fn staff_day(
 pub async fn for_staff(
     db: &Db,
     staff: &Staff,
-    id: &str,
+    id: &BookingId,
     now: Timestamp,
 ) -> Result<(Booking, Resident), Error> {
     let actor = Actor::Staff(staff.id.clone());
@@ -219,7 +220,7 @@ impl BookingAccess {
 /// [`BookingAccess::of`]: who may enter its meeting room and hear
 /// its knocks. The caller passes them to the signaling hub, which knows no
 /// policy of its own.
-pub async fn staff_who_may_handle(db: &Db, booking: &Booking) -> Result<Vec<String>, Error> {
+pub async fn staff_who_may_handle(db: &Db, booking: &Booking) -> Result<Vec<StaffId>, Error> {
     let catalog = snapshot::current(db).await?;
     let mut out = Vec::new();
     for staff in &catalog.staff {
@@ -236,13 +237,13 @@ pub async fn staff_who_may_handle(db: &Db, booking: &Booking) -> Result<Vec<Stri
 /// that no longer exists is recorded without them.
 pub async fn audit_meeting_access(
     db: &Db,
-    staff_id: &str,
-    booking_id: &str,
+    staff_id: &StaffId,
+    booking_id: &BookingId,
     action: &str,
     outcome: Outcome,
     now: Timestamp,
 ) -> Result<(), Error> {
-    let actor = Actor::Staff(staff_id.to_owned());
+    let actor = Actor::Staff(staff_id.clone());
     let booking = by_id(db, booking_id).await?;
     let entry = match &booking {
         Some(booking) => booking_entry(&actor, action, booking, outcome),
@@ -263,14 +264,14 @@ pub async fn audit_meeting_access(
 
 /// Every active booking's staff member and time: the double-booking check of
 /// the contention test and benchmark.
-pub async fn active_ranges(db: &Db) -> Result<Vec<(String, SlotRange)>, Error> {
+pub async fn active_ranges(db: &Db) -> Result<Vec<(StaffId, SlotRange)>, Error> {
     let rows = sqlx::query("SELECT staff_id, starts_at, ends_at FROM bookings WHERE status = 'booked' ORDER BY staff_id, starts_at")
         .fetch_all(db.pool())
         .await?;
     rows.iter()
         .map(|r| {
             Ok((
-                r.try_get("staff_id")?,
+                ids::stored(r, "staff_id")?,
                 SlotRange::from_unix(r.try_get("starts_at")?, r.try_get("ends_at")?)?,
             ))
         })

@@ -14,6 +14,7 @@ use sqlx::AnyConnection;
 
 use crate::batch::Statement;
 use crate::domain::{EmailAddress, InvalidValue, Language, MunicipalityCode, PersonName};
+use crate::{BookingId, RoomId};
 
 /// The neutral word a discreet mail and its calendar entry use instead of
 /// "social services": a mail's subject shows on a lock screen and an entry's
@@ -81,7 +82,7 @@ pub enum Message {
     SignInLink { token: String, expires_at: i64 },
     /// A new booking. Manage link: `/b/{manage_token}`; join: `/join/{booking_id}`.
     BookingConfirmed {
-        booking_id: String,
+        booking_id: BookingId,
         starts_at: i64,
         ends_at: i64,
         sequence: i64,
@@ -90,7 +91,7 @@ pub enum Message {
     /// A booking moved to a new time. The calendar event keeps its UID and
     /// gets the new `sequence`.
     BookingRescheduled {
-        booking_id: String,
+        booking_id: BookingId,
         starts_at: i64,
         ends_at: i64,
         previous_starts_at: i64,
@@ -99,26 +100,29 @@ pub enum Message {
     },
     /// A booking cancelled: calendars should remove the event.
     BookingCancelled {
-        booking_id: String,
+        booking_id: BookingId,
         starts_at: i64,
         ends_at: i64,
         sequence: i64,
     },
     /// A reminder `minutes_before` the meeting (1440 or 60).
     Reminder {
-        booking_id: String,
+        booking_id: BookingId,
         starts_at: i64,
         ends_at: i64,
         minutes_before: i64,
         manage_token: String,
     },
     /// A staff member picked up the resident's chat.
-    ChatPickedUp { conversation_id: String },
+    ChatPickedUp { conversation_id: RoomId },
     /// Staff shared a new note on "My pages".
     NoteShared,
     /// A resident knocks in a waiting room of a staff member who is not in
     /// the console. Link: `/staff`.
-    Knock { booking_id: String, starts_at: i64 },
+    Knock {
+        booking_id: BookingId,
+        starts_at: i64,
+    },
     /// The sender's message from the offline form has arrived; someone
     /// will be in touch as they asked. Names neither the service nor the
     /// message.
@@ -153,7 +157,7 @@ impl Message {
 
     /// The booking a message is about, if any: used to supersede reminders
     /// when the booking moves or is cancelled.
-    pub fn booking_id(&self) -> Option<&str> {
+    pub fn booking_id(&self) -> Option<&BookingId> {
         match self {
             Message::BookingConfirmed { booking_id, .. }
             | Message::BookingRescheduled { booking_id, .. }
@@ -212,7 +216,7 @@ pub async fn enqueue(
     .bind(payload)
     .bind(due_at)
     .bind(now)
-    .bind(message.booking_id())
+    .bind(message.booking_id().map(BookingId::as_str))
     .bind(discreet.map(NeutralTitle::as_str))
     .execute(conn)
     .await?;
@@ -261,7 +265,7 @@ pub fn enqueue_all(
             .bind(serde_json::to_string(message).expect("a Message always serialises"))
             .bind(*due_at)
             .bind(now)
-            .bind(message.booking_id())
+            .bind(message.booking_id().map(BookingId::as_str))
             .bind(discreet.map(NeutralTitle::as_str));
     }
     statement
@@ -320,13 +324,13 @@ pub async fn pending_discretion(
 /// was cancelled. Call it in the same transaction as that change.
 pub async fn supersede_reminders(
     conn: &mut AnyConnection,
-    booking_id: &str,
+    booking_id: &BookingId,
 ) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE outbox SET status = 'superseded' \
          WHERE booking_id = $1 AND kind = 'reminder' AND status = 'pending'",
     )
-    .bind(booking_id)
+    .bind(booking_id.as_str())
     .execute(conn)
     .await?;
     Ok(done.rows_affected())

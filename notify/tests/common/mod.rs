@@ -7,7 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use booking::outbox::{enqueue, Message, NeutralTitle};
-use booking::{Db, EmailAddress, Language};
+use booking::{BookingId, Db, EmailAddress, Language};
 use jiff::Timestamp;
 use sqlx::{AssertSqlSafe, Executor, Row};
 
@@ -169,7 +169,7 @@ pub fn at(unix: i64) -> Timestamp {
 
 pub fn booked(booking_id: &str, starts_at: i64, sequence: i64) -> Message {
     Message::BookingConfirmed {
-        booking_id: booking_id.into(),
+        booking_id: BookingId::parse(booking_id).unwrap(),
         starts_at,
         ends_at: starts_at + 45 * 60,
         sequence,
@@ -179,7 +179,7 @@ pub fn booked(booking_id: &str, starts_at: i64, sequence: i64) -> Message {
 
 pub fn reminder(booking_id: &str, starts_at: i64, minutes_before: i64) -> Message {
     Message::Reminder {
-        booking_id: booking_id.into(),
+        booking_id: BookingId::parse(booking_id).unwrap(),
         starts_at,
         ends_at: starts_at + 45 * 60,
         minutes_before,

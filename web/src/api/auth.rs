@@ -11,12 +11,13 @@ use axum::{Json, Router};
 use axum_extra::extract::CookieJar;
 use booking::accounts::{Resident, Staff};
 use booking::outbox::Registration;
+use booking::sessions::Subject;
 use booking::{accounts, throttle, EmailAddress, Language, MunicipalityCode, Password, PersonName};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::ApiJson;
-use crate::auth::{cleared_cookies, same_origin, session_cookies, sign_in, Session, SubjectKind};
+use crate::auth::{cleared_cookies, same_origin, session_cookies, sign_in, Session};
 use crate::clock::now;
 use crate::error::{AppError, ErrorBody};
 use crate::state::AppState;
@@ -89,8 +90,7 @@ pub async fn staff_login(
     let (token, claims) = sign_in(
         &state.keys,
         &state.sessions,
-        &staff.id,
-        SubjectKind::Staff,
+        &Subject::Staff(staff.id.clone()),
         state.settings.staff_session_minutes,
         now().as_second(),
     )
@@ -275,8 +275,7 @@ pub async fn resident_redeem(
     let (token, claims) = sign_in(
         &state.keys,
         &state.sessions,
-        &resident.id,
-        SubjectKind::Resident,
+        &Subject::Resident(resident.id.clone()),
         state.settings.resident_session_minutes,
         now().as_second(),
     )
@@ -356,10 +355,8 @@ pub async fn sign_out_everywhere(
     session: Session,
     jar: CookieJar,
 ) -> Result<impl IntoResponse, AppError> {
-    let ended = state
-        .sessions
-        .end_all(&session.claims.subject(), now().as_second())
-        .await?;
+    let subject = session.claims.subject().ok_or(AppError::Unauthorized)?;
+    let ended = state.sessions.end_all(&subject, now().as_second()).await?;
     let [a, b] = cleared_cookies();
     Ok((jar.add(a).add(b), Json(SignedOutDto { ended })))
 }

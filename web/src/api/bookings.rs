@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use super::{parse_time, show_time, ApiJson};
 use crate::auth::CurrentResident;
 use crate::clock::now;
-use crate::error::{AppError, ErrorBody};
+use crate::error::{path_id, AppError, ErrorBody};
 use crate::i18n::current_locale;
 use crate::state::AppState;
 
@@ -82,7 +82,7 @@ impl From<Booking> for ManagedBookingDto {
             starts_at: show_time(b.range.start()),
             ends_at: show_time(b.range.end()),
             status: b.status.as_str().to_owned(),
-            id: b.id,
+            id: b.id.to_string(),
         }
     }
 }
@@ -110,7 +110,7 @@ pub(crate) async fn booking_dto(db: &Db, b: Booking) -> Result<BookingDto, AppEr
         performed_for: b.performed_for.to_string(),
         rule: b.rule.as_str().to_owned(),
         agreement_id: b.agreement_id,
-        id: b.id,
+        id: b.id.to_string(),
     })
 }
 
@@ -164,7 +164,7 @@ pub async fn one(
     CurrentResident(resident): CurrentResident,
     Path(id): Path<String>,
 ) -> Result<Json<BookingDto>, AppError> {
-    let b = bookings::for_resident_by_id(&db, &resident, &id, now()).await?;
+    let b = bookings::for_resident_by_id(&db, &resident, &path_id(&id)?, now()).await?;
     Ok(Json(booking_dto(&db, b).await?))
 }
 
@@ -176,6 +176,7 @@ pub async fn cancel(
     CurrentResident(resident): CurrentResident,
     Path(id): Path<String>,
 ) -> Result<Json<BookingDto>, AppError> {
+    let id = path_id(&id)?;
     let b = bookings::cancel(&db, Authority::Resident(&resident), Some(&id), now()).await?;
     Ok(Json(booking_dto(&db, b).await?))
 }
@@ -191,6 +192,7 @@ pub async fn reschedule(
     ApiJson(body): ApiJson<RescheduleRequest>,
 ) -> Result<Json<BookingDto>, AppError> {
     let starts_at = parse_time("starts_at", &body.starts_at)?;
+    let id = path_id(&id)?;
     let ticket = bookings::reschedule(
         &db,
         Authority::Resident(&resident),

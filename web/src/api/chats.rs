@@ -17,11 +17,11 @@ use utoipa::{IntoParams, ToSchema};
 use super::{non_empty, show_time, ApiJson, ApiJsonLong, ApiQuery, LongFields};
 use crate::auth::{CurrentResident, CurrentStaff};
 use crate::clock::now;
-use crate::error::{AppError, ErrorBody};
+use crate::error::{path_id, AppError, ErrorBody};
 use crate::i18n::current_locale;
 use crate::state::AppState;
 use crate::ws::AnonymousChat;
-use signaling::ids::{RoomId, StaffId};
+use signaling::ids::RoomId;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -168,7 +168,7 @@ pub async fn my_chat(
     CurrentResident(resident): CurrentResident,
     Path(room): Path<String>,
 ) -> Result<Json<MyChatTranscriptDto>, AppError> {
-    let conversation = chats::conversation_of(&db, &resident, &room, now()).await?;
+    let conversation = chats::conversation_of(&db, &resident, &path_id(&room)?, now()).await?;
     Ok(Json(MyChatTranscriptDto {
         chat: my_chat_dto(&conversation.entry)?,
         events: conversation
@@ -418,21 +418,19 @@ pub async fn colleagues(
     staff: CurrentStaff,
     Path(room): Path<String>,
 ) -> Result<Json<Vec<ColleagueDto>>, AppError> {
-    let (Ok(room), Ok(me)) = (RoomId::parse(&room), StaffId::parse(&staff.0.id)) else {
-        return Err(AppError::NotFound);
-    };
+    let room: RoomId = path_id(&room)?;
     let candidates = state
         .hub
-        .transfer_candidates(&room, &me)
+        .transfer_candidates(&room, &staff.0.id)
         .await
         .map_err(|e| AppError::Internal(anyhow::anyhow!("asking the hub: {e}")))?
         .ok_or(AppError::NotFound)?;
     let mut out = Vec::with_capacity(candidates.len());
     for id in candidates {
         // Someone deleted since they connected is no candidate.
-        if let Some(colleague) = booking::accounts::staff_by_id(&state.db, id.as_str()).await? {
+        if let Some(colleague) = booking::accounts::staff_by_id(&state.db, &id).await? {
             out.push(ColleagueDto {
-                id: colleague.id,
+                id: colleague.id.to_string(),
                 name: colleague.name,
                 municipality: colleague.municipality.to_string(),
             });
@@ -505,8 +503,14 @@ pub async fn free_times(
         .as_deref()
         .map(ServiceCode::parse)
         .transpose()?;
-    let found =
-        chats::free_times_for_chat(&db, &staff.0, &room, service.as_ref(), dates, now).await?;
+    let found = match RoomId::parse(&room) {
+        Ok(room) => {
+            chats::free_times_for_chat(&db, &staff.0, &room, service.as_ref(), dates, now).await?
+        }
+        // No chat has that room: refused and audit-logged as for a chat
+        // that does not exist.
+        Err(_) => chats::free_times_for_no_room(&db, &staff.0, &room, dates, now).await?,
+    };
     let names = catalog::municipalities(&db).await?;
     let out = found
         .into_iter()

@@ -19,7 +19,7 @@ use utoipa::ToSchema;
 use super::ApiJson;
 use crate::auth::CurrentStaff;
 use crate::clock::now;
-use crate::error::{AppError, ErrorBody};
+use crate::error::{path_id, AppError, ErrorBody};
 use crate::state::AppState;
 use crate::ws::GuestPass;
 
@@ -112,7 +112,8 @@ pub async fn guest_link(
         .transpose()?
         .unwrap_or_default();
     // The one rule for who may handle the booking, audited as a read.
-    let (booking, _) = bookings::for_staff(&state.db, &staff.0, &booking_id, now).await?;
+    let (booking, _) =
+        bookings::for_staff(&state.db, &staff.0, &path_id(&booking_id)?, now).await?;
     let ends_at = booking.range.end().as_second();
     let expires_at = ends_at + GUEST_LINK_MARGIN_SECS;
     if booking.status != BookingStatus::Booked || expires_at <= now.as_second() {

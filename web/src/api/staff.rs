@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use booking::accounts::{self, Staff};
 use booking::bookings;
 use booking::slots::{self, Template};
-use booking::{audit, DateRange, Db, EmailAddress, LocalDate, ServiceCode};
+use booking::{audit, DateRange, Db, EmailAddress, LocalDate, ResidentId, ServiceCode};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -16,7 +16,7 @@ use super::bookings::{booking_dto, BookedDto, BookingDto};
 use super::{parse_time, ApiJson, ApiQuery};
 use crate::auth::CurrentStaff;
 use crate::clock::now;
-use crate::error::{AppError, ErrorBody};
+use crate::error::{path_id, AppError, ErrorBody};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -59,7 +59,7 @@ pub struct StaffDto {
 impl From<Staff> for StaffDto {
     fn from(s: Staff) -> Self {
         StaffDto {
-            id: s.id,
+            id: s.id.to_string(),
             name: s.name,
             email: s.email.to_string(),
             municipality: s.municipality.to_string(),
@@ -191,7 +191,7 @@ pub async fn day(
 
 fn resident_dto(r: accounts::Resident) -> ResidentDto {
     ResidentDto {
-        id: r.id,
+        id: r.id.to_string(),
         name: r.name,
         email: r.email.to_string(),
         home_municipality: r.home.to_string(),
@@ -208,7 +208,7 @@ pub async fn booking(
     staff: CurrentStaff,
     Path(id): Path<String>,
 ) -> Result<Json<StaffBookingDto>, AppError> {
-    let (b, r) = bookings::for_staff(&db, &staff.0, &id, now()).await?;
+    let (b, r) = bookings::for_staff(&db, &staff.0, &path_id(&id)?, now()).await?;
     Ok(Json(StaffBookingDto {
         booking: booking_dto(&db, b).await?,
         resident: resident_dto(r),
@@ -260,6 +260,7 @@ pub async fn deactivate_staff(
     let admin = &admin.0;
     AppError::unless(admin.may_deactivate_staff(), "this needs the role admin")?;
     let actor = audit::Actor::Staff(admin.id.clone());
+    let staff_id = path_id(&staff_id)?;
     let ended = accounts::deactivate_staff(&state.db, &actor, &staff_id, now().as_second()).await?;
     state.sessions.announce(&ended).await;
     Ok(StatusCode::NO_CONTENT)
@@ -273,7 +274,7 @@ async fn template_target(
     staff_id: &str,
     write: bool,
 ) -> Result<Staff, AppError> {
-    let target = accounts::staff_by_id(db, staff_id)
+    let target = accounts::staff_by_id(db, &path_id(staff_id)?)
         .await?
         .ok_or(AppError::NotFound)?;
     let allowed = if write {
@@ -402,7 +403,17 @@ pub async fn audit(
 ) -> Result<Json<Vec<AuditDto>>, AppError> {
     AppError::unless(staff.0.may_read_audit_log(), "this needs the role admin")?;
     let limit = params.limit.unwrap_or(200).clamp(1, 1000);
-    let records = audit::recent(&db, params.resident.as_deref(), limit).await?;
+    let resident = match params
+        .resident
+        .as_deref()
+        .map(ResidentId::parse)
+        .transpose()
+    {
+        Ok(resident) => resident,
+        // Text that is no resident id names no resident, and no entry.
+        Err(_) => return Ok(Json(Vec::new())),
+    };
+    let records = audit::recent(&db, resident.as_ref(), limit).await?;
     Ok(Json(
         records
             .into_iter()
@@ -411,7 +422,7 @@ pub async fn audit(
                 actor: r.actor,
                 action: r.action,
                 subject: r.subject,
-                resident_id: r.resident_id,
+                resident_id: r.resident_id.as_ref().map(ToString::to_string),
                 on_behalf_of: r.on_behalf_of,
                 rule: r.rule.map(|b| b.as_str().to_owned()),
                 agreement_id: r.agreement_id,

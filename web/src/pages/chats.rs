@@ -19,7 +19,7 @@ use maud::{html, Markup};
 
 use super::{clock, enc, local, long_date, page, rfc3339, service_name, tr, Ctx, PageResult};
 use crate::clock::now;
-use crate::error::AppError;
+use crate::error::{path_id, AppError};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -64,7 +64,7 @@ async fn transcript(
     Path(room): Path<String>,
 ) -> PageResult {
     let resident = ctx.resident()?;
-    let conversation = conversation_of(&state.db, resident, &room, now()).await?;
+    let conversation = conversation_of(&state.db, resident, &path_id(&room)?, now()).await?;
     let entry = &conversation.entry;
     let lines: Vec<Markup> = conversation.events.iter().filter_map(line).collect();
     let body = html! {

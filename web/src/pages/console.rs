@@ -136,7 +136,7 @@ async fn console(State(state): State<AppState>, ctx: Ctx) -> PageResult {
             .map(|l| (l.code().to_owned(), Value::String(tr(&format!("page.language.{}", l.code())))))
             .collect::<Map<String, Value>>(),
     });
-    let body = body(&ctx, &staff.id, &today(now()).to_string(), &data);
+    let body = body(&ctx, staff.id.as_str(), &today(now()).to_string(), &data);
     Ok(page(&ctx, &tr("page.console.title"), body).into_response())
 }
 

@@ -23,6 +23,7 @@ use maud::html;
 
 use super::{page, script_json, script_strings, status_text, tr, when, Ctx, PageResult, Who};
 use crate::clock::now;
+use crate::error::path_id;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -96,11 +97,14 @@ async fn join(
     let now = now();
     let booking = match &ctx.who {
         Who::Staff { staff, .. } => {
-            bookings::for_staff(&state.db, staff, &booking_id, now)
+            bookings::for_staff(&state.db, staff, &path_id(&booking_id)?, now)
                 .await?
                 .0
         }
-        _ => bookings::for_resident_by_id(&state.db, ctx.resident()?, &booking_id, now).await?,
+        _ => {
+            let resident = ctx.resident()?;
+            bookings::for_resident_by_id(&state.db, resident, &path_id(&booking_id)?, now).await?
+        }
     };
     let is_staff = matches!(ctx.who, Who::Staff { .. });
     let heading = html! {

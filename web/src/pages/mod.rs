@@ -152,7 +152,7 @@ impl FromRequestParts<AppState> for Ctx {
             None => Who::Anonymous,
             Some(claims) => match claims.kind {
                 SubjectKind::Resident => {
-                    match booking::accounts::resident_by_id(&state.db, &claims.sub).await? {
+                    match crate::auth::resident_of(&state.db, &claims).await? {
                         Some(resident) => Who::Resident {
                             resident,
                             csrf: claims.csrf,
@@ -160,15 +160,13 @@ impl FromRequestParts<AppState> for Ctx {
                         None => Who::Anonymous,
                     }
                 }
-                SubjectKind::Staff => {
-                    match booking::accounts::staff_by_id(&state.db, &claims.sub).await? {
-                        Some(staff) => Who::Staff {
-                            staff,
-                            csrf: claims.csrf,
-                        },
-                        None => Who::Anonymous,
-                    }
-                }
+                SubjectKind::Staff => match crate::auth::staff_of(&state.db, &claims).await? {
+                    Some(staff) => Who::Staff {
+                        staff,
+                        csrf: claims.csrf,
+                    },
+                    None => Who::Anonymous,
+                },
             },
         };
         if matches!(who, Who::Anonymous) {

@@ -13,6 +13,7 @@ use axum_extra::extract::cookie::{Cookie, SameSite};
 use axum_extra::extract::CookieJar;
 use booking::bookings::{self, Authority};
 use booking::outbox::NeutralTitle;
+use booking::sessions::Subject;
 use booking::{catalog, Language, MunicipalityCode, ServiceCode};
 use serde::Deserialize;
 
@@ -26,9 +27,9 @@ use super::{
 };
 use crate::api::auth::{redeem_link, send_sign_in_link, ResidentLinkRequest};
 use crate::api::parse_time;
-use crate::auth::{self, cleared_cookies, same_origin, session_cookies, SubjectKind};
+use crate::auth::{self, cleared_cookies, same_origin, session_cookies, Claims};
 use crate::clock::now;
-use crate::error::AppError;
+use crate::error::{path_id, AppError};
 use crate::state::AppState;
 
 pub fn router() -> axum::Router<AppState> {
@@ -317,7 +318,10 @@ async fn book(
     match booked {
         Ok(ticket) => {
             metrics::counter!("kontakt_bookings_total").increment(1);
-            Ok(Redirect::to(&format!("/my?booked={}", enc(&ticket.booking.id))).into_response())
+            Ok(
+                Redirect::to(&format!("/my?booked={}", enc(ticket.booking.id.as_str())))
+                    .into_response(),
+            )
         }
         Err(booking::Error::Conflict(_)) | Err(booking::Error::NotFound) => {
             let service_row = catalog::service(&state.db, &service)
@@ -502,8 +506,7 @@ async fn callback(
     let (token, claims) = auth::sign_in(
         &state.keys,
         &state.sessions,
-        &resident.id,
-        SubjectKind::Resident,
+        &Subject::Resident(resident.id.clone()),
         state.settings.resident_session_minutes,
         now().as_second(),
     )
@@ -557,11 +560,8 @@ async fn sign_out_everywhere(
     PageForm(form): PageForm<CsrfForm>,
 ) -> PageResult {
     ctx.check_csrf(&form.csrf)?;
-    if let Some(claims) = &ctx.session {
-        state
-            .sessions
-            .end_all(&claims.subject(), now().as_second())
-            .await?;
+    if let Some(subject) = ctx.session.as_ref().and_then(Claims::subject) {
+        state.sessions.end_all(&subject, now().as_second()).await?;
     }
     let [a, b] = cleared_cookies();
     Ok((jar.add(a).add(b), Redirect::to("/")).into_response())
@@ -643,7 +643,7 @@ fn booking_item(
     let what = service_name(&b.service);
     let join = b.is_joinable(now).then(|| {
         html! {
-            a class="button" href={ "/join/" (enc(&b.id)) } {
+            a class="button" href={ "/join/" (enc(b.id.as_str())) } {
                 (tr("page.meeting.join"))
                 span class="visually-hidden" { " " (what) }
             }
@@ -670,14 +670,14 @@ fn booking_item(
                 @if changeable {
                     div class="actions" {
                         @if let Some(join) = &join { (join) }
-                        form method="post" action={ "/my/bookings/" (enc(&b.id)) "/cancel" } {
+                        form method="post" action={ "/my/bookings/" (enc(b.id.as_str())) "/cancel" } {
                             (csrf_field(ctx.csrf()))
                             button type="submit" class="secondary" {
                                 (tr("page.my.cancel"))
                                 span class="visually-hidden" { " " (what) }
                             }
                         }
-                        a class="button secondary" href={ "/my/bookings/" (enc(&b.id)) "/reschedule" } {
+                        a class="button secondary" href={ "/my/bookings/" (enc(b.id.as_str())) "/reschedule" } {
                             (tr("page.my.reschedule"))
                             span class="visually-hidden" { " " (what) }
                         }
@@ -745,6 +745,7 @@ async fn cancel(
 ) -> PageResult {
     let resident = ctx.resident()?;
     ctx.check_csrf(&form.csrf)?;
+    let id = path_id(&id)?;
     bookings::cancel(&state.db, Authority::Resident(resident), Some(&id), now()).await?;
     Ok(Redirect::to("/my?cancelled=1").into_response())
 }
@@ -758,7 +759,7 @@ async fn reschedule_form(
 ) -> PageResult {
     let resident = ctx.resident()?;
     let now = now();
-    let b = bookings::for_resident_by_id(&state.db, resident, &id, now).await?;
+    let b = bookings::for_resident_by_id(&state.db, resident, &path_id(&id)?, now).await?;
     let days = free_times_by_day(&state.db, &b.service, &resident.home, None, now).await?;
     let body = html! {
         h1 id="page-title" {
@@ -767,7 +768,7 @@ async fn reschedule_form(
         p { (tr("page.reschedule.current")) ": " (when(&b.range)) }
         h2 { (tr("page.reschedule.pick")) }
         (time_picker(
-            &format!("/my/bookings/{}/reschedule", enc(&b.id)),
+            &format!("/my/bookings/{}/reschedule", enc(b.id.as_str())),
             Some(ctx.csrf()),
             &days
         ))
@@ -793,6 +794,7 @@ async fn reschedule(
     let resident = ctx.resident()?;
     ctx.check_csrf(form.csrf.as_deref().unwrap_or_default())?;
     let starts_at = parse_time("starts_at", &form.starts_at)?;
+    let id = path_id(&id)?;
     bookings::reschedule(
         &state.db,
         Authority::Resident(resident),

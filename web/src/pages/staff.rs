@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Redirect};
 use axum::routing::get;
 use axum::Router;
 use axum_extra::extract::CookieJar;
+use booking::sessions::Subject;
 use booking::{audit, bookings, catalog, DateRange, LocalDate};
 use jiff::Span;
 use serde::Deserialize;
@@ -23,7 +24,7 @@ use super::{
     Ctx, PageError, PageForm, PageQuery, PageResult,
 };
 use crate::api::auth::check_staff_password;
-use crate::auth::{same_origin, session_cookies, sign_in, SubjectKind};
+use crate::auth::{same_origin, session_cookies, sign_in};
 use crate::clock::now;
 use crate::error::AppError;
 use crate::state::AppState;
@@ -106,8 +107,7 @@ async fn login(
     let (token, claims) = sign_in(
         &state.keys,
         &state.sessions,
-        &staff.id,
-        SubjectKind::Staff,
+        &Subject::Staff(staff.id.clone()),
         state.settings.staff_session_minutes,
         now().as_second(),
     )
@@ -196,7 +196,7 @@ async fn day(
                             td { (status_text(b.status)) }
                             td {
                                 @if b.is_joinable(now) {
-                                    a href={ "/join/" (super::enc(&b.id)) } {
+                                    a href={ "/join/" (super::enc(b.id.as_str())) } {
                                         (tr("page.meeting.join"))
                                         span class="visually-hidden" { " " (bdi(&r.name)) " " (clock(b.range.start())) }
                                     }
@@ -352,7 +352,7 @@ async fn audit_log(State(state): State<AppState>, ctx: Ctx) -> PageResult {
                         td { (r.actor) }
                         td { (r.action) }
                         td { code { (r.subject) } }
-                        td { (r.resident_id.as_deref().unwrap_or("")) }
+                        td { (r.resident_id.as_ref().map_or("", |id| id.as_str())) }
                         td { (r.on_behalf_of.as_deref().unwrap_or("")) }
                         td {
                             @if let Some(rule) = &r.rule {

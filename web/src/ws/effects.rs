@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use booking::audit::{self, Actor, Entry, Outcome};
 use booking::{BookingStatus, Db};
 use signaling::hub::Effects;
-use signaling::ids::{BookingId, MunicipalityCode, PartyId, RoomId, StaffId};
+use signaling::ids::{BookingId, MunicipalityCode, PartyId, ResidentId, RoomId, StaffId};
 use signaling::outbound::AuditEntry;
 use signaling::protocol::{BookingOutcome, Participant, TurnCredentials};
 
@@ -101,27 +101,53 @@ impl Effects for AppEffects {
         } else {
             Outcome::Allowed
         };
-        let written = match (&actor, entry.room.as_str().strip_prefix("booking:")) {
+        let booking = entry
+            .room
+            .as_str()
+            .strip_prefix("booking:")
+            .map(BookingId::parse);
+        let written = match (&actor, booking) {
             // A booking's meeting is recorded as the API records a read of
             // the booking: with its rule and agreement.
-            (Actor::Staff(staff), Some(booking)) => {
+            (Actor::Staff(staff), Some(Ok(booking))) => {
                 booking::bookings::audit_meeting_access(
                     &self.db,
                     staff,
-                    booking,
+                    &booking,
                     entry.action.as_str(),
                     outcome,
                     jiff::Timestamp::now(),
                 )
                 .await
             }
-            _ => {
-                let resident_id = entry.subject.as_str().strip_prefix("resident:");
+            // A booking room whose id is no booking id names no booking:
+            // recorded as `audit_meeting_access` records a missing booking.
+            (Actor::Staff(_), Some(Err(_))) => {
                 let record = Entry {
                     actor: &actor,
                     action: entry.action.as_str(),
                     subject: entry.room.as_str().to_owned(),
-                    resident_id,
+                    resident_id: None,
+                    on_behalf_of: None,
+                    rule: None,
+                    agreement_id: None,
+                    outcome,
+                };
+                audit::record_now(&self.db, &record, now())
+                    .await
+                    .map_err(booking::Error::from)
+            }
+            _ => {
+                let resident_id = entry
+                    .subject
+                    .as_str()
+                    .strip_prefix("resident:")
+                    .and_then(|id| ResidentId::parse(id).ok());
+                let record = Entry {
+                    actor: &actor,
+                    action: entry.action.as_str(),
+                    subject: entry.room.as_str().to_owned(),
+                    resident_id: resident_id.as_ref(),
                     on_behalf_of: entry.on_behalf_of.as_ref().map(|m| m.as_str()),
                     rule: None,
                     agreement_id: None,
@@ -145,7 +171,7 @@ impl Effects for AppEffects {
             BookingOutcome::NoShow => BookingStatus::NoShow,
         };
         let now = jiff::Timestamp::now();
-        match booking::bookings::record_outcome(&self.db, booking.as_str(), status, now).await {
+        match booking::bookings::record_outcome(&self.db, booking, status, now).await {
             Ok(_) => {
                 tracing::info!(%booking, outcome = status.as_str(), "booking outcome recorded")
             }
@@ -174,10 +200,11 @@ impl Effects for AppEffects {
         // member booked for the meeting also gets a mail, which names only
         // the meeting's time, in case they are not at the console.
         tracing::info!(%room, %municipality, staff = ?staff.map(StaffId::as_str), party = %participant.party, "knock with no staff in the room");
-        let Some(booking_id) = room.as_str().strip_prefix("booking:") else {
+        let Some(Ok(booking_id)) = room.as_str().strip_prefix("booking:").map(BookingId::parse)
+        else {
             return;
         };
-        match booking::bookings::knock(&self.db, booking_id, now()).await {
+        match booking::bookings::knock(&self.db, &booking_id, now()).await {
             Ok(true) => tracing::info!(%room, "knock mailed to the booked staff member"),
             Ok(false) => {}
             Err(e) => tracing::error!(%room, error = ?e, "mailing a knock failed"),
@@ -192,12 +219,20 @@ impl Effects for AppEffects {
     }
 }
 
+/// The actor of `party`. The hub names staff and residents by
+/// [`PartyId::staff`] and [`PartyId::resident`], so their ids parse.
 fn actor_of(party: &PartyId) -> Actor {
     let text = party.as_str();
-    if let Some(id) = text.strip_prefix("staff:") {
-        Actor::Staff(id.to_owned())
-    } else if let Some(id) = text.strip_prefix("resident:") {
-        Actor::Resident(id.to_owned())
+    if let Some(id) = text
+        .strip_prefix("staff:")
+        .and_then(|id| StaffId::parse(id).ok())
+    {
+        Actor::Staff(id)
+    } else if let Some(id) = text
+        .strip_prefix("resident:")
+        .and_then(|id| ResidentId::parse(id).ok())
+    {
+        Actor::Resident(id)
     } else if let Some(id) = text.strip_prefix("guest:") {
         Actor::Guest(id.to_owned())
     } else {
@@ -232,8 +267,14 @@ mod tests {
     #[test]
     fn actors_come_from_party_prefixes() {
         let actor = |s: &str| actor_of(&PartyId::parse(s).unwrap());
-        assert_eq!(actor("staff:s1"), Actor::Staff("s1".into()));
-        assert_eq!(actor("resident:r1"), Actor::Resident("r1".into()));
+        assert_eq!(
+            actor("staff:s1"),
+            Actor::Staff(StaffId::parse("s1").unwrap())
+        );
+        assert_eq!(
+            actor("resident:r1"),
+            Actor::Resident(ResidentId::parse("r1").unwrap())
+        );
         assert_eq!(actor("anonymous:chat:1"), Actor::Anonymous);
     }
 }

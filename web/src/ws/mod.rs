@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use signaling::hub::{Hub, HubSettings};
 use signaling::identity::Identity;
 use signaling::ids::{
-    BookingId, InvitationToken, MunicipalityCode, PartyId, ResidentId, RoomId, ServiceId, StaffId,
+    InvitationToken, MunicipalityCode, PartyId, ResidentId, RoomId, ServiceId, StaffId,
 };
 use signaling::protocol::{CannedResponse, Language};
 use signaling::queue::QueueRules;
@@ -42,7 +42,7 @@ pub use ticket::{
 };
 
 use crate::auth::{Session, SubjectKind};
-use crate::error::{AppError, ErrorBody};
+use crate::error::{path_id, AppError, ErrorBody};
 use crate::state::AppState;
 
 /// How many messages may wait for one connection before the hub gives up
@@ -235,16 +235,16 @@ pub async fn open_meeting(
     let now = crate::clock::now();
     let booking = match session.claims.kind {
         SubjectKind::Resident => {
-            let resident = booking::accounts::resident_by_id(&state.db, &session.claims.sub)
+            let resident = crate::auth::resident_of(&state.db, &session.claims)
                 .await?
                 .ok_or(AppError::Unauthorized)?;
-            bookings::for_resident_by_id(&state.db, &resident, &booking_id, now).await?
+            bookings::for_resident_by_id(&state.db, &resident, &path_id(&booking_id)?, now).await?
         }
         SubjectKind::Staff => {
-            let staff = booking::accounts::staff_by_id(&state.db, &session.claims.sub)
+            let staff = crate::auth::staff_of(&state.db, &session.claims)
                 .await?
                 .ok_or(AppError::Unauthorized)?;
-            bookings::for_staff(&state.db, &staff, &booking_id, now)
+            bookings::for_staff(&state.db, &staff, &path_id(&booking_id)?, now)
                 .await?
                 .0
         }
@@ -334,19 +334,24 @@ async fn identity(db: &Db, id: &str, kind: SubjectKind) -> Result<Identity, AppE
     let bad = |what: &str| AppError::Internal(anyhow::anyhow!("{what} is not a valid hub id"));
     match kind {
         SubjectKind::Resident => {
-            let resident = booking::accounts::resident_by_id(db, id)
-                .await?
-                .ok_or(AppError::Unauthorized)?;
+            let resident = match ResidentId::parse(id) {
+                Ok(id) => booking::accounts::resident_by_id(db, &id).await?,
+                // Text that is no id is no account's.
+                Err(_) => None,
+            }
+            .ok_or(AppError::Unauthorized)?;
             Ok(Identity::Resident {
-                id: ResidentId::parse(resident.id).map_err(|_| bad("a resident id"))?,
+                id: resident.id,
                 home_municipality: MunicipalityCode::parse(resident.home.as_str())
                     .map_err(|_| bad("a municipality code"))?,
             })
         }
         SubjectKind::Staff => {
-            let staff = booking::accounts::staff_by_id(db, id)
-                .await?
-                .ok_or(AppError::Unauthorized)?;
+            let staff = match StaffId::parse(id) {
+                Ok(id) => booking::accounts::staff_by_id(db, &id).await?,
+                Err(_) => None,
+            }
+            .ok_or(AppError::Unauthorized)?;
             // The services whose chats they may take, "I don't know" too.
             let may_handle = staff
                 .chat_services()
@@ -355,7 +360,7 @@ async fn identity(db: &Db, id: &str, kind: SubjectKind) -> Result<Identity, AppE
                 .collect::<Result<BTreeSet<_>, _>>()
                 .map_err(|_| bad("a service code"))?;
             Ok(Identity::Staff {
-                id: StaffId::parse(staff.id).map_err(|_| bad("a staff id"))?,
+                id: staff.id,
                 municipality: MunicipalityCode::parse(staff.municipality.as_str())
                     .map_err(|_| bad("a municipality code"))?,
                 may_handle,
@@ -370,24 +375,15 @@ async fn identity(db: &Db, id: &str, kind: SubjectKind) -> Result<Identity, AppE
 async fn meeting_setup(db: &Db, hub: &Hub, booking: &Booking) -> Result<MeetingSetup, AppError> {
     let bad = |what: &str| AppError::Internal(anyhow::anyhow!("{what} is not a valid hub id"));
     let clock = hub.clock();
-    let may_handle = bookings::staff_who_may_handle(db, booking).await?;
-    let staff_access = StaffAccess::only(
-        may_handle
-            .into_iter()
-            .map(StaffId::parse)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| bad("a staff id"))?,
-    );
+    let staff_access = StaffAccess::only(bookings::staff_who_may_handle(db, booking).await?);
     Ok(MeetingSetup {
         room: RoomId::parse(format!("booking:{}", booking.id)).map_err(|_| bad("a booking id"))?,
-        booking: Some(BookingId::parse(&booking.id).map_err(|_| bad("a booking id"))?),
+        booking: Some(booking.id.clone()),
         performing_municipality: MunicipalityCode::parse(booking.performed_by.as_str())
             .map_err(|_| bad("a municipality code"))?,
         staff_access,
-        staff: Some(StaffId::parse(&booking.staff_id).map_err(|_| bad("a staff id"))?),
-        resident: PartyId::resident(
-            &ResidentId::parse(&booking.resident_id).map_err(|_| bad("a resident id"))?,
-        ),
+        staff: Some(booking.staff_id.clone()),
+        resident: PartyId::resident(&booking.resident_id),
         home_municipality: Some(
             MunicipalityCode::parse(booking.performed_for.as_str())
                 .map_err(|_| bad("a municipality code"))?,

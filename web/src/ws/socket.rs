@@ -14,7 +14,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, SinkExt, StreamExt};
 use signaling::hub::Hub;
 use signaling::identity::{ConversationRequest, Identity};
-use signaling::ids::{ConnectionId, MunicipalityCode, ServiceId};
+use signaling::ids::{ConnectionId, MunicipalityCode, RoomId, ServiceId};
 use signaling::protocol::{
     parse_client_frame, ClientMessage, ErrorCode, ProtocolError, RateLimiter, ServerMessage,
 };
@@ -197,8 +197,8 @@ async fn apply(
             },
             _,
         ) => home_municipality.clone(),
-        (Identity::Anonymous { .. }, Some(chat)) => {
-            match anonymous_opening(db, chat, &service).await {
+        (Identity::Anonymous { conversation }, Some(chat)) => {
+            match anonymous_opening(db, conversation, chat, &service).await {
                 Ok(Ok(home)) => home,
                 Ok(Err(refusal)) => return Some(refusal),
                 Err(e) => {
@@ -251,9 +251,11 @@ async fn apply(
 }
 
 /// The home municipality an anonymous chat is opened for, or why it may
-/// not be: a token opens one chat, once, for the service it names.
+/// not be: a token opens one chat, once, for the service it names. `room`
+/// is the chat's conversation, the room its token names.
 async fn anonymous_opening(
     db: &Db,
+    room: &RoomId,
     chat: &AnonymousChat,
     service: &ServiceId,
 ) -> Result<Result<MunicipalityCode, ServerMessage>, booking::Error> {
@@ -266,10 +268,7 @@ async fn anonymous_opening(
     }
     // Its room is fixed by the token, so a chat that closed must not open
     // again under the same id.
-    if booking::events::queue_entry(db, &chat.room)
-        .await?
-        .is_some()
-    {
+    if booking::events::queue_entry(db, room).await?.is_some() {
         return Ok(Err(ServerMessage::error(
             ErrorCode::InvalidState,
             "this chat was opened before; ask for a new one",

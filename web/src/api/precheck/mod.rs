@@ -26,7 +26,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::auth::{Session, SubjectKind};
+use crate::auth::{resident_of, staff_of, Session, SubjectKind};
 use crate::error::{AppError, ErrorBody};
 use crate::state::AppState;
 
@@ -55,16 +55,8 @@ pub async fn checker(
         Ok(session) => {
             // A session of an account deleted since sign-in runs no check.
             let exists = match session.claims.kind {
-                SubjectKind::Resident => {
-                    booking::accounts::resident_by_id(&state.db, &session.claims.sub)
-                        .await?
-                        .is_some()
-                }
-                SubjectKind::Staff => {
-                    booking::accounts::staff_by_id(&state.db, &session.claims.sub)
-                        .await?
-                        .is_some()
-                }
+                SubjectKind::Resident => resident_of(&state.db, &session.claims).await?.is_some(),
+                SubjectKind::Staff => staff_of(&state.db, &session.claims).await?.is_some(),
             };
             if !exists {
                 return Err(AppError::Unauthorized);
