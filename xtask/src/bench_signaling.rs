@@ -16,6 +16,9 @@
 //! descriptors of its own. It passes each text frame to the other
 //! connection of its room, which is what the hub does for a chat message
 //! minus parsing, storing and the `chat.stored` answer.
+//!
+//! `--kontakt-binary PATH` runs another build of the server (a commit before
+//! a change, for a turn-about comparison), as `bench booking` does.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -45,7 +48,6 @@ use crate::bench_booking::{
     add_staff, flag, ms, percentile, session_token, start_server, Server, SECRET,
 };
 use crate::bench_relay::{clock_ticks_per_second, cpu_ticks, status_kib};
-use crate::process::run as run_command;
 
 /// Staff members the bench adds, each available around the clock, so that
 /// the rooms' bookings fit in a few days.
@@ -85,10 +87,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let rooms = flag(args, "--rooms").unwrap_or(1000).max(1) as usize;
     let postgres = args.iter().any(|a| a == "--postgres");
     let fd_limit = raise_fd_limit()?;
-    run_command(
-        "cargo",
-        &["build", "--release", "-p", "web", "--bin", "kontakt"],
-    )?;
+    // `--kontakt-binary` runs a binary built elsewhere (another commit, for
+    // a turn-about comparison); otherwise these sources' release build.
+    crate::bench_booking::prepare_kontakt_binary(args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -120,35 +120,30 @@ impl Effects for AppEffects {
                 )
                 .await
             }
-            // A booking room whose id is no booking id names no booking:
-            // recorded as `audit_meeting_access` records a missing booking.
-            (Actor::Staff(_), Some(Err(_))) => {
-                let record = Entry {
-                    actor: &actor,
-                    action: entry.action.as_str(),
-                    subject: entry.room.as_str().to_owned(),
-                    resident_id: None,
-                    on_behalf_of: None,
-                    rule: None,
-                    agreement_id: None,
-                    outcome,
-                };
-                audit::record_now(&self.db, &record, now())
-                    .await
-                    .map_err(booking::Error::from)
-            }
-            _ => {
+            // Anything else as the hub describes it. A booking room whose
+            // id is no booking id names no booking, so it is recorded as
+            // `audit_meeting_access` records a missing booking: with no
+            // resident and no municipality.
+            (actor_kind, booking) => {
+                let names_no_booking =
+                    matches!((actor_kind, &booking), (Actor::Staff(_), Some(Err(_))));
                 let resident_id = entry
                     .subject
                     .as_str()
                     .strip_prefix("resident:")
-                    .and_then(|id| ResidentId::parse(id).ok());
+                    .and_then(|id| ResidentId::parse(id).ok())
+                    .filter(|_| !names_no_booking);
+                let on_behalf_of = entry
+                    .on_behalf_of
+                    .as_ref()
+                    .map(|m| m.as_str())
+                    .filter(|_| !names_no_booking);
                 let record = Entry {
                     actor: &actor,
                     action: entry.action.as_str(),
                     subject: entry.room.as_str().to_owned(),
                     resident_id: resident_id.as_ref(),
-                    on_behalf_of: entry.on_behalf_of.as_ref().map(|m| m.as_str()),
+                    on_behalf_of,
                     rule: None,
                     agreement_id: None,
                     outcome,
