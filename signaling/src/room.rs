@@ -779,6 +779,13 @@ impl Room {
         };
         let conns: Vec<ConnectionId> = member.conns.iter().copied().collect();
         let role = member.role;
+        if !member.holds_place() {
+            // Away past the grace: the others were told they left then.
+            // Sending them back only takes the admission away, so that
+            // they knock again if they come back.
+            self.members.remove(&party);
+            return;
+        }
         self.append_for_admitted(
             RoomEvent::ParticipantLeft {
                 party: party.clone(),
@@ -1794,6 +1801,36 @@ pub(crate) mod tests {
                 c5 joined {"last_seq":5,"participants":[{"party":"resident:r1","role":"resident"},{"party":"staff:s1","role":"social_worker"}],"state":"admitted"}
                 turn c5 resident:r1
                 "#,
+            ),
+        ]);
+        check(&steps);
+    }
+
+    #[test]
+    fn a_participant_sent_back_after_the_grace_has_left_once_and_knocks_again() {
+        let mut steps = in_a_meeting();
+        steps.extend([
+            (
+                10,
+                dropped(RESIDENT),
+                r#"c1 participant.away {"grace_secs":30,"party":"resident:r1"}"#,
+            ),
+            (
+                40,
+                RoomInput::Tick,
+                r#"
+                persist 4 participant_left
+                c1 event {"event":{"kind":"participant_left","party":"resident:r1"},"seq":4}
+                "#,
+            ),
+            // Found by the property test: no second `participant_left`.
+            (
+                45,
+                RoomInput::SendBack {
+                    conn: ConnectionId(1),
+                    party: PartyId::parse("resident:r1").unwrap(),
+                },
+                "",
             ),
         ]);
         check(&steps);
