@@ -249,6 +249,24 @@ impl TestApp {
         )
     }
 
+    /// The staff member `resident`'s booking `id` is with, read as the
+    /// domain reads it.
+    pub async fn booked_staff(&self, resident: &Resident, id: &str) -> booking::accounts::Staff {
+        let staff_id = booking::bookings::for_resident_by_id(
+            &self.db,
+            resident,
+            &booking::BookingId::parse(id).expect("a booking id"),
+            jiff::Timestamp::now(),
+        )
+        .await
+        .expect("the booking")
+        .staff_id;
+        booking::accounts::staff_by_id(&self.db, &staff_id)
+            .await
+            .expect("query")
+            .expect("the booking's staff member")
+    }
+
     pub async fn resident(&self, email: &str) -> Resident {
         accounts::resident_by_email(&self.db, &EmailAddress::parse(email).expect("an email"))
             .await

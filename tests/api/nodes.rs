@@ -72,19 +72,7 @@ async fn book_meeting(cluster: &Cluster) -> Meeting {
     assert_eq!(booked.status(), 201);
     let booked: Value = booked.json().await.expect("json");
     let id = booked["booking"]["id"].as_str().expect("an id").to_owned();
-    let staff_id = booking::bookings::for_resident_by_id(
-        &a.db,
-        &anna,
-        &booking::BookingId::parse(&id).unwrap(),
-        jiff::Timestamp::now(),
-    )
-    .await
-    .expect("the booking")
-    .staff_id;
-    let staff = booking::accounts::staff_by_id(&a.db, &staff_id)
-        .await
-        .expect("query")
-        .expect("the booking's staff member");
+    let staff = a.booked_staff(&anna, &id).await;
     let staff_token = b.staff_token(staff.email.as_str()).await;
     let path = format!("/api/meetings/{id}/open");
     let opened = a.post(&path, Some(&resident_token), &json!({})).await;

@@ -198,19 +198,7 @@ pub(crate) async fn book_meeting(app: &TestApp) -> Meeting {
         .expect("a room")
         .to_owned();
     assert_eq!(room, format!("booking:{id}"));
-    let staff_id = booking::bookings::for_resident_by_id(
-        &app.db,
-        &anna,
-        &booking::BookingId::parse(&id).unwrap(),
-        jiff::Timestamp::now(),
-    )
-    .await
-    .expect("the booking")
-    .staff_id;
-    let staff = booking::accounts::staff_by_id(&app.db, &staff_id)
-        .await
-        .expect("query")
-        .expect("the booking's staff member");
+    let staff = app.booked_staff(&anna, &id).await;
     let staff_token = app.staff_token(staff.email.as_str()).await;
     // Opening is idempotent, and staff of the booking may do it too.
     let again = app
