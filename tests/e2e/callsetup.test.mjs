@@ -6,25 +6,23 @@
 // runs it and reports the figures (targets: median under 1.5 s, maximum
 // under 3 s; see docs/benchmarks/callsetup.md).
 
-import { test, before, after } from "node:test";
-import { startServer, launchBrowser, meetingInProgress } from "./helpers.mjs";
+import { test } from "node:test";
+import {
+  server,
+  browser,
+  useServerAndBrowser,
+  meetingInProgress,
+} from "./helpers.mjs";
 
 const RUNS = Number(process.env.CALLSETUP_RUNS ?? 5);
 
-let server;
-let browser;
 let meeting;
 
-before(async () => {
-  server = await startServer();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await meeting?.resident.close();
-  await meeting?.staff.close();
-  await browser?.close();
-  await server?.stop();
+useServerAndBrowser({
+  beforeClosing: async () => {
+    await meeting?.resident.close();
+    await meeting?.staff.close();
+  },
 });
 
 test(`call set-up over ${RUNS} runs, from the join click to the first remote frame`, async () => {

@@ -11,12 +11,13 @@
 // frame; the two-sided tests with the staff console page live with the
 // console.
 
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
 import {
-  startServer,
-  launchBrowser,
+  server,
+  browser,
+  useServerAndBrowser,
   signInResident,
   signInStaff,
   outboxPayload,
@@ -26,18 +27,8 @@ import {
   assertTranslated,
 } from "./helpers.mjs";
 
-let server;
-let browser;
 
-before(async () => {
-  server = await startServer();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.stop();
-});
+useServerAndBrowser();
 
 /** The email of a social worker (not a scheduler or admin) of `municipality`. */
 async function staffEmail(municipality) {

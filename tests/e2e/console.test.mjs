@@ -7,12 +7,13 @@
 // by Helsingborg (1283). Lycksele has two social workers
 // (handlaggare.lycksele, handlaggare1.lycksele), Malå one.
 
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
+  server,
+  browser,
+  useServerAndBrowser,
   searchTimes,
-  startServer,
-  launchBrowser,
   signInResident,
   signInStaff,
   sql,
@@ -29,20 +30,10 @@ const MALA = "handlaggare.mala@kontakt.demo";
 const HELSINGBORG = "handlaggare.helsingborg@kontakt.demo";
 const SERVICE = "ekonomiskt-bistand";
 
-let server;
-let browser;
 /** What one test leaves for the next: the open chat and its people. */
 let shared;
 
-before(async () => {
-  server = await startServer();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.stop();
-});
+useServerAndBrowser();
 
 /** A signed-in staff member's console, connected and settled. */
 async function openConsole(email, { locale = "sv-SE", viewport, available = true, max = 2 } = {}) {

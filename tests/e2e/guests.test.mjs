@@ -9,11 +9,12 @@
 // The two tests share one server and one meeting: the second goes on where
 // the first left off.
 
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  startServer,
-  launchBrowser,
+  server,
+  browser,
+  useServerAndBrowser,
   signInResident,
   signInStaff,
   searchTimes,
@@ -28,20 +29,10 @@ import {
 /** How long a slow machine may take to bring three fake cameras up. */
 const MEDIA_WITHIN = 90_000;
 
-let server;
-let browser;
 /** The meeting of the first test, for the second. */
 let meeting = null;
 
-before(async () => {
-  server = await startServer();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.stop();
-});
+useServerAndBrowser();
 
 /** Waits until the page decodes video from `count` other participants. */
 async function remoteVideosPlay(page, count) {

@@ -16,6 +16,7 @@ import { fileURLToPath } from "node:url";
 import { createRequire } from "node:module";
 import { promisify } from "node:util";
 import assert from "node:assert/strict";
+import { before, after } from "node:test";
 import { chromium } from "playwright-core";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -66,6 +67,27 @@ export async function waitFor(what, check, ms = 20_000) {
     await new Promise((r) => setTimeout(r, 100));
   }
   throw new Error(`timed out waiting for ${what}${last ? `: ${last.message}` : ""}`);
+}
+
+// The test file's server and browser, which all its tests share: started
+// before its first test by `useServerAndBrowser` and stopped after its last.
+// Each test file runs in a process of its own, so each has its own.
+export let server;
+export let browser;
+
+// Registers the file's `before` and `after` hooks for `server` and
+// `browser`. `beforeClosing` closes what the file's tests left open (their
+// browser contexts) before the browser goes.
+export function useServerAndBrowser({ beforeClosing } = {}) {
+  before(async () => {
+    server = await startServer();
+    browser = await launchBrowser();
+  });
+  after(async () => {
+    await beforeClosing?.();
+    await browser?.close();
+    await server?.stop();
+  });
 }
 
 /**

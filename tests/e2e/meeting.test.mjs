@@ -9,11 +9,12 @@
 // loopback is allowed, so media crosses only because each peer is one of the
 // relay's own allocations.
 
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  startServer,
-  launchBrowser,
+  server,
+  browser,
+  useServerAndBrowser,
   signInResident,
   signInStaff,
   searchTimes,
@@ -26,18 +27,8 @@ import {
   remoteVideoPlays,
 } from "./helpers.mjs";
 
-let server;
-let browser;
 
-before(async () => {
-  server = await startServer();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.stop();
-});
+useServerAndBrowser();
 
 test("a resident and a social worker meet over video through the relay, chat, and the meeting ends", async () => {
   // Anna books in Arabic, so the meeting page is checked right to left too.

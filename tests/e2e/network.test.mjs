@@ -10,11 +10,12 @@
 // Only the five seconds offline are a timed wait: they are the scenario.
 // Everything else waits for its event, with a deadline.
 
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  startServer,
-  launchBrowser,
+  server,
+  browser,
+  useServerAndBrowser,
   meetingInProgress,
   remoteFrames,
   framesAdvance,
@@ -23,20 +24,13 @@ import {
   sql,
 } from "./helpers.mjs";
 
-let server;
-let browser;
 let meeting;
 
-before(async () => {
-  server = await startServer();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await meeting?.resident.close();
-  await meeting?.staff.close();
-  await browser?.close();
-  await server?.stop();
+useServerAndBrowser({
+  beforeClosing: async () => {
+    await meeting?.resident.close();
+    await meeting?.staff.close();
+  },
 });
 
 const OFFLINE_MS = 5_000;

@@ -2,11 +2,12 @@
 // with Latin names kept in their logical order, the language switcher, a phone-sized viewport, keyboard-only booking, and
 // the public legal map.
 
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  startServer,
-  launchBrowser,
+  server,
+  browser,
+  useServerAndBrowser,
   signInResident,
   signInStaff,
   searchTimes,
@@ -15,22 +16,12 @@ import {
   assertTranslated,
 } from "./helpers.mjs";
 
-let server;
-let browser;
 /** Addresses of every kind of page, filled in by the first test. */
 const pages = { resident: [], staff: [], admin: [], anonymous: [] };
 let residentState;
 let adminState;
 
-before(async () => {
-  server = await startServer();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.stop();
-});
+useServerAndBrowser();
 
 test("setup: a booked resident and a signed-in admin give every page something to show", async () => {
   const context = await browser.newContext({ locale: "sv-SE" });

@@ -10,13 +10,15 @@
 // The relay keeps its default peer policy (nothing on loopback allowed): the
 // two ends of the check reach each other only as allocations of the relay.
 
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createSocket } from "node:dgram";
 import { createServer } from "node:net";
 import {
+  server,
+  browser,
+  useServerAndBrowser,
   startServer,
-  launchBrowser,
   signInResident,
   searchTimes,
   assertAccessible,
@@ -25,18 +27,8 @@ import {
   waitFor,
 } from "./helpers.mjs";
 
-let server;
-let browser;
 
-before(async () => {
-  server = await startServer();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.stop();
-});
+useServerAndBrowser();
 
 /** Books the first free time for `email` and returns the booking's id. */
 async function book(page, server, email) {

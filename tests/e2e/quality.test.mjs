@@ -3,22 +3,17 @@
 // exports classifyQuality, which says "poor" above 5 % packet loss or a
 // round trip over 400 ms, and "good" up to and including those limits.
 
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { startServer, launchBrowser, signInStaff } from "./helpers.mjs";
+import {
+  server,
+  browser,
+  useServerAndBrowser,
+  signInStaff,
+} from "./helpers.mjs";
 
-let server;
-let browser;
 
-before(async () => {
-  server = await startServer();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.stop();
-});
+useServerAndBrowser();
 
 test("classifyQuality: poor above 5 % loss or 400 ms round trip", async () => {
   const context = await browser.newContext({ locale: "sv-SE" });

@@ -4,11 +4,12 @@
 // it; a first-time sign-in; managing a booking by its mail token; and the
 // staff day view, scheduler load and admin audit log for the booked meeting.
 
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  startServer,
-  launchBrowser,
+  server,
+  browser,
+  useServerAndBrowser,
   signInResident,
   signInStaff,
   searchTimes,
@@ -17,18 +18,8 @@ import {
   assertTranslated,
 } from "./helpers.mjs";
 
-let server;
-let browser;
 
-before(async () => {
-  server = await startServer();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.stop();
-});
+useServerAndBrowser();
 
 test("a resident searches, signs in by link with the choice kept, books, sees and cancels the booking", async () => {
   const context = await browser.newContext({ locale: "sv-SE" });
