@@ -437,15 +437,7 @@ async fn a_reconnected_resident_resumes_what_was_said_meanwhile() {
     for app in spawn_apps().await {
         let meeting = book_meeting(&app).await;
         let room = meeting.room.as_str();
-        let mut staff = Client::open(&app, &meeting.staff_token).await;
-        let mut resident = Client::open(&app, &meeting.resident_token).await;
-        resident.send(json!({"type": "join", "room": room})).await;
-        staff.until("lobby.knock").await;
-        staff.send(json!({"type": "join", "room": room})).await;
-        staff
-            .send(json!({"type": "lobby.admit", "room": room, "party": resident.party}))
-            .await;
-        resident.until("lobby.admitted").await;
+        let (mut staff, mut resident) = in_meeting(&app, &meeting).await;
         resident
             .send(json!({"type": "chat.send", "room": room, "client_id": "c1", "text": "Strax tillbaka"}))
             .await;
