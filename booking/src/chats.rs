@@ -563,7 +563,7 @@ pub struct OfferableTime {
     pub municipality: MunicipalityCode,
 }
 
-/// The free times staff may offer in the chat `room`: times of its service
+/// The free times staff may offer in the chat `requested`: times of its service
 /// (or of `service`, another one they handle) for its resident's home
 /// municipality under the policy, within `dates`. Only the staff member the chat is
 /// assigned to may ask; for anyone else, and for a chat that does not
@@ -572,38 +572,15 @@ pub struct OfferableTime {
 pub async fn free_times_for_chat(
     db: &Db,
     staff: &Staff,
-    room: &RoomId,
+    requested: &str,
     service: Option<&ServiceCode>,
     dates: DateRange,
     now: Timestamp,
 ) -> Result<Vec<OfferableTime>, Error> {
-    free_times_in(db, staff, room.as_str(), Some(room), service, dates, now).await
-}
-
-/// [`free_times_for_chat`] for a request whose room, `requested`, is no room
-/// id at all: `NotFound`, audit-logged as the refusal it is, exactly as a
-/// request for a chat that does not exist.
-pub async fn free_times_for_no_room(
-    db: &Db,
-    staff: &Staff,
-    requested: &str,
-    dates: DateRange,
-    now: Timestamp,
-) -> Result<Vec<OfferableTime>, Error> {
-    free_times_in(db, staff, requested, None, None, dates, now).await
-}
-
-/// [`free_times_for_chat`] for `room`, or for no room; `requested` names the
-/// room asked for in the audit entry.
-async fn free_times_in(
-    db: &Db,
-    staff: &Staff,
-    requested: &str,
-    room: Option<&RoomId>,
-    service: Option<&ServiceCode>,
-    dates: DateRange,
-    now: Timestamp,
-) -> Result<Vec<OfferableTime>, Error> {
+    // The audit entry names the room as it was asked for, so text that is
+    // no room id at all is refused here, and recorded, as an unknown room.
+    let room = RoomId::parse(requested).ok();
+    let room = room.as_ref();
     let dates = dates.at_most(MAX_OFFER_DAYS)?;
     let entry = match room {
         Some(room) => events::queue_entry(db, room).await?,

@@ -503,14 +503,8 @@ pub async fn free_times(
         .as_deref()
         .map(ServiceCode::parse)
         .transpose()?;
-    let found = match RoomId::parse(&room) {
-        Ok(room) => {
-            chats::free_times_for_chat(&db, &staff.0, &room, service.as_ref(), dates, now).await?
-        }
-        // No chat has that room: refused and audit-logged as for a chat
-        // that does not exist.
-        Err(_) => chats::free_times_for_no_room(&db, &staff.0, &room, dates, now).await?,
-    };
+    let found =
+        chats::free_times_for_chat(&db, &staff.0, &room, service.as_ref(), dates, now).await?;
     let names = catalog::municipalities(&db).await?;
     let out = found
         .into_iter()
